@@ -1,0 +1,1 @@
+"""Role runners, one per role type, with their pure math kept apart."""
