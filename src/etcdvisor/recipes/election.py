@@ -1,0 +1,314 @@
+"""Leader election with fencing tokens.
+
+Candidates put ``<prefix><lease-id-hex>`` attached to their session's lease;
+the leader is the key with the **lowest create revision**. Each candidate
+waits only on its predecessor (the key just before its own in create order),
+so a leader change wakes exactly one candidate (no thundering herd).
+
+Guarantees:
+
+* ``campaign()`` returns only after (1) no key with a lower create revision
+  exists, (2) our own key still exists, and (3) a keepalive *sent after* (1)
+  and (2) came back alive (GUIDE rule 2), so the lease could not have expired
+  on the server before we started believing we lead;
+* the **fencing token** is the create revision of the leader's key: it
+  strictly increases from one leader to the next;
+* a leader learns it was deposed when its key disappears (lease expired or
+  revoked, resigned) or its session reports the lease expired/lost.
+
+Callbacks (``observe``): elected leader, became follower, peer joined, peer
+left -- what sereno's README promised and never built.
+
+Candidate states: IDLE -> CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*
+-> STOPPED.
+
+Limits: leadership is a lease, not a lock held by the process: a leader
+that is paused longer than the TTL keeps believing it leads until it runs
+again; use the token (fencing) for writes, and the supervisor's deadlines
+for processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..coord.base import Backend
+from ..coord.errors import CoordError, CoordTimeout
+from ..coord.session import Session, SessionEvent, SessionEventKind
+from ..coord.types import Delete, EventType, KeyValue, Put, create_revision, missing
+from ..coord.types import Get as GetOp
+from ..coord.watcher import Change, PrefixWatcher
+
+log = logging.getLogger(__name__)
+
+
+class NotLeader(CoordError):
+    """The operation needs leadership this candidate does not hold."""
+
+
+class CampaignCancelled(CoordError):
+    """``campaign`` was cancelled or timed out; the candidacy was withdrawn."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str
+    value: bytes
+    token: int  # create revision of the key (the fencing token when it leads)
+    lease: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    leader: Candidate | None
+    candidates: tuple[Candidate, ...]  # in create-revision (succession) order
+    revision: int
+
+
+def _candidate(kv: KeyValue) -> Candidate:
+    return Candidate(key=kv.key, value=kv.value, token=kv.create_revision, lease=kv.lease)
+
+
+class Election:
+    """One participant in the election under ``prefix``."""
+
+    def __init__(self, backend: Backend, prefix: str, session: Session, value: bytes | str = b"",
+                 *, name: str | None = None, confirm_timeout: float = 5.0):
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.backend = backend
+        self.prefix = prefix
+        self.session = session
+        self.value = value.encode() if isinstance(value, str) else value
+        self.name = name or f"election:{prefix}"
+        self.confirm_timeout = confirm_timeout
+        self.token = 0  # create revision of our key while campaigning or leading
+        self._key = ""
+        self._observers: list[PrefixWatcher] = []
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    # --- campaign ------------------------------------------------------------
+    def campaign(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+        """Block until this participant leads; return the fencing token.
+
+        Raises :class:`CampaignCancelled` on timeout or when ``cancel`` is
+        set (the candidacy is withdrawn first), and CoordError if the lease
+        is lost meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cancel = cancel or threading.Event()
+        try:
+            self._enter()
+            while True:
+                predecessor, revision = self._predecessor()
+                if predecessor is None:
+                    break
+                self._wait_deleted(predecessor.key, revision, deadline, cancel)
+            won_at = time.monotonic()
+            if not self._still_ours():
+                raise CoordError(f"{self.name}: candidacy lost (lease expired) while campaigning")
+            if not self.session.confirm(after=won_at, timeout=self.confirm_timeout):
+                raise CoordError(f"{self.name}: could not confirm the lease after winning")
+            if not self._still_ours():
+                raise CoordError(f"{self.name}: lease lost right after winning")
+            log.info("%s: elected leader with token %d", self.name, self.token)
+            return self.token
+        except CampaignCancelled:
+            self._withdraw()
+            raise
+
+    def _enter(self) -> None:
+        """Create our candidate key (idempotent for the same lease)."""
+        self._key = f"{self.prefix}{self.session.lease_id:x}"
+        res = self.backend.txn([missing(self._key)],
+                               [Put(self._key, self.value, lease=self.session.lease_id)],
+                               [GetOp(self._key)])
+        if res.succeeded:
+            self.token = res.revision
+        else:
+            self.token = res.responses[0][0].create_revision
+
+    def _predecessor(self) -> tuple[Candidate | None, int]:
+        result = self.backend.get_prefix(self.prefix, keys_only=True)
+        earlier = [kv for kv in result.kvs if kv.create_revision < self.token and _direct(self.prefix, kv)]
+        if not earlier:
+            return None, result.revision
+        return _candidate(max(earlier, key=lambda kv: kv.create_revision)), result.revision
+
+    def _wait_deleted(self, key: str, revision: int, deadline: float | None,
+                      cancel: threading.Event) -> None:
+        stream = self.backend.watch(key, start_revision=revision + 1)
+        woke = threading.Event()
+
+        def guard():  # cancels the blocking stream on timeout or cancel
+            while not woke.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if cancel.is_set() or (remaining is not None and remaining <= 0):
+                    stream.cancel()
+                    return
+                cancel.wait(0.2 if remaining is None else min(0.2, max(remaining, 0)))
+
+        threading.Thread(target=guard, daemon=True, name=f"{self.name}:guard").start()
+        try:
+            for batch in stream:
+                if any(ev.type is EventType.DELETE for ev in batch.events):
+                    return
+        finally:
+            woke.set()
+            stream.cancel()
+        if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            raise CampaignCancelled(f"{self.name}: campaign cancelled or timed out")
+
+    def _still_ours(self) -> bool:
+        kv = self.backend.get(self._key)
+        return kv is not None and kv.create_revision == self.token
+
+    def _withdraw(self) -> None:
+        try:
+            self.backend.txn([create_revision(self._key, "=", self.token)], [Delete(self._key)])
+        except CoordError as exc:
+            log.warning("%s: could not withdraw candidacy: %s", self.name, exc)
+        self.token = 0
+
+    # --- leadership ----------------------------------------------------------
+    def resign(self) -> None:
+        """Give up leadership (or candidacy); the next candidate takes over."""
+        if self._key and self.token:
+            self._withdraw()
+
+    def is_leader(self) -> bool:
+        """Ask the store whether our key is currently the first."""
+        current = self.leader()
+        return current is not None and current.key == self._key and current.token == self.token
+
+    def proclaim(self, value: bytes | str) -> None:
+        """Update the leader's value without losing leadership."""
+        data = value.encode() if isinstance(value, str) else value
+        res = self.backend.txn([create_revision(self._key, "=", self.token)],
+                               [Put(self._key, data, lease=self.session.lease_id)]) if self.token else None
+        if res is None or not res.succeeded:
+            raise NotLeader(f"{self.name}: cannot proclaim, not the leader")
+        self.value = data
+
+    def leader(self) -> Candidate | None:
+        return self.topology().leader
+
+    def topology(self) -> Topology:
+        result = self.backend.get_prefix(self.prefix)
+        return topology_of(self.prefix, result.kvs, result.revision)
+
+    # --- observation ---------------------------------------------------------
+    def observe(self, on_topology: Callable[[Topology], None] | None = None, *,
+                on_elected: Callable[[Topology], None] | None = None,
+                on_follower: Callable[[Topology], None] | None = None,
+                on_peer_join: Callable[[Candidate, Topology], None] | None = None,
+                on_peer_leave: Callable[[Candidate, Topology], None] | None = None) -> PrefixWatcher:
+        """Follow the election; callbacks run on the watcher thread.
+
+        ``on_elected``/``on_follower`` fire when *this* participant's role
+        as seen in the store changes; peers are the other candidates."""
+        previous: list[Topology | None] = [None]
+
+        def handle(change: Change) -> None:
+            topo = topology_of(self.prefix, change.snapshot.values(), change.revision)
+            old = previous[0]
+            previous[0] = topo
+            if on_topology:
+                on_topology(topo)
+            self._fire_role(old, topo, on_elected, on_follower)
+            old_keys = {c.key: c for c in (old.candidates if old else ())}
+            new_keys = {c.key: c for c in topo.candidates}
+            for key, cand in new_keys.items():
+                if key not in old_keys and key != self._key and on_peer_join:
+                    on_peer_join(cand, topo)
+            for key, cand in old_keys.items():
+                if key not in new_keys and key != self._key and on_peer_leave:
+                    on_peer_leave(cand, topo)
+
+        watcher = PrefixWatcher(self.backend, self.prefix, handle, name=f"{self.name}:observe")
+        self._observers.append(watcher)
+        return watcher.start(wait=5)
+
+    def _fire_role(self, old, topo, on_elected, on_follower) -> None:
+        def leads(t):
+            return bool(t and t.leader and self._key and t.leader.key == self._key)
+        if leads(topo) and not leads(old) and on_elected:
+            on_elected(topo)
+        elif not leads(topo) and (leads(old) or old is None) and on_follower and topo.leader:
+            on_follower(topo)
+
+    def close(self, resign: bool = True) -> None:
+        for watcher in self._observers:
+            watcher.stop()
+        self._observers.clear()
+        if resign:
+            self.resign()
+
+
+def _direct(prefix: str, kv: KeyValue) -> bool:
+    rest = kv.key[len(prefix):]
+    return bool(rest) and "/" not in rest
+
+
+def topology_of(prefix: str, kvs, revision: int) -> Topology:
+    ordered = sorted((kv for kv in kvs if _direct(prefix, kv)), key=lambda kv: kv.create_revision)
+    candidates = tuple(_candidate(kv) for kv in ordered)
+    return Topology(leader=candidates[0] if candidates else None, candidates=candidates, revision=revision)
+
+
+class LeadershipWatch:
+    """Tells a leader at once when it is deposed: its key was deleted, or its
+    session reports the lease expired or lost. ``on_deposed(reason)`` is
+    called once, from a watch or keepalive thread."""
+
+    def __init__(self, election: Election, on_deposed: Callable[[str], None]):
+        self.election = election
+        self.on_deposed = on_deposed
+        self._fired = threading.Event()
+        self._stream = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"{election.name}:deposed")
+
+    def start(self) -> "LeadershipWatch":
+        self.election.session.add_listener(self._on_session)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._fired.set()
+        self.election.session.remove_listener(self._on_session)
+        if self._stream is not None:
+            self._stream.cancel()
+
+    def _fire(self, reason: str) -> None:
+        if not self._fired.is_set():
+            self._fired.set()
+            self.on_deposed(reason)
+
+    def _on_session(self, event: SessionEvent) -> None:
+        if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
+            self._fire(f"lease {event.kind.value}")
+
+    def _run(self) -> None:
+        election = self.election
+        while not self._fired.is_set():
+            try:
+                kv = election.backend.get(election.key)
+                if kv is None or kv.create_revision != election.token:
+                    self._fire("leader key deleted")
+                    return
+                self._stream = election.backend.watch(election.key, start_revision=kv.mod_revision + 1)
+                for batch in self._stream:
+                    if any(ev.type is EventType.DELETE for ev in batch.events):
+                        self._fire("leader key deleted")
+                        return
+            except CoordTimeout:
+                continue
+            except CoordError:
+                if self._fired.wait(0.5):
+                    return
