@@ -86,6 +86,7 @@ class Session:
         self.last_alive_sent = 0.0
         self._listeners: list[Callable[[SessionEvent], None]] = []
         self._stop = threading.Event()
+        self._kick = threading.Event()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -117,6 +118,7 @@ class Session:
         """Block until a keepalive *sent* after ``after`` came back alive
         (GUIDE rule 2: start only when the win is confirmed)."""
         deadline = self.clock() + timeout
+        self.request_keepalive()
         with self._changed:
             while not (self.state is SessionState.ALIVE and self.last_alive_sent > after):
                 remaining = deadline - self.clock()
@@ -124,6 +126,11 @@ class Session:
                     return False
                 self._changed.wait(min(remaining, self.interval))
         return True
+
+    def request_keepalive(self) -> None:
+        """Send the next keepalive now instead of at the next interval (used
+        to confirm a fresh win quickly without blocking the caller)."""
+        self._kick.set()
 
     def keepalive_now(self) -> bool:
         """Send one keepalive from the calling thread; True if alive."""
@@ -133,6 +140,7 @@ class Session:
         """Stop keepalives and (by default) revoke the lease so every key on
         it disappears at once."""
         self._stop.set()
+        self._kick.set()
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(self.keepalive_timeout + 1)
         lease = self.lease_id
@@ -152,7 +160,11 @@ class Session:
         self._set_state(SessionState.ALIVE)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._kick.wait(self.interval)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             if self.state in (SessionState.LOST,):
                 self._try_new_lease()
             else:
