@@ -1,0 +1,40 @@
+"""The configuration layer: load a YAML file into frozen dataclasses, or explain why not.
+
+>>> config = load("etcdvisor.yaml")            # raises ConfigError (one line) on any problem
+>>> config.role("worker").stop_timeout         # float seconds
+>>> diff(old_config, new_config).changed       # role names whose spec changed
+
+Pipeline (GUIDE.md, safety rule 6): ``yaml`` SafeLoader (duplicate keys rejected)
+-> JSON Schema ``etcdvisor/schemas/config.schema.json`` (Draft 2020-12, closed
+objects) -> semantic checks (durations, signals, names, ``after`` graph, cron
+schedules, time zones, the lease slack rule of :mod:`etcdvisor.timing`) ->
+:class:`Config`. Key reference: docs/config-reference.md.
+"""
+
+from .commands import find_command
+from .diff import diff
+from .durations import format_duration, parse_duration, parse_size
+from .errors import ConfigError
+from .loader import ENV_OVERRIDES, load
+from .model import (
+    LEASE_BOUND_TYPES,
+    Backoff,
+    Config,
+    ConfigDiff,
+    EtcdKind,
+    EtcdSettings,
+    MemberSettings,
+    RestartPolicy,
+    RoleSpec,
+    RoleType,
+    Schedule,
+)
+from .schedule import parse_schedule
+from .schema import schema_text
+
+__all__ = [
+    "ENV_OVERRIDES", "LEASE_BOUND_TYPES", "Backoff", "Config", "ConfigDiff", "ConfigError", "EtcdKind",
+    "EtcdSettings", "MemberSettings", "RestartPolicy", "RoleSpec", "RoleType", "Schedule", "diff",
+    "find_command", "format_duration", "load", "parse_duration", "parse_schedule", "parse_size",
+    "schema_text",
+]

@@ -1,0 +1,187 @@
+"""The loaded configuration as frozen, value-comparable dataclasses.
+
+All durations are float seconds, sizes int bytes, signals ``signal.Signals``
+(an ``int``), paths absolute (relative ones are resolved against the directory of
+the config file). Mappings are read-only (``MappingProxyType``) and keep the order
+of the file. Two loads of the same file compare equal (``==``), which is what
+:func:`etcdvisor.config.diff` relies on; nothing here is hashable because of the
+mappings.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..coord.url import TLSOptions
+
+
+class RoleType(enum.StrEnum):
+    SHARDED = "sharded"
+    SINGLETON = "singleton"
+    CRON = "cron"
+    JOB = "job"
+    TOPIC = "topic"
+
+    @property
+    def lease_bound(self) -> bool:
+        """True if a child's right to run depends on the member lease (safety rule 1)."""
+        return self in LEASE_BOUND_TYPES
+
+
+LEASE_BOUND_TYPES = frozenset({RoleType.SHARDED, RoleType.SINGLETON, RoleType.CRON, RoleType.JOB})
+
+
+class RestartPolicy(enum.StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class EtcdKind(enum.StrEnum):
+    ETCD = "etcd"          # external etcd at ``endpoints``
+    EMBEDDED = "embedded"  # a private single-node etcd started by the supervisor
+    MEMORY = "memory"      # the in-process backend (tests)
+
+
+def _frozen_map(items) -> Mapping:
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """How to reach etcd.
+
+    ``endpoints`` are normalized URLs (``http://host:port``) for ``kind == ETCD``,
+    ``("memory://NAME",)`` for MEMORY and empty for EMBEDDED. ``data_dir`` is set
+    (absolute) only for EMBEDDED. The password itself is never held here: read it
+    with ``coord.read_password(password_file=..., password_env=...)``."""
+
+    kind: EtcdKind = EtcdKind.ETCD
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    memory_name: str | None = None
+    tls: TLSOptions | None = None
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    timeout: float = 5.0
+    data_dir: str | None = None
+
+    @property
+    def url(self) -> str:
+        """What ``coord.open_backend`` takes: comma-joined endpoints, ``memory://NAME``,
+        or ``embedded`` (the runtime substitutes the private server's URL)."""
+        if self.kind is EtcdKind.EMBEDDED:
+            return "embedded"
+        return ",".join(self.endpoints)
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """Who this supervisor is. ``id_generated`` is True when no id was configured
+    and one was made up from the host name (pass ``default_member_id`` to ``load``
+    on reload to keep it stable)."""
+
+    id: str
+    ttl: int = 10
+    state_dir: str = ""
+    id_generated: bool = False
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delay: ``initial``, doubling up to ``max`` (seconds)."""
+
+    initial: float = 1.0
+    max: float = 60.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron role's schedule. Exactly one of ``cron`` (a 5-field expression for
+    ``cronsim.CronSim``; ``@daily`` etc. are expanded) and ``every`` (seconds) is set;
+    ``text`` is what the file said."""
+
+    text: str
+    cron: str | None = None
+    every: float | None = None
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One role, with every default filled in.
+
+    Keys that do not apply to the role's type hold ``None`` (``settle`` is only
+    set for sharded roles, ``schedule``/``timezone`` for cron, ``topic``/... for
+    topic). ``concurrency`` is a policy string for cron (forbid | replace | allow)
+    and an int >= 1 for topic roles."""
+
+    name: str
+    type: RoleType
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: _frozen_map({}))
+    cwd: str | None = None
+    restart: RestartPolicy = RestartPolicy.ALWAYS
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 5.0
+    backoff: Backoff = Backoff()
+    start_retries: int = 5
+    after: tuple[str, ...] = ()
+    wait_for: tuple[str, ...] = ()
+    # sharded
+    settle: float | None = None
+    # singleton
+    standby: bool = False
+    # cron
+    schedule: Schedule | None = None
+    timezone: str | None = None
+    starting_deadline: float | None = None
+    # cron (str) and topic (int)
+    concurrency: str | int | None = None
+    # topic
+    topic: str | None = None
+    delivery: str | None = None
+    max_payload: int | None = None
+    max_attempts: int | None = None
+
+    @property
+    def lease_bound(self) -> bool:
+        return self.type.lease_bound
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file, validated. ``roles`` keeps file order."""
+
+    source_path: str
+    cluster: str
+    etcd: EtcdSettings
+    member: MemberSettings
+    roles: Mapping[str, RoleSpec] = field(default_factory=lambda: _frozen_map({}))
+
+    def role(self, name: str) -> RoleSpec:
+        """The role called ``name``; ``KeyError`` naming the known roles otherwise."""
+        try:
+            return self.roles[name]
+        except KeyError:
+            known = ", ".join(self.roles) or "none"
+            raise KeyError(f"no role {name!r} in {self.source_path} (roles: {known})") from None
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """Role names added, changed (spec differs) and removed between two configs,
+    in file order, and the dotted names of non-role settings that changed
+    (``cluster``, ``etcd.endpoints``, ``member.ttl``...), which a live reload cannot
+    apply: the caller decides whether that means a restart or a refusal."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    settings_changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed or self.settings_changed)

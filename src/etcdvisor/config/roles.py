@@ -1,0 +1,216 @@
+"""Semantic checks and defaults for one role (the document is schema-valid here).
+
+Each ``build_role`` call adds its problems to the shared collector and returns
+a :class:`RoleSpec`, or None if the role had problems. Checks that need the
+other roles (``after`` references and cycles) live in :mod:`.semantic`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import zoneinfo
+
+from .. import timing
+from .durations import format_size, parse_duration, parse_size
+from .errors import Problems
+from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .schedule import parse_schedule
+
+ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+ROLE_NAME_MAX = 63
+WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+STOP_SIGNALS = {name: getattr(signal, "SIG" + name) for name in ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")}
+RESERVED_ENV = frozenset({
+    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
+    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
+})
+"""Variables the supervisor sets for children; a role may not override them."""
+RESERVED_ENV_PREFIX = "ETCDVISOR_"
+
+MAX_PAYLOAD_LIMIT = 1024 * 1024  # etcd's default request limit is 1.5MiB; keep room for keys
+DEFAULTS = {
+    "settle": 1.0, "stop_timeout": 5.0, "start_retries": 5, "backoff_initial": 1.0, "backoff_max": 60.0,
+    "timezone": "UTC", "cron_concurrency": "forbid", "topic_concurrency": 1, "delivery": "queue",
+    "max_payload": 64 * 1024, "max_attempts": 5,
+}
+_NEVER_ALWAYS = {RoleType.CRON, RoleType.JOB, RoleType.TOPIC}
+
+
+class _RoleChecker:
+    """Reads one role's keys, converting values and recording problems."""
+
+    def __init__(self, name: str, raw: dict, problems: Problems):
+        self.name, self.raw, self.problems = name, raw, problems
+        self.path = ("roles", name)
+        self.errors_before = len(problems)
+
+    def fail(self, key, reason: str) -> None:
+        keys = key if isinstance(key, tuple) else (key,)
+        self.problems.add(self.path + keys, reason)
+
+    def duration(self, key: str, default: float | None, *, positive: bool = True) -> float | None:
+        if key not in self.raw:
+            return default
+        try:
+            seconds = parse_duration(self.raw[key])
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            return default
+        if positive and seconds <= 0:
+            self.fail(key, "must be greater than zero")
+        return seconds
+
+    @property
+    def ok(self) -> bool:
+        return len(self.problems) == self.errors_before
+
+
+def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Problems) -> RoleSpec | None:
+    """Return the role with defaults filled in, or None if it has problems.
+
+    ``ttl`` is the member lease TTL for the slack check (None: member settings
+    were invalid, skip the check)."""
+    check = _RoleChecker(name, raw, problems)
+    if not isinstance(name, str) or not ROLE_NAME.fullmatch(name) or len(name) > ROLE_NAME_MAX:
+        problems.add(("roles", name), f"{name!r} is not a valid role name (lowercase letters, digits, "
+                     f"'_' and '-', starting with a letter, at most {ROLE_NAME_MAX} characters)")
+        return None
+    role_type = RoleType(raw["type"])
+    command = tuple(raw["command"])
+    if not command[0].strip():
+        check.fail(("command", 0), "program name is empty")
+    for index, arg in enumerate(command):
+        if "\0" in arg:
+            check.fail(("command", index), "contains a NUL byte")
+    stop_timeout = check.duration("stop_timeout", DEFAULTS["stop_timeout"])
+    fields = dict(
+        name=name, type=role_type, command=command,
+        env=_environment(check), cwd=_cwd(raw, base_dir),
+        restart=_restart(check, role_type), stop_signal=_stop_signal(check),
+        stop_timeout=stop_timeout, backoff=_backoff(check),
+        start_retries=raw.get("start_retries", DEFAULTS["start_retries"]),
+        after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
+    )
+    fields.update(_type_fields(check, role_type))
+    if role_type.lease_bound and ttl is not None and stop_timeout is not None:
+        problem = timing.slack_problem(ttl, stop_timeout)
+        if problem:
+            check.fail("stop_timeout", problem if "stop_timeout" in raw else f"the default {problem}")
+    return RoleSpec(**fields) if check.ok else None
+
+
+def _environment(check: _RoleChecker):
+    env = {}
+    for key, value in check.raw.get("env", {}).items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            check.fail(("env", key), f"{key!r} is not a valid environment variable name")
+        elif key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIX):
+            check.fail(("env", key), f"{key} is set by the supervisor and cannot be overridden")
+        elif isinstance(value, str) and "\0" in value:
+            check.fail(("env", key), "contains a NUL byte")
+        else:
+            # YAML gives bools and numbers; children only see strings
+            env[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return _frozen_map(env)
+
+
+def _cwd(raw: dict, base_dir: str) -> str | None:
+    cwd = raw.get("cwd")
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(cwd))) if cwd else None
+
+
+def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
+    default = RestartPolicy.ON_FAILURE if role_type in _NEVER_ALWAYS else RestartPolicy.ALWAYS
+    policy = RestartPolicy(check.raw.get("restart", default))
+    if policy is RestartPolicy.ALWAYS and role_type in _NEVER_ALWAYS:
+        what = {RoleType.JOB: "a job that always restarts never completes",
+                RoleType.CRON: "a cron run that always restarts never finishes its tick",
+                RoleType.TOPIC: "a message whose run always restarts is never done"}[role_type]
+        check.fail("restart", f"'always' is not allowed for {role_type} roles ({what}; use on-failure or never)")
+    return policy
+
+
+def _stop_signal(check: _RoleChecker) -> signal.Signals:
+    text = check.raw.get("stop_signal", "TERM")
+    name = text.strip().upper()
+    name = name[3:] if name.startswith("SIG") else name
+    if name not in STOP_SIGNALS:
+        check.fail("stop_signal", f"{text!r} is not a stop signal (one of: {', '.join(STOP_SIGNALS)})")
+        return signal.SIGTERM
+    return STOP_SIGNALS[name]
+
+
+def _backoff(check: _RoleChecker) -> Backoff:
+    raw = check.raw.get("backoff", {})
+    sub = _RoleChecker(check.name, raw, check.problems)
+    sub.path = check.path + ("backoff",)
+    initial = sub.duration("initial", DEFAULTS["backoff_initial"])
+    maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
+    if initial is not None and maximum is not None and maximum < initial:
+        sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
+    return Backoff(initial=initial, max=maximum)
+
+
+def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:
+    names = tuple(check.raw.get("wait_for", ()))
+    for index, group in enumerate(names):
+        if not WAIT_GROUP_NAME.fullmatch(group):
+            check.fail(("wait_for", index), f"{group!r} is not a valid wait group name "
+                       "(letters, digits, '_', '.', '-', starting with a letter or digit)")
+    return names
+
+
+def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
+    raw = check.raw
+    if role_type is RoleType.SHARDED:
+        return {"settle": check.duration("settle", DEFAULTS["settle"], positive=False)}
+    if role_type is RoleType.SINGLETON:
+        return {"standby": raw.get("standby", False)}
+    if role_type is RoleType.CRON:
+        return _cron_fields(check)
+    if role_type is RoleType.TOPIC:
+        return _topic_fields(check)
+    return {}
+
+
+def _cron_fields(check: _RoleChecker) -> dict:
+    raw = check.raw
+    schedule = None
+    try:
+        schedule = parse_schedule(raw["schedule"])
+    except ValueError as exc:
+        check.fail("schedule", str(exc))
+    tz = raw.get("timezone", DEFAULTS["timezone"])
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        check.fail("timezone", f"{tz!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)")
+    return {
+        "schedule": schedule, "timezone": tz,
+        "concurrency": raw.get("concurrency", DEFAULTS["cron_concurrency"]),
+        "starting_deadline": check.duration("starting_deadline", None),
+    }
+
+
+def _topic_fields(check: _RoleChecker) -> dict:
+    raw = check.raw
+    max_payload = DEFAULTS["max_payload"]
+    if "max_payload" in raw:
+        try:
+            max_payload = parse_size(raw["max_payload"])
+        except ValueError as exc:
+            check.fail("max_payload", str(exc))
+        if max_payload > MAX_PAYLOAD_LIMIT:
+            check.fail("max_payload", f"{format_size(max_payload)} is more than the limit of "
+                       f"{format_size(MAX_PAYLOAD_LIMIT)} (payloads are stored in etcd)")
+        elif max_payload < 1:
+            check.fail("max_payload", "must be at least 1 byte")
+    return {
+        "topic": raw.get("topic", check.name), "delivery": raw.get("delivery", DEFAULTS["delivery"]),
+        "concurrency": raw.get("concurrency", DEFAULTS["topic_concurrency"]),
+        "max_payload": max_payload, "max_attempts": raw.get("max_attempts", DEFAULTS["max_attempts"]),
+    }

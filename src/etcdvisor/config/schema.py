@@ -1,0 +1,227 @@
+"""Validate a parsed document against the JSON Schema and explain failures.
+
+The schema (Draft 2020-12, every object closed) ships inside the package as
+``etcdvisor/schemas/config.schema.json``; ``schemas/config.schema.json`` at the
+repository root is an identical copy for editors and readers. jsonschema's own
+messages (``'comand' was unexpected``) are translated into reasons a person can
+act on (``unknown key 'comand' (did you mean 'command'?)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from datetime import date
+from importlib import resources
+
+import jsonschema
+
+from .durations import DURATION_HINT, SIZE_HINT
+from .errors import Problems
+
+ROLE_TYPES = ("sharded", "singleton", "cron", "job", "topic")
+
+TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "settle": ("sharded",),
+    "standby": ("singleton",),
+    "schedule": ("cron",),
+    "timezone": ("cron",),
+    "starting_deadline": ("cron",),
+    "concurrency": ("cron", "topic"),
+    "topic": ("topic",),
+    "delivery": ("topic",),
+    "max_payload": ("topic",),
+    "max_attempts": ("topic",),
+}
+"""Role keys that only some types accept (mirrors the schema's allOf; a test checks)."""
+
+_PATTERN_HINTS = {
+    "cluster": "use lowercase letters, digits, '_', '.', '-', starting with a letter or digit",
+    "id": "use letters, digits, '_', '.', '-', starting with a letter or digit",
+    "topic": "use letters, digits, '_', '.', '-', starting with a letter or digit",
+    "password_env": "must be an environment variable name",
+}
+
+
+@functools.cache
+def schema_text() -> str:
+    """The packaged schema, as text."""
+    return resources.files("etcdvisor").joinpath("schemas/config.schema.json").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_text()))
+
+
+def check_schema(document: dict, problems: Problems) -> None:
+    """Add one problem per schema violation in ``document``, in file order."""
+    found: list[tuple[tuple, str]] = []
+    for error in _validator().iter_errors(document):
+        found.extend(_translate(error, document))
+    found.sort(key=lambda item: _document_order(document, item[0]))
+    for path, reason in found:
+        problems.add(path, reason)
+
+
+def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple, str]]:
+    """Turn one jsonschema error into ``(path, reason)`` pairs (possibly none)."""
+    path = tuple(error.absolute_path)
+    kind, value, schema, instance = error.validator, error.validator_value, error.schema, error.instance
+    if kind == "additionalProperties":
+        known = list(schema.get("properties", {}))
+        return [(path + (key,), _unknown_key(key, known)) for key in instance if key not in known]
+    if kind == "required":
+        # a `then` branch of the role schema: the requirement comes from the role type
+        role_type = instance.get("type") if "then" in error.relative_schema_path else None
+        needed_by = f" ({role_type} roles need it)" if isinstance(role_type, str) else ""
+        return [(path + (key,), f"required key is missing{needed_by}") for key in value if key not in instance]
+    if kind == "dependentRequired":
+        return [
+            (path + (key,), f"{key!r} needs {dep!r} as well")
+            for key, deps in value.items() if key in instance for dep in deps if dep not in instance
+        ]
+    if kind == "not":
+        return _forbidden_key(path, schema, document)
+    if kind in ("anyOf", "oneOf"):
+        return [(path, _no_alternative(error))]
+    return [(path, _simple_reason(kind, value, schema, instance, path))]
+
+
+def _simple_reason(kind, value, schema, instance, path) -> str:
+    title = schema.get("title")
+    if kind == "type":
+        return f"expected {_describe_type(value, schema)}, got {_describe_value(instance)}" + _command_hint(title, instance)
+    if kind == "enum":
+        noun = f"a {title}" if title else "an allowed value"
+        return f"{instance!r} is not {noun} (one of: {', '.join(map(str, value))})"
+    if kind == "pattern":
+        key = path[-1] if path else ""
+        return f"{instance!r} is not valid ({_PATTERN_HINTS.get(key, f'must match {value}')})"
+    if kind in ("minimum", "exclusiveMinimum"):
+        op = ">=" if kind == "minimum" else ">"
+        return f"must be {op} {value}, got {instance!r}"
+    if kind == "minItems":
+        return "must not be empty" if value == 1 else f"needs at least {value} items"
+    if kind == "minLength":
+        return "must not be empty"
+    if kind == "maxLength":
+        return f"is too long (at most {value} characters)"
+    if kind == "uniqueItems":
+        seen, dups = [], []
+        for item in instance:
+            if item in seen:
+                dups.append(item)
+            seen.append(item)
+        return f"{dups[0]!r} is listed twice" if dups else "items must be unique"
+    return f"{_describe_value(instance)} breaks the schema rule {kind!r}: {value!r}"
+
+
+def _unknown_key(key, known: list[str]) -> str:
+    text = str(key)
+    if not isinstance(key, str):
+        return f"keys must be strings, got {_describe_value(key)}"
+    close = difflib.get_close_matches(text, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {text!r} (did you mean {close[0]!r}?)"
+    if len(known) <= 6:
+        return f"unknown key {text!r} (known keys: {', '.join(known)})"
+    return f"unknown key {text!r}"
+
+
+def _forbidden_key(path: tuple, schema: dict, document) -> list[tuple[tuple, str]]:
+    if schema.get("title") == "forbidden":
+        return [(path, schema.get("description", "this key is not allowed"))]
+    key = path[-1]
+    role = _lookup(document, path[:-1])
+    role_type = role.get("type") if isinstance(role, dict) else None
+    if role_type not in ROLE_TYPES:
+        return []  # the bad type is reported on its own; don't pile on
+    allowed = " and ".join(TYPE_ONLY_KEYS.get(key, ()))
+    return [(path, f"{key!r} only applies to {allowed} roles, not {role_type} roles")]
+
+
+def _no_alternative(error: jsonschema.ValidationError) -> str:
+    title, instance = error.schema.get("title"), error.instance
+    numeric = isinstance(instance, (int, float)) and not isinstance(instance, bool)
+    if title == "duration":
+        if numeric and instance < 0:
+            return f"must not be negative, got {instance!r}"
+        return f"{instance!r} is not a duration ({DURATION_HINT})"
+    if title == "size":
+        if numeric and instance <= 0:
+            return f"must be at least 1 byte, got {instance!r}"
+        return f"{instance!r} is not a size ({SIZE_HINT})"
+    if title == "endpoints":
+        if isinstance(instance, list):
+            return "expected a non-empty list of URL strings"
+        if isinstance(instance, str):
+            return "must not be empty"
+        return f"expected a list of URLs, 'embedded' or 'memory://NAME', got {_describe_value(instance)}"
+    best = jsonschema.exceptions.best_match(error.context)
+    return best.message if best is not None else error.message
+
+
+def _describe_type(expected, schema: dict) -> str:
+    if isinstance(expected, list):
+        names = [_describe_type(t, {}) if t != "boolean" else "a boolean" for t in expected]
+        return ", ".join(names[:-1]) + " or " + names[-1]
+    if expected == "array":
+        item_type = schema.get("items", {}).get("type")
+        return f"a list of {item_type}s" if isinstance(item_type, str) else "a list"
+    return {
+        "object": "a mapping", "string": "a string", "integer": "an integer", "number": "a number",
+        "boolean": "true or false", "null": "nothing",
+    }.get(expected, str(expected))
+
+
+def _describe_value(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, date):
+        return "a date (quote it to make it a string)"
+    return f"a {type(value).__name__}"
+
+
+def _command_hint(title, instance) -> str:
+    if title == "command" and isinstance(instance, str):
+        return f" (write it as an argv list, e.g. {instance.split()!r}; no shell is used)"
+    return ""
+
+
+def _lookup(document, path: tuple):
+    node = document
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _document_order(document, path: tuple) -> tuple:
+    """Sort key that follows the order of keys in the file."""
+    order, node = [], document
+    for part in path:
+        if isinstance(node, dict):
+            keys = list(node)
+            order.append(keys.index(part) if part in keys else len(keys))
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            order.append(part)
+            node = node[part] if part < len(node) else None
+        else:
+            order.append(0)
+            node = None
+    return tuple(order)

@@ -1,0 +1,179 @@
+"""Every broken file gives exactly one one-line error naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etcdvisor import config
+from etcdvisor.config import ConfigError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+BAD = DATA / "bad"
+
+# file stem -> (key path printed after "FILE: ", or None for whole-file problems; reason fragment)
+EXPECTED = {
+    "bad_yaml": (None, "invalid YAML: expected ',' or ']'"),
+    "empty": (None, "config file is empty"),
+    "comments_only": (None, "config file is empty"),
+    "top_level_list": (None, "expected a mapping of keys at the top level, got a list"),
+    "duplicate_role": (None, "invalid YAML: duplicate key 'worker' (first at line 4)"),
+    "unknown_top_level_key": ("role", "unknown key 'role' (did you mean 'roles'?)"),
+    "unknown_role_key": ("roles.worker.comand", "unknown key 'comand' (did you mean 'command'?)"),
+    "wrong_type": ("roles.worker.command", "expected a list of strings, got a string"),
+    "bad_duration": ("roles.worker.stop_timeout", "'5 secs' is not a duration"),
+    "negative_duration": ("roles.worker.settle", "must not be negative"),
+    "missing_command": ("roles.worker.command", "required key is missing"),
+    "empty_command": ("roles.worker.command", "must not be empty"),
+    "empty_program": ("roles.worker.command[0]", "program name is empty"),
+    "unknown_signal": ("roles.worker.stop_signal", "'SIGSTOP' is not a stop signal (one of: TERM, INT"),
+    "no_slack": ("roles.compactor.stop_timeout",
+                 "10s leaves no slack under member.ttl 10s (need member.ttl >= 14s or stop_timeout < 6.5s)"),
+    "unknown_role_type": ("roles.worker.type",
+                          "'sharded2' is not a role type (one of: sharded, singleton, cron, job, topic)"),
+    "after_cycle": ("roles.a.after", "cycle in after: a -> c -> b -> a"),
+    "after_self": ("roles.a.after[0]", "role 'a' cannot wait for itself"),
+    "after_unknown": ("roles.web.after[0]", "unknown role 'migrat' (did you mean 'migrate'?)"),
+    "after_never_completes": ("roles.report.after[0]", "role 'web' never completes (it has restart: always)"),
+    "bad_cron": ("roles.nightly.schedule", "'61 * * * *' is not a valid cron schedule: Bad minute"),
+    "cron_six_fields": ("roles.nightly.schedule", "has 6 fields; expected 5"),
+    "cron_every_too_fast": ("roles.nightly.schedule", "too frequent"),
+    "cron_unknown_alias": ("roles.nightly.schedule", "unknown schedule '@fortnightly'"),
+    "cron_missing_schedule": ("roles.nightly.schedule", "required key is missing (cron roles need it)"),
+    "cron_bad_concurrency": ("roles.nightly.concurrency", "2 is not a cron concurrency policy"),
+    "bad_timezone": ("roles.nightly.timezone", "'Europe/Atlantis' is not a known IANA time zone"),
+    "literal_password": ("etcd.password", "a literal password is not accepted"),
+    "schedule_on_sharded": ("roles.worker.schedule", "'schedule' only applies to cron roles, not sharded roles"),
+    "standby_on_cron": ("roles.nightly.standby", "'standby' only applies to singleton roles, not cron roles"),
+    "bad_role_name": ("roles.Worker", "'Worker' is not a valid role name"),
+    "restart_always_job": ("roles.migrate.restart", "'always' is not allowed for job roles"),
+    "bad_endpoint": ("etcd.endpoints", "unknown scheme 'ftp'"),
+    "tls_with_http": ("etcd.tls", "endpoints use http://"),
+    "bad_cluster_name": ("cluster", "'Orders!' is not valid"),
+    "missing_cluster": ("cluster", "required key is missing"),
+    "ttl_too_small": ("member.ttl", "must be >= 2, got 1"),
+    "ttl_not_integer": ("member.ttl", "expected an integer, got 10.5"),
+    "payload_too_big": ("roles.q.max_payload", "2MiB is more than the limit of 1MiB"),
+    "bad_size": ("roles.q.max_payload", "'lots' is not a size"),
+    "reserved_env": ("roles.worker.env.INDEX", "INDEX is set by the supervisor"),
+    "env_value_list": ("roles.worker.env.HOSTS", "expected a string, a number or a boolean, got a list"),
+    "backoff_inverted": ("roles.worker.backoff.max", "must be >= backoff.initial (10s), got 2s"),
+    "password_without_username": ("etcd.password_env", "'password_env' needs 'username' as well"),
+    "data_dir_without_embedded": ("etcd.data_dir", "only applies with endpoints: embedded"),
+}
+
+
+def bad_files():
+    return sorted(p.stem for p in BAD.glob("*.yaml"))
+
+
+def test_every_bad_file_has_an_expectation():
+    assert set(bad_files()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("stem", bad_files())
+def test_bad_file_gives_one_line_naming_file_and_key(stem):
+    path = BAD / f"{stem}.yaml"
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    error = caught.value
+    message = str(error)
+    assert "\n" not in message and "Traceback" not in message
+    assert error.errors == [message], "each bad file should hold exactly one problem"
+    key, reason = EXPECTED[stem]
+    if key is None:
+        assert message.startswith(f"{path}:"), message
+    else:
+        assert message.startswith(f"{path}: {key}: "), message
+    assert reason in message
+
+
+def test_missing_file_is_one_line(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    assert str(caught.value) == f"{path}: cannot read config file: No such file or directory"
+
+
+def test_invalid_yaml_reports_line_and_column():
+    with pytest.raises(ConfigError) as caught:
+        config.load(BAD / "bad_yaml.yaml", {})
+    assert str(caught.value).startswith(f"{BAD / 'bad_yaml.yaml'}:6:1: invalid YAML: ")
+
+
+def test_all_problems_are_collected_in_file_order(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        "cluster: orders\n"
+        "member: {ttl: 10}\n"
+        "roles:\n"
+        "  a: {type: sharded, command: [a], stop_signal: NOPE}\n"
+        "  b: {type: job, comand: [b]}\n"
+        "  c: {type: cron, command: [c], schedule: '@daily', timezone: Mars/Base, stop_timeout: 1h}\n"
+        "  d: {type: job, command: [d], after: [zz]}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    reported = [line.removeprefix(f"{path}: ") for line in caught.value.errors]
+    assert [line.split(": ", 1)[0] for line in reported] == [
+        "roles.b.comand", "roles.b.command",  # schema problems first, in file order
+        "roles.a.stop_signal", "roles.c.timezone", "roles.c.stop_timeout", "roles.d.after[0]",
+    ]
+    assert str(caught.value) == f"{path}: {reported[0]} (+5 more)"
+    assert all("\n" not in line for line in caught.value.errors)
+
+
+def test_bad_type_does_not_pile_on_type_only_key_errors(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("cluster: x\nroles:\n  w: {type: shard, command: [w], settle: 1, schedule: '@daily'}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    assert len(caught.value.errors) == 1 and "roles.w.type" in str(caught.value)
+
+
+def test_yaml_merge_keys_may_override_without_counting_as_duplicates(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "cluster: x\n"
+        "roles:\n"
+        "  a: &base {type: job, command: [a], stop_timeout: 2}\n"
+        "  b:\n    <<: *base\n    command: [b]\n"
+    )
+    cfg = config.load(path, {})
+    assert cfg.role("b").command == ("b",) and cfg.role("b").stop_timeout == 2.0
+
+
+def test_env_key_must_be_a_valid_name(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("cluster: x\nroles:\n  w: {type: job, command: [w], env: {'BAD-NAME': x}}\n")
+    with pytest.raises(ConfigError, match=r"roles\.w\.env\.BAD-NAME: 'BAD-NAME' is not a valid environment"):
+        config.load(path, {})
+
+
+def test_endpoints_cannot_mix_embedded_with_urls(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("cluster: x\netcd: {endpoints: [embedded, 'http://a:1']}\n")
+    with pytest.raises(ConfigError, match=r"etcd\.endpoints: 'embedded' cannot be combined"):
+        config.load(path, {})
+
+
+def test_data_dir_is_allowed_when_env_moves_away_from_embedded(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("cluster: x\netcd: {endpoints: embedded, data_dir: db}\n")
+    assert config.load(path, {}).etcd.data_dir == str(tmp_path / "db")
+    cfg = config.load(path, {"ETCDVISOR_ENDPOINTS": "http://h:2379"})
+    assert cfg.etcd.endpoints == ("http://h:2379",) and cfg.etcd.data_dir is None
+
+
+def test_slack_check_uses_the_default_stop_timeout(tmp_path):
+    path = tmp_path / "ttl.yaml"
+    path.write_text("cluster: x\nmember: {ttl: 6}\nroles:\n  w: {type: sharded, command: [w]}\n"
+                    "  q: {type: topic, command: [q]}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    # topic roles do not hold the lease, so only the sharded role is reported
+    assert caught.value.errors == [
+        f"{path}: roles.w.stop_timeout: the default 5s leaves no slack under member.ttl 6s "
+        "(need member.ttl >= 9s or stop_timeout < 2.7s)"
+    ]
