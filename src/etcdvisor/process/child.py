@@ -1,0 +1,241 @@
+"""One run of one child: an enum state machine driven by the decision loop.
+
+States and transitions (each marked ``# A -> B`` in the code)::
+
+    STARTING --start()--> RUNNING --stop(now)--> STOPPING --deadline/kill()--> KILLED
+    STARTING --SpawnError--> EXITED
+    RUNNING  --kill()--> KILLED
+    RUNNING | STOPPING | KILLED --poll() reaps--> EXITED
+
+Guarantees:
+
+- every method returns promptly; ``poll(now)`` never blocks (WNOHANG) and is the only
+  place that reaps, through ``Popen.poll`` so ``subprocess`` keeps the exit status;
+- ``stop(now)`` sends ``stop_signal`` to the whole process group and remembers the kill
+  deadline ``now + stop_timeout``; ``poll(now)`` escalates to ``kill()`` once it passed;
+- ``kill()`` SIGKILLs the group and every descendant found with psutil, including
+  descendants that escaped the group with setsid; escaped descendants seen at ``stop``
+  time are remembered and killed too once the leader is gone;
+- when the leader exits (on its own or after a stop), whatever is left in its group gets
+  SIGKILL before the leader is reaped: the zombie leader pins the pgid, so the signal
+  cannot hit an unrelated group that reused the number;
+- lease deadlines (``set_lease_deadlines``, lease-bound children only) are enforced in
+  ``poll(now)``: stop at ``term_at``, SIGKILL at ``kill_at``; they are mirrored to the
+  watchdog, together with the stop deadline, so a frozen supervisor still kills in time.
+
+Limits: descendants that escaped the group and whose leader exited on its own (not
+stopped by us) are reparented before we can see them; they are not tracked. ``kill()``
+walks /proc through psutil, which costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import psutil
+
+from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
+
+if TYPE_CHECKING:
+    from etcdvisor.process.output import OutputPump
+    from etcdvisor.process.watchdog import Watchdog
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"  # created, not spawned yet
+    RUNNING = "running"    # spawned, not asked to stop
+    STOPPING = "stopping"  # stop_signal sent to the group, waiting for exit or deadline
+    KILLED = "killed"      # SIGKILL sent, waiting to reap
+    EXITED = "exited"      # reaped (returncode set) or never started (spawn failed)
+
+
+def _min_deadline(*deadlines: float | None) -> float | None:
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
+
+
+class ChildProcess:
+    """One run of ``spec``. Create, ``start()``, then ``poll(now)`` on every tick."""
+
+    def __init__(self, spec: ChildSpec, *, output: OutputPump | None = None,
+                 watchdog: Watchdog | None = None):
+        self.spec = spec
+        self.state = ChildState.STARTING
+        self.pid: int | None = None
+        self.pgid: int | None = None
+        self.returncode: int | None = None
+        self.started_at: float | None = None
+        self.exited_at: float | None = None
+        self.stop_requested = False   # True once stop() or kill() was asked for
+        self.spawn_error: str | None = None
+        self._output = output
+        self._watchdog = watchdog
+        self._proc = None
+        self._stop_kill_at: float | None = None
+        self._lease_term_at: float | None = None
+        self._lease_kill_at: float | None = None
+        self._escaped: list[psutil.Process] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, now: float | None = None) -> int:
+        """Spawn the child; return its pid. Raises ``SpawnError`` (state becomes EXITED)."""
+        if self.state is not ChildState.STARTING:
+            raise RuntimeError(f"{self.spec.name}: start() in state {self.state.name}")
+        try:
+            proc = spawn(self.spec, capture_output=self._output is not None)
+        except SpawnError as exc:
+            self.spawn_error = str(exc)
+            self.state = ChildState.EXITED  # STARTING -> EXITED
+            raise
+        self._proc = proc
+        self.pid = self.pgid = proc.pid
+        self.started_at = time.monotonic() if now is None else now
+        self.state = ChildState.RUNNING  # STARTING -> RUNNING
+        if self._output is not None:
+            self._output.add(self.spec.name, proc.stdout, proc.stderr)
+        if self._watchdog is not None:
+            term_at, kill_at = self.guard_deadlines()
+            self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal)
+        return proc.pid
+
+    def stop(self, now: float) -> None:
+        """Send ``stop_signal`` to the group; SIGKILL follows at ``now + stop_timeout``.
+
+        Idempotent: a second call does not move the deadline. No-op unless RUNNING.
+        """
+        if self.state is not ChildState.RUNNING:
+            return
+        self.stop_requested = True
+        self._escaped = self._find_escaped()
+        self._stop_kill_at = _min_deadline(now + self.spec.stop_timeout, self._lease_kill_at)
+        self.state = ChildState.STOPPING  # RUNNING -> STOPPING
+        self._signal_group(self.spec.stop_signal)
+        for proc in self._escaped:
+            _signal_quietly(proc, self.spec.stop_signal)
+        self._sync_watchdog()
+
+    def kill(self) -> None:
+        """SIGKILL the group and every descendant (also escaped ones). No-op once reaped."""
+        if self.state not in (ChildState.RUNNING, ChildState.STOPPING, ChildState.KILLED):
+            return
+        self.stop_requested = True
+        victims = self._escaped + self._descendants()
+        self._signal_group(signal.SIGKILL)
+        for proc in victims:
+            _signal_quietly(proc, signal.SIGKILL)
+        self._escaped = []
+        self.state = ChildState.KILLED  # RUNNING | STOPPING -> KILLED
+
+    def poll(self, now: float) -> int | None:
+        """Reap without blocking; return the exit code (negative = signal) or None.
+
+        Also applies deadlines: the stop deadline and lease ``kill_at`` escalate to
+        ``kill()``, the lease ``term_at`` starts ``stop(now)``.
+        """
+        if self.state is ChildState.EXITED or self._proc is None:
+            return self.returncode
+        try:
+            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            exited = True  # reaped elsewhere; Popen.poll below records what it can
+        if exited is None:
+            self._apply_deadlines(now)
+            return None
+        if self._lease_term_at is not None and now >= self._lease_term_at:
+            # The watchdog helper may have delivered the lease stop before we did.
+            self.stop_requested = True
+        # The zombie pins the pgid: kill leftovers of the group before reaping.
+        self._signal_group(signal.SIGKILL)
+        for proc in self._escaped:
+            _signal_quietly(proc, signal.SIGKILL)
+        self._escaped = []
+        self.returncode = self._proc.poll()
+        self.exited_at = now
+        self.state = ChildState.EXITED  # RUNNING | STOPPING | KILLED -> EXITED
+        if self._watchdog is not None:
+            self._watchdog.unregister(self.pgid)
+        return self.returncode
+
+    def _apply_deadlines(self, now: float) -> None:
+        if self.state is ChildState.KILLED:
+            return
+        kill_at = _min_deadline(self._stop_kill_at, self._lease_kill_at)
+        if kill_at is not None and now >= kill_at:
+            self.kill()  # STOPPING | RUNNING -> KILLED (via kill)
+        elif self._lease_term_at is not None and now >= self._lease_term_at:
+            self.stop(now)  # RUNNING -> STOPPING (lease term reached)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None, *,
+                            sync_watchdog: bool = True) -> None:
+        """Set (or clear, with None) the lease deadlines. Ignored unless ``spec.lease_bound``."""
+        if not self.spec.lease_bound:
+            return
+        self._lease_term_at, self._lease_kill_at = term_at, kill_at
+        if self.state is ChildState.STOPPING:
+            self._stop_kill_at = _min_deadline(self._stop_kill_at, kill_at)
+        if sync_watchdog:
+            self._sync_watchdog()
+
+    def guard_deadlines(self) -> tuple[float | None, float | None]:
+        """(term_at, kill_at) the watchdog should enforce for this child."""
+        term_at = self._lease_term_at if self.state is ChildState.RUNNING else None
+        return term_at, _min_deadline(self._stop_kill_at, self._lease_kill_at)
+
+    def next_deadline(self) -> float | None:
+        """When ``poll`` must run next at the latest (exit itself is signalled by SIGCHLD)."""
+        if self.state is ChildState.RUNNING:
+            return _min_deadline(self._lease_term_at, self._lease_kill_at)
+        if self.state is ChildState.STOPPING:
+            return _min_deadline(self._stop_kill_at, self._lease_kill_at)
+        return None
+
+    @property
+    def alive(self) -> bool:
+        """True from start until reaped."""
+        return self.state in (ChildState.RUNNING, ChildState.STOPPING, ChildState.KILLED)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _sync_watchdog(self) -> None:
+        if self._watchdog is not None and self.alive:
+            self._watchdog.extend(self.pgid, *self.guard_deadlines())
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass  # group already empty
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def _find_escaped(self) -> list[psutil.Process]:
+        escaped = []
+        for proc in self._descendants():
+            try:
+                if os.getpgid(proc.pid) != self.pgid:
+                    escaped.append(proc)
+            except OSError:
+                pass
+        return escaped
+
+    def __repr__(self) -> str:
+        return f"<ChildProcess {self.spec.name} pid={self.pid} {self.state.name}>"
+
+
+def _signal_quietly(proc: psutil.Process, signum: int) -> None:
+    """Signal a psutil process; psutil refuses if the pid was reused by another process."""
+    try:
+        proc.send_signal(signum)
+    except psutil.Error:
+        pass

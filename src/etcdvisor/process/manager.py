@@ -1,0 +1,147 @@
+"""``ProcessManager``: slots, the output pump, the watchdog and the reaper, for the loop.
+
+The decision loop owns one manager and calls, from its single long-lived thread:
+
+- ``start()`` once (starts the output thread and the watchdog helper; with
+  ``subreaper=True`` also becomes a child subreaper);
+- ``new_slot(...)`` / ``remove_slot(slot)`` as roles come and go, ``slot.set_desired``;
+- ``set_lease_deadlines(term_at, kill_at)`` after each keepalive (lease-bound children);
+- ``tick(now)`` whenever ``now >= next_deadline()``, after any ``set_desired``, and on
+  every SIGCHLD. SIGCHLD handling is the loop's job: a handler (or
+  ``signal.set_wakeup_fd``) that only puts an event on the inbox is enough; the manager
+  finds out what exited by polling without blocking;
+- ``stop_all(now)`` at shutdown, then ``tick`` until ``all_stopped()``, then ``close()``.
+
+Guarantees: every call returns promptly (no waits on children); every child gets its own
+stop_timeout and all are stopped in parallel; every child is registered with the
+watchdog while alive; orphans are reaped (when a reaper is enabled) without stealing
+statuses of slot children, the watchdog helper, or pids given to ``protect_pid``.
+
+Not thread-safe: call everything from the loop thread (spawn's parent-death signal
+is tied to that thread, see ``spawn``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Callable
+
+from etcdvisor.process.backoff import Backoff
+from etcdvisor.process.output import OutputPump
+from etcdvisor.process.reaper import Reaper, become_subreaper
+from etcdvisor.process.slot import RestartPolicy, Slot, SlotEvent
+from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.watchdog import Watchdog
+
+
+class ProcessManager:
+    """Holds the slots and the shared machinery they use."""
+
+    def __init__(self, *, capture_output: bool = True, use_watchdog: bool = True,
+                 reap_orphans: bool | None = None, subreaper: bool = False,
+                 stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
+        self.output = OutputPump(stdout, stderr) if capture_output else None
+        self.watchdog = Watchdog() if use_watchdog else None
+        self._subreaper = subreaper
+        if reap_orphans is None:
+            reap_orphans = subreaper or os.getpid() == 1
+        self.reaper = Reaper(self._is_known_pid) if reap_orphans else None
+        self._slots: list[Slot] = []
+        self._protected: set[int] = set()
+        self._lease: tuple[float | None, float | None] = (None, None)
+
+    def start(self) -> None:
+        if self._subreaper:
+            become_subreaper()
+        if self.output is not None:
+            self.output.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
+
+    def close(self) -> None:
+        """Stop the watchdog helper (killing nothing) and the output thread.
+
+        Call after ``all_stopped()``; children still alive are left to the caller.
+        """
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.output is not None:
+            self.output.stop()
+
+    # -- slots -------------------------------------------------------------------
+
+    def new_slot(self, spec: ChildSpec | None, restart: RestartPolicy | str = RestartPolicy.ALWAYS,
+                 backoff: Backoff | None = None, start_retries: int = 3,
+                 on_event: Callable[[SlotEvent], None] | None = None, *,
+                 name: str | None = None) -> Slot:
+        slot = Slot(spec, restart, backoff, start_retries, on_event, name=name,
+                    output=self.output, watchdog=self.watchdog)
+        slot.set_lease_deadlines(*self._lease)
+        self._slots.append(slot)
+        return slot
+
+    def remove_slot(self, slot: Slot) -> None:
+        """Drop an idle slot (``slot.idle``); raises ValueError if its child is alive."""
+        if not slot.idle:
+            raise ValueError(f"{slot.name}: cannot remove a slot whose child is alive")
+        self._slots.remove(slot)
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return tuple(self._slots)
+
+    # -- lease, pids ---------------------------------------------------------------
+
+    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
+        """Apply lease deadlines to every lease-bound child; one write to the watchdog."""
+        self._lease = (term_at, kill_at)
+        guard = []
+        for slot in self._slots:
+            slot.set_lease_deadlines(term_at, kill_at)
+            child = slot.child
+            if child is not None and child.alive and child.spec.lease_bound:
+                guard.append((child.pgid, *child.guard_deadlines()))
+        if self.watchdog is not None and guard:
+            self.watchdog.extend_many(guard)
+
+    def protect_pid(self, pid: int) -> None:
+        """Never let the reaper take ``pid`` (a child started outside this package)."""
+        self._protected.add(pid)
+
+    def unprotect_pid(self, pid: int) -> None:
+        self._protected.discard(pid)
+
+    def _is_known_pid(self, pid: int) -> bool:
+        if pid in self._protected:
+            return True
+        if self.watchdog is not None and pid == self.watchdog.pid:
+            return True
+        return any(slot.child is not None and slot.child.pid == pid for slot in self._slots)
+
+    # -- the tick --------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[SlotEvent]:
+        """Tick every slot, reap orphans, keep the watchdog alive; return slot events."""
+        events: list[SlotEvent] = []
+        for slot in list(self._slots):
+            events.extend(slot.tick(now))
+        if self.reaper is not None:
+            self.reaper.reap()
+        if self.watchdog is not None:
+            self.watchdog.ensure_running()
+            self.watchdog.flush()
+        return events
+
+    def next_deadline(self) -> float | None:
+        """The earliest slot deadline (0.0 = tick now), or None (wait for events/SIGCHLD)."""
+        deadlines = [d for d in (slot.next_deadline() for slot in self._slots) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def stop_all(self, now: float) -> list[SlotEvent]:
+        """Stop every child in parallel, each with its own stop_timeout."""
+        for slot in self._slots:
+            slot.set_desired(None)
+        return self.tick(now)
+
+    def all_stopped(self) -> bool:
+        return all(slot.child is None for slot in self._slots)

@@ -1,0 +1,180 @@
+"""Forward every child's stdout/stderr, line by line, with a ``name| `` prefix.
+
+One thread serves all children through ``selectors`` (epoll): an idle supervisor with
+many children costs one blocked thread and no wakeups (no per-child threads, no polling).
+
+Guarantees:
+
+- each complete line is written as ``name| line\\n`` with a single ``write`` followed by
+  ``flush``, to the supervisor's stdout (for the child's stdout) or stderr (for stderr);
+- a partial line is kept until its newline arrives; at EOF it is written with a newline
+  added; ``\\r\\n`` endings lose the ``\\r``;
+- lines longer than 64 KiB are split into 64 KiB pieces (not cutting inside a UTF-8
+  sequence), each written as its own prefixed line, so memory per stream is bounded;
+- bytes are decoded as UTF-8 with ``errors='replace'``: binary garbage becomes U+FFFD;
+- at EOF the pipe is unregistered and closed through its file object.
+
+``add()`` may be called from any thread; registration happens on the pump thread (a
+wakeup pipe nudges it), so the selector is only touched by one thread.
+
+Limits: a partial line without newline is held until more output or EOF (no timer);
+writes to the supervisor's stdout/stderr block this thread (not the decision loop) if
+the reader of those is slow. The order between a child's stdout and stderr lines is
+the order in which the pump saw them, not necessarily the order they were written.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import sys
+import threading
+from typing import BinaryIO
+
+MAX_LINE = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+
+class _Stream:
+    """One child pipe: its file object, prefix, destination and pending partial line."""
+
+    __slots__ = ("pipe", "prefix", "sink", "pending")
+
+    def __init__(self, pipe, prefix: bytes, sink: BinaryIO):
+        self.pipe = pipe
+        self.prefix = prefix
+        self.sink = sink
+        self.pending = b""
+
+
+def _utf8_cut(data: bytes, limit: int) -> int:
+    """An index <= limit that does not split a UTF-8 multi-byte sequence (if avoidable)."""
+    cut = limit
+    # Step back over continuation bytes (10xxxxxx), at most 3 of them.
+    while cut > limit - 3 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > 0 else limit
+
+
+class OutputPump:
+    """The single output-forwarding thread. ``start()``, ``add()`` per child, ``stop()``."""
+
+    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
+        self._stdout = stdout
+        self._stderr = stderr
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._incoming: list[_Stream] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._open_streams = 0
+
+    def start(self) -> None:
+        """Start the pump thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
+        self._thread.start()
+
+    def add(self, name: str, stdout_pipe, stderr_pipe) -> None:
+        """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
+        prefix = f"{name}| ".encode("utf-8", "replace")
+        streams = []
+        if stdout_pipe is not None:
+            streams.append(_Stream(stdout_pipe, prefix, self._stdout or sys.stdout.buffer))
+        if stderr_pipe is not None:
+            streams.append(_Stream(stderr_pipe, prefix, self._stderr or sys.stderr.buffer))
+        with self._lock:
+            self._incoming.extend(streams)
+        self._wake()
+
+    @property
+    def open_streams(self) -> int:
+        """How many pipes are currently forwarded (for tests and status)."""
+        return self._open_streams
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread, flushing partial lines of still-open pipes (does not close them)."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wakeup is already pending
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    self._take_incoming()
+                else:
+                    self._read(key.data)
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None:
+                self._flush_partial(key.data)
+
+    def _take_incoming(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for stream in incoming:
+            os.set_blocking(stream.pipe.fileno(), False)
+            self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
+            self._open_streams += 1
+
+    def _read(self, stream: _Stream) -> None:
+        try:
+            chunk = os.read(stream.pipe.fileno(), _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(stream)
+            return
+        data = stream.pending + chunk
+        lines = data.split(b"\n")
+        stream.pending = lines.pop()
+        for line in lines:
+            self._write_line(stream, line)
+        while len(stream.pending) > MAX_LINE:
+            cut = _utf8_cut(stream.pending, MAX_LINE)
+            self._write_line(stream, stream.pending[:cut])
+            stream.pending = stream.pending[cut:]
+
+    def _close(self, stream: _Stream) -> None:
+        self._flush_partial(stream)
+        self._selector.unregister(stream.pipe.fileno())
+        self._open_streams -= 1
+        stream.pipe.close()
+
+    def _flush_partial(self, stream: _Stream) -> None:
+        if stream.pending:
+            self._write_line(stream, stream.pending)
+            stream.pending = b""
+
+    def _write_line(self, stream: _Stream, line: bytes) -> None:
+        while len(line) > MAX_LINE:  # a long line inside one read chunk
+            cut = _utf8_cut(line, MAX_LINE)
+            self._write_line(stream, line[:cut])
+            line = line[cut:]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        text = line.decode("utf-8", "replace")
+        try:
+            stream.sink.write(stream.prefix + text.encode("utf-8") + b"\n")
+            stream.sink.flush()
+        except (OSError, ValueError):
+            pass  # our own stdout is gone; keep draining so children never block

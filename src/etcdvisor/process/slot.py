@@ -1,0 +1,278 @@
+"""``Slot``: one desired child, kept running according to a restart policy.
+
+States and transitions (``# A -> B`` in the code)::
+
+    STOPPED  --desired spec, lease allows--> RUNNING          (Started)
+    RUNNING  --exit, policy restarts-------> BACKOFF          (Exited, restart_at set)
+    RUNNING  --exit, policy done-----------> EXITED           (Exited, restart_at None)
+    RUNNING  --quick exit #start_retries+1-> FAILED           (Exited, Failed)
+    RUNNING  --desired None / new spec / lease term--> STOPPING
+    STOPPING --exit---------------------------> STOPPED       (Stopped); a new spec starts
+    BACKOFF  --restart_at reached----------> RUNNING          (Started)
+    STOPPED | BACKOFF --permanent SpawnError--> FAILED        (SpawnFailed, Failed)
+    STOPPED | BACKOFF --transient SpawnError--> BACKOFF|FAILED (SpawnFailed[, Failed])
+    BACKOFF | EXITED | FAILED --desired None--> STOPPED       (Stopped from BACKOFF)
+    EXITED | FAILED --a different spec-------> STOPPED -> RUNNING
+
+Guarantees:
+
+- ``set_desired`` only records intent (no I/O); the next ``tick(now)`` acts on it and
+  ``next_deadline()`` returns 0.0 ("due now") until then. Same spec = nothing happens;
+  a different spec stops the running child (its own stop_timeout) and starts the new one
+  with fresh failure counters; None stops.
+- Restart policy: ``always`` restarts after any exit; ``on-failure`` after a non-zero
+  exit; ``never`` (one-shot: cron run, job, topic message) reports completion as
+  ``Exited(code)`` and stays EXITED.
+- A run shorter than ``backoff.reset_after`` is a quick exit; consecutive quick exits
+  grow the restart delay (``Backoff``); a longer run resets it (restart at once).
+  After ``start_retries`` restarts that all exited quickly (that is, start_retries + 1
+  quick exits in a row) the slot becomes FAILED and emits ``Failed`` -- the caller gives
+  up a lease-bound role. A command that cannot be executed fails at once (no crash loop).
+- An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure.
+- Lease-bound specs: ``set_lease_deadlines(term_at, kill_at)`` is passed to the child,
+  which is stopped at ``term_at`` and killed at ``kill_at``; while ``term_at`` has passed
+  no new lease-bound child is started (the slot waits for new deadlines).
+- Events are returned by ``tick`` and, if ``on_event`` was given, also passed to it in
+  the same order. ``tick`` never blocks.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from etcdvisor.process.backoff import Backoff
+from etcdvisor.process.child import ChildProcess, ChildState
+from etcdvisor.process.spawn import ChildSpec, SpawnError
+
+if TYPE_CHECKING:
+    from etcdvisor.process.output import OutputPump
+    from etcdvisor.process.watchdog import Watchdog
+
+
+class RestartPolicy(str, enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class SlotState(enum.Enum):
+    STOPPED = "stopped"    # no child, and none running for the current desire yet
+    RUNNING = "running"    # a child is alive and wanted
+    STOPPING = "stopping"  # a child is alive and being stopped (desire changed / lease)
+    BACKOFF = "backoff"    # waiting for restart_at
+    EXITED = "exited"      # the policy says the run is complete (one-shot done)
+    FAILED = "failed"      # crash loop or unexecutable command; needs a new desire
+
+
+@dataclass(frozen=True)
+class SlotEvent:
+    slot: str
+
+
+@dataclass(frozen=True)
+class Started(SlotEvent):
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited(SlotEvent):
+    code: int | None              # exit status; negative = killed by that signal
+    uptime: float
+    restart_at: float | None      # when the slot will restart it, None = it will not
+
+
+@dataclass(frozen=True)
+class Stopped(SlotEvent):
+    code: int | None              # None when there was no child to stop
+
+
+@dataclass(frozen=True)
+class Failed(SlotEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class SpawnFailed(SlotEvent):
+    message: str
+
+
+class Slot:
+    """One desired child with a restart policy. Drive it with ``tick(now)``."""
+
+    def __init__(self, spec: ChildSpec | None, restart: RestartPolicy | str = RestartPolicy.ALWAYS,
+                 backoff: Backoff | None = None, start_retries: int = 3,
+                 on_event: Callable[[SlotEvent], None] | None = None, *,
+                 name: str | None = None, output: OutputPump | None = None,
+                 watchdog: Watchdog | None = None,
+                 rand: Callable[[], float] = random.random):
+        if spec is None and name is None:
+            raise ValueError("Slot needs a spec or a name")
+        self.name = name if name is not None else spec.name
+        self.restart = RestartPolicy(restart)
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.start_retries = start_retries
+        self.state = SlotState.STOPPED
+        self.restarts = 0                 # automatic restarts after unrequested exits
+        self.last_exit: int | None = None
+        self.restart_at: float | None = None
+        self._on_event = on_event
+        self._output, self._watchdog, self._rand = output, watchdog, rand
+        self._desired = spec
+        self._spec: ChildSpec | None = None   # spec of the current / last child
+        self._child: ChildProcess | None = None
+        self._failures = 0                    # consecutive quick exits
+        self._lease: tuple[float | None, float | None] = (None, None)
+        self._lease_blocked = False   # a start is held back until new lease deadlines
+        self._dirty = True
+
+    # -- inputs ------------------------------------------------------------------
+
+    def set_desired(self, spec: ChildSpec | None) -> None:
+        """Record what should run (None = nothing). Acted on by the next ``tick``."""
+        if spec == self._desired:
+            return
+        self._desired = spec
+        if spec is None and self._child is None:
+            # Forget the last spec so that asking for it again (even before the next
+            # tick) is a fresh start, e.g. re-running a completed one-shot.
+            self._spec = None
+        self._dirty = True
+
+    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
+        """Lease deadlines for lease-bound specs (see ``ChildProcess.set_lease_deadlines``)."""
+        self._lease = (term_at, kill_at)
+        self._lease_blocked = False
+        if self._child is not None:
+            self._child.set_lease_deadlines(term_at, kill_at, sync_watchdog=False)
+        self._dirty = True
+
+    # -- outputs -----------------------------------------------------------------
+
+    @property
+    def child(self) -> ChildProcess | None:
+        return self._child
+
+    @property
+    def desired(self) -> ChildSpec | None:
+        return self._desired
+
+    @property
+    def idle(self) -> bool:
+        """No child alive and nothing pending: safe to drop the slot."""
+        return self._child is None and self.state in (
+            SlotState.STOPPED, SlotState.EXITED, SlotState.FAILED)
+
+    def next_deadline(self) -> float | None:
+        """Latest time for the next ``tick``; 0.0 = now. Child exits come via SIGCHLD."""
+        if self._dirty:
+            return 0.0
+        deadlines = []
+        if self._child is not None:
+            deadlines.append(self._child.next_deadline())
+        if self.state is SlotState.BACKOFF and not self._lease_blocked:
+            deadlines.append(self.restart_at)
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    # -- the tick ----------------------------------------------------------------
+
+    def tick(self, now: float) -> list[SlotEvent]:
+        """Reap, apply deadlines and desires, (re)start; return the events that happened."""
+        self._dirty = False
+        events: list[SlotEvent] = []
+        if self._child is not None:
+            code = self._child.poll(now)
+            if code is not None:
+                self._child_exited(now, code, events)
+        self._reconcile(now, events)
+        if self._on_event is not None:
+            for event in events:
+                self._on_event(event)
+        return events
+
+    def _child_exited(self, now: float, code: int, events: list[SlotEvent]) -> None:
+        child, self._child = self._child, None
+        self.last_exit = code
+        if child.stop_requested:
+            self.state = SlotState.STOPPED  # STOPPING -> STOPPED
+            events.append(Stopped(self.name, code))
+            return
+        uptime = now - child.started_at
+        if self.restart is RestartPolicy.NEVER or (
+                self.restart is RestartPolicy.ON_FAILURE and code == 0):
+            self.state = SlotState.EXITED  # RUNNING -> EXITED
+            events.append(Exited(self.name, code, uptime, None))
+            return
+        self._failures = self.backoff.next_failures(self._failures, uptime)
+        if self._failures > self.start_retries:
+            self.state = SlotState.FAILED  # RUNNING -> FAILED
+            events.append(Exited(self.name, code, uptime, None))
+            events.append(Failed(self.name, (
+                f"{self.name}: exited {self._failures} times in a row within "
+                f"{self.backoff.reset_after:g}s of starting (last exit code {code})")))
+            return
+        self.restart_at = now + self.backoff.delay(self._failures, self._rand)
+        self.state = SlotState.BACKOFF  # RUNNING -> BACKOFF
+        events.append(Exited(self.name, code, uptime, self.restart_at))
+
+    def _reconcile(self, now: float, events: list[SlotEvent]) -> None:
+        desired = self._desired
+        if self._child is not None:
+            if desired != self._spec and self._child.state is ChildState.RUNNING:
+                self.state = SlotState.STOPPING  # RUNNING -> STOPPING
+                self._child.stop(now)
+            elif self._child.stop_requested:
+                self.state = SlotState.STOPPING  # RUNNING -> STOPPING (lease term)
+            return
+        if desired is None:
+            if self.state is SlotState.BACKOFF:
+                events.append(Stopped(self.name, None))
+            self.state = SlotState.STOPPED  # BACKOFF | EXITED | FAILED -> STOPPED
+            self._failures, self.restart_at = 0, None
+            return
+        if desired != self._spec:
+            self._spec, self._failures, self.restart_at = desired, 0, None
+            self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
+        if self.state in (SlotState.EXITED, SlotState.FAILED):
+            return
+        if self.state is SlotState.BACKOFF and now < self.restart_at:
+            return
+        if not self._lease_allows_start(now):
+            self._lease_blocked = True
+            return
+        self._start(now, events)
+
+    def _lease_allows_start(self, now: float) -> bool:
+        term_at = self._lease[0]
+        return not (self._spec.lease_bound and term_at is not None and now >= term_at)
+
+    def _start(self, now: float, events: list[SlotEvent]) -> None:
+        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog)
+        child.set_lease_deadlines(*self._lease, sync_watchdog=False)
+        restarting = self.state is SlotState.BACKOFF
+        try:
+            pid = child.start(now)
+        except SpawnError as exc:
+            self._spawn_failed(now, exc, events)
+            return
+        if restarting:
+            self.restarts += 1
+        self._child, self.restart_at = child, None
+        self.state = SlotState.RUNNING  # STOPPED | BACKOFF -> RUNNING
+        events.append(Started(self.name, pid))
+
+    def _spawn_failed(self, now: float, exc: SpawnError, events: list[SlotEvent]) -> None:
+        events.append(SpawnFailed(self.name, str(exc)))
+        self._failures += 1
+        if exc.permanent or self._failures > self.start_retries:
+            self.state = SlotState.FAILED  # STOPPED | BACKOFF -> FAILED
+            events.append(Failed(self.name, str(exc)))
+            return
+        self.restart_at = now + self.backoff.delay(self._failures, self._rand)
+        self.state = SlotState.BACKOFF  # STOPPED -> BACKOFF (transient spawn error)
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.name} {self.state.name} restarts={self.restarts}>"

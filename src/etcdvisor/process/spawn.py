@@ -1,0 +1,180 @@
+"""Start one child process from a ``ChildSpec``.
+
+Guarantees of ``spawn()``:
+
+- argv is executed directly (never through a shell); argv[0] is looked up on the
+  ``PATH`` of ``spec.env`` (the child's environment, as execvpe would), relative paths
+  containing ``/`` are resolved against ``spec.cwd``;
+- a missing / non-executable command or working directory raises ``SpawnError`` with one
+  line such as ``worker[0]: command not found: 'pyhton' (searched PATH=/usr/bin:/bin)``
+  and ``permanent=True`` (retrying cannot help); a transient failure (fork: EAGAIN,
+  ENOMEM) raises ``SpawnError`` with ``permanent=False``;
+- the child leads its own process group (pgid == pid), so a signal to the group reaches
+  its descendants;
+- the child gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL) and an empty signal
+  mask. Linux delivers the parent-death signal when the *thread* that forked exits, not
+  the process: call ``spawn`` only from the long-lived decision-loop thread, never from a
+  short-lived worker thread, or children die when that thread ends;
+- stdin is /dev/null, or ``spec.stdin_data`` written by a short-lived helper thread and
+  then closed (a child that exits without reading it is fine: EPIPE is ignored).
+  Payloads never go through argv or a shell.
+
+Limits: the parent-death setup runs in ``preexec_fn`` (after fork, before exec). It only
+calls prctl/getppid/sigprocmask, which is safe enough with other threads alive, but like
+every ``preexec_fn`` it forces the fork (not vfork) path of ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
+
+
+class SpawnError(Exception):
+    """A child could not be started. ``str()`` is one line, prefixed with the child name.
+
+    ``permanent`` is True when retrying cannot help (missing command, not executable,
+    missing working directory): the caller should mark the role failed, not crash-loop.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = True):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything needed to start one child. Immutable; compared by value.
+
+    ``env`` is the complete environment (nothing is inherited implicitly); it is copied
+    on construction, excluded from the hash and from ``repr`` (it may hold secrets), as
+    is ``stdin_data``. ``stop_timeout`` is the grace period between ``stop_signal`` and
+    SIGKILL. ``lease_bound`` marks a child whose right to run depends on the lease.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(repr=False, hash=False)
+    cwd: str | None = None
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 10.0
+    stdin_data: bytes | None = field(default=None, repr=False)
+    lease_bound: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "argv", tuple(self.argv))
+        object.__setattr__(self, "env", dict(self.env))
+        if not self.argv or not all(isinstance(arg, str) for arg in self.argv):
+            raise ValueError(f"{self.name}: argv must be a non-empty tuple of str")
+        if self.stop_timeout < 0:
+            raise ValueError(f"{self.name}: stop_timeout must be >= 0")
+        if self.stdin_data is not None and not isinstance(self.stdin_data, bytes):
+            raise TypeError(f"{self.name}: stdin_data must be bytes or None")
+
+
+def resolve_command(spec: ChildSpec) -> str:
+    """Return the path that will be executed for ``spec.argv[0]`` or raise ``SpawnError``."""
+    command = spec.argv[0]
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        raise SpawnError(f"{spec.name}: working directory not found: {spec.cwd!r}")
+    if os.sep in command:
+        path = command
+        if not os.path.isabs(path) and spec.cwd is not None:
+            path = os.path.join(spec.cwd, path)
+        if not os.path.exists(path):
+            raise SpawnError(f"{spec.name}: command not found: {command!r}")
+        _check_executable(spec.name, command, path)
+        return path
+    search = os.pathsep.join(os.get_exec_path(spec.env))
+    found = shutil.which(command, path=search)
+    if found is None:
+        for directory in search.split(os.pathsep):
+            candidate = os.path.join(directory or ".", command)
+            if os.path.exists(candidate):
+                _check_executable(spec.name, command, candidate)
+        raise SpawnError(f"{spec.name}: command not found: {command!r} (searched PATH={search})")
+    return found
+
+
+def _check_executable(name: str, command: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise SpawnError(f"{name}: command is a directory: {command!r} ({path})")
+    if not os.access(path, os.X_OK):
+        raise SpawnError(f"{name}: command not executable: {command!r} ({path}: permission denied)")
+
+
+def _child_setup(parent_pid: int):
+    """Return the post-fork hook: parent-death signal, then check the parent still lives."""
+
+    def setup() -> None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            # The parent died between fork and prctl: the signal will never come.
+            os._exit(127)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+    return setup
+
+
+def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
+    """Start ``spec`` and return its ``Popen`` (stdout/stderr are unbuffered pipes when
+    ``capture_output``, else inherited). Raises ``SpawnError``; never blocks on the child.
+
+    With ``stdin_data`` the returned ``proc.stdin`` is None: the feeder thread owns the
+    pipe. Call from the decision-loop thread (see the parent-death note above).
+    """
+    executable = resolve_command(spec)
+    output = subprocess.PIPE if capture_output else None
+    try:
+        proc = subprocess.Popen(
+            list(spec.argv),
+            executable=executable,
+            env=spec.env,
+            cwd=spec.cwd,
+            stdin=subprocess.DEVNULL if spec.stdin_data is None else subprocess.PIPE,
+            stdout=output,
+            stderr=output,
+            bufsize=0,
+            close_fds=True,
+            process_group=0,
+            preexec_fn=_child_setup(os.getpid()),
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
+        raise SpawnError(f"{spec.name}: cannot execute {spec.argv[0]!r}: {exc.strerror}") from None
+    except OSError as exc:
+        permanent = exc.errno in (errno.ENOEXEC, errno.ELOOP, errno.ENAMETOOLONG, errno.E2BIG)
+        raise SpawnError(f"{spec.name}: spawn failed: {exc.strerror or exc}",
+                         permanent=permanent) from None
+    except subprocess.SubprocessError as exc:
+        raise SpawnError(f"{spec.name}: spawn failed: {exc}", permanent=False) from None
+    if spec.stdin_data is not None:
+        # The feeder thread owns the pipe: hide it from Popen so that communicate(),
+        # wait() or __exit__ can never close it under the feeder's feet.
+        stdin_pipe, proc.stdin = proc.stdin, None
+        feeder = threading.Thread(target=_feed_stdin, args=(stdin_pipe, spec.stdin_data),
+                                  name=f"stdin:{spec.name}", daemon=True)
+        feeder.start()
+    return proc
+
+
+def _feed_stdin(pipe, data: bytes) -> None:
+    """Write ``data`` fully (unbuffered pipes may accept partial writes), then close."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = pipe.write(view)
+            view = view[written:]
+    except OSError:
+        pass  # EPIPE: the child exited or closed stdin without reading everything
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass

@@ -1,0 +1,161 @@
+"""The safety net for a frozen (SIGSTOP) or killed (SIGKILL) supervisor.
+
+The supervisor enforces stop deadlines itself, but it cannot while it is frozen, and
+the parent-death signal of a child only kills the child, not its group. So a tiny
+helper process (``etcdvisor.process.watchdog_main``) holds a table
+``{pgid: (term_at, kill_at, stop_signal)}`` on the shared CLOCK_MONOTONIC clock
+(``time.monotonic()`` in both processes) and:
+
+- sends the stop signal to a group at ``term_at`` and SIGKILL at ``kill_at`` unless the
+  supervisor extended the deadlines first (None = no deadline);
+- on EOF of its stdin -- the supervisor died, whatever the cause, even SIGKILL, because
+  the kernel closes the pipe's write end -- SIGKILLs every registered group at once and
+  exits; this covers grandchildren, which the parent-death signal does not;
+- exits quietly, killing nothing, when told to (``stop()``);
+- keeps running while the supervisor is SIGSTOPped: it is a separate process in its own
+  session (``start_new_session=True``), so a stop signal sent to the supervisor or to
+  its process group does not reach it, and it waits with ``select`` on its own timer.
+
+The helper imports only os, sys, signal, select and time (and this package's
+``__init__`` is lazy), so it stays small in RSS.
+
+Client guarantees: every method returns promptly. The pipe to the helper is
+non-blocking; if the helper is frozen and the pipe is full, commands are queued and sent
+by the next call (or ``flush()``). ``ensure_running()`` restarts a helper that died and
+replays the table. Call it from the decision loop only (not thread-safe).
+
+Limits: pgids are numbers; the helper may signal a group that was reaped and whose
+number was reused if the unregister message races the reuse (needs a full PID wrap).
+Escaped (setsid) descendants are not in any registered group: the supervisor kills
+those itself (``ChildProcess.kill``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Iterable
+
+_MAX_QUEUED = 1 << 20  # if the helper stays frozen this long, drop and replay the table
+
+
+def _fmt(deadline: float | None) -> str:
+    return "-" if deadline is None else repr(float(deadline))
+
+
+class Watchdog:
+    """Client side of the watchdog helper."""
+
+    def __init__(self, python: str = sys.executable):
+        self._python = python
+        self._proc: subprocess.Popen | None = None
+        self._table: dict[int, tuple[float | None, float | None, int]] = {}
+        self._queued = bytearray()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        """Start the helper (idempotent)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = subprocess.Popen(
+            [self._python, "-m", "etcdvisor.process.watchdog_main"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0,
+            start_new_session=True, close_fds=True,
+        )
+        os.set_blocking(self._proc.stdin.fileno(), False)
+        self._queued.clear()
+        self._send("".join(self._register_line(pgid, *entry)
+                           for pgid, entry in self._table.items()))
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def ensure_running(self) -> bool:
+        """Restart the helper if it died (replaying the table); True if it was restarted."""
+        if self._proc is None or self.is_alive():
+            return False
+        self._proc = None
+        self.start()
+        return True
+
+    def register(self, pgid: int, term_at: float | None = None, kill_at: float | None = None,
+                 stop_signal: int = signal.SIGTERM) -> None:
+        """Watch group ``pgid``; with no deadlines it is still killed if we die."""
+        self._table[pgid] = (term_at, kill_at, int(stop_signal))
+        self._send(self._register_line(pgid, term_at, kill_at, int(stop_signal)))
+
+    def extend(self, pgid: int, term_at: float | None, kill_at: float | None) -> None:
+        """Replace the deadlines of a registered group (None = no deadline)."""
+        self.extend_many([(pgid, term_at, kill_at)])
+
+    def extend_many(self, entries: Iterable[tuple[int, float | None, float | None]]) -> None:
+        """Replace the deadlines of several groups with one write."""
+        lines = []
+        for pgid, term_at, kill_at in entries:
+            entry = self._table.get(pgid)
+            if entry is None:
+                continue
+            self._table[pgid] = (term_at, kill_at, entry[2])
+            lines.append(f"E {pgid} {_fmt(term_at)} {_fmt(kill_at)}\n")
+        self._send("".join(lines))
+
+    def unregister(self, pgid: int) -> None:
+        """Forget group ``pgid`` (call once its leader is reaped)."""
+        if self._table.pop(pgid, None) is not None:
+            self._send(f"U {pgid}\n")
+
+    def flush(self) -> None:
+        """Send queued commands, if any, without blocking."""
+        self._send("")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Tell the helper to exit without killing anything, and reap it (bounded wait)."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        self._table.clear()
+        try:
+            os.set_blocking(proc.stdin.fileno(), True)
+            proc.stdin.write(bytes(self._queued) + b"Q\n")
+        except OSError:
+            pass
+        self._queued.clear()
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @staticmethod
+    def _register_line(pgid: int, term_at, kill_at, stop_signal: int) -> str:
+        return f"R {pgid} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}\n"
+
+    def _send(self, text: str) -> None:
+        if self._proc is None:
+            return
+        self._queued += text.encode("ascii")
+        if len(self._queued) > _MAX_QUEUED:
+            # Keep the rest of a line already partly written, then replace the backlog
+            # by a full replay of the table (it describes the same final state).
+            end_of_partial = self._queued.find(b"\n") + 1
+            replay = "C\n" + "".join(self._register_line(p, *e) for p, e in self._table.items())
+            self._queued = self._queued[:end_of_partial] + replay.encode("ascii")
+        try:
+            while self._queued:
+                written = self._proc.stdin.write(self._queued)
+                if not written:
+                    break  # pipe full (helper frozen): keep the rest for later
+                del self._queued[:written]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            self._queued.clear()  # helper died; ensure_running() restarts and replays
