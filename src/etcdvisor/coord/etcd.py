@@ -21,16 +21,22 @@ may not have been applied, only the caller can tell).
 
 from __future__ import annotations
 
+import os
 import queue
 import ssl
 import tempfile
 import threading
 from typing import Iterator, Sequence
 
-import grpc
-from etcd3 import etcdrpc
+# The supervisor forks children while gRPC threads run; gRPC's fork handlers
+# are not needed (children exec at once) and log noise at every fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .base import Backend, WatchStream
+import grpc  # noqa: E402
+from etcd3 import etcdrpc  # noqa: E402
+
+from .base import Backend, WatchStream  # noqa: E402
 from .errors import AuthFailed, Closed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable
 from .types import (
     Compare,

@@ -1,0 +1,112 @@
+"""What every role runner shares: the runtime context and the runner contract.
+
+A runner turns cluster facts (membership, leadership, schedules...) into the
+set of children that should run on this member *now*. It never touches
+processes itself: the decision loop asks ``desired(now)`` and reconciles the
+process slots, then hands slot events back through ``on_slot_event``.
+Runners' coordination threads only post events on the inbox; ``handle``,
+``desired`` and ``on_slot_event`` run on the loop thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..config import Config, RoleSpec
+from ..coord.base import Backend
+from ..coord.session import Session
+from ..process.slot import SlotEvent
+from ..process.spawn import ChildSpec
+from ..runtime.keys import ClusterKeys
+
+log = logging.getLogger("etcdvisor")
+
+
+@dataclass
+class RuntimeContext:
+    config: Config
+    backend: Backend
+    session: Session
+    keys: ClusterKeys
+    member_id: str
+    endpoints: str  # what children get in ETCDVISOR_ENDPOINTS
+    post: Callable[[object], None]  # put an event on the loop's inbox
+    clock: Callable[[], float]
+    base_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def cluster(self) -> str:
+        return self.config.cluster
+
+    def child_spec(self, role: RoleSpec, name: str, extra_env: Mapping[str, str],
+                   stdin_data: bytes | None = None) -> ChildSpec:
+        """The ChildSpec of one child of ``role``: the supervisor's environment,
+        the etcdvisor variables, the role's ``env`` and ``extra_env`` (in that
+        order of precedence, last wins, except that the etcdvisor variables
+        cannot be overridden by the role env)."""
+        env = dict(self.base_env)
+        env.update(role.env)
+        env.update({
+            "ROLE": role.name,
+            "MEMBER_ID": self.member_id,
+            "CLUSTER": self.cluster,
+            "ETCDVISOR_ENDPOINTS": self.endpoints,
+            "ETCDVISOR_CLUSTER": self.cluster,
+            "ETCDVISOR_MEMBER_ID": self.member_id,
+        })
+        env.update(extra_env)
+        return ChildSpec(name=name, argv=role.command, env=env, cwd=role.cwd,
+                         stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
+                         stdin_data=stdin_data, lease_bound=role.lease_bound)
+
+
+class RoleRunner(abc.ABC):
+    """The contract between a role type and the decision loop."""
+
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
+        self.spec = spec
+        self.ctx = ctx
+        self.failed_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def say(self, message: str) -> None:
+        """One log line per decision, with its reason."""
+        log.info("role %s: %s", self.name, message)
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start coordination (join, campaign...). Must not block long."""
+
+    def handle(self, payload: Any, at: float) -> None:
+        """A RoleEvent payload for this role (from its own threads)."""
+
+    def on_session(self, event) -> None:
+        """A session event (keepalive, expired, lost, new lease)."""
+
+    @abc.abstractmethod
+    def desired(self, now: float) -> dict[str, ChildSpec]:
+        """Slot key -> ChildSpec of every child that should run now."""
+
+    def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        """A child started, exited, failed..."""
+
+    def next_deadline(self) -> float | None:
+        """When ``desired`` may change without any event (a timer)."""
+        return None
+
+    def restart_policy(self, key: str) -> str:
+        return self.spec.restart.value
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Give up coordination (leave, resign). Called after this role's
+        children are gone, so nobody else can start before they stopped."""
+
+    def status(self) -> dict:
+        return {"type": self.spec.type.value, "failed": self.failed_reason}

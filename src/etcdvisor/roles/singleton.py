@@ -1,0 +1,181 @@
+"""``type: singleton``: the role's child runs only on its elected leader.
+
+One election per role (``roles/<role>/election/``). A campaign thread blocks
+in :meth:`Election.campaign`, which returns only after the win was confirmed
+by a keepalive sent after it (GUIDE rule 2); the loop then starts the child
+with ``LEADER=1`` and ``LEADER_TOKEN`` (the fencing token, strictly
+increasing across leaders). A :class:`LeadershipWatch` reports at once when
+the leader key disappears or the session lease expires/is lost; the child is
+then stopped and the member campaigns again.
+
+``standby: true`` also runs the child on followers with ``LEADER=0`` and
+``LEADER_MEMBER`` naming the current leader, restarting it when leadership
+changes (Patroni's primary/replica pattern). Followers' children do not
+depend on the lease.
+
+States: CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*, any -> FAILED
+(crash loop: resigned, stops campaigning), any -> STOPPED.
+
+:class:`LeaderRunner` is the shared base of singleton, cron and job roles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+
+from ..coord.errors import CoordError
+from ..process.slot import Failed, SpawnFailed, SlotEvent
+from ..process.spawn import ChildSpec
+from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
+from ..runtime.events import RoleEvent
+from .base import RoleRunner
+
+log = logging.getLogger("etcdvisor")
+
+
+@dataclass(frozen=True)
+class Elected:
+    token: int
+
+
+@dataclass(frozen=True)
+class Deposed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaderSeen:
+    member: str | None
+
+
+class LeaderRunner(RoleRunner):
+    """Campaigns for the role's election and tracks leadership."""
+
+    def start(self) -> None:
+        self.state = "campaigning"
+        self.token = 0
+        self.leader_member: str | None = None
+        self._stop = threading.Event()
+        self._watch: LeadershipWatch | None = None
+        self.election = Election(self.ctx.backend, self.ctx.keys.election(self.name), self.ctx.session,
+                                 self.ctx.member_id, name=f"{self.name}:election")
+        self._campaign()
+
+    @property
+    def leading(self) -> bool:
+        return self.state == "leader"
+
+    def _campaign(self) -> None:
+        threading.Thread(target=self._campaign_loop, daemon=True, name=f"campaign:{self.name}").start()
+
+    def _campaign_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                token = self.election.campaign(cancel=self._stop)
+            except CampaignCancelled:
+                return
+            except CoordError as exc:
+                log.debug("role %s: campaign interrupted: %s", self.name, exc)
+                self._stop.wait(1.0)
+                continue
+            self.ctx.post(RoleEvent(self.name, Elected(token), self.ctx.clock()))
+            return
+
+    def _on_deposed(self, reason: str) -> None:  # watch/keepalive thread: only post
+        self.ctx.post(RoleEvent(self.name, Deposed(reason), self.ctx.clock()))
+
+    def handle(self, payload, at: float) -> None:
+        if isinstance(payload, Elected):
+            if self._stop.is_set() or self.failed_reason:
+                self.election.resign()
+                return
+            self.state, self.token = "leader", payload.token
+            self.leader_member = self.ctx.member_id
+            self.say(f"elected leader (LEADER_TOKEN={payload.token})")
+            self._watch = LeadershipWatch(self.election, self._on_deposed).start()
+        elif isinstance(payload, Deposed) and self.state == "leader":
+            self.say(f"lost leadership: {payload.reason}")
+            self._end_term()
+            if not self._stop.is_set() and not self.failed_reason:
+                self.state = "campaigning"
+                self._campaign()
+        elif isinstance(payload, LeaderSeen) and self.state != "leader":
+            self.leader_member = payload.member
+
+    def _end_term(self) -> None:
+        if self._watch:
+            self._watch.stop()
+            self._watch = None
+        self.state = "follower"
+        self.token = 0
+
+    def give_up(self, reason: str) -> None:
+        """Crash loop or bad command: resign so a healthy member takes over."""
+        if self.failed_reason:
+            return
+        self.failed_reason = reason
+        self.say(f"failed ({reason}); resigning so another member takes over")
+        self._stop.set()
+        if self._watch:
+            self._watch.stop()
+            self._watch = None
+        self.state = "failed"
+        self.token = 0
+        try:
+            self.election.resign()
+        except CoordError as exc:
+            log.warning("role %s: resign failed: %s", self.name, exc)
+
+    def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        if isinstance(event, Failed):
+            self.give_up(event.reason)
+        elif isinstance(event, SpawnFailed):
+            self.give_up(event.message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch:
+            self._watch.stop()
+        self.state = "stopped"
+        try:
+            self.election.close(resign=True)
+        except CoordError as exc:
+            log.warning("role %s: resign failed: %s", self.name, exc)
+
+    def leader_env(self) -> dict[str, str]:
+        return {"LEADER": "1", "LEADER_TOKEN": str(self.token)}
+
+    def status(self) -> dict:
+        return {**super().status(), "state": self.state, "leader": self.leading,
+                "token": self.token or None}
+
+
+class SingletonRunner(LeaderRunner):
+    def start(self) -> None:
+        super().start()
+        self._observer = None
+        if self.spec.standby:
+            self._observer = self.election.observe(self._on_topology)
+
+    def _on_topology(self, topo: Topology) -> None:
+        member = topo.leader.value.decode() if topo.leader else None
+        self.ctx.post(RoleEvent(self.name, LeaderSeen(member), self.ctx.clock()))
+
+    def desired(self, now: float) -> dict[str, ChildSpec]:
+        if self.failed_reason:
+            return {}
+        if self.leading:
+            return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+        if self.spec.standby and self.state != "stopped":
+            env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member or ""}
+            spec = self.ctx.child_spec(self.spec, self.name, env)
+            return {self.name: dataclasses.replace(spec, lease_bound=False)}
+        return {}
+
+    def stop(self) -> None:
+        if self._observer:
+            self._observer.stop()
+        super().stop()

@@ -1,0 +1,1 @@
+"""The supervisor runtime: one decision loop fed by events from edge threads."""

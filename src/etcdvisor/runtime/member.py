@@ -1,0 +1,86 @@
+"""This supervisor's record in the cluster: ``members/<id>`` on the lease.
+
+The record is created with a transaction that fails if the id is already
+held by another live member (two supervisors must never share an id: their
+shard and election keys would collide). It carries what ``supervisor
+status`` shows and is rewritten when the state changes (at most once per
+``min_interval``), so an idle member writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+from ..coord.base import Backend
+from ..coord.errors import CoordError
+from ..coord.types import Get, Put, missing, Compare
+
+log = logging.getLogger("etcdvisor")
+
+
+class MemberIdInUse(CoordError):
+    pass
+
+
+class MemberRecord:
+    def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0):
+        self.backend = backend
+        self.key = key
+        self.member_id = member_id
+        self.min_interval = min_interval
+        self.started = time.time()
+        self._written: dict | None = None
+        self._last_write = 0.0
+        self._lease = 0
+
+    def _document(self, roles: dict) -> dict:
+        return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "started": self.started, "roles": roles}
+
+    def register(self, lease_id: int, roles: dict) -> None:
+        """Create the record on ``lease_id``; raise MemberIdInUse when another
+        live lease holds it."""
+        doc = self._document(roles)
+        body = json.dumps(doc, sort_keys=True)
+        res = self.backend.txn(
+            [missing(self.key)], [Put(self.key, body, lease=lease_id)], [Get(self.key)])
+        if not res.succeeded:
+            existing = res.responses[0][0] if res.responses and res.responses[0] else None
+            if existing is not None and existing.lease != lease_id:
+                raise MemberIdInUse(
+                    f"member id {self.member_id!r} is already used by a live member "
+                    f"({_describe(existing.value)}); set member.id or ETCDVISOR_MEMBER_ID")
+            self.backend.put(self.key, body, lease=lease_id)
+        self._lease = lease_id
+        self._written = doc["roles"]
+        self._last_write = time.monotonic()
+
+    def update(self, roles: dict, now: float) -> float | None:
+        """Rewrite the record if ``roles`` changed; returns when to try again
+        if rate-limited (None otherwise)."""
+        if roles == self._written or not self._lease:
+            return None
+        if now - self._last_write < self.min_interval:
+            return self._last_write + self.min_interval
+        body = json.dumps(self._document(roles), sort_keys=True)
+        try:
+            self.backend.txn([Compare(self.key, "lease", "=", self._lease)],
+                             [Put(self.key, body, lease=self._lease)])
+        except CoordError as exc:
+            log.debug("member record not updated: %s", exc)
+            return now + self.min_interval
+        self._written = roles
+        self._last_write = now
+        return None
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        doc = json.loads(raw)
+        return f"host {doc.get('host')}, pid {doc.get('pid')}"
+    except ValueError:
+        return "unknown owner"

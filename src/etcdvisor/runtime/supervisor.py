@@ -1,0 +1,285 @@
+"""``supervisor run``: the container entrypoint and its decision loop.
+
+Edge threads (lease keepalive, watches, campaign threads) and signal
+handlers only put immutable events on the inbox; this loop is the only code
+that changes state. Each turn it takes the pending events, lets every role
+runner update itself, asks each for the children it wants now, reconciles
+the process slots and carries out the actions, one log line per decision.
+
+Lifecycle: start-up checks (every command resolvable, etcd reachable, member
+id free) happen before anything is started, so a bad start never half-
+applies. On SIGTERM/SIGINT: stop every child (each with its own
+stop_timeout, in parallel), then leave/resign and revoke the lease so others
+react at once, then exit 0. A second SIGTERM/SIGINT kills the children at
+once. As PID 1 (or anywhere) the supervisor is a child subreaper and reaps
+orphaned grandchildren without stealing its own children's statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from typing import Callable
+
+from ..config import Config, EtcdKind, RoleType, find_command
+from ..coord import open_backend
+from ..coord.errors import CoordError
+from ..coord.session import Session, SessionEventKind
+from ..process.manager import ProcessManager
+from ..roles.base import RoleRunner, RuntimeContext
+from .events import RoleEvent, SessionChanged, Signalled, Wake
+from .keys import ClusterKeys
+from .member import MemberRecord
+from .reconcile import Reconciler
+
+log = logging.getLogger("etcdvisor")
+
+IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
+
+
+class StartupError(Exception):
+    """One line explaining why the supervisor cannot start."""
+
+
+def runner_types() -> dict[RoleType, type]:
+    from ..roles.sharded import ShardedRunner
+    from ..roles.singleton import SingletonRunner
+
+    types = {RoleType.SHARDED: ShardedRunner, RoleType.SINGLETON: SingletonRunner}
+    try:  # cron, job and topic roles live in their own modules
+        from ..roles.cron import CronRunner
+        from ..roles.job import JobRunner
+        from ..roles.topic import TopicRunner
+
+        types.update({RoleType.CRON: CronRunner, RoleType.JOB: JobRunner, RoleType.TOPIC: TopicRunner})
+    except ImportError:
+        pass
+    return types
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, environ=None, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.clock = clock
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.keys = ClusterKeys(config.cluster)
+        self.runners: dict[str, RoleRunner] = {}
+        self.stopping = False
+        self.escalated = False
+        self.embedded = None
+        self.backend = None
+        self.session: Session | None = None
+        self.manager: ProcessManager | None = None
+        self.reconciler: Reconciler | None = None
+        self.record: MemberRecord | None = None
+        self._record_retry: float | None = None
+
+    # --- start-up ------------------------------------------------------------
+    def check_commands(self) -> None:
+        for role in self.config.roles.values():
+            path = self.environ.get("PATH", os.defpath)
+            if find_command(role.command, role.cwd, path) is None:
+                raise StartupError(f"{self.config.source_path}: roles.{role.name}.command: "
+                                   f"command not found: {role.command[0]!r} (PATH={path})")
+
+    def connect(self) -> str:
+        etcd = self.config.etcd
+        url = etcd.url
+        if etcd.kind is EtcdKind.EMBEDDED:
+            from .embedded import EmbeddedEtcdError, start_embedded
+
+            data_dir = etcd.data_dir or os.path.join(self.config.member.state_dir or ".etcdvisor", "etcd")
+            try:
+                self.embedded = start_embedded(data_dir)
+            except EmbeddedEtcdError as exc:
+                raise StartupError(str(exc)) from None
+            url = self.embedded.url
+            log.info("embedded etcd listening on %s (data in %s); join it with "
+                     "ETCDVISOR_ENDPOINTS=%s", url, data_dir, url)
+        try:
+            self.backend = open_backend(url, timeout=etcd.timeout, tls=etcd.tls, username=etcd.username,
+                                        password_file=etcd.password_file, password_env=etcd.password_env)
+        except CoordError as exc:
+            raise StartupError(f"{self.config.source_path}: etcd.endpoints: {exc}") from None
+        return url
+
+    def start(self) -> None:
+        self.check_commands()
+        url = self.connect()
+        member = self.config.member
+        try:
+            self.session = Session(self.backend, member.ttl, name=member.id).start()
+        except CoordError as exc:
+            raise StartupError(f"cannot create the member lease: {exc}") from None
+        self.session.add_listener(lambda ev: self.inbox.put(SessionChanged(ev)))
+        self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id)
+        try:
+            self.record.register(self.session.lease_id, {})
+        except CoordError as exc:
+            self.session.close()
+            raise StartupError(str(exc)) from None
+        self.manager = ProcessManager(subreaper=True)
+        self.manager.start()
+        if self.embedded is not None:
+            self.manager.protect_pid(self.embedded.proc.pid)
+            if self.manager.watchdog is not None:
+                self.manager.watchdog.register(self.embedded.proc.pid)
+        self.reconciler = Reconciler(self.manager)
+        self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
+        ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
+                             keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
+                             clock=self.clock, base_env=self.environ)
+        types = runner_types()
+        for role in self.config.roles.values():
+            self.runners[role.name] = types[role.type](role, ctx)
+        log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
+                 self.config.cluster, url, self.session.lease_id, self.session.ttl,
+                 ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
+        for runner in self.runners.values():
+            runner.start()
+
+    # --- the loop ------------------------------------------------------------
+    def install_signals(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
+        signal.signal(signal.SIGCHLD, lambda s, _f: self.inbox.put(Wake("SIGCHLD")))
+
+    def run(self) -> int:
+        self.install_signals()
+        try:
+            self.start()
+        except StartupError:
+            self.close()
+            raise
+        try:
+            while not self.stopping:
+                self._turn()
+            return self.shutdown()
+        except BaseException:
+            self._emergency_stop()
+            raise
+
+    def _turn(self) -> None:
+        now = self.clock()
+        deadline = self._next_deadline()
+        timeout = IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - now))
+        events = []
+        try:
+            events.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        while True:
+            try:
+                events.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        for event in events:
+            self._dispatch(event)
+        self._reconcile(self.clock())
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [self.reconciler.next_deadline(), self._record_retry]
+        deadlines += [r.next_deadline() for r in self.runners.values()]
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    def _dispatch(self, event) -> None:
+        if isinstance(event, Signalled):
+            self._on_signal(event.signum)
+        elif isinstance(event, SessionChanged):
+            self._on_session(event.event)
+        elif isinstance(event, RoleEvent):
+            runner = self.runners.get(event.role)
+            if runner is not None:
+                runner.handle(event.payload, event.at)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not self.stopping:
+            log.info("received %s: stopping children, then leaving the cluster", name)
+            self.stopping = True
+        elif not self.escalated:
+            log.warning("received %s again: killing children now", name)
+            self.escalated = True
+            for _, _, slot in self.reconciler.children():
+                if slot.child is not None:
+                    slot.child.kill()
+
+    def _on_session(self, event) -> None:
+        if event.kind is SessionEventKind.KEEPALIVE:
+            self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
+        elif event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
+            log.warning("lease %x %s: stopping lease-bound children", event.lease_id, event.kind.value)
+        elif event.kind is SessionEventKind.NEW_LEASE:
+            log.info("new lease %x: rejoining the cluster", event.lease_id)
+            self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
+            try:
+                self.record.register(event.lease_id, self._roles_status())
+            except CoordError as exc:
+                log.error("cannot re-register member: %s", exc)
+        for runner in self.runners.values():
+            runner.on_session(event)
+
+    def _reconcile(self, now: float) -> None:
+        lease_ok = self.session.alive
+        for runner in self.runners.values():
+            desired = runner.desired(now)
+            if not lease_ok:
+                desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
+            self.reconciler.apply(runner, desired)
+        self.reconciler.tick(now)
+        self._record_retry = self.record.update(self._roles_status(), now)
+
+    def _roles_status(self) -> dict:
+        status = {name: runner.status() for name, runner in self.runners.items()}
+        for runner, key, slot in self.reconciler.children():
+            child = slot.child
+            entry = status[runner.name].setdefault("children", {})
+            entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
+                          "restarts": slot.restarts, "last_exit": slot.last_exit}
+        return status
+
+    # --- shutdown ------------------------------------------------------------
+    def shutdown(self) -> int:
+        self.manager.stop_all(self.clock())
+        while not self.manager.all_stopped():
+            deadline = self.reconciler.next_deadline()
+            timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.clock()))
+            try:
+                event = self.inbox.get(timeout=timeout)
+                if isinstance(event, Signalled):
+                    self._on_signal(event.signum)
+            except queue.Empty:
+                pass
+            self.reconciler.tick(self.clock())
+        log.info("all children stopped; leaving cluster %s", self.config.cluster)
+        for runner in self.runners.values():
+            try:
+                runner.stop()
+            except CoordError as exc:
+                log.warning("role %s: could not leave cleanly: %s", runner.name, exc)
+        self.close()
+        return 1 if self.escalated else 0
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close(revoke=True)
+        if self.manager is not None:
+            self.manager.close()
+        if self.backend is not None:
+            self.backend.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def _emergency_stop(self) -> None:
+        """An unexpected error in the loop: never leave children behind."""
+        log.exception("supervisor loop crashed; killing children")
+        if self.reconciler is not None:
+            for _, _, slot in self.reconciler.children():
+                if slot.child is not None:
+                    slot.child.kill()
+        self.close()
