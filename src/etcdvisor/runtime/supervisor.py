@@ -82,7 +82,8 @@ class Supervisor:
     def check_commands(self) -> None:
         for role in self.config.roles.values():
             path = self.environ.get("PATH", os.defpath)
-            if find_command(role.command, role.cwd, path) is None:
+            cwd = role.cwd or os.path.dirname(os.path.abspath(self.config.source_path))
+            if find_command(role.command, cwd, path) is None:
                 raise StartupError(f"{self.config.source_path}: roles.{role.name}.command: "
                                    f"command not found: {role.command[0]!r} (PATH={path})")
 
