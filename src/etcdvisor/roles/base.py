@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -37,6 +38,7 @@ class RuntimeContext:
     post: Callable[[object], None]  # put an event on the loop's inbox
     clock: Callable[[], float]
     base_env: Mapping[str, str] = field(default_factory=dict)
+    wall: Callable[[], float] = time.time  # wall clock (schedules, records)
 
     @property
     def cluster(self) -> str:
@@ -112,6 +114,20 @@ class RoleRunner(abc.ABC):
     def stop(self) -> None:
         """Give up coordination (leave, resign). Called after this role's
         children are gone, so nobody else can start before they stopped."""
+
+    def record_done(self, count: int, index: int, code: int) -> None:
+        """Record a final exit of a one-shot child for ``after:`` barriers
+        (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
+        import json
+
+        from ..coord.errors import CoordError
+
+        key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
+        body = json.dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
+        try:
+            self.ctx.backend.put(key, body)
+        except CoordError as exc:
+            log.warning("role %s: cannot record completion: %s", self.name, exc)
 
     def status(self) -> dict:
         return {"type": self.spec.type.value, "failed": self.failed_reason}

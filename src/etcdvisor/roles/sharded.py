@@ -25,7 +25,7 @@ children that must never overlap should fence with ``EPOCH``.
 
 from __future__ import annotations
 
-from ..process.slot import Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from ..runtime.events import RoleEvent
@@ -86,6 +86,9 @@ class ShardedRunner(RoleRunner):
         return None
 
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        if isinstance(event, Exited) and event.restart_at is None and self.applied is not None:
+            self.say(f"child INDEX={self.applied.index} finished with status {event.code}")
+            self.record_done(self.applied.count, self.applied.index, event.code)
         if isinstance(event, (Failed, SpawnFailed)) and not self.failed_reason:
             reason = event.reason if isinstance(event, Failed) else event.message
             self.failed_reason = reason

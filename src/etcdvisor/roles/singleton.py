@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 
 from ..coord.errors import CoordError
-from ..process.slot import Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from ..runtime.events import RoleEvent
@@ -154,6 +154,12 @@ class LeaderRunner(RoleRunner):
 
 
 class SingletonRunner(LeaderRunner):
+    def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        if isinstance(event, Exited) and event.restart_at is None and self.leading:
+            self.say(f"leader's child finished with status {event.code}")
+            self.record_done(1, 0, event.code)
+        super().on_slot_event(key, event, now)
+
     def start(self) -> None:
         super().start()
         self._observer = None

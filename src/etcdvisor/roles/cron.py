@@ -1,0 +1,223 @@
+"""``type: cron``: a singleton on a schedule, exactly one run per tick.
+
+Only the role's elected leader runs ticks. Before a run's child starts, the
+tick is **claimed** with one transaction that creates
+``roles/<role>/ticks/<tick-id>`` only if (a) no record of that tick exists
+and (b) our election key still has our fencing token as create revision.
+So a leader change at the tick cannot run it twice, and a deposed leader
+cannot claim anything.
+
+A new leader resumes after the newest tick recorded in the store: ticks it
+missed during the failover run late if still within ``starting_deadline``
+(or always, when no deadline is set, at most ``CATCH_UP_LIMIT`` of them),
+older ones are recorded as ``missed``. A brand-new cluster starts from now.
+
+``concurrency``:
+
+* ``forbid`` (default): never two runs at once; a tick that comes due while
+  a run is active waits for it; if a newer tick comes due meanwhile, the
+  waiting one is recorded ``skipped``;
+* ``replace``: the active run is stopped and the new tick starts;
+* ``allow``: runs overlap.
+
+Each run's child gets ``SCHEDULED_TIME`` (ISO 8601 in the role's timezone),
+``LEADER=1``, ``LEADER_TOKEN``. Tick records end as ``succeeded``,
+``failed`` (with ``exit_code``), ``stopped`` (replaced, deposed, shutdown),
+``missed`` or ``skipped``; the newest ``KEEP_RECORDS`` are kept.
+
+Limit: a run is claimed before it starts, so a leader that dies mid-run
+does not get the tick re-run (at most once per tick; exactly once when the
+leader survives the run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..coord.errors import CoordError
+from ..coord.types import Get, Put, create_revision, missing
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
+from ..process.spawn import ChildSpec
+from .schedule import Schedule, is_missed, parse_tick_id
+from .singleton import LeaderRunner
+
+log = logging.getLogger("etcdvisor")
+
+CATCH_UP_LIMIT = 100
+KEEP_RECORDS = 100
+
+
+@dataclass
+class _Run:
+    tick: datetime
+    spec: ChildSpec
+
+
+class CronRunner(LeaderRunner):
+    def start(self) -> None:
+        self.schedule = Schedule.parse(self.spec.schedule.text, self.spec.timezone or "UTC")
+        self.policy = self.spec.concurrency or "forbid"
+        self.runs: dict[str, _Run] = {}
+        self.cursor: datetime | None = None
+        self.last_outcome: dict | None = None
+        self.missed = 0
+        super().start()
+
+    # --- leadership ------------------------------------------------------------
+    def handle(self, payload, at: float) -> None:
+        was_leading = self.leading
+        super().handle(payload, at)
+        if self.leading and not was_leading:
+            self._resume()
+        elif was_leading and not self.leading:
+            self.runs.clear()  # lease-bound: the loop stops them
+            self.cursor = None
+
+    def _resume(self) -> None:
+        now = self._now()
+        try:
+            newest = self._newest_record()
+        except CoordError as exc:
+            log.warning("role %s: cannot read tick records (%s); starting from now", self.name, exc)
+            newest = None
+        self.cursor = newest if newest is not None and newest <= now else now
+        if newest is not None:
+            self.say(f"leader resumes after tick {self.schedule.tick_id(newest)}")
+
+    def _newest_record(self) -> datetime | None:
+        result = self.ctx.backend.get_prefix(self.ctx.keys.ticks(self.name), keys_only=True)
+        ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
+        return parse_tick_id(max(ids)) if ids else None
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.ctx.wall(), tz=timezone.utc)
+
+    # --- the schedule ------------------------------------------------------------
+    def desired(self, now: float) -> dict[str, ChildSpec]:
+        if not self.leading or self.failed_reason or self.cursor is None:
+            return {}
+        self._process_due_ticks()
+        return {tick_id: run.spec for tick_id, run in self.runs.items()}
+
+    def _process_due_ticks(self) -> None:
+        now = self._now()
+        due = self.schedule.ticks_between(self.cursor, now, limit=CATCH_UP_LIMIT + 1)
+        if len(due) > CATCH_UP_LIMIT:  # far behind: only the newest are worth running
+            for tick in due[:-CATCH_UP_LIMIT]:
+                self._record(tick, {"state": "missed"})
+            due = due[-CATCH_UP_LIMIT:]
+        for position, tick in enumerate(due):
+            newest_due = position == len(due) - 1
+            if is_missed(tick, now, self.spec.starting_deadline):
+                self.missed += 1
+                self._record(tick, {"state": "missed"}, quiet=False)
+            elif self.runs and self.policy == "forbid":
+                if not newest_due:
+                    self._record(tick, {"state": "skipped"}, quiet=False)
+                else:
+                    return  # wait for the active run; re-checked when it exits
+            elif not self._start(tick, now):
+                return  # leadership in doubt: do not advance
+            self.cursor = tick
+
+    def _start(self, tick: datetime, now: datetime) -> bool:
+        tick_id = self.schedule.tick_id(tick)
+        if self.runs and self.policy == "replace":
+            self.say(f"tick {tick_id}: replacing the active run(s) {', '.join(self.runs)}")
+            self.runs.clear()
+        claimed = self._claim(tick_id, tick, now)
+        if claimed is None:
+            return False
+        if claimed:
+            env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
+            spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
+            self.runs[tick_id] = _Run(tick, spec)
+            late = (now - tick).total_seconds()
+            self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
+        return True
+
+    def _claim(self, tick_id: str, tick: datetime, now: datetime) -> bool | None:
+        """True: ours to run. False: already recorded by someone. None: we may
+        no longer lead (the claim was refused by the fencing compare)."""
+        key = self.ctx.keys.ticks(self.name) + tick_id
+        record = {"state": "running", "member": self.ctx.member_id, "token": self.token,
+                  "scheduled": tick.isoformat(), "started": now.timestamp()}
+        try:
+            res = self.ctx.backend.txn(
+                [missing(key), create_revision(self.election.key, "=", self.token)],
+                [Put(key, json.dumps(record))], [Get(key)])
+        except CoordError as exc:
+            log.warning("role %s: cannot claim tick %s: %s", self.name, tick_id, exc)
+            return None
+        if res.succeeded:
+            self._trim()
+            return True
+        if res.responses and res.responses[0]:
+            return False
+        self.say(f"tick {tick_id}: claim refused (no longer the leader)")
+        return None
+
+    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True) -> None:
+        tick_id = self.schedule.tick_id(tick)
+        key = self.ctx.keys.ticks(self.name) + tick_id
+        record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
+                  **fields}
+        try:
+            if fields.get("state") in ("missed", "skipped"):
+                self.ctx.backend.txn([missing(key)], [Put(key, json.dumps(record))])
+            else:
+                old = self.ctx.backend.get(key)
+                if old is not None:
+                    record = {**json.loads(old.value), **fields}
+                self.ctx.backend.put(key, json.dumps(record))
+        except (CoordError, ValueError) as exc:
+            log.warning("role %s: cannot record tick %s: %s", self.name, tick_id, exc)
+        if not quiet:
+            self.say(f"tick {tick_id}: {fields['state']}")
+        self.last_outcome = {"tick": tick_id, **fields}
+
+    def _trim(self) -> None:
+        prefix = self.ctx.keys.ticks(self.name)
+        result = self.ctx.backend.get_prefix(prefix, keys_only=True)
+        if len(result.kvs) > KEEP_RECORDS + KEEP_RECORDS // 5:
+            keys = sorted(kv.key for kv in result.kvs)
+            self.ctx.backend.delete(keys[0], keys[-KEEP_RECORDS])
+
+    # --- runs ------------------------------------------------------------------------
+    def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        run = self.runs.get(key)
+        if isinstance(event, Exited) and event.restart_at is None and run is not None:
+            state = "succeeded" if event.code == 0 else "failed"
+            self._record(run.tick, {"state": state, "exit_code": event.code,
+                                    "finished": self.ctx.wall()}, quiet=False)
+            del self.runs[key]
+        elif isinstance(event, Stopped) and event.code is not None:
+            tick = run.tick if run is not None else parse_tick_id(key)
+            self._record(tick, {"state": "stopped", "finished": self.ctx.wall()}, quiet=False)
+            self.runs.pop(key, None)
+        elif isinstance(event, (Failed, SpawnFailed)) and run is not None:
+            reason = event.reason if isinstance(event, Failed) else event.message
+            self._record(run.tick, {"state": "failed", "error": reason, "finished": self.ctx.wall()})
+            del self.runs[key]
+            if isinstance(event, SpawnFailed):
+                self.give_up(reason)
+
+    def restart_policy(self, key: str) -> str:
+        return self.spec.restart.value
+
+    def next_deadline(self) -> float | None:
+        if not self.leading or self.cursor is None:
+            return None
+        now = self._now()
+        nxt = self.schedule.next_tick(max(self.cursor, now))
+        return self.ctx.clock() + max(0.0, (nxt - now).total_seconds()) + 0.001
+
+    def status(self) -> dict:
+        upcoming = None
+        if self.cursor is not None:
+            upcoming = self.schedule.next_tick(max(self.cursor, self._now())).isoformat()
+        return {**super().status(), "schedule": self.schedule.expression, "next": upcoming,
+                "running": sorted(self.runs), "last": self.last_outcome, "missed": self.missed}

@@ -1,0 +1,132 @@
+"""``type: job``: run once per cluster (per spec), on the leader, to completion.
+
+The outcome lives in ``roles/<role>/job`` as JSON ``{spec_hash, state,
+member, token, exit_code, finished}``. The leader runs the job unless the
+record says ``succeeded`` (or ``failed`` after its retries) for the current
+``spec_hash`` (a hash of command, env and cwd): so it does not run again on
+restarts or on other members, and a changed spec runs it again. Failures
+follow ``restart`` with backoff (the process slot's policy); when the slot
+gives up, the record says ``failed``. ``supervisor rerun ROLE`` deletes the
+record, and the leader, which watches it, runs the job again.
+
+Records are written with a fencing compare on the leader's election key, so
+a deposed leader cannot claim a run. A run interrupted by a leader change is
+run again by the next leader (at-least-once; exactly once when the leader
+survives the run).
+
+States: WAITING (not leader) -> RUNNING -> DONE (succeeded | failed);
+DONE -> RUNNING on a spec change or a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from ..config import RoleSpec
+from ..coord.errors import CoordError
+from ..coord.types import Put, create_revision
+from ..coord.watcher import Change, PrefixWatcher
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
+from ..process.spawn import ChildSpec
+from ..runtime.events import RoleEvent
+from .singleton import LeaderRunner
+
+log = logging.getLogger("etcdvisor")
+
+
+def spec_hash(spec: RoleSpec) -> str:
+    """What makes a job 'the same job': its command, environment and cwd."""
+    body = json.dumps({"command": list(spec.command), "env": dict(spec.env), "cwd": spec.cwd},
+                      sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def job_done(record: dict | None, expected_hash: str) -> bool:
+    return bool(record) and record.get("spec_hash") == expected_hash and \
+        record.get("state") in ("succeeded", "failed")
+
+
+class JobRecord:
+    """Payload: the job record changed (None = deleted)."""
+
+    def __init__(self, record: dict | None):
+        self.record = record
+
+
+class JobRunner(LeaderRunner):
+    def start(self) -> None:
+        self.hash = spec_hash(self.spec)
+        self.record: dict | None = None
+        self.record_known = False
+        self.running = False
+        self._watcher = PrefixWatcher(self.ctx.backend, self.ctx.keys.job(self.name), self._on_change,
+                                      name=f"{self.name}:job")
+        self._watcher.start()
+        super().start()
+
+    def _on_change(self, change: Change) -> None:  # watch thread: only post
+        kv = change.snapshot.get(self.ctx.keys.job(self.name))
+        try:
+            record = json.loads(kv.value) if kv else None
+        except ValueError:
+            record = None
+        self.ctx.post(RoleEvent(self.name, JobRecord(record), self.ctx.clock()))
+
+    def handle(self, payload, at: float) -> None:
+        if isinstance(payload, JobRecord):
+            self.record, self.record_known = payload.record, True
+            return
+        super().handle(payload, at)
+        if not self.leading:
+            self.running = False
+
+    def desired(self, now: float) -> dict[str, ChildSpec]:
+        if not self.leading or self.failed_reason or not self.record_known:
+            return {}
+        if job_done(self.record, self.hash):
+            return {}
+        if not self.running:
+            if not self._write({"state": "running"}):
+                return {}
+            self.running = True
+            self.say(f"running job (spec {self.hash})")
+        return {"run": self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+
+    def _write(self, fields: dict) -> bool:
+        record = {"spec_hash": self.hash, "member": self.ctx.member_id, "token": self.token,
+                  "updated": self.ctx.wall(), **fields}
+        try:
+            res = self.ctx.backend.txn([create_revision(self.election.key, "=", self.token)],
+                                       [Put(self.ctx.keys.job(self.name), json.dumps(record))])
+        except CoordError as exc:
+            log.warning("role %s: cannot write job record: %s", self.name, exc)
+            return False
+        if res.succeeded:
+            self.record = record
+        return res.succeeded
+
+    def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        if isinstance(event, Exited) and event.restart_at is None:
+            state = "succeeded" if event.code == 0 else "failed"
+            self._finish(state, exit_code=event.code)
+        elif isinstance(event, Failed):
+            self._finish("failed", error=event.reason)
+        elif isinstance(event, SpawnFailed):
+            self._finish("failed", error=event.message)
+            self.give_up(event.message)
+
+    def _finish(self, state: str, **fields) -> None:
+        if not self.running:
+            return
+        self.running = False
+        self._write({"state": state, "finished": self.ctx.wall(), **fields})
+        self.say(f"job {state}" + (f" (exit {fields['exit_code']})" if "exit_code" in fields else ""))
+
+    def stop(self) -> None:
+        self._watcher.stop()
+        super().stop()
+
+    def status(self) -> dict:
+        return {**super().status(), "spec_hash": self.hash, "record": self.record}

@@ -1,0 +1,137 @@
+"""Barriers: ``after: [role, ...]`` and ``wait_for: [waitgroup, ...]``.
+
+A role with barriers gets no children until every barrier is open:
+
+* ``after: [dep]`` opens when ``dep`` completed successfully:
+  - a ``job``: its record says ``succeeded`` for its current spec hash;
+  - a ``sharded`` or ``singleton`` role that does not restart always: for
+    some COUNT N, every INDEX 0..N-1 has a ``done`` record with exit 0
+    (written by the runner when its child's final exit is 0);
+* ``wait_for: [name]`` opens when the distributed wait group
+  ``waitgroups/<name>`` is zero (or does not exist).
+
+Facts come from :class:`PrefixWatcher` mirrors (nothing polled, nothing
+missed); the watch threads post :class:`BarrierFact` events and only the
+loop updates the gate. Once open a barrier stays open for the life of the
+member: a role that started is not stopped when a dependency's record is
+later deleted (``rerun``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from ..config import Config, RoleSpec, RoleType
+from ..coord.errors import CoordError
+from ..coord.watcher import Change, PrefixWatcher
+from ..recipes.counter import parse_count
+from ..roles.job import job_done, spec_hash
+from .keys import ClusterKeys
+
+log = logging.getLogger("etcdvisor")
+
+
+@dataclass(frozen=True)
+class BarrierFact:
+    name: str  # "role:<dep>" or "waitgroup:<name>"
+    open: bool
+
+
+def done_key(keys: ClusterKeys, role: str, count: int, index: int) -> str:
+    return f"{keys.role(role)}done/{count}/{index}"
+
+
+def completed(dep: RoleSpec, keys: ClusterKeys, snapshot) -> bool:
+    """Is ``dep`` complete according to the mirror of ``roles/<dep>/``?"""
+    if dep.type is RoleType.JOB:
+        kv = snapshot.get(keys.job(dep.name))
+        try:
+            record = json.loads(kv.value) if kv else None
+        except ValueError:
+            record = None
+        return job_done(record, spec_hash(dep)) and record.get("state") == "succeeded"
+    prefix = f"{keys.role(dep.name)}done/"
+    by_count: dict[int, set[int]] = {}
+    for key, kv in snapshot.items():
+        if not key.startswith(prefix):
+            continue
+        try:
+            count_text, index_text = key[len(prefix):].split("/")
+            ok = json.loads(kv.value).get("exit_code") == 0
+        except ValueError:
+            continue
+        if ok:
+            by_count.setdefault(int(count_text), set()).add(int(index_text))
+    return any(indexes >= set(range(count)) for count, indexes in by_count.items())
+
+
+class BarrierGate:
+    def __init__(self, config: Config, keys: ClusterKeys, backend, post):
+        self.config = config
+        self.keys = keys
+        self.backend = backend
+        self.post = post
+        self.facts: dict[str, bool] = {}
+        self.needs: dict[str, tuple[str, ...]] = {}
+        for role in config.roles.values():
+            names = tuple(f"role:{d}" for d in role.after) + tuple(f"waitgroup:{w}" for w in role.wait_for)
+            if names:
+                self.needs[role.name] = names
+                for name in names:
+                    self.facts.setdefault(name, False)
+        self._watchers: list[PrefixWatcher] = []
+        self._announced: set[str] = set()
+
+    def start(self) -> None:
+        for name in self.facts:
+            kind, target = name.split(":", 1)
+            if kind == "role":
+                dep = self.config.role(target)
+                prefix = self.keys.role(target)
+                handler = self._role_handler(name, dep)
+            else:
+                prefix = self.keys.waitgroup(target)
+                handler = self._waitgroup_handler(name, prefix)
+            self._watchers.append(PrefixWatcher(self.backend, prefix, handler, name=f"barrier:{name}").start())
+
+    def _role_handler(self, name: str, dep: RoleSpec):
+        def handle(change: Change) -> None:
+            self.post(BarrierFact(name, completed(dep, self.keys, change.snapshot)))
+        return handle
+
+    def _waitgroup_handler(self, name: str, key: str):
+        def handle(change: Change) -> None:
+            try:
+                count = parse_count(change.snapshot.get(key))
+            except (ValueError, CoordError):
+                count = 1  # garbage in the key: keep the barrier closed
+            self.post(BarrierFact(name, count == 0))
+        return handle
+
+    def update(self, fact: BarrierFact) -> None:
+        if self.facts.get(fact.name) != fact.open:
+            self.facts[fact.name] = fact.open
+            log.info("barrier %s is %s", fact.name, "open" if fact.open else "closed")
+
+    def allows(self, role: str) -> bool:
+        """True once every barrier of ``role`` is open; then True for good
+        (a role that started is not stopped because a barrier closed)."""
+        if role in self._announced:
+            return True
+        names = self.needs.get(role, ())
+        ok = all(self.facts.get(n) for n in names)
+        if ok and names and role not in self._announced:
+            self._announced.add(role)
+            log.info("role %s: barriers open (%s): starting", role, ", ".join(names))
+        return ok
+
+    def waiting_on(self, role: str) -> list[str]:
+        if role in self._announced:
+            return []
+        return [n for n in self.needs.get(role, ()) if not self.facts.get(n)]
+
+    def stop(self) -> None:
+        for watcher in self._watchers:
+            watcher.stop()
