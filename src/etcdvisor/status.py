@@ -1,0 +1,409 @@
+"""Cluster state for ``supervisor status``: gather it into a plain dict, render it as text.
+
+:func:`gather` reads everything under ``/etcdvisor/<cluster>/`` (layout in
+:mod:`etcdvisor.runtime.keys`) at **one store revision** (members first, then every
+other prefix at that revision), so the picture is consistent: a leader shown in the
+election view and in the member records is the same moment's leader. It needs only a
+backend and a cluster name; a loaded config adds role types and roles that nothing
+has written yet. Malformed records never fail the command: they show up with an
+``"error"`` field instead.
+
+The document (also what ``status --json`` prints; every key is always present, ``null``
+when unknown or not applicable)::
+
+    {
+      "cluster": "orders",
+      "revision": 1234,                      # store revision of the snapshot
+      "members": [                           # in join order (create revision)
+        {"member": "web-1", "host": "h1", "pid": 42, "started": 1714000000.5,
+         "lease": 7587..., "roles": {...}}   # roles: the record's raw role status dicts
+      ],
+      "roles": {                             # union of config, member records and keys
+        "worker": {
+          "type": "sharded",                 # config, else member records, else keys; or null
+          "configured": true,                # named by the -c config
+          "assignments": [                   # one per member reporting the role
+            {"member": "web-1", "type": "sharded", "state": "running", "failed": null,
+             "index": 0, "count": 2, "epoch": 1200,        # sharded (else null)
+             "leader": null, "token": null,                # singleton/cron/job (else null)
+             "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
+                                     "last_exit": null}}}
+          ],
+          "shard": ["web-1", "web-2"],       # roles/<role>/shard/ in join order, or null
+          "election": {                      # roles/<role>/election/, or null
+            "leader": "web-1", "token": 1201,
+            "candidates": [{"member": "web-1", "token": 1201, "lease": 7587...}]},
+          "ticks": {                         # roles/<role>/ticks/, or null
+            "retained": 12, "missed": 1, "skipped": 0, "running": 0,
+            "last": {"id": "2024-05-01T03:00:00Z", "state": "succeeded", "member": "web-1",
+                     "token": 1201, "scheduled": ..., "started": ..., "finished": ...,
+                     "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
+          "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
+                  "token": 1201, "exit_code": 0, "finished": ...}   # roles/<role>/job, or null
+        }
+      },
+      "waitgroups": {"warmup.done": 3},      # name -> count
+      "topics": {                            # topics/<name>/ (and configured topics)
+        "images": {"messages": 5, "oldest_id": 900, "newest_id": 1210,
+                   "groups": {"thumbs": {"unacked": 2, "claimed": 1}}}
+      }
+    }
+
+``unacked`` counts retained messages without the group's done marker (claimed ones
+included); ``claimed`` counts live claims (being processed now).
+
+Limits: one status reads every key of the cluster except topic payloads (read keys
+only), so a cluster with very many retained cron ticks or topic messages makes a
+large read; ``gather`` raises :class:`~etcdvisor.coord.errors.CoordError` when the
+store does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .coord.base import Backend
+from .coord.errors import Compacted
+from .coord.types import KeyValue
+from .runtime.keys import ClusterKeys
+
+SHARDED_FIELDS = ("index", "count", "epoch")
+LEADER_FIELDS = ("leader", "token")
+TICK_FIELDS = ("state", "member", "token", "scheduled", "started", "finished", "exit_code")
+JOB_FIELDS = ("spec_hash", "state", "member", "token", "exit_code", "finished")
+RAN_STATES = ("running", "succeeded", "failed")
+
+
+# --- gathering -----------------------------------------------------------------------
+def gather(backend: Backend, cluster: str, config=None) -> dict:
+    """The status document of ``cluster`` (shape in the module docstring).
+
+    ``config`` (an :class:`etcdvisor.config.Config`, optional) adds role types and
+    configured roles/topics. Retries once if the snapshot revision was compacted
+    between the reads."""
+    try:
+        return _gather_once(backend, ClusterKeys(cluster), config)
+    except Compacted:
+        return _gather_once(backend, ClusterKeys(cluster), config)
+
+
+def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
+    members_read = backend.get_prefix(keys.members)
+    revision = members_read.revision
+    roles_read = backend.get_prefix(keys.base + "roles/", revision=revision)
+    groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
+    topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
+    members = [_member(kv, keys.members) for kv in _join_order(members_read.kvs)]
+    return {
+        "cluster": keys.cluster,
+        "revision": revision,
+        "members": members,
+        "roles": _roles(members, roles_read.kvs, keys.base + "roles/", config),
+        "waitgroups": _waitgroups(groups_read.kvs, keys.base + "waitgroups/"),
+        "topics": _topics(topics_read.kvs, keys.base + "topics/", config),
+    }
+
+
+def _join_order(kvs) -> list[KeyValue]:
+    return sorted(kvs, key=lambda kv: kv.create_revision)
+
+
+def _load_json(raw: bytes) -> tuple[Any, str | None]:
+    try:
+        return json.loads(raw), None
+    except ValueError as exc:
+        return None, f"unreadable record: {exc}"
+
+
+def _member(kv: KeyValue, prefix: str) -> dict:
+    doc, error = _load_json(kv.value)
+    if not isinstance(doc, dict):
+        doc, error = {}, error or "unreadable record: not a JSON object"
+    roles = doc.get("roles") if isinstance(doc.get("roles"), dict) else {}
+    entry = {"member": doc.get("member") or kv.key[len(prefix):], "host": doc.get("host"),
+             "pid": doc.get("pid"), "started": doc.get("started"), "lease": kv.lease or None,
+             "roles": roles}
+    if error:
+        entry["error"] = error
+    return entry
+
+
+def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
+    by_role: dict[str, list[KeyValue]] = {}
+    for kv in kvs:
+        name = kv.key[len(prefix):].split("/", 1)[0]
+        by_role.setdefault(name, []).append(kv)
+    names = list(config.roles) if config is not None else []
+    for member in members:
+        names += [name for name in member["roles"] if name not in names]
+    names += sorted(name for name in by_role if name not in names)
+    result = {}
+    for name in names:
+        role_kvs = by_role.get(name, [])
+        role_prefix = f"{prefix}{name}/"
+        spec = config.roles.get(name) if config is not None else None
+        assignments = [_assignment(m["member"], m["roles"][name]) for m in members
+                       if isinstance(m["roles"].get(name), dict)]
+        result[name] = {
+            "type": _role_type(spec, assignments, role_kvs, role_prefix),
+            "configured": spec is not None,
+            "assignments": assignments,
+            "shard": _shard(role_kvs, role_prefix + "shard/"),
+            "election": _election(role_kvs, role_prefix + "election/"),
+            "ticks": _ticks(role_kvs, role_prefix + "ticks/"),
+            "job": _job(role_kvs, role_prefix + "job"),
+        }
+    return result
+
+
+def _role_type(spec, assignments: list[dict], kvs, prefix: str) -> str | None:
+    if spec is not None:
+        return spec.type.value
+    for assignment in assignments:
+        if isinstance(assignment.get("type"), str):
+            return assignment["type"]
+    parts = {kv.key[len(prefix):].split("/", 1)[0] for kv in kvs}
+    if "ticks" in parts:
+        return "cron"
+    if "job" in parts:
+        return "job"
+    if "shard" in parts:
+        return "sharded"
+    return None
+
+
+def _assignment(member: str, role_status: dict) -> dict:
+    entry = {"member": member, "type": role_status.get("type"), "state": role_status.get("state"),
+             "failed": role_status.get("failed")}
+    for field in SHARDED_FIELDS + LEADER_FIELDS:
+        entry[field] = role_status.get(field)
+    children = role_status.get("children")
+    entry["children"] = children if isinstance(children, dict) else {}
+    return entry
+
+
+def _under(kvs, prefix: str) -> list[KeyValue]:
+    """Direct children of ``prefix`` (nested keys belong to something else)."""
+    return [kv for kv in kvs if kv.key.startswith(prefix) and "/" not in kv.key[len(prefix):]]
+
+
+def _shard(kvs, prefix: str) -> list[str] | None:
+    found = _join_order(_under(kvs, prefix))
+    return [kv.key[len(prefix):] for kv in found] if found else None
+
+
+def _election(kvs, prefix: str) -> dict | None:
+    found = _join_order(_under(kvs, prefix))
+    if not found:
+        return None
+    candidates = [{"member": kv.value.decode("utf-8", "replace"), "token": kv.create_revision,
+                   "lease": kv.lease or None} for kv in found]
+    return {"leader": candidates[0]["member"], "token": candidates[0]["token"],
+            "candidates": candidates}
+
+
+def _ticks(kvs, prefix: str) -> dict | None:
+    found = _under(kvs, prefix)
+    if not found:
+        return None
+    counts = {"missed": 0, "skipped": 0, "running": 0}
+    last = None
+    for kv in sorted(found, key=lambda kv: kv.key):  # tick ids are UTC ISO times: key order is time order
+        doc, error = _load_json(kv.value)
+        tick = {"id": kv.key[len(prefix):]}
+        tick.update({f: doc.get(f) for f in TICK_FIELDS} if isinstance(doc, dict) else
+                    {f: None for f in TICK_FIELDS})
+        if error or not isinstance(doc, dict):
+            tick["error"] = error or "unreadable record: not a JSON object"
+        if tick["state"] in counts:
+            counts[tick["state"]] += 1
+        if tick["state"] in RAN_STATES:
+            last = tick
+    return {"retained": len(found), **counts, "last": last}
+
+
+def _job(kvs, key: str) -> dict | None:
+    for kv in kvs:
+        if kv.key == key:
+            doc, error = _load_json(kv.value)
+            if not isinstance(doc, dict):
+                return {**{f: None for f in JOB_FIELDS},
+                        "error": error or "unreadable record: not a JSON object"}
+            return {f: doc.get(f) for f in JOB_FIELDS}
+    return None
+
+
+def _waitgroups(kvs, prefix: str) -> dict:
+    groups = {}
+    for kv in _under(kvs, prefix):
+        try:
+            groups[kv.key[len(prefix):]] = int(kv.value.strip() or b"0")
+        except ValueError:
+            groups[kv.key[len(prefix):]] = None  # not a counter: shown as unknown
+    return groups
+
+
+def _topics(kvs, prefix: str, config) -> dict:
+    """Backlog per topic from its keys (layout in :mod:`etcdvisor.recipes.topic`)."""
+    parts: dict[str, dict[str, list]] = {}
+    for kv in kvs:
+        name, _, rest = kv.key[len(prefix):].partition("/")
+        kind, _, tail = rest.partition("/")
+        parts.setdefault(name, {}).setdefault(kind, []).append((tail, kv))
+    if config is not None:
+        for spec in config.roles.values():
+            if spec.topic:
+                parts.setdefault(spec.topic, {})
+    topics = {}
+    for name in sorted(parts):
+        found = parts[name]
+        ids = sorted(kv.create_revision for _, kv in found.get("msg", []))
+        retained = set(ids)
+        groups = {tail for tail, _ in found.get("groups", [])}
+        done: dict[str, set] = {}
+        claimed: dict[str, int] = {}
+        for tail, _ in found.get("done", []):
+            group, _, message_id = tail.partition("/")
+            groups.add(group)
+            if message_id.isdigit():
+                done.setdefault(group, set()).add(int(message_id))
+        for tail, _ in found.get("claims", []):
+            group = tail.partition("/")[0]
+            groups.add(group)
+            claimed[group] = claimed.get(group, 0) + 1
+        topics[name] = {
+            "messages": len(ids), "oldest_id": ids[0] if ids else None,
+            "newest_id": ids[-1] if ids else None,
+            "groups": {g: {"unacked": len(retained - done.get(g, set())), "claimed": claimed.get(g, 0)}
+                       for g in sorted(groups)},
+        }
+    return topics
+
+
+# --- rendering -----------------------------------------------------------------------
+def render_text(doc: dict, now: float | None = None) -> str:
+    """A readable multi-section view of a :func:`gather` document."""
+    now = time.time() if now is None else now
+    lines = [f"cluster {doc['cluster']} (revision {doc['revision']}): "
+             f"{_plural(len(doc['members']), 'member')}"]
+    if doc["members"]:
+        rows = [[m["member"], m["host"], m["pid"], _age(m["started"], now), ", ".join(m["roles"]) or "-"]
+                for m in doc["members"]]
+        lines += [""] + _table(["MEMBER", "HOST", "PID", "UP", "ROLES"], rows)
+    for name, role in doc["roles"].items():
+        lines += [""] + _render_role(name, role, now)
+    if doc["waitgroups"]:
+        lines += ["", "wait groups:"]
+        lines += _table(["NAME", "COUNT"], [[n, c] for n, c in doc["waitgroups"].items()], indent=2)
+    if doc["topics"]:
+        lines += ["", "topics:"]
+        rows = []
+        for name, topic in doc["topics"].items():
+            span = f"{topic['oldest_id']}..{topic['newest_id']}" if topic["messages"] else "-"
+            groups = topic["groups"] or {"-": {"unacked": None, "claimed": None}}
+            for group, counts in groups.items():
+                rows.append([name, topic["messages"], span, group, counts["unacked"], counts["claimed"]])
+                name, span = "", ""
+        lines += _table(["TOPIC", "MESSAGES", "IDS", "GROUP", "UNACKED", "CLAIMED"], rows, indent=2)
+    return "\n".join(lines) + "\n"
+
+
+def _render_role(name: str, role: dict, now: float) -> list[str]:
+    kind = role["type"] or "unknown type"
+    lines = [f"role {name} ({kind})"]
+    if role["election"]:
+        election = role["election"]
+        lines.append(f"  election: leader {election['leader']}, token {election['token']}, "
+                     f"{_plural(len(election['candidates']), 'candidate')}")
+    if role["shard"]:
+        lines.append(f"  shard members (join order): {', '.join(role['shard'])}")
+    if role["assignments"]:
+        leader_like = role["type"] in ("singleton", "cron", "job")
+        headers = ["MEMBER", "STATE"] + (["LEADER", "TOKEN"] if leader_like else ["INDEX", "COUNT", "EPOCH"])
+        rows = []
+        for a in role["assignments"]:
+            fields = [a["leader"], a["token"]] if leader_like else [a["index"], a["count"], a["epoch"]]
+            state = a["state"] if not a["failed"] else f"{a['state']} (failed: {a['failed']})"
+            rows.append([a["member"], state] + fields + [_children(a["children"])])
+        lines += _table(headers + ["CHILDREN"], rows, indent=2)
+    elif not (role["ticks"] or role["job"]):
+        lines.append("  no member runs it")
+    if role["ticks"]:
+        ticks, last = role["ticks"], role["ticks"]["last"]
+        ran = "never" if last is None else (
+            f"tick {last['id']} {last['state']} on {last['member']}"
+            + (f", exit {last['exit_code']}" if last["exit_code"] is not None else "")
+            + (f", finished {_when(last['finished'])}" if last["finished"] is not None else ""))
+        lines.append(f"  last run: {ran}")
+        lines.append(f"  retained ticks: {ticks['retained']} (missed {ticks['missed']}, "
+                     f"skipped {ticks['skipped']}, running {ticks['running']})")
+    if role["job"]:
+        job = role["job"]
+        text = f"  job: {job['state']} on {job['member']}, token {job['token']}"
+        if job["exit_code"] is not None:
+            text += f", exit {job['exit_code']}"
+        if job["finished"] is not None:
+            text += f", finished {_when(job['finished'])}"
+        lines.append(text + f", spec {job['spec_hash']}")
+    elif role["type"] == "job":
+        lines.append("  job: no record (not run yet, or rerun requested)")
+    return lines
+
+
+def _children(children: dict) -> str:
+    parts = []
+    for key, child in children.items():
+        if not isinstance(child, dict):
+            continue
+        text = f"{key}: {child.get('state')}"
+        if child.get("pid"):
+            text += f" pid {child['pid']}"
+        if child.get("restarts"):
+            text += f", {child['restarts']} restarts"
+        if child.get("last_exit") is not None:
+            text += f", last exit {child['last_exit']}"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
+def _table(headers: list[str], rows: list[list], indent: int = 0) -> list[str]:
+    cells = [headers] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    pad = " " * indent
+    return [pad + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _age(started, now: float) -> str:
+    if not isinstance(started, (int, float)):
+        return "-"
+    seconds = max(0, int(now - started))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _when(value) -> str:
+    """Unix seconds as UTC ISO time; anything else as given."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
