@@ -112,16 +112,17 @@ class Reconciler:
 
 
 def _log_event(owned: _Owned, event: SlotEvent) -> None:
-    who = owned.slot.child.spec.name if owned.slot.child else owned.slot.name
+    spec = owned.slot.child.spec if owned.slot.child else owned.slot.desired
+    who = spec.name if spec else owned.slot.name
     if isinstance(event, Started):
         log.info("%s: started pid %d", who, event.pid)
     elif isinstance(event, Exited):
         then = f", restart in {max(0.0, event.restart_at - _now()):.1f}s" if event.restart_at else ""
-        log.info("%s: exited with %s after %.1fs%s", owned.slot.name, _code(event.code), event.uptime, then)
+        log.info("%s: exited with %s after %.1fs%s", who, _code(event.code), event.uptime, then)
     elif isinstance(event, Stopped):
-        log.info("%s: stopped (%s)", owned.slot.name, _code(event.code))
+        log.info("%s: stopped (%s)", who, _code(event.code))
     elif isinstance(event, Failed):
-        log.error("%s: FAILED: %s", owned.slot.name, event.reason)
+        log.error("%s: FAILED: %s", who, event.reason)
     elif isinstance(event, SpawnFailed):
         log.error("%s", event.message)
 
