@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
             print(line, file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(config.member.id, args.log_level)
-    supervisor = Supervisor(config)
+    supervisor = Supervisor(config, watch_config=args.watch_config)
     try:
         return supervisor.run()
     except StartupError as exc:
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", metavar="CONFIG")
     run.add_argument("--log-level", default=os.environ.get("ETCDVISOR_LOG_LEVEL", "info"),
                      choices=["debug", "info", "warning", "error"])
+    run.add_argument("--watch-config", action="store_true",
+                     help="reload when CONFIG changes (as on SIGHUP)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check CONFIG files; one line per problem")

@@ -132,6 +132,16 @@ class BarrierGate:
             return []
         return [n for n in self.needs.get(role, ()) if not self.facts.get(n)]
 
+    def rebuild(self, config: Config) -> "BarrierGate":
+        """A gate for a reloaded config; roles that already passed their
+        barriers (and whose barriers did not change) stay open."""
+        self.stop()
+        gate = BarrierGate(config, self.keys, self.backend, self.post)
+        gate._announced = {name for name in self._announced
+                           if name in config.roles and gate.needs.get(name) == self.needs.get(name)}
+        gate.start()
+        return gate
+
     def stop(self) -> None:
         for watcher in self._watchers:
             watcher.stop()

@@ -35,6 +35,7 @@ from .events import RoleEvent, SessionChanged, Signalled, Wake
 from .keys import ClusterKeys
 from .member import MemberRecord
 from .reconcile import Reconciler
+from .reload import ConfigFileWatcher, plan_reload
 
 log = logging.getLogger("etcdvisor")
 
@@ -63,7 +64,8 @@ def runner_types() -> dict[RoleType, type]:
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, environ=None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Config, *, environ=None, clock: Callable[[], float] = time.monotonic,
+                 watch_config: bool = False):
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
@@ -79,6 +81,11 @@ class Supervisor:
         self.reconciler: Reconciler | None = None
         self.record: MemberRecord | None = None
         self.gate: BarrierGate | None = None
+        self.ctx: RuntimeContext | None = None
+        self.retiring: list[RoleRunner] = []  # runners draining after a reload
+        self.pending: list[str] = []  # roles to start once their old runner is gone
+        self.watch_config = watch_config
+        self.file_watcher: ConfigFileWatcher | None = None
         self._record_retry: float | None = None
 
     # --- start-up ------------------------------------------------------------
@@ -134,27 +141,35 @@ class Supervisor:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
-        ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
-                             keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
-                             clock=self.clock, base_env=self.environ)
+        self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
+                                  keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
+                                  clock=self.clock, base_env=self.environ)
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
-        types = runner_types()
         for role in self.config.roles.values():
-            if role.type not in types:
-                raise StartupError(f"{self.config.source_path}: roles.{role.name}.type: "
-                                   f"{role.type.value!r} roles are not supported by this build")
-            self.runners[role.name] = types[role.type](role, ctx)
+            self.runners[role.name] = self._make_runner(role.name)
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
         for runner in self.runners.values():
             runner.start()
+        if self.watch_config:
+            self.file_watcher = ConfigFileWatcher(self.config.source_path, self.inbox.put,
+                                                  signal.SIGHUP).start()
+
+    def _make_runner(self, name: str) -> RoleRunner:
+        role = self.config.roles[name]
+        types = runner_types()
+        if role.type not in types:
+            raise StartupError(f"{self.config.source_path}: roles.{name}.type: "
+                               f"{role.type.value!r} roles are not supported by this build")
+        return types[role.type](role, self.ctx)
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
+        signal.signal(signal.SIGHUP, lambda s, _f: self.inbox.put(Signalled(s)))
         signal.signal(signal.SIGCHLD, lambda s, _f: self.inbox.put(Wake("SIGCHLD")))
 
     def run(self) -> int:
@@ -210,6 +225,10 @@ class Supervisor:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if not self.stopping:
+                self._reload()
+            return
         if not self.stopping:
             log.info("received %s: stopping children, then leaving the cluster", name)
             self.stopping = True
@@ -235,8 +254,40 @@ class Supervisor:
         for runner in self.runners.values():
             runner.on_session(event)
 
+    def _reload(self) -> None:
+        plan = plan_reload(self.config, self.environ)
+        if plan is None:
+            return
+        self.config = self.ctx.config = plan.config
+        for name in plan.retire:
+            self.retiring.append(self.runners.pop(name))
+        self.pending.extend(plan.start)
+        self.gate = self.gate.rebuild(self.config)
+
+    def _settle_reload(self) -> None:
+        """Stop drained runners; start the ones waiting for their old runner."""
+        for runner in list(self.retiring):
+            self.reconciler.apply(runner, {})
+            if not self.reconciler.slots_of(runner):
+                runner.stop()
+                self.retiring.remove(runner)
+                log.info("role %s: retired after reload", runner.name)
+        busy = {r.name for r in self.retiring}
+        for name in list(self.pending):
+            if name not in busy:
+                self.pending.remove(name)
+                try:
+                    self.runners[name] = self._make_runner(name)
+                except StartupError as exc:
+                    log.error("reload: %s", exc)
+                    continue
+                self.runners[name].start()
+                log.info("role %s: started after reload", name)
+
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
+        if self.retiring or self.pending:
+            self._settle_reload()
         for runner in self.runners.values():
             desired = runner.desired(now) if self.gate.allows(runner.name) else {}
             if not lease_ok:
@@ -252,6 +303,8 @@ class Supervisor:
             if waiting:
                 status[name]["waiting_for"] = waiting
         for runner, key, slot in self.reconciler.children():
+            if runner.name not in status or self.runners.get(runner.name) is not runner:
+                continue  # a runner retiring after a reload
             child = slot.child
             entry = status[runner.name].setdefault("children", {})
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
@@ -272,7 +325,7 @@ class Supervisor:
                 pass
             self.reconciler.tick(self.clock())
         log.info("all children stopped; leaving cluster %s", self.config.cluster)
-        for runner in self.runners.values():
+        for runner in list(self.runners.values()) + self.retiring:
             try:
                 runner.stop()
             except CoordError as exc:
@@ -281,6 +334,8 @@ class Supervisor:
         return 1 if self.escalated else 0
 
     def close(self) -> None:
+        if self.file_watcher is not None:
+            self.file_watcher.stop()
         if self.gate is not None:
             self.gate.stop()
         if self.session is not None:

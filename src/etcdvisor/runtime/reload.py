@@ -1,0 +1,100 @@
+"""Live reload (SIGHUP, or ``run --watch-config``): a diff of frozen configs.
+
+The new file is loaded completely first (same checks as at start-up, plus
+every new command must resolve); any problem keeps the running config and
+logs one line per problem. Otherwise roles are compared by value:
+
+* removed roles: their children are stopped, then the runner leaves/resigns;
+* changed roles: the same, then a runner with the new spec starts (a
+  sharded member rejoins at the end of the order; a singleton campaigns
+  again);
+* added roles: a runner starts at once;
+* untouched roles keep running, their children untouched.
+
+Settings outside ``roles`` (``cluster``, ``etcd.*``, ``member.*``) concern the
+member itself: a change is logged and ignored until the supervisor restarts.
+
+:class:`ConfigFileWatcher` is the edge thread for ``--watch-config``: it
+posts a reload request when the file changes (watchfiles, inotify-based:
+no polling while idle).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, replace
+
+from ..config import Config, ConfigError, diff, find_command, load
+from .events import Signalled
+
+log = logging.getLogger("etcdvisor")
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    config: Config  # the config to run from now on
+    retire: tuple[str, ...]  # runners to drain and stop (removed + changed)
+    start: tuple[str, ...]  # runners to start once their old runner is gone (added + changed)
+
+
+def plan_reload(current: Config, environ) -> ReloadPlan | None:
+    """Load the file again and work out what to do; None keeps the running
+    config (the reason is logged)."""
+    try:
+        new = load(current.source_path, environ, default_member_id=current.member.id)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("reload refused, keeping the running config: %s", line)
+        return None
+    changes = diff(current, new)
+    if changes.settings_changed:
+        log.warning("reload: %s changed; these apply at the next restart of the supervisor",
+                    ", ".join(changes.settings_changed))
+    path = environ.get("PATH", os.defpath)
+    for name in changes.added + changes.changed:
+        role = new.roles[name]
+        cwd = role.cwd or os.path.dirname(os.path.abspath(new.source_path))
+        if find_command(role.command, cwd, path) is None:
+            log.error("reload refused, keeping the running config: %s: roles.%s.command: "
+                      "command not found: %r", new.source_path, name, role.command[0])
+            return None
+    if not (changes.added or changes.changed or changes.removed):
+        log.info("reload: no role changed")
+        return None
+    log.info("reload: added %s; changed %s; removed %s", ", ".join(changes.added) or "none",
+             ", ".join(changes.changed) or "none", ", ".join(changes.removed) or "none")
+    kept = replace(current, roles=new.roles)  # member-level settings stay as running
+    return ReloadPlan(config=kept, retire=changes.changed + changes.removed,
+                      start=changes.added + changes.changed)
+
+
+class ConfigFileWatcher:
+    """Posts ``Signalled(SIGHUP)`` when the config file changes."""
+
+    def __init__(self, path: str, post, signum: int):
+        self.path = os.path.abspath(path)
+        self.post = post
+        self.signum = signum
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="config-watch")
+
+    def start(self) -> "ConfigFileWatcher":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from watchfiles import watch
+
+        # watch the directory: editors replace files by rename
+        directory = os.path.dirname(self.path)
+        # step: how often the watcher thread checks for the stop event (2/s)
+        for changes in watch(directory, stop_event=self._stop, debounce=300, step=500,
+                             rust_timeout=0, recursive=False):
+            if any(os.path.abspath(p) == self.path for _, p in changes):
+                log.info("config file %s changed: reloading", self.path)
+                self.post(Signalled(self.signum))
+
+    def stop(self) -> None:
+        self._stop.set()
