@@ -294,7 +294,8 @@ class Supervisor:
                 desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
             self.reconciler.apply(runner, desired)
         self.reconciler.tick(now)
-        self._record_retry = self.record.update(self._roles_status(), now)
+        # never block the loop on a store we know is unreachable
+        self._record_retry = self.record.update(self._roles_status(), now) if lease_ok else None
 
     def _roles_status(self) -> dict:
         status = {name: runner.status() for name, runner in self.runners.items()}
