@@ -1,0 +1,225 @@
+"""Service registry and layered typed config, on the memory backend and on real etcd."""
+
+import json
+import queue
+import time
+
+import pytest
+
+from etcdvisor.recipes.election import CampaignCancelled
+from etcdvisor.recipes.layered_config import ConfigValueError, LayeredConfig, encode_value
+from etcdvisor.recipes.registry import Registry, ServiceInfo
+
+from ..conftest import wait_until
+
+
+def info(name, instance, port=8080, **metadata):
+    return ServiceInfo(name=name, id=instance, address="10.0.0.1", port=port, version="1.0.2",
+                       metadata=metadata)
+
+
+def drain(q, settle=0.3):
+    """Everything the queue receives until it has been quiet for ``settle`` s."""
+    items = []
+    while True:
+        try:
+            items.append(q.get(timeout=settle))
+        except queue.Empty:
+            return items
+
+
+# --- registry -------------------------------------------------------------------------
+
+def test_register_discover_layout_and_deregister(backend, other_backend, prefix):
+    mine = Registry(backend, namespace="prod", prefix=prefix + "svc", ttl=5)
+    theirs = Registry(other_backend, namespace="prod", prefix=prefix + "svc", ttl=5)
+    mine.register(info("api", "a1", zone="x"))
+    theirs.register(info("api", "b1"))
+    mine.register(info("api", "a2"))
+    mine.register(info("db", "d1"))
+    assert [s.id for s in theirs.discover("api")] == ["a1", "b1", "a2"]  # registration order
+    assert mine.discover("api")[0] == info("api", "a1", zone="x")
+    stored = backend.get(f"{prefix}svc/prod/api/instances/a1")
+    assert json.loads(stored.value)["metadata"] == {"zone": "x"}
+    assert stored.lease == mine.session().lease_id
+    assert Registry(backend, namespace="dev", prefix=prefix + "svc").discover("api") == []
+    assert mine.deregister("api", "a2") is True
+    assert [s.id for s in theirs.discover("api")] == ["a1", "b1"]
+    mine.register(info("api", "a1", port=9090))  # re-register replaces
+    assert [s.port for s in theirs.discover("api") if s.id == "a1"] == [9090]
+    mine.close()
+    assert [s.id for s in theirs.discover("api")] == ["b1"]  # gone at once with the lease
+    assert theirs.discover("db") == []
+    theirs.close()
+    with pytest.raises(ValueError):
+        theirs.instance_key("a/b", "x")
+
+
+def test_discover_skips_malformed_documents(backend, prefix):
+    registry = Registry(backend, prefix=prefix + "svc", ttl=5)
+    registry.register(info("api", "good"))
+    backend.put(f"{prefix}svc/default/api/instances/bad", "{not json")
+    backend.put(f"{prefix}svc/default/api/instances/partial", '{"name": "api"}')
+    assert [s.id for s in registry.discover("api")] == ["good"]
+    registry.close()
+
+
+def test_watch_gives_the_full_list_on_every_change(backend, other_backend, prefix):
+    watching = Registry(backend, prefix=prefix + "svc", ttl=5)
+    lists = queue.Queue()
+    watcher = watching.watch("api", lambda instances: lists.put([s.id for s in instances]))
+    assert lists.get(timeout=5) == []  # the initial list
+    other = Registry(other_backend, prefix=prefix + "svc", ttl=5)
+    other.register(info("api", "x"))
+    assert lists.get(timeout=5) == ["x"]
+    other.register(info("api", "y"))
+    assert lists.get(timeout=5) == ["x", "y"]
+    other.register(info("other", "z"))  # another service: no call
+    other.deregister("api", "x")
+    assert lists.get(timeout=5) == ["y"]
+    other.close()
+    assert lists.get(timeout=5) == []
+    assert drain(lists) == []
+    watcher.stop()
+    watching.close()
+
+
+def test_reregisters_after_lease_loss(backend, other_backend, prefix):
+    registry = Registry(backend, prefix=prefix + "svc", ttl=5)
+    registry.register(info("api", "stay"))
+    registry.register(info("api", "leave"))
+    registry.deregister("api", "leave")
+    lost = registry.session().lease_id
+    other_backend.lease_revoke(lost)  # e.g. a partition longer than the TTL
+    observer = Registry(other_backend, prefix=prefix + "svc")
+    assert observer.discover("api") == []
+    wait_until(lambda: [s.id for s in observer.discover("api")] == ["stay"], timeout=8,
+               message="instance re-registered")
+    assert backend.get(f"{prefix}svc/default/api/instances/stay").lease != lost
+    registry.close()
+    assert observer.discover("api") == []
+
+
+def test_election_among_instances(backend, other_backend, prefix):
+    first = Registry(backend, prefix=prefix + "svc", ttl=5)
+    second = Registry(other_backend, prefix=prefix + "svc", ttl=5)
+    leader = first.election("api", "first")
+    token = leader.campaign(timeout=5)
+    assert token > 0 and leader.is_leader()
+    follower = second.election("api", "second")
+    with pytest.raises(CampaignCancelled):
+        follower.campaign(timeout=0.3)
+    first.close()  # revokes the lease: leadership passes on
+    assert follower.campaign(timeout=5) > token
+    second.close()
+
+
+# --- layered config ---------------------------------------------------------------------
+
+def config(backend, prefix, cluster="prod", node="web1"):
+    return LayeredConfig(backend, prefix + "app", cluster, node)
+
+
+@pytest.mark.parametrize("value", [5432, -1, 0.75, float("inf"), True, False, "info", "",
+                                   "int:not an int", "json:[]", {"a": [1, None]}, [1, "x"], None])
+def test_typed_values_round_trip(backend, prefix, value):
+    cfg = config(backend, prefix)
+    cfg.set("item", value)
+    got = cfg.get("item", default="MISSING")
+    assert got == value and type(got) is type(value)
+
+
+def test_stored_form_and_etcdctl_written_values(backend, prefix):
+    cfg = config(backend, prefix)
+    assert encode_value(5432) == "int:5432" and encode_value(True) == "bool:true"
+    assert encode_value("plain") == "plain" and encode_value("bool:x") == 'json:"bool:x"'
+    base = prefix + "app/config/"
+    backend.put(base + "node/prod/web1/database.port", "int:5432")
+    backend.put(base + "cluster/prod/cache.ratio", "float:0.75")
+    backend.put(base + "cluster/prod/debug.enabled", "bool:true")
+    backend.put(base + "global/log.level", "info")
+    backend.put(base + "global/limits/json", 'json:{"max": 3}')
+    assert cfg.get_many("database.port", "cache.ratio", "debug.enabled", "log.level", "absent") == {
+        "database.port": 5432, "cache.ratio": 0.75, "debug.enabled": True, "log.level": "info"}
+    assert cfg.items() == {"database.port": 5432, "cache.ratio": 0.75, "debug.enabled": True,
+                           "log.level": "info", "limits/json": {"max": 3}}
+    assert cfg.get("absent") is None and cfg.get("absent", 7) == 7
+    cfg.set("x", 1, scope="node")
+    assert backend.get(base + "node/prod/web1/x").value == b"int:1"
+
+
+def test_priority_node_over_cluster_over_global(backend, prefix):
+    web1 = config(backend, prefix)
+    web2 = config(backend, prefix, node="web2")
+    staging = config(backend, prefix, cluster="staging")
+    no_node = LayeredConfig(backend, prefix + "app", "prod")
+    web1.set("timeout", 10, scope="global")
+    assert [c.get("timeout") for c in (web1, web2, staging, no_node)] == [10, 10, 10, 10]
+    web1.set("timeout", 20, scope="cluster")
+    assert [c.get("timeout") for c in (web1, web2, staging, no_node)] == [20, 20, 10, 20]
+    web1.set("timeout", 30, scope="node")
+    assert [c.get("timeout") for c in (web1, web2, staging, no_node)] == [30, 20, 10, 20]
+    assert web1.raw_items() == {"timeout": ("node", "int:30")}
+    assert web1.unset("timeout", scope="node") is True
+    assert web1.get("timeout") == 20
+    web1.unset("timeout", scope="cluster")
+    assert web1.get("timeout") == 10
+    with pytest.raises(ValueError):
+        no_node.set("x", 1, scope="node")
+    with pytest.raises(ValueError):
+        web1.set("x", 1, scope="planet")
+
+
+@pytest.mark.parametrize("raw", ["int:12x", "float:fast", "bool:yes", "bool:True", "json:{oops"])
+def test_malformed_typed_value_names_the_key(backend, prefix, raw):
+    cfg = config(backend, prefix)
+    key = prefix + "app/config/cluster/prod/broken"
+    backend.put(key, raw)
+    for read in (lambda: cfg.get("broken"), lambda: cfg.get_many("broken"), cfg.items):
+        with pytest.raises(ConfigValueError) as info:
+            read()
+        assert key in str(info.value) and info.value.key == key
+
+
+def test_watch_reports_resolved_changes_only(backend, other_backend, prefix):
+    cfg = config(backend, prefix)
+    writer = config(other_backend, prefix)
+    writer.set("kept", "old", scope="global")
+    changes = queue.Queue()
+    errors = queue.Queue()
+    watcher = cfg.watch(lambda item, value: changes.put((item, value)), on_error=errors.put)
+    writer.set("level", 1, scope="global")
+    assert changes.get(timeout=5) == ("level", 1)
+    writer.set("level", 2, scope="cluster")  # an override appears
+    assert changes.get(timeout=5) == ("level", 2)
+    writer.set("level", 2, scope="node")  # same resolved value: nothing
+    writer.set("level", 5, scope="global")  # hidden below the overrides: nothing
+    config(other_backend, prefix, node="web2").set("level", 9, scope="node")  # not our node
+    config(other_backend, prefix, cluster="qa").set("level", 9)  # not our cluster
+    assert drain(changes) == []
+    writer.set("level", 3, scope="node")
+    assert changes.get(timeout=5) == ("level", 3)
+    writer.unset("level", scope="node")  # the override goes away: back to the cluster value
+    assert changes.get(timeout=5) == ("level", 2)
+    writer.unset("level", scope="cluster")
+    assert changes.get(timeout=5) == ("level", 5)
+    writer.unset("level", scope="global")
+    assert changes.get(timeout=5) == ("level", None)
+    other_backend.put(prefix + "app/config/global/bad", "int:nope")
+    assert errors.get(timeout=5).key == prefix + "app/config/global/bad"
+    assert drain(changes) == []
+    watcher.stop()
+
+
+def test_watch_initial_reports_current_items(backend, prefix):
+    cfg = config(backend, prefix)
+    cfg.set("a", 1, scope="global")
+    cfg.set("a", True, scope="node")
+    cfg.set("b", "x")
+    changes = queue.Queue()
+    cfg.watch(lambda item, value: changes.put((item, value)), initial=True)
+    assert sorted(drain(changes)) == [("a", True), ("b", "x")]
+    cfg.close()
+    cfg.set("b", "y")
+    time.sleep(0.2)
+    assert changes.empty()
