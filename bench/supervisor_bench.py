@@ -1,0 +1,372 @@
+"""Measure ``supervisor run``: reshard latency, singleton failover, idle cost.
+
+Prints figures, asserts nothing. Starts its own etcd (etcdvisor.testing.EtcdServer)
+and its own processes in a temp directory; every run takes well under 3 minutes::
+
+    /tmp/venv/bin/python bench/supervisor_bench.py [--settle 0.5] [--ttl 4] [--idle-seconds 30]
+
+1. Reshard latency, N members (default 10) running one sharded role: from a clean
+   leave (SIGTERM; measured from the supervisor's exit) and from a crash (SIGKILL) to
+   the moment every remaining member runs a child with the new COUNT (the start time
+   the last such child recorded itself). A leave is expected near ``settle``, a crash
+   near ``ttl + settle``: both are printed so the reader can subtract.
+2. Singleton failover: the leader's supervisor is SIGKILLed; time until the new
+   leader's child started (it records its own start), over several repetitions.
+3. Idle cost: one supervisor with 5 idle children for ``--idle-seconds``, next to
+   supervisord running the same 5 children in the same window: RSS and CPU%
+   (psutil cpu_times delta over wall time). The supervisor's watchdog helper is shown
+   on its own row.
+
+Children are ``examples/worker.py``, which appends JSON lines (start/stop, pid, env)
+to $WORK_RECORD; all times are wall-clock (time.time()) on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from etcdvisor.testing import EtcdServer
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "examples" / "worker.py"
+IDLE_CHILD = ["sleep", "1000000"]
+
+
+class BenchTimeout(RuntimeError):
+    pass
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchTimeout(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # being written
+    return out
+
+
+def live_children(path: Path, role: str) -> list[dict]:
+    """Start records of children of ``role`` that have neither a stop record
+    nor died (a SIGKILLed supervisor's children write no stop line)."""
+    records = read_records(path)
+    stopped = {r["pid"] for r in records if r["event"] == "stop"}
+    live = []
+    for rec in records:
+        if rec["event"] == "start" and rec["role"] == role and rec["pid"] not in stopped:
+            try:
+                if psutil.Process(rec["pid"]).status() != psutil.STATUS_ZOMBIE:
+                    live.append(rec)
+            except psutil.NoSuchProcess:
+                pass
+    return live
+
+
+class Fleet:
+    """``supervisor run`` processes sharing one etcd, one cluster, one record file."""
+
+    def __init__(self, workdir: Path, etcd_url: str, name: str):
+        self.dir = workdir / name
+        self.dir.mkdir()
+        self.etcd_url = etcd_url
+        self.cluster = f"bench-{name}-{os.urandom(3).hex()}"
+        self.record = self.dir / "records.jsonl"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def config(self, roles: dict, ttl: int) -> Path:
+        doc = {"cluster": self.cluster, "etcd": {"endpoints": [self.etcd_url]},
+               "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": roles}
+        path = self.dir / "config.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def worker_role(self, type_: str, **keys) -> dict:
+        return {"type": type_, "command": [sys.executable, str(WORKER)],
+                "env": {"WORK_RECORD": str(self.record), "WORK_INTERVAL": "1000"},
+                "stop_timeout": "0.5s", **keys}
+
+    def start(self, member_id: str, config: Path) -> subprocess.Popen:
+        env = dict(os.environ, ETCDVISOR_ENDPOINTS=self.etcd_url, ETCDVISOR_MEMBER_ID=member_id)
+        with open(self.dir / f"{member_id}.out", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "etcdvisor.cli", "run", str(config)],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        self.procs[member_id] = proc
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for rec in read_records(self.record):  # children of killed supervisors, if any
+            if rec["event"] == "start":
+                try:
+                    psutil.Process(rec["pid"]).kill()
+                except psutil.Error:
+                    pass
+
+
+# --- 1. reshard latency ----------------------------------------------------------------
+
+def settled(fleet: Fleet, members: set[str], timeout: float) -> float:
+    """Wait until each of ``members`` runs one child with COUNT=len(members) and the
+    indices are 0..N-1; return the start time of the newest of those children."""
+    count = len(members)
+
+    def check():
+        live = [r for r in live_children(fleet.record, "worker") if r["count"] == str(count)]
+        if {r["member_id"] for r in live} == members and \
+                sorted(int(r["index"]) for r in live) == list(range(count)):
+            return max(r["t"] for r in live)
+        return None
+
+    return wait_for(check, timeout, f"{count} members settled")
+
+
+def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int) -> dict:
+    fleet = Fleet(workdir, etcd_url, "reshard")
+    try:
+        config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
+        ids = {f"m{i}" for i in range(members)}
+        for member_id in sorted(ids):
+            fleet.start(member_id, config)
+        settled(fleet, ids, timeout=90)
+        time.sleep(settle + 0.5)
+
+        leaving = fleet.procs["m3"]
+        sent = time.time()
+        leaving.send_signal(signal.SIGTERM)
+        leaving.wait(30)
+        exited = time.time()
+        ids.discard("m3")
+        leave_done = settled(fleet, ids, timeout=30)
+
+        fleet.start("m3b", config)  # back to `members` before the crash
+        ids.add("m3b")
+        settled(fleet, ids, timeout=60)
+        time.sleep(settle + 0.5)
+        killed = time.time()
+        fleet.procs["m5"].kill()
+        fleet.procs["m5"].wait()
+        ids.discard("m5")
+        crash_done = settled(fleet, ids, timeout=ttl + 30)
+        return {"leave_from_exit": leave_done - exited, "leave_from_signal": leave_done - sent,
+                "crash": crash_done - killed, "remaining": len(ids)}
+    finally:
+        fleet.close()
+
+
+# --- 2. singleton failover -------------------------------------------------------------
+
+def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int) -> list[float]:
+    fleet = Fleet(workdir, etcd_url, "failover")
+    try:
+        config = fleet.config({"lead": fleet.worker_role("singleton")}, ttl)
+        for i in range(3):
+            fleet.start(f"s{i}", config)
+        times, token, spare = [], 0, 3
+        for _ in range(repetitions):
+            leader = wait_for(lambda: _leader(fleet, token), 60, "a leader child")
+            token = int(leader["leader_token"])
+            time.sleep(1.5)  # let the followers' campaigns settle behind the leader
+            killed = time.time()
+            fleet.procs[leader["member_id"]].kill()
+            fleet.procs[leader["member_id"]].wait()
+            successor = wait_for(lambda: _leader(fleet, token), ttl + 30, "a new leader child")
+            times.append(successor["t"] - killed)
+            fleet.start(f"s{spare}", config)  # keep three candidates
+            spare += 1
+        return times
+    finally:
+        fleet.close()
+
+
+def _leader(fleet: Fleet, above: int) -> dict | None:
+    live = [r for r in live_children(fleet.record, "lead")
+            if r["leader"] == "1" and int(r["leader_token"]) > above]
+    return live[-1] if live else None
+
+
+# --- 3. idle cost ------------------------------------------------------------------------
+
+def start_supervisord(workdir: Path) -> subprocess.Popen:
+    binary = shutil.which("supervisord") or str(Path(sys.executable).parent / "supervisord")
+    if not os.access(binary, os.X_OK):
+        raise FileNotFoundError("supervisord not found (pip install 'etcdvisor[bench]')")
+    sdir = workdir / "supervisord"
+    sdir.mkdir()
+    programs = "".join(
+        f"\n[program:idle{i}]\ncommand={' '.join(IDLE_CHILD)}\nautorestart=true\n"
+        f"stdout_logfile={sdir}/idle{i}.log\nredirect_stderr=true\n" for i in range(5))
+    conf = sdir / "supervisord.conf"
+    conf.write_text(f"[supervisord]\nnodaemon=true\nlogfile={sdir}/supervisord.log\n"
+                    f"pidfile={sdir}/supervisord.pid\nchildlogdir={sdir}\n{programs}")
+    return subprocess.Popen([binary, "-n", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=sdir)
+
+
+class Meter:
+    """CPU seconds and RSS of one process between ``begin()`` and ``end()``."""
+
+    def __init__(self, label: str, pid: int):
+        self.label = label
+        self.proc = psutil.Process(pid)
+
+    def begin(self) -> None:
+        times = self.proc.cpu_times()
+        self.cpu0, self.wall0 = times.user + times.system, time.monotonic()
+
+    def end(self) -> dict:
+        times = self.proc.cpu_times()
+        wall = time.monotonic() - self.wall0
+        mem = self.proc.memory_info()
+        return {"label": self.label, "rss_mib": mem.rss / 2**20,
+                "uss_mib": _uss(self.proc) / 2**20,
+                "cpu_pct": 100.0 * (times.user + times.system - self.cpu0) / wall}
+
+
+def _uss(proc: psutil.Process) -> float:
+    try:
+        return proc.memory_full_info().uss
+    except (psutil.AccessDenied, AttributeError):
+        return float("nan")
+
+
+IDLE_TTL = 10  # the default member.ttl; keepalives go out about every second whatever the TTL
+
+
+def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[dict]:
+    fleet = Fleet(workdir, etcd_server.url, "idle")
+    roles = {f"idle{i}": {"type": "sharded", "command": list(IDLE_CHILD), "settle": "0s",
+                          "stop_timeout": "1s"} for i in range(5)}
+    config = fleet.config(roles, IDLE_TTL)
+    supervisor = fleet.start("idle-0", config)
+    supervisord = start_supervisord(workdir)
+    try:
+        def children_of(pid: int) -> list[psutil.Process]:
+            if supervisor.poll() is not None:
+                raise BenchTimeout(f"supervisor exited: {(fleet.dir / 'idle-0.out').read_text()}")
+            return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "sleep"]
+
+        wait_for(lambda: len(children_of(supervisor.pid)) == 5, 60, "5 etcdvisor children")
+        wait_for(lambda: len(children_of(supervisord.pid)) == 5, 60, "5 supervisord children")
+        watchdog = wait_for(lambda: _watchdog_pid(supervisor.pid), 10, "the watchdog helper")
+        time.sleep(2.0)  # let start-up work (imports, joins, first record writes) finish
+        meters = [Meter("etcdvisor supervisor", supervisor.pid), Meter("  its watchdog helper", watchdog),
+                  Meter("supervisord", supervisord.pid), Meter("etcd server (shared)", etcd_server.proc.pid)]
+        for meter in meters:
+            meter.begin()
+        time.sleep(seconds)
+        rows = [meter.end() for meter in meters]
+        rows[2]["children"] = rows[0]["children"] = 5
+        return rows
+    finally:
+        supervisord.send_signal(signal.SIGTERM)
+        try:
+            supervisord.wait(15)
+        except subprocess.TimeoutExpired:
+            supervisord.kill()
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        fleet.close()
+
+
+def _watchdog_pid(pid: int) -> int | None:
+    for proc in psutil.Process(pid).children():
+        try:
+            if "etcdvisor.process.watchdog_main" in " ".join(proc.cmdline()):
+                return proc.pid
+        except psutil.Error:
+            pass
+    return None
+
+
+# --- report --------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=0.5)
+    parser.add_argument("--ttl", type=int, default=4,
+                        help="member.ttl (4 is the smallest the slack rule accepts with stop_timeout 0.5s)")
+    parser.add_argument("--failovers", type=int, default=3)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--skip", action="append", default=[], choices=["reshard", "failover", "idle"])
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="etcdvisor-bench-"))
+    etcd = EtcdServer(name="bench-etcd").start()
+    print(f"etcdvisor supervisor benchmark: {os.cpu_count()} CPUs, load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}, etcd at {etcd.url}")
+    try:
+        if "reshard" not in args.skip:
+            res = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl)
+            print(f"\n[1] reshard latency, {args.members} members, sharded role "
+                  f"(settle {args.settle}s, ttl {args.ttl}s, stop_timeout 0.5s)")
+            print(f"  clean leave (SIGTERM) -> {args.members - 1} members run the new COUNT: "
+                  f"{res['leave_from_exit']:.2f}s after the supervisor exited "
+                  f"({res['leave_from_signal']:.2f}s after SIGTERM); minus settle: "
+                  f"{res['leave_from_exit'] - args.settle:.2f}s")
+            print(f"  crash (SIGKILL)       -> {res['remaining']} members run the new COUNT: "
+                  f"{res['crash']:.2f}s after the kill; minus ttl+settle: "
+                  f"{res['crash'] - args.ttl - args.settle:.2f}s")
+        if "failover" not in args.skip:
+            times = bench_failover(workdir, etcd.url, args.ttl, args.failovers)
+            print(f"\n[2] singleton failover, 3 members, leader's supervisor SIGKILLed (ttl {args.ttl}s), "
+                  f"kill -> new leader's child started, {len(times)} runs")
+            print(f"  min {min(times):.2f}s  median {statistics.median(times):.2f}s  "
+                  f"max {max(times):.2f}s  (minus ttl: median {statistics.median(times) - args.ttl:.2f}s)"
+                  f"  all: {', '.join(f'{t:.2f}' for t in times)}")
+        if "idle" not in args.skip:
+            rows = bench_idle(workdir, etcd, args.idle_seconds)
+            print(f"\n[3] idle cost over {args.idle_seconds:.0f}s, 5 idle children ({' '.join(IDLE_CHILD)}) "
+                  f"each, same window (ttl {IDLE_TTL}s; keepalives about every second)")
+            print(f"  {'process':<24}{'RSS MiB':>9}{'USS MiB':>9}{'CPU %':>8}")
+            for row in rows:
+                print(f"  {row['label']:<24}{row['rss_mib']:>9.1f}{row['uss_mib']:>9.1f}{row['cpu_pct']:>8.2f}")
+            total = rows[0]["rss_mib"] + rows[1]["rss_mib"]
+            print(f"  etcdvisor total (supervisor + watchdog): RSS {total:.1f} MiB, "
+                  f"CPU {rows[0]['cpu_pct'] + rows[1]['cpu_pct']:.2f}%")
+    except BenchTimeout as exc:
+        print(f"\nbenchmark aborted: {exc} (logs in {workdir})")
+        return 1
+    finally:
+        etcd.cleanup()
+    print(f"\ntotal benchmark time {time.monotonic() - started:.0f}s")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
