@@ -1,0 +1,117 @@
+"""A light never-miss watch loop for recipes that keep their own state.
+
+:class:`etcdvisor.coord.watcher.PrefixWatcher` mirrors every key of a
+prefix; recipes such as a topic (whose values are message payloads) want the
+same never-miss rules without holding every value in memory. A
+:class:`Follower` only runs the loop (GUIDE safety rule 5):
+
+1. ``resync()`` reads whatever state the owner needs and returns the store
+   revision R it read at (skipped when a start revision is given);
+2. watch ``[start, end)`` from R+1 and hand each batch to ``on_batch``;
+3. when the stream breaks, resume from the last event revision + 1 after
+   ``retry_interval`` (nothing lost, nothing repeated);
+4. when the resume revision was compacted, call ``resync()`` again.
+
+``on_batch`` returns True to *suspend*: the stream is cancelled and
+``before_watch()`` (which may block until the owner is ready, e.g. until a
+consumer drained a buffer) runs before the watch resumes from the last
+revision + 1. So a slow owner never leaves a server stream undrained.
+
+States: STARTING -> WATCHING -> (RETRYING | SUSPENDED -> WATCHING)* -> STOPPED.
+Callbacks run on the follower's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from ..coord.base import Backend
+from ..coord.errors import Closed, Compacted, CoordError
+from ..coord.types import WatchBatch
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(self, backend: Backend, start: str, end: str | None, *,
+                 resync: Callable[[], int], on_batch: Callable[[WatchBatch], bool | None],
+                 before_watch: Callable[[], None] | None = None, start_revision: int = 0,
+                 name: str = "follow", retry_interval: float = 0.5):
+        self.backend = backend
+        self.start_key = start
+        self.end_key = end
+        self.resync = resync
+        self.on_batch = on_batch
+        self.before_watch = before_watch
+        self.name = name
+        self.retry_interval = retry_interval
+        #: last store revision fully handed to the owner
+        self.revision = start_revision - 1 if start_revision > 0 else 0
+        self._need_resync = start_revision <= 0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._stream = None
+        self._thread = threading.Thread(target=self._run, name=f"follow:{name}", daemon=True)
+
+    def start(self) -> "Follower":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; safe to call twice and from a callback."""
+        self.stopping.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if self._need_resync:
+                    self.revision = self.resync()
+                    self._need_resync = False
+                if self.before_watch is not None:
+                    self.before_watch()
+                if self.stopping.is_set():
+                    return
+                self._follow()
+            except Compacted:
+                log.info("%s: history compacted past revision %d, re-reading", self.name, self.revision + 1)
+                self._need_resync = True
+            except Closed:
+                return
+            except CoordError as exc:
+                if self.stopping.is_set():
+                    return
+                log.debug("%s: interrupted (%s), resuming from %d", self.name, exc, self.revision + 1)
+                self.stopping.wait(self.retry_interval)
+            except Exception:  # a broken callback must not kill the loop silently
+                log.exception("%s: callback failed, retrying", self.name)
+                self.stopping.wait(self.retry_interval)
+
+    def _follow(self) -> None:
+        stream = self.backend.watch(self.start_key, self.end_key, start_revision=self.revision + 1)
+        with self._lock:
+            self._stream = stream
+        try:
+            if self.stopping.is_set():
+                return
+            for batch in stream:
+                if self.stopping.is_set():
+                    return
+                fresh = tuple(ev for ev in batch.events if ev.kv.mod_revision > self.revision)
+                if not fresh:
+                    continue
+                suspend = self.on_batch(WatchBatch(events=fresh, revision=batch.revision))
+                self.revision = max(ev.kv.mod_revision for ev in fresh)
+                if suspend:
+                    return
+        finally:
+            with self._lock:
+                self._stream = None
+            stream.cancel()

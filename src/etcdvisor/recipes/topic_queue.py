@@ -1,0 +1,261 @@
+"""Queue mode of a :class:`~.topic.Topic`: each message goes to one
+consumer of a group.
+
+A consumer claims a message with one transaction that creates
+``claims/<group>/<id>`` on its session's lease *only if* neither that claim
+nor ``done/<group>/<id>`` exists and the message is still retained; the
+same transaction reads the payload. :meth:`QueueConsumer.ack` writes the
+done marker and deletes the claim in one transaction. A claim whose holder
+dies disappears with its lease; every consumer of the group watches the
+topic, sees the claim go, and races to claim the message again.
+
+States of a message, per group::
+
+    PENDING -> CLAIMED     a consumer's claim transaction won
+    CLAIMED -> DONE        ack(): done marker written, claim deleted
+    CLAIMED -> PENDING     the claim's lease ended (crash, partition,
+                           revoke) or release(): redelivered
+    any -> TRIMMED         retention deleted the message (done markers of
+                           trimmed messages are deleted by Topic.trim)
+
+Delivery semantics (at least once, precisely):
+
+* while a claim's lease is alive no other consumer of the group gets the
+  message; consumers that do not die and keep their leases alive process
+  every message exactly once;
+* a message is delivered again only when its claim disappeared without a
+  done marker: the holder died, its lease expired or was revoked, or it
+  called ``release()``/``close()`` before ``ack()``. The first holder may
+  still be working on it (a frozen process whose lease expired): then it is
+  processed twice, and that holder's ``ack()`` returns False;
+* a new group starts with every retained message that it has no done marker
+  for (a work queue keeps its backlog); claims are taken in id order per
+  consumer, but with several consumers processing order is not guaranteed;
+* a message trimmed by retention before anyone claimed it is never
+  delivered.
+
+Limits: each consumer keeps the ids (not payloads) of retained messages,
+claims and done markers of its group in memory; it watches the whole topic
+prefix (other groups' claims are noise it skips).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator
+
+from ..coord.errors import CoordError, LeaseNotFound
+from ..coord.session import Session
+from ..coord.types import Compare, Delete, EventType, Get, Put, WatchBatch, create_revision, missing, prefix_end
+from ._follow import Follower
+from .topic import Message, Topic, message_from
+
+log = logging.getLogger(__name__)
+
+
+class QueueConsumer:
+    """One consumer of ``group`` on ``topic``; claims hang on ``session``'s
+    lease (the session is the caller's; it is never closed here)."""
+
+    def __init__(self, topic: Topic, group: str, session: Session, *, name: str | None = None,
+                 retry_interval: float = 0.5):
+        if not group or "/" in group:
+            raise ValueError(f"queue group must be a non-empty name without '/', got {group!r}")
+        self.topic = topic
+        self.group = group
+        self.session = session
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.retry_interval = retry_interval
+        self._claims_prefix = f"{topic.prefix}claims/{group}/"
+        self._done_prefix = f"{topic.prefix}done/{group}/"
+        self._cond = threading.Condition()
+        self._closed = threading.Event()
+        self._retained: dict[int, str] = {}  # message id -> key
+        self._key_ids: dict[str, int] = {}
+        self._claimed: set[int] = set()
+        self._done: set[int] = set()
+        self._ready: list[int] = []  # heap of ids that may be claimable
+        self._queued: set[int] = set()
+        self._in_flight: dict[int, int] = {}  # id -> lease our claim is on
+        group_key = f"{topic.prefix}groups/{group}"
+        topic.backend.txn([missing(group_key)], [Put(group_key, b"")])
+        self._follower = Follower(topic.backend, topic.prefix, prefix_end(topic.prefix),
+                                  resync=self._resync, on_batch=self._on_batch,
+                                  name=f"queue:{topic.prefix}{group}", retry_interval=retry_interval)
+        self._follower.start()
+
+    # --- consuming ------------------------------------------------------------
+    def get(self, timeout: float | None = None) -> Message | None:
+        """Claim and return the next message, or None after ``timeout``
+        seconds (or once closed). Store errors are retried until then."""
+        deadline = None if timeout is None else _now() + timeout
+        while not self._closed.is_set():
+            message_id = self._next_candidate(deadline)
+            if message_id is None:
+                return None
+            try:
+                message = self._claim(message_id)
+            except CoordError as exc:
+                self._push(message_id)
+                level = logging.DEBUG if isinstance(exc, LeaseNotFound) else logging.WARNING
+                log.log(level, "queue %s: cannot claim %d yet: %s", self.group, message_id, exc)
+                if self._closed.wait(_bounded(self.retry_interval, deadline)):
+                    return None
+                continue
+            if message is not None:
+                return message
+        return None
+
+    def messages(self) -> Iterator[Message]:
+        """Claimed messages until :meth:`close`."""
+        while True:
+            message = self.get()
+            if message is None:
+                return
+            yield message
+
+    def ack(self, message: Message) -> bool:
+        """Mark ``message`` processed by the group. True if our claim was
+        still held; False if it was lost (the message may have been
+        delivered to another consumer too). The done marker is written
+        either way."""
+        lease = self._in_flight.pop(message.id, self.session.lease_id)
+        claim, done = self.topic.claim_key(self.group, message.id), self.topic.done_key(self.group, message.id)
+        result = self.topic.backend.txn([_lease_is(claim, lease)], [Put(done, self.name), Delete(claim)],
+                                        [Put(done, self.name)])
+        if not result.succeeded:
+            log.warning("queue %s: claim on message %d was lost before ack (possible double "
+                        "processing)", self.group, message.id)
+        return result.succeeded
+
+    def release(self, message: Message) -> bool:
+        """Give the message back unprocessed (redelivered to the group)."""
+        lease = self._in_flight.pop(message.id, self.session.lease_id)
+        claim = self.topic.claim_key(self.group, message.id)
+        return self.topic.backend.txn([_lease_is(claim, lease)], [Delete(claim)]).succeeded
+
+    def close(self) -> None:
+        """Stop following and release the claims of un-acked messages."""
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._follower.stop()
+        for message_id, lease in list(self._in_flight.items()):
+            claim = self.topic.claim_key(self.group, message_id)
+            try:
+                self.topic.backend.txn([_lease_is(claim, lease)], [Delete(claim)])
+            except CoordError as exc:  # the claim then goes with the lease
+                log.warning("queue %s: could not release message %d: %s", self.group, message_id, exc)
+        self._in_flight.clear()
+
+    def __enter__(self) -> "QueueConsumer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- claiming ---------------------------------------------------------------
+    def _next_candidate(self, deadline: float | None) -> int | None:
+        with self._cond:
+            while not self._closed.is_set():
+                while self._ready:
+                    message_id = heapq.heappop(self._ready)
+                    self._queued.discard(message_id)
+                    if self._claimable(message_id):
+                        return message_id
+                remaining = None if deadline is None else deadline - _now()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+        return None
+
+    def _claim(self, message_id: int) -> Message | None:
+        with self._cond:
+            key = self._retained.get(message_id)
+        if key is None:
+            return None
+        lease = self.session.lease_id
+        claim = self.topic.claim_key(self.group, message_id)
+        done = self.topic.done_key(self.group, message_id)
+        result = self.topic.backend.txn(
+            [missing(claim), missing(done), create_revision(key, "=", message_id)],
+            [Put(claim, self.name, lease=lease), Get(key)])
+        if not result.succeeded:
+            return None  # taken, done or trimmed: the watch tells us if it comes back
+        self._in_flight[message_id] = lease
+        return message_from(result.responses[1][0])
+
+    def _claimable(self, message_id: int) -> bool:
+        return (message_id in self._retained and message_id not in self._done
+                and message_id not in self._claimed)
+
+    def _push(self, message_id: int) -> None:
+        with self._cond:
+            if message_id not in self._queued:
+                self._queued.add(message_id)
+                heapq.heappush(self._ready, message_id)
+            self._cond.notify()
+
+    # --- follower thread ---------------------------------------------------------
+    def _resync(self) -> int:
+        """Read messages, claims and done markers at one revision R."""
+        backend = self.topic.backend
+        messages = backend.range(self.topic.msg_prefix, self.topic.msg_end, keys_only=True)
+        revision = messages.revision
+        claims = backend.get_prefix(self._claims_prefix, revision=revision, keys_only=True)
+        done = backend.get_prefix(self._done_prefix, revision=revision, keys_only=True)
+        with self._cond:
+            self._retained = {kv.create_revision: kv.key for kv in messages.kvs}
+            self._key_ids = {kv.key: kv.create_revision for kv in messages.kvs}
+            self._claimed = {_id_of(kv.key) for kv in claims.kvs}
+            self._done = {_id_of(kv.key) for kv in done.kvs}
+            self._ready, self._queued = [], set()
+        for message_id in sorted(self._retained):
+            self._push(message_id)
+        return revision
+
+    def _on_batch(self, batch: WatchBatch) -> bool:
+        topic = self.topic
+        with self._cond:
+            for event in batch.events:
+                key, put = event.kv.key, event.type is EventType.PUT
+                if key.startswith(topic.msg_prefix):
+                    if put:
+                        self._retained[event.kv.create_revision] = key
+                        self._key_ids[key] = event.kv.create_revision
+                        self._push(event.kv.create_revision)
+                    elif key in self._key_ids:
+                        self._retained.pop(self._key_ids.pop(key), None)
+                elif key.startswith(self._claims_prefix):
+                    message_id = _id_of(key)
+                    if put:
+                        self._claimed.add(message_id)
+                    else:  # the claim went: unless done, it is claimable again
+                        self._claimed.discard(message_id)
+                        self._push(message_id)
+                elif key.startswith(self._done_prefix):
+                    (self._done.add if put else self._done.discard)(_id_of(key))
+            self._cond.notify_all()
+        return False
+
+
+def _id_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[1])
+
+
+def _lease_is(key: str, lease_id: int) -> Compare:
+    return Compare(key, "lease", "=", lease_id)
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _bounded(interval: float, deadline: float | None) -> float:
+    return interval if deadline is None else max(0.0, min(interval, deadline - _now()))
