@@ -53,8 +53,7 @@ def cmd_run(args) -> int:
     try:
         config = load(args.config)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+        print(str(exc), file=sys.stderr)  # the first problem, plus "(+N more)"
         return EXIT_USAGE
     _configure_logging(config.member.id, args.log_level)
     supervisor = Supervisor(config, watch_config=args.watch_config)

@@ -174,3 +174,32 @@ def test_lease_deadlines_are_ignored_for_children_not_lease_bound():
     finally:
         child.kill()
         _wait_exit(child)
+
+
+def test_grandchildren_get_the_grace_period_after_the_leader_exits(tmp_path):
+    """GUIDE rule 4: stop signal, grace period, then SIGKILL -- also for the
+    rest of the group when the group leader (a shell) dies at once."""
+    import os
+    import sys
+    import time
+
+    from etcdvisor.process.child import ChildProcess
+    from etcdvisor.process.spawn import ChildSpec
+
+    rec = tmp_path / "rec"
+    code = ("import signal, sys, time\n"
+            "def h(*a):\n"
+            f"    time.sleep(0.5); open({str(rec)!r}, 'a').write('graceful'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, h)\n"
+            "time.sleep(100)")
+    spec = ChildSpec(name="t", argv=("sh", "-c", f'{sys.executable} -c "$CODE" & sleep 0.5; exec sleep 100'),
+                     env={**os.environ, "CODE": code}, stop_timeout=5)
+    child = ChildProcess(spec)
+    child.start()
+    time.sleep(1.0)
+    child.stop(time.monotonic())
+    deadline = time.monotonic() + 8
+    while child.poll(time.monotonic()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.returncode is not None
+    assert rec.read_text() == "graceful"

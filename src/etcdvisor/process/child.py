@@ -40,6 +40,8 @@ import psutil
 
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
 
+LINGER_RECHECK = 0.2  # seconds between checks of a lingering group
+
 if TYPE_CHECKING:
     from etcdvisor.process.output import OutputPump
     from etcdvisor.process.watchdog import Watchdog
@@ -76,6 +78,7 @@ class ChildProcess:
         self._watchdog = watchdog
         self._proc = None
         self._stop_kill_at: float | None = None
+        self._recheck_at: float | None = None  # while a stopped leader's group lingers
         self._lease_term_at: float | None = None
         self._lease_kill_at: float | None = None
         self._escaped: list[psutil.Process] = []
@@ -143,7 +146,7 @@ class ChildProcess:
             exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             exited = True  # reaped elsewhere; Popen.poll below records what it can
-        if exited is None:
+        if exited is None or self._lingering(now):
             self._apply_deadlines(now)
             return None
         if self._lease_term_at is not None and now >= self._lease_term_at:
@@ -160,6 +163,17 @@ class ChildProcess:
         if self._watchdog is not None:
             self._watchdog.unregister(self.pgid)
         return self.returncode
+
+    def _lingering(self, now: float) -> bool:
+        """A stopped leader exited but others of its group still run: keep its
+        zombie (which pins the pgid) and give them the rest of the grace
+        period before the group is killed (rule 4: grace, then SIGKILL)."""
+        if self.state is not ChildState.STOPPING or self._stop_kill_at is None \
+                or now >= self._stop_kill_at or not _group_has_live_members(self.pgid, self.pid):
+            self._recheck_at = None
+            return False
+        self._recheck_at = now + LINGER_RECHECK
+        return True
 
     def _apply_deadlines(self, now: float) -> None:
         if self.state is ChildState.KILLED:
@@ -193,7 +207,7 @@ class ChildProcess:
         if self.state is ChildState.RUNNING:
             return _min_deadline(self._lease_term_at, self._lease_kill_at)
         if self.state is ChildState.STOPPING:
-            return _min_deadline(self._stop_kill_at, self._lease_kill_at)
+            return _min_deadline(self._stop_kill_at, self._lease_kill_at, self._recheck_at)
         return None
 
     @property
@@ -231,6 +245,21 @@ class ChildProcess:
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.spec.name} pid={self.pid} {self.state.name}>"
+
+
+def _group_has_live_members(pgid: int, leader: int) -> bool:
+    """True if a process other than ``leader`` in group ``pgid`` is not a zombie."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == leader:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _signal_quietly(proc: psutil.Process, signum: int) -> None:
