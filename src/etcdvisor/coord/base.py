@@ -73,9 +73,11 @@ class Backend(abc.ABC):
         (0 = latest). ``end=None`` reads just ``start``. ``limit`` > 0 caps
         the number of kvs returned (``count`` still tells the total).
         Reading a compacted revision raises ``Compacted``. ``keys_only``
-        leaves values empty. The result's ``revision`` is the store revision
-        the read was served at; watching from ``revision + 1`` afterwards
-        misses nothing."""
+        leaves values empty. The result's ``revision`` is the store's current
+        revision when the read was served (for a read at the latest revision,
+        watching from ``revision + 1`` afterwards misses nothing; for a
+        historical read it is still the *current* revision, as in etcd).
+        An empty ``start`` is an error, as in etcd (use ``"\\0"``)."""
 
     def get_prefix(self, prefix: str, *, revision: int = 0, keys_only: bool = False) -> RangeResult:
         """Every key starting with ``prefix`` (see :meth:`range`)."""
@@ -156,7 +158,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def compact(self, revision: int) -> None:
         """Discard history before ``revision`` (watches and reads at older
-        revisions then raise ``Compacted``)."""
+        revisions then raise ``Compacted``). Compacting at or below the
+        current compact revision raises ``Compacted``; a future revision
+        raises ``CoordError``."""
 
     @abc.abstractmethod
     def close(self) -> None:
