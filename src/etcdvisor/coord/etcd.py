@@ -95,6 +95,15 @@ def _kv(msg) -> KeyValue:
                     mod_revision=msg.mod_revision, version=msg.version, lease=msg.lease)
 
 
+def _short_reason(exc: CoordError) -> str:
+    """'Connection refused' out of gRPC's long 'failed to connect to all
+    addresses; last error: ...: Connection refused'."""
+    if isinstance(exc, CoordTimeout):
+        return "timed out"
+    text = str(exc).rstrip()
+    return text.rsplit(": ", 1)[-1] or type(exc).__name__
+
+
 def translate(exc: grpc.RpcError, what: str) -> CoordError:
     """Map a gRPC error to our hierarchy, with a one-line message."""
     code = exc.code() if hasattr(exc, "code") else None
@@ -165,7 +174,7 @@ class EtcdBackend(Backend):
                 raise AuthFailed(f"etcd at {self._conn().endpoint}: authentication failed "
                                  f"for user {self.spec.username!r}") from exc
             except CoordError as exc:
-                errors.append(f"{self._conn().endpoint} ({type(exc).__name__})")
+                errors.append(f"{self._conn().endpoint} ({_short_reason(exc)})")
         raise Unavailable("cannot reach etcd at " + ", ".join(errors))
 
     def _conn(self) -> _Connection:
