@@ -70,6 +70,9 @@ class EtcdServer:
     extra_args: tuple[str, ...] = ()
     log_path: str | None = None
     binary: str | None = None
+    #: serve clients over TLS: {"cert": path, "key": path, "ca": path or None}
+    #: (with "ca", clients must present a certificate signed by it)
+    tls: dict | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -85,7 +88,8 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -107,8 +111,29 @@ class EtcdServer:
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--log-level", "warn",
+            *self._tls_args(),
             *self.extra_args,
         ]
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        args = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"]]
+        if self.tls.get("ca"):
+            args += ["--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
+        return args
+
+    def _ssl_context(self):
+        import ssl
+
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.get("ca") or None)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # health probe only: the tests check verification
+        if self.tls.get("ca"):
+            context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return context
 
     def start(self, timeout: float = 20.0, wait: bool = True) -> "EtcdServer":
         if self.proc and self.proc.poll() is None:
@@ -137,12 +162,13 @@ class EtcdServer:
     def healthy(self) -> bool:
         """True when *this* process answers /health and serves reads."""
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
+            context = self._ssl_context()
+            with urllib.request.urlopen(self.url + "/health", timeout=1, context=context) as resp:
                 if json.load(resp).get("health") != "true":
                     return False
             # check the answer came from our member, not a leftover server
             req = urllib.request.Request(self.url + "/v3/maintenance/status", data=b"{}", method="POST")
-            with urllib.request.urlopen(req, timeout=1) as resp:
+            with urllib.request.urlopen(req, timeout=1, context=context) as resp:
                 status = json.load(resp)
         except (OSError, ValueError, urllib.error.URLError):
             return False
