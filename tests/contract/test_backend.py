@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etcdvisor.coord import Compacted, Delete, EventType, Get, LeaseNotFound, Put, prefix_end
+from etcdvisor.coord import Compacted, Delete, EventType, Get, LeaseNotFound, Put, Unavailable, prefix_end
 from etcdvisor.coord import types as T
 from etcdvisor.coord.session import Session, SessionEventKind, SessionState
 from etcdvisor.coord.watcher import PrefixWatcher
@@ -215,32 +215,52 @@ def test_prefix_watcher_snapshot_and_changes(backend, other_backend, prefix):
     watcher.stop()
 
 
-def test_prefix_watcher_resyncs_after_compaction(backend, other_backend, prefix):
+def test_prefix_watcher_resyncs_after_compaction(backend_url, prefix):
+    """Cut the watcher's stream, write and compact behind its back: when it
+    comes back it must notice the compaction, re-read and re-diff."""
+    from etcdvisor.coord import open_backend
+    from etcdvisor.testing.proxy import TcpProxy
+
+    proxy = None
+    if backend_url.startswith("memory://"):
+        # partition this one handle: its watches break and new ones fail
+        watched = open_backend(backend_url)
+        real_watch = watched.watch
+
+        def refuse(*args, **kwargs):
+            raise Unavailable("cut off by the test")
+
+        def cut():
+            watched.watch = refuse
+            watched.store.break_watches()
+
+        def heal():
+            watched.watch = real_watch
+    else:
+        proxy = TcpProxy.to_url(backend_url)
+        watched = open_backend(proxy.url, timeout=1)
+        cut, heal = proxy.reset, proxy.restore
+    direct = open_backend(backend_url)
+    direct.put(prefix + "gone", "x")
     changes = queue.Queue()
-    watcher = PrefixWatcher(backend, prefix, changes.put, name="t")
-    watcher.start(wait=5)
-    changes.get(timeout=5)
-    watcher._stop.set()  # freeze the watcher thread's stream, then compact under it
-    stream = watcher._stream
-    if stream:
-        stream.cancel()
-    watcher._thread.join(5)
-    other_backend.put(prefix + "x", "1")
-    other_backend.put(prefix + "x", "2")
-    other_backend.compact(other_backend.revision())
-    # a new watcher from the old revision must notice and re-read
-    resumed = PrefixWatcher(backend, prefix, changes.put, name="t2")
-    resumed._mirror, resumed._revision = dict(watcher._mirror), watcher._revision
-    resumed._thread.start()  # skip the initial read: resume from the old revision
-    deadline = time.monotonic() + 5
-    got = None
-    while time.monotonic() < deadline:
-        change = changes.get(timeout=5)
-        if prefix + "x" in change.snapshot:
-            got = change
-            break
-    assert got is not None and got.snapshot[prefix + "x"].value == b"2"
-    resumed.stop()
+    watcher = PrefixWatcher(watched, prefix, changes.put, name="t", retry_interval=0.1).start(wait=5)
+    assert changes.get(timeout=5).initial
+    cut()
+    direct.put(prefix + "x", "1")
+    direct.put(prefix + "x", "2")
+    direct.delete(prefix + "gone")
+    direct.compact(direct.revision())
+    heal()
+    change = changes.get(timeout=15)
+    assert change.resynced and set(change.snapshot) == {prefix + "x"}
+    assert change.snapshot[prefix + "x"].value == b"2"
+    assert {(e.type, e.kv.key) for e in change.events} == {
+        (EventType.PUT, prefix + "x"), (EventType.DELETE, prefix + "gone")}
+    watcher.stop()
+    for handle in (watched, direct):
+        handle.close()
+    if proxy:
+        proxy.close()
 
 
 def test_session_keepalive_and_revoke(backend, other_backend, prefix):

@@ -11,7 +11,8 @@ each change to a callback, in revision order, exactly once:
    re-diff it against the mirror, delivering synthetic events for what
    changed in between (``resynced=True``).
 
-States: STARTING -> WATCHING -> (RETRYING -> WATCHING)* -> STOPPED.
+States: STARTING -> WATCHING -> (RETRYING -> WATCHING)* -> STOPPED
+(the loop is :class:`etcdvisor.coord.follow.Follower`).
 
 Limits: events between a compaction and the re-read are coalesced into one
 synthetic event per key (intermediate values are lost, the final state is
@@ -28,7 +29,8 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from .base import Backend
-from .errors import Closed, Compacted, CoordError
+from .errors import CoordError
+from .follow import Follower
 from .types import Event, EventType, KeyValue, prefix_end
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ class Change:
 
 
 class PrefixWatcher:
-    """Mirror a prefix and call ``on_change(Change)`` for every change."""
+    """Mirror a prefix and call ``on_change(Change)`` for every change.
+
+    The loop itself (resume after errors, re-read after compaction) is a
+    :class:`~etcdvisor.coord.follow.Follower`; this class adds the mirror
+    and the diff."""
 
     def __init__(self, backend: Backend, prefix: str, on_change: Callable[[Change], None], *,
                  name: str = "watch", retry_interval: float = 0.5,
@@ -58,25 +64,22 @@ class PrefixWatcher:
         self.backend = backend
         self.prefix = prefix
         self.on_change = on_change
-        self.on_error = on_error
-        self.retry_interval = retry_interval
         self.name = name
         self._mirror: dict[str, KeyValue] = {}
-        self._revision = 0
-        self._stop = threading.Event()
-        self._stream = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"watch:{name}", daemon=True)
+        self._initial = True
         self._synced = threading.Event()
+        self._follower = Follower(backend, prefix, prefix_end(prefix), resync=self._resync,
+                                  on_batch=self._on_batch, name=name, retry_interval=retry_interval,
+                                  on_error=on_error)
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._follower.revision
 
     def start(self, wait: float | None = None) -> "PrefixWatcher":
         """Start the thread; with ``wait`` block until the first snapshot was
         delivered (returns even if the backend is down; see :meth:`synced`)."""
-        self._thread.start()
+        self._follower.start()
         if wait:
             self._synced.wait(wait)
         return self
@@ -85,78 +88,34 @@ class PrefixWatcher:
         return self._synced.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._lock:
-            stream = self._stream
-        if stream is not None:
-            stream.cancel()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._follower.stop(timeout)
 
-    # --- the loop ------------------------------------------------------------
-    def _run(self) -> None:
-        need_snapshot = True
-        first = True
-        while not self._stop.is_set():
-            try:
-                if need_snapshot:
-                    self._resync(initial=first)
-                    first = False
-                    need_snapshot = False
-                self._follow()
-            except Compacted:
-                log.info("%s: history compacted at revision %s, re-reading", self.name, self._revision)
-                need_snapshot = True
-            except Closed:
-                return
-            except CoordError as exc:
-                if self._stop.is_set():
-                    return
-                log.debug("%s: watch interrupted (%s), resuming from %d", self.name, exc, self._revision + 1)
-                if self.on_error:
-                    self.on_error(exc)
-                self._stop.wait(self.retry_interval)
-
-    def _resync(self, initial: bool) -> None:
+    # --- follower callbacks (watcher thread) ---------------------------------
+    def _resync(self) -> int:
         result = self.backend.get_prefix(self.prefix)
         fresh = {kv.key: kv for kv in result.kvs}
         events = _diff(self._mirror, fresh, result.revision)
         self._mirror = fresh
-        self._revision = result.revision
+        initial, self._initial = self._initial, False
         if initial or events:
-            self._deliver(events, initial=initial, resynced=not initial)
+            if not initial:
+                log.info("%s: re-read the prefix at revision %d", self.name, result.revision)
+            self._deliver(events, result.revision, initial=initial, resynced=not initial)
         self._synced.set()
+        return result.revision
 
-    def _follow(self) -> None:
-        stream = self.backend.watch(self.prefix, prefix_end(self.prefix),
-                                    start_revision=self._revision + 1, prev_kv=False)
-        with self._lock:
-            self._stream = stream
-        if self._stop.is_set():
-            stream.cancel()
-            return
-        try:
-            for batch in stream:
-                if self._stop.is_set():
-                    return
-                fresh_events = tuple(ev for ev in batch.events if ev.kv.mod_revision > self._revision)
-                for ev in fresh_events:
-                    if ev.type is EventType.PUT:
-                        self._mirror[ev.kv.key] = ev.kv
-                    else:
-                        self._mirror.pop(ev.kv.key, None)
-                if fresh_events:
-                    self._revision = max(ev.kv.mod_revision for ev in fresh_events)
-                    self._deliver(fresh_events)
-        finally:
-            with self._lock:
-                self._stream = None
-            stream.cancel()
+    def _on_batch(self, batch) -> None:
+        for ev in batch.events:
+            if ev.type is EventType.PUT:
+                self._mirror[ev.kv.key] = ev.kv
+            else:
+                self._mirror.pop(ev.kv.key, None)
+        self._deliver(batch.events, max(ev.kv.mod_revision for ev in batch.events))
 
-    def _deliver(self, events, *, initial=False, resynced=False) -> None:
+    def _deliver(self, events, revision: int, *, initial=False, resynced=False) -> None:
         snapshot = MappingProxyType(dict(self._mirror))
         ordered = tuple(sorted(snapshot.values(), key=lambda kv: kv.create_revision))
-        change = Change(snapshot=snapshot, events=tuple(events), revision=self._revision,
+        change = Change(snapshot=snapshot, events=tuple(events), revision=revision,
                         initial=initial, resynced=resynced, members_by_create=ordered)
         try:
             self.on_change(change)

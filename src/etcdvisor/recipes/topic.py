@@ -63,7 +63,7 @@ from typing import Callable, Iterator
 
 from ..coord.base import Backend
 from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
-from ._follow import Follower
+from ..coord.follow import Follower
 from .counter import Backoff, parse_count
 
 log = logging.getLogger(__name__)

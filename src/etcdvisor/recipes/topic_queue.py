@@ -53,7 +53,7 @@ from typing import Iterator
 from ..coord.errors import CoordError, LeaseNotFound
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Put, WatchBatch, create_revision, missing, prefix_end
-from ._follow import Follower
+from ..coord.follow import Follower
 from .topic import Message, Topic, message_from
 
 log = logging.getLogger(__name__)

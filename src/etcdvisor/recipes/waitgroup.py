@@ -31,7 +31,7 @@ import threading
 
 from ..coord.base import Backend
 from ..coord.types import EventType, WatchBatch
-from ._follow import Follower
+from ..coord.follow import Follower
 from .counter import Counter, parse_count
 
 

@@ -1,9 +1,9 @@
-"""A light never-miss watch loop for recipes that keep their own state.
+"""The never-miss watch loop (GUIDE safety rule 5), in one place.
 
-:class:`etcdvisor.coord.watcher.PrefixWatcher` mirrors every key of a
-prefix; recipes such as a topic (whose values are message payloads) want the
-same never-miss rules without holding every value in memory. A
-:class:`Follower` only runs the loop (GUIDE safety rule 5):
+:class:`Follower` runs the loop and keeps no state of its own: its owner
+decides what to remember. :class:`etcdvisor.coord.watcher.PrefixWatcher`
+mirrors every key of a prefix on top of it; recipes whose values are large
+(topic payloads) or that need one key (wait groups) use it directly:
 
 1. ``resync()`` reads whatever state the owner needs and returns the store
    revision R it read at (skipped when a start revision is given);
@@ -27,9 +27,9 @@ import logging
 import threading
 from typing import Callable
 
-from ..coord.base import Backend
-from ..coord.errors import Closed, Compacted, CoordError
-from ..coord.types import WatchBatch
+from .base import Backend
+from .errors import Closed, Compacted, CoordError
+from .types import WatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class Follower:
     def __init__(self, backend: Backend, start: str, end: str | None, *,
                  resync: Callable[[], int], on_batch: Callable[[WatchBatch], bool | None],
                  before_watch: Callable[[], None] | None = None, start_revision: int = 0,
-                 name: str = "follow", retry_interval: float = 0.5):
+                 name: str = "follow", retry_interval: float = 0.5,
+                 on_error: Callable[[CoordError], None] | None = None):
         self.backend = backend
         self.start_key = start
         self.end_key = end
@@ -47,6 +48,7 @@ class Follower:
         self.before_watch = before_watch
         self.name = name
         self.retry_interval = retry_interval
+        self.on_error = on_error
         #: last store revision fully handed to the owner
         self.revision = start_revision - 1 if start_revision > 0 else 0
         self._need_resync = start_revision <= 0
@@ -58,6 +60,9 @@ class Follower:
     def start(self) -> "Follower":
         self._thread.start()
         return self
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop; safe to call twice and from a callback."""
@@ -89,6 +94,8 @@ class Follower:
                 if self.stopping.is_set():
                     return
                 log.debug("%s: interrupted (%s), resuming from %d", self.name, exc, self.revision + 1)
+                if self.on_error is not None:
+                    self.on_error(exc)
                 self.stopping.wait(self.retry_interval)
             except Exception:  # a broken callback must not kill the loop silently
                 log.exception("%s: callback failed, retrying", self.name)
