@@ -36,7 +36,7 @@ when unknown or not applicable)::
           "ticks": {                         # roles/<role>/ticks/, or null
             "retained": 12, "missed": 1, "skipped": 0, "running": 0,
             "last": {"id": "2024-05-01T03:00:00Z", "state": "succeeded", "member": "web-1",
-                     "token": 1201, "scheduled": ..., "started": ..., "finished": ...,
+                     "token": 1201, "scheduled": "<ISO 8601>", "started": ..., "finished": ...,
                      "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
           "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
                   "token": 1201, "exit_code": 0, "finished": ...}   # roles/<role>/job, or null

@@ -23,6 +23,7 @@ older ones are recorded as ``missed``. A brand-new cluster starts from now.
 Each run's child gets ``SCHEDULED_TIME`` (ISO 8601 in the role's timezone),
 ``LEADER=1``, ``LEADER_TOKEN``. Tick records end as ``succeeded``,
 ``failed`` (with ``exit_code``), ``stopped`` (replaced, deposed, shutdown),
+``interrupted`` (its leader died mid-run; marked by the next leader),
 ``missed`` or ``skipped``; the newest ``KEEP_RECORDS`` are kept.
 
 Limit: a run is claimed before it starts, so a leader that dies mid-run
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..coord.errors import CoordError
-from ..coord.types import Get, Put, create_revision, missing
+from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
 from .schedule import Schedule, is_missed, parse_tick_id
@@ -88,7 +89,18 @@ class CronRunner(LeaderRunner):
             self.say(f"leader resumes after tick {self.schedule.tick_id(newest)}")
 
     def _newest_record(self) -> datetime | None:
-        result = self.ctx.backend.get_prefix(self.ctx.keys.ticks(self.name), keys_only=True)
+        """The newest recorded tick; runs left 'running' by an earlier leader
+        (it died mid-run) are marked 'interrupted'."""
+        result = self.ctx.backend.get_prefix(self.ctx.keys.ticks(self.name))
+        for kv in result.kvs:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue
+            if record.get("state") == "running" and (record.get("token") or 0) < self.token:
+                record["state"] = "interrupted"
+                self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
+                                     [Put(kv.key, json.dumps(record))])
         ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
         return parse_tick_id(max(ids)) if ids else None
 

@@ -17,7 +17,9 @@ with ``TOPIC``, ``MESSAGE_ID`` and ``ATTEMPT`` in the environment. At most
 ``concurrency`` runs at once per member: a consumer thread takes a permit
 before fetching a message, and the loop returns it when the run ends. A run
 that exits non-zero is retried after a backoff until ``max_attempts`` runs,
-then given up with a log line (acknowledged, not redelivered).
+then given up with a log line (acknowledged, not redelivered). A message
+larger than the role's ``max_payload`` (published by a tool that did not
+check) is refused the same way, without running the command.
 
 States of a message on this member: FETCHED -> RUNNING -> (BACKOFF ->
 RUNNING)* -> DONE (acked) | GIVEN_UP (acked, logged) | RELEASED (shutdown).
@@ -107,6 +109,12 @@ class TopicRunner(RoleRunner):
             if self.failed_reason or self._stop.is_set():
                 self._release(message)
                 return
+            if len(message.data) > self.topic.max_payload:
+                log.error("role %s: message %d has %d bytes, over max_payload %d: not run",
+                          self.name, message.id, len(message.data), self.topic.max_payload)
+                self.given_up += 1
+                self._finish(key, _Run(message), "refused", tracked=False)
+                return
             self.runs[key] = _Run(message)
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
@@ -156,7 +164,7 @@ class TopicRunner(RoleRunner):
             self._release(run.message)
             self.runs.pop(key, None)
 
-    def _finish(self, key: str, run: _Run, outcome: str) -> None:
+    def _finish(self, key: str, run: _Run, outcome: str, tracked: bool = True) -> None:
         try:
             if self.queue:
                 self.source.ack(run.message)
@@ -165,7 +173,8 @@ class TopicRunner(RoleRunner):
         except CoordError as exc:
             log.warning("role %s: cannot acknowledge message %d: %s", self.name, run.message.id, exc)
         self.processed += outcome == "done"
-        del self.runs[key]
+        if tracked:
+            del self.runs[key]
         self._permits.release()
 
     def _release(self, message: Message) -> None:

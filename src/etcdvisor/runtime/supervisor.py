@@ -288,12 +288,15 @@ class Supervisor:
         lease_ok = self.session.alive
         if self.retiring or self.pending:
             self._settle_reload()
-        for runner in self.runners.values():
-            desired = runner.desired(now) if self.gate.allows(runner.name) else {}
-            if not lease_ok:
-                desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
-            self.reconciler.apply(runner, desired)
-        self.reconciler.tick(now)
+        for _ in range(2):  # once more when children exited: a run may free room for another
+            for runner in self.runners.values():
+                desired = runner.desired(now) if self.gate.allows(runner.name) else {}
+                if not lease_ok:
+                    desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
+                self.reconciler.apply(runner, desired)
+            if not self.reconciler.tick(now):
+                break
+            now = self.clock()
         # never block the loop on a store we know is unreachable
         self._record_retry = self.record.update(self._roles_status(), now) if lease_ok else None
 
