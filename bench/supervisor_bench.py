@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from etcdvisor.testing import EtcdServer
+from etcdvisor.testing import EtcdServer, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "examples" / "worker.py"
@@ -47,17 +47,6 @@ IDLE_CHILD = ["sleep", "1000000"]
 
 class BenchTimeout(RuntimeError):
     pass
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchTimeout(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_records(path: Path) -> list[dict]:

@@ -2,12 +2,12 @@
 etcd_prefix, private_etcd, etcd_cluster) come from the etcdvisor.testing
 plugin, registered by the package's pytest11 entry point."""
 
-import time
 import uuid
 
 import pytest
 
 from etcdvisor.coord import open_backend
+from etcdvisor.testing import wait_for
 
 
 @pytest.fixture(params=["memory", "etcd"])
@@ -38,13 +38,5 @@ def prefix(etcd_prefix):
     return etcd_prefix
 
 
-def wait_until(predicate, timeout=5.0, interval=0.02, message="condition"):
-    """Poll ``predicate`` until true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+# poll a predicate with a deadline; a timeout is a test failure
+wait_until = wait_for

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from etcdvisor.coord import open_backend
+from etcdvisor.testing import wait_for  # noqa: F401  (re-exported for the e2e tests)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "examples" / "worker.py"
@@ -41,18 +42,6 @@ EXAMPLES = REPO / "examples"
 
 TTL = 4  # the smallest TTL the slack rule accepts (ttl*0.95 - 3 - stop_timeout > 0)
 STOP_TIMEOUT = "0.5s"
-
-
-def wait_for(predicate, timeout: float, message: str, interval: float = 0.05):
-    """Poll ``predicate`` until it returns a true value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int, started_at: float | None = None) -> bool:

@@ -13,6 +13,22 @@ The servers themselves are :class:`EtcdServer` and :class:`EtcdCluster`,
 usable outside pytest too.
 """
 
+import time
+
 from .server import EtcdCluster, EtcdNotFound, EtcdServer, find_etcd_binary, free_port
 
-__all__ = ["EtcdCluster", "EtcdNotFound", "EtcdServer", "find_etcd_binary", "free_port"]
+
+def wait_for(predicate, timeout: float = 5.0, message: str = "condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns a true value and return that value;
+    raise ``AssertionError`` (a test failure) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+__all__ = ["EtcdCluster", "EtcdNotFound", "EtcdServer", "find_etcd_binary", "free_port", "wait_for"]
