@@ -36,6 +36,25 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 from etcd3 import etcdrpc  # noqa: E402
 
+try:  # idle cost: see _quiet_blocked_streams
+    from grpc import _common as _grpc_common  # noqa: E402
+except ImportError:  # pragma: no cover - a gRPC without the private module
+    _grpc_common = None
+
+
+def _quiet_blocked_streams() -> None:
+    """gRPC's sync API waits for the next stream message in slices of 0.1 s
+    so that the main thread can see KeyboardInterrupt: every thread blocked
+    on a watch then wakes ten times a second, which is most of an idle
+    supervisor's CPU. Our streams are read on worker threads and cancelled
+    by notification, so a long slice loses nothing; unary calls all carry
+    their own deadlines."""
+    if _grpc_common is not None and getattr(_grpc_common, "MAXIMUM_WAIT_TIMEOUT", 0) < 30:
+        _grpc_common.MAXIMUM_WAIT_TIMEOUT = 30.0
+
+
+_quiet_blocked_streams()
+
 from .base import Backend, WatchStream  # noqa: E402
 from .errors import AuthFailed, Closed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable
 from .types import (
