@@ -47,11 +47,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import ConfigError, load
+    from .config import ConfigError
+    from .config.isolated import load_isolated
     from .runtime.supervisor import StartupError, Supervisor
 
     try:
-        config = load(args.config)
+        config = load_isolated(args.config)  # the schema machinery stays out of PID 1
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)  # the first problem, plus "(+N more)"
         return EXIT_USAGE

@@ -14,11 +14,13 @@ import functools
 import json
 from datetime import date
 from importlib import resources
-
-import jsonschema
+from typing import TYPE_CHECKING
 
 from .durations import DURATION_HINT, SIZE_HINT
 from .errors import Problems
+
+if TYPE_CHECKING:  # jsonschema is imported when a file is checked, not before
+    import jsonschema
 
 ROLE_TYPES = ("sharded", "singleton", "cron", "job", "topic")
 
@@ -51,7 +53,9 @@ def schema_text() -> str:
 
 
 @functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator() -> "jsonschema.Draft202012Validator":
+    import jsonschema
+
     return jsonschema.Draft202012Validator(json.loads(schema_text()))
 
 
@@ -159,7 +163,9 @@ def _no_alternative(error: jsonschema.ValidationError) -> str:
         if isinstance(instance, str):
             return "must not be empty"
         return f"expected a list of URLs, 'embedded' or 'memory://NAME', got {_describe_value(instance)}"
-    best = jsonschema.exceptions.best_match(error.context)
+    from jsonschema.exceptions import best_match
+
+    best = best_match(error.context)
     return best.message if best is not None else error.message
 
 

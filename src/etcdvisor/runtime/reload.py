@@ -26,7 +26,8 @@ import os
 import threading
 from dataclasses import dataclass, replace
 
-from ..config import Config, ConfigError, diff, find_command, load
+from ..config import Config, ConfigError, diff, find_command
+from ..config.isolated import load_isolated
 from .events import Signalled
 
 log = logging.getLogger("etcdvisor")
@@ -43,7 +44,7 @@ def plan_reload(current: Config, environ) -> ReloadPlan | None:
     """Load the file again and work out what to do; None keeps the running
     config (the reason is logged)."""
     try:
-        new = load(current.source_path, environ, default_member_id=current.member.id)
+        new = load_isolated(current.source_path, environ, default_member_id=current.member.id)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("reload refused, keeping the running config: %s", line)

@@ -1,0 +1,73 @@
+"""Load a config in a short-lived child process.
+
+The long-lived supervisor never imports the JSON Schema machinery (about
+10 MiB of resident memory for the whole life of the process): ``run`` and
+reloads hand the file to ``python -m etcdvisor.config.isolated``, which
+checks it exactly like :func:`etcdvisor.config.load` and sends back the
+frozen :class:`~etcdvisor.config.Config` (pickled; parent and child are the
+same program) or the problems, one line each.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import json
+import os
+import pickle
+import subprocess
+import sys
+from types import MappingProxyType
+from typing import Mapping
+
+from .errors import ConfigError
+from .model import Config
+
+EXIT_PROBLEMS = 3
+
+
+def read_only(items: dict) -> MappingProxyType:
+    return MappingProxyType(items)
+
+
+# the config's read-only mappings travel as plain dicts and come back read-only
+copyreg.pickle(MappingProxyType, lambda proxy: (read_only, (dict(proxy),)))
+
+
+def load_isolated(path: str, environ: Mapping[str, str] | None = None, *,
+                  default_member_id: str | None = None, timeout: float = 60.0) -> Config:
+    """Like :func:`etcdvisor.config.load`, in a child process."""
+    env = dict(os.environ if environ is None else environ)
+    command = [sys.executable, "-m", "etcdvisor.config.isolated", path]
+    if default_member_id:
+        command.append(default_member_id)
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(path, [f"{path}: cannot check the file: {exc}"]) from None
+    if done.returncode == 0:
+        return pickle.loads(done.stdout)
+    if done.returncode == EXIT_PROBLEMS:
+        raise ConfigError(path, json.loads(done.stdout))
+    last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+    raise ConfigError(path, [f"{path}: cannot check the file: {last}"])
+
+
+def _main(argv: list[str]) -> int:
+    from .loader import load
+
+    path, member = argv[0], (argv[1] if len(argv) > 1 else None)
+    try:
+        config = load(path, default_member_id=member)
+    except ConfigError as exc:
+        sys.stdout.write(json.dumps(exc.errors))
+        return EXIT_PROBLEMS
+    sys.stdout.buffer.write(pickle.dumps(config))
+    return 0
+
+
+if __name__ == "__main__":
+    # run the importable copy of this module, so pickles name etcdvisor.config.isolated
+    from etcdvisor.config.isolated import _main as main
+
+    sys.exit(main(sys.argv[1:]))
