@@ -9,8 +9,9 @@ cannot claim anything.
 
 A new leader resumes after the newest tick recorded in the store: ticks it
 missed during the failover run late if still within ``starting_deadline``
-(or always, when no deadline is set, at most ``CATCH_UP_LIMIT`` of them),
-older ones are recorded as ``missed``. A brand-new cluster starts from now.
+(without one: if younger than ``CATCH_UP_HORIZON``, one hour), at most the
+newest ``CATCH_UP_LIMIT`` of them; older ones count as missed. A brand-new
+cluster starts from now.
 
 ``concurrency``:
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from ..coord.errors import CoordError
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
@@ -47,7 +48,8 @@ from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
 
-CATCH_UP_LIMIT = 100
+CATCH_UP_LIMIT = 100  # at most this many missed ticks run late
+CATCH_UP_HORIZON = 3600.0  # without starting_deadline, ticks older than this are not run late
 KEEP_RECORDS = 100
 
 
@@ -116,11 +118,7 @@ class CronRunner(LeaderRunner):
 
     def _process_due_ticks(self) -> None:
         now = self._now()
-        due = self.schedule.ticks_between(self.cursor, now, limit=CATCH_UP_LIMIT + 1)
-        if len(due) > CATCH_UP_LIMIT:  # far behind: only the newest are worth running
-            for tick in due[:-CATCH_UP_LIMIT]:
-                self._record(tick, {"state": "missed"})
-            due = due[-CATCH_UP_LIMIT:]
+        due = self._due_ticks(now)
         for position, tick in enumerate(due):
             newest_due = position == len(due) - 1
             if is_missed(tick, now, self.spec.starting_deadline):
@@ -134,6 +132,33 @@ class CronRunner(LeaderRunner):
             elif not self._start(tick, now):
                 return  # leadership in doubt: do not advance
             self.cursor = tick
+
+    def _due_ticks(self, now: datetime) -> list[datetime]:
+        """Ticks after the cursor up to now: at most the newest CATCH_UP_LIMIT,
+        none older than the catch-up horizon (starting_deadline, or
+        CATCH_UP_HORIZON without one). Older ones are counted as missed
+        with one log line, not one record each."""
+        horizon = now - timedelta(seconds=self.spec.starting_deadline or CATCH_UP_HORIZON)
+        start, dropped = self.cursor, 0
+        if start < horizon:
+            jump = self.schedule.latest_tick(horizon)
+            if jump is not None and jump > start:
+                dropped += len(self.schedule.ticks_between(start, jump, limit=CATCH_UP_LIMIT))
+                start = self.cursor = jump
+        due: list[datetime] = []
+        while True:
+            chunk = self.schedule.ticks_between(start, now, limit=CATCH_UP_LIMIT)
+            merged = due + chunk
+            dropped += max(0, len(merged) - CATCH_UP_LIMIT)
+            due = merged[-CATCH_UP_LIMIT:]
+            if len(chunk) < CATCH_UP_LIMIT:
+                break
+            start = chunk[-1]
+        if dropped:
+            self.missed += dropped
+            self.say(f"{dropped}{'+' if dropped >= CATCH_UP_LIMIT else ''} ticks since "
+                     f"{self.schedule.tick_id(self.cursor)} are too old to run late: missed")
+        return due
 
     def _start(self, tick: datetime, now: datetime) -> bool:
         tick_id = self.schedule.tick_id(tick)
