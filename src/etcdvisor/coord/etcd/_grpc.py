@@ -1,0 +1,146 @@
+"""The gRPC boundary of the etcd backend: the client libraries, channel
+options, message conversions and the error translator (tooz's failure
+translator). Nothing outside ``coord/etcd/`` imports grpc or etcd3."""
+
+from __future__ import annotations
+
+import os
+
+# The supervisor forks children while gRPC threads run; gRPC's fork handlers
+# are not needed (children exec at once) and log noise at every fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
+from etcd3 import etcdrpc  # noqa: E402
+
+try:  # idle cost: see _quiet_blocked_streams
+    from grpc import _common as _grpc_common  # noqa: E402
+except ImportError:  # pragma: no cover - a gRPC without the private module
+    _grpc_common = None
+
+
+def _quiet_blocked_streams() -> None:
+    """gRPC's sync API waits for the next stream message in slices of 0.1 s
+    so that the main thread can see KeyboardInterrupt: every thread blocked
+    on a watch then wakes ten times a second, which is most of an idle
+    supervisor's CPU. Our streams are read on worker threads and cancelled
+    by notification, so a long slice loses nothing; unary calls all carry
+    their own deadlines."""
+    if _grpc_common is not None and getattr(_grpc_common, "MAXIMUM_WAIT_TIMEOUT", 0) < 30:
+        _grpc_common.MAXIMUM_WAIT_TIMEOUT = 30.0
+
+
+_quiet_blocked_streams()
+
+from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable  # noqa: E402
+from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Put  # noqa: E402
+
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # detect a dead peer under an open watch; etcd accepts pings every 5 s,
+    # but only while a call is active (otherwise it answers GOAWAY too_many_pings)
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+_COMPARE_TARGET = {
+    "value": etcdrpc.Compare.VALUE,
+    "version": etcdrpc.Compare.VERSION,
+    "create": etcdrpc.Compare.CREATE,
+    "mod": etcdrpc.Compare.MOD,
+    "lease": etcdrpc.Compare.LEASE,
+}
+_COMPARE_OP = {
+    "=": etcdrpc.Compare.EQUAL,
+    "!=": etcdrpc.Compare.NOT_EQUAL,
+    "<": etcdrpc.Compare.LESS,
+    ">": etcdrpc.Compare.GREATER,
+}
+_COMPARE_FIELD = {"value": "value", "version": "version", "create": "create_revision",
+                  "mod": "mod_revision", "lease": "lease"}
+
+
+def kb(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def ks(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def to_kv(msg) -> KeyValue:
+    return KeyValue(key=ks(msg.key), value=bytes(msg.value), create_revision=msg.create_revision,
+                    mod_revision=msg.mod_revision, version=msg.version, lease=msg.lease)
+
+
+def short_reason(exc: CoordError) -> str:
+    """'Connection refused' out of gRPC's long 'failed to connect to all
+    addresses; last error: ...: Connection refused'."""
+    if isinstance(exc, CoordTimeout):
+        return "timed out"
+    text = str(exc).rstrip()
+    return text.rsplit(": ", 1)[-1] or type(exc).__name__
+
+
+def translate(exc: grpc.RpcError, what: str) -> CoordError:
+    """Map a gRPC error to our hierarchy, with a one-line message."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    text = f"{what}: {details or code}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CoordTimeout(f"{what}: timed out")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        return Unavailable(text)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthFailed(text)
+    if "lease not found" in details:
+        return LeaseNotFound(text)
+    if "compacted" in details:
+        return Compacted(0)
+    return CoordError(text)
+
+
+def to_event(ev) -> Event:
+    kind = EventType.DELETE if ev.type == 1 else EventType.PUT
+    prev = to_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
+    return Event(type=kind, kv=to_kv(ev.kv), prev_kv=prev)
+
+
+def compare_msg(c: Compare):
+    msg = etcdrpc.Compare(key=kb(c.key), target=_COMPARE_TARGET[c.target], result=_COMPARE_OP[c.op])
+    setattr(msg, _COMPARE_FIELD[c.target], c.operand)
+    return msg
+
+
+def op_msg(op):
+    if isinstance(op, Put):
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=kb(op.key), value=op.value,
+                                                                 lease=op.lease))
+    if isinstance(op, Delete):
+        req = etcdrpc.DeleteRangeRequest(key=kb(op.key))
+        if op.range_end is not None:
+            req.range_end = kb(op.range_end)
+        return etcdrpc.RequestOp(request_delete_range=req)
+    if isinstance(op, Get):
+        req = etcdrpc.RangeRequest(key=kb(op.key))
+        if op.range_end is not None:
+            req.range_end = kb(op.range_end)
+        return etcdrpc.RequestOp(request_range=req)
+    raise TypeError(f"unknown txn op {op!r}")
+
+
+def op_result(resp):
+    kind = resp.WhichOneof("response")
+    if kind == "response_put":
+        return resp.response_put.header.revision
+    if kind == "response_delete_range":
+        return resp.response_delete_range.deleted
+    if kind == "response_range":
+        return tuple(to_kv(kv) for kv in resp.response_range.kvs)
+    return None
