@@ -11,7 +11,7 @@ import pytest
 
 from etcdvisor.testing.proxy import TcpProxy
 
-from .conftest import TTL, wait_for
+from .conftest import TTL
 from .test_run_singleton import assert_one_leader_at_a_time, current_leader
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]

@@ -56,7 +56,7 @@ def test_sigterm_leaves_no_process_and_no_member_key(fleet):
     if left:  # the kernel may take a moment to finish a SIGKILLed process
         wait_pids_gone([p.pid for p in tree], 1.0)
         left = _alive(tree)
-    assert not left, f"processes left behind after SIGTERM:\n" + "\n".join(left)
+    assert not left, "processes left behind after SIGTERM:\n" + "\n".join(left)
     assert not pid_alive(watchdog)
     history = fleet.history()
     # direct children get their stop signal and time to act on it (a stop line);

@@ -3,7 +3,6 @@ compaction behind a cut-off watcher, and bad connection input."""
 
 import queue
 import subprocess
-import threading
 import time
 
 import pytest

@@ -1,6 +1,5 @@
 """Kill real member processes and check the survivors' view."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -135,7 +135,7 @@ def test_lease_term_stops_a_lease_bound_child_and_holds_restarts():
     _drive(slot, _count(Started, 1))
     now = time.monotonic()
     slot.set_lease_deadlines(now + 0.1, now + 2.0)
-    seen = _drive(slot, _count(Stopped, 1))
+    _drive(slot, _count(Stopped, 1))
     assert slot.state is SlotState.STOPPED
     time.sleep(0.1)
     assert slot.tick(time.monotonic()) == []  # term passed: no restart
