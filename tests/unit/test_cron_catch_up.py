@@ -37,8 +37,17 @@ def test_far_behind_runs_only_the_newest_limit_within_the_horizon():
     assert r.missed >= cron.CATCH_UP_HORIZON / 2 - cron.CATCH_UP_LIMIT
 
 
-def test_starting_deadline_is_the_horizon():
+def test_ticks_past_the_starting_deadline_are_returned_for_a_missed_record():
     r = runner(starting_deadline=5.0)
     r.cursor = NOW - timedelta(seconds=30)
     due = r._due_ticks(NOW)
-    assert due[0] >= NOW - timedelta(seconds=6) and due[-1] == NOW
+    assert due[0] == NOW - timedelta(seconds=28) and due[-1] == NOW and r.missed == 0
+    late = [t for t in due if cron.is_missed(t, NOW, 5.0)]
+    assert late and all(t < NOW - timedelta(seconds=5) for t in late)
+
+
+def test_a_starting_deadline_longer_than_the_horizon_widens_it():
+    r = runner("0 * * * *", starting_deadline=3 * 3600)
+    r.cursor = NOW - timedelta(hours=5)
+    due = r._due_ticks(NOW)
+    assert due[0] == NOW - timedelta(hours=3) and due[-1] == NOW

@@ -9,9 +9,10 @@ cannot claim anything.
 
 A new leader resumes after the newest tick recorded in the store: ticks it
 missed during the failover run late if still within ``starting_deadline``
-(without one: if younger than ``CATCH_UP_HORIZON``, one hour), at most the
-newest ``CATCH_UP_LIMIT`` of them; older ones count as missed. A brand-new
-cluster starts from now.
+and are recorded ``missed`` otherwise. Catch-up is bounded: only the newest
+``CATCH_UP_LIMIT`` ticks younger than ``CATCH_UP_HORIZON`` (one hour, or the
+starting deadline when longer) are looked at; older ones are counted as
+missed in one log line. A brand-new cluster starts from now.
 
 ``concurrency``:
 
@@ -135,13 +136,14 @@ class CronRunner(LeaderRunner):
 
     def _due_ticks(self, now: datetime) -> list[datetime]:
         """Ticks after the cursor up to now: at most the newest CATCH_UP_LIMIT,
-        none older than the catch-up horizon (starting_deadline, or
-        CATCH_UP_HORIZON without one). Older ones are counted as missed
-        with one log line, not one record each."""
-        horizon = now - timedelta(seconds=self.spec.starting_deadline or CATCH_UP_HORIZON)
+        none older than the catch-up horizon (CATCH_UP_HORIZON, or
+        starting_deadline when longer). The caller records those past
+        their starting_deadline as missed; ticks beyond the limit or the
+        horizon are counted as missed with one log line, not a record each."""
+        horizon = now - timedelta(seconds=max(CATCH_UP_HORIZON, self.spec.starting_deadline or 0))
         start, dropped = self.cursor, 0
         if start < horizon:
-            jump = self.schedule.latest_tick(horizon)
+            jump = self.schedule.latest_tick(horizon - timedelta(microseconds=1))
             if jump is not None and jump > start:
                 dropped += len(self.schedule.ticks_between(start, jump, limit=CATCH_UP_LIMIT))
                 start = self.cursor = jump
