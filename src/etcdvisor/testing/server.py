@@ -67,6 +67,7 @@ class EtcdServer:
     client_port: int = 0
     peer_port: int = 0
     initial_cluster: str | None = None  # set by EtcdCluster
+    cluster_token: str | None = None  # the same for every member of one cluster
     extra_args: tuple[str, ...] = ()
     log_path: str | None = None
     binary: str | None = None
@@ -107,7 +108,7 @@ class EtcdServer:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", cluster,
             "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"etcdvisor-{os.getpid()}-{self.peer_port}",
+            "--initial-cluster-token", self.cluster_token or f"etcdvisor-{os.getpid()}-{self.peer_port}",
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
             "--log-level", "warn",
@@ -224,8 +225,10 @@ class EtcdCluster:
     def __init__(self, size: int = 3, binary: str | None = None):
         self.members = [EtcdServer(name=f"etcd{i}", binary=binary) for i in range(size)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        token = f"etcdvisor-{os.getpid()}-{self.members[0].peer_port}"
         for member in self.members:
             member.initial_cluster = initial
+            member.cluster_token = token
 
     @property
     def url(self) -> str:
