@@ -49,3 +49,13 @@ def test_pipeline_example_runs(etcd_url, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_the_readme_config_validates(tmp_path):
+    """README.md's example config is part of the contract: keep it valid."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("## A config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.yaml"
+    path.write_text(block)
+    done = cli("validate", str(path))
+    assert done.returncode == 0, done.stderr.decode()
