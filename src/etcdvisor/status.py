@@ -26,6 +26,7 @@ when unknown or not applicable)::
             {"member": "web-1", "type": "sharded", "state": "running", "failed": null,
              "index": 0, "count": 2, "epoch": 1200,        # sharded (else null)
              "leader": null, "token": null,                # singleton/cron/job (else null)
+             "next": null, "waiting_for": null,      # cron leader: next tick; barriers still closed
              "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
                                      "last_exit": null}}}
           ],
@@ -71,6 +72,7 @@ from .coord.types import KeyValue
 from .runtime.keys import ClusterKeys
 
 SHARDED_FIELDS = ("index", "count", "epoch")
+EXTRA_FIELDS = ("next", "waiting_for")  # a cron leader's next tick; barriers not yet open
 LEADER_FIELDS = ("leader", "token")
 TICK_FIELDS = ("state", "member", "token", "scheduled", "started", "finished", "exit_code")
 JOB_FIELDS = ("spec_hash", "state", "member", "token", "exit_code", "finished")
@@ -178,7 +180,7 @@ def _role_type(spec, assignments: list[dict], kvs, prefix: str) -> str | None:
 def _assignment(member: str, role_status: dict) -> dict:
     entry = {"member": member, "type": role_status.get("type"), "state": role_status.get("state"),
              "failed": role_status.get("failed")}
-    for field in SHARDED_FIELDS + LEADER_FIELDS:
+    for field in SHARDED_FIELDS + LEADER_FIELDS + EXTRA_FIELDS:
         entry[field] = role_status.get(field)
     children = role_status.get("children")
     entry["children"] = children if isinstance(children, dict) else {}
@@ -327,6 +329,8 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
         for a in role["assignments"]:
             fields = [a["leader"], a["token"]] if leader_like else [a["index"], a["count"], a["epoch"]]
             state = a["state"] if not a["failed"] else f"{a['state']} (failed: {a['failed']})"
+            if a.get("waiting_for"):
+                state += f" (waiting for {', '.join(a['waiting_for'])})"
             rows.append([a["member"], state] + fields + [_children(a["children"])])
         lines += _table(headers + ["CHILDREN"], rows, indent=2)
     elif not (role["ticks"] or role["job"]):
@@ -338,6 +342,9 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
             + (f", exit {last['exit_code']}" if last["exit_code"] is not None else "")
             + (f", finished {_when(last['finished'])}" if last["finished"] is not None else ""))
         lines.append(f"  last run: {ran}")
+        upcoming = [a["next"] for a in role["assignments"] if a.get("leader") and a.get("next")]
+        if upcoming:
+            lines.append(f"  next run: {upcoming[0]}")
         lines.append(f"  retained ticks: {ticks['retained']} (missed {ticks['missed']}, "
                      f"skipped {ticks['skipped']}, running {ticks['running']})")
     if role["job"]:
