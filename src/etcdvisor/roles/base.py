@@ -11,6 +11,7 @@ Runners' coordination threads only post events on the inbox; ``handle``,
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import os
 import time
@@ -22,9 +23,11 @@ from ..coord.base import Backend
 from ..coord.session import Session
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
+from ..runtime.events import RoleEvent
 from ..runtime.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
+_SERIALS = itertools.count(1)
 
 
 @dataclass
@@ -77,10 +80,16 @@ class RoleRunner(abc.ABC):
         self.spec = spec
         self.ctx = ctx
         self.failed_reason: str | None = None
+        self.serial = next(_SERIALS)  # tells this runner's events from a predecessor's
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def post(self, payload: Any) -> None:
+        """From a coordination thread: hand ``payload`` to this runner's
+        ``handle`` on the loop thread."""
+        self.ctx.post(RoleEvent(self.name, payload, self.ctx.clock(), source=self.serial))
 
     def say(self, message: str) -> None:
         """One log line per decision, with its reason."""

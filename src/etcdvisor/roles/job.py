@@ -30,7 +30,6 @@ from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
-from ..runtime.events import RoleEvent
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -72,7 +71,7 @@ class JobRunner(LeaderRunner):
             record = json.loads(kv.value) if kv else None
         except ValueError:
             record = None
-        self.ctx.post(RoleEvent(self.name, JobRecord(record), self.ctx.clock()))
+        self.post(JobRecord(record))
 
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, JobRecord):

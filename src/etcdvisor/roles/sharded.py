@@ -28,7 +28,6 @@ from __future__ import annotations
 from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
-from ..runtime.events import RoleEvent
 from .base import RoleRunner
 
 
@@ -44,7 +43,7 @@ class ShardedRunner(RoleRunner):
         self.sequence.start(wait=0)
 
     def _on_info(self, info: Info) -> None:  # dispatcher thread: only post
-        self.ctx.post(RoleEvent(self.name, info, self.ctx.clock()))
+        self.post(info)
 
     def handle(self, payload, at: float) -> None:
         if not isinstance(payload, Info) or self.failed_reason:

@@ -30,7 +30,6 @@ from ..coord.errors import CoordError
 from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
-from ..runtime.events import RoleEvent
 from .base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
@@ -81,11 +80,11 @@ class LeaderRunner(RoleRunner):
                 log.debug("role %s: campaign interrupted: %s", self.name, exc)
                 self._stop.wait(1.0)
                 continue
-            self.ctx.post(RoleEvent(self.name, Elected(token), self.ctx.clock()))
+            self.post(Elected(token))
             return
 
     def _on_deposed(self, reason: str) -> None:  # watch/keepalive thread: only post
-        self.ctx.post(RoleEvent(self.name, Deposed(reason), self.ctx.clock()))
+        self.post(Deposed(reason))
 
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, Elected):
@@ -168,7 +167,7 @@ class SingletonRunner(LeaderRunner):
 
     def _on_topology(self, topo: Topology) -> None:
         member = topo.leader.value.decode() if topo.leader else None
-        self.ctx.post(RoleEvent(self.name, LeaderSeen(member), self.ctx.clock()))
+        self.post(LeaderSeen(member))
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
         if self.failed_reason:

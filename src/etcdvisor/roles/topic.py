@@ -37,7 +37,6 @@ from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.topic import Message, Topic
 from ..recipes.topic_queue import QueueConsumer
-from ..runtime.events import RoleEvent
 from .base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
@@ -99,7 +98,7 @@ class TopicRunner(RoleRunner):
             if message is None:
                 self._permits.release()
                 return
-            self.ctx.post(RoleEvent(self.name, Delivered(message), self.ctx.clock()))
+            self.post(Delivered(message))
 
     # --- the loop side ----------------------------------------------------------
     def handle(self, payload, at: float) -> None:

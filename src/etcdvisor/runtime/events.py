@@ -31,3 +31,5 @@ class RoleEvent:
     role: str
     payload: Any
     at: float  # monotonic time it was observed
+    source: int = 0  # serial of the runner that posted it: a runner replaced by a reload
+    # may still have events in flight, and they must not reach its successor

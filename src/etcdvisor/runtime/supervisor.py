@@ -220,7 +220,7 @@ class Supervisor:
             self.gate.update(event)
         elif isinstance(event, RoleEvent):
             runner = self.runners.get(event.role)
-            if runner is not None:
+            if runner is not None and event.source in (0, runner.serial):
                 runner.handle(event.payload, event.at)
 
     def _on_signal(self, signum: int) -> None:
