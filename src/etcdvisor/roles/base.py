@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+import json
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from ..config import Config, RoleSpec
 from ..coord.base import Backend
+from ..coord.errors import CoordError
 from ..coord.session import Session
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
@@ -127,10 +129,6 @@ class RoleRunner(abc.ABC):
     def record_done(self, count: int, index: int, code: int) -> None:
         """Record a final exit of a one-shot child for ``after:`` barriers
         (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
-        import json
-
-        from ..coord.errors import CoordError
-
         key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
         body = json.dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
         try:
