@@ -18,6 +18,8 @@ frozen.
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from dataclasses import dataclass
 
 from .. import timing
@@ -117,7 +119,7 @@ def _log_event(owned: _Owned, event: SlotEvent) -> None:
     if isinstance(event, Started):
         log.info("%s: started pid %d", who, event.pid)
     elif isinstance(event, Exited):
-        then = f", restart in {max(0.0, event.restart_at - _now()):.1f}s" if event.restart_at else ""
+        then = f", restart in {max(0.0, event.restart_at - time.monotonic()):.1f}s" if event.restart_at else ""
         log.info("%s: exited with %s after %.1fs%s", who, _code(event.code), event.uptime, then)
     elif isinstance(event, Stopped):
         log.info("%s: stopped (%s)", who, _code(event.code))
@@ -131,16 +133,8 @@ def _code(code) -> str:
     if code is None:
         return "no child"
     if code < 0:
-        import signal
-
         try:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
     return f"status {code}"
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
