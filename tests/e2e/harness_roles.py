@@ -37,7 +37,7 @@ import pytest
 from .conftest import STOP_TIMEOUT, pid_alive, read_records
 
 CHILD_SOURCE = r'''
-import json, os, sys, time
+import json, os, signal, sys, time
 
 FIELDS = ("ROLE", "MEMBER_ID", "SCHEDULED_TIME", "LEADER", "LEADER_TOKEN", "MESSAGE_ID",
           "ATTEMPT", "TOPIC", "INDEX", "COUNT", "EPOCH")
@@ -53,6 +53,13 @@ def record(event, **extra):
         os.close(fd)
 
 
+def on_term(signum, frame):  # RECORD_SIGTERM=1: an exact end time for stopped runs
+    record("stopped")
+    os._exit(143)
+
+
+if os.environ.get("RECORD_SIGTERM"):
+    signal.signal(signal.SIGTERM, on_term)
 stdin_dir = os.environ.get("STDIN_DIR")
 if stdin_dir:
     data = sys.stdin.buffer.read()
@@ -68,6 +75,8 @@ by_attempt = os.environ.get("EXIT_BY_ATTEMPT")  # "3,3,0": exit 3 on attempts 1 
 if by_attempt:
     codes = [int(c) for c in by_attempt.split(",")]
     code = codes[min(int(os.environ.get("ATTEMPT") or 1), len(codes)) - 1]
+if os.environ.get("INDEX") is not None and os.environ.get("INDEX") == os.environ.get("EXIT_IF_INDEX"):
+    code = 1
 record("end", exit=code)
 sys.exit(code)
 '''

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -42,46 +41,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 PERIOD = 2.0
 SPAWN_SLACK = 1.0  # a loaded 2-core machine may take this long to start a Python child
 
-# The harness's recording child, plus: SIGTERM writes a "stopped" line (then exit
-# 143), and EXIT_IF_INDEX=N makes the child with INDEX == N exit 1.
-POLICY_CHILD = r'''
-import json, os, signal, sys, time
-
-FIELDS = ("ROLE", "MEMBER_ID", "SCHEDULED_TIME", "LEADER", "LEADER_TOKEN", "INDEX", "COUNT", "EPOCH")
-
-
-def record(event, **extra):
-    entry = {"event": event, "pid": os.getpid(), "t": time.time(),
-             **{name.lower(): os.environ.get(name) for name in FIELDS}, **extra}
-    fd = os.open(os.environ["ROLE_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(entry) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def on_term(signum, frame):
-    record("stopped")
-    os._exit(143)
-
-
-signal.signal(signal.SIGTERM, on_term)
-record("start")
-time.sleep(float(os.environ.get("CHILD_SLEEP") or 0))
-code = 1 if os.environ.get("INDEX") is not None and os.environ.get("INDEX") == os.environ.get("EXIT_IF_INDEX") else 0
-record("end", exit=code)
-sys.exit(code)
-'''
-
-
 def policy_role(recorder: Recorder, type_: str, *, sleep: float, env: dict | None = None, **keys) -> dict:
-    """A role whose child is :data:`POLICY_CHILD`, recording to ``recorder``'s file."""
-    script = recorder.dir / "policy_child.py"
-    if not script.exists():
-        script.write_text(POLICY_CHILD, encoding="utf-8")
-    role = recorder.role(type_, sleep=sleep, env=env, **keys)
-    role["command"] = [sys.executable, "-S", str(script)]
-    return role
+    """The harness's recording child, writing a "stopped" line on SIGTERM (an
+    exact end for replaced runs); EXIT_IF_INDEX=N makes INDEX N exit 1."""
+    return recorder.role(type_, sleep=sleep, env={"RECORD_SIGTERM": "1", **(env or {})}, **keys)
 
 
 def write_valid_config(fleet: Fleet, roles: dict, **top) -> Path:
