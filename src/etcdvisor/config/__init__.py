@@ -11,7 +11,7 @@ schedules, time zones, the lease slack rule of :mod:`etcdvisor.timing`) ->
 :class:`Config`. Key reference: docs/config-reference.md.
 """
 
-from .commands import find_command
+from .commands import find_command, unresolved_command
 from .diff import diff
 from .durations import format_duration, parse_duration, parse_size
 from .errors import ConfigError
@@ -35,6 +35,6 @@ from .schema import schema_text
 __all__ = [
     "ENV_OVERRIDES", "LEASE_BOUND_TYPES", "Backoff", "Config", "ConfigDiff", "ConfigError", "EtcdKind",
     "EtcdSettings", "MemberSettings", "RestartPolicy", "RoleSpec", "RoleType", "Schedule", "diff",
-    "find_command", "format_duration", "load", "parse_duration", "parse_schedule", "parse_size",
+    "find_command", "unresolved_command", "format_duration", "load", "parse_duration", "parse_schedule", "parse_size",
     "schema_text",
 ]

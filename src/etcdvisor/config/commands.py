@@ -30,3 +30,15 @@ def find_command(argv: Sequence[str], cwd: str | None = None, env_path: str | No
     if not os.path.isabs(found):  # relative PATH entries resolve against the child's cwd
         found = os.path.join(cwd or os.getcwd(), found)
     return os.path.abspath(found)
+
+
+def unresolved_command(config, names: Sequence[str], env_path: str) -> str | None:
+    """The first role of ``names`` (in ``config``) whose command cannot be
+    found from its working directory and ``env_path``, as one problem line;
+    None when every command resolves."""
+    for name in names:
+        role = config.roles[name]
+        if find_command(role.command, config.role_cwd(role), env_path) is None:
+            return (f"{config.source_path}: roles.{name}.command: command not found: "
+                    f"{role.command[0]!r} (PATH={env_path})")
+    return None

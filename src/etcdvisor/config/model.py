@@ -11,6 +11,7 @@ mappings.
 from __future__ import annotations
 
 import enum
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -161,6 +162,10 @@ class Config:
     etcd: EtcdSettings
     member: MemberSettings
     roles: Mapping[str, RoleSpec] = field(default_factory=lambda: _frozen_map({}))
+
+    def role_cwd(self, role: RoleSpec) -> str:
+        """Where ``role``'s children run: its ``cwd``, by default the config file's directory."""
+        return role.cwd or os.path.dirname(os.path.abspath(self.source_path))
 
     def role(self, name: str) -> RoleSpec:
         """The role called ``name``; ``KeyError`` naming the known roles otherwise."""

@@ -14,7 +14,6 @@ import abc
 import itertools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -49,10 +48,6 @@ class RuntimeContext:
     def cluster(self) -> str:
         return self.config.cluster
 
-    def role_cwd(self, role: RoleSpec) -> str:
-        """Children run in the role's ``cwd``, by default the config file's directory."""
-        return role.cwd or os.path.dirname(os.path.abspath(self.config.source_path))
-
     def child_spec(self, role: RoleSpec, name: str, extra_env: Mapping[str, str],
                    stdin_data: bytes | None = None) -> ChildSpec:
         """The ChildSpec of one child of ``role``: the supervisor's environment,
@@ -70,7 +65,7 @@ class RuntimeContext:
             "ETCDVISOR_MEMBER_ID": self.member_id,
         })
         env.update(extra_env)
-        return ChildSpec(name=name, argv=role.command, env=env, cwd=self.role_cwd(role),
+        return ChildSpec(name=name, argv=role.command, env=env, cwd=self.config.role_cwd(role),
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
                          stdin_data=stdin_data, lease_bound=role.lease_bound)
 

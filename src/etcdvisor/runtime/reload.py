@@ -26,7 +26,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 
-from ..config import Config, ConfigError, diff, find_command
+from ..config import Config, ConfigError, diff, unresolved_command
 from ..config.isolated import load_isolated
 from .events import Signalled
 
@@ -53,14 +53,10 @@ def plan_reload(current: Config, environ) -> ReloadPlan | None:
     if changes.settings_changed:
         log.warning("reload: %s changed; these apply at the next restart of the supervisor",
                     ", ".join(changes.settings_changed))
-    path = environ.get("PATH", os.defpath)
-    for name in changes.added + changes.changed:
-        role = new.roles[name]
-        cwd = role.cwd or os.path.dirname(os.path.abspath(new.source_path))
-        if find_command(role.command, cwd, path) is None:
-            log.error("reload refused, keeping the running config: %s: roles.%s.command: "
-                      "command not found: %r", new.source_path, name, role.command[0])
-            return None
+    problem = unresolved_command(new, changes.added + changes.changed, environ.get("PATH", os.defpath))
+    if problem:
+        log.error("reload refused, keeping the running config: %s", problem)
+        return None
     if not (changes.added or changes.changed or changes.removed):
         log.info("reload: no role changed")
         return None

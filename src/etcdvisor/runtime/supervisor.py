@@ -24,7 +24,7 @@ import signal
 import time
 from typing import Callable
 
-from ..config import Config, EtcdKind, RoleType, find_command
+from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend
 from ..coord.errors import CoordError
 from ..coord.session import Session, SessionEventKind
@@ -90,12 +90,10 @@ class Supervisor:
 
     # --- start-up ------------------------------------------------------------
     def check_commands(self) -> None:
-        for role in self.config.roles.values():
-            path = self.environ.get("PATH", os.defpath)
-            cwd = role.cwd or os.path.dirname(os.path.abspath(self.config.source_path))
-            if find_command(role.command, cwd, path) is None:
-                raise StartupError(f"{self.config.source_path}: roles.{role.name}.command: "
-                                   f"command not found: {role.command[0]!r} (PATH={path})")
+        problem = unresolved_command(self.config, list(self.config.roles),
+                                     self.environ.get("PATH", os.defpath))
+        if problem:
+            raise StartupError(problem)
 
     def connect(self) -> str:
         etcd = self.config.etcd
