@@ -5,7 +5,8 @@ The decision loop owns one manager and calls, from its single long-lived thread:
 - ``start()`` once (starts the output thread and the watchdog helper; with
   ``subreaper=True`` also becomes a child subreaper);
 - ``new_slot(...)`` / ``remove_slot(slot)`` as roles come and go, ``slot.set_desired``;
-- ``set_lease_deadlines(term_at, kill_at)`` after each keepalive (lease-bound children);
+- ``set_lease_deadlines(term_at, kill_at)`` (or ``rule=``, deadlines per slot) after each
+  keepalive (lease-bound children);
 - ``tick(now)`` whenever ``now >= next_deadline()``, after any ``set_desired``, and on
   every SIGCHLD. SIGCHLD handling is the loop's job: a handler (or
   ``signal.set_wakeup_fd``) that only puts an event on the inbox is enough; the manager
@@ -34,6 +35,10 @@ from etcdvisor.process.spawn import ChildSpec
 from etcdvisor.process.watchdog import Watchdog
 
 
+def _no_deadlines(_slot: Slot) -> tuple[None, None]:
+    return None, None
+
+
 class ProcessManager:
     """Holds the slots and the shared machinery they use."""
 
@@ -48,7 +53,7 @@ class ProcessManager:
         self.reaper = Reaper(self._is_known_pid) if reap_orphans else None
         self._slots: list[Slot] = []
         self._protected: set[int] = set()
-        self._lease: tuple[float | None, float | None] = (None, None)
+        self._lease_rule: Callable[[Slot], tuple[float | None, float | None]] = _no_deadlines
 
     def start(self) -> None:
         if self._subreaper:
@@ -76,7 +81,7 @@ class ProcessManager:
                  name: str | None = None) -> Slot:
         slot = Slot(spec, restart, backoff, start_retries, on_event, name=name,
                     output=self.output, watchdog=self.watchdog)
-        slot.set_lease_deadlines(*self._lease)
+        slot.set_lease_deadlines(*self._lease_rule(slot))
         self._slots.append(slot)
         return slot
 
@@ -92,12 +97,16 @@ class ProcessManager:
 
     # -- lease, pids ---------------------------------------------------------------
 
-    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
-        """Apply lease deadlines to every lease-bound child; one write to the watchdog."""
-        self._lease = (term_at, kill_at)
+    def set_lease_deadlines(self, term_at: float | None = None, kill_at: float | None = None, *,
+                            rule: Callable[[Slot], tuple[float | None, float | None]] | None = None) -> None:
+        """Apply lease deadlines to every lease-bound child; one write to the watchdog.
+
+        ``rule(slot) -> (term_at, kill_at)`` gives each slot its own deadlines
+        (they depend on its stop_timeout); it also applies to slots created later."""
+        self._lease_rule = rule or (lambda _slot: (term_at, kill_at))
         guard = []
         for slot in self._slots:
-            slot.set_lease_deadlines(term_at, kill_at)
+            slot.set_lease_deadlines(*self._lease_rule(slot))
             child = slot.child
             if child is not None and child.alive and child.spec.lease_bound:
                 guard.append((child.pgid, *child.guard_deadlines()))

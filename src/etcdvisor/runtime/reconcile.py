@@ -42,7 +42,6 @@ class Reconciler:
     def __init__(self, manager: ProcessManager):
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
-        self._lease: tuple[float, int] | None = None  # (t_k, ttl)
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -67,29 +66,20 @@ class Reconciler:
                                      backoff=Backoff(initial=role.backoff.initial, maximum=role.backoff.max),
                                      start_retries=role.start_retries, name=name)
         self._slots[name] = _Owned(runner, key, slot)
-        if self._lease:
-            self._set_deadlines(slot, *self._lease)
         return slot
 
     # --- safety ----------------------------------------------------------------
     def lease_confirmed(self, t_k: float, ttl: int) -> None:
-        """A keepalive sent at ``t_k`` came back alive with ``ttl``."""
-        self._lease = (t_k, ttl)
-        guard = []
-        for owned in self._slots.values():
-            self._set_deadlines(owned.slot, t_k, ttl)
-            child = owned.slot.child
-            if child is not None and child.alive and child.spec.lease_bound:
-                guard.append((child.pgid, *child.guard_deadlines()))
-        if self.manager.watchdog is not None and guard:
-            self.manager.watchdog.extend_many(guard)
+        """A keepalive sent at ``t_k`` came back alive with ``ttl``: move every
+        slot's deadlines (each by its own stop_timeout), now and for new slots."""
 
-    @staticmethod
-    def _set_deadlines(slot: Slot, t_k: float, ttl: int) -> None:
-        spec = slot.desired or (slot.child.spec if slot.child else None)
-        stop_timeout = spec.stop_timeout if spec else 0.0
-        slot.set_lease_deadlines(timing.term_deadline(t_k, ttl, stop_timeout),
-                                 timing.kill_deadline(t_k, ttl, stop_timeout))
+        def deadlines(slot: Slot) -> tuple[float, float]:
+            spec = slot.desired or (slot.child.spec if slot.child else None)
+            stop_timeout = spec.stop_timeout if spec else 0.0
+            return (timing.term_deadline(t_k, ttl, stop_timeout),
+                    timing.kill_deadline(t_k, ttl, stop_timeout))
+
+        self.manager.set_lease_deadlines(rule=deadlines)
 
     # --- ticking ----------------------------------------------------------------
     def tick(self, now: float) -> list[SlotEvent]:
