@@ -68,7 +68,7 @@ from typing import Any
 
 from .coord.base import Backend
 from .coord.errors import Compacted
-from .coord.types import KeyValue
+from .coord.types import KeyValue, direct_children_by_create
 from .runtime.keys import ClusterKeys
 
 SHARDED_FIELDS = ("index", "count", "epoch")
@@ -98,7 +98,7 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     roles_read = backend.get_prefix(keys.base + "roles/", revision=revision)
     groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
-    members = [_member(kv, keys.members) for kv in _join_order(members_read.kvs)]
+    members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
     return {
         "cluster": keys.cluster,
         "revision": revision,
@@ -107,10 +107,6 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
         "waitgroups": _waitgroups(groups_read.kvs, keys.base + "waitgroups/"),
         "topics": _topics(topics_read.kvs, keys.base + "topics/", config),
     }
-
-
-def _join_order(kvs) -> list[KeyValue]:
-    return sorted(kvs, key=lambda kv: kv.create_revision)
 
 
 def _load_json(raw: bytes) -> tuple[Any, str | None]:
@@ -187,18 +183,13 @@ def _assignment(member: str, role_status: dict) -> dict:
     return entry
 
 
-def _under(kvs, prefix: str) -> list[KeyValue]:
-    """Direct children of ``prefix`` (nested keys belong to something else)."""
-    return [kv for kv in kvs if kv.key.startswith(prefix) and "/" not in kv.key[len(prefix):]]
-
-
 def _shard(kvs, prefix: str) -> list[str] | None:
-    found = _join_order(_under(kvs, prefix))
+    found = direct_children_by_create(prefix, kvs)
     return [kv.key[len(prefix):] for kv in found] if found else None
 
 
 def _election(kvs, prefix: str) -> dict | None:
-    found = _join_order(_under(kvs, prefix))
+    found = direct_children_by_create(prefix, kvs)
     if not found:
         return None
     candidates = [{"member": kv.value.decode("utf-8", "replace"), "token": kv.create_revision,
@@ -208,7 +199,7 @@ def _election(kvs, prefix: str) -> dict | None:
 
 
 def _ticks(kvs, prefix: str) -> dict | None:
-    found = _under(kvs, prefix)
+    found = direct_children_by_create(prefix, kvs)
     if not found:
         return None
     counts = {"missed": 0, "skipped": 0, "running": 0}
@@ -240,7 +231,7 @@ def _job(kvs, key: str) -> dict | None:
 
 def _waitgroups(kvs, prefix: str) -> dict:
     groups = {}
-    for kv in _under(kvs, prefix):
+    for kv in direct_children_by_create(prefix, kvs):
         try:
             groups[kv.key[len(prefix):]] = int(kv.value.strip() or b"0")
         except ValueError:

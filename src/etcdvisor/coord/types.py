@@ -154,6 +154,14 @@ def _to_bytes(v) -> bytes:
     raise TypeError(f"expected bytes or str, got {type(v).__name__}")
 
 
+def direct_children_by_create(prefix: str, kvs) -> list[KeyValue]:
+    """The keys directly under ``prefix`` (not ``prefix`` itself, nothing deeper)
+    in join order: by create revision, never by key (GUIDE rule 5)."""
+    direct = [kv for kv in kvs if kv.key.startswith(prefix) and kv.key != prefix
+              and "/" not in kv.key[len(prefix):]]
+    return sorted(direct, key=lambda kv: kv.create_revision)
+
+
 def prefix_end(prefix: str) -> str:
     """The range end that selects every key starting with ``prefix``."""
     raw = bytearray(prefix.encode("utf-8"))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -45,10 +45,10 @@ class Change:
     revision: int  # store revision the snapshot reflects
     initial: bool = False  # first snapshot after start
     resynced: bool = False  # rebuilt by a re-read (after compaction)
-    members_by_create: tuple[KeyValue, ...] = field(default=())  # snapshot ordered by create revision
 
     def ordered(self) -> tuple[KeyValue, ...]:
-        return self.members_by_create
+        """The snapshot in create-revision (join) order."""
+        return tuple(sorted(self.snapshot.values(), key=lambda kv: kv.create_revision))
 
 
 class PrefixWatcher:
@@ -113,10 +113,8 @@ class PrefixWatcher:
         self._deliver(batch.events, max(ev.kv.mod_revision for ev in batch.events))
 
     def _deliver(self, events, revision: int, *, initial=False, resynced=False) -> None:
-        snapshot = MappingProxyType(dict(self._mirror))
-        ordered = tuple(sorted(snapshot.values(), key=lambda kv: kv.create_revision))
-        change = Change(snapshot=snapshot, events=tuple(events), revision=revision,
-                        initial=initial, resynced=resynced, members_by_create=ordered)
+        change = Change(snapshot=MappingProxyType(dict(self._mirror)), events=tuple(events),
+                        revision=revision, initial=initial, resynced=resynced)
         try:
             self.on_change(change)
         except Exception:  # a broken callback must not kill the watch

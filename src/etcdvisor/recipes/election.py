@@ -39,7 +39,7 @@ from typing import Callable
 from ..coord.base import Backend
 from ..coord.errors import CoordError, CoordTimeout
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import Delete, EventType, KeyValue, Put, create_revision, missing
+from ..coord.types import Delete, EventType, KeyValue, Put, create_revision, direct_children_by_create, missing
 from ..coord.types import Get as GetOp
 from ..coord.watcher import Change, PrefixWatcher
 
@@ -136,7 +136,8 @@ class Election:
 
     def _predecessor(self) -> tuple[Candidate | None, int]:
         result = self.backend.get_prefix(self.prefix, keys_only=True)
-        earlier = [kv for kv in result.kvs if kv.create_revision < self.token and _direct(self.prefix, kv)]
+        earlier = [kv for kv in direct_children_by_create(self.prefix, result.kvs)
+                   if kv.create_revision < self.token]
         if not earlier:
             return None, result.revision
         return _candidate(max(earlier, key=lambda kv: kv.create_revision)), result.revision
@@ -251,14 +252,8 @@ class Election:
             self.resign()
 
 
-def _direct(prefix: str, kv: KeyValue) -> bool:
-    rest = kv.key[len(prefix):]
-    return bool(rest) and "/" not in rest
-
-
 def topology_of(prefix: str, kvs, revision: int) -> Topology:
-    ordered = sorted((kv for kv in kvs if _direct(prefix, kv)), key=lambda kv: kv.create_revision)
-    candidates = tuple(_candidate(kv) for kv in ordered)
+    candidates = tuple(_candidate(kv) for kv in direct_children_by_create(prefix, kvs))
     return Topology(leader=candidates[0] if candidates else None, candidates=candidates, revision=revision)
 
 

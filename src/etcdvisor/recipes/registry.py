@@ -139,7 +139,7 @@ class Registry:
         """Call ``callback(instances)`` with the full current list at start
         and after every change; returns the watcher (``stop()`` ends it)."""
         def on_change(change: Change) -> None:
-            callback(_instances(change.members_by_create))
+            callback(_instances(change.snapshot.values()))
 
         watcher = PrefixWatcher(self.backend, self.instances_prefix(name), on_change,
                                 name=f"registry:{name}")

@@ -33,7 +33,7 @@ from typing import Callable
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import KeyValue
+from ..coord.types import direct_children_by_create
 from ..coord.watcher import Change, PrefixWatcher
 from ._mailbox import LatestMailbox
 
@@ -60,11 +60,7 @@ class Info:
 INVALID = Info(-1, 0, 0)
 
 
-def members_in_order(prefix: str, kvs) -> list[KeyValue]:
-    """Direct member keys of ``prefix`` in join (create revision) order."""
-    direct = [kv for kv in kvs if kv.key.startswith(prefix) and "/" not in kv.key[len(prefix):]
-              and kv.key != prefix]
-    return sorted(direct, key=lambda kv: kv.create_revision)
+members_in_order = direct_children_by_create  # member keys of a group, in join order
 
 
 def compute_info(prefix: str, member_id: str, kvs, epoch: int) -> Info:
