@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from etcdvisor.process.watchdog import find_helper
 from etcdvisor.testing import EtcdServer, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +267,7 @@ def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[d
 
         wait_for(lambda: len(children_of(supervisor.pid)) == 5, 60, "5 etcdvisor children")
         wait_for(lambda: len(children_of(supervisord.pid)) == 5, 60, "5 supervisord children")
-        watchdog = wait_for(lambda: _watchdog_pid(supervisor.pid), 10, "the watchdog helper")
+        watchdog = wait_for(lambda: find_helper(supervisor.pid), 10, "the watchdog helper")
         time.sleep(2.0)  # let start-up work (imports, joins, first record writes) finish
         meters = [Meter("etcdvisor supervisor", supervisor.pid), Meter("  its watchdog helper", watchdog),
                   Meter("supervisord", supervisord.pid), Meter("etcd server (shared)", etcd_server.proc.pid)]
@@ -288,16 +289,6 @@ def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[d
         except subprocess.TimeoutExpired:
             pass
         fleet.close()
-
-
-def _watchdog_pid(pid: int) -> int | None:
-    for proc in psutil.Process(pid).children():
-        try:
-            if "etcdvisor.process.watchdog_main" in " ".join(proc.cmdline()):
-                return proc.pid
-        except psutil.Error:
-            pass
-    return None
 
 
 # --- report --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from etcdvisor.coord import open_backend
+from etcdvisor.process.watchdog import find_helper
 from etcdvisor.testing import wait_for  # noqa: F401  (re-exported for the e2e tests)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,13 +220,7 @@ class Member:
             return []
 
     def watchdog_pid(self) -> int | None:
-        for proc in self.descendants():
-            try:
-                if "etcdvisor.process.watchdog_main" in " ".join(proc.cmdline()):
-                    return proc.pid
-            except psutil.Error:
-                pass
-        return None
+        return find_helper(self.pid)
 
     def signal(self, signum: int) -> float:
         now = time.time()
