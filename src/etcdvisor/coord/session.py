@@ -132,10 +132,6 @@ class Session:
         to confirm a fresh win quickly without blocking the caller)."""
         self._kick.set()
 
-    def keepalive_now(self) -> bool:
-        """Send one keepalive from the calling thread; True if alive."""
-        return self._keepalive_once()
-
     def close(self, revoke: bool = True) -> None:
         """Stop keepalives and (by default) revoke the lease so every key on
         it disappears at once."""

@@ -233,9 +233,7 @@ class Supervisor:
         elif not self.escalated:
             log.warning("received %s again: killing children now", name)
             self.escalated = True
-            for _, _, slot in self.reconciler.children():
-                if slot.child is not None:
-                    slot.child.kill()
+            self._kill_children()
 
     def _on_session(self, event) -> None:
         if event.kind is SessionEventKind.KEEPALIVE:
@@ -353,7 +351,11 @@ class Supervisor:
         """An unexpected error in the loop: never leave children behind."""
         log.exception("supervisor loop crashed; killing children")
         if self.reconciler is not None:
-            for _, _, slot in self.reconciler.children():
-                if slot.child is not None:
-                    slot.child.kill()
+            self._kill_children()
         self.close()
+
+    def _kill_children(self) -> None:
+        """SIGKILL every child's group (and escaped descendants) now."""
+        for _, _, slot in self.reconciler.children():
+            if slot.child is not None:
+                slot.child.kill()
