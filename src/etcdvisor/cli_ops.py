@@ -62,7 +62,7 @@ class Target:
 
     @property
     def keys(self):
-        from .runtime.keys import ClusterKeys
+        from .coord.keys import ClusterKeys
 
         return ClusterKeys(self.cluster)
 

@@ -1,7 +1,7 @@
 """Cluster state for ``supervisor status``: gather it into a plain dict, render it as text.
 
 :func:`gather` reads everything under ``/etcdvisor/<cluster>/`` (layout in
-:mod:`etcdvisor.runtime.keys`) at **one store revision** (members first, then every
+:mod:`etcdvisor.coord.keys`) at **one store revision** (members first, then every
 other prefix at that revision), so the picture is consistent: a leader shown in the
 election view and in the member records is the same moment's leader. It needs only a
 backend and a cluster name; a loaded config adds role types and roles that nothing
@@ -69,7 +69,7 @@ from typing import Any
 from .coord.base import Backend
 from .coord.errors import Compacted
 from .coord.types import KeyValue, direct_children_by_create
-from .runtime.keys import ClusterKeys
+from .coord.keys import ClusterKeys
 
 SHARDED_FIELDS = ("index", "count", "epoch")
 EXTRA_FIELDS = ("next", "waiting_for")  # a cron leader's next tick; barriers not yet open

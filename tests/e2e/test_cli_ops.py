@@ -21,7 +21,7 @@ from etcdvisor.cli import main
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.topic import QueueConsumer, Topic
-from etcdvisor.runtime.keys import ClusterKeys
+from etcdvisor.coord.keys import ClusterKeys
 
 
 @pytest.fixture

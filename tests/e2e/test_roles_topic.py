@@ -23,7 +23,7 @@ from collections import Counter
 import pytest
 
 from etcdvisor.recipes.topic import Topic
-from etcdvisor.runtime.keys import ClusterKeys
+from etcdvisor.coord.keys import ClusterKeys
 
 from .conftest import wait_for
 from .harness_roles import cli, duplicates, recorder, status_json  # noqa: F401

@@ -24,8 +24,8 @@ from ..coord.errors import CoordError
 from ..coord.session import Session
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
-from ..runtime.events import RoleEvent
-from ..runtime.keys import ClusterKeys
+from ..events import RoleEvent
+from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
 _SERIALS = itertools.count(1)

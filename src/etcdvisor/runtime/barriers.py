@@ -28,7 +28,7 @@ from ..coord.errors import CoordError
 from ..coord.watcher import Change, PrefixWatcher
 from ..recipes.counter import parse_count
 from ..roles.job import job_done, spec_hash
-from .keys import ClusterKeys
+from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
 

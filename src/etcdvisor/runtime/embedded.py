@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-from ..testing.server import EtcdNotFound, EtcdServer, find_etcd_binary, free_port
+from ..etcd_server import EtcdNotFound, EtcdServer, find_etcd_binary, free_port
 
 
 class EmbeddedEtcdError(RuntimeError):

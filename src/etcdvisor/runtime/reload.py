@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from ..config import Config, ConfigError, diff, unresolved_command
 from ..config.isolated import load_isolated
-from .events import Signalled
+from ..events import Signalled
 
 log = logging.getLogger("etcdvisor")
 

@@ -31,8 +31,8 @@ from ..coord.session import Session, SessionEventKind
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
-from .events import RoleEvent, SessionChanged, Signalled, Wake
-from .keys import ClusterKeys
+from ..events import RoleEvent, SessionChanged, Signalled, Wake
+from ..coord.keys import ClusterKeys
 from .member import MemberRecord
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, plan_reload
