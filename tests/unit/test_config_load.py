@@ -48,11 +48,12 @@ def test_full_file_loads_every_key():
     assert (scheduler.standby, scheduler.stop_signal, scheduler.stop_timeout) == (True, signal.SIGUSR1, 4.5)
     assert scheduler.restart is RestartPolicy.ALWAYS and scheduler.settle is None
     compact = cfg.role("compact")
-    assert compact.schedule == Schedule(text="*/5 * * * *", cron="*/5 * * * *")
+    assert compact.schedule == Schedule.parse("*/5 * * * *", "Europe/Berlin")
     assert (compact.timezone, compact.concurrency, compact.starting_deadline) == ("Europe/Berlin", "replace", 30.0)
     assert compact.restart is RestartPolicy.ON_FAILURE
     heartbeat = cfg.role("heartbeat")
-    assert heartbeat.schedule == Schedule(text="@every 1m30s", every=90.0)
+    assert heartbeat.schedule == Schedule.parse("@every 1m30s")
+    assert heartbeat.schedule.period.total_seconds() == 90.0
     assert (heartbeat.timezone, heartbeat.concurrency, heartbeat.starting_deadline) == ("UTC", "forbid", None)
     assert cfg.role("migrate").restart is RestartPolicy.NEVER
     topic = cfg.role("thumbnails")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 from etcdvisor.roles import cron
-from etcdvisor.roles.schedule import Schedule
+from etcdvisor.config.schedule import Schedule
 
 
 def runner(expr="@every 2s", starting_deadline=None):

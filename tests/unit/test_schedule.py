@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from etcdvisor.roles.schedule import Schedule, ScheduleError, is_missed, parse_tick_id
+from etcdvisor.config.schedule import Schedule, ScheduleError, is_missed, parse_tick_id
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..coord.url import TLSOptions
+from .schedule import Schedule
 
 
 class RoleType(enum.StrEnum):
@@ -101,23 +102,13 @@ class Backoff:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """A cron role's schedule. Exactly one of ``cron`` (a 5-field expression for
-    ``cronsim.CronSim``; ``@daily`` etc. are expanded) and ``every`` (seconds) is set;
-    ``text`` is what the file said."""
-
-    text: str
-    cron: str | None = None
-    every: float | None = None
-
-
-@dataclass(frozen=True)
 class RoleSpec:
     """One role, with every default filled in.
 
     Keys that do not apply to the role's type hold ``None`` (``settle`` is only
     set for sharded roles, ``schedule``/``timezone`` for cron, ``topic``/... for
-    topic). ``concurrency`` is a policy string for cron (forbid | replace | allow)
+    topic). ``schedule`` is the parsed :class:`~.schedule.Schedule` (in ``timezone``)
+    that the cron runner uses as is: it is built once, here, by the one parser. ``concurrency`` is a policy string for cron (forbid | replace | allow)
     and an int >= 1 for topic roles."""
 
     name: str

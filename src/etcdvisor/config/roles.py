@@ -10,20 +10,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import zoneinfo
 
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
 from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
-from .schedule import parse_schedule
+from .schedule import Schedule, ScheduleError, load_timezone
+from .signals import parse_signal
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 ROLE_NAME_MAX = 63
 WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-STOP_SIGNALS = {name: getattr(signal, "SIG" + name) for name in ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")}
 RESERVED_ENV = frozenset({
     "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
     "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
@@ -135,13 +134,11 @@ def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
 
 
 def _stop_signal(check: _RoleChecker) -> signal.Signals:
-    text = check.raw.get("stop_signal", "TERM")
-    name = text.strip().upper()
-    name = name[3:] if name.startswith("SIG") else name
-    if name not in STOP_SIGNALS:
-        check.fail("stop_signal", f"{text!r} is not a stop signal (one of: {', '.join(STOP_SIGNALS)})")
+    try:
+        return parse_signal(check.raw.get("stop_signal", "TERM"))
+    except ValueError as exc:
+        check.fail("stop_signal", str(exc))
         return signal.SIGTERM
-    return STOP_SIGNALS[name]
 
 
 def _backoff(check: _RoleChecker) -> Backoff:
@@ -179,16 +176,20 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 def _cron_fields(check: _RoleChecker) -> dict:
     raw = check.raw
-    schedule = None
-    try:
-        schedule = parse_schedule(raw["schedule"])
-    except ValueError as exc:
-        check.fail("schedule", str(exc))
     tz = raw.get("timezone", DEFAULTS["timezone"])
     try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        load_timezone(tz)
+    except ScheduleError:
         check.fail("timezone", f"{tz!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)")
+        tz_ok = False
+    else:
+        tz_ok = True
+    schedule = None
+    try:
+        # the very object the cron runner uses: what validates is what runs
+        schedule = Schedule.parse(raw["schedule"], tz if tz_ok else DEFAULTS["timezone"])
+    except ScheduleError as exc:
+        check.fail("schedule", str(exc))
     return {
         "schedule": schedule, "timezone": tz,
         "concurrency": raw.get("concurrency", DEFAULTS["cron_concurrency"]),

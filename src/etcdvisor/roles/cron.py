@@ -44,7 +44,7 @@ from ..coord.errors import CoordError
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
-from .schedule import Schedule, is_missed, parse_tick_id
+from ..config.schedule import is_missed, parse_tick_id
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -62,7 +62,7 @@ class _Run:
 
 class CronRunner(LeaderRunner):
     def start(self) -> None:
-        self.schedule = Schedule.parse(self.spec.schedule.text, self.spec.timezone or "UTC")
+        self.schedule = self.spec.schedule  # parsed once by the config loader: what validated runs
         self.policy = self.spec.concurrency or "forbid"
         self.runs: dict[str, _Run] = {}
         self.cursor: datetime | None = None
