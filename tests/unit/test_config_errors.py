@@ -14,7 +14,7 @@ BAD = DATA / "bad"
 
 # file stem -> (key path printed after "FILE: ", or None for whole-file problems; reason fragment)
 EXPECTED = {
-    "bad_yaml": (None, "invalid YAML: expected ',' or ']'"),
+    "bad_yaml": (None, "expected ',' or ']'"),
     "empty": (None, "config file is empty"),
     "comments_only": (None, "config file is empty"),
     "top_level_list": (None, "expected a mapping of keys at the top level, got a list"),

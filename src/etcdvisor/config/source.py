@@ -13,7 +13,8 @@ and bounded memory:
   "billion laughs" alias bomb is refused while it is composed, before anything is
   built), an alias may not refer to the collection that contains it, and
   collections may nest at most :data:`MAX_DEPTH` levels (``[[[[...`` cannot reach
-  the interpreter's recursion limit).
+  the interpreter's recursion limit), and a file holds at most :data:`MAX_NODES`
+  values (a config has hundreds; this bounds the time a 1 MiB file can take).
 
 ``yaml.SafeLoader`` only builds plain types (no object construction); the
 subclass here additionally rejects duplicate mapping keys, which plain
@@ -32,18 +33,19 @@ import yaml
 from .errors import ConfigError, one_line
 
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_ALIAS_NODES = 100_000
+MAX_ALIAS_NODES = 50_000
+MAX_NODES = 50_000
 MAX_DEPTH = 100
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys in a mapping and bounds what aliases
-    and nesting can cost (see the module docstring)."""
+class _BoundedComposer:
+    """Composer half of the loaders below: bounds what aliases, nesting and the
+    node count can cost (see the module docstring)."""
 
-    def __init__(self, stream):
-        super().__init__(stream)
+    def __init__(self):
         self._depth = 0
         self._alias_nodes = 0
+        self._nodes = 0
         self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to, once composed
 
     def compose_node(self, parent, index):
@@ -51,23 +53,19 @@ class _StrictSafeLoader(yaml.SafeLoader):
             self._count_alias(self.peek_event())
             return super().compose_node(parent, index)
         self._depth += 1
+        self._nodes += 1
         if self._depth > MAX_DEPTH:
             raise yaml.composer.ComposerError(
                 None, None, f"collections nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_NODES} values in one file", self.peek_event().start_mark)
         try:
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in _children(node))
         return node
-
-    def fetch_flow_collection_start(self, token_class):
-        # bound flow nesting in the scanner: it looks ahead for simple keys, so a
-        # line of 10^5 '[' costs seconds before the composer would see depth 101
-        if self.flow_level >= MAX_DEPTH:
-            raise yaml.scanner.ScannerError(
-                None, None, f"collections nested deeper than {MAX_DEPTH} levels", self.get_mark())
-        super().fetch_flow_collection_start(token_class)
 
     def _count_alias(self, event) -> None:
         target = self.anchors.get(event.anchor)
@@ -84,6 +82,46 @@ class _StrictSafeLoader(yaml.SafeLoader):
                 event.start_mark)
 
 
+class _PyLoader(_BoundedComposer, yaml.SafeLoader):
+    """Pure-Python SafeLoader, bounded (used where PyYAML lacks libyaml)."""
+
+    def __init__(self, stream):
+        yaml.SafeLoader.__init__(self, stream)
+        _BoundedComposer.__init__(self)
+
+    def fetch_flow_collection_start(self, token_class):
+        # bound flow nesting in the scanner: it looks ahead for simple keys, so a
+        # line of 10^5 '[' costs seconds before the composer would see depth 101
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"collections nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+
+_StrictSafeLoader: type = _PyLoader
+try:
+    from yaml._yaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    pass
+else:
+    class _CLoader(_BoundedComposer, CParser, yaml.composer.Composer, yaml.constructor.SafeConstructor,
+                   yaml.resolver.Resolver):
+        """libyaml scans and parses (several times faster: a 1 MiB file is read in
+        well under a second); composing stays in Python so the bounds apply."""
+
+        get_single_node = yaml.composer.Composer.get_single_node  # not CParser's: it would skip the bounds
+        compose_document = yaml.composer.Composer.compose_document
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            _BoundedComposer.__init__(self)
+
+    _StrictSafeLoader = _CLoader
+
+
 def _children(node):
     if isinstance(node, yaml.SequenceNode):
         return node.value
@@ -92,7 +130,7 @@ def _children(node):
     return ()
 
 
-def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: bool = False):
+def _construct_mapping(loader, node: yaml.MappingNode, deep: bool = False):
     seen: dict = {}
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
@@ -113,7 +151,8 @@ def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: 
     return loader.construct_mapping(node, deep=deep)
 
 
-_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _loader in {_PyLoader, _StrictSafeLoader}:
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def read_document(path: str):
