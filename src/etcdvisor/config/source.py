@@ -33,8 +33,8 @@ import yaml
 from .errors import ConfigError, one_line
 
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_ALIAS_NODES = 50_000
-MAX_NODES = 50_000
+MAX_ALIAS_NODES = 20_000
+MAX_NODES = 20_000
 MAX_DEPTH = 100
 
 
