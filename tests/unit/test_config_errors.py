@@ -61,6 +61,10 @@ EXPECTED = {
     "backoff_inverted": ("roles.worker.backoff.max", "must be >= backoff.initial (10s), got 2s"),
     "password_without_username": ("etcd.password_env", "'password_env' needs 'username' as well"),
     "data_dir_without_embedded": ("etcd.data_dir", "only applies with endpoints: embedded"),
+    "cron_every_with_space": ("roles.nightly.schedule", "'1h 30m' is not a duration"),
+    "cron_every_too_long": ("roles.nightly.schedule", "'9000h' is longer than the maximum of 366 days"),
+    "duration_sub_millisecond": ("roles.worker.stop_timeout", "'1.0005s' is not a whole number of milliseconds"),
+    "size_with_space": ("roles.q.max_payload", "'64 KiB' is not a size"),
 }
 
 
