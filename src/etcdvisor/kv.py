@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .coord import Backend, Closed, Compacted, KeyValue, Unavailable, open_backend
 from .coord.session import Session, SessionEvent, SessionEventKind
@@ -59,7 +59,7 @@ class KeyChange(enum.Flag):
     ANY = PUT | DELETE
 
 
-def open(url, **options) -> "KV":  # noqa: A001 -- the facade's name for it
+def open(url, **options) -> KV:  # noqa: A001 -- the facade's name for it
     """Open a handle: ``mem:``/``memory://NAME`` (in-process) or an etcd URL.
 
     Options: ``session_ttl`` (seconds, default 15), ``lock_prefix`` (default
@@ -86,7 +86,7 @@ class HeldLock:
     def release(self) -> None:
         self.lock.release()
 
-    def __enter__(self) -> "HeldLock":
+    def __enter__(self) -> HeldLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -97,7 +97,7 @@ class HeldLock:
 class WatchHandle:
     """A running :meth:`KV.watch_callback`; :meth:`cancel` stops it."""
 
-    def __init__(self, follower: "_KeyFollower", thread: threading.Thread):
+    def __init__(self, follower: _KeyFollower, thread: threading.Thread):
         self._follower = follower
         self._thread = thread
 
@@ -149,7 +149,7 @@ class KV:
         if self._owns_backend:
             self.backend.close()
 
-    def __enter__(self) -> "KV":
+    def __enter__(self) -> KV:
         return self
 
     def __exit__(self, *exc) -> None:

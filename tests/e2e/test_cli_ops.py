@@ -19,9 +19,9 @@ import pytest
 
 from etcdvisor.cli import main
 from etcdvisor.coord import open_backend
+from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.topic import QueueConsumer, Topic
-from etcdvisor.coord.keys import ClusterKeys
 
 
 @pytest.fixture

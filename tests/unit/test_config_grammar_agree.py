@@ -14,18 +14,26 @@ from __future__ import annotations
 
 import math
 import pickle
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdvisor.config import ConfigError, Schedule, ScheduleError, load, parse_duration, parse_signal, parse_size
-from etcdvisor.config import isolated  # noqa: F401 - registers how the config travels to run / reload
+from etcdvisor.config import (
+    ConfigError,
+    Schedule,
+    ScheduleError,
+    isolated,  # noqa: F401 - registers how the config travels to run / reload
+    load,
+    parse_duration,
+    parse_signal,
+    parse_size,
+)
 from etcdvisor.config.roles import MAX_PAYLOAD_LIMIT
 
 PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
 digits = st.one_of(st.text(alphabet="0123456789", min_size=1, max_size=5),
                    st.sampled_from(["0", "00", "9" * 25, "\u0663", "1\u0660"]))
@@ -52,12 +60,14 @@ size_value = st.one_of(
 signal_value = st.one_of(
     st.builds(lambda lead, prefix, name, trail: lead + prefix + name + trail, st.sampled_from(["", " "]),
               st.sampled_from(["", "SIG", "sig", "Sig", "\u017fig"]),
-              st.sampled_from(["TERM", "term", "Int", "HUP", "QUIT", "KILL", "USR1", "usr2", "STOP", "CHLD", "15", ""]),
+              st.sampled_from(["TERM", "term", "Int", "HUP", "QUIT", "KILL", "USR1", "usr2", "STOP", "CHLD", "15",
+                               ""]),
               st.sampled_from(["", " ", "\t"])),
     st.integers(0, 64), st.none(),
 )
 
-cron_field = st.sampled_from(["*", "*/5", "0", "59", "60", "1-5", "MON", "mon-fri", "L", "1#2", "x", "\u0663", ",", "*/0"])
+cron_field = st.sampled_from(["*", "*/5", "0", "59", "60", "1-5", "MON", "mon-fri", "L", "1#2", "x", "\u0663", ",",
+                             "*/0"])
 schedule_value = st.one_of(
     st.builds(lambda sep, d: "@every" + sep + d, st.sampled_from([" ", "  ", "\t", ""]), duration_text),
     st.builds(" ".join, st.lists(cron_field, min_size=4, max_size=6)),

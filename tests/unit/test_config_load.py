@@ -10,7 +10,13 @@ import pytest
 
 from etcdvisor import config
 from etcdvisor.config import (
-    Backoff, ConfigError, EtcdKind, RestartPolicy, RoleSpec, RoleType, Schedule,
+    Backoff,
+    ConfigError,
+    EtcdKind,
+    RestartPolicy,
+    RoleSpec,
+    RoleType,
+    Schedule,
 )
 from etcdvisor.coord.url import TLSOptions
 

@@ -8,7 +8,13 @@ import stat
 import pytest
 
 from etcdvisor.config import (
-    Schedule, ScheduleError, find_command, format_duration, parse_duration, parse_signal, parse_size,
+    Schedule,
+    ScheduleError,
+    find_command,
+    format_duration,
+    parse_duration,
+    parse_signal,
+    parse_size,
 )
 from etcdvisor.config.errors import ConfigError, format_key_path
 from etcdvisor.config.semantic import find_cycle

@@ -5,8 +5,7 @@ import sys
 import time
 
 from etcdvisor.process.backoff import Backoff
-from etcdvisor.process.slot import (Exited, Failed, Slot, SlotState, SpawnFailed, Started,
-                                    Stopped)
+from etcdvisor.process.slot import Exited, Failed, Slot, SlotState, SpawnFailed, Started, Stopped
 from etcdvisor.process.spawn import ChildSpec
 
 SLEEP = "import time; time.sleep(30)"

@@ -16,8 +16,8 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import ConfigError, unexpected_problem
 from .model import Config

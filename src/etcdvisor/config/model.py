@@ -108,7 +108,8 @@ class RoleSpec:
     Keys that do not apply to the role's type hold ``None`` (``settle`` is only
     set for sharded roles, ``schedule``/``timezone`` for cron, ``topic``/... for
     topic). ``schedule`` is the parsed :class:`~.schedule.Schedule` (in ``timezone``)
-    that the cron runner uses as is: it is built once, here, by the one parser. ``concurrency`` is a policy string for cron (forbid | replace | allow)
+    that the cron runner uses as is: it is built once, here, by the one parser.
+    ``concurrency`` is a policy string for cron (forbid | replace | allow)
     and an int >= 1 for topic roles."""
 
     name: str

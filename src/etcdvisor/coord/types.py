@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Compare:
     key: str
     target: str
     op: str
-    operand: Union[bytes, int]
+    operand: bytes | int
 
     def __post_init__(self):
         if self.target not in COMPARE_TARGETS:
@@ -129,7 +128,7 @@ class Get:
     range_end: str | None = None
 
 
-Op = Union[Put, Delete, Get]
+Op = Put | Delete | Get
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def main():
                 if not _apply(table, line.decode("ascii")):
                     return 0
             except (ValueError, UnicodeDecodeError):
-                sys.stderr.write("etcdvisor watchdog: bad command %r\n" % (line,))
+                sys.stderr.write(f"etcdvisor watchdog: bad command {line!r}\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError

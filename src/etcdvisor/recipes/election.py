@@ -33,8 +33,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError, CoordTimeout
@@ -269,7 +269,7 @@ class LeadershipWatch:
         self._stream = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"{election.name}:deposed")
 
-    def start(self) -> "LeadershipWatch":
+    def start(self) -> LeadershipWatch:
         self.election.session.add_listener(self._on_session)
         self._thread.start()
         return self

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError

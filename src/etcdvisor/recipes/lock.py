@@ -74,7 +74,7 @@ class LockLost(LockError):
 
 
 # Process-local guards of contenders sharing one session: {session: {prefix: Lock}}.
-_shared_guards: "weakref.WeakKeyDictionary[Session, dict[str, threading.Lock]]" = (
+_shared_guards: weakref.WeakKeyDictionary[Session, dict[str, threading.Lock]] = (
     weakref.WeakKeyDictionary())
 _shared_guards_lock = threading.Lock()
 
@@ -172,7 +172,7 @@ class Lock:
         # only direct children: a lock named "a/b" must not contend with "a"
         return [kv for kv in kvs if "/" not in kv.key[len(self.prefix):]]
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         self.acquire()
         return self
 

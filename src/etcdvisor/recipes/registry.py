@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError, LeaseNotFound
@@ -60,7 +61,7 @@ class ServiceInfo:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ServiceInfo":
+    def from_json(cls, text: str | bytes) -> ServiceInfo:
         """Parse a stored document; raises ValueError when it is not one."""
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -190,7 +191,7 @@ class Registry:
         if session is not None:
             session.close(revoke=True)
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc) -> None:

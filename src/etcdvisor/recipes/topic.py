@@ -58,12 +58,12 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from ..coord.base import Backend
-from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
 from ..coord.follow import Follower
+from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
 from .counter import Backoff, parse_count
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Topic:
         return deleted
 
     # --- subscribe ------------------------------------------------------------
-    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> "Subscription":
+    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> Subscription:
         """Messages published after this call (``from_id=None``) or every
         retained message with an id above ``from_id``, in id order."""
         if from_id is None:
@@ -290,7 +290,7 @@ class Subscription:
             self._cond.notify_all()
         self._follower.stop()
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -38,13 +38,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from ..config.schedule import is_missed, parse_tick_id
 from ..coord.errors import CoordError
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
-from ..config.schedule import is_missed, parse_tick_id
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -108,7 +108,7 @@ class CronRunner(LeaderRunner):
         return parse_tick_id(max(ids)) if ids else None
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.ctx.wall(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.ctx.wall(), tz=UTC)
 
     # --- the schedule ------------------------------------------------------------
     def desired(self, now: float) -> dict[str, ChildSpec]:

@@ -25,7 +25,7 @@ children that must never overlap should fence with ``EPOCH``.
 
 from __future__ import annotations
 
-from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from .base import RoleRunner

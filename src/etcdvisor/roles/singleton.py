@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 
 from ..coord.errors import CoordError
-from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from .base import RoleRunner

@@ -17,7 +17,7 @@ import time
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
-from ..coord.types import Get, Put, missing, Compare
+from ..coord.types import Compare, Get, Put, missing
 
 log = logging.getLogger("etcdvisor")
 

@@ -22,17 +22,17 @@ import os
 import queue
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend
 from ..coord.errors import CoordError
+from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEventKind
+from ..events import RoleEvent, SessionChanged, Signalled, Wake
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
-from ..events import RoleEvent, SessionChanged, Signalled, Wake
-from ..coord.keys import ClusterKeys
 from .member import MemberRecord
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, plan_reload
