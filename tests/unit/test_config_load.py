@@ -10,7 +10,7 @@ import pytest
 
 from etcdvisor import config
 from etcdvisor.config import (
-    Backoff,
+    BackoffSettings,
     ConfigError,
     EtcdKind,
     RestartPolicy,
@@ -47,7 +47,7 @@ def test_full_file_loads_every_key():
         name="worker", type=RoleType.SHARDED, command=("python", "worker.py", "--verbose"),
         env={"LOG_LEVEL": "info", "BATCH": "100", "RATIO": "0.5", "DRY_RUN": "false"},
         cwd=f"{here}/app", restart=RestartPolicy.ON_FAILURE, stop_signal=signal.SIGINT,
-        stop_timeout=10.0, backoff=Backoff(initial=0.5, max=120.0), start_retries=3,
+        stop_timeout=10.0, backoff=BackoffSettings(initial=0.5, max=120.0), start_retries=3,
         after=("migrate",), wait_for=("warmup.done",), settle=2.0,
     )
     scheduler = cfg.role("scheduler")
@@ -77,7 +77,7 @@ def test_minimal_file_gets_defaults(monkeypatch):
     worker = cfg.role("worker")
     assert worker == RoleSpec(name="worker", type=RoleType.SHARDED, command=("sleep", "60"), settle=1.0)
     assert worker.stop_signal == signal.SIGTERM and worker.restart is RestartPolicy.ALWAYS
-    assert worker.start_retries == 5 and worker.backoff == Backoff(1.0, 60.0)
+    assert worker.start_retries == 5 and worker.backoff == BackoffSettings(1.0, 60.0)
 
 
 def test_generated_member_ids_differ_unless_a_default_is_passed():

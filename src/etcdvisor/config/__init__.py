@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .loader import ENV_OVERRIDES, load
 from .model import (
     LEASE_BOUND_TYPES,
-    Backoff,
+    BackoffSettings,
     Config,
     ConfigDiff,
     EtcdKind,
@@ -39,7 +39,7 @@ from .schema import schema_text
 from .signals import parse_signal
 
 __all__ = [
-    "ENV_OVERRIDES", "LEASE_BOUND_TYPES", "Backoff", "Config", "ConfigDiff", "ConfigError", "EtcdKind",
+    "ENV_OVERRIDES", "LEASE_BOUND_TYPES", "BackoffSettings", "Config", "ConfigDiff", "ConfigError", "EtcdKind",
     "EtcdSettings", "MemberSettings", "RestartPolicy", "RoleSpec", "RoleType", "Schedule", "ScheduleError",
     "diff", "find_command", "unresolved_command", "format_duration", "load", "parse_duration", "parse_duration_ms",
     "parse_signal", "parse_size", "schema_text",

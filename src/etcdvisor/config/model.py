@@ -94,8 +94,9 @@ class MemberSettings:
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Restart delay: ``initial``, doubling up to ``max`` (seconds)."""
+class BackoffSettings:
+    """A role's ``backoff:`` keys: restart delay ``initial``, doubling up to ``max`` (seconds).
+    The runtime turns them into a :class:`~etcdvisor.process.backoff.RestartBackoff`."""
 
     initial: float = 1.0
     max: float = 60.0
@@ -120,7 +121,7 @@ class RoleSpec:
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 5.0
-    backoff: Backoff = Backoff()
+    backoff: BackoffSettings = BackoffSettings()
     start_retries: int = 5
     after: tuple[str, ...] = ()
     wait_for: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ import signal
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
-from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
 
@@ -141,7 +141,7 @@ def _stop_signal(check: _RoleChecker) -> signal.Signals:
         return signal.SIGTERM
 
 
-def _backoff(check: _RoleChecker) -> Backoff:
+def _backoff(check: _RoleChecker) -> BackoffSettings:
     raw = check.raw.get("backoff", {})
     sub = _RoleChecker(check.name, raw, check.problems)
     sub.path = check.path + ("backoff",)
@@ -149,7 +149,7 @@ def _backoff(check: _RoleChecker) -> Backoff:
     maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
     if initial is not None and maximum is not None and maximum < initial:
         sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
-    return Backoff(initial=initial, max=maximum)
+    return BackoffSettings(initial=initial, max=maximum)
 
 
 def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:

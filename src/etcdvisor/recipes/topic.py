@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from ..coord.base import Backend
 from ..coord.follow import Follower
 from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
-from .counter import Backoff, parse_count
+from .counter import ConflictRetry, parse_count
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Topic:
         if len(data) > self.max_payload:
             raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the topic's max_payload "
                                   f"of {self.max_payload} bytes ({self.prefix})")
-        backoff = Backoff(f"publish to {self.prefix!r}")
+        backoff = ConflictRetry(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         while True:

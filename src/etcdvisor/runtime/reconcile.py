@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from .. import timing
-from ..process.backoff import Backoff
+from ..process.backoff import RestartBackoff
 from ..process.manager import ProcessManager
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..roles.base import RoleRunner
@@ -63,7 +63,7 @@ class Reconciler:
         role = runner.spec
         name = f"{role.name}/{key}"
         slot = self.manager.new_slot(spec, restart=runner.restart_policy(key),
-                                     backoff=Backoff(initial=role.backoff.initial, maximum=role.backoff.max),
+                                     backoff=RestartBackoff(initial=role.backoff.initial, maximum=role.backoff.max),
                                      start_retries=role.start_retries, name=name)
         self._slots[name] = _Owned(runner, key, slot)
         return slot
