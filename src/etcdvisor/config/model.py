@@ -30,7 +30,7 @@ class RoleType(enum.StrEnum):
 
     @property
     def lease_bound(self) -> bool:
-        """True if a child's right to run depends on the member lease (safety rule 1)."""
+        """True if a child's right to run depends on the member lease (docs/safety.md, rule 1)."""
         return self in LEASE_BOUND_TYPES
 
 

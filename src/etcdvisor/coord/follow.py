@@ -1,4 +1,4 @@
-"""The never-miss watch loop (GUIDE safety rule 5), in one place.
+"""The never-miss watch loop (docs/safety.md, rule 5), in one place.
 
 :class:`Follower` runs the loop and keeps no state of its own: its owner
 decides what to remember. :class:`etcdvisor.coord.watcher.PrefixWatcher`

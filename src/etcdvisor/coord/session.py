@@ -116,7 +116,7 @@ class Session:
 
     def confirm(self, after: float, timeout: float) -> bool:
         """Block until a keepalive *sent* after ``after`` came back alive
-        (GUIDE rule 2: start only when the win is confirmed)."""
+        (docs/safety.md, rule 2: start only when the win is confirmed)."""
         deadline = self.clock() + timeout
         self.request_keepalive()
         with self._changed:

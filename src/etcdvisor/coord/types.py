@@ -155,7 +155,7 @@ def _to_bytes(v) -> bytes:
 
 def direct_children_by_create(prefix: str, kvs) -> list[KeyValue]:
     """The keys directly under ``prefix`` (not ``prefix`` itself, nothing deeper)
-    in join order: by create revision, never by key (GUIDE rule 5)."""
+    in join order: by create revision, never by key (docs/safety.md, rule 5)."""
     direct = [kv for kv in kvs if kv.key.startswith(prefix) and kv.key != prefix
               and "/" not in kv.key[len(prefix):]]
     return sorted(direct, key=lambda kv: kv.create_revision)

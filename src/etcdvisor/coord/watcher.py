@@ -1,4 +1,4 @@
-"""Watches that never miss an event (GUIDE safety rule 5).
+"""Watches that never miss an event (docs/safety.md, rule 5).
 
 :class:`PrefixWatcher` keeps a mirror of every key under a prefix and hands
 each change to a callback, in revision order, exactly once:

@@ -9,7 +9,7 @@ Guarantees:
 
 * ``campaign()`` returns only after (1) no key with a lower create revision
   exists, (2) our own key still exists, and (3) a keepalive *sent after* (1)
-  and (2) came back alive (GUIDE rule 2), so the lease could not have expired
+  and (2) came back alive (docs/safety.md, rule 2), so the lease could not have expired
   on the server before we started believing we lead;
 * the **fencing token** is the create revision of the leader's key: it
   strictly increases from one leader to the next;

@@ -1,5 +1,5 @@
 """Reconcile runners' desired children with process slots, and keep
-lease-bound children inside the lease (GUIDE safety rule 1).
+lease-bound children inside the lease (docs/safety.md, rule 1).
 
 Each runner says which children should run (slot key -> ChildSpec); this
 module creates, updates and drops :class:`~etcdvisor.process.slot.Slot`
