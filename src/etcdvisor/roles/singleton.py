@@ -53,12 +53,16 @@ class LeaderSeen:
 class LeaderRunner(RoleRunner):
     """Campaigns for the role's election and tracks leadership."""
 
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.state = "campaigning"
         self.token = 0
         self.leader_member: str | None = None
         self._stop = threading.Event()
         self._watch: LeadershipWatch | None = None
+        self.election: Election | None = None
+
+    def start(self) -> None:
         self.election = Election(self.ctx.backend, self.ctx.keys.election(self.name), self.ctx.session,
                                  self.ctx.member_id, name=f"{self.name}:election")
         self._campaign()
@@ -89,7 +93,7 @@ class LeaderRunner(RoleRunner):
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, Elected):
             if self._stop.is_set() or self.failed_reason:
-                self.election.resign()
+                self.effect("resign", self.election.resign)
                 return
             self.state, self.token = "leader", payload.token
             self.leader_member = self.ctx.member_id
@@ -123,10 +127,8 @@ class LeaderRunner(RoleRunner):
             self._watch = None
         self.state = "failed"
         self.token = 0
-        try:
-            self.election.resign()
-        except CoordError as exc:
-            log.warning("role %s: resign failed: %s", self.name, exc)
+        if self.election is not None:
+            self.effect("resign", self.election.resign)
 
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
         if isinstance(event, Failed):
@@ -139,6 +141,8 @@ class LeaderRunner(RoleRunner):
         if self._watch:
             self._watch.stop()
         self.state = "stopped"
+        if self.election is None:
+            return
         try:
             self.election.close(resign=True)
         except CoordError as exc:
@@ -159,9 +163,12 @@ class SingletonRunner(LeaderRunner):
             self.record_done(1, 0, event.code)
         super().on_slot_event(key, event, now)
 
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self._observer = None
+
     def start(self) -> None:
         super().start()
-        self._observer = None
         if self.spec.standby:
             self._observer = self.election.observe(self._on_topology)
 
