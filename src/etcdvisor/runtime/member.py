@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from typing import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -27,11 +28,13 @@ class MemberIdInUse(CoordError):
 
 
 class MemberRecord:
-    def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0):
+    def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.backend = backend
         self.key = key
         self.member_id = member_id
         self.min_interval = min_interval
+        self.clock = clock
         self.started = time.time()
         self._written: dict | None = None
         self._last_write = 0.0
@@ -58,7 +61,7 @@ class MemberRecord:
             self.backend.put(self.key, body, lease=lease_id)
         self._lease = lease_id
         self._written = doc["roles"]
-        self._last_write = time.monotonic()
+        self._last_write = self.clock()
 
     def plan_update(self, roles: dict, now: float) -> tuple[str | None, float | None]:
         """Loop side: ``(body, None)`` when the record should be rewritten now
