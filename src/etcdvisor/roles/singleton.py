@@ -22,6 +22,7 @@ States: CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*, any -> FAILED
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Top
 from .base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
+
+
+class LeaderState(enum.Enum):
+    CAMPAIGNING = "campaigning"
+    LEADER = "leader"
+    FOLLOWER = "follower"  # between a lost term and the next campaign
+    FAILED = "failed"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class LeaderRunner(RoleRunner):
 
     def __init__(self, spec, ctx):
         super().__init__(spec, ctx)
-        self.state = "campaigning"
+        self.state = LeaderState.CAMPAIGNING
         self.token = 0
         self.leader_member: str | None = None
         self._stop = threading.Event()
@@ -69,7 +78,7 @@ class LeaderRunner(RoleRunner):
 
     @property
     def leading(self) -> bool:
-        return self.state == "leader"
+        return self.state is LeaderState.LEADER
 
     def _campaign(self) -> None:
         threading.Thread(target=self._campaign_loop, daemon=True, name=f"campaign:{self.name}").start()
@@ -95,24 +104,24 @@ class LeaderRunner(RoleRunner):
             if self._stop.is_set() or self.failed_reason:
                 self.effect("resign", self.election.resign)
                 return
-            self.state, self.token = "leader", payload.token
+            self.state, self.token = LeaderState.LEADER, payload.token
             self.leader_member = self.ctx.member_id
             self.say(f"elected leader (LEADER_TOKEN={payload.token})")
             self._watch = LeadershipWatch(self.election, self._on_deposed).start()
-        elif isinstance(payload, Deposed) and self.state == "leader":
+        elif isinstance(payload, Deposed) and self.state is LeaderState.LEADER:
             self.say(f"lost leadership: {payload.reason}")
             self._end_term()
             if not self._stop.is_set() and not self.failed_reason:
-                self.state = "campaigning"
+                self.state = LeaderState.CAMPAIGNING
                 self._campaign()
-        elif isinstance(payload, LeaderSeen) and self.state != "leader":
+        elif isinstance(payload, LeaderSeen) and self.state is not LeaderState.LEADER:
             self.leader_member = payload.member
 
     def _end_term(self) -> None:
         if self._watch:
             self._watch.stop()
             self._watch = None
-        self.state = "follower"
+        self.state = LeaderState.FOLLOWER
         self.token = 0
 
     def give_up(self, reason: str) -> None:
@@ -125,7 +134,7 @@ class LeaderRunner(RoleRunner):
         if self._watch:
             self._watch.stop()
             self._watch = None
-        self.state = "failed"
+        self.state = LeaderState.FAILED
         self.token = 0
         if self.election is not None:
             self.effect("resign", self.election.resign)
@@ -140,7 +149,7 @@ class LeaderRunner(RoleRunner):
         self._stop.set()
         if self._watch:
             self._watch.stop()
-        self.state = "stopped"
+        self.state = LeaderState.STOPPED
         if self.election is None:
             return
         try:
@@ -152,7 +161,7 @@ class LeaderRunner(RoleRunner):
         return {"LEADER": "1", "LEADER_TOKEN": str(self.token)}
 
     def status(self) -> dict:
-        return {**super().status(), "state": self.state, "leader": self.leading,
+        return {**super().status(), "state": self.state.value, "leader": self.leading,
                 "token": self.token or None}
 
 
@@ -181,7 +190,7 @@ class SingletonRunner(LeaderRunner):
             return {}
         if self.leading:
             return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
-        if self.spec.standby and self.state != "stopped":
+        if self.spec.standby and self.state is not LeaderState.STOPPED:
             env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member or ""}
             spec = self.ctx.child_spec(self.spec, self.name, env)
             return {self.name: dataclasses.replace(spec, lease_bound=False)}
