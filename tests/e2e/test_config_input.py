@@ -33,7 +33,7 @@ from .conftest import wait_for
 pytestmark = [pytest.mark.slow]
 
 TIME_BOUND = 30.0  # seconds per CLI call: ~1s of Python start-up idle, far more on a loaded machine
-RELOAD_TTL = 10
+RELOAD_TTL = 4
 MEMORY_BOUND = 1024 * 1024 * 1024  # address space of the CLI and its config-checking child
 
 NEAR_VALID = {  # what the file says -> the key the one line must name
@@ -194,8 +194,8 @@ def test_reload_with_bad_values_or_hostile_files_keeps_children(fleet, hostile_d
     """One member; its config path is a symlink re-pointed at each bad file before a
     SIGHUP. Every reload is refused with a logged reason, the child keeps running
     (same pid), no traceback; a good reload afterwards still applies."""
-    # ttl 10, not the harness's 4: until reload validation leaves the decision loop
-    # (issue 8 item 3), a loaded machine can block the loop past a ttl-4 stop deadline
+    # ttl 4, the smallest the slack rule accepts: the reload check runs off the decision
+    # loop, so even a slow check on a loaded machine must not reach the stop deadline
     good = fleet.write_config({"worker": fleet.worker_role("sharded")}, ttl=RELOAD_TTL, name="good.yaml")
     link = fleet.dir / "config.yaml"
     link.symlink_to(good)
