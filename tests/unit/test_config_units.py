@@ -144,3 +144,17 @@ def test_find_command_resolves_relative_paths_against_cwd(tmp_path):
     assert find_command(["./data.txt"], str(tmp_path), "") is None
     assert find_command(["./missing"], str(tmp_path), "") is None
     assert find_command([], None, None) is None and find_command([""], None, None) is None
+
+
+def test_schema_patterns_are_the_parsers_patterns():
+    """One grammar: the JSON Schema's duration and size patterns are the parser's own."""
+    import json
+    from pathlib import Path
+
+    from etcdvisor.config import schema_text
+    from etcdvisor.config.durations import DURATION_PATTERN, SIZE_PATTERN
+
+    for text in (schema_text(), (Path(__file__).resolve().parents[2] / "schemas" / "config.schema.json").read_text()):
+        defs = json.loads(text)["$defs"]
+        assert defs["duration"]["anyOf"][1]["pattern"] == DURATION_PATTERN
+        assert defs["size"]["anyOf"][1]["pattern"] == SIZE_PATTERN
