@@ -7,7 +7,7 @@ import pytest
 
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session
-from etcdvisor.recipes.lock import Lock, LockLost
+from etcdvisor.recipes.lock import Lock, LockLost, LockNotHeld, LockReentry, LockState
 
 from ..conftest import wait_until
 
@@ -104,17 +104,48 @@ def test_timeout_returns_false_and_deletes_waiter_key(backend, other_backend, pr
     holder.release()
 
 
+def in_thread(action):
+    """Run ``action`` on another thread and return its result."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(action()))
+    thread.start()
+    thread.join(30)
+    return result[0]
+
+
 def test_sessions_shared_in_process_are_serialized(backend, prefix):
     session = Session(backend, 5).start()
     first = Lock(backend, prefix + "l", session=session)
     second = Lock(backend, prefix + "l", session=session)
     assert first.acquire()
-    assert second.acquire(blocking=False) is False  # same lease, same key: guarded locally
-    assert second.acquire(timeout=0.3) is False
+    # same lease, same key: another thread is guarded locally
+    assert in_thread(lambda: second.acquire(blocking=False)) is False
+    assert in_thread(lambda: second.acquire(timeout=0.3)) is False
     first.release()
     assert second.acquire(timeout=2)
     assert second.token > 0
     second.release()
+    session.close()
+
+
+def test_reentry_and_double_unlock_are_clear_errors(backend, prefix):
+    """hms-hmetcd's lock 'acquires' twice and unlocks silently; ours refuses both."""
+    session = Session(backend, 5).start()
+    lock = Lock(backend, prefix + "l", session=session)
+    same_name = Lock(backend, prefix + "l", session=session)
+    assert lock.acquire()
+    for attempt in (lock.acquire, lambda: lock.acquire(blocking=False), same_name.acquire):
+        with pytest.raises(LockReentry):
+            attempt()
+    assert lock.is_held() and lock.state is LockState.HELD
+    lock.release()
+    with pytest.raises(LockNotHeld):
+        lock.release()
+    with pytest.raises(RuntimeError):  # LockNotHeld is a RuntimeError, as before
+        same_name.release()
+    assert keys_under(backend, prefix) == []
+    assert same_name.acquire(timeout=2)  # nothing left locked by the refused attempts
+    same_name.release()
     session.close()
 
 
@@ -166,7 +197,8 @@ def test_revoking_the_holders_lease_frees_the_next_waiter(backend, other_backend
     backend.lease_revoke(session.lease_id)  # the holder "dies"
     assert acquired.wait(5)
     assert not holder.is_held()
-    assert waiter.token > holder._token
+    assert holder.state is LockState.LOST and holder.token is None
+    assert waiter.token > holder._hold.entry.token
     thread.join(5)
     waiter.release()
     session.close()
