@@ -210,7 +210,7 @@ class Lock:
     @property
     def lost(self) -> bool:
         """True once the store released our hold (until the next acquire)."""
-        return self._lost.is_set()
+        return bool(self.lost_reason)
 
     @property
     def expires_at(self) -> float | None:
@@ -219,7 +219,7 @@ class Lock:
         return hold.expires_at if hold is not None else None
 
     def wait_lost(self, timeout: float | None = None) -> bool:
-        """Block until the hold is lost; True if it was."""
+        """Block until the hold is lost and ``on_lost`` has run; True if so."""
         return self._lost.wait(timeout)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -373,14 +373,15 @@ class Lock:
                 return
             self.state = LockState.LOST
             self.lost_reason = reason
-        self._lost.set()
         log.warning("lock %s: lost (%s)", self.prefix, reason)
         hold.stop_watching()
-        if self.on_lost is not None:
-            try:
+        try:
+            if self.on_lost is not None:
                 self.on_lost(reason)
-            except Exception:  # a broken callback must not kill the watcher
-                log.exception("lock %s: on_lost callback failed", self.prefix)
+        except Exception:  # a broken callback must not kill the watcher
+            log.exception("lock %s: on_lost callback failed", self.prefix)
+        finally:
+            self._lost.set()  # after the callback: wait_lost() returns once it ran
 
     def _abandon(self, hold: _Hold | None, session: Session) -> None:
         """Leave the line after a failed or timed-out wait (quietly)."""
