@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..coord.base import Backend
-from ..coord.errors import CoordError, CoordTimeout
+from ..coord.errors import CoordError
+from ..coord.follow import Follower
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..coord.types import (
     EventType,
@@ -227,50 +228,46 @@ def topology_of(prefix: str, kvs, revision: int) -> Topology:
 class LeadershipWatch:
     """Tells a leader at once when it is deposed: its key was deleted, or its
     session reports the lease expired or lost. ``on_deposed(reason)`` is
-    called once, from a watch or keepalive thread."""
+    called once, from a watch or keepalive thread. The key is followed by
+    the never-miss loop (:class:`~etcdvisor.coord.follow.Follower`): a read
+    first, then a watch from that revision + 1, resumed after errors."""
 
     def __init__(self, election: Election, on_deposed: Callable[[str], None]):
         self.election = election
         self.on_deposed = on_deposed
         self._fired = threading.Event()
-        self._stream = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"{election.name}:deposed")
+        self._key, self._token = election.key, election.token
+        self._follower = Follower(election.backend, self._key, None, resync=self._resync,
+                                  on_batch=self._on_batch, name=f"{election.name}:deposed")
 
     def start(self) -> "LeadershipWatch":
         self.election.session.add_listener(self._on_session)
-        self._thread.start()
+        self._follower.start()
         return self
 
     def stop(self) -> None:
         self._fired.set()
         self.election.session.remove_listener(self._on_session)
-        if self._stream is not None:
-            self._stream.cancel()
+        self._follower.stop()
 
     def _fire(self, reason: str) -> None:
         if not self._fired.is_set():
             self._fired.set()
+            self._follower.stop(0)  # never block the keepalive thread on a join
             self.on_deposed(reason)
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
             self._fire(f"lease {event.kind.value}")
 
-    def _run(self) -> None:
-        election = self.election
-        while not self._fired.is_set():
-            try:
-                kv = election.backend.get(election.key)
-                if kv is None or kv.create_revision != election.token:
-                    self._fire("leader key deleted")
-                    return
-                self._stream = election.backend.watch(election.key, start_revision=kv.mod_revision + 1)
-                for batch in self._stream:
-                    if any(ev.type is EventType.DELETE for ev in batch.events):
-                        self._fire("leader key deleted")
-                        return
-            except CoordTimeout:
-                continue
-            except CoordError:
-                if self._fired.wait(0.5):
-                    return
+    def _resync(self) -> int:
+        result = self.election.backend.range(self._key)
+        if not self._token or not any(kv.create_revision == self._token for kv in result.kvs):
+            self._fire("leader key deleted")
+        return result.revision
+
+    def _on_batch(self, batch) -> bool:
+        if any(ev.type is EventType.DELETE for ev in batch.events):
+            self._fire("leader key deleted")
+            return True
+        return False
