@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 from .cli_ops import EXIT_OK, _check_name, operator_verb
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in (header, *rows)]

@@ -160,7 +160,7 @@ class KV:
         self.lock_prefix = lock_prefix.rstrip("/")
         self._owns_backend = owns_backend
         self._session: Session | None = None
-        self._temp_keys: dict[str, str] = {}
+        self._temp_keys: dict[str, str | None] = {}
         self._watches: set[WatchHandle] = set()
         self._state_lock = threading.Lock()
         self._closed = False
@@ -288,8 +288,11 @@ class KV:
         tuple) when ``timeout`` seconds pass first. Raises ``Closed`` when
         the backend is closed meanwhile."""
         found: queue.Queue = queue.Queue()
-        follower = _KeyFollower(self.backend, key, lambda change, kv: found.put((change, kv)) or True,
-                                every_write=every_write).start()
+        def deliver(change: KeyChange, kv: KeyValue | None) -> bool:
+            found.put((change, kv))
+            return True  # the first change ends this watch
+
+        follower = _KeyFollower(self.backend, key, deliver, every_write=every_write).start()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:

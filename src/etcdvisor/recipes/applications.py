@@ -129,4 +129,6 @@ def application_event(old: ApplicationRoute | None, new: ApplicationRoute | None
     kind = event_kind(old, new)
     if kind is None:
         return None
-    return ApplicationEvent(kind=kind, route=new if new is not None else old, previous=old)
+    route = new if new is not None else old
+    assert route is not None  # event_kind(None, None) is None
+    return ApplicationEvent(kind=kind, route=route, previous=old)

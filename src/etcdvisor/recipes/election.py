@@ -114,8 +114,8 @@ class Election:
         set (the candidacy is withdrawn first), and CoordError if the lease
         is lost meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._enter()
-        outcome = self._queue.wait_turn(self._entry, deadline=deadline, cancel=cancel)
+        entry = self._enter()
+        outcome = self._queue.wait_turn(entry, deadline=deadline, cancel=cancel)
         if outcome is not WaitOutcome.HEAD:
             self._withdraw()
             raise CampaignCancelled(f"{self.name}: campaign {outcome.value}")
@@ -129,10 +129,11 @@ class Election:
         log.info("%s: elected leader with token %d", self.name, self.token)
         return self.token
 
-    def _enter(self) -> None:
+    def _enter(self) -> QueueEntry:
         """Create our candidate key (idempotent for the same lease)."""
-        self._entry = self._queue.enqueue(self.session.lease_id, self.value)
-        self._key, self.token = self._entry.key, self._entry.token
+        entry = self._entry = self._queue.enqueue(self.session.lease_id, self.value)
+        self._key, self.token = entry.key, entry.token
+        return entry
 
     def _still_ours(self) -> bool:
         return self._entry is not None and self._queue.still_ours(self._entry)

@@ -256,6 +256,7 @@ class Lock:
             if self.state not in (LockState.HELD, LockState.LOST):
                 raise LockNotHeld(f"release of an unheld lock {self.prefix} (state {self.state.value})")
             hold, was_lost = self._hold, self.state is LockState.LOST
+            assert hold is not None  # HELD and LOST always have a hold
             self.state = LockState.UNLOCKED
         try:
             still_ours = self._withdraw(hold)
