@@ -177,7 +177,8 @@ class Lock:
             raise ValueError("lock name prefix must not be empty")
         if session is None and int(ttl) < 2:
             raise ValueError("lock ttl must be at least 2 seconds")
-        if max_hold is not None and not (isinstance(max_hold, (int, float)) and 0 < max_hold < 2**31):
+        if max_hold is not None and (isinstance(max_hold, bool) or not isinstance(max_hold, (int, float))
+                                     or not 0 < max_hold < 2**31):
             raise ValueError(f"max_hold must be a positive number of seconds, not {max_hold!r}")
         self.backend = backend
         self.prefix = name_prefix.rstrip("/") + "/"
