@@ -5,12 +5,12 @@ a change (every put, with every_write)."""
 import queue
 
 from etcdvisor.coord.memory import MemoryBackend
-from etcdvisor.kv import KeyChange, _KeyFollower
+from etcdvisor.kv_watch import KeyChange, KeyFollower
 
 
 def follow(backend, key, every_write):
     seen = queue.Queue()
-    follower = _KeyFollower(backend, key, lambda change, kv: seen.put((change, kv and kv.value)) and False,
+    follower = KeyFollower(backend, key, lambda change, kv: seen.put((change, kv and kv.value)) and False,
                             every_write=every_write, retry_interval=1.0).start()
     return follower, seen
 

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
 
 
 class ApplicationMode(enum.Enum):
@@ -132,3 +135,15 @@ def application_event(old: ApplicationRoute | None, new: ApplicationRoute | None
     route = new if new is not None else old
     assert route is not None  # event_kind(None, None) is None
     return ApplicationEvent(kind=kind, route=route, previous=old)
+
+
+def routes_of(kvs) -> list[ApplicationRoute]:
+    """The routes stored in ``kvs`` in registration (create revision) order;
+    documents that are not routes are skipped and logged."""
+    found = []
+    for kv in sorted(kvs, key=lambda kv: kv.create_revision):
+        try:
+            found.append(ApplicationRoute.from_json(kv.value))
+        except (ValueError, TypeError) as exc:
+            log.warning("registry: skipping %s: not an ApplicationRoute document (%s)", kv.key, exc)
+    return found

@@ -55,12 +55,7 @@ from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
-from .applications import (
-    ApplicationEvent,
-    ApplicationRoute,
-    ApplicationState,
-    application_event,
-)
+from .applications import ApplicationEvent, ApplicationRoute, ApplicationState, application_event, routes_of
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +237,7 @@ class Registry:
         in registration order. Ergo calls this ``ResolveApplication``."""
         prefix = self.applications_prefix(name) if name is not None else self.root + "/"
         kvs = self.backend.get_prefix(prefix).kvs
-        return _routes(kv for kv in kvs if self._kind_of(kv.key) == "applications")
+        return routes_of(kv for kv in kvs if self._kind_of(kv.key) == "applications")
 
     resolve_application = applications
 
@@ -257,7 +252,7 @@ class Registry:
 
         def on_change(change: Change) -> None:
             fresh = {kv.key: route for kv in change.ordered() if self._kind_of(kv.key) == "applications"
-                     for route in _routes([kv])}
+                     for route in routes_of([kv])}
             if change.initial:
                 known.update(fresh)
                 if replay:
@@ -376,16 +371,6 @@ def _instances(kvs) -> list[ServiceInfo]:
         info = _parse(kv)
         if info is not None:
             found.append(info)
-    return found
-
-
-def _routes(kvs) -> list[ApplicationRoute]:
-    found = []
-    for kv in sorted(kvs, key=lambda kv: kv.create_revision):
-        try:
-            found.append(ApplicationRoute.from_json(kv.value))
-        except (ValueError, TypeError) as exc:
-            log.warning("registry: skipping %s: not an ApplicationRoute document (%s)", kv.key, exc)
     return found
 
 
