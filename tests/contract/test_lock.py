@@ -341,3 +341,39 @@ def test_on_lost_reports_a_revoked_lease_without_max_hold(backend, prefix):
     with pytest.raises(LockLost):
         lock.release()
     session.close()
+
+
+def test_mutual_exclusion_holds_on_the_max_hold_path(backend_url, prefix):
+    """Under contention, every hold moves to its own hold lease: still one
+    holder at a time, tokens still strictly increase, nothing left behind."""
+    inside, overlaps, tokens, errors = [0], [], [], []
+    guard = threading.Lock()
+
+    def worker():
+        handle = open_backend(backend_url, timeout=5)
+        try:
+            lock = Lock(handle, prefix + "timed-counter", ttl=5, max_hold=30)
+            for _ in range(8):
+                with lock:
+                    with guard:
+                        inside[0] += 1
+                        overlaps.append(inside[0])
+                        tokens.append(lock.token)
+                    time.sleep(0.002)
+                    with guard:
+                        inside[0] -= 1
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            handle.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert not errors and len(tokens) == 24
+    assert max(overlaps) == 1, "two holders at once"
+    assert all(a < b for a, b in zip(tokens, tokens[1:]))
+    with open_backend(backend_url, timeout=5) as check:
+        assert check.get_prefix(prefix + "timed-counter/").kvs == ()
