@@ -13,19 +13,25 @@ Guarantees:
   place that reaps, through ``Popen.poll`` so ``subprocess`` keeps the exit status;
 - ``stop(now)`` sends ``stop_signal`` to the whole process group and remembers the kill
   deadline ``now + stop_timeout``; ``poll(now)`` escalates to ``kill()`` once it passed;
-- ``kill()`` SIGKILLs the group and every descendant found with psutil, including
-  descendants that escaped the group with setsid; escaped descendants seen at ``stop``
-  time are remembered and killed too once the leader is gone;
-- when the leader exits (on its own or after a stop), whatever is left in its group gets
+- every run carries a random tag (``ETCDVISOR_CHILD_TAG`` in its environment) and, where
+  possible, its own cgroup (``tracking.TreeTracker``): ``stop`` sends ``stop_signal`` to
+  the group *and* to every tracked process outside it (setsid daemons, re-parented
+  orphans), ``kill()`` SIGKILLs all of them, rescanning while new ones appear;
+- a stopped leader that exits while members of its group still run keeps its zombie
+  until they are gone or the stop deadline passed (they had the stop signal too);
+  tracked processes outside the group get SIGKILL when the leader is reaped;
+- when the leader exits (on its own or after a stop), whatever is left of its tree gets
   SIGKILL before the leader is reaped: the zombie leader pins the pgid, so the signal
-  cannot hit an unrelated group that reused the number;
+  cannot hit an unrelated group that reused the number. (With a cgroup, leftovers of a
+  leader that exited on its own are killed by the cgroup thread, and marked processes
+  forked before the cgroup move by the tracker's census within a second.);
 - lease deadlines (``set_lease_deadlines``, lease-bound children only) are enforced in
   ``poll(now)``: stop at ``term_at``, SIGKILL at ``kill_at``; they are mirrored to the
   watchdog, together with the stop deadline, so a frozen supervisor still kills in time.
 
-Limits: descendants that escaped the group and whose leader exited on its own (not
-stopped by us) are reparented before we can see them; they are not tracked. ``kill()``
-walks /proc through psutil, which costs a few milliseconds.
+Limits: see ``tracking`` (a daemon that execs with a clean environment before the first
+census, outside a cgroup, is not recognised). Tree scans read /proc: a stop costs a
+few milliseconds.
 """
 
 from __future__ import annotations
@@ -36,13 +42,18 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-import psutil
-
+from etcdvisor.process.cgroup import AttachState
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
+from etcdvisor.process.tracking import TAG_ENV, TreeTracker, new_tag, signal_pids
 
 LINGER_RECHECK = 0.2  # seconds between checks of a lingering group
+SETTLE_RECHECK = 0.005  # seconds between checks of a pending cgroup move
+
+# Used when no manager provides one: no subreaper, so escapees are found in all of /proc.
+_STANDALONE_TRACKER = TreeTracker(lambda _pid: False, subreaper=False)
 
 if TYPE_CHECKING:
+    from etcdvisor.process.cgroup import Attachment
     from etcdvisor.process.output import OutputPump
     from etcdvisor.process.watchdog import Watchdog
 
@@ -64,8 +75,9 @@ class ChildProcess:
     """One run of ``spec``. Create, ``start()``, then ``poll(now)`` on every tick."""
 
     def __init__(self, spec: ChildSpec, *, output: OutputPump | None = None,
-                 watchdog: Watchdog | None = None):
+                 watchdog: Watchdog | None = None, tracker: TreeTracker | None = None):
         self.spec = spec
+        self.tag = new_tag()
         self.state = ChildState.STARTING
         self.pid: int | None = None
         self.pgid: int | None = None
@@ -81,7 +93,8 @@ class ChildProcess:
         self._recheck_at: float | None = None  # while a stopped leader's group lingers
         self._lease_term_at: float | None = None
         self._lease_kill_at: float | None = None
-        self._escaped: list[psutil.Process] = []
+        self._tracker = tracker if tracker is not None else _STANDALONE_TRACKER
+        self._attachment: Attachment | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -90,7 +103,9 @@ class ChildProcess:
         if self.state is not ChildState.STARTING:
             raise RuntimeError(f"{self.spec.name}: start() in state {self.state.name}")
         try:
-            proc = spawn(self.spec, capture_output=self._output is not None)
+            proc = spawn(self.spec, capture_output=self._output is not None,
+                         extra_env={TAG_ENV: self.tag},
+                         parent_death=self._watchdog is None)
         except SpawnError as exc:
             self.spawn_error = str(exc)
             self.state = ChildState.EXITED  # STARTING -> EXITED
@@ -99,11 +114,13 @@ class ChildProcess:
         self.pid = self.pgid = proc.pid
         self.started_at = time.monotonic() if now is None else now
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
+        self._attachment = self._tracker.child_started(self.tag, proc.pid)
         if self._output is not None:
             self._output.add(self.spec.name, proc.stdout, proc.stderr)
         if self._watchdog is not None:
             term_at, kill_at = self.guard_deadlines()
-            self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal)
+            self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal,
+                                    tag=self.tag)
         return proc.pid
 
     def stop(self, now: float) -> None:
@@ -114,12 +131,10 @@ class ChildProcess:
         if self.state is not ChildState.RUNNING:
             return
         self.stop_requested = True
-        self._escaped = self._find_escaped()
         self._stop_kill_at = _min_deadline(now + self.spec.stop_timeout, self._lease_kill_at)
         self.state = ChildState.STOPPING  # RUNNING -> STOPPING
         self._signal_group(self.spec.stop_signal)
-        for proc in self._escaped:
-            _signal_quietly(proc, self.spec.stop_signal)
+        signal_pids(self._outside_group(), self.spec.stop_signal)
         self._sync_watchdog()
 
     def kill(self) -> None:
@@ -127,11 +142,8 @@ class ChildProcess:
         if self.state not in (ChildState.RUNNING, ChildState.STOPPING, ChildState.KILLED):
             return
         self.stop_requested = True
-        victims = self._escaped + self._descendants()
         self._signal_group(signal.SIGKILL)
-        for proc in victims:
-            _signal_quietly(proc, signal.SIGKILL)
-        self._escaped = []
+        self._tracker.kill_tree(self.tag, self.pid, self._attachment)
         self.state = ChildState.KILLED  # RUNNING | STOPPING -> KILLED
 
     def poll(self, now: float) -> int | None:
@@ -149,15 +161,21 @@ class ChildProcess:
         if exited is None or self._lingering(now):
             self._apply_deadlines(now)
             return None
+        if self._attachment is not None and not self._tracker.cgroups.settle(self._attachment):
+            self._recheck_at = now + SETTLE_RECHECK  # the cgroup thread is moving this pid
+            return None
         if self._lease_term_at is not None and now >= self._lease_term_at:
             # The watchdog helper may have delivered the lease stop before we did.
             self.stop_requested = True
-        # The zombie pins the pgid: kill leftovers of the group before reaping.
+        # The zombie pins the pgid: kill leftovers of the tree before reaping.
         self._signal_group(signal.SIGKILL)
-        for proc in self._escaped:
-            _signal_quietly(proc, signal.SIGKILL)
-        self._escaped = []
+        if self.stop_requested or not self._in_cgroup():
+            self._tracker.kill_tree(self.tag, self.pid, self._attachment)
         self.returncode = self._proc.poll()
+        self._recheck_at = None
+        self._tracker.child_reaped(self.tag)
+        if self._in_cgroup():
+            self._tracker.cgroups.release(self._attachment)
         self.exited_at = now
         self.state = ChildState.EXITED  # RUNNING | STOPPING | KILLED -> EXITED
         if self._watchdog is not None:
@@ -227,21 +245,19 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError):
             pass  # group already empty
 
-    def _descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-
-    def _find_escaped(self) -> list[psutil.Process]:
-        escaped = []
-        for proc in self._descendants():
+    def _outside_group(self) -> set[int]:
+        """Live tracked processes of this run that left its process group."""
+        outside = set()
+        for pid in self._tracker.members(self.tag, self.pid, self._attachment):
             try:
-                if os.getpgid(proc.pid) != self.pgid:
-                    escaped.append(proc)
+                if os.getpgid(pid) != self.pgid:
+                    outside.add(pid)
             except OSError:
                 pass
-        return escaped
+        return outside
+
+    def _in_cgroup(self) -> bool:
+        return self._attachment is not None and self._attachment.state is AttachState.ATTACHED
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.spec.name} pid={self.pid} {self.state.name}>"
@@ -260,11 +276,3 @@ def _group_has_live_members(pgid: int, leader: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
-
-
-def _signal_quietly(proc: psutil.Process, signum: int) -> None:
-    """Signal a psutil process; psutil refuses if the pid was reused by another process."""
-    try:
-        proc.send_signal(signum)
-    except psutil.Error:
-        pass

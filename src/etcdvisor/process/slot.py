@@ -49,6 +49,7 @@ from etcdvisor.process.spawn import ChildSpec, SpawnError
 
 if TYPE_CHECKING:
     from etcdvisor.process.output import OutputPump
+    from etcdvisor.process.tracking import TreeTracker
     from etcdvisor.process.watchdog import Watchdog
 
 
@@ -106,7 +107,7 @@ class Slot:
                  backoff: Backoff | None = None, start_retries: int = 3,
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None, output: OutputPump | None = None,
-                 watchdog: Watchdog | None = None,
+                 watchdog: Watchdog | None = None, tracker: TreeTracker | None = None,
                  rand: Callable[[], float] = random.random):
         if spec is None and name is None:
             raise ValueError("Slot needs a spec or a name")
@@ -120,6 +121,7 @@ class Slot:
         self.restart_at: float | None = None
         self._on_event = on_event
         self._output, self._watchdog, self._rand = output, watchdog, rand
+        self._tracker = tracker
         self._desired = spec
         self._spec: ChildSpec | None = None   # spec of the current / last child
         self._child: ChildProcess | None = None
@@ -250,7 +252,8 @@ class Slot:
         return not (self._spec.lease_bound and term_at is not None and now >= term_at)
 
     def _start(self, now: float, events: list[SlotEvent]) -> None:
-        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog)
+        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog,
+                             tracker=self._tracker)
         child.set_lease_deadlines(*self._lease, sync_watchdog=False)
         restarting = self.state is SlotState.BACKOFF
         try:

@@ -11,17 +11,25 @@ Guarantees of ``spawn()``:
   ENOMEM) raises ``SpawnError`` with ``permanent=False``;
 - the child leads its own process group (pgid == pid), so a signal to the group reaches
   its descendants;
-- the child gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL) and an empty signal
-  mask. Linux delivers the parent-death signal when the *thread* that forked exits, not
-  the process: call ``spawn`` only from the long-lived decision-loop thread, never from a
-  short-lived worker thread, or children die when that thread ends;
+- ``extra_env`` (the tracking marker ``ETCDVISOR_CHILD_TAG``) is added to ``spec.env``;
+- with ``parent_death=True`` (the default, for callers without a watchdog) the child
+  gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL, set in a ``preexec_fn``) and an
+  empty signal mask. Linux delivers it when the *thread* that forked exits, so call
+  ``spawn`` from a long-lived thread;
+- with ``parent_death=False`` (the process manager, whose watchdog helper replaces it)
+  there is no ``preexec_fn``: the process group is set by CPython's C code
+  (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
+  ``bench/spawn_cost.py``). If the supervisor dies, even by SIGKILL, the watchdog sees
+  its pipe close and kills every group, the cgroups and every marked process
+  (docs/safety.md, rule 4), which the parent-death signal never did for grandchildren.
+  The signal mask is the spawning thread's (the supervisor blocks none); exec resets
+  handlers and ``subprocess`` restores SIGPIPE/SIGXFSZ;
 - stdin is /dev/null, or ``spec.stdin_data`` written by a short-lived helper thread and
   then closed (a child that exits without reading it is fine: EPIPE is ignored).
   Payloads never go through argv or a shell.
 
-Limits: the parent-death setup runs in ``preexec_fn`` (after fork, before exec). It only
-calls prctl/getppid/sigprocmask, which is safe enough with other threads alive, but like
-every ``preexec_fn`` it forces the fork (not vfork) path of ``subprocess``.
+Limits: signals the supervisor *ignores* (SIG_IGN) stay ignored in children, as with
+any exec; the supervisor ignores none. A ``preexec_fn`` forces the fork path.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import threading
 from dataclasses import dataclass, field
 
 from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
+
 
 
 class SpawnError(Exception):
@@ -123,12 +132,14 @@ def _child_setup(parent_pid: int):
     return setup
 
 
-def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
+def spawn(spec: ChildSpec, *, capture_output: bool = True,
+          extra_env: dict[str, str] | None = None,
+          parent_death: bool = True) -> subprocess.Popen:
     """Start ``spec`` and return its ``Popen`` (stdout/stderr are unbuffered pipes when
     ``capture_output``, else inherited). Raises ``SpawnError``; never blocks on the child.
 
     With ``stdin_data`` the returned ``proc.stdin`` is None: the feeder thread owns the
-    pipe. Call from the decision-loop thread (see the parent-death note above).
+    pipe.
     """
     executable = resolve_command(spec)
     output = subprocess.PIPE if capture_output else None
@@ -136,7 +147,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
         proc = subprocess.Popen(
             list(spec.argv),
             executable=executable,
-            env=spec.env,
+            env=spec.env if not extra_env else {**spec.env, **extra_env},
             cwd=spec.cwd,
             stdin=subprocess.DEVNULL if spec.stdin_data is None else subprocess.PIPE,
             stdout=output,
@@ -144,7 +155,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
             bufsize=0,
             close_fds=True,
             process_group=0,
-            preexec_fn=_child_setup(os.getpid()),
+            preexec_fn=_child_setup(os.getpid()) if parent_death else None,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
         raise SpawnError(f"{spec.name}: cannot execute {spec.argv[0]!r}: {exc.strerror}") from None

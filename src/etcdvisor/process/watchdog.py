@@ -9,15 +9,20 @@ helper process (``etcdvisor.process.watchdog_main``) holds a table
 - sends the stop signal to a group at ``term_at`` and SIGKILL at ``kill_at`` unless the
   supervisor extended the deadlines first (None = no deadline);
 - on EOF of its stdin -- the supervisor died, whatever the cause, even SIGKILL, because
-  the kernel closes the pipe's write end -- SIGKILLs every registered group at once and
-  exits; this covers grandchildren, which the parent-death signal does not;
+  the kernel closes the pipe's write end -- SIGKILLs every registered group, the whole
+  cgroup subtree of the supervisor's children (``cgroup.kill``), and every process whose
+  environment carries the tag of a registered child (``ETCDVISOR_CHILD_TAG``, found in
+  ``/proc/*/environ``, rescanned until none is left), so setsid daemons that escaped
+  their group die too; then it removes the cgroup leaves and exits. This replaces the
+  parent-death signal (children are spawned without one, see ``spawn``);
+- at a group's ``kill_at`` it also SIGKILLs that child's marked processes;
 - exits quietly, killing nothing, when told to (``stop()``);
 - keeps running while the supervisor is SIGSTOPped: it is a separate process in its own
   session (``start_new_session=True``), so a stop signal sent to the supervisor or to
   its process group does not reach it, and it waits with ``select`` on its own timer.
 
-The helper imports only os, sys, signal, select and time (and this package's
-``__init__`` is lazy), so it stays small in RSS.
+The helper is started as a script (``python -I -S .../watchdog_main.py``): no site, no
+``etcdvisor`` package import, only os, sys, signal, select and time.
 
 Client guarantees: every method returns promptly. The pipe to the helper is
 non-blocking; if the helper is frozen and the pipe is full, commands are queued and sent
@@ -26,8 +31,7 @@ replays the table. Call it from the decision loop only (not thread-safe).
 
 Limits: pgids are numbers; the helper may signal a group that was reaped and whose
 number was reused if the unregister message races the reuse (needs a full PID wrap).
-Escaped (setsid) descendants are not in any registered group: the supervisor kills
-those itself (``ChildProcess.kill``).
+The marker scan reads every ``/proc/<pid>/environ`` (root or same uid; a few ms).
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def _fmt(deadline: float | None) -> str:
 
 
 HELPER_MODULE = "etcdvisor.process.watchdog_main"
+HELPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog_main.py")
+
+
+def helper_argv(python: str = sys.executable) -> list[str]:
+    """Run the helper file directly without site: nothing beyond the stdlib it uses."""
+    if os.path.isfile(HELPER_SCRIPT):
+        return [python, "-I", "-S", HELPER_SCRIPT]
+    return [python, "-m", HELPER_MODULE]
 
 
 def find_helper(supervisor_pid: int) -> int | None:
@@ -59,7 +71,8 @@ def find_helper(supervisor_pid: int) -> int | None:
         return None
     for proc in children:
         try:
-            if HELPER_MODULE in " ".join(proc.cmdline()):
+            cmdline = " ".join(proc.cmdline())
+            if HELPER_MODULE in cmdline or HELPER_SCRIPT in cmdline:
                 return proc.pid
         except psutil.Error:
             pass
@@ -72,26 +85,29 @@ class Watchdog:
     def __init__(self, python: str = sys.executable):
         self._python = python
         self._proc: subprocess.Popen | None = None
-        self._table: dict[int, tuple[float | None, float | None, int]] = {}
+        self._table: dict[int, tuple[float | None, float | None, int, str | None]] = {}
         self._queued = bytearray()
+        self._cgroup_base: str | None = None
 
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def start(self) -> None:
-        """Start the helper (idempotent)."""
+    def start(self, cgroup_base: str | None = None) -> None:
+        """Start the helper (idempotent). ``cgroup_base``: the cgroup holding every
+        child's leaf, killed as a whole if the supervisor dies."""
+        if cgroup_base is not None:
+            self._cgroup_base = cgroup_base
         if self._proc is not None and self._proc.poll() is None:
             return
         self._proc = subprocess.Popen(
-            [self._python, "-m", HELPER_MODULE],
+            helper_argv(self._python),
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0,
             start_new_session=True, close_fds=True,
         )
         os.set_blocking(self._proc.stdin.fileno(), False)
         self._queued.clear()
-        self._send("".join(self._register_line(pgid, *entry)
-                           for pgid, entry in self._table.items()))
+        self._send(self._replay())
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -105,10 +121,12 @@ class Watchdog:
         return True
 
     def register(self, pgid: int, term_at: float | None = None, kill_at: float | None = None,
-                 stop_signal: int = signal.SIGTERM) -> None:
-        """Watch group ``pgid``; with no deadlines it is still killed if we die."""
-        self._table[pgid] = (term_at, kill_at, int(stop_signal))
-        self._send(self._register_line(pgid, term_at, kill_at, int(stop_signal)))
+                 stop_signal: int = signal.SIGTERM, tag: str | None = None) -> None:
+        """Watch group ``pgid``; with no deadlines it is still killed if we die.
+        ``tag``: the child's ``ETCDVISOR_CHILD_TAG``, to kill its escaped processes too."""
+        entry = (term_at, kill_at, int(stop_signal), tag)
+        self._table[pgid] = entry
+        self._send(self._register_line(pgid, *entry))
 
     def extend(self, pgid: int, term_at: float | None, kill_at: float | None) -> None:
         """Replace the deadlines of a registered group (None = no deadline)."""
@@ -121,7 +139,7 @@ class Watchdog:
             entry = self._table.get(pgid)
             if entry is None:
                 continue
-            self._table[pgid] = (term_at, kill_at, entry[2])
+            self._table[pgid] = (term_at, kill_at, entry[2], entry[3])
             lines.append(f"E {pgid} {_fmt(term_at)} {_fmt(kill_at)}\n")
         self._send("".join(lines))
 
@@ -157,18 +175,26 @@ class Watchdog:
             proc.wait()
 
     @staticmethod
-    def _register_line(pgid: int, term_at, kill_at, stop_signal: int) -> str:
-        return f"R {pgid} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}\n"
+    def _register_line(pgid: int, term_at, kill_at, stop_signal: int,
+                       tag: str | None = None) -> str:
+        suffix = f" {tag}" if tag else ""
+        return f"R {pgid} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}{suffix}\n"
+
+    def _replay(self) -> str:
+        """The whole state as commands (after a restart or an overflowing backlog)."""
+        base = self._cgroup_base
+        head = f"B {base}\n" if base and "\n" not in base else ""
+        return head + "".join(self._register_line(p, *e) for p, e in self._table.items())
 
     def _send(self, text: str) -> None:
         if self._proc is None:
             return
-        self._queued += text.encode("ascii")
+        self._queued += text.encode("utf-8", "surrogateescape")
         if len(self._queued) > _MAX_QUEUED:
             # Keep the rest of a line already partly written, then replace the backlog
             # by a full replay of the table (it describes the same final state).
             end_of_partial = self._queued.find(b"\n") + 1
-            replay = "C\n" + "".join(self._register_line(p, *e) for p, e in self._table.items())
+            replay = "C\n" + self._replay()
             self._queued = self._queued[:end_of_partial] + replay.encode("ascii")
         try:
             while self._queued:
