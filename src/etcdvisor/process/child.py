@@ -22,9 +22,10 @@ Guarantees:
   tracked processes outside the group get SIGKILL when the leader is reaped;
 - when the leader exits (on its own or after a stop), whatever is left of its tree gets
   SIGKILL before the leader is reaped: the zombie leader pins the pgid, so the signal
-  cannot hit an unrelated group that reused the number. (With a cgroup, leftovers of a
-  leader that exited on its own are killed by the cgroup thread, and marked processes
-  forked before the cgroup move by the tracker's census within a second.);
+  cannot hit an unrelated group that reused the number. Tracked processes outside the
+  group are killed at once after a stop; after a leader exited on its own (no stop
+  asked), by the cgroup thread (its leaf) and the tracker's census (marked ones),
+  within ``tracking.CENSUS_INTERVAL``;
 - lease deadlines (``set_lease_deadlines``, lease-bound children only) are enforced in
   ``poll(now)``: stop at ``term_at``, SIGKILL at ``kill_at``; they are mirrored to the
   watchdog, together with the stop deadline, so a frozen supervisor still kills in time.
@@ -169,8 +170,11 @@ class ChildProcess:
             self.stop_requested = True
         # The zombie pins the pgid: kill leftovers of the tree before reaping.
         self._signal_group(signal.SIGKILL)
-        if self.stop_requested or not self._in_cgroup():
+        if self.stop_requested:
             self._tracker.kill_tree(self.tag, self.pid, self._attachment)
+        # else (a leader that exited on its own, the hot path of one-shot runs): no /proc
+        # scan here; the cgroup thread empties the leaf and the census kills marked
+        # leftovers within CENSUS_INTERVAL.
         self.returncode = self._proc.poll()
         self._recheck_at = None
         self._tracker.child_reaped(self.tag)

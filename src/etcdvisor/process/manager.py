@@ -169,6 +169,9 @@ class ProcessManager:
     def next_deadline(self) -> float | None:
         """The earliest slot deadline (0.0 = tick now), or None (wait for events/SIGCHLD)."""
         deadlines = [d for d in (slot.next_deadline() for slot in self._slots) if d is not None]
+        census = self.tracker.next_census()
+        if census is not None:
+            deadlines.append(census)
         return min(deadlines) if deadlines else None
 
     def stop_all(self, now: float) -> list[SlotEvent]:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from etcdvisor.process.cgroup import Attachment, CgroupPool
 
 TAG_ENV = "ETCDVISOR_CHILD_TAG"
-CENSUS_INTERVAL = 1.0  # seconds between census runs while children are alive
+CENSUS_INTERVAL = 1.0  # seconds between census runs while a child is tracked
 KILL_ROUNDS = 8        # scan + SIGKILL rounds: a process may fork while we kill
 
 
@@ -130,18 +130,20 @@ class TreeTracker:
         self.subreaper = subreaper
         self.cgroups = cgroups
         self._lineage: dict[tuple[int, int], str] = {}  # (pid, start time) -> tag
-        self._owners: dict[str, bool] = {}  # tag -> its leader is alive
+        self._live: set[str] = set()  # tags whose leader runs
+        self._gone: set[str] = set()  # tags whose leader was reaped, escapees to kill
         self._next_census = 0.0
 
     # -- child lifecycle -----------------------------------------------------------
 
     def child_started(self, tag: str, pid: int) -> Attachment | None:
-        self._owners[tag] = True
+        self._live.add(tag)
         return self.cgroups.attach(pid) if self.cgroups is not None else None
 
     def child_reaped(self, tag: str) -> None:
         """The leader is gone; escapees found later by ``census`` are killed."""
-        self._owners[tag] = False
+        self._live.discard(tag)
+        self._gone.add(tag)
 
     # -- membership ----------------------------------------------------------------
 
@@ -184,25 +186,38 @@ class TreeTracker:
 
     # -- census ----------------------------------------------------------------------
 
+    def next_census(self) -> float | None:
+        """When ``census`` must run (None: no reaped child left to check, so no
+        wake-up; while children only run, lineage is recorded on ticks that happen)."""
+        return self._next_census if self._gone else None
+
     def census(self, now: float) -> None:
         """Record lineage of re-parented orphans; SIGKILL those whose child is gone.
 
         Runs at most every ``CENSUS_INTERVAL`` and only while some tag is tracked.
         """
-        if not self._owners or now < self._next_census:
+        if not (self._live or self._gone) or now < self._next_census:
             return
         self._next_census = now + CENSUS_INTERVAL
-        orphans = [p for p in children_of(os.getpid()) if not self._is_known(p)]
+        self._census()
+
+    def _census(self) -> None:
+        if self.subreaper:
+            orphans = [p for p in children_of(os.getpid()) if not self._is_known(p)]
+        elif self._gone:
+            orphans = [p for p in all_pids() if p != os.getpid()]  # went to init: look everywhere
+        else:
+            orphans = []
         for pid in orphans:
             tag = self._owner_of(pid)
-            if tag is None or tag not in self._owners:
+            if tag is None or (tag not in self._live and tag not in self._gone):
                 continue
             family = subtree([pid])
             for member in family:
                 fields = stat_fields(member)
                 if fields is not None:
                     self._lineage[(member, fields[1])] = tag
-            if not self._owners[tag]:
+            if tag in self._gone:
                 signal_pids(alive(family), signal.SIGKILL)  # its child is gone: nothing escapes
         self._prune()
 
@@ -211,6 +226,4 @@ class TreeTracker:
             fields = stat_fields(key[0])
             if fields is None or fields[1] != key[1]:
                 del self._lineage[key]
-        for tag in [t for t, live in self._owners.items() if not live]:
-            if tag not in self._lineage.values():
-                del self._owners[tag]
+        self._gone &= set(self._lineage.values())  # done with tags that left nothing
