@@ -21,9 +21,9 @@ every registered group, the cgroup subtree and every marked process get SIGKILL,
 cgroup leaves are removed, and the helper exits.
 """
 
+import _signal as signal  # the C module: ``signal`` itself would import enum and ~10 more
 import os
 import select
-import signal
 import sys
 import time
 
