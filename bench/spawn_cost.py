@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from etcdvisor.process.cgroup import CgroupPool  # noqa: E402
-from etcdvisor.process.child import ChildProcess  # noqa: E402
-from etcdvisor.process.spawn import ChildSpec, spawn  # noqa: E402
-from etcdvisor.process.tracking import TreeTracker  # noqa: E402
+from etcdvisor.process.cgroup import CgroupPool
+from etcdvisor.process.child import ChildProcess
+from etcdvisor.process.spawn import ChildSpec, spawn
+from etcdvisor.process.tracking import TreeTracker
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--ballast", type=int, default=40, help="MiB of heap to touch first")
     args = parser.parse_args()
-    ballast = bytearray(args.ballast << 20)  # noqa: F841  (kept alive: fork copies its pages)
+    ballast = bytearray(args.ballast << 20)
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
     results = {
@@ -108,7 +108,8 @@ def main() -> int:
         "vfork": _spawn_path(("/bin/true",), False, args.runs),
     }
     setpriv = shutil.which("setpriv")
-    if setpriv and subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "/bin/true"]).returncode == 0:
+    if setpriv and subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "/bin/true"],
+                                  check=False).returncode == 0:
         results["setpriv"] = _spawn_path((setpriv, "--pdeathsig", "KILL", "--", "/bin/true"),
                                          False, args.runs)
     results["child+tracker"] = _child_path(args.runs, cgroups=True)

@@ -33,7 +33,7 @@ _EXPORTS = {
     "ProcessManager": "manager",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = tuple(sorted(_EXPORTS))
 
 
 def __getattr__(name: str):

@@ -48,7 +48,7 @@ class AttachState(enum.Enum):
 class Attachment:
     """One child's place in the pool (see the module docstring for the states)."""
 
-    __slots__ = ("pid", "path", "state", "lock")
+    __slots__ = ("lock", "path", "pid", "state")
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -123,7 +123,7 @@ class CgroupPool:
         self.base = base
         self._free: list[str] = []
         self._count = 0
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Attachment] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cgroups", daemon=True)
         self._thread.start()
 
@@ -160,10 +160,12 @@ class CgroupPool:
             return att.state is not AttachState.WRITING
 
     def pids(self, att: Attachment) -> list[int]:
-        return _read_pids(att.path) if att.state is AttachState.ATTACHED else []
+        if att.state is not AttachState.ATTACHED or att.path is None:
+            return []
+        return _read_pids(att.path)
 
     def kill(self, att: Attachment) -> None:
-        if att.state is not AttachState.ATTACHED:
+        if att.state is not AttachState.ATTACHED or att.path is None:
             return
         if not _write(os.path.join(att.path, "cgroup.kill"), "1"):
             for pid in _read_pids(att.path):
@@ -224,6 +226,8 @@ class CgroupPool:
         return path
 
     def _release(self, att: Attachment) -> None:
+        if att.path is None:
+            return
         deadline = time.monotonic() + RELEASE_BOUND
         while _read_pids(att.path):
             if time.monotonic() >= deadline:

@@ -31,7 +31,8 @@ is tied to that thread, see ``spawn``).
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from etcdvisor.process.backoff import Backoff
 from etcdvisor.process.cgroup import CgroupPool

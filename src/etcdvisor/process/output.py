@@ -38,7 +38,7 @@ _READ_SIZE = 64 * 1024
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("pipe", "prefix", "sink", "pending")
+    __slots__ = ("pending", "pipe", "prefix", "sink")
 
     def __init__(self, pipe, prefix: bytes, sink: BinaryIO):
         self.pipe = pipe

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Callable
+from collections.abc import Callable
 
-from etcdvisor.process._linux import (PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER,
-                                      prctl, prctl_get_int)
+from etcdvisor.process._linux import (
+    PR_GET_CHILD_SUBREAPER,
+    PR_SET_CHILD_SUBREAPER,
+    prctl,
+    prctl_get_int,
+)
 
 
 def become_subreaper() -> None:

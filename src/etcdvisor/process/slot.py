@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from etcdvisor.process.backoff import Backoff
 from etcdvisor.process.child import ChildProcess, ChildState

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
 
 
-
 class SpawnError(Exception):
     """A child could not be started. ``str()`` is one line, prefixed with the child name.
 
@@ -155,7 +154,8 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True,
             bufsize=0,
             close_fds=True,
             process_group=0,
-            preexec_fn=_child_setup(os.getpid()) if parent_death else None,
+            # only without a watchdog: prctl + sigmask, async-signal-safe enough
+            preexec_fn=_child_setup(os.getpid()) if parent_death else None,  # noqa: PLW1509
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
         raise SpawnError(f"{spec.name}: cannot execute {spec.argv[0]!r}: {exc.strerror}") from None

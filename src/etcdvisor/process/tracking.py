@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from etcdvisor.process.cgroup import Attachment, CgroupPool

@@ -40,7 +40,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import psutil
 

@@ -21,14 +21,14 @@ every registered group, the cgroup subtree and every marked process get SIGKILL,
 cgroup leaves are removed, and the helper exits.
 """
 
-import _signal as signal  # the C module: ``signal`` itself would import enum and ~10 more
+import _signal as signal  # type: ignore[import-not-found]  # the C module: ``signal`` itself would import enum and ~10 more
 import os
 import select
 import sys
 import time
 
 
-def _deadline(text):
+def _deadline(text: str) -> float | None:
     return None if text == "-" else float(text)
 
 
@@ -36,7 +36,7 @@ TAG_ENV = b"ETCDVISOR_CHILD_TAG="
 KILL_ROUNDS = 10
 
 
-def _marked(tags):
+def _marked(tags: set[str]) -> dict[int, str]:
     """{pid: tag} of live processes whose exec'd environment carries one of ``tags``."""
     found = {}
     needles = {b"\0" + TAG_ENV + tag.encode() + b"\0": tag for tag in tags}
@@ -45,7 +45,7 @@ def _marked(tags):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            with open("/proc/%s/environ" % entry, "rb") as fh:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
                 data = fh.read()
         except OSError:
             continue
@@ -59,7 +59,7 @@ def _marked(tags):
     return found
 
 
-def _signal_marked(tags, signum, skip_pgid=None):
+def _signal_marked(tags: set[str], signum: int, skip_pgid: int | None = None) -> None:
     for pid in _marked(tags):
         try:
             if skip_pgid is None or os.getpgid(pid) != skip_pgid:
@@ -68,7 +68,7 @@ def _signal_marked(tags, signum, skip_pgid=None):
             pass
 
 
-def _kill_marked(tags):
+def _kill_marked(tags: set[str]) -> None:
     """SIGKILL every marked process, rescanning while new ones appear (forks)."""
     for _ in range(KILL_ROUNDS):
         pids = _marked(tags)
@@ -82,7 +82,7 @@ def _kill_marked(tags):
         time.sleep(0.01)
 
 
-def _write(path, text):
+def _write(path: str, text: str) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY)
     except OSError:
@@ -96,7 +96,7 @@ def _write(path, text):
         os.close(fd)
 
 
-def _leaves(base):
+def _leaves(base: str) -> list[str]:
     try:
         return [os.path.join(base, e) for e in os.listdir(base)
                 if os.path.isdir(os.path.join(base, e))]
@@ -104,7 +104,7 @@ def _leaves(base):
         return []
 
 
-def _kill_cgroup(base):
+def _kill_cgroup(base: str) -> None:
     if _write(os.path.join(base, "cgroup.kill"), "1"):
         return
     for leaf in _leaves(base):  # kernel < 5.14: no cgroup.kill
@@ -120,7 +120,7 @@ def _kill_cgroup(base):
                 pass
 
 
-def _remove_cgroup(base, bound=2.0):
+def _remove_cgroup(base: str, bound: float = 2.0) -> None:
     """rmdir the leaves and the base, retrying while killed members finish exiting."""
     deadline = time.monotonic() + bound
     while True:
@@ -134,7 +134,7 @@ def _remove_cgroup(base, bound=2.0):
         time.sleep(0.02)
 
 
-def _kill_everything(table, base):
+def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type: ignore[type-arg]
     for pgid in table:
         _signal_group(pgid, signal.SIGKILL)
     if base:
@@ -146,7 +146,7 @@ def _kill_everything(table, base):
         _remove_cgroup(base)
 
 
-def _signal_group(pgid, signum):
+def _signal_group(pgid: int, signum: int) -> bool:
     try:
         os.killpg(pgid, signum)
         return True
@@ -154,7 +154,7 @@ def _signal_group(pgid, signum):
         return False
 
 
-def _apply(table, line, settings):
+def _apply(table: dict[int, list], line: str, settings: dict[str, str | None]) -> bool:  # type: ignore[type-arg]
     """Apply one command line; return False when told to quit."""
     if line.startswith("B "):
         settings["cgroup"] = line[2:]
@@ -179,7 +179,7 @@ def _apply(table, line, settings):
     return True
 
 
-def _fire_due(table, now):
+def _fire_due(table: dict[int, list], now: float) -> float | None:  # type: ignore[type-arg]
     """Send due signals; return the next deadline or None."""
     next_due = None
     for pgid in list(table):
@@ -203,12 +203,12 @@ def _fire_due(table, now):
     return next_due
 
 
-def main():
+def main() -> int:
     # A terminal Ctrl-C or a hangup is not for us: only EOF or "Q" ends the helper.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    table = {}
-    settings = {"cgroup": None}
+    table: dict[int, list] = {}  # type: ignore[type-arg]  # pgid -> [term_at, kill_at, signal, tag]
+    settings: dict[str, str | None] = {"cgroup": None}
     pending = b""
     while True:
         next_due = _fire_due(table, time.monotonic())
@@ -227,7 +227,7 @@ def main():
                 if not _apply(table, line.decode("utf-8", "surrogateescape"), settings):
                     return 0
             except (ValueError, IndexError):
-                sys.stderr.write("etcdvisor watchdog: bad command %r\n" % (line,))
+                sys.stderr.write(f"etcdvisor watchdog: bad command {line!r}\n")
 
 
 if __name__ == "__main__":
