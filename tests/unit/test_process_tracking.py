@@ -241,3 +241,14 @@ def test_watchdog_client_sends_the_cgroup_base_and_tags():
     watchdog._cgroup_base = "/sys/fs/cgroup/x y"
     watchdog._table[7] = (None, None, 15, "abc")
     assert watchdog._replay() == "B /sys/fs/cgroup/x y\nR 7 15 - - abc\n"
+
+
+def test_watchdog_helper_gets_no_environment(monkeypatch):
+    monkeypatch.setenv("SOME_PASSWORD", "hunter2")
+    watchdog = Watchdog()
+    watchdog.start()
+    try:
+        with open(f"/proc/{watchdog.pid}/environ", "rb") as fh:
+            assert b"hunter2" not in fh.read()
+    finally:
+        watchdog.stop()

@@ -100,8 +100,12 @@ class Watchdog:
             self._cgroup_base = cgroup_base
         if self._proc is not None and self._proc.poll() is None:
             return
+        # The helper needs no environment: it gets none, so no secret (password_env)
+        # reaches it; only an inherited marker stays, so that a supervisor running as
+        # another supervisor's child keeps its helper attributable to that child.
+        env = {k: v for k, v in os.environ.items() if k == "ETCDVISOR_CHILD_TAG"}
         self._proc = subprocess.Popen(
-            helper_argv(self._python),
+            helper_argv(self._python), env=env,
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0,
             start_new_session=True, close_fds=True,
         )
