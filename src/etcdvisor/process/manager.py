@@ -56,7 +56,7 @@ class ProcessManager:
                  cgroups: bool | None = None,
                  stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
         self.output = OutputPump(stdout, stderr) if capture_output else None
-        self.watchdog = Watchdog() if use_watchdog else None
+        self.watchdog = Watchdog(batched=True) if use_watchdog else None
         self._subreaper = subreaper
         self._use_cgroups = subreaper if cgroups is None else cgroups
         self.tracker = TreeTracker(self._is_known_pid, subreaper=subreaper)

@@ -87,8 +87,10 @@ class OutputPump:
         if stderr_pipe is not None:
             streams.append(_Stream(stderr_pipe, prefix, self._stderr or sys.stderr.buffer))
         with self._lock:
+            wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
-        self._wake()
+        if wake:
+            self._wake()
 
     @property
     def open_streams(self) -> int:

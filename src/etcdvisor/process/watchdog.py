@@ -24,8 +24,10 @@ helper process (``etcdvisor.process.watchdog_main``) holds a table
 The helper is started as a script (``python -I -S .../watchdog_main.py``): no site, no
 ``etcdvisor`` package import, only os, sys, signal, select and time.
 
-Client guarantees: every method returns promptly. The pipe to the helper is
-non-blocking; if the helper is frozen and the pipe is full, commands are queued and sent
+Client guarantees: every method returns promptly. With ``batched=True`` (the process
+manager) commands are sent by ``flush()`` -- once per manager tick, right after the
+children of that tick were started -- instead of one write per command. The pipe to the
+helper is non-blocking; if the helper is frozen and the pipe is full, commands are queued and sent
 by the next call (or ``flush()``). ``ensure_running()`` restarts a helper that died and
 replays the table. Call it from the decision loop only (not thread-safe).
 
@@ -45,6 +47,7 @@ from collections.abc import Iterable
 import psutil
 
 _MAX_QUEUED = 1 << 20  # if the helper stays frozen this long, drop and replay the table
+_BATCH_LIMIT = 1 << 14  # a batched client writes at once beyond this much
 
 
 def _fmt(deadline: float | None) -> str:
@@ -82,8 +85,11 @@ def find_helper(supervisor_pid: int) -> int | None:
 class Watchdog:
     """Client side of the watchdog helper."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, *, batched: bool = False):
         self._python = python
+        # batched: commands wait for flush() (the manager flushes at the end of every
+        # tick), so a burst of starts and exits costs one pipe write, not two per child.
+        self.batched = batched
         self._proc: subprocess.Popen | None = None
         self._table: dict[int, tuple[float | None, float | None, int, str | None]] = {}
         self._queued = bytearray()
@@ -111,7 +117,7 @@ class Watchdog:
         )
         os.set_blocking(self._proc.stdin.fileno(), False)
         self._queued.clear()
-        self._send(self._replay())
+        self._send(self._replay(), now=True)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -145,16 +151,12 @@ class Watchdog:
                 continue
             self._table[pgid] = (term_at, kill_at, entry[2], entry[3])
             lines.append(f"E {pgid} {_fmt(term_at)} {_fmt(kill_at)}\n")
-        self._send("".join(lines))
+        self._send("".join(lines), now=True)  # deadlines never wait for a batch
 
     def unregister(self, pgid: int) -> None:
         """Forget group ``pgid`` (call once its leader is reaped)."""
         if self._table.pop(pgid, None) is not None:
             self._send(f"U {pgid}\n")
-
-    def flush(self) -> None:
-        """Send queued commands, if any, without blocking."""
-        self._send("")
 
     def stop(self, timeout: float = 2.0) -> None:
         """Tell the helper to exit without killing anything, and reap it (bounded wait)."""
@@ -190,10 +192,16 @@ class Watchdog:
         head = f"B {base}\n" if base and "\n" not in base else ""
         return head + "".join(self._register_line(p, *e) for p, e in self._table.items())
 
-    def _send(self, text: str) -> None:
+    def flush(self) -> None:
+        """Send queued commands, if any, without blocking."""
+        self._send("", now=True)
+
+    def _send(self, text: str, now: bool = False) -> None:
         if self._proc is None:
             return
         self._queued += text.encode("utf-8", "surrogateescape")
+        if self.batched and not now and len(self._queued) < _BATCH_LIMIT:
+            return
         if len(self._queued) > _MAX_QUEUED:
             # Keep the rest of a line already partly written, then replace the backlog
             # by a full replay of the table (it describes the same final state).
