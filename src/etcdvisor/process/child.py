@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ class ChildProcess:
         self.spawn_error: str | None = None
         self._output = output
         self._watchdog = watchdog
-        self._proc = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stop_kill_at: float | None = None
         self._recheck_at: float | None = None  # while a stopped leader's group lingers
         self._lease_term_at: float | None = None
@@ -117,7 +118,7 @@ class ChildProcess:
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
         self._attachment = self._tracker.child_started(self.tag, proc.pid)
         if self._output is not None:
-            self._output.add(self.spec.name, proc.stdout, proc.stderr)
+            self._output.add(self.spec.name, proc.stdout, proc.stderr)  # type: ignore[arg-type]
         if self._watchdog is not None:
             term_at, kill_at = self.guard_deadlines()
             self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal,
@@ -155,14 +156,17 @@ class ChildProcess:
         """
         if self.state is ChildState.EXITED or self._proc is None:
             return self.returncode
+        pid = self._proc.pid
         try:
-            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             exited = True  # reaped elsewhere; Popen.poll below records what it can
-        if exited is None or self._lingering(now):
+        if not exited or self._lingering(now):
             self._apply_deadlines(now)
             return None
-        if self._attachment is not None and not self._tracker.cgroups.settle(self._attachment):
+        cgroups = self._tracker.cgroups
+        if self._attachment is not None and cgroups is not None \
+                and not cgroups.settle(self._attachment):
             self._recheck_at = now + SETTLE_RECHECK  # the cgroup thread is moving this pid
             return None
         if self._lease_term_at is not None and now >= self._lease_term_at:
@@ -178,12 +182,12 @@ class ChildProcess:
         self.returncode = self._proc.poll()
         self._recheck_at = None
         self._tracker.child_reaped(self.tag)
-        if self._in_cgroup():
-            self._tracker.cgroups.release(self._attachment)
+        if self._attachment is not None and cgroups is not None and self._in_cgroup():
+            cgroups.release(self._attachment)
         self.exited_at = now
         self.state = ChildState.EXITED  # RUNNING | STOPPING | KILLED -> EXITED
         if self._watchdog is not None:
-            self._watchdog.unregister(self.pgid)
+            self._watchdog.unregister(pid)
         return self.returncode
 
     def _lingering(self, now: float) -> bool:
@@ -191,6 +195,7 @@ class ChildProcess:
         zombie (which pins the pgid) and give them the rest of the grace
         period before the group is killed (rule 4: grace, then SIGKILL)."""
         if self.state is not ChildState.STOPPING or self._stop_kill_at is None \
+                or self.pgid is None or self.pid is None \
                 or now >= self._stop_kill_at or not _group_has_live_members(self.pgid, self.pid):
             self._recheck_at = None
             return False
@@ -226,8 +231,10 @@ class ChildProcess:
 
     def next_deadline(self) -> float | None:
         """When ``poll`` must run next at the latest (exit itself is signalled by SIGCHLD)."""
-        if self.state is ChildState.RUNNING:
-            return _min_deadline(self._lease_term_at, self._lease_kill_at)
+        if self.state is ChildState.RUNNING:  # _recheck_at: a pending cgroup move
+            return _min_deadline(self._lease_term_at, self._lease_kill_at, self._recheck_at)
+        if self.state is ChildState.KILLED:
+            return self._recheck_at
         if self.state is ChildState.STOPPING:
             return _min_deadline(self._stop_kill_at, self._lease_kill_at, self._recheck_at)
         return None
@@ -240,10 +247,12 @@ class ChildProcess:
     # -- helpers -----------------------------------------------------------------
 
     def _sync_watchdog(self) -> None:
-        if self._watchdog is not None and self.alive:
+        if self._watchdog is not None and self.alive and self.pgid is not None:
             self._watchdog.extend(self.pgid, *self.guard_deadlines())
 
     def _signal_group(self, signum: int) -> None:
+        if self.pgid is None:
+            return
         try:
             os.killpg(self.pgid, signum)
         except (ProcessLookupError, PermissionError):

@@ -127,7 +127,8 @@ class ProcessManager:
         for slot in self._slots:
             slot.set_lease_deadlines(*self._lease_rule(slot))
             child = slot.child
-            if child is not None and child.alive and child.spec.lease_bound:
+            if child is not None and child.alive and child.spec.lease_bound \
+                    and child.pgid is not None:
                 guard.append((child.pgid, *child.guard_deadlines()))
         if self.watchdog is not None and guard:
             self.watchdog.extend_many(guard)
@@ -145,7 +146,8 @@ class ProcessManager:
         if self.watchdog is not None and pid == self.watchdog.pid:
             return True
         if pid not in self._known:
-            self._known = {slot.child.pid for slot in self._slots if slot.child is not None}
+            self._known = {slot.child.pid for slot in self._slots
+                           if slot.child is not None and slot.child.pid is not None}
         return pid in self._known
 
     # -- the tick --------------------------------------------------------------------

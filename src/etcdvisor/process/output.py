@@ -40,7 +40,7 @@ class _Stream:
 
     __slots__ = ("pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe, prefix: bytes, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, prefix: bytes, sink: BinaryIO):
         self.pipe = pipe
         self.prefix = prefix
         self.sink = sink
@@ -78,7 +78,7 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, stdout_pipe, stderr_pipe) -> None:
+    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
         """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
         prefix = f"{name}| ".encode("utf-8", "replace")
         streams = []

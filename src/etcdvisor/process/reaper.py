@@ -49,7 +49,7 @@ def is_subreaper() -> bool:
 
 def _child_pids() -> list[int]:
     """Our direct children, from /proc (every thread keeps its own children list)."""
-    pids = []
+    pids: list[int] = []
     for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
         try:
             with open(path) as f:

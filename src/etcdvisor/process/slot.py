@@ -112,7 +112,7 @@ class Slot:
                  rand: Callable[[], float] = random.random):
         if spec is None and name is None:
             raise ValueError("Slot needs a spec or a name")
-        self.name = name if name is not None else spec.name
+        self.name = name if name is not None else spec.name  # type: ignore[union-attr]
         self.restart = RestartPolicy(restart)
         self.backoff = backoff if backoff is not None else Backoff()
         self.start_retries = start_retries
@@ -198,6 +198,7 @@ class Slot:
 
     def _child_exited(self, now: float, code: int, events: list[SlotEvent]) -> None:
         child, self._child = self._child, None
+        assert child is not None and child.started_at is not None
         self.last_exit = code
         if child.stop_requested:
             self.state = SlotState.STOPPED  # STOPPING -> STOPPED
@@ -241,7 +242,8 @@ class Slot:
             self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
         if self.state in (SlotState.EXITED, SlotState.FAILED):
             return
-        if self.state is SlotState.BACKOFF and now < self.restart_at:
+        if self.state is SlotState.BACKOFF and self.restart_at is not None \
+                and now < self.restart_at:
             return
         if not self._lease_allows_start(now):
             self._lease_blocked = True
@@ -250,9 +252,11 @@ class Slot:
 
     def _lease_allows_start(self, now: float) -> bool:
         term_at = self._lease[0]
+        assert self._spec is not None
         return not (self._spec.lease_bound and term_at is not None and now >= term_at)
 
     def _start(self, now: float, events: list[SlotEvent]) -> None:
+        assert self._spec is not None  # _reconcile only starts a desired spec
         child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog,
                              tracker=self._tracker)
         child.set_lease_deadlines(*self._lease, sync_watchdog=False)

@@ -41,7 +41,9 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
 
@@ -119,7 +121,7 @@ def _check_executable(name: str, command: str, path: str) -> None:
         raise SpawnError(f"{name}: command not executable: {command!r} ({path}: permission denied)")
 
 
-def _child_setup(parent_pid: int):
+def _child_setup(parent_pid: int) -> Callable[[], None]:
     """Return the post-fork hook: parent-death signal, then check the parent still lives."""
 
     def setup() -> None:
@@ -134,7 +136,7 @@ def _child_setup(parent_pid: int):
 
 def spawn(spec: ChildSpec, *, capture_output: bool = True,
           extra_env: dict[str, str] | None = None,
-          parent_death: bool = True) -> subprocess.Popen:
+          parent_death: bool = True) -> subprocess.Popen[bytes]:
     """Start ``spec`` and return its ``Popen`` (stdout/stderr are unbuffered pipes when
     ``capture_output``, else inherited). Raises ``SpawnError``; never blocks on the child.
 
@@ -170,6 +172,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True,
         # Whoever feeds owns the pipe: hide it from Popen so that communicate(), wait()
         # or __exit__ can never close it under the feeder's feet.
         stdin_pipe, proc.stdin = proc.stdin, None
+        assert stdin_pipe is not None  # stdin=PIPE
         rest = _write_what_fits(stdin_pipe, spec.stdin_data)
         if rest is not None:
             feeder = threading.Thread(target=_feed_stdin, args=(stdin_pipe, rest),
@@ -178,7 +181,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True,
     return proc
 
 
-def _write_what_fits(pipe, data: bytes) -> memoryview | None:
+def _write_what_fits(pipe: IO[bytes], data: bytes) -> memoryview | None:
     """Write without blocking what the pipe takes now (a payload up to the pipe's
     capacity, 64 KiB by default, goes at once and needs no thread: starting one costs
     ~0.5 ms per child). Close the pipe when done; return the rest, or None."""
@@ -200,7 +203,7 @@ def _write_what_fits(pipe, data: bytes) -> memoryview | None:
     return None
 
 
-def _feed_stdin(pipe, data: bytes | memoryview) -> None:
+def _feed_stdin(pipe: IO[bytes], data: bytes | memoryview) -> None:
     """Write ``data`` fully (unbuffered pipes may accept partial writes), then close."""
     view = memoryview(data)
     try:

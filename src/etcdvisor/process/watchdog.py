@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterable
+from typing import IO
 
 import psutil
 
@@ -82,15 +83,24 @@ def find_helper(supervisor_pid: int) -> int | None:
     return None
 
 
+def _pipe_of(proc: subprocess.Popen[bytes]) -> IO[bytes]:
+    assert proc.stdin is not None  # started with stdin=PIPE
+    return proc.stdin
+
+
 class Watchdog:
     """Client side of the watchdog helper."""
+
+    def _pipe(self) -> IO[bytes]:
+        assert self._proc is not None
+        return _pipe_of(self._proc)
 
     def __init__(self, python: str = sys.executable, *, batched: bool = False):
         self._python = python
         # batched: commands wait for flush() (the manager flushes at the end of every
         # tick), so a burst of starts and exits costs one pipe write, not two per child.
         self.batched = batched
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._table: dict[int, tuple[float | None, float | None, int, str | None]] = {}
         self._queued = bytearray()
         self._cgroup_base: str | None = None
@@ -115,7 +125,7 @@ class Watchdog:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0,
             start_new_session=True, close_fds=True,
         )
-        os.set_blocking(self._proc.stdin.fileno(), False)
+        os.set_blocking(self._pipe().fileno(), False)
         self._queued.clear()
         self._send(self._replay(), now=True)
 
@@ -165,13 +175,13 @@ class Watchdog:
         proc, self._proc = self._proc, None
         self._table.clear()
         try:
-            os.set_blocking(proc.stdin.fileno(), True)
-            proc.stdin.write(bytes(self._queued) + b"Q\n")
+            os.set_blocking(_pipe_of(proc).fileno(), True)
+            _pipe_of(proc).write(bytes(self._queued) + b"Q\n")
         except OSError:
             pass
         self._queued.clear()
         try:
-            proc.stdin.close()
+            _pipe_of(proc).close()
         except OSError:
             pass
         try:
@@ -181,7 +191,7 @@ class Watchdog:
             proc.wait()
 
     @staticmethod
-    def _register_line(pgid: int, term_at, kill_at, stop_signal: int,
+    def _register_line(pgid: int, term_at: float | None, kill_at: float | None, stop_signal: int,
                        tag: str | None = None) -> str:
         suffix = f" {tag}" if tag else ""
         return f"R {pgid} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}{suffix}\n"
@@ -210,7 +220,7 @@ class Watchdog:
             self._queued = self._queued[:end_of_partial] + replay.encode("ascii")
         try:
             while self._queued:
-                written = self._proc.stdin.write(self._queued)
+                written = self._pipe().write(self._queued)
                 if not written:
                     break  # pipe full (helper frozen): keep the rest for later
                 del self._queued[:written]
