@@ -180,7 +180,7 @@ time.sleep(60)
 
 def test_watchdog_helper_imports_only_the_stdlib_it_uses():
     argv = helper_argv()
-    assert argv[1:] == ["-I", "-S", HELPER_SCRIPT]
+    assert argv[1:] == ["-I", "-S", HELPER_SCRIPT, "etcdvisor.process.watchdog_main"]
     result = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], check=False, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0

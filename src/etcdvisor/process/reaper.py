@@ -23,7 +23,6 @@ loop), so a freshly forked child is known before it can be seen as a zombie.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable
 
@@ -33,6 +32,7 @@ from etcdvisor.process._linux import (
     prctl,
     prctl_get_int,
 )
+from etcdvisor.process.tracking import children_of
 
 
 def become_subreaper() -> None:
@@ -49,14 +49,7 @@ def is_subreaper() -> bool:
 
 def _child_pids() -> list[int]:
     """Our direct children, from /proc (every thread keeps its own children list)."""
-    pids: list[int] = []
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        try:
-            with open(path) as f:
-                pids.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return pids
+    return children_of(os.getpid())
 
 
 class Reaper:

@@ -60,9 +60,11 @@ HELPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchd
 
 
 def helper_argv(python: str = sys.executable) -> list[str]:
-    """Run the helper file directly without site: nothing beyond the stdlib it uses."""
+    """Run the helper file directly without site: nothing beyond the stdlib it uses.
+    The module name follows as an (ignored) argument, so ``ps``/``pgrep -f`` still find
+    ``etcdvisor.process.watchdog_main``."""
     if os.path.isfile(HELPER_SCRIPT):
-        return [python, "-I", "-S", HELPER_SCRIPT]
+        return [python, "-I", "-S", HELPER_SCRIPT, HELPER_MODULE]
     return [python, "-m", HELPER_MODULE]
 
 
