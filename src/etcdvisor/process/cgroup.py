@@ -123,6 +123,7 @@ class CgroupPool:
         self.base = base
         self._free: list[str] = []
         self._count = 0
+        self._closing = threading.Event()
         self._queue: queue.SimpleQueue[tuple[str, Attachment] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cgroups", daemon=True)
         self._thread.start()
@@ -180,6 +181,7 @@ class CgroupPool:
             self._queue.put(("release", att))
 
     def close(self) -> None:
+        self._closing.set()
         self._queue.put(None)
         self._thread.join(RELEASE_BOUND + 1.0)
         remove_tree(self.base)
@@ -230,10 +232,10 @@ class CgroupPool:
             return
         deadline = time.monotonic() + RELEASE_BOUND
         while _read_pids(att.path):
-            if time.monotonic() >= deadline:
-                return  # still busy (D state?): do not reuse this leaf
+            if time.monotonic() >= deadline or self._closing.is_set():
+                return  # still busy (D state?) or closing: do not reuse this leaf
             self.kill(att)
-            time.sleep(0.01)
+            self._closing.wait(0.01)  # a killed member needs a moment to exit
         self._free.append(att.path)
 
 

@@ -79,7 +79,11 @@ def _kill_marked(tags: set[str]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.01)
+        _pause(0.01)
+
+
+def _pause(seconds: float) -> None:
+    select.select([], [], [], seconds)  # a killed process needs a moment to exit
 
 
 def _write(path: str, text: str) -> bool:
@@ -131,7 +135,7 @@ def _remove_cgroup(base: str, bound: float = 2.0) -> None:
                 pass
         if not os.path.isdir(base) or time.monotonic() >= deadline:
             return
-        time.sleep(0.02)
+        _pause(0.02)
 
 
 def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type: ignore[type-arg]
