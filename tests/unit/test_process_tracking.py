@@ -252,3 +252,34 @@ def test_watchdog_helper_gets_no_environment(monkeypatch):
             assert b"hunter2" not in fh.read()
     finally:
         watchdog.stop()
+
+
+def test_watchdog_deadline_kills_marked_escapees_of_a_frozen_supervisor(tmp_path):
+    # the supervisor stays alive but never acts (as if SIGSTOPped): kill_at passes
+    supervisor = r'''
+import os, sys, time
+from etcdvisor.process.child import ChildProcess
+from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.watchdog import Watchdog
+watchdog = Watchdog(); watchdog.start()
+spec = ChildSpec(name="h", argv=(sys.executable, "-S", "-c", sys.argv[1], sys.argv[2], "stay"),
+                 env=dict(os.environ), lease_bound=True)
+child = ChildProcess(spec, watchdog=watchdog)
+now = time.monotonic()
+child.set_lease_deadlines(now + 1.0, now + 1.5, sync_watchdog=False)
+child.start(now)
+print(child.pid, watchdog.pid, flush=True)
+time.sleep(60)
+'''
+    prefix = tmp_path / "frozen-daemon"
+    proc = subprocess.Popen([sys.executable, "-c", supervisor, HOSTILE, str(prefix)],
+                            stdout=subprocess.PIPE)
+    leader, helper = map(int, proc.stdout.readline().split())
+    try:
+        daemon = _daemon(tmp_path, prefix)
+        _wait(lambda: not _live(leader) and not _live(daemon), 10, "the helper's kill_at")
+        assert proc.poll() is None  # the supervisor did nothing: the helper did it all
+    finally:
+        proc.kill()
+        proc.wait()
+        _kill(leader, helper)
