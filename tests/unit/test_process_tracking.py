@@ -275,11 +275,11 @@ time.sleep(60)
     proc = subprocess.Popen([sys.executable, "-c", supervisor, HOSTILE, str(prefix)],
                             stdout=subprocess.PIPE)
     leader, helper = map(int, proc.stdout.readline().split())
+    daemon = _daemon(tmp_path, prefix)
     try:
-        daemon = _daemon(tmp_path, prefix)
         _wait(lambda: not _live(leader) and not _live(daemon), 10, "the helper's kill_at")
         assert proc.poll() is None  # the supervisor did nothing: the helper did it all
     finally:
         proc.kill()
         proc.wait()
-        _kill(leader, helper)
+        _kill(leader, helper, daemon)
