@@ -107,7 +107,11 @@ class ChildProcess:
         try:
             proc = spawn(self.spec, capture_output=self._output is not None,
                          extra_env={TAG_ENV: self.tag},
-                         parent_death=self._watchdog is None)
+                         # Lease-bound children (rare starts) keep the kernel's
+                         # parent-death signal as well: they die with the supervisor
+                         # even if the watchdog is slow to be scheduled. The frequent
+                         # one-shot topic runs take the vfork path (docs/safety.md).
+                         parent_death=self._watchdog is None or self.spec.lease_bound)
         except SpawnError as exc:
             self.spawn_error = str(exc)
             self.state = ChildState.EXITED  # STARTING -> EXITED

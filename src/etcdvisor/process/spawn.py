@@ -16,8 +16,8 @@ Guarantees of ``spawn()``:
   gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL, set in a ``preexec_fn``) and an
   empty signal mask. Linux delivers it when the *thread* that forked exits, so call
   ``spawn`` from a long-lived thread;
-- with ``parent_death=False`` (the process manager, whose watchdog helper replaces it)
-  there is no ``preexec_fn``: the process group is set by CPython's C code
+- with ``parent_death=False`` (the process manager for children that are not lease-bound,
+  e.g. topic runs; its watchdog helper replaces the signal) there is no ``preexec_fn``: the process group is set by CPython's C code
   (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
   ``bench/spawn_cost.py``). If the supervisor dies, even by SIGKILL, the watchdog sees
   its pipe close and kills every group, the cgroups and every marked process
