@@ -214,3 +214,27 @@ def _live(pid: int) -> bool:
             return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("stop", ["term", "kill"])
+def test_topic_run_without_parent_death_signal_leaves_nothing(fleet, stop):
+    """Topic runs are spawned by vfork without a parent-death signal: on SIGKILL only the
+    watchdog's sweep (groups, cgroup, marker) can end the run and its daemon."""
+    from etcdvisor.coord.keys import ClusterKeys
+    from etcdvisor.recipes.topic import Topic
+
+    hostile = Hostile(fleet)
+    role = {k: v for k, v in hostile.role.items() if k != "settle"}
+    role.update({"type": "topic", "topic": "hostile", "concurrency": 2})
+    member = fleet.start("m0", fleet.write_config({"hostile": role}))
+    topic = Topic(fleet.backend(), ClusterKeys(fleet.cluster).topic("hostile"))
+    member.wait_output("hostile", 30)
+    for _ in range(2):
+        topic.publish(b"x")
+    hostile.wait_started(count=2)
+    if stop == "kill":
+        member.kill()
+    else:
+        member.term()
+        assert member.wait(STOP_TIMEOUT + BOUND + 10) == 0, member.output()
+    hostile.assert_all_gone(timeout=BOUND)
