@@ -318,3 +318,7 @@ def add_operator_verbs(subparsers) -> None:
                                   help="make a job role run again (deletes its completion record)")
     rerun.add_argument("role", metavar="ROLE")
     rerun.set_defaults(func=cmd_rerun)
+
+    from .cli_config import add_config_verb
+
+    add_config_verb(subparsers, common)

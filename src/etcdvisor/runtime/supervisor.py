@@ -36,6 +36,7 @@ from ..coord.keys import ClusterKeys
 from .member import MemberRecord
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, plan_reload
+from .wiring import SeedWiring
 
 log = logging.getLogger("etcdvisor")
 
@@ -86,6 +87,7 @@ class Supervisor:
         self.pending: list[str] = []  # roles to start once their old runner is gone
         self.watch_config = watch_config
         self.file_watcher: ConfigFileWatcher | None = None
+        self.wiring: SeedWiring | None = None
         self._record_retry: float | None = None
 
     # --- start-up ------------------------------------------------------------
@@ -139,9 +141,12 @@ class Supervisor:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
+        self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
+                                 self.clock, self.reconciler)
         self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
                                   keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
-                                  clock=self.clock, base_env=self.environ)
+                                  clock=self.clock, base_env=self.environ, config_env=self.wiring.child_env)
+        self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         for role in self.config.roles.values():
@@ -216,6 +221,8 @@ class Supervisor:
             self._on_session(event.event)
         elif isinstance(event, BarrierFact):
             self.gate.update(event)
+        elif self.wiring is not None and self.wiring.owns(event):
+            self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
             runner = self.runners.get(event.role)
             if runner is not None and event.source in (0, runner.serial):
@@ -247,6 +254,8 @@ class Supervisor:
                 self.record.register(event.lease_id, self._roles_status())
             except CoordError as exc:
                 log.error("cannot re-register member: %s", exc)
+        if event.kind is SessionEventKind.NEW_LEASE:
+            self.wiring.on_new_lease()
         for runner in self.runners.values():
             runner.on_session(event)
 
@@ -255,6 +264,7 @@ class Supervisor:
         if plan is None:
             return
         self.config = self.ctx.config = plan.config
+        self.wiring.reconfigure(plan.config)
         for name in plan.retire:
             self.retiring.append(self.runners.pop(name))
         self.pending.extend(plan.start)
@@ -284,13 +294,16 @@ class Supervisor:
         lease_ok = self.session.alive
         if self.retiring or self.pending:
             self._settle_reload()
+        self.wiring.before_reconcile()
         for _ in range(2):  # once more when children exited: a run may free room for another
             for runner in self.runners.values():
                 desired = runner.desired(now) if self.gate.allows(runner.name) else {}
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
-                self.reconciler.apply(runner, desired)
-            if not self.reconciler.tick(now):
+                self.reconciler.apply(runner, self.wiring.gate(runner, desired))
+            events = self.reconciler.tick(now)
+            self.wiring.after_tick(events)
+            if not events:
                 break
             now = self.clock()
         # never block the loop on a store we know is unreachable
@@ -302,6 +315,9 @@ class Supervisor:
             waiting = self.gate.waiting_on(name)
             if waiting:
                 status[name]["waiting_for"] = waiting
+            registered = self.wiring.status(name)
+            if registered:
+                status[name]["registered"] = registered
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -336,6 +352,8 @@ class Supervisor:
     def close(self) -> None:
         if self.file_watcher is not None:
             self.file_watcher.stop()
+        if self.wiring is not None:
+            self.wiring.close()
         if self.gate is not None:
             self.gate.stop()
         if self.session is not None:

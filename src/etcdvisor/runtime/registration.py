@@ -1,0 +1,230 @@
+"""Role ``register:`` and ``peers:``, and the effect worker of the seed wiring.
+
+``register:`` -- when a child of the role has started (its slot reported
+``Started``), the instance is put in the cluster's registry
+(:func:`cluster_registry`) on the *member's* lease, so it disappears when the
+member dies; it is deleted when the child stops, exits or fails, and put
+again on a new lease. Instance id: ``<member>.<role>.<index>``; ``{index}``
+is the child's INDEX (0 for roles without one).
+
+``peers:`` -- one :class:`~etcdvisor.coord.watcher.PrefixWatcher` per service
+named in some role's ``peers`` posts :class:`PeersSnapshot` events; the loop
+rewrites the role's file (a JSON list of instances in registration order,
+replaced atomically) and then acts on the running children: ``signal:NAME``
+sends the signal, ``restart`` stops them (the slot starts them again),
+``none`` nothing. A child of a role with ``peers`` starts only once every
+one of its peers files has been written.
+
+Every etcd write and file write is an effect run by :class:`EffectWorker`
+(one thread, in queue order); ``done`` comes back as an :class:`EffectDone`
+event and runs on the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from ..config import Config, RoleSpec
+from ..config.model import ChangeAction
+from ..coord.base import Backend
+from ..coord.keys import ClusterKeys
+from ..coord.watcher import Change, PrefixWatcher
+from ..process.slot import Exited, Failed, SpawnFailed, Started, Stopped
+from ..recipes.registry import Registry, ServiceInfo, _instances
+from .role_config import write_atomically
+
+log = logging.getLogger("etcdvisor")
+
+REGISTRY_NAMESPACE = "services"
+
+
+def cluster_registry(backend: Backend, cluster: str, ttl: int = 15) -> Registry:
+    """Where a cluster's ``register:`` instances live:
+    ``/etcdvisor/<cluster>/services/<service>/instances/<id>``."""
+    return Registry(backend, namespace=REGISTRY_NAMESPACE, prefix=ClusterKeys(cluster).base.rstrip("/"), ttl=ttl)
+
+
+@dataclass(frozen=True)
+class EffectDone:
+    done: Callable[[Any, BaseException | None], None]
+    result: Any
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
+class PeersSnapshot:
+    service: str
+    instances: tuple[ServiceInfo, ...]
+
+
+class EffectWorker:
+    """Runs ``call``s off the loop thread, one at a time, in order; posts
+    :class:`EffectDone` for those with a ``done``."""
+
+    def __init__(self, post: Callable[[object], None]):
+        self.post = post
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="wiring-effects", daemon=True)
+        self.thread.start()
+
+    def __call__(self, what: str, call, done=None) -> None:
+        self.queue.put((what, call, done))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            what, call, done = item
+            result, error = None, None
+            try:
+                result = call()
+            except Exception as exc:  # reported to done (or logged): never kills the worker
+                error = exc
+                if done is None:
+                    log.warning("%s failed: %s", what, exc)
+            if done is not None:
+                self.post(EffectDone(done, result, error))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout)
+
+
+class Registration:
+    """``register:`` and ``peers:`` of every role of one member (loop thread)."""
+
+    def __init__(self, config: Config, backend: Backend, session, member_id: str,
+                 post: Callable[[object], None], effect, clock: Callable[[], float]):
+        self.config = config
+        self.clock = clock
+        self.backend = backend
+        self.session = session
+        self.member_id = member_id
+        self.post = post
+        self.effect = effect
+        self.registry = cluster_registry(backend, config.cluster)
+        self.host = socket.gethostname()
+        self.registered: dict[str, tuple[str, ServiceInfo]] = {}  # slot name -> (role, info)
+        self.peers: dict[str, tuple[ServiceInfo, ...]] = {}  # service -> instances
+        self.written: dict[str, bytes] = {}  # peers file path -> content
+        self.watchers: dict[str, PrefixWatcher] = {}
+
+    # --- edge ----------------------------------------------------------------------------
+    def start(self) -> None:
+        services = sorted({s for role in self.config.roles.values() for s in role.peers})
+        for service in services:
+            if service not in self.watchers:
+                watcher = PrefixWatcher(self.backend, self.registry.instances_prefix(service),
+                                        lambda ch, s=service: self._on_change(s, ch), name=f"peers:{service}")
+                self.watchers[service] = watcher.start(wait=0)
+
+    def _on_change(self, service: str, change: Change) -> None:  # watcher thread: only post
+        self.post(PeersSnapshot(service, tuple(_instances(change.snapshot.values()))))
+
+    def close(self) -> None:
+        for watcher in self.watchers.values():
+            watcher.stop()
+
+    # --- register ---------------------------------------------------------------------------
+    def instance(self, role: RoleSpec, spec) -> ServiceInfo:
+        """The ServiceInfo of a started child of ``role`` (``spec``: its ChildSpec)."""
+        reg = role.register
+        try:
+            index = int(spec.env.get("INDEX", "0"))
+        except ValueError:
+            index = 0
+        port = reg.port_for(index)
+        fill = {"host": self.host, "member": self.member_id, "index": index, "port": port}
+        meta = {k: v.format(**fill) if isinstance(v, str) else v for k, v in reg.meta.items()}
+        return ServiceInfo(name=reg.service, id=f"{self.member_id}.{role.name}.{index}",
+                           address=reg.address.format(**fill), port=port,
+                           metadata={**meta, "member": self.member_id, "role": role.name})
+
+    def on_slot_events(self, events, children) -> None:
+        """Register on ``Started``, deregister when the child is gone."""
+        if not events:
+            return
+        owners = {slot.name: (runner, slot) for runner, _key, slot in children}
+        for event in events:
+            if isinstance(event, Started):
+                runner, slot = owners.get(event.slot, (None, None))
+                role = self.config.roles.get(runner.name) if runner else None
+                if role is None or role.register is None or slot.child is None:
+                    continue
+                info = self.instance(role, slot.child.spec)
+                self.registered[event.slot] = (role.name, info)
+                self._put(info)
+            elif isinstance(event, (Stopped, Exited, Failed, SpawnFailed)) and event.slot in self.registered:
+                _role, info = self.registered.pop(event.slot)
+                key = self.registry.instance_key(info.name, info.id)
+                self.effect(f"deregister {info.id}", lambda k=key: self.backend.delete(k), None)
+
+    def _put(self, info: ServiceInfo) -> None:
+        key, lease = self.registry.instance_key(info.name, info.id), self.session.lease_id
+        self.effect(f"register {info.id}",
+                    lambda: self.backend.put(key, info.to_json(), lease=lease), None)
+
+    def on_new_lease(self) -> None:
+        """The old lease is gone and took our instances with it."""
+        for _role, info in self.registered.values():
+            self._put(info)
+
+    def status(self, role_name: str) -> list[dict]:
+        return [{"service": info.name, "id": info.id, "address": info.address, "port": info.port}
+                for role, info in self.registered.values() if role == role_name]
+
+    # --- peers ---------------------------------------------------------------------------------
+    def peers_path(self, role: RoleSpec, service: str) -> str:
+        return os.path.join(self.config.role_cwd(role), role.peers[service].file)
+
+    def handle(self, event: PeersSnapshot, children: Callable[[], list]) -> None:
+        """``children()``: the (runner, key, slot) triples when the file is written."""
+        self.peers[event.service] = event.instances
+        data = json.dumps([asdict(i) for i in event.instances], sort_keys=True).encode() + b"\n"
+        for role in self.config.roles.values():
+            if event.service in role.peers:
+                self._write_peers(role, event.service, data, children)
+
+    def _write_peers(self, role: RoleSpec, service: str, data: bytes, children) -> None:
+        path = self.peers_path(role, service)
+        if self.written.get(path) == data:
+            return
+        first = path not in self.written
+        on_change = role.peers[service].on_change
+
+        def done(_result, error: BaseException | None) -> None:
+            if error is not None:
+                log.error("role %s: cannot write peers file %s: %s", role.name, path, error)
+                return
+            self.written[path] = data
+            if not first:
+                self._act(role, service, on_change, children)
+
+        self.effect(f"write peers file {path}", lambda: write_atomically(path, data), done)
+
+    def _act(self, role: RoleSpec, service: str, on_change, children) -> None:
+        for runner, _key, slot in children():
+            if runner.name != role.name or slot.child is None or not slot.child.alive:
+                continue
+            if on_change.action is ChangeAction.SIGNAL and slot.signal(on_change.signal):
+                log.info("%s: peers of %s changed; sent %s", slot.name, service, on_change.signal.name)
+            elif on_change.action is ChangeAction.RESTART:
+                log.info("%s: peers of %s changed; restarting", slot.name, service)
+                slot.child.stop(self.clock())  # the slot starts it again (same spec)
+
+    def gate(self, role: RoleSpec, desired: dict, current) -> dict:
+        """Children of a role with ``peers`` start once every peers file exists."""
+        if not role.peers:
+            return desired
+        if all(self.peers_path(role, s) in self.written for s in role.peers):
+            return desired
+        return {key: spec for key, spec in desired.items() if key in current and current[key].child}
+

@@ -1,0 +1,296 @@
+"""Role ``config:``: children take settings from the layered config in etcd.
+
+One :class:`~etcdvisor.coord.watcher.PrefixWatcher` per layout root mirrors
+the config keys and posts :class:`ConfigSnapshot` events; everything else
+runs on the decision loop and is pure bookkeeping plus effects:
+
+* :meth:`RoleConfig.child_env` -- the variables a child is started with:
+  ``ETCDVISOR_CONFIG_FILE`` and one per ``config:`` entry. Entries with
+  ``on_change: restart`` carry the current value, so a change makes the spec
+  differ and the slot restarts the child with its role's usual stop rules.
+  Other entries keep the value the child was started with (a change must not
+  restart it); they are refreshed whenever the spec changes for another reason.
+* :meth:`RoleConfig.gate` -- a child starts (or restarts) only once its file
+  holds the values of its spec: until the write effect is done the previous
+  spec of the slot is kept (or the child is not started yet).
+* :meth:`RoleConfig.flush` -- once per turn, after the events: changes that
+  arrived together become one action per running child: ``restart`` (done by
+  the spec), else rewrite the file then send every distinct ``signal:NAME``,
+  else (``none``) rewrite the file only.
+
+File: ``<private dir>/<child name>.json``, a JSON object ``{ENV: value}``
+with the values' types, replaced atomically (write + fsync + rename). The
+private directory (mode 0700) is made at start and removed at close.
+
+States of one child's file: MISSING -> WRITING -> CURRENT -> (STALE ->
+WRITING -> CURRENT)*; children that are gone have their file removed.
+
+Limits: a malformed stored value (``int:x``) keeps the last good value (or
+the default) and is logged once per stored string; an item without a value
+and without a default leaves the variable unset (``null`` in the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..config import Config, RoleSpec
+from ..config.model import ChangeAction
+from ..coord.base import Backend
+from ..coord.keys import ROOT
+from ..coord.watcher import Change, PrefixWatcher
+from ..recipes.layered_config import ConfigValueError, LayeredConfig
+
+log = logging.getLogger("etcdvisor")
+
+SHARED_PREFIX = ROOT + "_shared"  # etcdvisor layout: /etcdvisor/_shared/config/... (no cluster starts with _)
+CONFIG_FILE_ENV = "ETCDVISOR_CONFIG_FILE"
+
+Effect = Callable[[str, Callable[[], Any], Callable[[Any, BaseException | None], None] | None], None]
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """Posted by a watcher thread: every stored config string under ``root``."""
+
+    root: str
+    stored: Mapping[str, str]
+
+
+def layered_config(backend: Backend, cluster: str, member: str | None, layout: str) -> LayeredConfig:
+    """The supervisor's layered config for ``cluster``/``member`` in ``layout``
+    (shared by ``supervisor run`` and the ``config`` verb)."""
+    if layout == "ergo":
+        return LayeredConfig(backend, "services/ergo", cluster, member, layout="ergo")
+    return LayeredConfig(backend, SHARED_PREFIX, cluster, member)
+
+
+def env_text(value: Any) -> str:
+    """How a typed value appears in a child's environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (a reader sees the old or the new file)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class RoleConfig:
+    """The config wiring of every role of one member (loop thread only,
+    except :meth:`start`'s watchers, which only post)."""
+
+    def __init__(self, config: Config, backend: Backend, member_id: str,
+                 post: Callable[[object], None], effect: Effect):
+        self.config = config
+        self.backend = backend
+        self.layered = layered_config(backend, config.cluster, member_id, config.config_layout)
+        self.post = post
+        self.effect = effect
+        self.stored: dict[str, Mapping[str, str]] = {}
+        self.values: dict[str, dict[str, Any]] = {}  # role -> {ENV: typed value}
+        self.last_good: dict[str, Any] = {}  # item -> last decoded value
+        self.bad_logged: set[str] = set()
+        self.frozen: dict[str, tuple[Any, dict[str, str]]] = {}  # child -> (restart part, kept env)
+        self.files: dict[str, bytes] = {}  # child name -> content on disk
+        self.writing: dict[str, dict] = {}  # child name -> content being written
+        self.changed: dict[str, set[str]] = {}  # role -> ENV names changed since the last flush
+        self.seen: set[str] = set()  # child names gated this turn (their files are wanted)
+        self.directory: str | None = None
+        self.watchers: list[PrefixWatcher] = []
+
+    @property
+    def wanted(self) -> bool:
+        return any(role.config for role in self.config.roles.values())
+
+    # --- edge ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Make the private directory and start one watcher per root."""
+        self.directory = tempfile.mkdtemp(prefix="etcdvisor-config-")
+        for root in self.layered.roots():
+            watcher = PrefixWatcher(self.backend, root, lambda ch, r=root: self._on_change(r, ch),
+                                    name=f"config:{root}")
+            self.watchers.append(watcher.start(wait=0))
+
+    def _on_change(self, root: str, change: Change) -> None:  # watcher thread: only post
+        stored = {key: kv.value.decode("utf-8", errors="replace") for key, kv in change.snapshot.items()}
+        self.post(ConfigSnapshot(root, stored))
+
+    def close(self) -> None:
+        for watcher in self.watchers:
+            watcher.stop()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def ready(self) -> bool:
+        """Every root has been read once: values are known."""
+        return len(self.stored) == len(self.layered.roots())
+
+    # --- loop: facts ------------------------------------------------------------------------
+    def handle(self, event: ConfigSnapshot) -> None:
+        self.stored[event.root] = event.stored
+        if not self.ready:
+            return
+        merged = {k: v for stored in self.stored.values() for k, v in stored.items()}
+        winners = self.layered.winners(merged)
+        for role in self.config.roles.values():
+            if not role.config:
+                continue
+            fresh = {env: self._value(spec.item, spec.default, winners) for env, spec in role.config.items()}
+            old = self.values.get(role.name)
+            self.values[role.name] = fresh
+            if old is not None:
+                diff = {env for env in fresh if _typed(fresh[env]) != _typed(old.get(env))}
+                if diff:
+                    self.changed.setdefault(role.name, set()).update(diff)
+                    log.info("role %s: config changed: %s", role.name, ", ".join(sorted(diff)))
+
+    def _value(self, item: str, default: Any, winners: dict[str, tuple[str, str]]) -> Any:
+        if item not in winners:
+            return default
+        scope, raw = winners[item]
+        try:
+            value = self.layered.decode(item, scope, raw)
+        except ConfigValueError as exc:
+            if raw not in self.bad_logged:
+                self.bad_logged.add(raw)
+                log.error("%s: keeping the last good value", exc)
+            return self.last_good.get(item, default)
+        self.last_good[item] = value
+        return value
+
+    # --- loop: children ----------------------------------------------------------------------
+    def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
+        """Variables for child ``name`` of ``role`` (see module docstring)."""
+        if not role.config or self.directory is None:
+            return {}
+        values = self.values.get(role.name, {env: spec.default for env, spec in role.config.items()})
+        restart_part = (tuple(sorted(extra_env.items())),
+                        tuple((env, _typed(values.get(env))) for env, spec in role.config.items()
+                              if spec.on_change.action is ChangeAction.RESTART))
+        kept = self.frozen.get(name)
+        if kept is None or kept[0] != restart_part:
+            kept = (restart_part, {env: env_text(v) for env, v in values.items() if v is not None})
+            self.frozen[name] = kept
+        env = {CONFIG_FILE_ENV: self.file_path(name)}
+        for env_name, spec in role.config.items():
+            value = values.get(env_name)
+            if spec.on_change.action is ChangeAction.RESTART:
+                if value is not None:
+                    env[env_name] = env_text(value)
+            elif env_name in kept[1]:
+                env[env_name] = kept[1][env_name]
+        return env
+
+    def file_path(self, name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        return os.path.join(self.directory or "", f"{safe}-{digest}.json")
+
+    def gate(self, role: RoleSpec, desired: dict, current: Mapping) -> dict:
+        """``desired`` with every spec whose file is not current yet replaced
+        by the slot's previous spec (or left out): nobody starts without
+        its file. ``current``: slot key -> Slot."""
+        if not role.config or not self.ready:
+            return {} if role.config else desired
+        content = self.values.get(role.name, {})
+        encoded = _encode(content)
+        gated = {}
+        for key, spec in desired.items():
+            self.seen.add(spec.name)
+            if self.files.get(spec.name) == encoded:
+                gated[key] = spec
+                continue
+            self._write(spec.name, content)
+            slot = current.get(key)
+            if slot is not None and slot.desired is not None:
+                gated[key] = slot.desired  # the old spec until the file is current
+        return gated
+
+    def flush(self, children) -> None:
+        """One action per running child of every role whose values changed
+        (``children``: (runner, key, slot) triples)."""
+        self.seen.clear()
+        changed, self.changed = self.changed, {}
+        for role_name, envs in changed.items():
+            role = self.config.roles.get(role_name)
+            if role is None:
+                continue
+            actions = {role.config[e].on_change for e in envs if e in role.config}
+            if any(a.action is ChangeAction.RESTART for a in actions):
+                log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)))
+                continue  # the spec changed: the slot restarts the child once its file is written
+            signals = sorted({a.signal for a in actions if a.signal is not None})
+            for runner, _key, slot in children:
+                if runner.name == role_name and slot.child is not None and slot.child.alive:
+                    self._write(slot.child.spec.name, self.values[role_name], slot, signals)
+
+    def _write(self, name: str, content: dict, slot=None, signals=()) -> None:
+        if self.writing.get(name) == content and not signals:
+            return
+        self.writing[name] = content
+        path, data = self.file_path(name), _encode(content)
+
+        def done(_result, error: BaseException | None) -> None:
+            if self.writing.get(name) is content:
+                del self.writing[name]
+            if error is not None:
+                log.error("cannot write the config file of %s: %s", name, error)
+                return
+            self.files[name] = data
+            for signum in signals:
+                if slot is not None and slot.signal(signum):
+                    log.info("%s: config file rewritten; sent %s", name, signum.name)
+
+        self.effect(f"write config file of {name}", lambda: write_atomically(path, data), done)
+
+    def forget(self, live_names: set[str]) -> None:
+        """Remove the files (and kept env) of children that are gone."""
+        keep = live_names | self.seen
+        for name in [n for n in self.files if n not in keep and n not in self.writing]:
+            path = self.file_path(name)
+            del self.files[name]
+            self.frozen.pop(name, None)
+            self.effect(f"remove config file of {name}", lambda p=path: _unlink(p), None)
+
+
+def _typed(value: Any) -> str:
+    """A comparison key that tells 1 from True from "1"."""
+    return json.dumps([type(value).__name__, value], sort_keys=True, default=str)
+
+
+def _encode(content: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(content), sort_keys=True, default=str).encode() + b"\n"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

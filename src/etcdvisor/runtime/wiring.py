@@ -1,0 +1,87 @@
+"""The seed wiring of a member (issue 11): role ``config:``, ``register:`` and
+``peers:`` behind the few calls the decision loop makes.
+
+Loop contract (all on the loop thread): ``start()`` after the session and the
+process manager exist; ``handle(event)`` for every event it ``owns``;
+``before_reconcile()`` once per turn after the events; ``gate(runner,
+desired)`` on each runner's desired children; ``after_tick(events)`` with
+the slot events of each tick; ``on_new_lease()``; ``status(role)``;
+``close()`` at the end. Edge threads (watchers, the effect worker) only post.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from ..config import Config
+from .registration import EffectDone, EffectWorker, PeersSnapshot, Registration
+from .role_config import ConfigSnapshot, RoleConfig
+
+log = logging.getLogger("etcdvisor")
+
+EVENTS = (ConfigSnapshot, PeersSnapshot, EffectDone)
+
+
+class SeedWiring:
+    def __init__(self, config: Config, backend, session, member_id: str,
+                 post: Callable[[object], None], clock: Callable[[], float], reconciler):
+        self.reconciler = reconciler
+        self.effects = EffectWorker(post)
+        self.config = RoleConfig(config, backend, member_id, post, self.effects)
+        self.registration = Registration(config, backend, session, member_id, post, self.effects, clock)
+
+    def start(self) -> None:
+        if self.config.wanted:
+            self.config.start()
+        self.registration.start()
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new role keys apply to runners started from now on."""
+        self.config.config = self.registration.config = config
+        if self.config.wanted and not self.config.watchers:
+            self.config.start()
+        self.registration.start()  # watches services not watched yet
+
+    @staticmethod
+    def owns(event) -> bool:
+        return isinstance(event, EVENTS)
+
+    def handle(self, event) -> None:
+        if isinstance(event, ConfigSnapshot):
+            self.config.handle(event)
+        elif isinstance(event, PeersSnapshot):
+            self.registration.handle(event, self.reconciler.children)
+        elif isinstance(event, EffectDone):
+            event.done(event.result, event.error)
+
+    def child_env(self, role, name, extra_env) -> dict[str, str]:
+        return self.config.child_env(role, name, extra_env)
+
+    def before_reconcile(self) -> None:
+        self.config.flush(self.reconciler.children())
+
+    def gate(self, runner, desired: dict) -> dict:
+        role = runner.spec
+        if not (role.config or role.peers):
+            return desired
+        current = self.reconciler.slots_of(runner)
+        return self.registration.gate(role, self.config.gate(role, desired, current), current)
+
+    def after_tick(self, events) -> None:
+        self.registration.on_slot_events(events, self.reconciler.children())
+        if self.config.files:
+            live = {slot.child.spec.name for _r, _k, slot in self.reconciler.children() if slot.child}
+            live |= {slot.desired.name for _r, _k, slot in self.reconciler.children() if slot.desired}
+            self.config.forget(live)
+
+    def on_new_lease(self) -> None:
+        self.registration.on_new_lease()
+
+    def status(self, role: str) -> list[dict]:
+        return self.registration.status(role)
+
+    def close(self) -> None:
+        self.registration.close()
+        self.effects.stop()  # drains queued writes before the directory goes
+        self.config.close()
