@@ -197,8 +197,12 @@ def test_register_and_peers_follow_children(fleet):
     if [p["id"] for p in gateway["peers"]] != [inst["id"]]:  # started before api registered
         wait_for(lambda: any([p["id"] for p in h["peers"]] == [inst["id"]] for h in hups(rec, gateway["pid"])),
                  10, "HUP with m0's instance")
-    status = status_json(config)
-    assert "api" in json.dumps(status) and inst["id"] in json.dumps(status)
+    wait_for(lambda: [r for a in status_json(config)["roles"]["api"]["assignments"]
+                      for r in a.get("registered") or ()], 15, "status to show the instance")
+    (shown,) = [r for a in status_json(config)["roles"]["api"]["assignments"] for r in a["registered"]]
+    assert shown == {"service": "api", "id": inst["id"], "address": inst["address"], "port": 8000}
+    text = cli("status", "-c", str(config)).stdout.decode()
+    assert f"registered: api {inst['id']} at {inst['address']}" in text
 
     m1 = fleet.start("m1", config)  # scale up
     wait_for(lambda: sorted(i["port"] for i in instances(fleet, "api")) == [8000, 8001], 30, "2 instances")
