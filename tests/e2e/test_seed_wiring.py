@@ -221,3 +221,36 @@ def test_register_and_peers_follow_children(fleet):
     m0.term()
     assert m0.wait(20) == 0
     assert instances(fleet, "api") == []
+
+
+def test_config_verb_errors_unset_and_watch(fleet):
+    import subprocess
+
+    tag = os.urandom(3).hex()
+    config = fleet.write_config({})
+    item = f"verb{tag}"
+    bad = cli("config", "set", item, "12x", "--type", "int", "-c", str(config))
+    assert bad.returncode == 2 and bad.stderr.decode().count("\n") == 1 and b"Traceback" not in bad.stderr
+    missing = cli("config", "get", item, "-c", str(config))
+    assert missing.returncode == 1 and b"not set" in missing.stderr
+    assert cli("config", "set", "-c", str(config)).returncode == 2  # no ITEM
+    watcher = subprocess.Popen([sys.executable, "-m", "etcdvisor.cli", "config", "watch", "--member", "m9",
+                                "--json", "--count", "3", "-c", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.0)  # the watcher has read its baseline
+        config_cli(config, "set", item, "int:5")
+        config_cli(config, "set", item, "true", "--type", "bool", "--member", "m9")
+        config_cli(config, "set", item, "7", "--type", "int", "--member", "m8")  # not m9: not reported
+        config_cli(config, "unset", item, "--member", "m9")
+        config_cli(config, "unset", item)
+        out, err = watcher.communicate(timeout=20)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    assert [json.loads(line) for line in out.decode().splitlines()] == [
+        {"item": item, "value": 5, "unset": False}, {"item": item, "value": True, "unset": False},
+        {"item": item, "value": 5, "unset": False}]
+    text = config_cli(config, "list").stdout.decode()
+    assert item not in text
+    assert b"was not set" in config_cli(config, "unset", item).stdout
