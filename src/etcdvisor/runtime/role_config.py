@@ -53,6 +53,7 @@ log = logging.getLogger("etcdvisor")
 
 SHARED_PREFIX = ROOT + "_shared"  # etcdvisor layout: /etcdvisor/_shared/config/... (no cluster starts with _)
 CONFIG_FILE_ENV = "ETCDVISOR_CONFIG_FILE"
+ENV_VALUE_LIMIT = 32 * 1024  # Linux refuses a single env string over 128 KiB; stay well below
 
 Effect = Callable[[str, Callable[[], Any], Callable[[Any, BaseException | None], None] | None], None]
 
@@ -73,13 +74,19 @@ def layered_config(backend: Backend, cluster: str, member: str | None, layout: s
     return LayeredConfig(backend, SHARED_PREFIX, cluster, member)
 
 
-def env_text(value: Any) -> str:
-    """How a typed value appears in a child's environment."""
+def env_text(value: Any) -> str | None:
+    """How a typed value appears in a child's environment; None for a value
+    that cannot be an environment variable (a NUL byte, longer than
+    ENV_VALUE_LIMIT: exec would fail), which is then only in the file."""
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, separators=(",", ":"))
+    if "\0" in text or len(text.encode("utf-8", errors="replace")) > ENV_VALUE_LIMIT:
+        return None
+    return text
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -118,7 +125,7 @@ class RoleConfig:
         self.bad_logged: set[str] = set()
         self.frozen: dict[str, tuple[Any, dict[str, str]]] = {}  # child -> (restart part, kept env)
         self.files: dict[str, bytes] = {}  # child name -> content on disk
-        self.writing: dict[str, dict] = {}  # child name -> content being written
+        self.writing: dict[str, bytes] = {}  # child name -> content being written
         self.changed: dict[str, set[str]] = {}  # role -> ENV names changed since the last flush
         self.seen: set[str] = set()  # child names gated this turn (their files are wanted)
         self.directory: str | None = None
@@ -155,6 +162,11 @@ class RoleConfig:
     # --- loop: facts ------------------------------------------------------------------------
     def handle(self, event: ConfigSnapshot) -> None:
         self.stored[event.root] = event.stored
+        self.recompute(report=True)
+
+    def recompute(self, report: bool) -> None:
+        """Resolve every role's values from the mirrored keys; with ``report``
+        remember what changed for :meth:`flush`."""
         if not self.ready:
             return
         merged = {k: v for stored in self.stored.values() for k, v in stored.items()}
@@ -165,7 +177,7 @@ class RoleConfig:
             fresh = {env: self._value(spec.item, spec.default, winners) for env, spec in role.config.items()}
             old = self.values.get(role.name)
             self.values[role.name] = fresh
-            if old is not None:
+            if old is not None and report:
                 diff = {env for env in fresh if _typed(fresh[env]) != _typed(old.get(env))}
                 if diff:
                     self.changed.setdefault(role.name, set()).update(diff)
@@ -197,13 +209,18 @@ class RoleConfig:
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
             kept = (restart_part, {env: env_text(v) for env, v in values.items() if v is not None})
+            for env_name in [e for e, text in kept[1].items() if text is None]:
+                del kept[1][env_name]
+                log.warning("role %s: %s is not passed in the environment (NUL byte or over %d bytes); "
+                            "it is in the config file", role.name, env_name, ENV_VALUE_LIMIT)
             self.frozen[name] = kept
         env = {CONFIG_FILE_ENV: self.file_path(name)}
         for env_name, spec in role.config.items():
             value = values.get(env_name)
             if spec.on_change.action is ChangeAction.RESTART:
-                if value is not None:
-                    env[env_name] = env_text(value)
+                text = env_text(value) if value is not None else None
+                if text is not None:
+                    env[env_name] = text
             elif env_name in kept[1]:
                 env[env_name] = kept[1][env_name]
         return env
@@ -252,13 +269,13 @@ class RoleConfig:
                     self._write(slot.child.spec.name, self.values[role_name], slot, signals)
 
     def _write(self, name: str, content: dict, slot=None, signals=()) -> None:
-        if self.writing.get(name) == content and not signals:
-            return
-        self.writing[name] = content
         path, data = self.file_path(name), _encode(content)
+        if self.writing.get(name) == data and not signals:
+            return
+        self.writing[name] = data
 
         def done(_result, error: BaseException | None) -> None:
-            if self.writing.get(name) is content:
+            if self.writing.get(name) is data:
                 del self.writing[name]
             if error is not None:
                 log.error("cannot write the config file of %s: %s", name, error)
