@@ -15,9 +15,8 @@ sends the signal, ``restart`` stops them (the slot starts them again),
 ``none`` nothing. A child of a role with ``peers`` starts only once every
 one of its peers files has been written.
 
-Every etcd write and file write is an effect run by :class:`EffectWorker`
-(one thread, in queue order); ``done`` comes back as an :class:`EffectDone`
-event and runs on the loop.
+Every etcd write and file write is an effect (the loop's effect runner, one
+lane, in queue order); ``done`` runs on the loop.
 """
 
 from __future__ import annotations
@@ -25,11 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
-import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction
@@ -52,50 +49,9 @@ def cluster_registry(backend: Backend, cluster: str, ttl: int = 15) -> Registry:
 
 
 @dataclass(frozen=True)
-class EffectDone:
-    done: Callable[[Any, BaseException | None], None]
-    result: Any
-    error: BaseException | None
-
-
-@dataclass(frozen=True)
 class PeersSnapshot:
     service: str
     instances: tuple[ServiceInfo, ...]
-
-
-class EffectWorker:
-    """Runs ``call``s off the loop thread, one at a time, in order; posts
-    :class:`EffectDone` for those with a ``done``."""
-
-    def __init__(self, post: Callable[[object], None]):
-        self.post = post
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="wiring-effects", daemon=True)
-        self.thread.start()
-
-    def __call__(self, what: str, call, done=None) -> None:
-        self.queue.put((what, call, done))
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            what, call, done = item
-            result, error = None, None
-            try:
-                result = call()
-            except Exception as exc:  # reported to done (or logged): never kills the worker
-                error = exc
-                if done is None:
-                    log.warning("%s failed: %s", what, exc)
-            if done is not None:
-                self.post(EffectDone(done, result, error))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout)
 
 
 class Registration:

@@ -89,10 +89,11 @@ def env_text(value: Any) -> str | None:
     return text
 
 
-def write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes, *, make_dirs: bool = True) -> None:
     """Replace ``path`` with ``data`` (a reader sees the old or the new file)."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+    if make_dirs:
+        os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -285,7 +286,7 @@ class RoleConfig:
                 if slot is not None and slot.signal(signum):
                     log.info("%s: config file rewritten; sent %s", name, signum.name)
 
-        self.effect(f"write config file of {name}", lambda: write_atomically(path, data), done)
+        self.effect(f"write config file of {name}", lambda: write_atomically(path, data, make_dirs=False), done)
 
     def forget(self, live_names: set[str]) -> None:
         """Remove the files (and kept env) of children that are gone."""

@@ -15,21 +15,23 @@ import logging
 from typing import Callable
 
 from ..config import Config
-from .registration import EffectDone, EffectWorker, PeersSnapshot, Registration
+from .registration import PeersSnapshot, Registration
 from .role_config import ConfigSnapshot, RoleConfig
 
 log = logging.getLogger("etcdvisor")
 
-EVENTS = (ConfigSnapshot, PeersSnapshot, EffectDone)
+EVENTS = (ConfigSnapshot, PeersSnapshot)
+WIRING_LANE = "(wiring)"  # effect lane of the wiring's file and registry writes
 
 
 class SeedWiring:
     def __init__(self, config: Config, backend, session, member_id: str,
-                 post: Callable[[object], None], clock: Callable[[], float], reconciler):
+                 post: Callable[[object], None], clock: Callable[[], float], reconciler, effect):
+        """``effect(what, call, done=None)`` queues I/O off the loop (lane
+        WIRING_LANE: in order); ``done(result, error)`` runs on the loop."""
         self.reconciler = reconciler
-        self.effects = EffectWorker(post)
-        self.config = RoleConfig(config, backend, member_id, post, self.effects)
-        self.registration = Registration(config, backend, session, member_id, post, self.effects, clock)
+        self.config = RoleConfig(config, backend, member_id, post, effect)
+        self.registration = Registration(config, backend, session, member_id, post, effect, clock)
 
     def start(self) -> None:
         if self.config.wanted:
@@ -53,8 +55,6 @@ class SeedWiring:
             self.config.handle(event)
         elif isinstance(event, PeersSnapshot):
             self.registration.handle(event, self.reconciler.children)
-        elif isinstance(event, EffectDone):
-            event.done(event.result, event.error)
 
     def child_env(self, role, name, extra_env) -> dict[str, str]:
         return self.config.child_env(role, name, extra_env)
@@ -84,5 +84,4 @@ class SeedWiring:
 
     def close(self) -> None:
         self.registration.close()
-        self.effects.stop()  # drains queued writes before the directory goes
         self.config.close()
