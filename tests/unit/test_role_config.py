@@ -64,6 +64,7 @@ def setup(tmp_path):
     effects = Effects()
     wiring = RoleConfig(config, backend, "m0", lambda _e: None, effects)
     wiring.directory = str(tmp_path / "files")
+    os.mkdir(wiring.directory)
     root = wiring.layered.roots()[0]
     yield SimpleNamespace(config=config, role=config.role("api"), wiring=wiring, effects=effects, root=root,
                           layered=wiring.layered)
