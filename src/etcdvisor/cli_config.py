@@ -126,6 +126,9 @@ def _watch(args, cfg) -> int:
     changes: queue.SimpleQueue = queue.SimpleQueue()
     watch = cfg.watch(lambda item, value: changes.put((item, value)),
                       on_error=lambda exc: changes.put((None, str(exc))))
+    who = f"member {cfg.node}" if cfg.node else "the cluster"
+    print(f"watching the {cfg.layout} config of cluster {cfg.cluster} as {who} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
     seen = 0
     try:
         while args.count is None or seen < args.count:

@@ -238,13 +238,13 @@ def test_config_verb_errors_unset_and_watch(fleet):
                                 "--json", "--count", "3", "-c", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(2.0)  # the watcher has read its baseline
+        assert b"watching" in watcher.stderr.readline()  # the baseline is read: changes from here on
         config_cli(config, "set", item, "int:5")
         config_cli(config, "set", item, "true", "--type", "bool", "--member", "m9")
         config_cli(config, "set", item, "7", "--type", "int", "--member", "m8")  # not m9: not reported
         config_cli(config, "unset", item, "--member", "m9")
         config_cli(config, "unset", item)
-        out, err = watcher.communicate(timeout=20)
+        out, err = watcher.communicate(timeout=30)
     finally:
         watcher.kill()
     assert watcher.returncode == 0, err
