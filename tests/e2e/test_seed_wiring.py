@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from .conftest import wait_for
 from .harness_roles import cli, status_json
@@ -89,7 +86,7 @@ def test_config_scopes_actions_and_batching(fleet):
         for member, wanted in expect.items():
             if hup_values(member)[-1:] != [wanted] and (scope_args[0] != "--member" or member == "m1"):
                 wait_for(lambda m=member, w=wanted: hup_values(m)[-1:] == [w], 10, f"{member} HUP {wanted}")
-                got = [h for h in hups(rec, pids[member]) if h["config"]["LOG_LEVEL"] == wanted][0]
+                got = next(h for h in hups(rec, pids[member]) if h["config"]["LOG_LEVEL"] == wanted)
                 assert got["t"] - set_at < 1.5, f"{member}: {got['t'] - set_at:.2f}s after the CLI returned"
     time.sleep(0.5)
     assert hup_values("m0") == ["debug", "warn"]  # the member override of m1 did not touch m0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -32,7 +33,7 @@ class Effects:
             result, error = None, None
             try:
                 result = call()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to done, as the runner does
                 error = exc
             if done is not None:
                 done(result, error)
@@ -45,7 +46,7 @@ class FakeSlot:
         self.signals = []  # (signum, file content at that moment)
 
     def signal(self, signum):
-        self.signals.append((signum, json.loads(open(self.child.spec.env[CONFIG_FILE_ENV]).read())))
+        self.signals.append((signum, json.loads(Path(self.child.spec.env[CONFIG_FILE_ENV]).read_text())))
         return True
 
 
@@ -94,7 +95,7 @@ def test_nothing_starts_before_values_and_file(setup):
     assert s.wiring.gate(s.role, {"api": spec}, {}) == {"api": spec}
     assert {k: spec.env.get(k) for k in ("PORT", "LEVEL", "FLAGS", "NAME")} == {
         "PORT": "8080", "LEVEL": "info", "FLAGS": '["a"]', "NAME": "x"}
-    assert json.loads(open(spec.env[CONFIG_FILE_ENV]).read()) == {
+    assert json.loads(Path(spec.env[CONFIG_FILE_ENV]).read_text()) == {
         "PORT": 8080, "LEVEL": "info", "FLAGS": ["a"], "NAME": "x"}
 
 
@@ -131,7 +132,7 @@ def test_none_only_rewrites_the_file(setup):
     s.wiring.flush([(SimpleNamespace(name="api"), "api", slot)])
     s.effects.run()
     assert slot.signals == [] and spec_of(s) == spec
-    assert json.loads(open(spec.env[CONFIG_FILE_ENV]).read())["FLAGS"] == 3
+    assert json.loads(Path(spec.env[CONFIG_FILE_ENV]).read_text())["FLAGS"] == 3
 
 
 def test_restart_waits_for_the_file_then_takes_the_new_spec(setup):
@@ -156,7 +157,7 @@ def test_bad_values_keep_the_last_good_one_and_env_stays_execable(setup):
     assert "NAME" not in env and "LEVEL" not in env  # exec would fail: only in the file
     s.wiring.gate(s.role, {"api": spec_of(s)}, {})
     s.effects.run()
-    content = json.loads(open(env[CONFIG_FILE_ENV]).read())
+    content = json.loads(Path(env[CONFIG_FILE_ENV]).read_text())
     assert content["NAME"] == "a\0b" and len(content["LEVEL"]) == 100_000
 
 

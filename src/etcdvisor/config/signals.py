@@ -12,7 +12,7 @@ def parse_signal(text: str) -> signal.Signals:
     """``TERM``, ``SIGTERM``, ``hup``... -> the signal; ValueError naming the
     accepted names otherwise."""
     name = str(text).strip().upper()
-    name = name[3:] if name.startswith("SIG") else name
+    name = name.removeprefix("SIG")
     if name not in STOP_SIGNALS:
         raise ValueError(f"{text!r} is not a known signal (one of: {', '.join(STOP_SIGNALS)})")
     return STOP_SIGNALS[name]

@@ -19,7 +19,14 @@ import re
 import string
 
 from .errors import Problems, format_key_path
-from .model import ChangeAction, ConfigItem, OnChange, PeersFile, Registration, _frozen_map
+from .model import (
+    ChangeAction,
+    ConfigItem,
+    OnChange,
+    PeersFile,
+    Registration,
+    _frozen_map,
+)
 from .signals import parse_signal
 
 PLACEHOLDERS = ("host", "member", "index", "port")

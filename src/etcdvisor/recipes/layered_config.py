@@ -62,7 +62,8 @@ import enum
 import json
 import logging
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -239,7 +240,7 @@ class LayeredConfig:
 
     # --- watch ---------------------------------------------------------------------------
     def watch(self, callback: Callable[[str, Any], None], *, initial: bool = False,
-              on_error: Callable[[ConfigValueError], None] | None = None) -> "ConfigWatch":
+              on_error: Callable[[ConfigValueError], None] | None = None) -> ConfigWatch:
         """Call ``callback(item, value_or_None)`` whenever an item's resolved
         value changes (None: the item is gone from every level). With
         ``initial=True`` every current item is reported first. A malformed

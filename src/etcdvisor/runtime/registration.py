@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction

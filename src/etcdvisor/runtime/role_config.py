@@ -39,8 +39,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction

@@ -12,7 +12,7 @@ the slot events of each tick; ``on_new_lease()``; ``status(role)``;
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Config
 from .registration import PeersSnapshot, Registration
