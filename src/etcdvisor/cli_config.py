@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import queue
 import sys
+from typing import Any
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
 
@@ -55,10 +56,12 @@ def parse_value(text: str, kind: str | None, layout: str):
 def _layered(args, target: Target):
     from .runtime.role_config import layered_config
 
-    layout = target.config.config_layout if target.config is not None else args.layout
+    config: Any = target.config
+    layout = config.config_layout if config is not None else args.layout
     member = getattr(args, "member", None)
     try:
-        return layered_config(target.backend, target.cluster, member, layout)
+        backend: Any = target.backend
+        return layered_config(backend, target.cluster, member, layout)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

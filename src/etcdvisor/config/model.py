@@ -151,7 +151,10 @@ class Registration:
     meta: Mapping = field(default_factory=lambda: _frozen_map({}))
 
     def port_for(self, index: int) -> int:
-        return self.port if self.port is not None else self.port_base + index
+        if self.port is not None:
+            return self.port
+        assert self.port_base is not None  # one of the two is set (config/wiring.py)
+        return self.port_base + index
 
 
 @dataclass(frozen=True)

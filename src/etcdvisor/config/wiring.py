@@ -110,7 +110,7 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
         else:
             port, base = None, int(match.group(1))
     address = raw.get("address", "{host}:{port}")
-    templates = [(("address",), address)]
+    templates: list[tuple[tuple, str]] = [(("address",), address)]
     templates += [(("meta", k), v) for k, v in raw.get("meta", {}).items() if isinstance(v, str)]
     for where, text in templates:
         problem = placeholder_problem(text)
@@ -142,9 +142,8 @@ def _peers(raw: dict, path: tuple, problems: Problems):
 
 
 def _port_range(registration: Registration) -> range:
-    if registration.port is not None:
-        return range(registration.port, registration.port + 1)
-    return range(registration.port_base, registration.port_base + INDEX_SPAN)
+    first = registration.port_for(0)
+    return range(first, first + (1 if registration.port is not None else INDEX_SPAN))
 
 
 def check_wiring(roles: dict, problems: Problems, source_path: str) -> list[str]:

@@ -93,6 +93,7 @@ class Registration:
     def instance(self, role: RoleSpec, spec) -> ServiceInfo:
         """The ServiceInfo of a started child of ``role`` (``spec``: its ChildSpec)."""
         reg = role.register
+        assert reg is not None  # only roles with register: get here
         try:
             index = int(spec.env.get("INDEX", "0"))
         except ValueError:

@@ -210,9 +210,9 @@ class RoleConfig:
                               if spec.on_change.action is ChangeAction.RESTART))
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
-            kept = (restart_part, {env: env_text(v) for env, v in values.items() if v is not None})
-            for env_name in [e for e, text in kept[1].items() if text is None]:
-                del kept[1][env_name]
+            texts = {env: env_text(v) for env, v in values.items() if v is not None}
+            kept = (restart_part, {env: text for env, text in texts.items() if text is not None})
+            for env_name in [e for e, text in texts.items() if text is None]:
                 log.warning("role %s: %s is not passed in the environment (NUL byte or over %d bytes); "
                             "it is in the config file", role.name, env_name, ENV_VALUE_LIMIT)
             self.frozen[name] = kept
