@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -251,3 +252,27 @@ def test_config_verb_errors_unset_and_watch(fleet):
     text = config_cli(config, "list").stdout.decode()
     assert item not in text
     assert b"was not set" in config_cli(config, "unset", item).stdout
+
+
+def test_reload_adds_config_and_peers_to_a_role(fleet):
+    tag = os.urandom(3).hex()
+    rec = fleet.dir / "seed.jsonl"
+    peers_file = fleet.dir / "peers.json"
+    api = seed_role(fleet, "sharded", rec, register={"service": "api", "port": 7000})
+    solo = seed_role(fleet, "singleton", rec, ("LEVEL",))
+    config = fleet.write_config({"api": api, "solo": solo})
+    member = fleet.start("m0", config)
+    wait_for(lambda: starts(rec, role="solo") and instances(fleet, "api"), 30, "both roles")
+    config_cli(config, "set", f"level{tag}", "debug")
+    solo = dict(solo, config={"LEVEL": {"item": f"level{tag}", "on_change": "signal:HUP"}},
+                peers={"api": {"file": str(peers_file)}})
+    solo["env"] = dict(solo["env"], SEED_PEERS=str(peers_file))
+    fleet.write_config({"api": api, "solo": solo})
+    member.signal(signal.SIGHUP)
+    wait_for(lambda: [r for r in starts(rec, role="solo") if r["env"]["LEVEL"] == "debug"], 30,
+             "the solo child restarted with the config")
+    (new,) = [r for r in starts(rec, role="solo") if r["env"]["LEVEL"] == "debug"]
+    assert new["config"] == {"LEVEL": "debug"}
+    assert [p["port"] for p in new["peers"]] == [7000]  # the peers file existed before the start
+    config_cli(config, "set", f"level{tag}", "warn")
+    wait_for(lambda: [h for h in hups(rec, new["pid"]) if h["config"] == {"LEVEL": "warn"}], 10, "HUP")

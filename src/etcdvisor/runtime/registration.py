@@ -145,10 +145,16 @@ class Registration:
     def handle(self, event: PeersSnapshot, children: Callable[[], list]) -> None:
         """``children()``: the (runner, key, slot) triples when the file is written."""
         self.peers[event.service] = event.instances
-        data = json.dumps([asdict(i) for i in event.instances], sort_keys=True).encode() + b"\n"
+        self.refresh(children, only=event.service)
+
+    def refresh(self, children: Callable[[], list], only: str | None = None) -> None:
+        """Bring every peers file up to date with the known instances (after a
+        reload, a role may name a new file for a service already followed)."""
         for role in self.config.roles.values():
-            if event.service in role.peers:
-                self._write_peers(role, event.service, data, children)
+            for service in role.peers:
+                if service in self.peers and only in (None, service):
+                    data = json.dumps([asdict(i) for i in self.peers[service]], sort_keys=True).encode() + b"\n"
+                    self._write_peers(role, service, data, children)
 
     def _write_peers(self, role: RoleSpec, service: str, data: bytes, children) -> None:
         path = self.peers_path(role, service)

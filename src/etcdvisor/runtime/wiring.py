@@ -45,6 +45,7 @@ class SeedWiring:
         if self.config.wanted and not self.config.watchers:
             self.config.start()
         self.registration.start()  # watches services not watched yet
+        self.registration.refresh(self.reconciler.children)
 
     @staticmethod
     def owns(event) -> bool:
