@@ -104,3 +104,10 @@ def test_validate_exits_2_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+def test_ergo_items_cannot_contain_a_slash(tmp_path):
+    role = with_(API, config={"X": {"item": "a/b"}})
+    (error,) = problems(tmp_path, {"api": role}, config_layout="ergo")
+    assert "roles.api.config.X.item: 'a/b': items of config_layout ergo cannot contain '/'" in error
+    assert load(write(tmp_path, {"api": role})).role("api").config["X"].item == "a/b"  # fine in etcdvisor

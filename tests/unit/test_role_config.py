@@ -170,3 +170,31 @@ def test_files_of_gone_children_are_removed(setup):
     s.wiring.forget(set())
     s.effects.run()
     assert not os.path.exists(path)
+
+
+def test_watchers_post_only_the_keys_roles_read_and_only_on_change(setup):
+    from etcdvisor.coord.types import KeyValue
+    from etcdvisor.coord.watcher import Change
+
+    s = setup
+    posted = []
+    s.wiring.post = posted.append
+
+    def change(revision, initial=False, **items):
+        snap = {}
+        for item, (scope, raw) in items.items():
+            key = s.layered.key(item, scope) if scope != "other" else s.root + "cluster/elsewhere/" + item
+            snap[key] = KeyValue(key=key, value=raw.encode(), create_revision=1, mod_revision=revision,
+                                 version=1, lease=0)
+        return Change(snapshot=snap, events=(), revision=revision, initial=initial)
+
+    s.wiring._on_change(s.root, change(3, initial=True, port=("cluster", "int:1"), junk=("global", "x")))
+    assert [dict(p.stored) for p in posted] == [{s.layered.key("port", "cluster"): "int:1"}]
+    s.wiring._on_change(s.root, change(4, port=("cluster", "int:1"), junk=("global", "y"),
+                                       level=("other", "z")))
+    assert len(posted) == 1  # nothing our roles read changed
+    s.wiring._on_change(s.root, change(5, port=("member", "int:2")))
+    assert posted[-1].revision == 5 and dict(posted[-1].stored) == {s.layered.key("port", "member"): "int:2"}
+    s.wiring.handle(posted[-1])
+    s.wiring.handle(posted[0])  # a late, older snapshot (a retired watcher) is ignored
+    assert s.wiring.values["api"]["PORT"] == 2

@@ -146,8 +146,13 @@ def _port_range(registration: Registration) -> range:
     return range(first, first + (1 if registration.port is not None else INDEX_SPAN))
 
 
-def check_wiring(roles: dict, problems: Problems, source_path: str) -> list[str]:
+def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str = "etcdvisor") -> list[str]:
     """Cross-role checks (``roles``: name -> RoleSpec or None); returns warnings."""
+    for name, spec in roles.items():
+        for env, entry in (spec.config if spec is not None and layout == "ergo" else {}).items():
+            if "/" in entry.item:
+                problems.add(("roles", name, "config", env, "item"),
+                             f"{entry.item!r}: items of config_layout ergo cannot contain '/'")
     registered: dict[str, list[tuple[str, Registration]]] = {}
     for name, spec in roles.items():
         if spec is not None and spec.register is not None:

@@ -65,6 +65,7 @@ class ConfigSnapshot:
 
     root: str
     stored: Mapping[str, str]
+    revision: int = 0  # store revision of the snapshot: a late one from a retired watcher is older
 
 
 def layered_config(backend: Backend, cluster: str, member: str | None, layout: str) -> LayeredConfig:
@@ -122,6 +123,7 @@ class RoleConfig:
         self.post = post
         self.effect = effect
         self.stored: dict[str, Mapping[str, str]] = {}
+        self.revisions: dict[str, int] = {}  # root -> revision of the snapshot in ``stored``
         self.values: dict[str, dict[str, Any]] = {}  # role -> {ENV: typed value}
         self.last_good: dict[str, Any] = {}  # item -> last decoded value
         self.bad_logged: set[str] = set()
@@ -132,6 +134,8 @@ class RoleConfig:
         self.seen: set[str] = set()  # child names gated this turn (their files are wanted)
         self.directory: str | None = None
         self.watchers: list[PrefixWatcher] = []
+        self._posted: dict[str, dict[str, str]] = {}  # watcher threads: last posted per root
+        self._relevant: tuple[Config, frozenset[str]] | None = None
 
     @property
     def wanted(self) -> bool:
@@ -141,14 +145,51 @@ class RoleConfig:
     def start(self) -> None:
         """Make the private directory and start one watcher per root."""
         self.directory = tempfile.mkdtemp(prefix="etcdvisor-config-")
+        self._watch()
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new items are read at once (fresh watchers post every
+        relevant key; the old ones are stopped off the loop)."""
+        old_items = _items(self.config)
+        self.config = config
+        if self.directory is None:
+            if self.wanted:
+                self.start()
+            return
+        self.recompute(report=False)  # roles added by the reload get their values now
+        if _items(config) - old_items:
+            old, self.watchers = self.watchers, []
+            self._posted.clear()
+            self._watch()
+            self.effect("stop the previous config watchers", lambda: [w.stop() for w in old], None)
+
+    def _watch(self) -> None:
         for root in self.layered.roots():
             watcher = PrefixWatcher(self.backend, root, lambda ch, r=root: self._on_change(r, ch),
                                     name=f"config:{root}")
             self.watchers.append(watcher.start(wait=0))
 
     def _on_change(self, root: str, change: Change) -> None:  # watcher thread: only post
-        stored = {key: kv.value.decode("utf-8", errors="replace") for key, kv in change.snapshot.items()}
-        self.post(ConfigSnapshot(root, stored))
+        """Post the keys our roles can read (the roots also hold other clusters'
+        and members' keys), and only when those changed."""
+        relevant = self._relevant_keys()
+        stored = {key: kv.value.decode("utf-8", errors="replace")
+                  for key, kv in change.snapshot.items() if key in relevant}
+        if change.initial or change.resynced or stored != self._posted.get(root):
+            self._posted[root] = stored
+            self.post(ConfigSnapshot(root, stored, change.revision))
+
+    def _relevant_keys(self) -> frozenset[str]:
+        """Every key (any level) of an item some role's ``config`` names."""
+        config = self.config  # replaced whole on reload: read once
+        cached = self._relevant
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        items = _items(config)
+        keys = frozenset(self.layered.key(item, scope) for item in items for scope in self.layered.scopes()
+                         if self.layered.layout.value != "ergo" or "/" not in item)
+        self._relevant = (config, keys)
+        return keys
 
     def close(self) -> None:
         for watcher in self.watchers:
@@ -163,6 +204,9 @@ class RoleConfig:
 
     # --- loop: facts ------------------------------------------------------------------------
     def handle(self, event: ConfigSnapshot) -> None:
+        if event.revision < self.revisions.get(event.root, 0):
+            return  # older than what we have (a watcher replaced by a reload)
+        self.revisions[event.root] = event.revision
         self.stored[event.root] = event.stored
         self.recompute(report=True)
 
@@ -297,6 +341,10 @@ class RoleConfig:
             del self.files[name]
             self.frozen.pop(name, None)
             self.effect(f"remove config file of {name}", lambda p=path: _unlink(p), None)
+
+
+def _items(config: Config) -> set[str]:
+    return {spec.item for role in config.roles.values() for spec in role.config.values()}
 
 
 def _typed(value: Any) -> str:

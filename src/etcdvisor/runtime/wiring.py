@@ -40,10 +40,8 @@ class SeedWiring:
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new role keys apply to runners started from now on."""
-        self.config.config = self.registration.config = config
-        self.config.recompute(report=False)  # values of roles added by the reload
-        if self.config.wanted and not self.config.watchers:
-            self.config.start()
+        self.registration.config = config
+        self.config.reconfigure(config)
         self.registration.start()  # watches services not watched yet
         self.registration.refresh(self.reconciler.children)
 
