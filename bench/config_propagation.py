@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _supervisors import BenchFleet  # noqa: E402
+from _supervisors import BenchFleet
 
-from etcdvisor.runtime.role_config import layered_config  # noqa: E402
+from etcdvisor.runtime.role_config import layered_config
 
 CHILD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "seed_child.py"
 
 
 def percentile(values, q):
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -49,7 +49,7 @@ def main() -> int:
         cfg = layered_config(fleet.backend, fleet.cluster, None, "etcdvisor")
         deadline = time.monotonic() + 60
         while len({r["pid"] for r in fleet.records() if r["event"] == "start"
-                   if r["index"] is not None and r["env"] and True}) < args.members:
+                   if r["index"] is not None}) < args.members:
             if time.monotonic() > deadline:
                 print("children did not start", file=sys.stderr)
                 return 1
