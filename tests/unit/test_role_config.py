@@ -4,6 +4,7 @@ change does to running children."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from etcdvisor.config import load
+from etcdvisor.config import RestartPolicy, RoleType, load
 from etcdvisor.coord import open_backend
 from etcdvisor.runtime.role_config import CONFIG_FILE_ENV, ConfigSnapshot, RoleConfig
 
@@ -198,3 +199,13 @@ def test_watchers_post_only_the_keys_roles_read_and_only_on_change(setup):
     s.wiring.handle(posted[-1])
     s.wiring.handle(posted[0])  # a late, older snapshot (a retired watcher) is ignored
     assert s.wiring.values["api"]["PORT"] == 2
+
+
+def test_a_one_shot_run_is_not_cut_short_by_a_restart_entry(setup, tmp_path):
+    s = setup
+    role = dataclasses.replace(s.role, type=RoleType.JOB, restart=RestartPolicy.ON_FAILURE)
+    snapshot(s, port="int:8080")
+    first = s.wiring.child_env(role, "job-run", {})
+    snapshot(s, port="int:9090")
+    assert s.wiring.child_env(role, "job-run", {})["PORT"] == first["PORT"] == "8080"  # same spec
+    assert s.wiring.child_env(role, "next-run", {})["PORT"] == "9090"  # later runs get the new value

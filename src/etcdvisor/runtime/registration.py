@@ -35,7 +35,7 @@ from ..coord.keys import ClusterKeys
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SpawnFailed, Started, Stopped
 from ..recipes.registry import Registry, ServiceInfo, _instances
-from .role_config import write_atomically
+from .role_config import restartable, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
@@ -179,7 +179,7 @@ class Registration:
                 continue
             if on_change.action is ChangeAction.SIGNAL and slot.signal(on_change.signal):
                 log.info("%s: peers of %s changed; sent %s", slot.name, service, on_change.signal.name)
-            elif on_change.action is ChangeAction.RESTART:
+            elif on_change.action is ChangeAction.RESTART and restartable(role):
                 log.info("%s: peers of %s changed; restarting", slot.name, service)
                 slot.child.stop(self.clock())  # the slot starts it again (same spec)
 

@@ -7,7 +7,9 @@ runs on the decision loop and is pure bookkeeping plus effects:
 * :meth:`RoleConfig.child_env` -- the variables a child is started with:
   ``ETCDVISOR_CONFIG_FILE`` and one per ``config:`` entry. Entries with
   ``on_change: restart`` carry the current value, so a change makes the spec
-  differ and the slot restarts the child with its role's usual stop rules.
+  differ and the slot restarts the child with its role's usual stop rules
+  (sharded and singleton roles; a one-shot run of a cron, job or topic role
+  is not cut short: the new value applies to the runs started later).
   Other entries keep the value the child was started with (a change must not
   restart it); they are refreshed whenever the spec changes for another reason.
 * :meth:`RoleConfig.gate` -- a child starts (or restarts) only once its file
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config, RoleSpec
-from ..config.model import ChangeAction
+from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.keys import ROOT
 from ..coord.watcher import Change, PrefixWatcher
@@ -249,9 +251,10 @@ class RoleConfig:
         if not role.config or self.directory is None:
             return {}
         values = self.values.get(role.name, {env: spec.default for env, spec in role.config.items()})
+        restarts = restartable(role)
         restart_part = (tuple(sorted(extra_env.items())),
                         tuple((env, _typed(values.get(env))) for env, spec in role.config.items()
-                              if spec.on_change.action is ChangeAction.RESTART))
+                              if restarts and spec.on_change.action is ChangeAction.RESTART))
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
             texts = {env: env_text(v) for env, v in values.items() if v is not None}
@@ -263,7 +266,7 @@ class RoleConfig:
         env = {CONFIG_FILE_ENV: self.file_path(name)}
         for env_name, spec in role.config.items():
             value = values.get(env_name)
-            if spec.on_change.action is ChangeAction.RESTART:
+            if restarts and spec.on_change.action is ChangeAction.RESTART:
                 text = env_text(value) if value is not None else None
                 if text is not None:
                     env[env_name] = text
@@ -306,9 +309,10 @@ class RoleConfig:
             if role is None:
                 continue
             actions = {role.config[e].on_change for e in envs if e in role.config}
-            if any(a.action is ChangeAction.RESTART for a in actions):
+            if restartable(role) and any(a.action is ChangeAction.RESTART for a in actions):
                 log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)))
                 continue  # the spec changed: the slot restarts the child once its file is written
+            # one-shot runs: a restart entry is only a file rewrite for the running ones
             signals = sorted({a.signal for a in actions if a.signal is not None})
             for runner, _key, slot in children:
                 if runner.name == role_name and slot.child is not None and slot.child.alive:
@@ -341,6 +345,12 @@ class RoleConfig:
             del self.files[name]
             self.frozen.pop(name, None)
             self.effect(f"remove config file of {name}", lambda p=path: _unlink(p), None)
+
+
+def restartable(role: RoleSpec) -> bool:
+    """Long-running roles restart on a change; a one-shot run (cron, job,
+    topic) is not cut short: the change applies to the runs started later."""
+    return role.type in (RoleType.SHARDED, RoleType.SINGLETON)
 
 
 def _items(config: Config) -> set[str]:
