@@ -68,6 +68,12 @@ def with_(role, **keys):
      "roles.api.register.port", ""),
     ({"api": with_(API, register={"service": "api", "port": 80, "address": "{hostname}:{port}"})},
      "roles.api.register.address", "unknown placeholder {hostname}"),
+    ({"api": with_(API, register={"service": "api", "port": 80, "address": "{host:d}:{port}"})},
+     "roles.api.register.address", "write placeholders plainly"),
+    ({"api": with_(API, register={"service": "api", "port": 80, "address": "{host!r}"})},
+     "roles.api.register.address", "write placeholders plainly"),
+    ({"api": with_(API, register={"service": "api", "port": 80, "address": "{port"})},
+     "roles.api.register.address", "is not a valid template"),
     ({"api": with_(API, register={"service": "api", "port": 80, "meta": {"a": "{zone}"}})},
      "roles.api.register.meta.a", "unknown placeholder {zone}"),
     ({"api": API, "api2": with_(API, register={"service": "api", "port": 8005})},
@@ -111,3 +117,10 @@ def test_ergo_items_cannot_contain_a_slash(tmp_path):
     (error,) = problems(tmp_path, {"api": role}, config_layout="ergo")
     assert "roles.api.config.X.item: 'a/b': items of config_layout ergo cannot contain '/'" in error
     assert load(write(tmp_path, {"api": role})).role("api").config["X"].item == "a/b"  # fine in etcdvisor
+
+
+def test_yaml_dates_as_defaults_become_text(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster: c\netcd: {endpoints: 'memory://x'}\nroles:\n  api:\n    type: singleton\n"
+                    "    command: ['true']\n    config:\n      SINCE: {item: since, default: 2024-01-02}\n")
+    assert load(path).role("api").config["SINCE"].default == "2024-01-02"

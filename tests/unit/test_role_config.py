@@ -209,3 +209,11 @@ def test_a_one_shot_run_is_not_cut_short_by_a_restart_entry(setup, tmp_path):
     snapshot(s, port="int:9090")
     assert s.wiring.child_env(role, "job-run", {})["PORT"] == first["PORT"] == "8080"  # same spec
     assert s.wiring.child_env(role, "next-run", {})["PORT"] == "9090"  # later runs get the new value
+
+
+def test_yaml_values_that_are_not_json_do_not_break_the_loop(setup):
+    import datetime
+
+    from etcdvisor.runtime.role_config import env_text
+
+    assert env_text({"when": datetime.date(2024, 1, 2)}) == '{"when":"2024-01-02"}'

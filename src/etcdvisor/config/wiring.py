@@ -15,6 +15,7 @@ another fleet), returned as one line each.
 
 from __future__ import annotations
 
+import json
 import re
 import string
 
@@ -54,10 +55,12 @@ def parse_on_change(text, default: ChangeAction) -> OnChange:
 def placeholder_problem(text: str) -> str | None:
     """Why ``text`` is not a valid template, or None."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
         return f"{text!r} is not a valid template ({exc})"
-    for name in fields:
+    for name, spec, conversion in fields:
+        if spec or conversion:
+            return f"{text!r}: write placeholders plainly, as {{{name}}} (no format spec or conversion)"
         if name not in PLACEHOLDERS:
             return (f"unknown placeholder {{{name}}} in {text!r} "
                     f"(use {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
@@ -89,8 +92,9 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if "\0" in entry["item"]:
             problems.add(where + ("item",), "contains a NUL byte")
             continue
-        items[env] = ConfigItem(env=env, item=entry["item"], default=entry.get("default"),
-                                on_change=on_change)
+        # YAML dates and times become their text: the value must be JSON (file, env)
+        default = json.loads(json.dumps(entry.get("default"), default=str, allow_nan=True))
+        items[env] = ConfigItem(env=env, item=entry["item"], default=default, on_change=on_change)
     return _frozen_map(items)
 
 

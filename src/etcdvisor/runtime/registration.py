@@ -116,7 +116,11 @@ class Registration:
                 role = self.config.roles.get(runner.name) if runner else None
                 if role is None or role.register is None or slot.child is None:
                     continue
-                info = self.instance(role, slot.child.spec)
+                try:
+                    info = self.instance(role, slot.child.spec)
+                except (ValueError, KeyError, IndexError) as exc:  # validated; never crash the loop
+                    log.error("role %s: cannot register: %s", role.name, exc)
+                    continue
                 self.registered[event.slot] = (role.name, info)
                 self._put(info)
             elif isinstance(event, (Stopped, Exited, Failed, SpawnFailed)) and event.slot in self.registered:

@@ -87,7 +87,7 @@ def env_text(value: Any) -> str | None:
     elif isinstance(value, str):
         text = value
     else:
-        text = json.dumps(value, separators=(",", ":"))
+        text = json.dumps(value, separators=(",", ":"), default=str)  # YAML dates: their ISO text
     if "\0" in text or len(text.encode("utf-8", errors="replace")) > ENV_VALUE_LIMIT:
         return None
     return text
