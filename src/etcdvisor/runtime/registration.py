@@ -1,4 +1,4 @@
-"""Role ``register:`` and ``peers:``, and the effect worker of the seed wiring.
+"""Role ``register:`` and ``peers:`` of a member.
 
 ``register:`` -- when a child of the role has started (its slot reported
 ``Started``), the instance is put in the cluster's registry

@@ -6,7 +6,8 @@ process manager exist; ``handle(event)`` for every event it ``owns``;
 ``before_reconcile()`` once per turn after the events; ``gate(runner,
 desired)`` on each runner's desired children; ``after_tick(events)`` with
 the slot events of each tick; ``on_new_lease()``; ``status(role)``;
-``close()`` at the end. Edge threads (watchers, the effect worker) only post.
+``close()`` at the end. Edge threads (watchers) only post; file and registry
+writes are effects on the loop's EffectRunner (lane ``(wiring)``, in order).
 """
 
 from __future__ import annotations
