@@ -322,3 +322,7 @@ def add_operator_verbs(subparsers) -> None:
     from .cli_config import add_config_verb
 
     add_config_verb(subparsers, common)
+
+    from .cli_services import add_services_verb
+
+    add_services_verb(subparsers, common)

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction
 from ..coord.base import Backend
-from ..coord.keys import ClusterKeys
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SpawnFailed, Started, Stopped
 from ..recipes.registry import Registry, ServiceInfo, _instances
@@ -39,13 +38,11 @@ from .role_config import restartable, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
-REGISTRY_NAMESPACE = "services"
-
-
-def cluster_registry(backend: Backend, cluster: str, ttl: int = 15) -> Registry:
-    """Where a cluster's ``register:`` instances live:
-    ``/etcdvisor/<cluster>/services/<service>/instances/<id>``."""
-    return Registry(backend, namespace=REGISTRY_NAMESPACE, prefix=ClusterKeys(cluster).base.rstrip("/"), ttl=ttl)
+def cluster_registry(backend: Backend, cluster: str) -> Registry:
+    """Where a cluster's ``register:`` instances live (what ``supervisor
+    services`` reads): ``/etcdvisor/<cluster>/services/<service>/instances/<id>``.
+    Only its key layout and watch are used: the writes go through effects."""
+    return Registry.for_cluster(backend, cluster)
 
 
 @dataclass(frozen=True)
