@@ -201,6 +201,8 @@ def test_register_and_peers_follow_children(fleet):
     assert shown == {"service": "api", "id": inst["id"], "address": inst["address"], "port": 8000}
     text = cli("status", "-c", str(config)).stdout.decode()
     assert f"registered: api {inst['id']} at {inst['address']}" in text
+    listed = cli("services", "api", "--json", "-c", str(config))
+    assert listed.returncode == 0 and [i["id"] for i in json.loads(listed.stdout)] == [inst["id"]]
 
     m1 = fleet.start("m1", config)  # scale up
     wait_for(lambda: sorted(i["port"] for i in instances(fleet, "api")) == [8000, 8001], 30, "2 instances")
