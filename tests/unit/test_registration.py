@@ -127,3 +127,32 @@ def test_peers_file_then_action(make, tmp_path, on_change, signals, stops):
     assert slot.signals == signals and len(slot.child.stops) == stops
     s.reg.handle(peers_event("a", "b"), lambda: children)  # same list: nothing
     assert s.effects.queued == []
+
+
+def test_a_failed_registry_write_is_retried(make):
+    s = make()
+    now = [100.0]
+    s.reg.clock = lambda: now[0]
+    slot = api_slot()
+    children = [(SimpleNamespace(name="api"), "api", slot)]
+    s.reg.on_slot_events([Started("api/api", 123)], children)
+    real_put = s.backend.put
+    s.backend.put = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("etcd hiccup"))
+    s.effects.run()
+    assert s.reg.next_deadline() == 101.0
+    s.reg.retry_due(100.5)
+    assert s.effects.queued == []  # not yet
+    s.backend.put = real_put
+    now[0] = 101.0
+    s.reg.retry_due(101.0)
+    s.effects.run()
+    assert [i.id for i in cluster_registry(s.backend, "c").discover("api")] == ["m0.api.2"]
+    assert s.reg.next_deadline() is None
+    real_delete = s.backend.delete
+    s.backend.delete = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("etcd hiccup"))
+    s.reg.on_slot_events([Stopped("api/api", 0)], children)
+    s.effects.run()
+    s.backend.delete = real_delete
+    s.reg.retry_due(102.0)
+    s.effects.run()
+    assert cluster_registry(s.backend, "c").discover("api") == []

@@ -38,6 +38,8 @@ from .role_config import restartable, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
+RETRY_DELAY = 1.0  # seconds before a failed registry write is tried again
+
 def cluster_registry(backend: Backend, cluster: str) -> Registry:
     """Where a cluster's ``register:`` instances live (what ``supervisor
     services`` reads): ``/etcdvisor/<cluster>/services/<service>/instances/<id>``.
@@ -68,6 +70,7 @@ class Registration:
         self.registered: dict[str, tuple[str, ServiceInfo]] = {}  # slot name -> (role, info)
         self.peers: dict[str, tuple[ServiceInfo, ...]] = {}  # service -> instances
         self.written: dict[str, bytes] = {}  # peers file path -> content
+        self.retries: dict[tuple[str, str], tuple[float, ServiceInfo]] = {}  # (op, id) -> (when, what)
         self.watchers: dict[str, PrefixWatcher] = {}
 
     # --- edge ----------------------------------------------------------------------------
@@ -122,13 +125,41 @@ class Registration:
                 self._put(info)
             elif isinstance(event, (Stopped, Exited, Failed, SpawnFailed)) and event.slot in self.registered:
                 _role, info = self.registered.pop(event.slot)
-                key = self.registry.instance_key(info.name, info.id)
-                self.effect(f"deregister {info.id}", lambda k=key: self.backend.delete(k), None)
+                self._delete(info)
 
     def _put(self, info: ServiceInfo) -> None:
         key, lease = self.registry.instance_key(info.name, info.id), self.session.lease_id
-        self.effect(f"register {info.id}",
-                    lambda: self.backend.put(key, info.to_json(), lease=lease), None)
+
+        def done(_result, error: BaseException | None) -> None:
+            self.retries.pop(("put", info.id), None)
+            if error is not None and any(i is info for _r, i in self.registered.values()):
+                log.warning("registering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
+                self.retries[("put", info.id)] = (self.clock() + RETRY_DELAY, info)
+
+        self.effect(f"register {info.id}", lambda: self.backend.put(key, info.to_json(), lease=lease), done)
+
+    def _delete(self, info: ServiceInfo) -> None:
+        key = self.registry.instance_key(info.name, info.id)
+        self.retries.pop(("put", info.id), None)
+
+        def done(_result, error: BaseException | None) -> None:
+            registered_again = any(i.id == info.id for _r, i in self.registered.values())
+            if error is not None and not registered_again:  # else the lease takes it at the latest
+                log.warning("deregistering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
+                self.retries[("delete", info.id)] = (self.clock() + RETRY_DELAY, info)
+
+        self.effect(f"deregister {info.id}", lambda: self.backend.delete(key), done)
+
+    def retry_due(self, now: float) -> None:
+        """Write again what failed (an etcd hiccup must not leave an instance
+        missing, or a stopped child's instance listed, until the next start)."""
+        for (op, instance_id), (at, info) in list(self.retries.items()):
+            if at <= now:
+                del self.retries[(op, instance_id)]
+                (self._put if op == "put" else self._delete)(info)
+
+    def next_deadline(self) -> float | None:
+        return min((at for at, _info in self.retries.values()), default=None)
 
     def on_new_lease(self) -> None:
         """The old lease is gone and took our instances with it."""

@@ -237,7 +237,8 @@ class Supervisor:
         self.roster.flush_effects()
 
     def _next_deadline(self) -> float | None:
-        deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline()]
+        deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
+                     self.wiring.next_deadline() if self.wiring is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -335,7 +336,7 @@ class Supervisor:
         self.roster.settle()
         wiring = self.wiring  # None: a loop built without start() (tests)
         if wiring is not None:
-            wiring.before_reconcile()
+            wiring.before_reconcile(now)
         for _ in range(2):  # once more when children exited: a run may free room for another
             for runner in self.roster.all():
                 allowed = runner in self.runners.values() and self.gate.allows(runner.name)

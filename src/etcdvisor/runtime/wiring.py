@@ -3,7 +3,8 @@
 
 Loop contract (all on the loop thread): ``start()`` after the session and the
 process manager exist; ``handle(event)`` for every event it ``owns``;
-``before_reconcile()`` once per turn after the events; ``gate(runner,
+``before_reconcile(now)`` once per turn after the events (``next_deadline()``
+says when a turn is due without events); ``gate(runner,
 desired)`` on each runner's desired children; ``after_tick(events)`` with
 the slot events of each tick; ``on_new_lease()``; ``status(role)``;
 ``close()`` at the end. Edge threads (watchers) only post; file and registry
@@ -59,8 +60,13 @@ class SeedWiring:
     def child_env(self, role, name, extra_env) -> dict[str, str]:
         return self.config.child_env(role, name, extra_env)
 
-    def before_reconcile(self) -> None:
+    def before_reconcile(self, now: float) -> None:
+        self.registration.retry_due(now)
         self.config.flush(self.reconciler.children())
+
+    def next_deadline(self) -> float | None:
+        """When a failed registry write is due again (None: no timer)."""
+        return self.registration.next_deadline()
 
     def gate(self, runner, desired: dict) -> dict:
         role = runner.spec
