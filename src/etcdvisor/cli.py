@@ -46,6 +46,8 @@ def cmd_validate(args) -> int:
             print(unexpected_problem(path, exc), file=sys.stderr)
             status = EXIT_USAGE
             continue
+        for line in config.warnings:
+            print(line, file=sys.stderr)
         roles = ", ".join(f"{r.name} ({r.type.value})" for r in config.roles.values()) or "no roles"
         print(f"{path}: ok: cluster {config.cluster}, {roles}")
     return status

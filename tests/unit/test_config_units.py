@@ -66,8 +66,10 @@ def test_parse_signal(text, name):
 
 @pytest.mark.parametrize("text", ["STOP", "15", 15, "", "SIG", "TERM2", "\u017figterm", None])
 def test_parse_signal_rejects(text):
-    with pytest.raises(ValueError, match="is not a stop signal"):
+    with pytest.raises(ValueError, match="is not a known signal"):
         parse_signal(text)
+    with pytest.raises(ValueError, match="is not a stop signal"):
+        parse_signal(text, "stop signal")
 
 
 @pytest.mark.parametrize("text, normalized, period", [

@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("roles",),
     ("runtime",),
     ("status",),
-    ("cli_ops", "cli_services"),
+    ("cli_ops", "cli_services", "cli_config"),
     ("cli",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

@@ -17,6 +17,7 @@ from .errors import Problems
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
+from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 ROLE_NAME_MAX = 63
@@ -95,6 +96,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
+    fields.update(wiring_fields(check.raw, check.path, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:
@@ -135,7 +137,7 @@ def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
 
 def _stop_signal(check: _RoleChecker) -> signal.Signals:
     try:
-        return parse_signal(check.raw.get("stop_signal", "TERM"))
+        return parse_signal(check.raw.get("stop_signal", "TERM"), "stop signal")
     except ValueError as exc:
         check.fail("stop_signal", str(exc))
         return signal.SIGTERM

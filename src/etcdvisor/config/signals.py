@@ -1,5 +1,5 @@
-"""The one grammar of signal names (``stop_signal``), shared by ``validate``,
-``run`` and reload.
+"""The one grammar of signal names (``stop_signal``, ``on_change: signal:NAME``),
+shared by ``validate``, ``run`` and reload.
 
 A signal is written by name, with or without the ``SIG`` prefix, in any case
 (``TERM``, ``SIGTERM``, ``sigterm``); surrounding whitespace is ignored. Only the
@@ -17,13 +17,14 @@ STOP_SIGNALS: dict[str, signal.Signals] = {
 }
 
 
-def parse_signal(value) -> signal.Signals:
-    """Return the stop signal named by ``value``; ``ValueError`` with a one-line reason otherwise."""
+def parse_signal(value, what: str = "known signal") -> signal.Signals:
+    """Return the signal named by ``value``; ``ValueError`` with a one-line reason
+    otherwise (``'X' is not a <what> (one of: ...)``)."""
     if isinstance(value, str) and value.isascii():  # "ſigterm".upper() == "SIGTERM"
         name = value.strip().upper()
         name = name[3:] if name.startswith("SIG") else name
         if name in STOP_SIGNALS:
             return STOP_SIGNALS[name]
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    raise ValueError(f"{shown} is not a stop signal (one of: {', '.join(STOP_SIGNALS)}; "
+    raise ValueError(f"{shown} is not a {what} (one of: {', '.join(STOP_SIGNALS)}; "
                      "the SIG prefix is optional)")
