@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import psutil
 import yaml
+from _etcd_metrics import delta, scrape
+from _report import emit
 
 from etcdvisor.process.watchdog import find_helper
 from etcdvisor.testing import EtcdServer, wait_for
@@ -140,60 +143,115 @@ def settled(fleet: Fleet, members: set[str], timeout: float) -> float:
     return wait_for(check, timeout, f"{count} members settled")
 
 
-def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int) -> dict:
+def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int,
+                  leaves: int = 5) -> dict:
+    """Clean leaves one after the other (N -> N-leaves), then one crash; etcd's
+    load in a quiet window and per membership change (from its /metrics)."""
     fleet = Fleet(workdir, etcd_url, "reshard")
     try:
         config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
         ids = {f"m{i}" for i in range(members)}
-        for member_id in sorted(ids):
+        began = time.monotonic()
+        for member_id in sorted(ids, key=lambda m: int(m[1:])):
             fleet.start(member_id, config)
-        settled(fleet, ids, timeout=90)
-        time.sleep(settle + 0.5)
+        settled(fleet, ids, timeout=90 + 3 * members)
+        join_seconds = time.monotonic() - began
+        time.sleep(settle + 1.5)
+        quiet = _quiet_load(etcd_url, seconds=10.0)
 
-        leaving = fleet.procs["m3"]
-        sent = time.time()
-        leaving.send_signal(signal.SIGTERM)
-        leaving.wait(30)
-        exited = time.time()
-        ids.discard("m3")
-        leave_done = settled(fleet, ids, timeout=30)
+        leave_times, signal_times, changes = [], [], []
+        victims = [f"m{i}" for i in range(members - 1, 0, -max(1, members // (leaves + 1)))][:leaves]
+        for victim in victims:
+            before, t0 = scrape(etcd_url), time.monotonic()
+            sent = time.time()
+            fleet.procs[victim].send_signal(signal.SIGTERM)
+            fleet.procs[victim].wait(30)
+            exited = time.time()
+            ids.discard(victim)
+            done = settled(fleet, ids, timeout=30)
+            leave_times.append(done - exited)
+            signal_times.append(done - sent)
+            time.sleep(settle + 1.0)  # the tail of the change (late watch events, claims)
+            change = delta(before, scrape(etcd_url))
+            window = time.monotonic() - t0
+            change["window_s"] = window
+            change["requests_minus_quiet"] = change["requests"] - quiet["requests_per_s"] * window
+            change["watch_events_minus_quiet"] = change["watch_events"] - quiet["watch_events_per_s"] * window
+            changes.append(change)
 
-        fleet.start("m3b", config)  # back to `members` before the crash
-        ids.add("m3b")
-        settled(fleet, ids, timeout=60)
-        time.sleep(settle + 0.5)
         killed = time.time()
-        fleet.procs["m5"].kill()
-        fleet.procs["m5"].wait()
-        ids.discard("m5")
-        crash_done = settled(fleet, ids, timeout=ttl + 30)
-        return {"leave_from_exit": leave_done - exited, "leave_from_signal": leave_done - sent,
-                "crash": crash_done - killed, "remaining": len(ids)}
+        crash_victim = sorted(ids)[len(ids) // 2]
+        fleet.procs[crash_victim].kill()
+        fleet.procs[crash_victim].wait()
+        ids.discard(crash_victim)
+        crash_done = settled(fleet, ids, timeout=ttl + 30 + members)
+        return {"members": members, "join_all_s": join_seconds, "leaves": len(leave_times),
+                "leave_from_exit": leave_times, "leave_from_signal": signal_times,
+                "leave_minus_settle_p99": percentile([t - settle for t in leave_times], 0.99),
+                "crash": crash_done - killed, "remaining": len(ids), "quiet_load": quiet,
+                "per_leave": {"requests": statistics.median(c["requests_minus_quiet"] for c in changes),
+                              "watch_events": statistics.median(c["watch_events_minus_quiet"] for c in changes),
+                              "revisions": statistics.median(c["revisions"] for c in changes),
+                              "detail": changes}}
     finally:
         fleet.close()
 
 
+def _quiet_load(etcd_url: str, seconds: float) -> dict:
+    """etcd's request, watch-event and revision rates while nothing changes."""
+    before, t0 = scrape(etcd_url), time.monotonic()
+    time.sleep(seconds)
+    change = delta(before, scrape(etcd_url))
+    wall = time.monotonic() - t0
+    return {"seconds": wall, "requests_per_s": change["requests"] / wall,
+            "watch_events_per_s": change["watch_events"] / wall,
+            "revisions_per_s": change["revisions"] / wall, "keepalives_per_s": change["keepalives"] / wall,
+            "watchers": change["watchers"], "watch_streams": change["watch_streams"],
+            "by_method_per_s": {m: v / wall for m, v in change["by_method"].items()}}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (of 5 values, p99 is the maximum)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
 # --- 2. singleton failover -------------------------------------------------------------
 
-def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int) -> list[float]:
-    fleet = Fleet(workdir, etcd_url, "failover")
+def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int, how: str) -> list[dict]:
+    """The leader's supervisor is SIGKILLed (``how="kill"``) or stopped with
+    SIGTERM (``how="term"``); per repetition: kill/signal -> the new leader's
+    child started, and (SIGTERM) the old child's last record (written as it
+    exits, so just before it is reaped) -> the new child started."""
+    fleet = Fleet(workdir, etcd_url, f"failover-{how}")
     try:
         config = fleet.config({"lead": fleet.worker_role("singleton")}, ttl)
         for i in range(3):
             fleet.start(f"s{i}", config)
-        times, token, spare = [], 0, 3
+        runs, token, spare = [], 0, 3
         for _ in range(repetitions):
-            leader = wait_for(lambda: _leader(fleet, token), 60, "a leader child")
+            leader = wait_for(lambda above=token: _leader(fleet, above), 60, "a leader child")
             token = int(leader["leader_token"])
             time.sleep(1.5)  # let the followers' campaigns settle behind the leader
-            killed = time.time()
-            fleet.procs[leader["member_id"]].kill()
-            fleet.procs[leader["member_id"]].wait()
-            successor = wait_for(lambda: _leader(fleet, token), ttl + 30, "a new leader child")
-            times.append(successor["t"] - killed)
+            proc = fleet.procs[leader["member_id"]]
+            signalled = time.time()
+            if how == "kill":
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            successor = wait_for(lambda above=token: _leader(fleet, above), ttl + 30, "a new leader child")
+            run = {"from_signal": successor["t"] - signalled}
+            if how == "term":
+                stops = [r["t"] for r in read_records(fleet.record)
+                         if r["event"] == "stop" and r["pid"] == leader["pid"]]
+                run["from_old_child_exit"] = successor["t"] - stops[0] if stops else float("nan")
+            runs.append(run)
             fleet.start(f"s{spare}", config)  # keep three candidates
             spare += 1
-        return times
+        return runs
     finally:
         fleet.close()
 
@@ -293,58 +351,99 @@ def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[d
 
 # --- report --------------------------------------------------------------------------------
 
+def report_reshard(res: dict, args) -> None:
+    settle = args.settle
+    print(f"\n[1] reshard latency, {args.members} members, sharded role "
+          f"(settle {settle}s, ttl {args.ttl}s, stop_timeout 0.5s); all joined in {res['join_all_s']:.1f}s")
+    print(f"  {res['leaves']} clean leaves (SIGTERM) -> the others run the new COUNT, after the "
+          f"supervisor exited: {', '.join(f'{t:.2f}' for t in res['leave_from_exit'])}s; "
+          f"minus settle, p99 {res['leave_minus_settle_p99']:.2f}s (target <= 0.5s)")
+    print(f"  crash (SIGKILL)       -> {res['remaining']} members run the new COUNT: "
+          f"{res['crash']:.2f}s after the kill; minus ttl+settle: {res['crash'] - args.ttl - settle:.2f}s")
+    quiet, leave = res["quiet_load"], res["per_leave"]
+    print(f"  etcd load, quiet: {quiet['requests_per_s']:.1f} requests/s "
+          f"({quiet['requests_per_s'] / args.members:.2f} per member), "
+          f"{quiet['keepalives_per_s']:.1f} keepalives/s, {quiet['watch_events_per_s']:.1f} watch events/s, "
+          f"{quiet['revisions_per_s']:.2f} revisions/s, {quiet['watchers']:.0f} watchers on "
+          f"{quiet['watch_streams']:.0f} streams")
+    print(f"  etcd load per clean leave (median, quiet rate subtracted): {leave['requests']:.0f} requests, "
+          f"{leave['watch_events']:.0f} watch events sent, {leave['revisions']:.0f} revisions")
+
+
+def report_failover(runs: list[dict], how: str, ttl: int) -> None:
+    times = [r["from_signal"] for r in runs]
+    label = "SIGKILLed" if how == "kill" else "stopped with SIGTERM"
+    print(f"\n[2{'a' if how == 'kill' else 'b'}] singleton failover, 3 members, leader's supervisor {label} "
+          f"(ttl {ttl}s), signal -> new leader's child started, {len(times)} runs")
+    print(f"  min {min(times):.2f}s  median {statistics.median(times):.2f}s  max {max(times):.2f}s  "
+          f"all: {', '.join(f'{t:.2f}' for t in times)}")
+    if how == "term":
+        handoff = [r["from_old_child_exit"] for r in runs]
+        print(f"  hand-off: old child exited -> new child started: max {max(handoff) * 1000:.0f} ms "
+              f"(target <= 200 ms), all: {', '.join(f'{t * 1000:.0f}' for t in handoff)} ms")
+
+
+def report_idle(rows: list[dict], seconds: float) -> None:
+    print(f"\n[3] idle cost over {seconds:.0f}s, 5 idle children ({' '.join(IDLE_CHILD)}) "
+          f"each, same window (ttl {IDLE_TTL}s; keepalives about every second)")
+    print(f"  {'process':<24}{'RSS MiB':>9}{'USS MiB':>9}{'CPU %':>8}")
+    for row in rows:
+        print(f"  {row['label']:<24}{row['rss_mib']:>9.1f}{row['uss_mib']:>9.1f}{row['cpu_pct']:>8.2f}")
+    total = rows[0]["rss_mib"] + rows[1]["rss_mib"]
+    print(f"  etcdvisor total (supervisor + watchdog): RSS {total:.1f} MiB "
+          f"({total / rows[2]['rss_mib']:.2f}x supervisord), CPU {rows[0]['cpu_pct'] + rows[1]['cpu_pct']:.2f}%")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--leaves", type=int, default=5, help="clean leaves in a row (p99 over them)")
     parser.add_argument("--settle", type=float, default=0.5)
     parser.add_argument("--ttl", type=int, default=4,
                         help="member.ttl (4 is the smallest the slack rule accepts with stop_timeout 0.5s)")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
-    parser.add_argument("--skip", action="append", default=[], choices=["reshard", "failover", "idle"])
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["reshard", "failover", "handoff", "idle"])
     args = parser.parse_args(argv)
+    if args.members < args.leaves + 2:
+        parser.error("--members must be at least --leaves + 2")
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="etcdvisor-bench-"))
     etcd = EtcdServer(name="bench-etcd").start()
     print(f"etcdvisor supervisor benchmark: {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}, etcd at {etcd.url}")
+    figures: dict = {"load_at_start": list(os.getloadavg()), "settle_s": args.settle, "ttl_s": args.ttl}
     try:
         if "reshard" not in args.skip:
-            res = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl)
-            print(f"\n[1] reshard latency, {args.members} members, sharded role "
-                  f"(settle {args.settle}s, ttl {args.ttl}s, stop_timeout 0.5s)")
-            print(f"  clean leave (SIGTERM) -> {args.members - 1} members run the new COUNT: "
-                  f"{res['leave_from_exit']:.2f}s after the supervisor exited "
-                  f"({res['leave_from_signal']:.2f}s after SIGTERM); minus settle: "
-                  f"{res['leave_from_exit'] - args.settle:.2f}s")
-            print(f"  crash (SIGKILL)       -> {res['remaining']} members run the new COUNT: "
-                  f"{res['crash']:.2f}s after the kill; minus ttl+settle: "
-                  f"{res['crash'] - args.ttl - args.settle:.2f}s")
-        if "failover" not in args.skip:
-            times = bench_failover(workdir, etcd.url, args.ttl, args.failovers)
-            print(f"\n[2] singleton failover, 3 members, leader's supervisor SIGKILLed (ttl {args.ttl}s), "
-                  f"kill -> new leader's child started, {len(times)} runs")
-            print(f"  min {min(times):.2f}s  median {statistics.median(times):.2f}s  "
-                  f"max {max(times):.2f}s  (minus ttl: median {statistics.median(times) - args.ttl:.2f}s)"
-                  f"  all: {', '.join(f'{t:.2f}' for t in times)}")
+            figures["reshard"] = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl,
+                                               args.leaves)
+            report_reshard(figures["reshard"], args)
+        for how, skip in (("kill", "failover"), ("term", "handoff")):
+            if skip not in args.skip:
+                runs = bench_failover(workdir, etcd.url, args.ttl, args.failovers, how)
+                figures["failover_" + how] = runs
+                report_failover(runs, how, args.ttl)
         if "idle" not in args.skip:
             rows = bench_idle(workdir, etcd, args.idle_seconds)
-            print(f"\n[3] idle cost over {args.idle_seconds:.0f}s, 5 idle children ({' '.join(IDLE_CHILD)}) "
-                  f"each, same window (ttl {IDLE_TTL}s; keepalives about every second)")
-            print(f"  {'process':<24}{'RSS MiB':>9}{'USS MiB':>9}{'CPU %':>8}")
-            for row in rows:
-                print(f"  {row['label']:<24}{row['rss_mib']:>9.1f}{row['uss_mib']:>9.1f}{row['cpu_pct']:>8.2f}")
-            total = rows[0]["rss_mib"] + rows[1]["rss_mib"]
-            print(f"  etcdvisor total (supervisor + watchdog): RSS {total:.1f} MiB, "
-                  f"CPU {rows[0]['cpu_pct'] + rows[1]['cpu_pct']:.2f}%")
+            figures["idle"] = {"seconds": args.idle_seconds, "rows": rows,
+                               "etcdvisor_rss_mib": rows[0]["rss_mib"] + rows[1]["rss_mib"],
+                               "etcdvisor_cpu_pct": rows[0]["cpu_pct"] + rows[1]["cpu_pct"],
+                               "supervisord_rss_mib": rows[2]["rss_mib"],
+                               "supervisord_cpu_pct": rows[2]["cpu_pct"],
+                               "rss_ratio": (rows[0]["rss_mib"] + rows[1]["rss_mib"]) / rows[2]["rss_mib"]}
+            report_idle(rows, args.idle_seconds)
     except BenchTimeout as exc:
         print(f"\nbenchmark aborted: {exc} (logs in {workdir})")
+        emit("supervisor_bench", {**figures, "error": str(exc)})
         return 1
     finally:
         etcd.cleanup()
     print(f"\ntotal benchmark time {time.monotonic() - started:.0f}s")
     shutil.rmtree(workdir, ignore_errors=True)
+    figures["elapsed_s"] = time.monotonic() - started
+    emit("supervisor_bench", figures)
     return 0
 
 

@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+from _report import emit
+
 from etcdvisor.coord import open_backend
 from etcdvisor.recipes.topic import Topic
 from etcdvisor.testing import EtcdServer
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
     print(f"  published : {result['publish_rate']:8.0f} msgs/s   (sereno README: ~{SERENO_CLAIM:.0f} msgs/s)")
     print(f"  delivered : {result['deliver_rate']:8.0f} msgs/s   ({result['delivered']}/{result['sent']})")
     print(f"  latency   : p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms (publish start -> get)")
+    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": max(8, args.payload),
+                              "reference_msgs_per_s": SERENO_CLAIM, **result})
     return 0 if result["delivered"] == result["sent"] else 1
 
 
