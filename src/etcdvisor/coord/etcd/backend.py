@@ -11,6 +11,7 @@ from ..types import Compare, KeyValue, Lease, Put, RangeResult, TxnResult
 from ..url import BackendSpec, Endpoint
 from ._grpc import (_CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result,
                     short_reason, to_kv, translate)
+from .keepalive import KeepAliveStream
 from .tls import tls_credentials
 from .watch import EtcdWatchStream
 
@@ -32,8 +33,11 @@ class _Connection:
         self.watch = etcdrpc.WatchStub(self.channel)
         self.maintenance = etcdrpc.MaintenanceStub(self.channel)
         self.auth = etcdrpc.AuthStub(self.channel)
+        self.keepalive: KeepAliveStream | None = None  # set by the backend (needs its metadata)
 
     def close(self):
+        if self.keepalive is not None:
+            self.keepalive.close()
         self.channel.close()
 
 
@@ -49,6 +53,8 @@ class EtcdBackend(Backend):
         self._token: str | None = None
         creds, override = tls_credentials(spec)
         self._conns = [_Connection(ep, creds, override) for ep in spec.endpoints]
+        for conn in self._conns:
+            conn.keepalive = KeepAliveStream(conn.lease, self._metadata)
         self._current = 0
         self._streams: set[EtcdWatchStream] = set()
         if connect:
@@ -154,21 +160,12 @@ class EtcdBackend(Backend):
     def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         if self._closed:
             raise Closed("lease keepalive: backend closed")
-        deadline = self.timeout if timeout is None else timeout
         conn = self._conn()
-        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
-        try:
-            responses = conn.lease.LeaseKeepAlive(iter([request]), deadline, metadata=self._metadata())
-            for resp in responses:
-                ttl = resp.TTL
-                responses.cancel()
-                return max(0, ttl)
-        except grpc.RpcError as exc:
-            err = translate(exc, f"lease keepalive {lease_id:x}")
-            if isinstance(err, Unavailable):
-                self._rotate(conn)
-            raise err from None
-        raise Unavailable(f"lease keepalive {lease_id:x}: stream ended without an answer")
+        try:  # on the connection's long-lived stream (see keepalive.py)
+            return conn.keepalive.refresh(lease_id, self.timeout if timeout is None else timeout)
+        except Unavailable:
+            self._rotate(conn)
+            raise
 
     def lease_revoke(self, lease_id: int) -> None:
         try:
