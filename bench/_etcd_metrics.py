@@ -7,6 +7,11 @@ scaling figures need; ``delta(before, after)`` subtracts two scrapes:
   unary calls and every message on a stream: a keepalive request is one),
   also split by method (``by_method``);
 * ``watch_events``: events etcd sent to watchers (``etcd_debugging_mvcc_events_total``);
+* ``watch_responses``: messages etcd sent on Watch streams
+  (``grpc_server_msg_sent_total{grpc_method="Watch"}``: one per batch of events
+  delivered to one watcher, plus creation/cancel confirmations);
+* ``writes``: requests other than keepalives and watch-stream messages
+  (``requests`` minus the LeaseKeepAlive and Watch methods);
 * ``revisions``: growth of ``etcd_debugging_mvcc_current_revision`` (writes);
 * ``keepalives``: leases renewed (``etcd_debugging_lease_renewed_total``).
 """
@@ -38,8 +43,12 @@ def scrape(url: str, timeout: float = 5.0) -> dict:
             out["requests"] += value
             if method and value:
                 out["by_method"][method[1]] = out["by_method"].get(method[1], 0.0) + value
+        elif name == "grpc_server_msg_sent_total" and 'grpc_method="Watch"' in (match["labels"] or ""):
+            out["watch_responses"] = out.get("watch_responses", 0.0) + value
         elif name in _TOTALS:
             out[_TOTALS[name]] = out.get(_TOTALS[name], 0.0) + value
+    out["writes"] = out["requests"] - out["by_method"].get("LeaseKeepAlive", 0.0) \
+        - out["by_method"].get("Watch", 0.0)
     return out
 
 
@@ -47,11 +56,13 @@ def delta(before: dict, after: dict) -> dict:
     """Counters of ``after`` minus ``before`` (gauges such as ``watchers``
     keep their ``after`` value)."""
     out = {key: after.get(key, 0.0) - before.get(key, 0.0)
-           for key in ("requests", "watch_events", "revisions", "keepalives")}
+           for key in ("requests", "watch_events", "watch_responses", "revisions", "keepalives")}
     out["watchers"] = after.get("watchers", 0.0)
     out["watch_streams"] = after.get("watch_streams", 0.0)
     methods = set(before["by_method"]) | set(after["by_method"])
     out["by_method"] = {m: after["by_method"].get(m, 0.0) - before["by_method"].get(m, 0.0)
                         for m in sorted(methods)
                         if after["by_method"].get(m, 0.0) != before["by_method"].get(m, 0.0)}
+    out["writes"] = out["requests"] - out["by_method"].get("LeaseKeepAlive", 0.0) \
+        - out["by_method"].get("Watch", 0.0)
     return out

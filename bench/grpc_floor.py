@@ -1,55 +1,120 @@
-"""gRPC floor: RSS, CPU and wake-ups of (a) python bare, (b) import grpc+etcd3 protos,
-(c) + one channel with one idle watch, (d) + one keepalive/s on a long-lived stream."""
-import os, sys, time, subprocess, json
+"""The floor the gRPC etcd client sets under an idle supervisor.
+
+Starts a private etcd and, one after the other, a Python process at each
+stage below; after it settled, measures its RSS, thread count, wake-ups/s
+(voluntary + involuntary context switches of all its threads, from
+/proc/<pid>/task/*/status) and CPU % over ``--seconds``:
+
+* ``bare``: the interpreter alone (what supervisord starts from);
+* ``import``: + the gRPC client and etcd3's protocol modules (``coord/etcd/_grpc.py``);
+* ``watch``: + one channel carrying one idle watch;
+* ``keepalive``: + one lease keepalive a second on the long-lived stream;
+* ``supervisor-like``: + 4 more idle watches (5 sharded roles' memberships).
+
+Run next to ``supervisor_bench.py``'s idle row, it tells what of the
+supervisor's idle cost is the client's and what is ours::
+
+    python bench/grpc_floor.py [--seconds 20]
+
+The last line is one JSON object with every figure (bench/_report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from _report import emit
+
 from etcdvisor.testing import EtcdServer
 
+STAGES = ("bare", "import", "watch", "keepalive", "supervisor-like")
+
 CHILD = r'''
-import sys, time, os, threading
-stage = sys.argv[1]; url = sys.argv[2]
+import sys, threading, time
+stage, url = sys.argv[1], sys.argv[2]
 if stage != "bare":
-    from etcdvisor.coord.etcd import _grpc
-if stage in ("watch", "keepalive", "backend"):
+    from etcdvisor.coord.etcd import _grpc  # noqa: F401
+if stage in ("watch", "keepalive", "supervisor-like"):
     from etcdvisor.coord import open_backend
-    b = open_backend(url, timeout=5)
-    w = b.watch("/x/", "/x0")
-    threading.Thread(target=lambda: list(w), daemon=True).start()
-    if stage in ("keepalive", "backend"):
-        lease = b.lease_grant(10)
-        def ka():
-            while True:
-                b.lease_keepalive(lease.id, timeout=1); time.sleep(1)
-        threading.Thread(target=ka, daemon=True).start()
-    if stage == "backend":
-        for i in range(4):
-            w2 = b.watch(f"/y{i}/", f"/y{i}0"); threading.Thread(target=lambda w2=w2: list(w2), daemon=True).start()
+    backend = open_backend(url, timeout=5)
+    watches = [backend.watch(f"/floor/{i}/", f"/floor/{i}0")
+               for i in range(5 if stage == "supervisor-like" else 1)]
+    for watch in watches:
+        threading.Thread(target=lambda w=watch: list(w), daemon=True).start()
+    if stage != "watch":
+        lease = backend.lease_grant(10)
+
+        def keepalive():
+            stop = threading.Event()
+            while not stop.wait(1.0):
+                backend.lease_keepalive(lease.id, timeout=1)
+
+        threading.Thread(target=keepalive, daemon=True).start()
 print("ready", flush=True)
-time.sleep(1000)
+threading.Event().wait()
 '''
 
-def sample(pid):
-    tot = 0
+
+def sample(pid: int) -> tuple[int, float, int]:
+    """(context switches of all threads, CPU seconds, thread count)."""
+    switches = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            st = dict(l.split(":\t") for l in open(f"/proc/{pid}/task/{tid}/status").read().splitlines() if ":\t" in l)
-            tot += int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
-        except FileNotFoundError:
-            pass
-    stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return tot, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), len(os.listdir(f"/proc/{pid}/task"))
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
+                        switches += int(line.split()[-1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return switches, cpu, len(os.listdir(f"/proc/{pid}/task"))
 
-secs = float(sys.argv[1]) if len(sys.argv) > 1 else 20
-etcd = EtcdServer(name="floor").start()
-rows = []
-try:
-    for stage in ("bare", "import", "watch", "keepalive", "backend"):
-        p = subprocess.Popen([sys.executable, "-c", CHILD, stage, etcd.url], stdout=subprocess.PIPE)
-        p.stdout.readline(); time.sleep(3)
-        w0, c0, _ = sample(p.pid); t0 = time.time(); time.sleep(secs)
-        w1, c1, n = sample(p.pid); wall = time.time() - t0
-        rss = int(open(f"/proc/{p.pid}/statm").read().split()[1]) * 4096 / 2**20
-        rows.append({"stage": stage, "rss_mib": round(rss, 1), "threads": n, "wakeups_per_s": round((w1 - w0) / wall, 1), "cpu_pct": round(100 * (c1 - c0) / wall, 3)})
-        print(rows[-1], flush=True)
-        p.kill(); p.wait()
-finally:
-    etcd.cleanup()
-print(json.dumps(rows))
+
+def measure(stage: str, url: str, seconds: float) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, stage, url], stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()
+        time.sleep(3.0)  # start-up work done
+        switches0, cpu0, _ = sample(proc.pid)
+        began = time.monotonic()
+        time.sleep(seconds)
+        switches1, cpu1, threads = sample(proc.pid)
+        wall = time.monotonic() - began
+        with open(f"/proc/{proc.pid}/statm") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return {"stage": stage, "rss_mib": rss, "threads": threads,
+                "wakeups_per_s": (switches1 - switches0) / wall, "cpu_pct": 100 * (cpu1 - cpu0) / wall}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    server = EtcdServer(name="bench-floor").start()
+    try:
+        print(f"gRPC client floor, {args.seconds:.0f}s per stage, load average "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"  {'stage':<16}{'RSS MiB':>9}{'threads':>9}{'wake-ups/s':>12}{'CPU %':>8}")
+        rows = []
+        for stage in STAGES:
+            row = measure(stage, server.url, args.seconds)
+            rows.append(row)
+            print(f"  {stage:<16}{row['rss_mib']:>9.1f}{row['threads']:>9}{row['wakeups_per_s']:>12.1f}"
+                  f"{row['cpu_pct']:>8.2f}", flush=True)
+    finally:
+        server.cleanup()
+    emit("grpc_floor", {"seconds_per_stage": args.seconds, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -197,6 +197,8 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
                 "leave_minus_settle_p99": percentile([t - settle for t in leave_times], 0.99),
                 "crash": crash_done - killed, "remaining": len(ids), "quiet_load": quiet,
                 "per_leave": {"requests": statistics.median(c["requests_minus_quiet"] for c in changes),
+                              "writes": statistics.median(c["writes"] for c in changes),
+                              "watch_responses": statistics.median(c["watch_responses"] for c in changes),
                               "watch_events": statistics.median(c["watch_events_minus_quiet"] for c in changes),
                               "revisions": statistics.median(c["revisions"] for c in changes),
                               "detail": changes}}
@@ -212,6 +214,7 @@ def _quiet_load(etcd_url: str, seconds: float) -> dict:
     wall = time.monotonic() - t0
     return {"seconds": wall, "requests_per_s": change["requests"] / wall,
             "watch_events_per_s": change["watch_events"] / wall,
+            "watch_responses_per_s": change["watch_responses"] / wall, "writes_per_s": change["writes"] / wall,
             "revisions_per_s": change["revisions"] / wall, "keepalives_per_s": change["keepalives"] / wall,
             "watchers": change["watchers"], "watch_streams": change["watch_streams"],
             "by_method_per_s": {m: v / wall for m, v in change["by_method"].items()}}
@@ -402,8 +405,9 @@ def report_reshard(res: dict, args) -> None:
           f"{quiet['keepalives_per_s']:.1f} keepalives/s, {quiet['watch_events_per_s']:.1f} watch events/s, "
           f"{quiet['revisions_per_s']:.2f} revisions/s, {quiet['watchers']:.0f} watchers on "
           f"{quiet['watch_streams']:.0f} streams")
-    print(f"  etcd load per clean leave (median, quiet rate subtracted): {leave['requests']:.0f} requests, "
-          f"{leave['watch_events']:.0f} watch events sent, {leave['revisions']:.0f} revisions")
+    print(f"  etcd load per clean leave (median): {leave['writes']:.0f} requests besides keepalives and watch "
+          f"messages, {leave['watch_responses']:.0f} watch responses sent ({leave['watch_events']:.0f} events by "
+          f"etcd_debugging_mvcc_events_total, quiet rate subtracted), {leave['revisions']:.0f} revisions")
 
 
 def report_failover(runs: list[dict], how: str, ttl: int) -> None:
