@@ -100,7 +100,9 @@ class Fleet:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def config(self, roles: dict, ttl: int) -> Path:
-        doc = {"cluster": self.cluster, "etcd": {"endpoints": [self.etcd_url]},
+        # a generous per-call timeout: on a loaded 2-core machine a new connection can
+        # take seconds, and a supervisor that cannot reach etcd at start-up exits
+        doc = {"cluster": self.cluster, "etcd": {"endpoints": [self.etcd_url], "timeout": "15s"},
                "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": roles}
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -135,12 +137,23 @@ class Fleet:
 
 # --- 1. reshard latency ----------------------------------------------------------------
 
-def settled(fleet: Fleet, members: set[str], timeout: float) -> float:
+# Members are started a few at a time, each batch joined before the next: 50
+# interpreters starting at once on 2 cores starve etcd and each other, and a
+# supervisor that cannot reach etcd within its timeout at start-up exits.
+JOIN_BATCH = 5
+
+
+def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None = None) -> float:
     """Wait until each of ``members`` runs one child with COUNT=len(members) and the
-    indices are 0..N-1; return the start time of the newest of those children."""
+    indices are 0..N-1; return the start time of the newest of those children.
+    With ``alive``, a supervisor of ``members`` that exited aborts the wait."""
     count = len(members)
 
     def check():
+        for member_id in members if alive is not None else ():
+            if alive.procs[member_id].poll() is not None:
+                log = (alive.dir / f"{member_id}.out").read_text(errors="replace").strip()
+                raise BenchTimeout(f"supervisor {member_id} exited: {log.splitlines()[-1] if log else '?'}")
         live = [r for r in live_children(fleet.record, "worker") if r["count"] == str(count)]
         if {r["member_id"] for r in live} == members and \
                 sorted(int(r["index"]) for r in live) == list(range(count)):
@@ -157,11 +170,14 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
     fleet = Fleet(workdir, etcd_url, "reshard")
     try:
         config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
-        ids = {f"m{i}" for i in range(members)}
+        ids: set[str] = set()
         began = time.monotonic()
-        for member_id in sorted(ids, key=lambda m: int(m[1:])):
-            fleet.start(member_id, config)
-        settled(fleet, ids, timeout=90 + 3 * members)
+        for first in range(0, members, JOIN_BATCH):  # see JOIN_BATCH
+            batch = [f"m{i}" for i in range(first, min(members, first + JOIN_BATCH))]
+            for member_id in batch:
+                fleet.start(member_id, config)
+            ids.update(batch)
+            settled(fleet, ids, timeout=60 + members, alive=fleet)
         join_seconds = time.monotonic() - began
         time.sleep(settle + 1.5)
         quiet = _quiet_load(etcd_url, seconds=10.0)
