@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Sequence
 
 from ..base import Backend, WatchStream
@@ -62,19 +63,33 @@ class EtcdBackend(Backend):
 
     # --- plumbing ----------------------------------------------------------
     def _connect(self) -> None:
-        errors = []
-        for _ in self._conns:
-            try:
-                if self.spec.username:
-                    self._authenticate()
-                self.revision()
-                return
-            except AuthFailed as exc:
-                raise AuthFailed(f"etcd at {self._conn().endpoint}: authentication failed "
-                                 f"for user {self.spec.username!r}") from exc
-            except CoordError as exc:
-                errors.append(f"{self._conn().endpoint} ({short_reason(exc)})")
-        raise Unavailable("cannot reach etcd at " + ", ".join(errors))
+        """Reach one endpoint, trying them in turn until ``timeout`` has passed.
+
+        gRPC gives a connection attempt little time (``min_reconnect_backoff_ms``
+        is also its minimum connect timeout) and lets the next attempts grow, so a
+        single try fails on a starved machine (many supervisors starting on few
+        cores) where the second or third would succeed."""
+        errors: dict[str, str] = {}
+        deadline = time.monotonic() + self.timeout
+        pause = threading.Event()  # never set: a wait that cannot be cut short by a signal
+        while True:
+            for _ in self._conns:
+                conn = self._conn()
+                try:
+                    if self.spec.username:
+                        self._authenticate()
+                    self.revision()
+                    return
+                except AuthFailed as exc:
+                    raise AuthFailed(f"etcd at {conn.endpoint}: authentication failed "
+                                     f"for user {self.spec.username!r}") from exc
+                except CoordError as exc:
+                    errors[str(conn.endpoint)] = short_reason(exc)
+                    self._rotate(conn)  # timeouts too: try the next endpoint
+            if time.monotonic() >= deadline:
+                break
+            pause.wait(0.2)
+        raise Unavailable("cannot reach etcd at " + ", ".join(f"{ep} ({why})" for ep, why in errors.items()))
 
     def _conn(self) -> _Connection:
         return self._conns[self._current]
