@@ -43,6 +43,8 @@ class KeepAliveStream:
         with self._lock:
             if self._closed:
                 raise Closed(f"lease keepalive {lease_id:x}: backend closed")
+            if self._call is not None and not self._answers.empty():
+                self._teardown()  # the stream ended (or spoke) while idle: start afresh
             if self._call is None:
                 self._open()
             self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
@@ -60,8 +62,13 @@ class KeepAliveStream:
             return max(0, answer.TTL)
 
     def close(self) -> None:
+        """Never waits for a refresh in flight: cancelling the call makes it
+        return at once (with an error), and it tears the stream down."""
+        self._closed = True
+        call = self._call
+        if call is not None:
+            call.cancel()
         with self._lock:
-            self._closed = True
             self._teardown()
 
     # --- internals (under self._lock) --------------------------------------------
