@@ -9,7 +9,10 @@ stage below; after it settled, measures its RSS, thread count, wake-ups/s
 * ``import``: + the gRPC client and etcd3's protocol modules (``coord/etcd/_grpc.py``);
 * ``watch``: + one channel carrying one idle watch;
 * ``keepalive``: + one lease keepalive a second on the long-lived stream;
-* ``supervisor-like``: + 4 more idle watches (5 sharded roles' memberships).
+* ``supervisor-like``: + 4 more idle watches (5 sharded roles' memberships);
+* ``keepalive-per-call`` (the alternative, side by side): as ``keepalive`` but
+  each keepalive opens its own LeaseKeepAlive stream, as the backend did before
+  ``coord/etcd/keepalive.py``.
 
 Run next to ``supervisor_bench.py``'s idle row, it tells what of the
 supervisor's idle cost is the client's and what is ours::
@@ -31,14 +34,14 @@ from _report import emit
 
 from etcdvisor.testing import EtcdServer
 
-STAGES = ("bare", "import", "watch", "keepalive", "supervisor-like")
+STAGES = ("bare", "import", "watch", "keepalive", "supervisor-like", "keepalive-per-call")
 
 CHILD = r'''
 import sys, threading, time
 stage, url = sys.argv[1], sys.argv[2]
 if stage != "bare":
     from etcdvisor.coord.etcd import _grpc  # noqa: F401
-if stage in ("watch", "keepalive", "supervisor-like"):
+if stage in ("watch", "keepalive", "supervisor-like", "keepalive-per-call"):
     from etcdvisor.coord import open_backend
     backend = open_backend(url, timeout=5)
     watches = [backend.watch(f"/floor/{i}/", f"/floor/{i}0")
@@ -48,10 +51,20 @@ if stage in ("watch", "keepalive", "supervisor-like"):
     if stage != "watch":
         lease = backend.lease_grant(10)
 
+        def refresh_on_own_stream():  # the old way: one stream per keepalive
+            request = _grpc.etcdrpc.LeaseKeepAliveRequest(ID=lease.id)
+            responses = backend._conn().lease.LeaseKeepAlive(iter([request]), 1.0)
+            for _ in responses:
+                responses.cancel()
+                return
+
         def keepalive():
             stop = threading.Event()
             while not stop.wait(1.0):
-                backend.lease_keepalive(lease.id, timeout=1)
+                if stage == "keepalive-per-call":
+                    refresh_on_own_stream()
+                else:
+                    backend.lease_keepalive(lease.id, timeout=1)
 
         threading.Thread(target=keepalive, daemon=True).start()
 print("ready", flush=True)
@@ -98,6 +111,7 @@ def measure(stage: str, url: str, seconds: float) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     args = parser.parse_args(argv)
     server = EtcdServer(name="bench-floor").start()
     try:
@@ -105,7 +119,7 @@ def main(argv=None) -> int:
               f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"  {'stage':<16}{'RSS MiB':>9}{'threads':>9}{'wake-ups/s':>12}{'CPU %':>8}")
         rows = []
-        for stage in STAGES:
+        for stage in args.stages:
             row = measure(stage, server.url, args.seconds)
             rows.append(row)
             print(f"  {stage:<16}{row['rss_mib']:>9.1f}{row['threads']:>9}{row['wakeups_per_s']:>12.1f}"
