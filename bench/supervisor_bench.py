@@ -33,109 +33,29 @@ to $WORK_RECORD; all times are wall-clock (time.time()) on one machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-import yaml
 from _etcd_metrics import delta, scrape
+from _fleet import (
+    BenchTimeout,
+    Fleet,
+    _wait_reaped,
+    fork_time,
+    live_children,
+    read_records,
+)
+from _idle import bench_idle, report_idle
 from _report import emit
 
-from etcdvisor.process.watchdog import find_helper
 from etcdvisor.testing import EtcdServer, wait_for
-
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "examples" / "worker.py"
-IDLE_CHILD = ["sleep", "1000000"]
-
-
-class BenchTimeout(RuntimeError):
-    pass
-
-
-def read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # being written
-    return out
-
-
-def live_children(path: Path, role: str) -> list[dict]:
-    """Start records of children of ``role`` that have neither a stop record
-    nor died (a SIGKILLed supervisor's children write no stop line)."""
-    records = read_records(path)
-    stopped = {r["pid"] for r in records if r["event"] == "stop"}
-    live = []
-    for rec in records:
-        if rec["event"] == "start" and rec["role"] == role and rec["pid"] not in stopped:
-            try:
-                if psutil.Process(rec["pid"]).status() != psutil.STATUS_ZOMBIE:
-                    live.append(rec)
-            except psutil.NoSuchProcess:
-                pass
-    return live
-
-
-class Fleet:
-    """``supervisor run`` processes sharing one etcd, one cluster, one record file."""
-
-    def __init__(self, workdir: Path, etcd_url: str, name: str):
-        self.dir = workdir / name
-        self.dir.mkdir()
-        self.etcd_url = etcd_url
-        self.cluster = f"bench-{name}-{os.urandom(3).hex()}"
-        self.record = self.dir / "records.jsonl"
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def config(self, roles: dict, ttl: int) -> Path:
-        # a generous per-call timeout: on a loaded 2-core machine a new connection can
-        # take seconds, and a supervisor that cannot reach etcd at start-up exits
-        doc = {"cluster": self.cluster, "etcd": {"endpoints": [self.etcd_url], "timeout": "15s"},
-               "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": roles}
-        path = self.dir / "config.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
-
-    def worker_role(self, type_: str, **keys) -> dict:
-        return {"type": type_, "command": [sys.executable, str(WORKER)],
-                "env": {"WORK_RECORD": str(self.record), "WORK_INTERVAL": "1000"},
-                "stop_timeout": "0.5s", **keys}
-
-    def start(self, member_id: str, config: Path) -> subprocess.Popen:
-        env = dict(os.environ, ETCDVISOR_ENDPOINTS=self.etcd_url, ETCDVISOR_MEMBER_ID=member_id)
-        with open(self.dir / f"{member_id}.out", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "etcdvisor.cli", "run", str(config)],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        self.procs[member_id] = proc
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for rec in read_records(self.record):  # children of killed supervisors, if any
-            if rec["event"] == "start":
-                try:
-                    psutil.Process(rec["pid"]).kill()
-                except psutil.Error:
-                    pass
-
 
 # --- 1. reshard latency ----------------------------------------------------------------
 
@@ -306,137 +226,10 @@ def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int, how
         fleet.close()
 
 
-def _wait_reaped(pid: int, timeout: float) -> float:
-    """Poll until ``pid`` is gone (reaped: a zombie still answers signal 0);
-    return when, to within the polling interval."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return time.time()
-        time.sleep(0.002)
-    return float("nan")
-
-
-def fork_time(pid: int) -> float:
-    """Wall-clock time ``pid`` was forked: its /proc start time (clock ticks
-    since boot) shifted by an offset calibrated on children forked here, since
-    the kernel's boot time is only given to the second."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return float("nan")
-    return created + _fork_clock_offset()
-
-
-_OFFSET: list[float] = []
-
-
-def _fork_clock_offset() -> float:
-    if not _OFFSET:
-        samples = []
-        for _ in range(7):
-            before = time.time()
-            child = subprocess.Popen(["sleep", "0.05"])
-            after = time.time()
-            samples.append((before + after) / 2 - psutil.Process(child.pid).create_time())
-            child.wait()
-        _OFFSET.append(statistics.median(samples))
-    return _OFFSET[0]
-
-
 def _leader(fleet: Fleet, above: int) -> dict | None:
     live = [r for r in live_children(fleet.record, "lead")
             if r["leader"] == "1" and int(r["leader_token"]) > above]
     return live[-1] if live else None
-
-
-# --- 3. idle cost ------------------------------------------------------------------------
-
-def start_supervisord(workdir: Path) -> subprocess.Popen:
-    binary = shutil.which("supervisord") or str(Path(sys.executable).parent / "supervisord")
-    if not os.access(binary, os.X_OK):
-        raise FileNotFoundError("supervisord not found (pip install 'etcdvisor[bench]')")
-    sdir = workdir / "supervisord"
-    sdir.mkdir()
-    programs = "".join(
-        f"\n[program:idle{i}]\ncommand={' '.join(IDLE_CHILD)}\nautorestart=true\n"
-        f"stdout_logfile={sdir}/idle{i}.log\nredirect_stderr=true\n" for i in range(5))
-    conf = sdir / "supervisord.conf"
-    conf.write_text(f"[supervisord]\nnodaemon=true\nlogfile={sdir}/supervisord.log\n"
-                    f"pidfile={sdir}/supervisord.pid\nchildlogdir={sdir}\n{programs}")
-    return subprocess.Popen([binary, "-n", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=sdir)
-
-
-class Meter:
-    """CPU seconds and RSS of one process between ``begin()`` and ``end()``."""
-
-    def __init__(self, label: str, pid: int):
-        self.label = label
-        self.proc = psutil.Process(pid)
-
-    def begin(self) -> None:
-        times = self.proc.cpu_times()
-        self.cpu0, self.wall0 = times.user + times.system, time.monotonic()
-
-    def end(self) -> dict:
-        times = self.proc.cpu_times()
-        wall = time.monotonic() - self.wall0
-        mem = self.proc.memory_info()
-        return {"label": self.label, "rss_mib": mem.rss / 2**20,
-                "uss_mib": _uss(self.proc) / 2**20,
-                "cpu_pct": 100.0 * (times.user + times.system - self.cpu0) / wall}
-
-
-def _uss(proc: psutil.Process) -> float:
-    try:
-        return proc.memory_full_info().uss
-    except (psutil.AccessDenied, AttributeError):
-        return float("nan")
-
-
-IDLE_TTL = 10  # the default member.ttl; keepalives go out about every second whatever the TTL
-
-
-def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[dict]:
-    fleet = Fleet(workdir, etcd_server.url, "idle")
-    roles = {f"idle{i}": {"type": "sharded", "command": list(IDLE_CHILD), "settle": "0s",
-                          "stop_timeout": "1s"} for i in range(5)}
-    config = fleet.config(roles, IDLE_TTL)
-    supervisor = fleet.start("idle-0", config)
-    supervisord = start_supervisord(workdir)
-    try:
-        def children_of(pid: int) -> list[psutil.Process]:
-            if supervisor.poll() is not None:
-                raise BenchTimeout(f"supervisor exited: {(fleet.dir / 'idle-0.out').read_text()}")
-            return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "sleep"]
-
-        wait_for(lambda: len(children_of(supervisor.pid)) == 5, 60, "5 etcdvisor children")
-        wait_for(lambda: len(children_of(supervisord.pid)) == 5, 60, "5 supervisord children")
-        watchdog = wait_for(lambda: find_helper(supervisor.pid), 10, "the watchdog helper")
-        time.sleep(2.0)  # let start-up work (imports, joins, first record writes) finish
-        meters = [Meter("etcdvisor supervisor", supervisor.pid), Meter("  its watchdog helper", watchdog),
-                  Meter("supervisord", supervisord.pid), Meter("etcd server (shared)", etcd_server.proc.pid)]
-        for meter in meters:
-            meter.begin()
-        time.sleep(seconds)
-        rows = [meter.end() for meter in meters]
-        rows[2]["children"] = rows[0]["children"] = 5
-        return rows
-    finally:
-        supervisord.send_signal(signal.SIGTERM)
-        try:
-            supervisord.wait(15)
-        except subprocess.TimeoutExpired:
-            supervisord.kill()
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            supervisor.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        fleet.close()
 
 
 # --- report --------------------------------------------------------------------------------
@@ -481,17 +274,6 @@ def report_failover(runs: list[dict], how: str, ttl: int) -> None:
               f"(adds the old interpreter's exit), all: {', '.join(f'{t * 1000:.0f}' for t in forked)} ms")
         print(f"  hand-off, old child's last line -> new child's first line (adds both interpreters): "
               f"max {max(recorded) * 1000:.0f} ms, all: {', '.join(f'{t * 1000:.0f}' for t in recorded)} ms")
-
-
-def report_idle(rows: list[dict], seconds: float) -> None:
-    print(f"\n[3] idle cost over {seconds:.0f}s, 5 idle children ({' '.join(IDLE_CHILD)}) "
-          f"each, same window (ttl {IDLE_TTL}s; keepalives about every second)")
-    print(f"  {'process':<24}{'RSS MiB':>9}{'USS MiB':>9}{'CPU %':>8}")
-    for row in rows:
-        print(f"  {row['label']:<24}{row['rss_mib']:>9.1f}{row['uss_mib']:>9.1f}{row['cpu_pct']:>8.2f}")
-    total = rows[0]["rss_mib"] + rows[1]["rss_mib"]
-    print(f"  etcdvisor total (supervisor + watchdog): RSS {total:.1f} MiB "
-          f"({total / rows[2]['rss_mib']:.2f}x supervisord), CPU {rows[0]['cpu_pct'] + rows[1]['cpu_pct']:.2f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
