@@ -143,6 +143,14 @@ class ChildProcess:
         signal_pids(self._outside_group(), self.spec.stop_signal)
         self._sync_watchdog()
 
+    def send_signal(self, signum: int) -> bool:
+        """Send ``signum`` to the child's group (a config change, not a stop);
+        True if the child was RUNNING."""
+        if self.state is not ChildState.RUNNING:
+            return False
+        self._signal_group(signum)
+        return True
+
     def kill(self) -> None:
         """SIGKILL the group and every descendant (also escaped ones). No-op once reaped."""
         if self.state not in (ChildState.RUNNING, ChildState.STOPPING, ChildState.KILLED):

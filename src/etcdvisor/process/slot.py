@@ -144,6 +144,11 @@ class Slot:
             self._spec = None
         self._dirty = True
 
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` to the running child's group (not a stop: the state is
+        unchanged); False when no child is RUNNING."""
+        return self.state is SlotState.RUNNING and self._child is not None and self._child.send_signal(signum)
+
     def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
         """Lease deadlines for lease-bound specs (see ``ChildProcess.set_lease_deadlines``)."""
         self._lease = (term_at, kill_at)
