@@ -42,6 +42,8 @@ class Reconciler:
     def __init__(self, manager: ProcessManager):
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
+        self._confirmed: tuple[float, int] | None = None  # (t_k, ttl) of the last confirmation
+        self._reported: set[tuple[int, str]] = set()  # (pid, deadline kind) already logged
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -71,7 +73,12 @@ class Reconciler:
     # --- safety ----------------------------------------------------------------
     def lease_confirmed(self, t_k: float, ttl: int) -> None:
         """A keepalive sent at ``t_k`` came back alive with ``ttl``: move every
-        slot's deadlines (each by its own stop_timeout), now and for new slots."""
+        slot's deadlines (each by its own stop_timeout), now and for new slots.
+        An older ``t_k`` than one already applied is ignored (replies of
+        keepalives in flight may be reported out of order)."""
+        if self._confirmed is not None and t_k < self._confirmed[0] and ttl == self._confirmed[1]:
+            return
+        self._confirmed = (t_k, ttl)
 
         def deadlines(slot: Slot) -> tuple[float, float]:
             spec = slot.desired or (slot.child.spec if slot.child else None)
@@ -83,6 +90,7 @@ class Reconciler:
 
     # --- ticking ----------------------------------------------------------------
     def tick(self, now: float) -> list[SlotEvent]:
+        self._report_lease_deadlines(now)
         events = self.manager.tick(now)
         for event in events:
             owned = self._slots.get(event.slot)
@@ -98,6 +106,30 @@ class Reconciler:
 
     def next_deadline(self) -> float | None:
         return self.manager.next_deadline()
+
+    def _report_lease_deadlines(self, now: float) -> None:
+        """One warning per child and deadline kind when a lease deadline is
+        due: which deadline, for which child, and how old the last confirmed
+        keepalive is (an operator's first question after a spurious stop)."""
+        if self._confirmed is None:
+            return
+        t_k, ttl = self._confirmed
+        for owned in self._slots.values():
+            child = owned.slot.child
+            if child is None or not child.spec.lease_bound or not child.alive:
+                continue
+            term_at = timing.term_deadline(t_k, ttl, child.spec.stop_timeout)
+            kill_at = timing.kill_deadline(t_k, ttl, child.spec.stop_timeout)
+            kind = "kill" if now >= kill_at else "term" if now >= term_at else None
+            if kind is None or (child.pid, kind) in self._reported:
+                continue
+            self._reported.add((child.pid, kind))
+            signal_name = "SIGKILL" if kind == "kill" else signal.Signals(child.spec.stop_signal).name
+            log.warning("%s: lease %s deadline reached (%s, role %s, pid %d): last confirmed keepalive "
+                        "was sent %.2fs ago (ttl %ds, stop_timeout %gs)", child.spec.name, kind, signal_name,
+                        owned.runner.name, child.pid, now - t_k, ttl, child.spec.stop_timeout)
+        if len(self._reported) > 4096:  # pids of long-gone children
+            self._reported.clear()
 
     def children(self) -> list[tuple[RoleRunner, str, Slot]]:
         return [(o.runner, o.key, o.slot) for o in self._slots.values()]

@@ -24,6 +24,7 @@ import signal
 import time
 from typing import Callable
 
+from .. import timing
 from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend
 from ..coord.errors import CoordError
@@ -149,6 +150,8 @@ class Supervisor:
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
+        bound = {r.name: r.stop_timeout for r in self.config.roles.values() if r.lease_bound}
+        log.info("lease timing: %s", timing.config_tolerance_line(self.session.ttl, bound))
         for runner in self.runners.values():
             runner.start()
         if self.watch_config:
