@@ -33,7 +33,8 @@ def _quiet_blocked_streams() -> None:
 
 _quiet_blocked_streams()
 
-from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable  # noqa: E402
+from ..errors import (AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound,  # noqa: E402
+                      PermissionDenied, Unavailable)
 from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Put  # noqa: E402
 
 CONNECT_TIMEOUT_MS = 5_000
@@ -103,7 +104,9 @@ def translate(exc: grpc.RpcError, what: str) -> CoordError:
         return CoordTimeout(f"{what}: timed out")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return Unavailable(text)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
+        return PermissionDenied(f"{what}: permission denied")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthFailed(text)
     if "lease not found" in details:
         return LeaseNotFound(text)
