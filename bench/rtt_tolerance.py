@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _supervisors import BenchFleet  # noqa: E402
+from _supervisors import BenchFleet
 
-from etcdvisor import timing  # noqa: E402
-from etcdvisor.testing.proxy import TcpProxy  # noqa: E402
+from etcdvisor import timing
+from etcdvisor.testing.proxy import TcpProxy
 
 
 def trial(rtt: float, args) -> dict:

@@ -232,7 +232,8 @@ class Session:
         try:
             ttl = self.backend.lease_keepalive(lease, timeout=self.keepalive_timeout)
         except CoordError as exc:
-            self._emit(SessionEventKind.ERROR, str(exc))
+            if not self._stop.is_set():  # a call cut short by close() is no news
+                self._emit(SessionEventKind.ERROR, str(exc))
             return False
         if self._stop.is_set() or lease != self.lease_id:
             return False  # closed meanwhile, or the answer is about a replaced lease
