@@ -227,7 +227,10 @@ class Session:
             self._set_state(SessionState.EXPIRED)
             self._emit(SessionEventKind.EXPIRED, "no keepalive confirmed within the TTL")
 
-    def _keepalive_once(self, lease: int) -> bool:
+    def _keepalive_once(self, lease: int | None = None) -> bool:
+        """One keepalive of ``lease`` (default: the current one), sent now;
+        True when it confirmed the lease alive with a newer send time."""
+        lease = self.lease_id if lease is None else lease
         sent = self.clock()
         try:
             ttl = self.backend.lease_keepalive(lease, timeout=self.keepalive_timeout)

@@ -21,11 +21,12 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import timing
 from ..process.backoff import Backoff
 from ..process.manager import ProcessManager
-from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
+from ..process.slot import Exited, Failed, Slot, SlotEvent, SlotState, SpawnFailed, Started, Stopped
 from ..roles.base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
@@ -44,6 +45,8 @@ class Reconciler:
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
         self._confirmed: tuple[float, int] | None = None  # (t_k, ttl) of the last confirmation
         self._reported: set[tuple[int, str]] = set()  # (pid, deadline kind) already logged
+        # called when a runner raises while told about its child (runtime.roster fences it)
+        self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -97,7 +100,12 @@ class Reconciler:
             if owned is None:
                 continue
             _log_event(owned, event)
-            owned.runner.on_slot_event(owned.key, event, now)
+            try:
+                owned.runner.on_slot_event(owned.key, event, now)
+            except Exception as exc:
+                if self.fault is None:
+                    raise
+                self.fault(owned.runner, "on_slot_event", exc)
         for name, owned in list(self._slots.items()):
             if owned.slot.desired is None and owned.slot.idle:
                 self.manager.remove_slot(owned.slot)
@@ -116,7 +124,8 @@ class Reconciler:
         t_k, ttl = self._confirmed
         for owned in self._slots.values():
             child = owned.slot.child
-            if child is None or not child.spec.lease_bound or not child.alive:
+            if child is None or not child.spec.lease_bound \
+                    or owned.slot.state not in (SlotState.RUNNING, SlotState.STOPPING):
                 continue
             term_at = timing.term_deadline(t_k, ttl, child.spec.stop_timeout)
             kill_at = timing.kill_deadline(t_k, ttl, child.spec.stop_timeout)
