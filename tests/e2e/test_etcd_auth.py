@@ -180,3 +180,25 @@ def test_password_file_never_reaches_children(auth_fleet, tmp_path):
     assert len(procs) >= 2  # the watchdog and the child
     assert not [leak for proc in procs for leak in leaks(proc.pid)]
     assert PASSWORD not in member.output()
+
+
+def test_backend_reports_permission_denied_naming_the_key(auth_fleet):
+    from etcdvisor.coord import open_backend
+    from etcdvisor.coord.errors import PermissionDenied
+
+    backend = open_backend(auth_fleet.etcd_url, username=USER, password=PASSWORD, timeout=5)
+    try:
+        assert backend.revision() > 0  # the connection check needs no key permission
+        inside = f"/etcdvisor/{auth_fleet.cluster}/probe"
+        backend.put(inside, "ok")
+        assert backend.get(inside).value == b"ok"
+        with pytest.raises(PermissionDenied) as denied:
+            backend.get("/etcdvisor/other/probe")
+        assert "'/etcdvisor/other/probe': permission denied" in str(denied.value)
+        assert USER in str(denied.value) and PASSWORD not in str(denied.value)
+        with pytest.raises(PermissionDenied) as denied:
+            stream = backend.watch("/etcdvisor/other/", "/etcdvisor/other0")
+            next(iter(stream))
+        assert "/etcdvisor/other/" in str(denied.value)
+    finally:
+        backend.close()
