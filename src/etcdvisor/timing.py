@@ -62,6 +62,15 @@ def term_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:
     return t_k + stop_offset(ttl, stop_timeout)
 
 
+def start_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:
+    """The latest monotonic time a lease-bound child may *start* on the
+    confirmation sent at ``t_k``: one keepalive interval (+ allowance) before
+    its stop is due, so that the next keepalive can move the deadline first.
+    Past it, the link is slower than the config tolerates (the newest
+    confirmation is older than ``interval + allowance + tolerated rtt``)."""
+    return term_deadline(t_k, ttl, stop_timeout) - KEEPALIVE_INTERVAL - SEND_ALLOWANCE
+
+
 def kill_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:
     """Monotonic time at which a lease-bound child's process group gets SIGKILL."""
     return term_deadline(t_k, ttl, stop_timeout) + stop_timeout

@@ -83,11 +83,12 @@ class Reconciler:
             return
         self._confirmed = (t_k, ttl)
 
-        def deadlines(slot: Slot) -> tuple[float, float]:
+        def deadlines(slot: Slot) -> tuple[float, float, float]:
             spec = slot.desired or (slot.child.spec if slot.child else None)
             stop_timeout = spec.stop_timeout if spec else 0.0
             return (timing.term_deadline(t_k, ttl, stop_timeout),
-                    timing.kill_deadline(t_k, ttl, stop_timeout))
+                    timing.kill_deadline(t_k, ttl, stop_timeout),
+                    timing.start_deadline(t_k, ttl, stop_timeout))
 
         self.manager.set_lease_deadlines(rule=deadlines)
 
