@@ -64,11 +64,12 @@ def term_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:
 
 def start_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:
     """The latest monotonic time a lease-bound child may *start* on the
-    confirmation sent at ``t_k``: one keepalive interval (+ allowance) before
-    its stop is due, so that the next keepalive can move the deadline first.
-    Past it, the link is slower than the config tolerates (the newest
-    confirmation is older than ``interval + allowance + tolerated rtt``)."""
-    return term_deadline(t_k, ttl, stop_timeout) - KEEPALIVE_INTERVAL - SEND_ALLOWANCE
+    confirmation sent at ``t_k``: one keepalive interval before its stop is
+    due. The confirmation is at least one round trip old, so starting by then
+    means the next keepalive (sent an interval after ``t_k``) comes back before
+    the stop whenever the round trip is steady; past it the link is slower than
+    the config tolerates and the child would only start to be stopped again."""
+    return term_deadline(t_k, ttl, stop_timeout) - KEEPALIVE_INTERVAL
 
 
 def kill_deadline(t_k: float, ttl: float, stop_timeout: float) -> float:

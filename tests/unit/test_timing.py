@@ -101,7 +101,7 @@ def test_config_tolerance_line_names_the_tightest_role():
 
 
 def test_start_deadline_is_one_cadence_before_the_term():
-    # ttl 4, stop_timeout 0.5: term 2.3 s after t_k, starts only until 1.2 s after it,
-    # i.e. while the newest confirmation is younger than the tolerated round trip
-    assert timing.start_deadline(100.0, 4, 0.5) == pytest.approx(101.2)
-    assert timing.start_deadline(0.0, 4, 0.5) == pytest.approx(timing.tolerated_round_trip(4, 0.5))
+    # ttl 4, stop_timeout 0.5: term 2.3 s after t_k, starts only until 1.3 s after it:
+    # a confirmation that old means a round trip the config does not tolerate (1.2 s)
+    assert timing.start_deadline(100.0, 4, 0.5) == pytest.approx(101.3)
+    assert timing.start_deadline(0.0, 4, 0.5) > timing.tolerated_round_trip(4, 0.5)

@@ -45,6 +45,7 @@ class Reconciler:
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
         self._confirmed: tuple[float, int] | None = None  # (t_k, ttl) of the last confirmation
         self._reported: set[tuple[int, str]] = set()  # (pid, deadline kind) already logged
+        self._held: set[str] = set()  # slots whose start the lease holds back (logged once)
         # called when a runner raises while told about its child (runtime.roster fences it)
         self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
 
@@ -123,7 +124,8 @@ class Reconciler:
         if self._confirmed is None:
             return
         t_k, ttl = self._confirmed
-        for owned in self._slots.values():
+        for name, owned in self._slots.items():
+            self._report_held_start(name, owned, now, t_k, ttl)
             child = owned.slot.child
             if child is None or not child.spec.lease_bound \
                     or owned.slot.state not in (SlotState.RUNNING, SlotState.STOPPING):
@@ -140,6 +142,22 @@ class Reconciler:
                         owned.runner.name, child.pid, now - t_k, ttl, child.spec.stop_timeout)
         if len(self._reported) > 4096:  # pids of long-gone children
             self._reported.clear()
+
+    def _report_held_start(self, name: str, owned: _Owned, now: float, t_k: float, ttl: int) -> None:
+        """One warning when a lease-bound child is due to start but the newest
+        confirmation is too old for it to outlive the next keepalive
+        (``timing.start_deadline``): the round trip exceeds what the config tolerates."""
+        spec = owned.slot.desired
+        if owned.slot.child is not None or spec is None or not spec.lease_bound:
+            self._held.discard(name)
+            return
+        held = timing.start_deadline(t_k, ttl, spec.stop_timeout) <= now < \
+            timing.term_deadline(t_k, ttl, spec.stop_timeout) + ttl
+        if held and name not in self._held:
+            self._held.add(name)
+            log.warning("%s: start held back: the last confirmed keepalive was sent %.2fs ago; round trips "
+                        "to etcd seem longer than this config tolerates (%s)", spec.name, now - t_k,
+                        timing.tolerance_line(ttl, spec.stop_timeout))
 
     def children(self) -> list[tuple[RoleRunner, str, Slot]]:
         return [(o.runner, o.key, o.slot) for o in self._slots.values()]
