@@ -39,6 +39,7 @@ def lease_tolerance(config) -> str:
 
 def cmd_validate(args) -> int:
     from .config import ConfigError, load
+    from .config.errors import unexpected_problem
 
     status = EXIT_OK
     for path in args.config:
@@ -49,6 +50,12 @@ def cmd_validate(args) -> int:
                 print(line, file=sys.stderr)
             status = EXIT_USAGE
             continue
+        except Exception as exc:  # a checker bug must still be one line, not a traceback
+            print(unexpected_problem(path, exc), file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        for line in config.warnings:
+            print(line, file=sys.stderr)
         roles = ", ".join(f"{r.name} ({r.type.value})" for r in config.roles.values()) or "no roles"
         print(f"{path}: ok: cluster {config.cluster}, {roles}")
         print(f"{path}: {lease_tolerance(config)}")

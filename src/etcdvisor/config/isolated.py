@@ -21,10 +21,10 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, unexpected_problem
 from .loader import ENV_OVERRIDES
 from .model import Config
 
@@ -78,6 +78,9 @@ def _main(argv: list[str]) -> int:
         config = load(path, default_member_id=member)
     except ConfigError as exc:
         sys.stdout.write(json.dumps(exc.errors))
+        return EXIT_PROBLEMS
+    except Exception as exc:  # same one line as `validate` prints
+        sys.stdout.write(json.dumps([unexpected_problem(path, exc)]))
         return EXIT_PROBLEMS
     sys.stdout.buffer.write(pickle.dumps(config))
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..coord.url import TLSOptions
+from .schedule import Schedule
 
 
 class RoleType(enum.StrEnum):
@@ -29,7 +30,7 @@ class RoleType(enum.StrEnum):
 
     @property
     def lease_bound(self) -> bool:
-        """True if a child's right to run depends on the member lease (safety rule 1)."""
+        """True if a child's right to run depends on the member lease (docs/safety.md, rule 1)."""
         return self in LEASE_BOUND_TYPES
 
 
@@ -93,22 +94,69 @@ class MemberSettings:
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Restart delay: ``initial``, doubling up to ``max`` (seconds)."""
+class BackoffSettings:
+    """A role's ``backoff:`` keys: restart delay ``initial``, doubling up to ``max`` (seconds).
+    The runtime turns them into a :class:`~etcdvisor.process.backoff.RestartBackoff`."""
 
     initial: float = 1.0
     max: float = 60.0
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """A cron role's schedule. Exactly one of ``cron`` (a 5-field expression for
-    ``cronsim.CronSim``; ``@daily`` etc. are expanded) and ``every`` (seconds) is set;
-    ``text`` is what the file said."""
+class ChangeAction(enum.StrEnum):
+    RESTART = "restart"  # restart the child (its role's usual stop rules)
+    SIGNAL = "signal"    # rewrite the file, then send ``OnChange.signal``
+    NONE = "none"        # only rewrite the file
 
-    text: str
-    cron: str | None = None
-    every: float | None = None
+
+@dataclass(frozen=True)
+class OnChange:
+    """What a change does to a running child (``restart``, ``none``, ``signal:NAME``)."""
+
+    action: ChangeAction
+    signal: signal.Signals | None = None
+
+    def __str__(self) -> str:
+        return f"signal:{self.signal.name[3:]}" if self.signal else self.action.value
+
+
+@dataclass(frozen=True)
+class ConfigItem:
+    """One ``config:`` entry: child env var ``env`` <- layered config ``item``.
+    ``default`` is None when the file gives none (then the variable is unset)."""
+
+    env: str
+    item: str
+    default: object = None
+    on_change: OnChange = OnChange(ChangeAction.RESTART)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """``register:``: the service instance a running child is. Exactly one of
+    ``port`` (fixed) and ``port_base`` (``BASE + {index}``) is set."""
+
+    service: str
+    address: str = "{host}:{port}"
+    port: int | None = None
+    port_base: int | None = None
+    meta: Mapping = field(default_factory=lambda: _frozen_map({}))
+
+    def port_for(self, index: int) -> int:
+        if self.port is not None:
+            return self.port
+        assert self.port_base is not None  # one of the two is set (config/wiring.py)
+        return self.port_base + index
+
+
+@dataclass(frozen=True)
+class PeersFile:
+    """One ``peers:`` entry: the instances of ``service`` kept in ``file``
+    (as written: relative to the role's cwd)."""
+
+    service: str
+    file: str
+    on_change: OnChange = OnChange(ChangeAction.NONE)
 
 
 @dataclass(frozen=True)
@@ -117,7 +165,9 @@ class RoleSpec:
 
     Keys that do not apply to the role's type hold ``None`` (``settle`` is only
     set for sharded roles, ``schedule``/``timezone`` for cron, ``topic``/... for
-    topic). ``concurrency`` is a policy string for cron (forbid | replace | allow)
+    topic). ``schedule`` is the parsed :class:`~.schedule.Schedule` (in ``timezone``)
+    that the cron runner uses as is: it is built once, here, by the one parser.
+    ``concurrency`` is a policy string for cron (forbid | replace | allow)
     and an int >= 1 for topic roles."""
 
     name: str
@@ -128,7 +178,7 @@ class RoleSpec:
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 5.0
-    backoff: Backoff = Backoff()
+    backoff: BackoffSettings = BackoffSettings()
     start_retries: int = 5
     after: tuple[str, ...] = ()
     wait_for: tuple[str, ...] = ()
@@ -147,6 +197,10 @@ class RoleSpec:
     delivery: str | None = None
     max_payload: int | None = None
     max_attempts: int | None = None
+    # seed wiring (any type)
+    config: Mapping[str, ConfigItem] = field(default_factory=lambda: _frozen_map({}))
+    register: Registration | None = None
+    peers: Mapping[str, PeersFile] = field(default_factory=lambda: _frozen_map({}))
 
     @property
     def lease_bound(self) -> bool:
@@ -162,6 +216,8 @@ class Config:
     etcd: EtcdSettings
     member: MemberSettings
     roles: Mapping[str, RoleSpec] = field(default_factory=lambda: _frozen_map({}))
+    config_layout: str = "etcdvisor"
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # one line each, not fatal
 
     def role_cwd(self, role: RoleSpec) -> str:
         """Where ``role``'s children run: its ``cwd``, by default the config file's directory."""

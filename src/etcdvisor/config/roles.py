@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import zoneinfo
 
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
-from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
-from .schedule import parse_schedule
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .schedule import Schedule, ScheduleError, load_timezone
+from .signals import parse_signal
+from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 ROLE_NAME_MAX = 63
 WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-STOP_SIGNALS = {name: getattr(signal, "SIG" + name) for name in ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")}
 RESERVED_ENV = frozenset({
     "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
     "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
@@ -96,6 +96,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
+    fields.update(wiring_fields(check.raw, check.path, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:
@@ -135,16 +136,14 @@ def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
 
 
 def _stop_signal(check: _RoleChecker) -> signal.Signals:
-    text = check.raw.get("stop_signal", "TERM")
-    name = text.strip().upper()
-    name = name[3:] if name.startswith("SIG") else name
-    if name not in STOP_SIGNALS:
-        check.fail("stop_signal", f"{text!r} is not a stop signal (one of: {', '.join(STOP_SIGNALS)})")
+    try:
+        return parse_signal(check.raw.get("stop_signal", "TERM"), "stop signal")
+    except ValueError as exc:
+        check.fail("stop_signal", str(exc))
         return signal.SIGTERM
-    return STOP_SIGNALS[name]
 
 
-def _backoff(check: _RoleChecker) -> Backoff:
+def _backoff(check: _RoleChecker) -> BackoffSettings:
     raw = check.raw.get("backoff", {})
     sub = _RoleChecker(check.name, raw, check.problems)
     sub.path = check.path + ("backoff",)
@@ -152,7 +151,7 @@ def _backoff(check: _RoleChecker) -> Backoff:
     maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
     if initial is not None and maximum is not None and maximum < initial:
         sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
-    return Backoff(initial=initial, max=maximum)
+    return BackoffSettings(initial=initial, max=maximum)
 
 
 def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:
@@ -179,16 +178,20 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 def _cron_fields(check: _RoleChecker) -> dict:
     raw = check.raw
-    schedule = None
-    try:
-        schedule = parse_schedule(raw["schedule"])
-    except ValueError as exc:
-        check.fail("schedule", str(exc))
     tz = raw.get("timezone", DEFAULTS["timezone"])
     try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        load_timezone(tz)
+    except ScheduleError:
         check.fail("timezone", f"{tz!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)")
+        tz_ok = False
+    else:
+        tz_ok = True
+    schedule = None
+    try:
+        # the very object the cron runner uses: what validates is what runs
+        schedule = Schedule.parse(raw["schedule"], tz if tz_ok else DEFAULTS["timezone"])
+    except ScheduleError as exc:
+        check.fail("schedule", str(exc))
     return {
         "schedule": schedule, "timezone": tz,
         "concurrency": raw.get("concurrency", DEFAULTS["cron_concurrency"]),

@@ -45,8 +45,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import timing
 from .base import Backend
@@ -118,7 +118,7 @@ class Session:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def start(self) -> "Session":
+    def start(self) -> Session:
         """Grant the lease (raises CoordError if the backend is down) and
         start the keepalive threads."""
         self._grant()
@@ -139,7 +139,7 @@ class Session:
 
     def confirm(self, after: float, timeout: float) -> bool:
         """Block until a keepalive *sent* after ``after`` came back alive
-        (docs/safety.md rule 2: start only when the win is confirmed)."""
+        (docs/safety.md, rule 2: start only when the win is confirmed)."""
         deadline = self.clock() + timeout
         self.request_keepalive()
         with self._changed:

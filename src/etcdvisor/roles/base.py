@@ -23,17 +23,18 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..config import Config, RoleSpec
 from ..coord.base import Backend
 from ..coord.errors import CoordError
+from ..coord.keys import ClusterKeys
 from ..coord.session import Session
+from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
-from ..events import Effect, EffectDone, RoleEvent
-from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
 _SERIALS = itertools.count(1)
@@ -51,6 +52,7 @@ class RuntimeContext:
     clock: Callable[[], float]
     base_env: Mapping[str, str] = field(default_factory=dict)
     wall: Callable[[], float] = time.time  # wall clock (schedules, records)
+    config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
 
     @property
     def cluster(self) -> str:
@@ -72,6 +74,8 @@ class RuntimeContext:
             "ETCDVISOR_CLUSTER": self.cluster,
             "ETCDVISOR_MEMBER_ID": self.member_id,
         })
+        if self.config_env is not None:
+            env.update(self.config_env(role, name, extra_env))
         env.update(extra_env)
         return ChildSpec(name=name, argv=role.command, env=env, cwd=self.config.role_cwd(role),
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
