@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _supervisors import BenchFleet
-
 from etcdvisor import timing
 from etcdvisor.testing.proxy import TcpProxy
 

@@ -33,8 +33,7 @@ def _quiet_blocked_streams() -> None:
 
 _quiet_blocked_streams()
 
-from ..errors import (AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound,  # noqa: E402
-                      PermissionDenied, Unavailable)
+from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, PermissionDenied, Unavailable  # noqa: E402
 from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Put  # noqa: E402
 
 CONNECT_TIMEOUT_MS = 5_000
