@@ -1,0 +1,121 @@
+"""Issue 9 end to end: fenced hand-off (join order with ``processes``) and
+fixed shards (per-shard and per-member children) under clean leave, SIGKILL
+and SIGSTOP of a member, checked on the children's own start/stop records by
+:mod:`.shard_history`."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import TTL, wait_for, wait_pids_gone
+from .shard_history import (assert_exact_cover, assert_kept_pids, assert_no_intersecting_overlap,
+                            is_exact_cover, parts_of)
+
+pytestmark = [pytest.mark.etcd]
+
+SETTLE = "0.3s"
+
+
+def settled(fleet, role: str, count: int, members: set[str], timeout: float) -> float:
+    """Wait for an exact cover of 0..count-1 by ``members``; return a moment
+    after it (the cover is re-checked at that moment)."""
+    wait_for(lambda: is_exact_cover(fleet.history(), role, count, members), timeout,
+             f"{role}: exact cover of {count} by {sorted(members)}")
+    time.sleep(0.2)
+    t = time.time()
+    assert_exact_cover(fleet.history(), role, count, t)
+    return t
+
+
+def test_fenced_join_order_with_processes(fleet):
+    role = fleet.worker_role("sharded", settle=SETTLE, processes=2, env={
+        "WORK_RECORD": str(fleet.record_path), "WORK_INTERVAL": "1000", "WORK_STOP_DELAY": "0.2"})
+    config = fleet.write_config({"worker": role})
+    members = fleet.start_many(3, config)
+    ids = {m.id for m in members}
+    settled(fleet, "worker", 6, ids, timeout=30)
+
+    members[0].term()
+    assert members[0].wait(10) == 0
+    ids.discard(members[0].id)
+    settled(fleet, "worker", 4, ids, timeout=15)
+
+    own = [i.pid for i in fleet.history().live("worker") if i.member == members[1].id]
+    members[1].kill()
+    assert not wait_pids_gone(own, timeout=2.0)
+    ids.discard(members[1].id)
+    settled(fleet, "worker", 2, ids, timeout=TTL + 15)
+
+    history = fleet.history()
+    assert_no_intersecting_overlap(history, "worker")
+    counts = {i.count for i in history.of("worker")}
+    assert counts == {6, 4, 2}, counts
+
+
+@pytest.mark.parametrize("children", ["per-shard", "per-member"])
+def test_fixed_shards_leave_kill_and_freeze(fleet, children):
+    role = fleet.worker_role("sharded", settle=SETTLE, shards=8, children=children)
+    config = fleet.write_config({"worker": role})
+    members = fleet.start_many(4, config)
+    ids = {m.id for m in members}
+    t0 = settled(fleet, "worker", 8, ids, timeout=30)
+    for child in fleet.history().live("worker"):
+        if children == "per-member":
+            assert child.env["shards"] and child.env.get("index") is None
+        else:
+            assert child.env.get("shards") is None and int(child.env["count"]) == 8
+
+    # clean leave: only the leaver's shards move, the others keep their pids
+    members[0].term()
+    assert members[0].wait(10) == 0
+    ids.discard(members[0].id)
+    t1 = settled(fleet, "worker", 8, ids, timeout=15)
+    if children == "per-shard":
+        restarted = assert_kept_pids(fleet.history(), "worker", t0, t1, ids)
+        moved = len([p for i in fleet.history().live_at(t0, "worker") if i.member == members[0].id
+                     for p in parts_of(i)])
+        assert restarted == moved, (restarted, moved)
+
+    # SIGSTOP: the watchdog stops its children before its lease can expire; the
+    # others take its shards only after that
+    frozen = members[1]
+    frozen.pause()
+    ids.discard(frozen.id)
+    t2 = settled(fleet, "worker", 8, ids, timeout=TTL + 15)
+    frozen.resume()
+    ids.add(frozen.id)
+    settled(fleet, "worker", 8, ids, timeout=TTL + 20)
+
+    # SIGKILL: children die with it, the lease expires, the shards move
+    members[2].kill()
+    ids.discard(members[2].id)
+    t3 = settled(fleet, "worker", 8, ids, timeout=TTL + 15)
+
+    history = fleet.history()
+    assert_no_intersecting_overlap(history, "worker")
+    for t in (t0, t1, t2, t3):
+        assert_exact_cover(history, "worker", 8, t)
+    assert {int(i.count) for i in history.of("worker")} == {8}
+
+
+def test_checker_catches_overlap_and_gaps():
+    """The checker itself: intersecting lives are reported, disjoint ones are not."""
+    from .conftest import History
+
+    def rec(event, pid, t, **env):
+        return {"event": event, "pid": pid, "t": t, "role": "w", "member_id": f"m{pid}", **env}
+
+    ok = History([rec("start", 1, 0.0, index="0", count="2"), rec("start", 2, 0.0, index="1", count="2"),
+                  rec("stop", 1, 5.0), rec("stop", 2, 5.0), rec("start", 3, 5.01, index="0", count="1")], {})
+    assert_no_intersecting_overlap(ok, "w") is None
+    assert is_exact_cover(ok, "w", 2, t=1.0) and not is_exact_cover(ok, "w", 2, t=6.0)
+    assert is_exact_cover(ok, "w", 1, t=6.0)
+    bad = History([rec("start", 1, 0.0, index="0", count="2"), rec("stop", 1, 5.0),
+                   rec("start", 2, 4.9, index="1", count="3")], {})
+    with pytest.raises(AssertionError, match="intersecting"):
+        assert_no_intersecting_overlap(bad, "w")
+    shards = History([rec("start", 1, 0.0, shards="1,2", count="8"), rec("start", 2, 1.0, index="2", count="8")], {})
+    with pytest.raises(AssertionError):
+        assert_no_intersecting_overlap(shards, "w")
