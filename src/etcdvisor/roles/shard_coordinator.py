@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etcdvisor")
 RETRY = 1.0
+WATCH_GRACE = 2.0  # after a successful publish, wait this long for the watch to show it
 
 
 class CoordinatorState(enum.Enum):
@@ -43,6 +44,7 @@ class Coordinator:
         self.due_at: float | None = None
         self.retry_at: float | None = None
         self.key = runner.ctx.keys.role(runner.name) + "assignment"
+        self.sent: tuple[tuple[str, ...], float] | None = None  # members published, until when to trust it
 
     def tick(self, now: float) -> None:
         """Publish if this member leads and the settled membership changed."""
@@ -52,7 +54,10 @@ class Coordinator:
             self.due_at = None
             return
         if pub is not None and pub.members == info.members and pub.shards == runner.shards:
-            self.state, self.due_at = CoordinatorState.IDLE, None
+            self.state, self.due_at, self.sent = CoordinatorState.IDLE, None, None
+            return
+        if self.sent is not None and self.sent[0] == info.members and now < self.sent[1]:
+            self.due_at = self.sent[1]  # written; its watch event is on the way
             return
         self.state = CoordinatorState.SETTLING  # IDLE -> SETTLING
         self.due_at = max(runner.latest_at + (runner.spec.settle or 0.0), self.retry_at or 0.0)
@@ -69,11 +74,13 @@ class Coordinator:
         def call() -> bool:
             return backend.txn([t.mod_revision(self.key, "=", mod)], [t.Put(self.key, body)]).succeeded
 
-        runner._effect("publish assignment", call, self._published)
+        runner._effect("publish assignment", call, lambda ok, error: self._published(info.members, ok, error))
 
-    def _published(self, ok, error) -> None:
+    def _published(self, members: tuple[str, ...], ok, error) -> None:
         self.state = CoordinatorState.IDLE  # PUBLISHING -> IDLE
         self.runner._due = True
+        if ok and error is None:
+            self.sent = (members, self.runner.ctx.clock() + WATCH_GRACE)
         if error is not None or not ok:
             log.warning("role %s: coordinator: publish %s; retrying", self.runner.name,
                         f"failed: {error}" if error else "lost a race (the assignment changed)")

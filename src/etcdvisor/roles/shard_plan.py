@@ -62,15 +62,22 @@ def decode_published(raw: bytes, mod: int) -> Published | None:
 
 
 def join_order_children(position: int, members: int, processes: int, epoch: int,
-                        keep: Mapping[str, Child]) -> dict[str, Child]:
+                        keep: Mapping[str, Child], *, by_position: bool = False) -> dict[str, Child]:
     """Children for join ``position`` among ``members``; a child already in
-    ``keep`` under the same key keeps its env (its EPOCH stays the one it was
-    started with)."""
+    ``keep`` under the same key and partitions keeps its env (its EPOCH stays
+    the one it was started with). Keys are the partition (``i/N``: fenced
+    hand-off tracks old and new children apart) or, with ``by_position``
+    (overlap hand-off), the member's j-th process (``p<j>``), so that a new
+    assignment replaces the child in place instead of starting next to it."""
     children = {}
-    for part in join_order_parts(position, members, processes):
-        key = f"{part.index}/{part.count}"
-        env = {"INDEX": str(part.index), "COUNT": str(part.count), "EPOCH": str(epoch)}
-        children[key] = keep.get(key) or Child(key, frozenset({part}), env)
+    for j, part in enumerate(join_order_parts(position, members, processes)):
+        key = f"p{j}" if by_position else f"{part.index}/{part.count}"
+        old = keep.get(key)
+        if old is not None and old.parts == frozenset({part}):
+            children[key] = old
+        else:
+            env = {"INDEX": str(part.index), "COUNT": str(part.count), "EPOCH": str(epoch)}
+            children[key] = Child(key, frozenset({part}), env)
     return children
 
 

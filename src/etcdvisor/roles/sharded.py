@@ -87,6 +87,7 @@ class ShardedRunner(RoleRunner):
         self.cluster = ClusterAlive({})
         self.graveyard: dict[str, tuple[frozenset, float]] = {}
         self.record: frozenset | None = None  # what our alive record holds (None: unknown)
+        self.record_rev = 0  # store revision of our last record write
         self.writing = False
         self.retry_at: float | None = None
         self.fence_failed_rev = -1
@@ -138,6 +139,11 @@ class ShardedRunner(RoleRunner):
         for member in cluster.records:
             self.graveyard.pop(member, None)
         self.cluster = cluster
+        mine = cluster.records.get(self.ctx.member_id)
+        if self.record and not self.writing and cluster.revision >= self.record_rev and mine != self.record:
+            log.warning("role %s: our alive record was changed or deleted by someone else; rewriting",
+                        self.name)
+            self.record = None
 
     def _on_info(self, info: Info, at: float) -> None:
         self.latest, self.latest_at = info, at
@@ -184,20 +190,16 @@ class ShardedRunner(RoleRunner):
         if not self._settled(now) or self.applied is None:
             return {}
         return join_order_children(self.applied.index, self.applied.count, self.processes,
-                                   self.applied.epoch, keep)
+                                   self.applied.epoch, keep, by_position=not self.fenced)
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
         self._due = False
         target = self._compute_target(now)
-        if set(target) != set(self.target):
+        if target != self.target:  # Child equality: same key and partitions
             self.target_at = now
             self.ctx.session.request_keepalive()
             self._log_target(target)
         self.target = target
-        for key in [k for k in self.running if k not in target]:
-            child = self.running.pop(key)
-            if key in self.live:
-                self.stopping[key] = child  # stays in the record until reaped
         if self.fenced:
             self._fenced_step(now)
         else:
@@ -207,12 +209,20 @@ class ShardedRunner(RoleRunner):
                 for key, child in self.running.items()}
 
     def _overlap_step(self) -> None:
+        """Leave at once; start (or replace in place) once a keepalive sent
+        after the change came back alive."""
         session = self.ctx.session
         if session.alive and session.last_alive_sent > self.target_at:
             self.running = dict(self.target)
+        else:
+            self.running = {k: c for k, c in self.running.items() if k in self.target}
 
     def _fenced_step(self, now: float) -> None:
         session = self.ctx.session
+        for key in [k for k in self.running if k not in self.target]:
+            child = self.running.pop(key)
+            if key in self.live:
+                self.stopping[key] = child  # stays in the alive record until reaped
         for key, (child, at) in list(self.approved.items()):
             if key not in self.target:
                 del self.approved[key]
@@ -254,15 +264,15 @@ class ShardedRunner(RoleRunner):
             ops = [t.Put(self.fence_key, b""), t.Put(self.record_key, body, lease=lease)]
 
             def call():
-                return backend.txn(compares, ops).succeeded
+                result = backend.txn(compares, ops)
+                return result.revision if result.succeeded else 0
         else:
             def call():
-                backend.put(self.record_key, body, lease=lease)
-                return True
+                return backend.put(self.record_key, body, lease=lease)
         self.writing = True
-        self._effect("alive record", call, lambda ok, err: self._written(want, free, cluster, ok, err))
+        self._effect("alive record", call, lambda rev, err: self._written(want, free, cluster, rev, err))
 
-    def _written(self, want: frozenset, free: list[Child], cluster: ClusterAlive, ok, error) -> None:
+    def _written(self, want: frozenset, free: list[Child], cluster: ClusterAlive, revision, error) -> None:
         now = self.ctx.clock()
         self.writing, self._due = False, True
         if error is not None:
@@ -270,10 +280,10 @@ class ShardedRunner(RoleRunner):
             self.retry_at = now + RETRY
             return
         self.retry_at = None
-        if not ok:
+        if not revision:
             self.fence_failed_rev = cluster.revision
             return
-        self.record = want
+        self.record, self.record_rev = want, revision
         for child in free:
             if self.target.get(child.key) is child:
                 self.approved[child.key] = (child, now)
@@ -348,6 +358,12 @@ class ShardedRunner(RoleRunner):
         if self.phase is Phase.STOPPED:
             return
         self.phase = Phase.STOPPED
+        if self.fenced and self.record:
+            try:  # our children are gone (the loop stops a role's children first): say so
+                # before leaving, so the others need not wait out a kill bound for them
+                self.ctx.backend.put(self.record_key, encode_record(()), lease=self.ctx.session.lease_id)
+            except CoordError as exc:
+                log.warning("role %s: could not clear the alive record: %s", self.name, exc)
         self.sequence.stop(leave=True)
         for watcher in self.watchers:
             watcher.stop()
