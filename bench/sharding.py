@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from etcdvisor.roles.assignment import Part, intersects
@@ -47,6 +48,7 @@ class Roll:
         self.record = self.dir / "records.jsonl"
         self.etcd_url = etcd_url
         self.procs: dict[str, subprocess.Popen] = {}
+        self.first_dead: dict[int, float] = {}  # children that wrote no stop line (killed)
         role = {**role, "env": {**role.get("env", {}), "WORK_RECORD": str(self.record)}}
         doc = {"cluster": f"bench-{mode}-{os.urandom(3).hex()}", "etcd": {"endpoints": [etcd_url]},
                "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": {"worker": role}}
@@ -74,13 +76,16 @@ class Roll:
                 except ValueError:
                     continue
                 (starts if rec["event"] == "start" else stops)[rec["pid"]] = rec
+        for pid, rec in starts.items():
+            if pid not in stops and pid not in self.first_dead and not _alive(pid, rec["t"]):
+                self.first_dead[pid] = time.time()
         out = []
         for pid, rec in starts.items():
             count = int(rec["count"])
             parts = ([Part(int(s), count) for s in rec["shards"].split(",")] if rec.get("shards")
                      else [Part(int(rec["index"]), count)])
             out.append({"pid": pid, "member": rec["member_id"], "start": rec["t"],
-                        "end": stops[pid]["t"] if pid in stops else None, "parts": parts})
+                        "end": stops[pid]["t"] if pid in stops else self.first_dead.get(pid), "parts": parts})
         return out
 
     def settled(self, members: set[str], count: int, timeout: float = 60.0) -> float:
@@ -97,6 +102,14 @@ class Roll:
         for proc in self.procs.values():
             proc.kill()
             proc.wait(5)
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def run_roll(roll: Roll, members: int, count_of) -> dict:
@@ -153,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=64)
     parser.add_argument("--stop", type=float, default=0.2, help="child stop time, seconds")
     parser.add_argument("--settle", type=float, default=0.5)
-    parser.add_argument("--ttl", type=int, default=5)
+    parser.add_argument("--ttl", type=int, default=6)
     args = parser.parse_args(argv)
     base = {"type": "sharded", "command": [sys.executable, "-S", str(WORKER)], "settle": f"{args.settle}s",
-            "stop_timeout": "1s", "env": {"WORK_INTERVAL": "1000", "WORK_STOP_DELAY": str(args.stop)}}
+            "stop_timeout": "2s", "env": {"WORK_INTERVAL": "1000", "WORK_STOP_DELAY": str(args.stop)}}
     modes = {
         "join-overlap": ({**base, "handoff": "overlap"}, lambda m: m),
         "join-fenced": ({**base, "handoff": "fenced"}, lambda m: m),

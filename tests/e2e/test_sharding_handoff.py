@@ -5,6 +5,7 @@ and SIGSTOP of a member, checked on the children's own start/stop records by
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -119,3 +120,52 @@ def test_checker_catches_overlap_and_gaps():
     shards = History([rec("start", 1, 0.0, shards="1,2", count="8"), rec("start", 2, 1.0, index="2", count="8")], {})
     with pytest.raises(AssertionError):
         assert_no_intersecting_overlap(shards, "w")
+
+
+@pytest.mark.slow
+def test_random_churn_keeps_partitions_exclusive(fleet):
+    """8+ members, 40 s of random clean leaves, SIGKILLs, SIGSTOP/SIGCONT and
+    joins, with a join-order role and a fixed-shard role side by side."""
+    import random
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    config = fleet.write_config({
+        "joined": fleet.worker_role("sharded", settle=SETTLE),
+        "fixed": fleet.worker_role("sharded", settle=SETTLE, shards=16),
+    })
+    running = {m.id: m for m in fleet.start_many(8, config)}
+    settled(fleet, "fixed", 16, set(running), timeout=60)
+    frozen: dict[str, float] = {}
+    serial = 8
+    end = time.monotonic() + 40
+    actions = []
+    while time.monotonic() < end:
+        for member_id, until in list(frozen.items()):
+            if time.monotonic() >= until:
+                running[member_id].resume()
+                del frozen[member_id]
+        action = rng.choice(["term", "kill", "pause", "join"] if len(running) > 6 else ["join"])
+        if len(running) >= 10:
+            action = rng.choice(["term", "kill", "pause"])
+        victim = rng.choice(sorted(set(running) - set(frozen)))
+        if action == "term":
+            running.pop(victim).term()
+        elif action == "kill":
+            running.pop(victim).kill()
+        elif action == "pause":
+            running[victim].pause()
+            frozen[victim] = time.monotonic() + rng.uniform(0.5, 6.0)
+        else:
+            new = fleet.start(f"m{serial}", config)
+            running[new.id] = new
+            serial += 1
+        actions.append(action)
+        time.sleep(rng.uniform(0.5, 2.5))
+    for member_id in frozen:
+        running[member_id].resume()
+    settled(fleet, "fixed", 16, set(running), timeout=60)
+    settled(fleet, "joined", len(running), set(running), timeout=60)
+    history = fleet.history()
+    assert_no_intersecting_overlap(history, "fixed")
+    assert_no_intersecting_overlap(history, "joined")
+    assert len(history.of("fixed")) > 16, actions
