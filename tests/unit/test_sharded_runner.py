@@ -53,6 +53,13 @@ class Member:
             else:
                 self.runner.on_session(event)
         desired = self.runner.desired(time.monotonic())
+        for effect in self.runner.take_effects():  # the loop runs these off its thread, in order
+            try:
+                result, error = effect.call(), None
+            except Exception as exc:
+                result, error = None, exc
+            if effect.done is not None:
+                effect.done(result, error)
         for key in desired:
             if key not in self.alive:
                 self.alive[key] = parts(self.runner, key)

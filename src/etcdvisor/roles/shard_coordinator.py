@@ -74,7 +74,7 @@ class Coordinator:
         def call() -> bool:
             return backend.txn([t.mod_revision(self.key, "=", mod)], [t.Put(self.key, body)]).succeeded
 
-        runner._effect("publish assignment", call, lambda ok, error: self._published(info.members, ok, error))
+        runner.effect("publish assignment", call, lambda ok, error: self._published(info.members, ok, error))
 
     def _published(self, members: tuple[str, ...], ok, error) -> None:
         self.state = CoordinatorState.IDLE  # PUBLISHING -> IDLE

@@ -67,7 +67,8 @@ class Phase(enum.Enum):
 
 
 class ShardedRunner(RoleRunner):
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.fenced = (self.spec.handoff or "fenced") == "fenced"
         self.shards = self.spec.shards
         self.processes = self.spec.processes or 1
@@ -99,6 +100,10 @@ class ShardedRunner(RoleRunner):
         self.record_key = self.alive_prefix + self.ctx.member_id
         self.coordinator = Coordinator(self) if self.shards else None
         self.watchers: list[PrefixWatcher] = []
+        self.sequence: Sequence | None = None
+
+    def start(self) -> None:
+        keys = self.ctx.keys
         if self.fenced:
             self.watchers.append(PrefixWatcher(self.ctx.backend, self.fence_key, self._on_alive,
                                                name=f"{self.name}:alive"))
@@ -270,7 +275,7 @@ class ShardedRunner(RoleRunner):
             def call():
                 return backend.put(self.record_key, body, lease=lease)
         self.writing = True
-        self._effect("alive record", call, lambda rev, err: self._written(want, free, cluster, rev, err))
+        self.effect("alive record", call, lambda rev, err: self._written(want, free, cluster, rev, err))
 
     def _written(self, want: frozenset, free: list[Child], cluster: ClusterAlive, revision, error) -> None:
         now = self.ctx.clock()
@@ -289,17 +294,6 @@ class ShardedRunner(RoleRunner):
                 self.approved[child.key] = (child, now)
         if free:
             self.ctx.session.request_keepalive()
-
-    def _effect(self, what: str, call, done) -> None:
-        effect = getattr(super(), "effect", None)
-        if effect is not None:
-            effect(what, call, done)
-            return
-        try:  # before the loop rework lands: run it here (blocking, but correct)
-            result, error = call(), None
-        except Exception as exc:  # delivered to done, as the effect contract says
-            result, error = None, exc
-        done(result, error)
 
     def _update_phase(self) -> None:
         if self.failed_reason or self.phase is Phase.STOPPED:
@@ -352,7 +346,7 @@ class ShardedRunner(RoleRunner):
             self.failed_reason = reason
             self.phase = Phase.FAILED
             self.say(f"failed ({reason}); leaving the group so the others reshard")
-            self.sequence.stop(leave=True)
+            self.effect("leave the group", lambda: self.sequence.stop(leave=True))
 
     def stop(self) -> None:
         if self.phase is Phase.STOPPED:
@@ -364,7 +358,8 @@ class ShardedRunner(RoleRunner):
                 self.ctx.backend.put(self.record_key, encode_record(()), lease=self.ctx.session.lease_id)
             except CoordError as exc:
                 log.warning("role %s: could not clear the alive record: %s", self.name, exc)
-        self.sequence.stop(leave=True)
+        if self.sequence is not None:
+            self.sequence.stop(leave=True)
         for watcher in self.watchers:
             watcher.stop()
         if self.fenced:

@@ -21,6 +21,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import timing
 from ..process.backoff import Backoff
@@ -42,6 +43,8 @@ class Reconciler:
     def __init__(self, manager: ProcessManager):
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
+        # called when a runner raises while told about its child (runtime.roster fences it)
+        self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -89,7 +92,12 @@ class Reconciler:
             if owned is None:
                 continue
             _log_event(owned, event)
-            owned.runner.on_slot_event(owned.key, event, now)
+            try:
+                owned.runner.on_slot_event(owned.key, event, now)
+            except Exception as exc:
+                if self.fault is None:
+                    raise
+                self.fault(owned.runner, "on_slot_event", exc)
         for name, owned in list(self._slots.items()):
             if owned.slot.desired is None and owned.slot.idle:
                 self.manager.remove_slot(owned.slot)
