@@ -50,7 +50,7 @@ class Roll:
         self.procs: dict[str, subprocess.Popen] = {}
         self.first_dead: dict[int, float] = {}  # children that wrote no stop line (killed)
         role = {**role, "env": {**role.get("env", {}), "WORK_RECORD": str(self.record)}}
-        doc = {"cluster": f"bench-{mode}-{os.urandom(3).hex()}", "etcd": {"endpoints": [etcd_url]},
+        doc = {"cluster": f"bench-{mode}-{os.urandom(3).hex()}", "etcd": {"endpoints": [etcd_url], "timeout": "10s"},
                "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": {"worker": role}}
         self.config = self.dir / "config.yaml"
         self.config.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
