@@ -200,7 +200,7 @@ def _alive(kvs, prefix: str) -> dict | None:
     """Fenced sharded roles: member -> partitions its children hold ("i/N")."""
     from .roles.handoff import BadRecord, decode_record
 
-    found = {}
+    found: dict[str, Any] = {}
     for kv in direct_children_by_create(prefix, kvs):
         try:
             found[kv.key[len(prefix):]] = [str(p) for p in sorted(decode_record(kv.value))]

@@ -340,13 +340,15 @@ class ShardedRunner(RoleRunner):
             child = self.running[key]
             self.say(f"child {key} finished with status {event.code}")
             for part in sorted(child.parts):
-                self.record_done(part.count, part.index, event.code)
+                self.record_done(part.count, part.index, -1 if event.code is None else event.code)
         if isinstance(event, (Failed, SpawnFailed)) and not self.failed_reason:
             reason = event.reason if isinstance(event, Failed) else event.message
             self.failed_reason = reason
             self.phase = Phase.FAILED
             self.say(f"failed ({reason}); leaving the group so the others reshard")
-            self.effect("leave the group", lambda: self.sequence.stop(leave=True))
+            sequence = self.sequence
+            if sequence is not None:
+                self.effect("leave the group", lambda: sequence.stop(leave=True))
 
     def stop(self) -> None:
         if self.phase is Phase.STOPPED:
