@@ -91,6 +91,10 @@ class Roll:
     def settled(self, members: set[str], count: int, timeout: float = 60.0) -> float:
         deadline = time.time() + timeout
         while time.time() < deadline:
+            for member, proc in list(self.procs.items()):
+                if proc.poll() is not None:  # e.g. could not reach etcd on a loaded machine
+                    print(f"  ({member} exited with {proc.returncode}; starting it again)", file=sys.stderr)
+                    self.start(member)
             live = [i for i in self.intervals() if i["end"] is None]
             parts = sorted(p for i in live for p in i["parts"])
             if {i["member"] for i in live} == members and parts == [Part(k, count) for k in range(count)]:
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", type=float, default=0.2, help="child stop time, seconds")
     parser.add_argument("--settle", type=float, default=0.5)
     parser.add_argument("--ttl", type=int, default=6)
+    parser.add_argument("--modes", default="join-overlap,join-fenced,shards",
+                        help="comma-separated subset of: join-overlap, join-fenced, shards")
     args = parser.parse_args(argv)
     base = {"type": "sharded", "command": [sys.executable, "-S", str(WORKER)], "settle": f"{args.settle}s",
             "stop_timeout": "2s", "env": {"WORK_INTERVAL": "1000", "WORK_STOP_DELAY": str(args.stop)}}
@@ -175,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "join-fenced": ({**base, "handoff": "fenced"}, lambda m: m),
         f"shards-{args.shards}": ({**base, "shards": args.shards}, lambda m: args.shards),
     }
+    wanted = {m.strip() for m in args.modes.split(",")}
+    modes = {k: v for k, v in modes.items() if k in wanted or k.split("-")[0] in wanted}
     figures: dict[str, dict] = {"members": args.members, "stop_s": args.stop, "settle_s": args.settle}
     server = EtcdServer(name="bench-sharding").start()
     workdir = Path(tempfile.mkdtemp(prefix="etcdvisor-bench-sharding-"))
