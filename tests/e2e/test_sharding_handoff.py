@@ -189,7 +189,7 @@ def test_status_shows_the_assignment_and_a_hand_off_in_progress(fleet):
 
     doc = wait_for(waiting, 20, "m1 waiting for m0's children in status")
     (m1,) = [a for a in doc["assignments"] if a["member"] == "m1"]
-    assert all("m0" in w for w in m1["waiting"]), m1["waiting"]
+    assert all("m0's child" in w for w in m1["waiting"]), m1["waiting"]
     assert doc["published"]["members"] == ["m0", "m1"] and doc["published"]["shards"] == 4
     assert doc["alive"]["m0"], doc["alive"]
     text = cli("status", "-c", str(config)).stdout.decode()

@@ -129,13 +129,19 @@ class Blockers:
     (``own_busy``: slot key -> parts)."""
 
     def __init__(self, me: str, cluster: ClusterAlive, graveyard: Mapping[str, frozenset[Part]],
-                 own_busy: Mapping[str, frozenset[Part]]):
+                 own_busy: Mapping[str, frozenset[Part]], members: Iterable[str] | None = None):
         self._holders: list[tuple[str, str, str]] = []  # (member, what, own slot key or "")
         self._by_part: dict[Part, list[int]] = {}
         self._by_count: dict[int, dict[int, list[Part]]] = {}
+        present = None if members is None else set(members)
         for member, parts in sorted(cluster.records.items()):
-            if member != me:
-                self._add(member, "child or lease", "", parts)
+            if member == me:
+                continue
+            if present is None:
+                what = "child or lease"
+            else:  # a member that left the group but still holds a record: alive children or a lease
+                what = "child" if member in present else "lease expiry (left the group)"
+            self._add(member, what, "", parts)
         for member, parts in sorted(graveyard.items()):
             self._add(member, "kill bound after lease expiry", "", parts)
         for key, parts in sorted(own_busy.items()):

@@ -236,7 +236,8 @@ class ShardedRunner(RoleRunner):
                 self.running[key] = child
         self.graveyard = {m: g for m, g in self.graveyard.items() if g[1] > now}
         busy = {k: c.parts for k, c in {**self.running, **self.stopping}.items()}
-        blockers = Blockers(self.ctx.member_id, self.cluster, {m: g[0] for m, g in self.graveyard.items()}, busy)
+        blockers = Blockers(self.ctx.member_id, self.cluster, {m: g[0] for m, g in self.graveyard.items()}, busy,
+                            members=self.latest.members or None)
         free, self.waits = [], []
         for key, child in sorted(self.target.items()):
             if key in self.running or key in self.approved:
