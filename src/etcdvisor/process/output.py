@@ -38,9 +38,9 @@ _READ_SIZE = 64 * 1024
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("pipe", "prefix", "sink", "pending")
+    __slots__ = ("pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe, prefix: bytes, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, prefix: bytes, sink: BinaryIO):
         self.pipe = pipe
         self.prefix = prefix
         self.sink = sink
@@ -78,7 +78,7 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, stdout_pipe, stderr_pipe) -> None:
+    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
         """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
         prefix = f"{name}| ".encode("utf-8", "replace")
         streams = []
@@ -87,8 +87,10 @@ class OutputPump:
         if stderr_pipe is not None:
             streams.append(_Stream(stderr_pipe, prefix, self._stderr or sys.stderr.buffer))
         with self._lock:
+            wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
-        self._wake()
+        if wake:
+            self._wake()
 
     @property
     def open_streams(self) -> int:
