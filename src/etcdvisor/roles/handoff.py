@@ -105,13 +105,17 @@ class ClusterAlive:
 
 def parse_snapshot(prefix: str, fence_key: str, kvs: Iterable, revision: int) -> ClusterAlive:
     """Build a :class:`ClusterAlive` from a watched snapshot (``prefix`` ends
-    with ``/``; ``fence_key`` is ``prefix`` without it)."""
+    with ``/``; ``fence_key`` is ``prefix`` without it). A garbage record
+    counts as holding everything (until its lease goes); a record on no lease
+    is ignored."""
     records: dict[str, frozenset[Part]] = {}
     fence_mod = 0
     for kv in kvs:
         if kv.key == fence_key:
             fence_mod = kv.mod_revision
-        elif kv.key.startswith(prefix) and "/" not in kv.key[len(prefix):]:
+        elif kv.key.startswith(prefix) and "/" not in kv.key[len(prefix):] and kv.lease:
+            # (a record on no lease is nobody's: members write theirs on their lease, and
+            # honouring it would block its partitions forever)
             try:
                 records[kv.key[len(prefix):]] = decode_record(kv.value)
             except BadRecord:
