@@ -36,18 +36,18 @@ def test_fenced_join_order_with_processes(fleet):
     config = fleet.write_config({"worker": role})
     members = fleet.start_many(3, config)
     ids = {m.id for m in members}
-    settled(fleet, "worker", 6, ids, timeout=30)
+    settled(fleet, "worker", 6, ids, timeout=90)
 
     members[0].term()
     assert members[0].wait(10) == 0
     ids.discard(members[0].id)
-    settled(fleet, "worker", 4, ids, timeout=15)
+    settled(fleet, "worker", 4, ids, timeout=45)
 
     own = [i.pid for i in fleet.history().live("worker") if i.member == members[1].id]
     members[1].kill()
-    assert not wait_pids_gone(own, timeout=2.0)
+    assert not wait_pids_gone(own, timeout=5.0)
     ids.discard(members[1].id)
-    settled(fleet, "worker", 2, ids, timeout=TTL + 15)
+    settled(fleet, "worker", 2, ids, timeout=TTL + 45)
 
     history = fleet.history()
     assert_no_intersecting_overlap(history, "worker")
@@ -61,7 +61,7 @@ def test_fixed_shards_leave_kill_and_freeze(fleet, children):
     config = fleet.write_config({"worker": role})
     members = fleet.start_many(4, config)
     ids = {m.id for m in members}
-    t0 = settled(fleet, "worker", 8, ids, timeout=30)
+    t0 = settled(fleet, "worker", 8, ids, timeout=90)
     for child in fleet.history().live("worker"):
         if children == "per-member":
             assert child.env["shards"] and child.env.get("index") is None
@@ -72,7 +72,7 @@ def test_fixed_shards_leave_kill_and_freeze(fleet, children):
     members[0].term()
     assert members[0].wait(10) == 0
     ids.discard(members[0].id)
-    t1 = settled(fleet, "worker", 8, ids, timeout=15)
+    t1 = settled(fleet, "worker", 8, ids, timeout=45)
     if children == "per-shard":
         restarted = assert_kept_pids(fleet.history(), "worker", t0, t1, ids)
         moved = len([p for i in fleet.history().live_at(t0, "worker") if i.member == members[0].id
@@ -84,15 +84,15 @@ def test_fixed_shards_leave_kill_and_freeze(fleet, children):
     frozen = members[1]
     frozen.pause()
     ids.discard(frozen.id)
-    t2 = settled(fleet, "worker", 8, ids, timeout=TTL + 15)
+    t2 = settled(fleet, "worker", 8, ids, timeout=TTL + 45)
     frozen.resume()
     ids.add(frozen.id)
-    settled(fleet, "worker", 8, ids, timeout=TTL + 20)
+    settled(fleet, "worker", 8, ids, timeout=TTL + 45)
 
     # SIGKILL: children die with it, the lease expires, the shards move
     members[2].kill()
     ids.discard(members[2].id)
-    t3 = settled(fleet, "worker", 8, ids, timeout=TTL + 15)
+    t3 = settled(fleet, "worker", 8, ids, timeout=TTL + 45)
 
     history = fleet.history()
     assert_no_intersecting_overlap(history, "worker")
@@ -134,7 +134,7 @@ def test_random_churn_keeps_partitions_exclusive(fleet):
         "fixed": fleet.worker_role("sharded", settle=SETTLE, shards=16),
     })
     running = {m.id: m for m in fleet.start_many(8, config)}
-    settled(fleet, "fixed", 16, set(running), timeout=60)
+    settled(fleet, "fixed", 16, set(running), timeout=90)
     frozen: dict[str, float] = {}
     serial = 8
     # ETCDVISOR_CHURN_SECONDS=60 for the issue's full minute; 25 keeps the test near a minute
@@ -164,8 +164,8 @@ def test_random_churn_keeps_partitions_exclusive(fleet):
         time.sleep(rng.uniform(0.5, 2.5))
     for member_id in frozen:
         running[member_id].resume()
-    settled(fleet, "fixed", 16, set(running), timeout=60)
-    settled(fleet, "joined", len(running), set(running), timeout=60)
+    settled(fleet, "fixed", 16, set(running), timeout=90)
+    settled(fleet, "joined", len(running), set(running), timeout=90)
     history = fleet.history()
     assert_no_intersecting_overlap(history, "fixed")
     assert_no_intersecting_overlap(history, "joined")
@@ -173,13 +173,20 @@ def test_random_churn_keeps_partitions_exclusive(fleet):
 
 
 def test_status_shows_the_assignment_and_a_hand_off_in_progress(fleet):
-    from .harness_roles import cli, status_json
+    import json
 
-    role = fleet.worker_role("sharded", settle=SETTLE, shards=4, stop_timeout="5s", env={
-        "WORK_RECORD": str(fleet.record_path), "WORK_INTERVAL": "1000", "WORK_STOP_DELAY": "4"})
-    config = fleet.write_config({"worker": role}, ttl=10)
+    from .harness_roles import cli
+
+    def status_json(config):
+        result = cli("status", "-c", str(config), "--json", timeout=90)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return json.loads(result.stdout)
+
+    role = fleet.worker_role("sharded", settle=SETTLE, shards=4, stop_timeout="9s", env={
+        "WORK_RECORD": str(fleet.record_path), "WORK_INTERVAL": "1000", "WORK_STOP_DELAY": "8"})
+    config = fleet.write_config({"worker": role}, ttl=15)
     fleet.start("m0", config)
-    settled(fleet, "worker", 4, {"m0"}, timeout=30)
+    settled(fleet, "worker", 4, {"m0"}, timeout=90)
     fleet.start("m1", config)
 
     def waiting():
@@ -187,14 +194,14 @@ def test_status_shows_the_assignment_and_a_hand_off_in_progress(fleet):
         on_m1 = [a for a in doc["assignments"] if a["member"] == "m1"]
         return doc if on_m1 and on_m1[0]["waiting"] else None
 
-    doc = wait_for(waiting, 20, "m1 waiting for m0's children in status")
+    doc = wait_for(waiting, 60, "m1 waiting for m0's children in status")
     (m1,) = [a for a in doc["assignments"] if a["member"] == "m1"]
     assert all("m0's child" in w for w in m1["waiting"]), m1["waiting"]
     assert doc["published"]["members"] == ["m0", "m1"] and doc["published"]["shards"] == 4
     assert doc["alive"]["m0"], doc["alive"]
-    text = cli("status", "-c", str(config)).stdout.decode()
+    text = cli("status", "-c", str(config), timeout=90).stdout.decode()
     assert "published assignment" in text and "hand-off on m1" in text, text
-    settled(fleet, "worker", 4, {"m0", "m1"}, timeout=30)
+    settled(fleet, "worker", 4, {"m0", "m1"}, timeout=90)
     doc = status_json(config)["roles"]["worker"]
     owned = sorted(s for a in doc["assignments"] for s in (a["shards"] or []))
     assert owned == [0, 1, 2, 3], doc["assignments"]
