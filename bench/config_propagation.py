@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _supervisors import BenchFleet
-
 from etcdvisor.runtime.role_config import layered_config
 
 CHILD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "seed_child.py"

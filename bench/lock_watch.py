@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _supervisors import percentile  # noqa: E402
-
 from etcdvisor import kv  # noqa: E402
 from etcdvisor.coord import open_backend  # noqa: E402
 from etcdvisor.recipes.lock import Lock  # noqa: E402

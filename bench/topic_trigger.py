@@ -34,9 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _supervisors import BenchFleet, percentile  # noqa: E402
-
-from etcdvisor.recipes.topic import Topic  # noqa: E402
 from etcdvisor.coord.keys import ClusterKeys  # noqa: E402
+from etcdvisor.recipes.topic import Topic  # noqa: E402
 
 ROLE, TOPIC = "work", "bench"
 STARTED = re.compile(r"\b" + ROLE + r"#(\d+): started pid \d+")

@@ -58,13 +58,13 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from ..coord.base import Backend
-from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
 from ..coord.follow import Follower
-from .counter import Backoff, parse_count
+from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
+from .counter import ConflictRetry, parse_count
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Topic:
         if len(data) > self.max_payload:
             raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the topic's max_payload "
                                   f"of {self.max_payload} bytes ({self.prefix})")
-        backoff = Backoff(f"publish to {self.prefix!r}")
+        backoff = ConflictRetry(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         while True:
@@ -209,7 +209,7 @@ class Topic:
         return deleted
 
     # --- subscribe ------------------------------------------------------------
-    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> "Subscription":
+    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> Subscription:
         """Messages published after this call (``from_id=None``) or every
         retained message with an id above ``from_id``, in id order."""
         if from_id is None:
@@ -290,7 +290,7 @@ class Subscription:
             self._cond.notify_all()
         self._follower.stop()
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,7 @@ decide, from snapshots that did not see each other, to start intersecting
 children. Removals are plain puts (they can only unblock others).
 
 A member that dies leaves its record until its lease expires. Its children are
-gone before that (GUIDE rule 1: the watchdog kills lease-bound children at
+gone before that (docs/safety.md, rule 1: the watchdog kills lease-bound children at
 ``t_k + ttl*(1-rho) - margin - kill_bound`` at the latest), and we still wait
 ``KILL_BOUND`` after seeing a non-empty record vanish (the *graveyard*) as the
 margin for a kill that took long.

@@ -14,7 +14,7 @@ Hand-off (``handoff``):
   records written before a start and cleared after the reap, a fence key
   serializing additions, a dead member counting as gone when its lease expired
   plus the kill bound), and a keepalive sent after its alive record was written
-  came back alive (GUIDE rule 2). Guarantee: no two intersecting children are
+  came back alive (docs/safety.md, rule 2). Guarantee: no two intersecting children are
   ever alive at once, cluster-wide, as long as children obey the lease
   deadlines (the watchdog enforces them). Deadlock freedom: a member's own
   target never conflicts with itself, every member stops the children that

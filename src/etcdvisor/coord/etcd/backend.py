@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..base import Backend, WatchStream
 from ..errors import AuthFailed, Closed, CoordError, LeaseNotFound, Unavailable
 from ..types import Compare, KeyValue, Lease, Put, RangeResult, TxnResult
 from ..url import BackendSpec, Endpoint
-from ._grpc import (_CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result,
-                    short_reason, to_kv, translate)
+from ._grpc import _CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result, short_reason, to_kv, translate
 from .tls import tls_credentials
 from .watch import EtcdWatchStream
 
