@@ -11,8 +11,13 @@ import time
 import pytest
 
 from .conftest import TTL, wait_for, wait_pids_gone
-from .shard_history import (assert_exact_cover, assert_kept_pids, assert_no_intersecting_overlap,
-                            is_exact_cover, parts_of)
+from .shard_history import (
+    assert_exact_cover,
+    assert_kept_pids,
+    assert_no_intersecting_overlap,
+    is_exact_cover,
+    parts_of,
+)
 
 pytestmark = [pytest.mark.etcd]
 

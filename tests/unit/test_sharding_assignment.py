@@ -6,11 +6,18 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etcdvisor.roles.assignment import Part, balance_shards, conflicts, intersects, join_order_parts, moved
-from etcdvisor.roles.handoff import (EVERYTHING, Blockers, Child, ClusterAlive, decode_record,
-                                     encode_record, parse_snapshot)
-from etcdvisor.roles.shard_plan import Published, decode_published, shard_children
 from etcdvisor.coord.types import KeyValue
+from etcdvisor.roles.assignment import Part, balance_shards, conflicts, intersects, join_order_parts, moved
+from etcdvisor.roles.handoff import (
+    EVERYTHING,
+    Blockers,
+    Child,
+    ClusterAlive,
+    decode_record,
+    encode_record,
+    parse_snapshot,
+)
+from etcdvisor.roles.shard_plan import Published, decode_published, shard_children
 
 NAMES = [f"m{i}" for i in range(12)]
 

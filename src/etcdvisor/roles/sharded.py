@@ -49,8 +49,8 @@ from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from .base import RoleRunner
 from .handoff import Blockers, Child, ClusterAlive, Wait, encode_record, parse_snapshot
-from .shard_plan import Published, decode_published, join_order_children, shard_children
 from .shard_coordinator import Coordinator
+from .shard_plan import Published, decode_published, join_order_children, shard_children
 
 log = logging.getLogger("etcdvisor")
 RETRY = 1.0  # seconds before retrying a failed alive-record write
