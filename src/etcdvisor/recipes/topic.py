@@ -297,23 +297,29 @@ class Subscription:
         self.close()
 
     # --- follower thread ---------------------------------------------------------
-    def _queue(self, kv: KeyValue) -> None:
-        message = message_from(kv)
-        if message.id <= self._last_queued:
-            return  # already delivered (a re-read overlapping the watch)
-        if message.seq > self._next_seq:
-            log.warning("topic %s: %d message(s) before id %d were trimmed before this subscriber "
-                        "read them", self.topic.prefix, message.seq - self._next_seq, message.id)
-        self._next_seq = message.seq + 1
-        self._last_queued = message.id
-        with self._cond:
-            self._buffer.append(message)
-            self._cond.notify_all()
+    def _queue_all(self, kvs) -> None:
+        """Buffer the new messages among ``kvs`` (in id order) under one
+        lock and wake the consumer once: a watch batch under load carries
+        many messages, and a wake-up per message cost more than the copy."""
+        fresh = []
+        for kv in kvs:
+            message = message_from(kv)
+            if message.id <= self._last_queued:
+                continue  # already delivered (a re-read overlapping the watch)
+            if message.seq > self._next_seq:
+                log.warning("topic %s: %d message(s) before id %d were trimmed before this subscriber "
+                            "read them", self.topic.prefix, message.seq - self._next_seq, message.id)
+            self._next_seq = message.seq + 1
+            self._last_queued = message.id
+            fresh.append(message)
+        if fresh:
+            with self._cond:
+                self._buffer.extend(fresh)
+                self._cond.notify_all()
 
     def _on_batch(self, batch: WatchBatch) -> bool:
-        for event in batch.events:
-            if event.type is EventType.PUT and event.kv.version == 1:
-                self._queue(event.kv)
+        self._queue_all([event.kv for event in batch.events
+                         if event.type is EventType.PUT and event.kv.version == 1])
         with self._cond:
             return len(self._buffer) >= self.max_buffer  # full: suspend the watch
 
@@ -334,8 +340,7 @@ class Subscription:
             room = min(_PAGE, self._wait_for_room(low_water=False))
             page = topic.backend.range(start, topic.msg_end, revision=revision, limit=room)
             revision = page.revision
-            for kv in page.kvs:
-                self._queue(kv)
+            self._queue_all(page.kvs)
             if len(page.kvs) < room or page.count <= len(page.kvs):
                 break
             start = page.kvs[-1].key + "\0"
