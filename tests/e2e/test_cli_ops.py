@@ -218,7 +218,8 @@ def test_status_with_config_lists_configured_roles(capsys, config_file, store):
     doc = json.loads(out)
     assert sorted(doc["roles"]) == ["migrate", "thumbs", "worker"]  # --json sorts keys
     assert doc["roles"]["migrate"] == {"type": "job", "configured": True, "assignments": [],
-                                       "shard": None, "election": None, "ticks": None, "job": None}
+                                       "shard": None, "alive": None, "published": None, "election": None,
+                                       "ticks": None, "job": None}
     assert doc["topics"]["images"] == {"messages": 0, "oldest_id": None, "newest_id": None, "groups": {}}
 
 
