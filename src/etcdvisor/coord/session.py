@@ -106,7 +106,7 @@ class Session:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._changed = threading.Condition()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # a lease id, None: stop
         self._idle = 0  # workers waiting for a job (guarded by _changed)
         self._threads: list[threading.Thread] = []
 
@@ -114,7 +114,7 @@ class Session:
     def add_listener(self, listener: Callable[[SessionEvent], None]) -> None:
         self._listeners.append(listener)
 
-    def remove_listener(self, listener) -> None:
+    def remove_listener(self, listener: Callable[[SessionEvent], None]) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 import types
+from typing import Any
 
 # The supervisor forks children while gRPC threads run; gRPC's fork handlers
 # are not needed (children exec at once) and log noise at every fork.
@@ -16,8 +17,18 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
 
+__all__ = ["grpc", "etcdrpc", "Message", "Metadata", "CONNECT_TIMEOUT_MS", "kb", "ks", "to_kv", "short_reason",
+           "translate", "to_event", "compare_msg", "op_msg", "op_result"]
 
-def _load_etcdrpc():
+Message = Any
+"""A protobuf message of etcd3's generated ``etcdrpc`` modules, which ship no type
+information: their fields are checked by etcd at run time, not by mypy."""
+
+Metadata = tuple[tuple[str, str], ...]
+"""gRPC call metadata: (key, value) pairs (the auth token)."""
+
+
+def _load_etcdrpc() -> types.ModuleType:
     """etcd3's generated protocol modules without ``etcd3/__init__``, which
     imports the whole etcd3 client (and its dependencies) that we do not use:
     about 3 MiB of an idle supervisor's RSS. A placeholder parent package is
@@ -26,12 +37,14 @@ def _load_etcdrpc():
     if "etcd3" in sys.modules:
         from etcd3 import etcdrpc as loaded
 
-        return loaded
+        module: types.ModuleType = loaded  # etcd3 ships no types: name what it is
+        return module
     spec = importlib.util.find_spec("etcd3")
     if spec is None or not spec.submodule_search_locations:
         from etcd3 import etcdrpc as loaded  # let the normal import report the problem
 
-        return loaded
+        module = loaded
+        return module
     placeholder = types.ModuleType("etcd3")
     placeholder.__path__ = list(spec.submodule_search_locations)
     placeholder.__spec__ = spec
@@ -65,7 +78,7 @@ def _quiet_blocked_streams() -> None:
 _quiet_blocked_streams()
 
 from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, PermissionDenied, Unavailable  # noqa: E402
-from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Put  # noqa: E402
+from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Op, Put  # noqa: E402
 
 CONNECT_TIMEOUT_MS = 5_000
 """How long one connection attempt may take (slow links need several round trips)."""
@@ -111,7 +124,7 @@ def ks(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def to_kv(msg) -> KeyValue:
+def to_kv(msg: Message) -> KeyValue:
     return KeyValue(key=ks(msg.key), value=bytes(msg.value), create_revision=msg.create_revision,
                     mod_revision=msg.mod_revision, version=msg.version, lease=msg.lease)
 
@@ -145,19 +158,19 @@ def translate(exc: grpc.RpcError, what: str) -> CoordError:
     return CoordError(text)
 
 
-def to_event(ev) -> Event:
+def to_event(ev: Message) -> Event:
     kind = EventType.DELETE if ev.type == 1 else EventType.PUT
     prev = to_kv(ev.prev_kv) if ev.HasField("prev_kv") else None
     return Event(type=kind, kv=to_kv(ev.kv), prev_kv=prev)
 
 
-def compare_msg(c: Compare):
+def compare_msg(c: Compare) -> Message:
     msg = etcdrpc.Compare(key=kb(c.key), target=_COMPARE_TARGET[c.target], result=_COMPARE_OP[c.op])
     setattr(msg, _COMPARE_FIELD[c.target], c.operand)
     return msg
 
 
-def op_msg(op):
+def op_msg(op: Op) -> Message:
     if isinstance(op, Put):
         return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=kb(op.key), value=op.value,
                                                                  lease=op.lease))
@@ -174,12 +187,12 @@ def op_msg(op):
     raise TypeError(f"unknown txn op {op!r}")
 
 
-def op_result(resp):
+def op_result(resp: Message) -> int | tuple[KeyValue, ...] | None:
     kind = resp.WhichOneof("response")
     if kind == "response_put":
-        return resp.response_put.header.revision
+        return int(resp.response_put.header.revision)
     if kind == "response_delete_range":
-        return resp.response_delete_range.deleted
+        return int(resp.response_delete_range.deleted)
     if kind == "response_range":
         return tuple(to_kv(kv) for kv in resp.response_range.kvs)
     return None

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..base import Backend, WatchStream
 from ..errors import AuthFailed, Closed, CoordError, LeaseNotFound, PermissionDenied, Unavailable
-from ..types import Compare, KeyValue, Lease, Put, RangeResult, TxnResult
+from ..types import Compare, KeyValue, Lease, Op, Put, RangeResult, TxnResult
 from ..url import BackendSpec, Endpoint
-from ._grpc import _CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result, short_reason, to_kv, translate
+from ._grpc import (
+    _CHANNEL_OPTIONS,
+    Message,
+    Metadata,
+    compare_msg,
+    etcdrpc,
+    grpc,
+    kb,
+    op_msg,
+    op_result,
+    short_reason,
+    to_kv,
+    translate,
+)
 from .keepalive import KeepAliveStream
 from .tls import tls_credentials
 from .watch import EtcdWatchStream
@@ -19,8 +33,11 @@ from .watch import EtcdWatchStream
 class _Connection:
     """One gRPC channel to one endpoint, with its stubs."""
 
-    def __init__(self, endpoint: Endpoint, creds, target_override: str | None):
-        options = list(_CHANNEL_OPTIONS)
+    def __init__(self, endpoint: Endpoint, creds: Any, target_override: str | None,
+                 metadata: Callable[[], Metadata | None]) -> None:
+        """``creds``: grpc.ChannelCredentials (from tls_credentials), used when the endpoint
+        is secure; ``metadata`` gives the backend's current auth metadata."""
+        options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS)
         if target_override:
             options.append(("grpc.ssl_target_name_override", target_override))
         if endpoint.secure:
@@ -33,18 +50,17 @@ class _Connection:
         self.watch = etcdrpc.WatchStub(self.channel)
         self.maintenance = etcdrpc.MaintenanceStub(self.channel)
         self.auth = etcdrpc.AuthStub(self.channel)
-        self.keepalive: KeepAliveStream | None = None  # set by the backend (needs its metadata)
+        self.keepalive = KeepAliveStream(self.lease, metadata)
 
-    def close(self):
-        if self.keepalive is not None:
-            self.keepalive.close()
+    def close(self) -> None:
+        self.keepalive.close()
         self.channel.close()
 
 
 class EtcdBackend(Backend):
     """A :class:`Backend` on a real etcd v3 cluster (see module docstring)."""
 
-    def __init__(self, spec: BackendSpec, *, connect: bool = True):
+    def __init__(self, spec: BackendSpec, *, connect: bool = True) -> None:
         self.spec = spec
         self.url = spec.url
         self.timeout = spec.timeout
@@ -52,9 +68,7 @@ class EtcdBackend(Backend):
         self._closed = False
         self._token: str | None = None
         creds, override = tls_credentials(spec)
-        self._conns = [_Connection(ep, creds, override) for ep in spec.endpoints]
-        for conn in self._conns:
-            conn.keepalive = KeepAliveStream(conn.lease, self._metadata)
+        self._conns = [_Connection(ep, creds, override, self._metadata) for ep in spec.endpoints]
         self._current = 0
         self._streams: set[EtcdWatchStream] = set()
         if connect:
@@ -106,10 +120,10 @@ class EtcdBackend(Backend):
             raise err from None
         self._token = resp.token
 
-    def _metadata(self):
+    def _metadata(self) -> Metadata | None:
         return (("token", self._token),) if self._token else None
 
-    def _call(self, stub: str, method: str, request, what: str, timeout: float | None = None):
+    def _call(self, stub: str, method: str, request: Message, what: str, timeout: float | None = None) -> Message:
         if self._closed:
             raise Closed(f"{what}: backend closed")
         deadline = self.timeout if timeout is None else timeout
@@ -140,7 +154,8 @@ class EtcdBackend(Backend):
         result = self.range(key)
         return result.kvs[0] if result.kvs else None
 
-    def range(self, start, end=None, *, revision=0, limit=0, keys_only=False) -> RangeResult:
+    def range(self, start: str, end: str | None = None, *, revision: int = 0, limit: int = 0,
+              keys_only: bool = False) -> RangeResult:
         req = etcdrpc.RangeRequest(key=kb(start), revision=revision, limit=limit, keys_only=keys_only)
         if end is not None:
             req.range_end = kb(end)
@@ -149,17 +164,18 @@ class EtcdBackend(Backend):
                            count=resp.count)
 
     # --- writes ------------------------------------------------------------
-    def put(self, key, value, *, lease=0) -> int:
-        req = etcdrpc.PutRequest(key=kb(key), value=Put(key, value).value, lease=lease)
-        return self._call("kv", "Put", req, f"put {key!r}").header.revision
+    def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        req = etcdrpc.PutRequest(key=kb(key), value=Put(key, data).value, lease=lease)
+        return int(self._call("kv", "Put", req, f"put {key!r}").header.revision)
 
-    def delete(self, key, end=None) -> int:
+    def delete(self, key: str, end: str | None = None) -> int:
         req = etcdrpc.DeleteRangeRequest(key=kb(key))
         if end is not None:
             req.range_end = kb(end)
-        return self._call("kv", "DeleteRange", req, f"delete {key!r}").deleted
+        return int(self._call("kv", "DeleteRange", req, f"delete {key!r}").deleted)
 
-    def txn(self, compares: Sequence[Compare], success=(), failure=()) -> TxnResult:
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op] = (), failure: Sequence[Op] = ()) -> TxnResult:
         req = etcdrpc.TxnRequest(compare=[compare_msg(c) for c in compares],
                                  success=[op_msg(op) for op in success],
                                  failure=[op_msg(op) for op in failure])
@@ -195,10 +211,11 @@ class EtcdBackend(Backend):
     def lease_ttl(self, lease_id: int) -> int:
         resp = self._call("lease", "LeaseTimeToLive", etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
                           f"lease ttl {lease_id:x}")
-        return resp.TTL if resp.TTL >= 0 else -1
+        return int(resp.TTL) if resp.TTL >= 0 else -1
 
     # --- watches -----------------------------------------------------------
-    def watch(self, key, end=None, *, start_revision=0, prev_kv=False, progress_notify=False) -> WatchStream:
+    def watch(self, key: str, end: str | None = None, *, start_revision: int = 0, prev_kv: bool = False,
+              progress_notify: bool = False) -> WatchStream:
         if self._closed:
             raise Closed("watch: backend closed")
         create = etcdrpc.WatchCreateRequest(key=kb(key), start_revision=start_revision,
@@ -215,7 +232,7 @@ class EtcdBackend(Backend):
             raise
         return stream
 
-    def _forget(self, stream) -> None:
+    def _forget(self, stream: EtcdWatchStream) -> None:
         with self._lock:
             self._streams.discard(stream)
 
@@ -225,7 +242,7 @@ class EtcdBackend(Backend):
         # key permission: a member whose etcd user may read only its cluster's
         # prefix can still connect (docs/etcd-auth.md). A range read of any
         # fixed key would be outside that prefix.
-        return self._call("maintenance", "Status", etcdrpc.StatusRequest(), "read revision").header.revision
+        return int(self._call("maintenance", "Status", etcdrpc.StatusRequest(), "read revision").header.revision)
 
     def compact(self, revision: int) -> None:
         self._call("kv", "Compact", etcdrpc.CompactionRequest(revision=revision, physical=True),

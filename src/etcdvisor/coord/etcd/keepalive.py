@@ -25,11 +25,20 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from ..errors import Closed, CoordTimeout, Unavailable
-from ._grpc import etcdrpc, grpc, translate
+from ._grpc import Message, Metadata, etcdrpc, grpc, translate
 
 _END = object()  # the request iterator's end marker
+
+
+class _Stream(NamedTuple):
+    """One open LeaseKeepAlive call and the queue its request iterator reads."""
+
+    requests: queue.SimpleQueue[object]  # LeaseKeepAliveRequest messages, then _END
+    call: Message
 
 
 class _Waiter:
@@ -38,17 +47,17 @@ class _Waiter:
     def __init__(self, lease_id: int):
         self.lease_id = lease_id
         self.done = threading.Event()
-        self.answer: object = None
+        # a LeaseKeepAliveResponse, the grpc.RpcError or _END that ended the stream, or None
+        self.answer: Message = None
 
 
 class KeepAliveStream:
-    def __init__(self, stub, metadata):
-        self._stub = stub
-        self._metadata = metadata  # () -> gRPC metadata, read when a stream opens
+    def __init__(self, stub: Message, metadata: Callable[[], Metadata | None]) -> None:
+        self._stub = stub  # the connection's LeaseStub
+        self._metadata = metadata  # read when a stream opens
         self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue | None = None
+        self._stream: _Stream | None = None
         self._pending: collections.deque[_Waiter] = collections.deque()  # in request order
-        self._call = None
         self._generation = 0  # which stream the pending waiters belong to
         self._closed = False
 
@@ -57,11 +66,10 @@ class KeepAliveStream:
         with self._lock:
             if self._closed:
                 raise Closed(f"lease keepalive {lease_id:x}: backend closed")
-            if self._call is None:
-                self._open()
+            stream = self._stream or self._open()
             generation = self._generation
             self._pending.append(waiter)
-            self._requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+            stream.requests.put(etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
         if not waiter.done.wait(timeout):
             with self._lock:
                 if self._generation == generation:
@@ -72,7 +80,7 @@ class KeepAliveStream:
             raise translate(answer, f"lease keepalive {lease_id:x}")
         if answer is _END or answer is None or answer.ID != lease_id:
             raise Unavailable(f"lease keepalive {lease_id:x}: stream ended without an answer")
-        return max(0, answer.TTL)
+        return max(0, int(answer.TTL))
 
     def close(self) -> None:
         """Never waits for a refresh in flight: cancelling the call makes every
@@ -82,10 +90,10 @@ class KeepAliveStream:
             self._teardown()
 
     # --- internals (under self._lock) --------------------------------------------
-    def _open(self) -> None:
-        requests: queue.SimpleQueue = queue.SimpleQueue()
+    def _open(self) -> _Stream:
+        requests: queue.SimpleQueue[object] = queue.SimpleQueue()
 
-        def request_iter():
+        def request_iter() -> Iterator[object]:
             while (item := requests.get()) is not _END:
                 yield item
 
@@ -93,14 +101,15 @@ class KeepAliveStream:
         self._generation += 1
         threading.Thread(target=self._read, args=(call, self._generation), daemon=True,
                          name="etcd-keepalive-read").start()
-        self._requests, self._call = requests, call
+        self._stream = _Stream(requests, call)
+        return self._stream
 
     def _teardown(self, answer: object = _END) -> None:
         """End the current stream; every refresh in flight on it fails."""
-        if self._call is not None:
-            self._requests.put(_END)
-            self._call.cancel()
-        self._requests = self._call = None
+        if self._stream is not None:
+            self._stream.requests.put(_END)
+            self._stream.call.cancel()
+        self._stream = None
         self._generation += 1
         while self._pending:
             waiter = self._pending.popleft()
@@ -118,7 +127,7 @@ class KeepAliveStream:
             waiter.answer = answer
             waiter.done.set()
 
-    def _read(self, call, generation: int) -> None:
+    def _read(self, call: Message, generation: int) -> None:
         """Reader thread: every response (or the error that ended the stream)
         goes to the oldest refresh waiting on this stream."""
         try:

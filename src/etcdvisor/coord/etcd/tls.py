@@ -9,9 +9,9 @@ from typing import Any
 from ..errors import CoordError, Unavailable
 from ..url import BackendSpec, Endpoint
 
-# from _grpc, which sets gRPC's environment before importing it; _grpc.py does not re-export it
+# from _grpc, which sets gRPC's environment before importing it (and exports it)
 # explicitly yet (owned elsewhere): drop the ignore once it does
-from ._grpc import grpc  # type: ignore[attr-defined]
+from ._grpc import grpc
 
 
 def tls_credentials(spec: BackendSpec) -> tuple[Any, str | None]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..base import WatchStream
 from ..errors import Compacted, CoordError, CoordTimeout, PermissionDenied, Unavailable
 from ..types import WatchBatch
-from ._grpc import grpc, to_event, translate
+from ._grpc import Message, grpc, to_event, translate
 
 if TYPE_CHECKING:
     from .backend import EtcdBackend, _Connection
@@ -19,17 +19,17 @@ if TYPE_CHECKING:
 class EtcdWatchStream(WatchStream):
     """One gRPC Watch stream carrying one watch."""
 
-    def __init__(self, backend: EtcdBackend, conn: _Connection, create_request, key: str):
+    def __init__(self, backend: EtcdBackend, conn: _Connection, create_request: Message, key: str) -> None:
         self._backend = backend
         self._key = key
-        self._requests: queue.Queue = queue.Queue()
+        self._requests: queue.Queue[Message | None] = queue.Queue()  # None ends the request stream
         self._requests.put(create_request)
         self._cancelled = threading.Event()
         self._responses = conn.watch.Watch(self._request_iter(), metadata=backend._metadata())
-        self._first = None
+        self._first: Message | None = None  # the WatchResponse that confirmed the watch
         self._conn = conn
 
-    def _request_iter(self):
+    def _request_iter(self) -> Iterator[Message]:
         while True:
             item = self._requests.get()
             if item is None:
@@ -39,9 +39,9 @@ class EtcdWatchStream(WatchStream):
     def wait_created(self, timeout: float) -> None:
         """Block until the server confirmed the watch (or failed it)."""
         done = threading.Event()
-        holder: list = []
+        holder: list[Message | CoordError] = []
 
-        def first():
+        def first() -> None:
             try:
                 holder.append(next(self._responses))
             except grpc.RpcError as exc:
@@ -62,7 +62,7 @@ class EtcdWatchStream(WatchStream):
 
     def __iter__(self) -> Iterator[WatchBatch]:
         try:
-            pending = [self._first] if self._first is not None else []
+            pending: list[Message] = [self._first] if self._first is not None else []
             self._first = None
             while True:
                 resp = pending.pop() if pending else next(self._responses)
