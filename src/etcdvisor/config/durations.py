@@ -104,7 +104,10 @@ def parse_size(value) -> int:
     if not isinstance(value, str) or not _SIZE.fullmatch(value):
         raise ValueError(f"{_quote(value) if isinstance(value, str) else _describe(value)} "
                          f"is not a size ({SIZE_HINT})")
-    number, unit = _SIZE_SPLIT.fullmatch(value.strip().lower()).groups()
+    split = _SIZE_SPLIT.fullmatch(value.strip().lower())
+    if split is None:  # pragma: no cover - _SIZE admits only what _SIZE_SPLIT splits
+        raise ValueError(f"{_quote(value)} is not a size ({SIZE_HINT})")
+    number, unit = split.groups()
     try:
         total = Decimal(number) * _SIZE_UNITS[unit]
     except InvalidOperation:  # pragma: no cover - the pattern admits only decimals

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from typing import TypedDict, overload
 
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
@@ -32,7 +33,26 @@ RESERVED_ENV = frozenset({
 RESERVED_ENV_PREFIX = "ETCDVISOR_"
 
 MAX_PAYLOAD_LIMIT = 1024 * 1024  # etcd's default request limit is 1.5MiB; keep room for keys
-DEFAULTS = {
+
+
+class _Defaults(TypedDict):
+    settle: float
+    handoff: str
+    processes: int
+    children: str
+    stop_timeout: float
+    start_retries: int
+    backoff_initial: float
+    backoff_max: float
+    timezone: str
+    cron_concurrency: str
+    topic_concurrency: int
+    delivery: str
+    max_payload: int
+    max_attempts: int
+
+
+DEFAULTS: _Defaults = {
     "settle": 1.0, "handoff": "fenced", "processes": 1, "children": "per-shard",
     "stop_timeout": 5.0, "start_retries": 5, "backoff_initial": 1.0, "backoff_max": 60.0,
     "timezone": "UTC", "cron_concurrency": "forbid", "topic_concurrency": 1, "delivery": "queue",
@@ -46,14 +66,21 @@ class _RoleChecker:
 
     def __init__(self, name: str, raw: dict, problems: Problems):
         self.name, self.raw, self.problems = name, raw, problems
-        self.path = ("roles", name)
+        self.path: tuple[str, ...] = ("roles", name)
         self.errors_before = len(problems)
 
     def fail(self, key, reason: str) -> None:
         keys = key if isinstance(key, tuple) else (key,)
         self.problems.add(self.path + keys, reason)
 
+    @overload
+    def duration(self, key: str, default: float, *, positive: bool = True) -> float: ...
+    @overload
+    def duration(self, key: str, default: None, *, positive: bool = True) -> float | None: ...
+
     def duration(self, key: str, default: float | None, *, positive: bool = True) -> float | None:
+        """The key's value in seconds, or ``default`` when it is absent or invalid
+        (invalid: a problem is recorded)."""
         if key not in self.raw:
             return default
         try:

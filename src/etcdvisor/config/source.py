@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import cast
 
 import yaml
 
@@ -41,6 +42,8 @@ MAX_DEPTH = 100
 class _BoundedComposer:
     """Composer half of the loaders below: bounds what aliases, nesting and the
     node count can cost (see the module docstring)."""
+
+    anchors: dict[str, yaml.Node]  # yaml's Composer (every loader below is one) sets it
 
     def __init__(self):
         self._depth = 0
@@ -98,7 +101,7 @@ class _PyLoader(_BoundedComposer, yaml.SafeLoader):
         super().fetch_flow_collection_start(token_class)
 
 
-_StrictSafeLoader: type = _PyLoader
+_StrictSafeLoader: type[yaml.SafeLoader] = _PyLoader
 try:
     from yaml._yaml import CParser
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -119,7 +122,8 @@ else:
             yaml.resolver.Resolver.__init__(self)
             _BoundedComposer.__init__(self)
 
-    _StrictSafeLoader = _CLoader
+    # a SafeLoader in all but its parser (libyaml's), which yaml.load's type does not know
+    _StrictSafeLoader = cast("type[yaml.SafeLoader]", _CLoader)
 
 
 def _children(node):
@@ -151,7 +155,8 @@ def _construct_mapping(loader, node: yaml.MappingNode, deep: bool = False):
     return loader.construct_mapping(node, deep=deep)
 
 
-for _loader in {_PyLoader, _StrictSafeLoader}:
+_LOADERS: set[type[yaml.SafeLoader]] = {_PyLoader, _StrictSafeLoader}
+for _loader in _LOADERS:
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
