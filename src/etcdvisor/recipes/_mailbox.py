@@ -7,21 +7,28 @@ than the producers (coalesced, never reordered).
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_EMPTY = object()
+
+
+class _Slot(enum.Enum):
+    EMPTY = enum.auto()
+
+
+_EMPTY: Final = _Slot.EMPTY  # an enum member, so that `is _EMPTY` narrows the slot's type
 
 
 class LatestMailbox(Generic[T]):
     def __init__(self, handler: Callable[[T], None], *, name: str = "mailbox"):
         self._handler = handler
         self._cond = threading.Condition()
-        self._value = _EMPTY
+        self._value: T | _Slot = _EMPTY
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"dispatch:{name}", daemon=True)
         self._thread.start()
@@ -44,7 +51,7 @@ class LatestMailbox(Generic[T]):
             with self._cond:
                 self._cond.wait_for(lambda: self._value is not _EMPTY or self._closed)
                 value, self._value = self._value, _EMPTY
-                if value is _EMPTY and self._closed:
+                if value is _EMPTY:  # then closed (see wait_for): nothing left to deliver
                     return
             try:
                 self._handler(value)

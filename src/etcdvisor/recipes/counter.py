@@ -117,12 +117,12 @@ class Counter:
     def inc(self, n: int = 1) -> int:
         """Add ``n`` atomically and return the new value."""
         step = _check_int(n, "n")
-        return self.update(lambda current: current + step)
+        return self._update(lambda current: current + step)
 
     def dec(self, n: int = 1) -> int:
         """Subtract ``n`` atomically and return the new value."""
         step = _check_int(n, "n")
-        return self.update(lambda current: current - step)
+        return self._update(lambda current: current - step)
 
     def compare_and_set(self, expected: int, new: int) -> bool:
         """Set ``new`` only if the value is ``expected`` (a missing key counts
@@ -142,15 +142,19 @@ class Counter:
         must have no side effects; it raises :class:`Abort` to give up
         (returns None) or any other exception to propagate it. Either way
         nothing is written."""
+        try:
+            return self._update(change)
+        except Abort:
+            return None
+
+    def _update(self, change: Callable[[int], int]) -> int:
+        """:meth:`update`, where :class:`Abort` propagates (typed for changes that never abort)."""
         backoff = ConflictRetry(f"counter {self.key!r}", max_attempts=self.max_attempts)
         kv = self.backend.get(self.key)
         while True:
-            try:
-                new = _check_int(change(parse_count(kv)), "the new value")
-            except Abort:
-                return None
+            new = _check_int(change(parse_count(kv)), "the new value")
             guard = mod_revision(self.key, "=", kv.mod_revision) if kv else missing(self.key)
-            result = self.backend.txn([guard], [Put(self.key, str(new))], [Get(self.key)])
+            result = self.backend.txn([guard], [Put(self.key, str(new).encode())], [Get(self.key)])
             if result.succeeded:
                 return new
             # lost the race: the failure branch read the fresh value for us,

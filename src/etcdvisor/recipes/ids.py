@@ -204,7 +204,7 @@ class IdGenerator:
             if machine in taken:
                 continue
             key = self._machine_key(machine)
-            if self.backend.txn([missing(key)], [Put(key, self.identity, lease=lease_id)]).succeeded:
+            if self.backend.txn([missing(key)], [Put(key, self.identity.encode(), lease=lease_id)]).succeeded:
                 with self._claim_lock:
                     self._machine, self._claim_lease = machine, lease_id
                 log.info("id generator %s: machine id %d on lease %x", self.prefix, machine, lease_id)

@@ -59,6 +59,7 @@ watcher threads and must be quick.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import threading
@@ -269,7 +270,7 @@ class LayeredConfig:
 
         watchers = []
         for root in self.roots():
-            watcher = PrefixWatcher(self.backend, root, lambda ch, r=root: on_change(r, ch),
+            watcher = PrefixWatcher(self.backend, root, functools.partial(on_change, root),
                                     name=f"config:{self.cluster}/{self.node or '*'}")
             self._watchers.append(watcher)
             watchers.append(watcher.start(wait=self.backend.timeout))

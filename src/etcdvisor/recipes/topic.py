@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from ..coord.base import Backend
 from ..coord.follow import Follower
-from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
+from ..coord.types import Delete, EventType, Get, KeyValue, Op, Put, WatchBatch, missing, mod_revision, prefix_end
 from .counter import ConflictRetry, parse_count
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class Topic:
             seq = head_seq + 1
             key = f"{self.seq_key(seq)}-{int(self.clock() * 1000):013d}"
             guard = mod_revision(self.head_key, "=", head_mod) if head_mod else missing(self.head_key)
-            ops = [Put(self.head_key, str(seq)), Put(key, data)]
+            ops: list[Op] = [Put(self.head_key, str(seq).encode()), Put(key, data)]
             if seq > self.max_messages:  # keep the newest max_messages, in the same write
                 ops.append(Delete(self.msg_prefix, self.seq_key(seq - self.max_messages + 1)))
             result = self.backend.txn([guard], ops, [Get(self.head_key)])
@@ -260,7 +260,7 @@ class Subscription:
         self._closed = False
         self._follower = Follower(topic.backend, topic.msg_prefix, topic.msg_end,
                                   resync=self._catch_up, on_batch=self._on_batch,
-                                  before_watch=self._wait_for_room, start_revision=watch_from,
+                                  before_watch=self._room_before_watch, start_revision=watch_from,
                                   name=f"subscribe:{topic.prefix}")
         self._follower.start()
 
@@ -322,6 +322,10 @@ class Subscription:
                          if event.type is EventType.PUT and event.kv.version == 1])
         with self._cond:
             return len(self._buffer) >= self.max_buffer  # full: suspend the watch
+
+    def _room_before_watch(self) -> None:
+        """Follower hook: the watch opens once the buffer has drained to its low-water mark."""
+        self._wait_for_room()
 
     def _wait_for_room(self, low_water: bool = True) -> int:
         """Block until the buffer has room; return how much."""

@@ -127,8 +127,8 @@ class QueueConsumer:
         either way."""
         lease = self._in_flight.pop(message.id, self.session.lease_id)
         claim, done = self.topic.claim_key(self.group, message.id), self.topic.done_key(self.group, message.id)
-        result = self.topic.backend.txn([_lease_is(claim, lease)], [Put(done, self.name), Delete(claim)],
-                                        [Put(done, self.name)])
+        result = self.topic.backend.txn([_lease_is(claim, lease)], [Put(done, self.name.encode()), Delete(claim)],
+                                        [Put(done, self.name.encode())])
         if not result.succeeded:
             log.warning("queue %s: claim on message %d was lost before ack (possible double "
                         "processing)", self.group, message.id)
@@ -185,7 +185,7 @@ class QueueConsumer:
         done = self.topic.done_key(self.group, message_id)
         result = self.topic.backend.txn(
             [missing(claim), missing(done), create_revision(key, "=", message_id)],
-            [Put(claim, self.name, lease=lease), Get(key)])
+            [Put(claim, self.name.encode(), lease=lease), Get(key)])
         if not result.succeeded:
             return None  # taken, done or trimmed: the watch tells us if it comes back
         self._in_flight[message_id] = lease

@@ -59,7 +59,10 @@ class WaitGroup:
                 raise WaitGroupNegative(
                     f"wait group {self.key!r}: count {current} + {n} would be negative")
             return current + n
-        return self._counter.update(change)
+        count = self._counter.update(change)
+        if count is None:  # pragma: no cover - change() never raises Abort
+            raise AssertionError(f"wait group {self.key!r}: the count update was aborted")
+        return count
 
     def done(self) -> int:
         """One task finished: ``add(-1)``."""
