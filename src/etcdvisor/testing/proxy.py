@@ -116,7 +116,7 @@ class TcpProxy:
                     self._wake_r.recv(64)
                 elif sock is self._listener:
                     self._accept()
-                elif self._mode == "open":
+                elif self._mode == "open" and isinstance(sock, socket.socket):  # all the others are
                     self._forward(sock)
             if self._mode == "open":
                 self._deliver_due()
