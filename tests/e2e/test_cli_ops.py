@@ -118,14 +118,29 @@ def test_bad_or_embedded_config_is_usage_error(capsys, tmp_path, no_env):
 
 
 # --- status ----------------------------------------------------------------------------
-def test_status_of_empty_cluster(capsys, env, cluster):
+def test_status_of_a_cluster_without_members_names_the_existing_clusters(capsys, env, cluster, store, keys):
+    other = ClusterKeys(cluster + "-other")
+    store.put(other.waitgroup("g"), "1")
+    try:
+        for argv in (["status", "--json"], ["status"]):
+            code, out, err = run_cli(capsys, *argv)
+            assert code == 1 and out == ""
+            assert_one_error_line(err)
+            assert f"'{cluster}' has no members" in err and cluster + "-other" in err
+    finally:
+        store.delete(other.base, other.base[:-1] + "0")
+
+
+def test_status_of_a_cluster_with_one_member(capsys, env, cluster, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {})
     code, out, err = run_cli(capsys, "status", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert set(doc) == {"cluster", "revision", "members", "roles", "waitgroups", "topics"}
-    assert doc["cluster"] == cluster and doc["members"] == [] and doc["roles"] == {}
+    assert {"cluster", "revision", "members", "roles", "waitgroups", "topics", "control"} <= set(doc)
+    assert doc["cluster"] == cluster and [m["member"] for m in doc["members"]] == ["a"]
+    assert doc["roles"] == {} and doc["control"] == {}
     code, out, _ = run_cli(capsys, "status")
-    assert code == 0 and f"cluster {cluster}" in out and "0 members" in out
+    assert code == 0 and f"cluster {cluster}" in out and "1 member" in out
 
 
 def put_member(store, keys, member, lease, roles):
@@ -212,7 +227,8 @@ def test_status_shows_members_roles_elections_ticks_jobs_groups_topics(
         assert fragment in text, (fragment, text)
 
 
-def test_status_with_config_lists_configured_roles(capsys, config_file, store):
+def test_status_with_config_lists_configured_roles(capsys, config_file, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {})
     code, out, err = run_cli(capsys, "status", "--json", "-c", config_file)
     assert code == 0, err
     doc = json.loads(out)
@@ -337,6 +353,7 @@ def test_subprocess_errors_are_one_line(no_env):
 
 # --- rerun -----------------------------------------------------------------------------
 def test_rerun_without_config_deletes_the_record(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {"migrate": {"type": "job"}})
     store.put(keys.job("migrate"), '{"state": "succeeded", "spec_hash": "ab"}')
     code, out, err = run_cli(capsys, "rerun", "migrate")
     assert code == 0, err
@@ -368,3 +385,11 @@ def test_rerun_with_config(capsys, config_file, store, keys):
     assert code == 0, err
     assert '"state": "failed"' in out
     assert store.get(keys.job("migrate")) is None
+
+
+def test_rerun_of_an_unknown_role_is_one_line_non_zero(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {"migrate": {"type": "job"}})
+    code, out, err = run_cli(capsys, "rerun", "migrat")
+    assert code != 0 and out == ""
+    assert_one_error_line(err)
+    assert "'migrat'" in err and "migrate" in err

@@ -21,7 +21,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     settings = []
     if old.cluster != new.cluster:
         settings.append("cluster")
-    for section in ("etcd", "member"):
+    for section in ("etcd", "member", "http", "log"):
         before, after = getattr(old, section), getattr(new, section)
         for field in dataclasses.fields(before):
             if getattr(before, field.name) != getattr(after, field.name):

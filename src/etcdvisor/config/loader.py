@@ -11,6 +11,8 @@ reported under the variable's name when they are wrong):
   or ``memory://NAME``)
 * ``ETCDVISOR_CLUSTER`` -> ``cluster``
 * ``ETCDVISOR_MEMBER_ID`` -> ``member.id``
+* ``ETCDVISOR_HTTP`` -> ``http.listen``
+* ``ETCDVISOR_LOG_FORMAT`` -> ``log.format``; ``ETCDVISOR_LOG_LEVEL`` -> ``log.level``
 
 An override set to the empty string is ignored.
 """
@@ -30,6 +32,9 @@ ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ETCDVISOR_ENDPOINTS", ("etcd", "endpoints")),
     ("ETCDVISOR_CLUSTER", ("cluster",)),
     ("ETCDVISOR_MEMBER_ID", ("member", "id")),
+    ("ETCDVISOR_HTTP", ("http", "listen")),
+    ("ETCDVISOR_LOG_FORMAT", ("log", "format")),
+    ("ETCDVISOR_LOG_LEVEL", ("log", "level")),
 )
 
 

@@ -64,6 +64,7 @@ class SessionEvent:
     ttl: int
     last_alive_sent: float
     detail: str = ""
+    rtt: float | None = None  # KEEPALIVE: seconds from send to the alive answer
 
 
 class Session:
@@ -186,8 +187,9 @@ class Session:
         with self._changed:
             self.ttl = ttl
             self.last_alive_sent = max(self.last_alive_sent, sent)
+        rtt = self.clock() - sent
         self._set_state(SessionState.ALIVE)
-        self._emit(SessionEventKind.KEEPALIVE)
+        self._emit(SessionEventKind.KEEPALIVE, rtt=rtt)
         return True
 
     def _try_new_lease(self) -> None:
@@ -206,8 +208,8 @@ class Session:
             self.state = state
             self._changed.notify_all()
 
-    def _emit(self, kind: SessionEventKind, detail: str = "") -> None:
-        event = SessionEvent(kind, self.lease_id, self.ttl, self.last_alive_sent, detail)
+    def _emit(self, kind: SessionEventKind, detail: str = "", rtt: float | None = None) -> None:
+        event = SessionEvent(kind, self.lease_id, self.ttl, self.last_alive_sent, detail, rtt)
         for listener in list(self._listeners):
             try:
                 listener(event)

@@ -28,6 +28,14 @@ Each run's child gets ``SCHEDULED_TIME`` (ISO 8601 in the role's timezone),
 ``interrupted`` (its leader died mid-run; marked by the next leader),
 ``missed`` or ``skipped``; the newest ``KEEP_RECORDS`` are kept.
 
+``supervisor pause``: while the role is paused the leader records each due
+tick ``paused`` (it is not run late on resume). ``supervisor trigger``: the
+leader claims one extra run now, with the same fencing compare as a tick,
+under ``ticks/<ISO time of the trigger>-manual`` (record ``manual: true``,
+``trigger`` id and ``who``); it runs whatever the concurrency policy, gets
+``SCHEDULED_TIME`` = the trigger time and ``MANUAL=1``. Manual records never
+move the schedule cursor. A trigger older than ``TRIGGER_MAX_AGE`` is dropped.
+
 Limit: a run is claimed before it starts, so a leader that dies mid-run
 does not get the tick re-run (at most once per tick; exactly once when the
 leader survives the run).
@@ -52,12 +60,16 @@ log = logging.getLogger("etcdvisor")
 CATCH_UP_LIMIT = 100  # at most this many missed ticks run late
 CATCH_UP_HORIZON = 3600.0  # without starting_deadline, ticks older than this are not run late
 KEEP_RECORDS = 100
+MANUAL_SUFFIX = "-manual"
+TRIGGER_MAX_AGE = 60.0
+FINAL_STATES = ("succeeded", "failed", "stopped", "missed", "skipped", "paused")
 
 
 @dataclass
 class _Run:
     tick: datetime
     spec: ChildSpec
+    manual: bool = False
 
 
 class CronRunner(LeaderRunner):
@@ -68,6 +80,7 @@ class CronRunner(LeaderRunner):
         self.cursor: datetime | None = None
         self.last_outcome: dict | None = None
         self.missed = 0
+        self.triggers: dict[str, dict] = {}  # trigger id -> control record, until claimed
         super().start()
 
     # --- leadership ------------------------------------------------------------
@@ -105,6 +118,7 @@ class CronRunner(LeaderRunner):
                 self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
                                      [Put(kv.key, json.dumps(record))])
         ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
+        ids = [tick_id for tick_id in ids if not tick_id.endswith(MANUAL_SUFFIX)]
         return parse_tick_id(max(ids)) if ids else None
 
     def _now(self) -> datetime:
@@ -115,6 +129,7 @@ class CronRunner(LeaderRunner):
         if not self.leading or self.failed_reason or self.cursor is None:
             return {}
         self._process_due_ticks()
+        self._run_triggers()
         return {tick_id: run.spec for tick_id, run in self.runs.items()}
 
     def _process_due_ticks(self) -> None:
@@ -178,12 +193,12 @@ class CronRunner(LeaderRunner):
             self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
         return True
 
-    def _claim(self, tick_id: str, tick: datetime, now: datetime) -> bool | None:
+    def _claim(self, tick_id: str, tick: datetime, now: datetime, extra: dict | None = None) -> bool | None:
         """True: ours to run. False: already recorded by someone. None: we may
         no longer lead (the claim was refused by the fencing compare)."""
         key = self.ctx.keys.ticks(self.name) + tick_id
         record = {"state": "running", "member": self.ctx.member_id, "token": self.token,
-                  "scheduled": tick.isoformat(), "started": now.timestamp()}
+                  "scheduled": tick.isoformat(), "started": now.timestamp(), **(extra or {})}
         try:
             res = self.ctx.backend.txn(
                 [missing(key), create_revision(self.election.key, "=", self.token)],
@@ -199,13 +214,16 @@ class CronRunner(LeaderRunner):
         self.say(f"tick {tick_id}: claim refused (no longer the leader)")
         return None
 
-    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True) -> None:
-        tick_id = self.schedule.tick_id(tick)
+    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
+                tick_id: str | None = None) -> None:
+        tick_id = tick_id or self.schedule.tick_id(tick)
         key = self.ctx.keys.ticks(self.name) + tick_id
         record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
                   **fields}
+        if self.ctx.metrics is not None and fields.get("state") in FINAL_STATES:
+            self.ctx.metrics.cron_outcome(self.name, fields["state"], tick_id.endswith(MANUAL_SUFFIX))
         try:
-            if fields.get("state") in ("missed", "skipped"):
+            if fields.get("state") in ("missed", "skipped", "paused"):
                 self.ctx.backend.txn([missing(key)], [Put(key, json.dumps(record))])
             else:
                 old = self.ctx.backend.get(key)
@@ -231,21 +249,59 @@ class CronRunner(LeaderRunner):
         if isinstance(event, Exited) and event.restart_at is None and run is not None:
             state = "succeeded" if event.code == 0 else "failed"
             self._record(run.tick, {"state": state, "exit_code": event.code,
-                                    "finished": self.ctx.wall()}, quiet=False)
+                                    "finished": self.ctx.wall()}, quiet=False, tick_id=key)
             del self.runs[key]
         elif isinstance(event, Stopped) and event.code is not None:
-            tick = run.tick if run is not None else parse_tick_id(key)
-            self._record(tick, {"state": "stopped", "finished": self.ctx.wall()}, quiet=False)
+            if run is not None or not key.endswith(MANUAL_SUFFIX):
+                tick = run.tick if run is not None else parse_tick_id(key)
+                self._record(tick, {"state": "stopped", "finished": self.ctx.wall()}, quiet=False,
+                             tick_id=key)
             self.runs.pop(key, None)
         elif isinstance(event, (Failed, SpawnFailed)) and run is not None:
             reason = event.reason if isinstance(event, Failed) else event.message
-            self._record(run.tick, {"state": "failed", "error": reason, "finished": self.ctx.wall()})
+            self._record(run.tick, {"state": "failed", "error": reason, "finished": self.ctx.wall()},
+                         tick_id=key)
             del self.runs[key]
             if isinstance(event, SpawnFailed):
                 self.give_up(reason)
 
     def restart_policy(self, key: str) -> str:
         return self.spec.restart.value
+
+    # --- supervisor pause / trigger (runtime/control.py) ----------------------------------
+    def while_paused(self, now: float) -> None:
+        """Due ticks are recorded 'paused', never run late after the resume."""
+        if not self.leading or self.failed_reason or self.cursor is None:
+            return
+        for tick in self._due_ticks(self._now()):
+            self._record(tick, {"state": "paused"}, quiet=False)
+            self.cursor = tick
+
+    def trigger(self, record: dict) -> None:
+        """A 'supervisor trigger' record; the leader runs it at its next turn."""
+        if isinstance(record.get("id"), str) and isinstance(record.get("when"), (int, float)):
+            self.triggers[record["id"]] = record
+            if len(self.triggers) > 16:  # a flood of triggers: keep the newest
+                del self.triggers[min(self.triggers, key=lambda k: self.triggers[k]["when"])]
+
+    def _run_triggers(self) -> None:
+        for trigger_id, record in list(self.triggers.items()):
+            del self.triggers[trigger_id]
+            if self.ctx.wall() - record["when"] > TRIGGER_MAX_AGE:
+                continue
+            when = datetime.fromtimestamp(record["when"], tz=timezone.utc)
+            tick_id = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z{MANUAL_SUFFIX}"
+            extra = {"manual": True, "trigger": trigger_id, "who": record.get("who")}
+            claimed = self._claim(tick_id, when, self._now(), extra)
+            if claimed is None:
+                self.triggers[trigger_id] = record  # leadership in doubt: retry next turn
+                return
+            if not claimed or tick_id in self.runs:
+                continue  # already run (by a previous leader)
+            env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(when), "MANUAL": "1"}
+            spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
+            self.runs[tick_id] = _Run(when, spec, manual=True)
+            self.say(f"manual run {tick_id} ({record.get('who')}): claimed, starting")
 
     def next_deadline(self) -> float | None:
         if not self.leading or self.cursor is None:

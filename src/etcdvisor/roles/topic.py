@@ -172,6 +172,8 @@ class TopicRunner(RoleRunner):
         except CoordError as exc:
             log.warning("role %s: cannot acknowledge message %d: %s", self.name, run.message.id, exc)
         self.processed += outcome == "done"
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.topic_messages.labels(self.name, outcome).inc()
         if tracked:
             del self.runs[key]
         self._permits.release()

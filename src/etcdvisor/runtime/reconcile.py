@@ -42,6 +42,7 @@ class Reconciler:
     def __init__(self, manager: ProcessManager):
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
+        self.observer = None  # (role, SlotEvent) -> None: metrics, called before the runner
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -89,6 +90,8 @@ class Reconciler:
             if owned is None:
                 continue
             _log_event(owned, event)
+            if self.observer is not None:
+                self.observer(owned.runner.name, event)
             owned.runner.on_slot_event(owned.key, event, now)
         for name, owned in list(self._slots.items()):
             if owned.slot.desired is None and owned.slot.idle:

@@ -33,7 +33,10 @@ from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
 from ..events import RoleEvent, SessionChanged, Signalled, Wake
 from ..coord.keys import ClusterKeys
+from .control import ControlChanged
+from .http import HttpError
 from .member import MemberRecord
+from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, plan_reload
 
@@ -87,6 +90,8 @@ class Supervisor:
         self.watch_config = watch_config
         self.file_watcher: ConfigFileWatcher | None = None
         self._record_retry: float | None = None
+        self._last_status: dict = {}
+        self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
 
     # --- start-up ------------------------------------------------------------
     def check_commands(self) -> None:
@@ -118,6 +123,10 @@ class Supervisor:
 
     def start(self) -> None:
         self.check_commands()
+        try:
+            self.ops.listen()
+        except HttpError as exc:
+            raise StartupError(str(exc)) from None
         url = self.connect()
         member = self.config.member
         try:
@@ -138,12 +147,14 @@ class Supervisor:
             if self.manager.watchdog is not None:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
+        self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
                                   keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
-                                  clock=self.clock, base_env=self.environ)
+                                  clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
+        self.ops.start()
         for role in self.config.roles.values():
             self.runners[role.name] = self._make_runner(role.name)
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
@@ -202,6 +213,10 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
+        after = self.clock()
+        deadline = self._next_deadline()
+        self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
+                          self._last_status)
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry]
@@ -216,6 +231,8 @@ class Supervisor:
             self._on_session(event.event)
         elif isinstance(event, BarrierFact):
             self.gate.update(event)
+        elif isinstance(event, ControlChanged):
+            self.ops.on_control(event)
         elif isinstance(event, RoleEvent):
             runner = self.runners.get(event.role)
             if runner is not None and event.source in (0, runner.serial):
@@ -236,6 +253,7 @@ class Supervisor:
             self._kill_children()
 
     def _on_session(self, event) -> None:
+        self.ops.on_session(event)
         if event.kind is SessionEventKind.KEEPALIVE:
             self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
         elif event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
@@ -286,7 +304,11 @@ class Supervisor:
             self._settle_reload()
         for _ in range(2):  # once more when children exited: a run may free room for another
             for runner in self.runners.values():
-                desired = runner.desired(now) if self.gate.allows(runner.name) else {}
+                if self.ops.paused(runner.name):
+                    runner.while_paused(now)  # a cron leader records due ticks 'paused'
+                    desired = {}
+                else:
+                    desired = runner.desired(now) if self.gate.allows(runner.name) else {}
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.reconciler.apply(runner, desired)
@@ -294,7 +316,8 @@ class Supervisor:
                 break
             now = self.clock()
         # never block the loop on a store we know is unreachable
-        self._record_retry = self.record.update(self._roles_status(), now) if lease_ok else None
+        self._last_status = self._roles_status()
+        self._record_retry = self.record.update(self._last_status, now) if lease_ok else None
 
     def _roles_status(self) -> dict:
         status = {name: runner.status() for name, runner in self.runners.items()}
@@ -302,6 +325,8 @@ class Supervisor:
             waiting = self.gate.waiting_on(name)
             if waiting:
                 status[name]["waiting_for"] = waiting
+            if self.ops.paused(name):
+                status[name]["paused"] = True
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -324,6 +349,7 @@ class Supervisor:
             except queue.Empty:
                 pass
             self.reconciler.tick(self.clock())
+            self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
         log.info("all children stopped; leaving cluster %s", self.config.cluster)
         for runner in list(self.runners.values()) + self.retiring:
             try:
@@ -334,6 +360,7 @@ class Supervisor:
         return 1 if self.escalated else 0
 
     def close(self) -> None:
+        self.ops.stop()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.gate is not None:
