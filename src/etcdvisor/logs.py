@@ -30,7 +30,8 @@ import time
 from .config.model import LogFormat, LogLevel
 from .process import output
 
-_ROLE_IN_MESSAGE = re.compile(r"role ([a-z][a-z0-9_-]*)[: ]")
+# "role worker: ..." (runner decisions), "api:election: ..." (recipes named after the role)
+_ROLE_IN_MESSAGE = re.compile(r"role ([a-z][a-z0-9_-]*)[: ]|([a-z][a-z0-9_-]*):(?:election|shard|job):")
 _CHILD_NAME = re.compile(r"([a-z][a-z0-9_-]*)(?:\[(\d+)\]|@(.+)|#(.+))?\Z")
 
 
@@ -93,7 +94,7 @@ class JsonFormatter(logging.Formatter):
         role = getattr(record, "role", None)
         if role is None:
             match = _ROLE_IN_MESSAGE.match(message)
-            role = match.group(1) if match else None
+            role = (match.group(1) or match.group(2)) if match else None
         slot = getattr(record, "slot", None)
         return json.dumps({"ts": timestamp(record.created), "level": record.levelname.lower(),
                            "member": self.member, "role": role,

@@ -75,7 +75,7 @@ class Health:
             return False, "not joined the cluster yet"
         sent = self.lease_alive_sent()
         if sent is None:
-            return False, "lease not alive"
+            return False, "lease not confirmed alive (expired or lost: etcd unreachable?)"
         age = self.clock() - sent
         if age > self.lease_fresh:
             return False, f"lease not confirmed alive for {age:.1f}s (etcd unreachable?)"

@@ -31,6 +31,15 @@ from ..roles.base import RoleRunner
 log = logging.getLogger("etcdvisor")
 
 
+def _slot_of(child_name: str) -> str | None:
+    """``worker[0]`` -> ``0``, ``tick@T`` -> ``T``, ``thumbs#7`` -> ``7``, ``api`` -> None."""
+    for opener, closer in (("[", "]"), ("@", ""), ("#", "")):
+        head, sep, tail = child_name.partition(opener)
+        if sep:
+            return tail[:-1] if closer and tail.endswith(closer) else tail
+    return None
+
+
 @dataclass
 class _Owned:
     runner: RoleRunner
@@ -109,6 +118,7 @@ class Reconciler:
 def _log_event(owned: _Owned, event: SlotEvent) -> None:
     spec = owned.slot.child.spec if owned.slot.child else owned.slot.desired
     who = spec.name if spec else owned.slot.name
+    log = logging.LoggerAdapter(logging.getLogger("etcdvisor"), {"role": owned.runner.name, "slot": _slot_of(who)})
     if isinstance(event, Started):
         log.info("%s: started pid %d", who, event.pid)
     elif isinstance(event, Exited):
