@@ -149,7 +149,7 @@ class Slot:
             self._child.set_lease_deadlines(term_at, kill_at, sync_watchdog=False)
         self._dirty = True
 
-    def restart(self, now: float) -> bool:
+    def restart_child(self, now: float) -> bool:
         """Stop the running child (its stop signal, then SIGKILL after stop_timeout);
         it starts again with the same desired spec once gone, like after any
         requested stop. False when no child runs."""

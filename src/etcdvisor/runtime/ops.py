@@ -122,8 +122,12 @@ class Operations:
             if role in self.sup.runners:
                 log.info("role %s: resumed", role, extra={"role": role})
         for command in commands:
-            if command.role in self.sup.runners:
+            if command.role not in self.sup.runners:
+                continue
+            try:
                 getattr(self, f"_{command.verb}")(command)
+            except Exception:  # an operator's command never takes the member down
+                log.exception("role %s: %s failed", command.role, command.describe())
 
     def _mine(self, command: control.Command) -> bool:
         member = command.record.get("member")
@@ -139,7 +143,7 @@ class Operations:
         now = self.sup.clock()
         restarted = []
         for owner, key, slot in self.sup.reconciler.children():
-            if owner is runner and slot.restart(now):
+            if owner is runner and slot.restart_child(now):
                 self._restart_pending.add(slot.name)
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
