@@ -4,7 +4,7 @@ signal handlers. Only the loop acts on them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,26 @@ class RoleEvent:
     at: float  # monotonic time it was observed
     source: int = 0  # serial of the runner that posted it: a runner replaced by a reload
     # may still have events in flight, and they must not reach its successor
+
+
+@dataclass(frozen=True)
+class Effect:
+    """I/O a runner asked for (an etcd read or write, a file write...).
+
+    ``call`` runs off the loop thread; its outcome comes back to the loop as
+    ``RoleEvent(role, EffectDone(...), source=serial)`` and ``done(result,
+    error)`` is called there. Effects of one role run one at a time, in the
+    order they were queued."""
+
+    role: str
+    serial: int  # the runner that queued it (see RoleEvent.source)
+    what: str  # one line for logs
+    call: Callable[[], Any]
+    done: Callable[[Any, BaseException | None], None] | None = None
+
+
+@dataclass(frozen=True)
+class EffectDone:
+    effect: Effect
+    result: Any = None
+    error: BaseException | None = None

@@ -5,7 +5,15 @@ set of children that should run on this member *now*. It never touches
 processes itself: the decision loop asks ``desired(now)`` and reconciles the
 process slots, then hands slot events back through ``on_slot_event``.
 Runners' coordination threads only post events on the inbox; ``handle``,
-``desired`` and ``on_slot_event`` run on the loop thread.
+``desired`` and ``on_slot_event`` run on the loop thread and are pure
+decisions: they never wait for etcd, a subprocess or a file. Such I/O is
+queued with :meth:`RoleRunner.effect`; the loop runs it off its thread after
+the turn and calls ``done(result, error)`` back on the loop thread.
+
+Lifecycle: ``__init__`` builds all state and checks what can fail without
+I/O (so a bad role fails before the member joins); ``start`` begins
+coordination and may block on the store (the loop runs it as an effect after
+a reload); ``stop`` gives coordination up once the role's children are gone.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from ..coord.errors import CoordError
 from ..coord.session import Session
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
-from ..events import RoleEvent
+from ..events import Effect, EffectDone, RoleEvent
 from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
@@ -79,6 +87,7 @@ class RoleRunner(abc.ABC):
         self.ctx = ctx
         self.failed_reason: str | None = None
         self.serial = next(_SERIALS)  # tells this runner's events from a predecessor's
+        self._effects: list[Effect] = []
 
     @property
     def name(self) -> str:
@@ -88,6 +97,30 @@ class RoleRunner(abc.ABC):
         """From a coordination thread: hand ``payload`` to this runner's
         ``handle`` on the loop thread."""
         self.ctx.post(RoleEvent(self.name, payload, self.ctx.clock(), source=self.serial))
+
+    def effect(self, what: str, call: Callable[[], Any],
+               done: Callable[[Any, BaseException | None], None] | None = None) -> None:
+        """Queue I/O to run off the loop thread after this turn. ``done(result,
+        error)`` runs later on the loop thread; without ``done`` an error is
+        logged as a warning naming ``what``."""
+        self._effects.append(Effect(self.name, self.serial, what, call, done))
+
+    def take_effects(self) -> list[Effect]:
+        """The loop takes the effects queued this turn."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    def deliver(self, payload: Any, at: float) -> None:
+        """The loop hands over one event: an effect's outcome or a payload
+        for :meth:`handle`."""
+        if isinstance(payload, EffectDone):
+            if payload.effect.done is not None:
+                payload.effect.done(payload.result, payload.error)
+            elif payload.error is not None:
+                log.warning("role %s: %s failed: %s", self.name, payload.effect.what,
+                            _describe(payload.error))
+            return
+        self.handle(payload, at)
 
     def say(self, message: str) -> None:
         """One log line per decision, with its reason."""
@@ -131,10 +164,13 @@ class RoleRunner(abc.ABC):
         (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
         key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
         body = json.dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
-        try:
-            self.ctx.backend.put(key, body)
-        except CoordError as exc:
-            log.warning("role %s: cannot record completion: %s", self.name, exc)
+        self.effect(f"record completion {count}/{index}", lambda: self.ctx.backend.put(key, body))
 
     def status(self) -> dict:
         return {"type": self.spec.type.value, "failed": self.failed_reason}
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CoordError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -48,7 +48,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from ..coord.errors import CoordError
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
@@ -63,6 +62,7 @@ KEEP_RECORDS = 100
 MANUAL_SUFFIX = "-manual"
 TRIGGER_MAX_AGE = 60.0
 FINAL_STATES = ("succeeded", "failed", "stopped", "missed", "skipped", "paused")
+CLAIM_RETRY = 1.0  # seconds before a claim that failed (store error, fencing) is tried again
 
 
 @dataclass
@@ -72,16 +72,23 @@ class _Run:
     manual: bool = False
 
 
+def manual_tick_id(when: datetime) -> str:
+    """Key suffix of a manual run: the trigger time to the millisecond, never a tick id."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z{MANUAL_SUFFIX}"
+
+
 class CronRunner(LeaderRunner):
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.schedule = Schedule.parse(self.spec.schedule.text, self.spec.timezone or "UTC")
         self.policy = self.spec.concurrency or "forbid"
         self.runs: dict[str, _Run] = {}
-        self.cursor: datetime | None = None
+        self.cursor: datetime | None = None  # None: not leading, or resuming
+        self.claiming: str | None = None  # a tick whose claim is in flight
+        self.retry_at: float | None = None  # a failed claim is tried again then
         self.last_outcome: dict | None = None
         self.missed = 0
         self.triggers: dict[str, dict] = {}  # trigger id -> control record, until claimed
-        super().start()
 
     # --- leadership ------------------------------------------------------------
     def handle(self, payload, at: float) -> None:
@@ -92,28 +99,34 @@ class CronRunner(LeaderRunner):
         elif was_leading and not self.leading:
             self.runs.clear()  # lease-bound: the loop stops them
             self.cursor = None
+            self.claiming = None
 
     def _resume(self) -> None:
-        now = self._now()
-        try:
-            newest = self._newest_record()
-        except CoordError as exc:
-            log.warning("role %s: cannot read tick records (%s); starting from now", self.name, exc)
-            newest = None
-        self.cursor = newest if newest is not None and newest <= now else now
-        if newest is not None:
-            self.say(f"leader resumes after tick {self.schedule.tick_id(newest)}")
+        token = self.token
 
-    def _newest_record(self) -> datetime | None:
-        """The newest recorded tick; runs left 'running' by an earlier leader
-        (it died mid-run) are marked 'interrupted'."""
+        def done(newest: datetime | None, error: BaseException | None) -> None:
+            if not self.leading or self.token != token:
+                return  # the term ended while the records were read
+            now = self._now()
+            if error is not None:
+                log.warning("role %s: cannot read tick records (%s); starting from now", self.name, error)
+                newest = None
+            self.cursor = newest if newest is not None and newest <= now else now
+            if newest is not None:
+                self.say(f"leader resumes after tick {self.schedule.tick_id(newest)}")
+
+        self.effect("read tick records", lambda: self._newest_record(token), done)
+
+    def _newest_record(self, token: int) -> datetime | None:
+        """(Effect) The newest recorded tick; runs left 'running' by an earlier
+        leader (it died mid-run) are marked 'interrupted'."""
         result = self.ctx.backend.get_prefix(self.ctx.keys.ticks(self.name))
         for kv in result.kvs:
             try:
                 record = json.loads(kv.value)
             except ValueError:
                 continue
-            if record.get("state") == "running" and (record.get("token") or 0) < self.token:
+            if record.get("state") == "running" and (record.get("token") or 0) < token:
                 record["state"] = "interrupted"
                 self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
                                      [Put(kv.key, json.dumps(record))])
@@ -128,8 +141,11 @@ class CronRunner(LeaderRunner):
     def desired(self, now: float) -> dict[str, ChildSpec]:
         if not self.leading or self.failed_reason or self.cursor is None:
             return {}
-        self._process_due_ticks()
-        self._run_triggers()
+        if self.claiming is None and (self.retry_at is None or now >= self.retry_at):
+            self.retry_at = None
+            self._process_due_ticks()
+            if self.claiming is None:
+                self._claim_trigger()
         return {tick_id: run.spec for tick_id, run in self.runs.items()}
 
     def _process_due_ticks(self) -> None:
@@ -145,8 +161,9 @@ class CronRunner(LeaderRunner):
                     self._record(tick, {"state": "skipped"}, quiet=False)
                 else:
                     return  # wait for the active run; re-checked when it exits
-            elif not self._start(tick, now):
-                return  # leadership in doubt: do not advance
+            else:
+                self._claim(tick, now)
+                return  # the cursor moves when the claim's outcome is known
             self.cursor = tick
 
     def _due_ticks(self, now: datetime) -> list[datetime]:
@@ -177,42 +194,62 @@ class CronRunner(LeaderRunner):
                      f"{self.schedule.tick_id(self.cursor)} are too old to run late: missed")
         return due
 
-    def _start(self, tick: datetime, now: datetime) -> bool:
-        tick_id = self.schedule.tick_id(tick)
-        if self.runs and self.policy == "replace":
+    def _claim(self, tick: datetime, now: datetime, trigger: dict | None = None) -> None:
+        """Claim ``tick`` (or the manual run of ``trigger``) with a transaction fenced
+        by our token (an effect); the run starts when the claim comes back won."""
+        tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
+        key = self.ctx.keys.ticks(self.name) + tick_id
+        token = self.token
+        extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
+        record = {"state": "running", "member": self.ctx.member_id, "token": token,
+                  "scheduled": tick.isoformat(), "started": now.timestamp(), **extra}
+        election_key = self.election.key
+
+        def claim() -> bool | None:
+            """True: ours to run. False: already recorded by someone. None: we
+            may no longer lead (the fencing compare failed)."""
+            res = self.ctx.backend.txn([missing(key), create_revision(election_key, "=", token)],
+                                       [Put(key, json.dumps(record))], [Get(key)])
+            if res.succeeded:
+                self._trim()
+                return True
+            if res.responses and res.responses[0]:
+                return False
+            return None
+
+        def done(claimed: bool | None, error: BaseException | None) -> None:
+            self.claiming = None
+            if trigger is not None and (error is not None or claimed is None):
+                self.trigger(trigger)  # try again (this leader after CLAIM_RETRY, or the next one)
+            if not self.leading or self.token != token:
+                return
+            if error is not None:
+                log.warning("role %s: cannot claim tick %s: %s", self.name, tick_id, error)
+                self.retry_at = self.ctx.clock() + CLAIM_RETRY
+                return
+            if claimed is None:
+                self.say(f"tick {tick_id}: claim refused (no longer the leader)")
+                self.retry_at = self.ctx.clock() + CLAIM_RETRY
+                return
+            if trigger is None:
+                self.cursor = tick
+            if claimed:
+                self._run(tick, now, tick_id, manual=trigger is not None)
+
+        self.claiming = tick_id
+        self.effect(f"claim tick {tick_id}", claim, done)
+
+    def _run(self, tick: datetime, claimed_at: datetime, tick_id: str, manual: bool = False) -> None:
+        if self.runs and self.policy == "replace" and not manual:
             self.say(f"tick {tick_id}: replacing the active run(s) {', '.join(self.runs)}")
             self.runs.clear()
-        claimed = self._claim(tick_id, tick, now)
-        if claimed is None:
-            return False
-        if claimed:
-            env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
-            spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
-            self.runs[tick_id] = _Run(tick, spec)
-            late = (now - tick).total_seconds()
-            self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
-        return True
-
-    def _claim(self, tick_id: str, tick: datetime, now: datetime, extra: dict | None = None) -> bool | None:
-        """True: ours to run. False: already recorded by someone. None: we may
-        no longer lead (the claim was refused by the fencing compare)."""
-        key = self.ctx.keys.ticks(self.name) + tick_id
-        record = {"state": "running", "member": self.ctx.member_id, "token": self.token,
-                  "scheduled": tick.isoformat(), "started": now.timestamp(), **(extra or {})}
-        try:
-            res = self.ctx.backend.txn(
-                [missing(key), create_revision(self.election.key, "=", self.token)],
-                [Put(key, json.dumps(record))], [Get(key)])
-        except CoordError as exc:
-            log.warning("role %s: cannot claim tick %s: %s", self.name, tick_id, exc)
-            return None
-        if res.succeeded:
-            self._trim()
-            return True
-        if res.responses and res.responses[0]:
-            return False
-        self.say(f"tick {tick_id}: claim refused (no longer the leader)")
-        return None
+        env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
+        if manual:
+            env["MANUAL"] = "1"
+        spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
+        self.runs[tick_id] = _Run(tick, spec, manual)
+        late = (claimed_at - tick).total_seconds()
+        self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
 
     def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
                 tick_id: str | None = None) -> None:
@@ -220,18 +257,19 @@ class CronRunner(LeaderRunner):
         key = self.ctx.keys.ticks(self.name) + tick_id
         record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
                   **fields}
+        backend = self.ctx.backend
         if self.ctx.metrics is not None and fields.get("state") in FINAL_STATES:
             self.ctx.metrics.cron_outcome(self.name, fields["state"], tick_id.endswith(MANUAL_SUFFIX))
-        try:
+
+        def write() -> None:
             if fields.get("state") in ("missed", "skipped", "paused"):
-                self.ctx.backend.txn([missing(key)], [Put(key, json.dumps(record))])
-            else:
-                old = self.ctx.backend.get(key)
-                if old is not None:
-                    record = {**json.loads(old.value), **fields}
-                self.ctx.backend.put(key, json.dumps(record))
-        except (CoordError, ValueError) as exc:
-            log.warning("role %s: cannot record tick %s: %s", self.name, tick_id, exc)
+                backend.txn([missing(key)], [Put(key, json.dumps(record))])
+                return
+            old = backend.get(key)
+            merged = {**json.loads(old.value), **fields} if old is not None else record
+            backend.put(key, json.dumps(merged))
+
+        self.effect(f"record tick {tick_id} {fields.get('state')}", write)
         if not quiet:
             self.say(f"tick {tick_id}: {fields['state']}")
         self.last_outcome = {"tick": tick_id, **fields}
@@ -271,41 +309,33 @@ class CronRunner(LeaderRunner):
     # --- supervisor pause / trigger (runtime/control.py) ----------------------------------
     def while_paused(self, now: float) -> None:
         """Due ticks are recorded 'paused', never run late after the resume."""
-        if not self.leading or self.failed_reason or self.cursor is None:
+        if not self.leading or self.failed_reason or self.cursor is None or self.claiming:
             return
         for tick in self._due_ticks(self._now()):
             self._record(tick, {"state": "paused"}, quiet=False)
             self.cursor = tick
 
     def trigger(self, record: dict) -> None:
-        """A 'supervisor trigger' record; the leader runs it at its next turn."""
+        """A 'supervisor trigger' control record: every member keeps it (a leader
+        elected within TRIGGER_MAX_AGE still runs it); the leader claims it."""
         if isinstance(record.get("id"), str) and isinstance(record.get("when"), (int, float)):
             self.triggers[record["id"]] = record
             if len(self.triggers) > 16:  # a flood of triggers: keep the newest
                 del self.triggers[min(self.triggers, key=lambda k: self.triggers[k]["when"])]
 
-    def _run_triggers(self) -> None:
-        for trigger_id, record in list(self.triggers.items()):
+    def _claim_trigger(self) -> None:
+        for trigger_id, record in sorted(self.triggers.items(), key=lambda item: item[1]["when"]):
             del self.triggers[trigger_id]
-            if self.ctx.wall() - record["when"] > TRIGGER_MAX_AGE:
-                continue
-            when = datetime.fromtimestamp(record["when"], tz=timezone.utc)
-            tick_id = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z{MANUAL_SUFFIX}"
-            extra = {"manual": True, "trigger": trigger_id, "who": record.get("who")}
-            claimed = self._claim(tick_id, when, self._now(), extra)
-            if claimed is None:
-                self.triggers[trigger_id] = record  # leadership in doubt: retry next turn
+            if self.ctx.wall() - record["when"] <= TRIGGER_MAX_AGE:
+                self.say(f"manual run requested by {record.get('who')}: claiming")
+                self._claim(datetime.fromtimestamp(record["when"], tz=timezone.utc), self._now(), record)
                 return
-            if not claimed or tick_id in self.runs:
-                continue  # already run (by a previous leader)
-            env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(when), "MANUAL": "1"}
-            spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
-            self.runs[tick_id] = _Run(when, spec, manual=True)
-            self.say(f"manual run {tick_id} ({record.get('who')}): claimed, starting")
 
     def next_deadline(self) -> float | None:
-        if not self.leading or self.cursor is None:
+        if not self.leading or self.cursor is None or self.claiming is not None:
             return None
+        if self.retry_at is not None:
+            return self.retry_at
         now = self._now()
         nxt = self.schedule.next_tick(max(self.cursor, now))
         return self.ctx.clock() + max(0.0, (nxt - now).total_seconds()) + 0.001

@@ -25,7 +25,6 @@ import json
 import logging
 
 from ..config import RoleSpec
-from ..coord.errors import CoordError
 from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
@@ -33,6 +32,7 @@ from ..process.spawn import ChildSpec
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
+FINAL_WRITE_ATTEMPTS = 5  # a job's outcome is written again this often when the store fails
 
 
 def spec_hash(spec: RoleSpec) -> str:
@@ -55,11 +55,17 @@ class JobRecord:
 
 
 class JobRunner(LeaderRunner):
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.hash = spec_hash(self.spec)
         self.record: dict | None = None
         self.record_known = False
         self.running = False
+        self.writing = False  # the 'running' record is being written
+        self.retry_at: float | None = None  # a failed 'running' write is tried again then
+        self._watcher: PrefixWatcher | None = None
+
+    def start(self) -> None:
         self._watcher = PrefixWatcher(self.ctx.backend, self.ctx.keys.job(self.name), self._on_change,
                                       name=f"{self.name}:job")
         self._watcher.start()
@@ -84,27 +90,48 @@ class JobRunner(LeaderRunner):
     def desired(self, now: float) -> dict[str, ChildSpec]:
         if not self.leading or self.failed_reason or not self.record_known:
             return {}
-        if job_done(self.record, self.hash):
+        if self.running:
+            return {"run": self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+        if self.retry_at is not None and now < self.retry_at:
             return {}
-        if not self.running:
-            if not self._write({"state": "running"}):
-                return {}
-            self.running = True
-            self.say(f"running job (spec {self.hash})")
-        return {"run": self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+        if not job_done(self.record, self.hash) and not self.writing:
+            self.writing, self.retry_at = True, None
+            token = self.token
 
-    def _write(self, fields: dict) -> bool:
+            def done(written: bool, error: BaseException | None) -> None:
+                self.writing = False
+                if written and self.leading and self.token == token:
+                    self.running = True
+                    self.say(f"running job (spec {self.hash})")
+                elif error is not None:
+                    self.retry_at = self.ctx.clock() + 1.0
+
+            self._write({"state": "running"}, done)
+        return {}
+
+    def next_deadline(self) -> float | None:
+        return self.retry_at
+
+    def _write(self, fields: dict, done=None) -> None:
+        """(Effect) Write the job record, fenced by our election key."""
         record = {"spec_hash": self.hash, "member": self.ctx.member_id, "token": self.token,
                   "updated": self.ctx.wall(), **fields}
-        try:
-            res = self.ctx.backend.txn([create_revision(self.election.key, "=", self.token)],
-                                       [Put(self.ctx.keys.job(self.name), json.dumps(record))])
-        except CoordError as exc:
-            log.warning("role %s: cannot write job record: %s", self.name, exc)
-            return False
-        if res.succeeded:
-            self.record = record
-        return res.succeeded
+        election_key, token, key = self.election.key, self.token, self.ctx.keys.job(self.name)
+        backend = self.ctx.backend
+
+        def write() -> bool:
+            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, json.dumps(record))])
+            return res.succeeded
+
+        def written(ok: bool, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("role %s: cannot write job record: %s", self.name, error)
+            elif ok:
+                self.record = record
+            if done is not None:
+                done(bool(ok) and error is None, error)
+
+        self.effect(f"write job record ({fields.get('state')})", write, written)
 
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
         if isinstance(event, Exited) and event.restart_at is None:
@@ -120,11 +147,20 @@ class JobRunner(LeaderRunner):
         if not self.running:
             return
         self.running = False
-        self._write({"state": state, "finished": self.ctx.wall(), **fields})
+        final = {"state": state, "finished": self.ctx.wall(), **fields}
+        # known done at once: the job must not start again while the record is written
+        self.record = {"spec_hash": self.hash, **final}
+
+        def retry(ok: bool, error: BaseException | None, attempt: int = 1) -> None:
+            if error is not None and attempt < FINAL_WRITE_ATTEMPTS and self.leading:
+                self._write(final, lambda ok2, err2: retry(ok2, err2, attempt + 1))
+
+        self._write(final, retry)
         self.say(f"job {state}" + (f" (exit {fields['exit_code']})" if "exit_code" in fields else ""))
 
     def stop(self) -> None:
-        self._watcher.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
         super().stop()
 
     def status(self) -> dict:

@@ -32,12 +32,16 @@ from .base import RoleRunner
 
 
 class ShardedRunner(RoleRunner):
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.latest: Info = INVALID
         self.latest_at = 0.0
         self.applied: Info | None = None
         self.settle_until = 0.0
         self.state = "joining"
+        self.sequence: Sequence | None = None
+
+    def start(self) -> None:
         self.sequence = Sequence(self.ctx.backend, self.ctx.keys.shard(self.name), self.ctx.member_id,
                                  self.ctx.session, self._on_info, name=f"{self.name}:shard")
         self.sequence.start(wait=0)
@@ -93,12 +97,13 @@ class ShardedRunner(RoleRunner):
             self.failed_reason = reason
             self.state = "failed"
             self.say(f"failed ({reason}); leaving the group so the others reshard")
-            self.sequence.stop(leave=True)
+            self.effect("leave the group", lambda: self.sequence.stop(leave=True))
 
     def stop(self) -> None:
         if self.state != "stopped":
             self.state = "stopped"
-            self.sequence.stop(leave=True)
+            if self.sequence is not None:
+                self.sequence.stop(leave=True)
 
     def status(self) -> dict:
         info = self.applied

@@ -22,6 +22,7 @@ States: CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*, any -> FAILED
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Top
 from .base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
+
+
+class LeaderState(enum.Enum):
+    CAMPAIGNING = "campaigning"
+    LEADER = "leader"
+    FOLLOWER = "follower"  # between a lost term and the next campaign
+    FAILED = "failed"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -53,19 +62,23 @@ class LeaderSeen:
 class LeaderRunner(RoleRunner):
     """Campaigns for the role's election and tracks leadership."""
 
-    def start(self) -> None:
-        self.state = "campaigning"
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self.state = LeaderState.CAMPAIGNING
         self.token = 0
         self.leader_member: str | None = None
         self._stop = threading.Event()
         self._watch: LeadershipWatch | None = None
+        self.election: Election | None = None
+
+    def start(self) -> None:
         self.election = Election(self.ctx.backend, self.ctx.keys.election(self.name), self.ctx.session,
                                  self.ctx.member_id, name=f"{self.name}:election")
         self._campaign()
 
     @property
     def leading(self) -> bool:
-        return self.state == "leader"
+        return self.state is LeaderState.LEADER
 
     def _campaign(self) -> None:
         threading.Thread(target=self._campaign_loop, daemon=True, name=f"campaign:{self.name}").start()
@@ -89,26 +102,26 @@ class LeaderRunner(RoleRunner):
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, Elected):
             if self._stop.is_set() or self.failed_reason:
-                self.election.resign()
+                self.effect("resign", self.election.resign)
                 return
-            self.state, self.token = "leader", payload.token
+            self.state, self.token = LeaderState.LEADER, payload.token
             self.leader_member = self.ctx.member_id
             self.say(f"elected leader (LEADER_TOKEN={payload.token})")
             self._watch = LeadershipWatch(self.election, self._on_deposed).start()
-        elif isinstance(payload, Deposed) and self.state == "leader":
+        elif isinstance(payload, Deposed) and self.state is LeaderState.LEADER:
             self.say(f"lost leadership: {payload.reason}")
             self._end_term()
             if not self._stop.is_set() and not self.failed_reason:
-                self.state = "campaigning"
+                self.state = LeaderState.CAMPAIGNING
                 self._campaign()
-        elif isinstance(payload, LeaderSeen) and self.state != "leader":
+        elif isinstance(payload, LeaderSeen) and self.state is not LeaderState.LEADER:
             self.leader_member = payload.member
 
     def _end_term(self) -> None:
         if self._watch:
             self._watch.stop()
             self._watch = None
-        self.state = "follower"
+        self.state = LeaderState.FOLLOWER
         self.token = 0
 
     def give_up(self, reason: str) -> None:
@@ -121,12 +134,10 @@ class LeaderRunner(RoleRunner):
         if self._watch:
             self._watch.stop()
             self._watch = None
-        self.state = "failed"
+        self.state = LeaderState.FAILED
         self.token = 0
-        try:
-            self.election.resign()
-        except CoordError as exc:
-            log.warning("role %s: resign failed: %s", self.name, exc)
+        if self.election is not None:
+            self.effect("resign", self.election.resign)
 
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
         if isinstance(event, Failed):
@@ -138,7 +149,9 @@ class LeaderRunner(RoleRunner):
         self._stop.set()
         if self._watch:
             self._watch.stop()
-        self.state = "stopped"
+        self.state = LeaderState.STOPPED
+        if self.election is None:
+            return
         try:
             self.election.close(resign=True)
         except CoordError as exc:
@@ -148,7 +161,7 @@ class LeaderRunner(RoleRunner):
         return {"LEADER": "1", "LEADER_TOKEN": str(self.token)}
 
     def status(self) -> dict:
-        return {**super().status(), "state": self.state, "leader": self.leading,
+        return {**super().status(), "state": self.state.value, "leader": self.leading,
                 "token": self.token or None}
 
 
@@ -159,9 +172,12 @@ class SingletonRunner(LeaderRunner):
             self.record_done(1, 0, event.code)
         super().on_slot_event(key, event, now)
 
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
+        self._observer = None
+
     def start(self) -> None:
         super().start()
-        self._observer = None
         if self.spec.standby:
             self._observer = self.election.observe(self._on_topology)
 
@@ -174,7 +190,7 @@ class SingletonRunner(LeaderRunner):
             return {}
         if self.leading:
             return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
-        if self.spec.standby and self.state != "stopped":
+        if self.spec.standby and self.state is not LeaderState.STOPPED:
             env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member or ""}
             spec = self.ctx.child_spec(self.spec, self.name, env)
             return {self.name: dataclasses.replace(spec, lease_bound=False)}

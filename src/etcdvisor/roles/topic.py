@@ -56,7 +56,8 @@ class _Run:
 
 
 class TopicRunner(RoleRunner):
-    def start(self) -> None:
+    def __init__(self, spec, ctx):
+        super().__init__(spec, ctx)
         self.topic_name = self.spec.topic or self.name
         self.topic = Topic(self.ctx.backend, self.ctx.keys.topic(self.topic_name),
                            max_payload=self.spec.max_payload or 65536)
@@ -70,6 +71,9 @@ class TopicRunner(RoleRunner):
         self._stop = threading.Event()
         self.queue = self.spec.delivery != "broadcast"
         self.cursor_key = f"{self.topic.prefix}cursors/{self.name}/{self.ctx.member_id}"
+        self.source = None
+
+    def start(self) -> None:
         if self.queue:
             self.source = QueueConsumer(self.topic, self.name, self.ctx.session,
                                         name=self.ctx.member_id)
@@ -164,13 +168,12 @@ class TopicRunner(RoleRunner):
             self.runs.pop(key, None)
 
     def _finish(self, key: str, run: _Run, outcome: str, tracked: bool = True) -> None:
-        try:
-            if self.queue:
-                self.source.ack(run.message)
-            else:
-                self.ctx.backend.put(self.cursor_key, str(run.message.id))
-        except CoordError as exc:
-            log.warning("role %s: cannot acknowledge message %d: %s", self.name, run.message.id, exc)
+        message = run.message
+        if self.queue:
+            self.effect(f"acknowledge message {message.id}", lambda: self.source.ack(message))
+        else:
+            self.effect(f"move the cursor to message {message.id}",
+                        lambda: self.ctx.backend.put(self.cursor_key, str(message.id)))
         self.processed += outcome == "done"
         if self.ctx.metrics is not None:
             self.ctx.metrics.topic_messages.labels(self.name, outcome).inc()
@@ -180,10 +183,7 @@ class TopicRunner(RoleRunner):
 
     def _release(self, message: Message) -> None:
         if self.queue:
-            try:
-                self.source.release(message)
-            except CoordError as exc:
-                log.warning("role %s: cannot release message %d: %s", self.name, message.id, exc)
+            self.effect(f"release message {message.id}", lambda: self.source.release(message))
 
     def next_deadline(self) -> float | None:
         waits = [run.retry_at for run in self.runs.values() if run.retry_at is not None]
@@ -191,7 +191,8 @@ class TopicRunner(RoleRunner):
 
     def stop(self) -> None:
         self._stop.set()
-        self.source.close()  # queue: releases claims of un-acked messages
+        if self.source is not None:
+            self.source.close()  # queue: releases claims of un-acked messages
 
     def status(self) -> dict:
         return {**super().status(), "topic": self.topic_name, "delivery": self.spec.delivery,

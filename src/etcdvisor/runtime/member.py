@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from typing import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -27,15 +28,18 @@ class MemberIdInUse(CoordError):
 
 
 class MemberRecord:
-    def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0):
+    def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.backend = backend
         self.key = key
         self.member_id = member_id
         self.min_interval = min_interval
+        self.clock = clock
         self.started = time.time()
         self._written: dict | None = None
         self._last_write = 0.0
         self._lease = 0
+        self._writing = False  # a write is in flight
 
     def _document(self, roles: dict) -> dict:
         return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -57,25 +61,31 @@ class MemberRecord:
             self.backend.put(self.key, body, lease=lease_id)
         self._lease = lease_id
         self._written = doc["roles"]
-        self._last_write = time.monotonic()
+        self._last_write = self.clock()
 
-    def update(self, roles: dict, now: float) -> float | None:
-        """Rewrite the record if ``roles`` changed; returns when to try again
-        if rate-limited (None otherwise)."""
-        if roles == self._written or not self._lease:
-            return None
+    def plan_update(self, roles: dict, now: float) -> tuple[str | None, float | None]:
+        """Loop side: ``(body, None)`` when the record should be rewritten now
+        (call :meth:`write` off the loop, then :meth:`written`), ``(None,
+        retry_at)`` when rate-limited, ``(None, None)`` when nothing changed."""
+        if roles == self._written or not self._lease or self._writing:
+            return None, None
         if now - self._last_write < self.min_interval:
-            return self._last_write + self.min_interval
-        body = json.dumps(self._document(roles), sort_keys=True)
-        try:
-            self.backend.txn([Compare(self.key, "lease", "=", self._lease)],
-                             [Put(self.key, body, lease=self._lease)])
-        except CoordError as exc:
-            log.debug("member record not updated: %s", exc)
-            return now + self.min_interval
-        self._written = roles
+            return None, self._last_write + self.min_interval
+        self._writing = True
         self._last_write = now
-        return None
+        return json.dumps(self._document(roles), sort_keys=True), None
+
+    def write(self, body: str) -> None:
+        """(Effect) Rewrite the record if it is still on our lease."""
+        self.backend.txn([Compare(self.key, "lease", "=", self._lease)],
+                         [Put(self.key, body, lease=self._lease)])
+
+    def written(self, roles: dict, ok: bool) -> None:
+        """Loop side: the outcome of :meth:`write` (``ok`` False: try again
+        after ``min_interval``)."""
+        self._writing = False
+        if ok:
+            self._written = roles
 
 
 def _describe(raw: bytes) -> str:

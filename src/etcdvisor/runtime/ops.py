@@ -138,7 +138,7 @@ class Operations:
             return
         runner = self.sup.runners[command.role]
         index = command.record.get("index")
-        if index is not None and runner.status().get("index") != index:
+        if index is not None and self.sup.roster.status(runner).get("index") != index:
             return
         now = self.sup.clock()
         restarted = []
@@ -156,10 +156,13 @@ class Operations:
         if not runner.failed_reason:
             log.info("role %s: %s: not failed here, nothing to reset", command.role, command.describe())
             return
+        from .supervisor import build_runners
+
+        fresh = build_runners(self.sup.config, self.sup.ctx, [command.role])
         log.info("role %s: %s: clearing FAILED (%s); the role starts again", command.role,
                  command.describe(), runner.failed_reason, extra={"role": command.role})
-        self.sup.retiring.append(self.sup.runners.pop(command.role))
-        self.sup.pending.append(command.role)
+        self.sup.roster.retire([command.role])  # its children are gone already; it leaves/resigns
+        self.sup.roster.queue(fresh)  # then a fresh runner joins / campaigns again
 
     def _trigger(self, command: control.Command) -> None:
         runner = self.sup.runners[command.role]

@@ -21,6 +21,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import timing
 from ..process.backoff import Backoff
@@ -52,6 +53,8 @@ class Reconciler:
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
         self.observer = None  # (role, SlotEvent) -> None: metrics, called before the runner
+        # called when a runner raises while told about its child (runtime.roster fences it)
+        self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -101,7 +104,12 @@ class Reconciler:
             _log_event(owned, event)
             if self.observer is not None:
                 self.observer(owned.runner.name, event)
-            owned.runner.on_slot_event(owned.key, event, now)
+            try:
+                owned.runner.on_slot_event(owned.key, event, now)
+            except Exception as exc:
+                if self.fault is None:
+                    raise
+                self.fault(owned.runner, "on_slot_event", exc)
         for name, owned in list(self._slots.items()):
             if owned.slot.desired is None and owned.slot.idle:
                 self.manager.remove_slot(owned.slot)

@@ -30,23 +30,44 @@ from ..coord.errors import CoordError
 from ..coord.session import Session, SessionEventKind
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
-from .barriers import BarrierFact, BarrierGate
-from ..events import RoleEvent, SessionChanged, Signalled, Wake
 from ..coord.keys import ClusterKeys
+from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
+from .barriers import BarrierFact, BarrierGate
+from .effects import EffectRunner
 from .control import ControlChanged
 from .http import HttpError
 from .member import MemberRecord
 from .ops import Operations
 from .reconcile import Reconciler
-from .reload import ConfigFileWatcher, plan_reload
+from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
+from .roster import Roster, describe
 
 log = logging.getLogger("etcdvisor")
 
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
+SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
 
 class StartupError(Exception):
     """One line explaining why the supervisor cannot start."""
+
+
+def build_runners(config: Config, ctx: RuntimeContext, names) -> list[RoleRunner]:
+    """Construct the runners of ``names`` (no I/O); every check that can fail
+    without the store happens here, before anything joins or starts. Raises
+    StartupError naming the role."""
+    types = runner_types()
+    built = []
+    for name in names:
+        role = config.roles[name]
+        if role.type not in types:
+            raise StartupError(f"{config.source_path}: roles.{name}.type: "
+                               f"{role.type.value!r} roles are not supported by this build")
+        try:
+            built.append(types[role.type](role, ctx))
+        except Exception as exc:  # noqa: BLE001 - any refusal is one line naming the role
+            raise StartupError(f"{config.source_path}: roles.{name}: {describe(exc)}") from None
+    return built
 
 
 def runner_types() -> dict[RoleType, type]:
@@ -74,7 +95,7 @@ class Supervisor:
         self.clock = clock
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.keys = ClusterKeys(config.cluster)
-        self.runners: dict[str, RoleRunner] = {}
+        self.effects = EffectRunner(self.inbox.put, clock=clock)
         self.stopping = False
         self.escalated = False
         self.embedded = None
@@ -82,16 +103,21 @@ class Supervisor:
         self.session: Session | None = None
         self.manager: ProcessManager | None = None
         self.reconciler: Reconciler | None = None
+        self.roster: Roster | None = None
         self.record: MemberRecord | None = None
         self.gate: BarrierGate | None = None
         self.ctx: RuntimeContext | None = None
-        self.retiring: list[RoleRunner] = []  # runners draining after a reload
-        self.pending: list[str] = []  # roles to start once their old runner is gone
         self.watch_config = watch_config
         self.file_watcher: ConfigFileWatcher | None = None
         self._record_retry: float | None = None
+        self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
+        self._reload_again = False  # another SIGHUP came meanwhile
+
+    @property
+    def runners(self) -> dict[str, RoleRunner]:
+        return self.roster.runners if self.roster else {}
 
     # --- start-up ------------------------------------------------------------
     def check_commands(self) -> None:
@@ -122,6 +148,8 @@ class Supervisor:
         return url
 
     def start(self) -> None:
+        """All or nothing: commands, etcd and every runner are checked before
+        the member joins (lease, member record) or starts a child."""
         self.check_commands()
         try:
             self.ops.listen()
@@ -129,16 +157,20 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         url = self.connect()
         member = self.config.member
+        self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=None, keys=self.keys,
+                                  member_id=member.id, endpoints=url, post=self.inbox.put,
+                                  clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
+        runners = build_runners(self.config, self.ctx, list(self.config.roles))
         try:
             self.session = Session(self.backend, member.ttl, name=member.id).start()
         except CoordError as exc:
             raise StartupError(f"cannot create the member lease: {exc}") from None
+        self.ctx.session = self.session
         self.session.add_listener(lambda ev: self.inbox.put(SessionChanged(ev)))
-        self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id)
+        self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id, clock=self.clock)
         try:
             self.record.register(self.session.lease_id, {})
         except CoordError as exc:
-            self.session.close()
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
@@ -149,30 +181,22 @@ class Supervisor:
         self.reconciler = Reconciler(self.manager)
         self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
-        self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
-                                  keys=self.keys, member_id=member.id, endpoints=url, post=self.inbox.put,
-                                  clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
+        self.roster = Roster(self.reconciler, self.effects.submit)
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
-        for role in self.config.roles.values():
-            self.runners[role.name] = self._make_runner(role.name)
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
-        for runner in self.runners.values():
-            runner.start()
+        for runner in runners:
+            try:
+                runner.start()
+            except CoordError as exc:
+                raise StartupError(f"role {runner.name}: cannot start: {exc}") from None
+            self.roster.add_started(runner)
         if self.watch_config:
             self.file_watcher = ConfigFileWatcher(self.config.source_path, self.inbox.put,
                                                   signal.SIGHUP).start()
-
-    def _make_runner(self, name: str) -> RoleRunner:
-        role = self.config.roles[name]
-        types = runner_types()
-        if role.type not in types:
-            raise StartupError(f"{self.config.source_path}: roles.{name}.type: "
-                               f"{role.type.value!r} roles are not supported by this build")
-        return types[role.type](role, self.ctx)
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -213,14 +237,14 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
+        self.roster.flush_effects()
         after = self.clock()
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
 
     def _next_deadline(self) -> float | None:
-        deadlines = [self.reconciler.next_deadline(), self._record_retry]
-        deadlines += [r.next_deadline() for r in self.runners.values()]
+        deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline()]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -234,15 +258,26 @@ class Supervisor:
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
         elif isinstance(event, RoleEvent):
-            runner = self.runners.get(event.role)
-            if runner is not None and event.source in (0, runner.serial):
-                runner.handle(event.payload, event.at)
+            if event.role == SUPERVISOR_LANE:
+                self._supervisor_effect_done(event.payload)
+            else:
+                self.roster.deliver(event)
+
+    def _effect(self, what: str, call, done=None) -> None:
+        """The member's own I/O (its record, reload checks), off the loop."""
+        self.effects.submit(Effect(SUPERVISOR_LANE, 0, what, call, done))
+
+    def _supervisor_effect_done(self, outcome: EffectDone) -> None:
+        if outcome.effect.done is not None:
+            outcome.effect.done(outcome.result, outcome.error)
+        elif outcome.error is not None:
+            log.warning("%s failed: %s", outcome.effect.what, describe(outcome.error))
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             if not self.stopping:
-                self._reload()
+                self._request_reload()
             return
         if not self.stopping:
             log.info("received %s: stopping children, then leaving the cluster", name)
@@ -261,66 +296,78 @@ class Supervisor:
         elif event.kind is SessionEventKind.NEW_LEASE:
             log.info("new lease %x: rejoining the cluster", event.lease_id)
             self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
-            try:
-                self.record.register(event.lease_id, self._roles_status())
-            except CoordError as exc:
-                log.error("cannot re-register member: %s", exc)
-        for runner in self.runners.values():
-            runner.on_session(event)
+            roles = self._roles_status()
+            self._effect("re-register the member", lambda: self.record.register(event.lease_id, roles))
+        self.roster.on_session(event)
 
-    def _reload(self) -> None:
-        plan = plan_reload(self.config, self.environ)
-        if plan is None:
+    # --- reload ------------------------------------------------------------------
+    def _request_reload(self) -> None:
+        """Check the file off the loop (it may take seconds); children keep
+        running meanwhile and lease deadlines keep moving."""
+        if self._reload_running:
+            self._reload_again = True
+            return
+        self._reload_running = True
+        config, environ = self.config, dict(self.environ)
+        self._effect("check the config file for reload", lambda: plan_reload(config, environ),
+                     self._reload_checked)
+
+    def _reload_checked(self, plan: ReloadPlan | None, error: BaseException | None) -> None:
+        self._reload_running = False
+        if error is not None:
+            log.error("reload refused, keeping the running config: %s", describe(error))
+        elif plan is not None and not self.stopping:
+            self._apply_reload(plan)
+        if self._reload_again and not self.stopping:
+            self._reload_again = False
+            self._request_reload()
+
+    def _apply_reload(self, plan: ReloadPlan) -> None:
+        try:
+            fresh = build_runners(plan.config, self.ctx, plan.start)
+        except StartupError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = self.ctx.config = plan.config
-        for name in plan.retire:
-            self.retiring.append(self.runners.pop(name))
-        self.pending.extend(plan.start)
+        self.roster.retire(plan.retire)
+        self.roster.queue(fresh)
         self.gate = self.gate.rebuild(self.config)
 
-    def _settle_reload(self) -> None:
-        """Stop drained runners; start the ones waiting for their old runner."""
-        for runner in list(self.retiring):
-            self.reconciler.apply(runner, {})
-            if not self.reconciler.slots_of(runner):
-                runner.stop()
-                self.retiring.remove(runner)
-                log.info("role %s: retired after reload", runner.name)
-        busy = {r.name for r in self.retiring}
-        for name in list(self.pending):
-            if name not in busy:
-                self.pending.remove(name)
-                try:
-                    self.runners[name] = self._make_runner(name)
-                except StartupError as exc:
-                    log.error("reload: %s", exc)
-                    continue
-                self.runners[name].start()
-                log.info("role %s: started after reload", name)
-
+    # --- reconcile ---------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
-        if self.retiring or self.pending:
-            self._settle_reload()
+        self.roster.settle()
         for _ in range(2):  # once more when children exited: a run may free room for another
-            for runner in self.runners.values():
-                if self.ops.paused(runner.name):
-                    runner.while_paused(now)  # a cron leader records due ticks 'paused'
-                    desired = {}
-                else:
-                    desired = runner.desired(now) if self.gate.allows(runner.name) else {}
+            for runner in self.roster.all():
+                allowed = runner in self.runners.values() and self.gate.allows(runner.name)
+                if allowed and self.ops.paused(runner.name):
+                    # a cron leader records due ticks 'paused'
+                    self.roster.call(runner, "while_paused", lambda r=runner: r.while_paused(now))
+                    allowed = False
+                desired = self.roster.desired(runner, now) if allowed else {}
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
-                self.reconciler.apply(runner, desired)
+                self.roster.apply(runner, desired)
             if not self.reconciler.tick(now):
                 break
             now = self.clock()
-        # never block the loop on a store we know is unreachable
         self._last_status = self._roles_status()
-        self._record_retry = self.record.update(self._last_status, now) if lease_ok else None
+        self._update_record(now if lease_ok else None)
+
+    def _update_record(self, now: float | None) -> None:
+        """Rewrite the member record when the roles' status changed (rate-
+        limited, off the loop); never while the store is known unreachable."""
+        if now is None:
+            self._record_retry = None
+            return
+        roles = self._last_status
+        body, self._record_retry = self.record.plan_update(roles, now)
+        if body is not None:
+            self._effect("update the member record", lambda: self.record.write(body),
+                         lambda _r, error: self.record.written(roles, error is None))
 
     def _roles_status(self) -> dict:
-        status = {name: runner.status() for name, runner in self.runners.items()}
+        status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
         for name in status:
             waiting = self.gate.waiting_on(name)
             if waiting:
@@ -349,13 +396,12 @@ class Supervisor:
             except queue.Empty:
                 pass
             self.reconciler.tick(self.clock())
+            self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
             self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
         log.info("all children stopped; leaving cluster %s", self.config.cluster)
-        for runner in list(self.runners.values()) + self.retiring:
-            try:
-                runner.stop()
-            except CoordError as exc:
-                log.warning("role %s: could not leave cleanly: %s", runner.name, exc)
+        if not self.effects.drain(timeout=2 * self.config.etcd.timeout):
+            log.warning("some writes to the store did not finish before leaving")
+        self.roster.stop_all()
         self.close()
         return 1 if self.escalated else 0
 
@@ -365,6 +411,7 @@ class Supervisor:
             self.file_watcher.stop()
         if self.gate is not None:
             self.gate.stop()
+        self.effects.close()
         if self.session is not None:
             self.session.close(revoke=True)
         if self.manager is not None:

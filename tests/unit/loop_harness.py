@@ -1,0 +1,229 @@
+"""Drive the supervisor's decision loop turn by turn, without processes or threads.
+
+The real :class:`~etcdvisor.runtime.supervisor.Supervisor` loop code runs
+(``_dispatch``, ``_reconcile``, the roster, the reconciler), over the memory
+backend with a :class:`FakeClock`, with two stand-ins:
+
+* a fake process manager whose slots "start" a child at the next tick and
+  let the test make children exit (``exit(key, code)``);
+* an effect queue: effects the turn produced are recorded, not run; the test
+  runs them (``run_effects``), lets them fail, or leaves them hanging.
+
+A tripwire backend makes every store call made *during a turn* an error, so
+a runner that does I/O on the loop thread fails the test (Patroni's
+``test_ha.py`` drives ``run_cycle()`` the same way).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import os
+import tempfile
+
+from etcdvisor.config.loader import load
+from etcdvisor.coord.keys import ClusterKeys
+from etcdvisor.coord.memory import FakeClock, MemoryBackend
+from etcdvisor.coord.session import Session
+from etcdvisor.events import Effect, EffectDone, RoleEvent
+from etcdvisor.process.slot import Exited, SlotState, Started, Stopped
+from etcdvisor.roles.base import RuntimeContext
+from etcdvisor.runtime.barriers import BarrierGate
+from etcdvisor.runtime.member import MemberRecord
+from etcdvisor.runtime.reconcile import Reconciler
+from etcdvisor.runtime.roster import Roster
+from etcdvisor.runtime.supervisor import SUPERVISOR_LANE, Supervisor, build_runners
+
+_PIDS = itertools.count(40000)
+
+
+class TurnTripwire(AssertionError):
+    pass
+
+
+class TripwireBackend:
+    """Delegates to a backend, but refuses every call while a turn runs."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.in_turn = False
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args, **kwargs):
+            if self.in_turn:
+                raise TurnTripwire(f"backend.{name} called on the loop thread during a turn")
+            return attr(*args, **kwargs)
+
+        return guarded
+
+
+@dataclass
+class FakeChild:
+    spec: object
+    pid: int = field(default_factory=lambda: next(_PIDS))
+
+
+class FakeSlot:
+    def __init__(self, name, spec):
+        self.name = name
+        self.desired = spec
+        self.child: FakeChild | None = None
+        self.restarts = 0
+        self.last_exit = None
+        self.signals: list[int] = []
+
+    @property
+    def state(self):
+        return SlotState.RUNNING if self.child else SlotState.STOPPED
+
+    @property
+    def idle(self) -> bool:
+        return self.child is None
+
+    def set_desired(self, spec) -> None:
+        if spec is not None and self.child is not None and spec != self.child.spec:
+            self.restarts += 1
+        self.desired = spec
+
+
+class FakeManager:
+    def __init__(self):
+        self.slots: dict[str, FakeSlot] = {}
+        self.exits: list[tuple[str, int]] = []
+        self.deadline_rule = None
+
+    def new_slot(self, spec, restart="always", backoff=None, start_retries=None, name=""):
+        slot = FakeSlot(name, spec)
+        self.slots[name] = slot
+        return slot
+
+    def remove_slot(self, slot) -> None:
+        self.slots.pop(slot.name, None)
+
+    def set_lease_deadlines(self, term_at=None, kill_at=None, *, rule=None) -> None:
+        self.deadline_rule = rule
+
+    def next_deadline(self):
+        return None
+
+    def tick(self, now):
+        events = []
+        for name, code in self.exits:
+            slot = self.slots.get(name)
+            if slot is not None and slot.child is not None:
+                slot.child, slot.last_exit = None, code
+                events.append(Exited(name, code, 1.0, None))
+                slot.desired = None if code == 0 or True else slot.desired
+        self.exits.clear()
+        for name, slot in self.slots.items():
+            if slot.desired is None and slot.child is not None:
+                slot.child = None
+                events.append(Stopped(name, -15))
+            elif slot.desired is not None and slot.child is not None and slot.child.spec != slot.desired:
+                slot.child = FakeChild(slot.desired)  # replaced: stop then start
+                events += [Stopped(name, -15), Started(name, slot.child.pid)]
+            elif slot.desired is not None and slot.child is None and slot.last_exit is None:
+                slot.child = FakeChild(slot.desired)
+                events.append(Started(name, slot.child.pid))
+        return events
+
+
+class LoopHarness:
+    """One member's loop. ``config_text``: a YAML config (commands need not
+    exist: nothing is spawned)."""
+
+    def __init__(self, config_text: str, *, member: str = "m1", backend=None, clock=None):
+        self.clock = clock or FakeClock()
+        self.store = backend or MemoryBackend(clock=self.clock)
+        self.backend = TripwireBackend(self.store)
+        fd, path = tempfile.mkstemp(suffix=".yaml")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(config_text)
+        try:
+            self.config = load(path, {}, default_member_id=member)
+        finally:
+            os.unlink(path)
+        self.sup = Supervisor(self.config, environ={"PATH": "/usr/bin:/bin"}, clock=self.clock)
+        self.effects: list[Effect] = []
+        self.sup.effects = SimpleNamespace(submit=self.effects.append, drain=lambda timeout: True,
+                                           close=lambda: None)
+        self.session = Session(self.store, 10, clock=self.clock, name=member)
+        self.session._grant()  # alive, no keepalive thread: the test moves time
+        self.sup.backend, self.sup.session = self.backend, self.session
+        self.sup.record = MemberRecord(self.store, self.sup.keys.member(member), member, clock=self.clock)
+        self.sup.record.register(self.session.lease_id, {})
+        self.manager = FakeManager()
+        self.sup.reconciler = Reconciler(self.manager)
+        self.sup.roster = Roster(self.sup.reconciler, self.effects.append)
+        self.sup.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
+                                      keys=ClusterKeys(self.config.cluster), member_id=member,
+                                      endpoints="memory://", post=self.post, clock=self.clock,
+                                      base_env={})
+        self.sup.gate = BarrierGate(self.config, self.sup.keys, self.backend, self.post)
+        self.inbox: list = []
+        for runner in build_runners(self.config, self.sup.ctx, list(self.config.roles)):
+            self.sup.roster.add_started(runner)  # no coordination threads: facts come from the test
+
+    # --- facts in ---------------------------------------------------------------
+    def post(self, event) -> None:
+        self.inbox.append(event)
+
+    def tell(self, role: str, payload) -> None:
+        runner = self.sup.runners[role]
+        self.inbox.append(RoleEvent(role, payload, self.clock(), source=runner.serial))
+
+    def exit(self, role: str, key: str, code: int) -> None:
+        self.manager.exits.append((f"{role}/{key}", code))
+
+    # --- one turn ------------------------------------------------------------------
+    def turn(self) -> dict[str, dict]:
+        """Dispatch the inbox, reconcile, collect effects; return what runs
+        now (role -> slot key -> spec)."""
+        events, self.inbox = self.inbox, []
+        self.backend.in_turn = True
+        try:
+            for event in events:
+                self.sup._dispatch(event)
+            self.sup._reconcile(self.clock())
+            self.sup.roster.flush_effects()
+        finally:
+            self.backend.in_turn = False
+        return self.running()
+
+    def running(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for runner, key, slot in self.sup.reconciler.children():
+            if slot.child is not None:
+                out.setdefault(runner.name, {})[key] = slot.child.spec
+        return out
+
+    def effect_names(self) -> list[str]:
+        """Effects roles queued (the member's own, e.g. its record, left out)."""
+        return [e.what for e in self.effects if e.role != SUPERVISOR_LANE]
+
+    def member_effect_names(self) -> list[str]:
+        return [e.what for e in self.effects if e.role == SUPERVISOR_LANE]
+
+    def run_effects(self, *, fail: Exception | None = None, only: str | None = None) -> None:
+        """Run queued effects now (off the turn), or make them fail with
+        ``fail``; outcomes go to the inbox as the EffectRunner would post them."""
+        keep = []
+        for effect in self.effects:
+            if only is not None and only not in effect.what:
+                keep.append(effect)
+                continue
+            if fail is not None:
+                outcome = EffectDone(effect, None, fail)
+            else:
+                try:
+                    outcome = EffectDone(effect, effect.call())
+                except Exception as exc:  # noqa: BLE001 - as the EffectRunner reports it
+                    outcome = EffectDone(effect, None, exc)
+            self.inbox.append(RoleEvent(effect.role, outcome, self.clock(), source=effect.serial))
+        self.effects[:] = keep

@@ -1,0 +1,311 @@
+"""The decision loop, one turn at a time (issue 8 items 2 and 3).
+
+Every runner's turn is a pure decision: facts in, desired children and
+effects out. The harness (``loop_harness``) runs the real loop code over the
+memory backend and a fake clock; its tripwire backend fails any test whose
+turn touches the store. Effects are run, failed or left hanging by the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from etcdvisor.coord.errors import Unavailable
+from etcdvisor.recipes.sequence import Info
+from etcdvisor.roles.job import JobRecord
+from etcdvisor.roles.singleton import Deposed, Elected
+from etcdvisor.roles.topic import Delivered
+from etcdvisor.recipes.topic import Message
+
+from .loop_harness import LoopHarness
+
+BASE = """
+cluster: loop
+etcd: {endpoints: "memory://loop"}
+member: {ttl: 10}
+roles:
+"""
+
+
+def harness(roles: str, **kwargs) -> LoopHarness:
+    return LoopHarness(BASE + roles, **kwargs)
+
+
+def elect(h: LoopHarness, role: str) -> int:
+    """Make this member the role's leader as the campaign thread would:
+    an election key on the lease, then the Elected fact."""
+    runner = h.sup.runners[role]
+    from etcdvisor.recipes.election import Election
+
+    runner.election = Election(h.store, h.sup.keys.election(role), h.session, "m1")
+    key = runner.election.prefix + f"{h.session.lease_id:x}"
+    h.store.put(key, b"m1", lease=h.session.lease_id)
+    token = h.store.get(key).create_revision
+    runner.election._key, runner.election.token = key, token
+    h.tell(role, Elected(token))
+    return token
+
+
+CRON = """
+  report:
+    type: cron
+    schedule: "@every 10s"
+    command: ["report"]
+"""
+
+
+def test_cron_claims_a_tick_as_an_effect_and_starts_only_after_the_claim_won():
+    h = harness(CRON)
+    token = elect(h, "report")
+    assert h.turn() == {} and h.effect_names() == ["read tick records"]
+    h.run_effects()
+    assert h.turn() == {}
+    h.clock.advance(0)  # the cursor is 'now'; move wall time to the next tick
+    runner = h.sup.runners["report"]
+    runner.ctx.wall = lambda: 2_000_000_010.0
+    runner.cursor = runner._now().replace(second=0)  # a tick is due
+    assert h.turn() == {}, "no child before the claim came back"
+    (claim,) = h.effect_names()
+    assert claim.startswith("claim tick")
+    h.run_effects()
+    running = h.turn()
+    assert list(running) == ["report"]
+    (spec,) = running["report"].values()
+    assert spec.env["LEADER_TOKEN"] == str(token) and "SCHEDULED_TIME" in spec.env
+
+
+def test_cron_claim_that_fails_runs_nothing_and_is_retried_later():
+    h = harness(CRON)
+    elect(h, "report")
+    h.turn()
+    h.run_effects()
+    h.turn()
+    runner = h.sup.runners["report"]
+    runner.ctx.wall = lambda: 2_000_000_010.0
+    runner.cursor = runner._now().replace(second=0)
+    h.turn()
+    h.run_effects(fail=Unavailable("etcd timed out"))
+    assert h.turn() == {} and h.effect_names() == []
+    assert runner.next_deadline() == pytest.approx(h.clock() + 1.0)
+    h.clock.advance(1.0)
+    h.turn()
+    assert h.effect_names()[0].startswith("claim tick")
+    h.run_effects()
+    assert list(h.turn()) == ["report"]
+
+
+def test_cron_claim_outcome_after_losing_leadership_starts_nothing():
+    h = harness(CRON)
+    elect(h, "report")
+    h.turn()
+    h.run_effects()
+    h.turn()
+    runner = h.sup.runners["report"]
+    runner.ctx.wall = lambda: 2_000_000_010.0
+    runner.cursor = runner._now().replace(second=0)
+    h.turn()
+    h.tell("report", Deposed("leader key deleted"))
+    h.turn()
+    h.run_effects()
+    assert h.turn() == {}
+
+
+JOB = """
+  migrate:
+    type: job
+    command: ["migrate"]
+"""
+
+
+def test_job_writes_its_running_record_before_the_child_starts_and_never_reruns_on_success():
+    h = harness(JOB)
+    elect(h, "migrate")
+    h.tell("migrate", JobRecord(None))
+    assert h.turn() == {}
+    assert h.effect_names() == ["write job record (running)"]
+    assert h.turn() == {} and h.effect_names() == ["write job record (running)"], "one write in flight"
+    h.run_effects()
+    assert list(h.turn()) == ["migrate"]
+    h.exit("migrate", "run", 0)
+    h.turn()
+    assert h.effect_names() == ["write job record (succeeded)"]
+    assert h.turn() == {} and h.effect_names() == ["write job record (succeeded)"], "not started again"
+    h.run_effects()
+    assert h.turn() == {}
+
+
+def test_job_record_write_failure_starts_nothing_and_retries():
+    h = harness(JOB)
+    elect(h, "migrate")
+    h.tell("migrate", JobRecord(None))
+    h.turn()
+    h.run_effects(fail=Unavailable("no leader"))
+    assert h.turn() == {} and h.effect_names() == []
+    h.clock.advance(1.0)
+    h.turn()
+    assert h.effect_names() == ["write job record (running)"]
+
+
+TOPIC = """
+  thumbs:
+    type: topic
+    topic: images
+    command: ["thumb"]
+"""
+
+
+def test_topic_run_is_acknowledged_by_an_effect_after_it_exits():
+    h = harness(TOPIC)
+    runner = h.sup.runners["thumbs"]
+    runner.source = type("Source", (), {"ack": lambda self, m: None, "release": lambda self, m: None,
+                                        "close": lambda self: None})()
+    h.tell("thumbs", Delivered(Message(id=7, data=b"payload", published_at=0.0)))
+    running = h.turn()
+    (spec,) = running["thumbs"].values()
+    assert spec.stdin_data == b"payload" and spec.env["MESSAGE_ID"] == "7"
+    h.exit("thumbs", "msg-7", 0)
+    h.turn()
+    assert h.effect_names() == ["acknowledge message 7"]
+
+
+SHARDED = """
+  worker:
+    type: sharded
+    command: ["work"]
+    settle: 0.2s
+"""
+
+
+def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
+    h = harness(SHARDED)
+    h.tell("worker", Info(index=0, count=2, epoch=5))
+    assert h.turn() == {}, "not confirmed by a keepalive sent after the change"
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    running = h.turn()
+    (spec,) = running["worker"].values()
+    assert (spec.env["INDEX"], spec.env["COUNT"], spec.env["EPOCH"]) == ("0", "2", "5")
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_runner_that_raises_fails_its_role_only():
+    h = harness(SHARDED + JOB)
+    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    elect(h, "migrate")
+    h.tell("migrate", JobRecord(None))
+    h.turn()
+    h.run_effects()
+    assert set(h.turn()) == {"worker", "migrate"}
+
+    def broken(now):
+        raise Boom("index out of range")
+
+    h.sup.runners["worker"].desired = broken
+    running = h.turn()
+    assert set(running) == {"migrate"}, "the broken role's child is stopped, the other keeps running"
+    status = h.sup._roles_status()
+    assert "index out of range" in status["worker"]["failed"]
+    assert status["migrate"]["failed"] is None
+    h.turn()
+    assert "give up coordination" in h.effect_names(), "it leaves once its children are gone"
+
+
+def test_a_runner_that_raises_on_a_slot_event_fails_its_role_only():
+    h = harness(SHARDED + JOB)
+    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    h.turn()
+
+    def broken(key, event, now):
+        raise Boom("bad event")
+
+    h.sup.runners["worker"].on_slot_event = broken
+    h.exit("worker", "worker", 1)
+    h.turn()
+    assert "bad event" in h.sup._roles_status()["worker"]["failed"]
+
+
+def test_member_record_is_written_by_an_effect():
+    h = harness(SHARDED)
+    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.clock.advance(1.5)
+    h.session._keepalive_once()
+    h.turn()
+    assert "update the member record" in h.member_effect_names()
+
+
+def test_reload_check_runs_off_the_loop_and_a_second_sighup_waits_for_it():
+    h = harness(SHARDED)
+    h.sup._request_reload()
+    h.sup._request_reload()
+    assert h.member_effect_names() == ["check the config file for reload"]
+    assert h.sup._reload_again
+
+
+def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_move():
+    from etcdvisor.coord.session import SessionEvent, SessionEventKind
+    from etcdvisor.events import SessionChanged
+
+    h = harness(SHARDED)
+    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    running = h.turn()
+    pid = h.manager.slots["worker/worker"].child.pid
+    h.sup._request_reload()  # its effect is never run: the check "hangs"
+    for _ in range(5):
+        h.clock.advance(1.0)
+        h.session._keepalive_once()
+        h.post(SessionChanged(SessionEvent(SessionEventKind.KEEPALIVE, h.session.lease_id,
+                                           h.session.ttl, h.session.last_alive_sent)))
+        assert h.turn() == running
+        slot = h.manager.slots["worker/worker"]
+        term_at, _kill_at = h.manager.deadline_rule(slot)
+        assert term_at > h.clock(), "the stop deadline follows the confirmed keepalives"
+    assert h.manager.slots["worker/worker"].child.pid == pid
+
+
+def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypatch):
+    from dataclasses import replace
+
+    from etcdvisor.runtime import supervisor as supervisor_module
+    from etcdvisor.runtime.reload import ReloadPlan
+
+    h = harness(SHARDED + JOB)
+    before = h.sup.config
+    runners_before = dict(h.sup.runners)
+    real = supervisor_module.runner_types
+
+    def refusing():
+        types = dict(real())
+        original = types[h.sup.config.roles["migrate"].type]
+
+        class Refuses(original):
+            def __init__(self, spec, ctx):
+                raise ValueError("cannot build this runner")
+
+        types[h.sup.config.roles["migrate"].type] = Refuses
+        return types
+
+    monkeypatch.setattr(supervisor_module, "runner_types", refusing)
+    changed = replace(before.roles["migrate"], env={"NEW": "1"})
+    plan = ReloadPlan(config=replace(before, roles={**before.roles, "migrate": changed}),
+                      retire=("migrate",), start=("migrate",))
+    h.sup._reload_checked(plan, None)
+    assert h.sup.config is before and h.sup.runners == runners_before
+    assert not h.sup.roster.retiring and not h.sup.roster.pending
+
+
+def test_a_reload_check_that_raises_keeps_the_running_config():
+    h = harness(SHARDED)
+    before = h.sup.config
+    h.sup._request_reload()
+    h.run_effects(fail=OSError("config file vanished"))
+    h.turn()
+    assert h.sup.config is before and not h.sup._reload_running
