@@ -170,7 +170,7 @@ class Operations:
         if trigger is None:
             log.warning("role %s: %s: not a cron role, ignored", command.role, command.describe())
             return
-        trigger(command.record)
+        self.sup.roster.call(runner, "trigger", lambda: trigger(command.record))
 
     # --- the HTTP thread -----------------------------------------------------------------------
     def _topic_backlog(self) -> dict[str, int]:
