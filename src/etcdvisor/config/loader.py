@@ -38,6 +38,9 @@ ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+CASE_INSENSITIVE = ("ETCDVISOR_LOG_FORMAT", "ETCDVISOR_LOG_LEVEL")  # INFO works like info
+
+
 def load(path, environ: Mapping[str, str] | None = None, *, default_member_id: str | None = None) -> Config:
     """Load and validate the config file at ``path``.
 
@@ -67,6 +70,8 @@ def apply_environment(document: dict, environ: Mapping[str, str]) -> dict[tuple,
         value = environ.get(variable, "").strip()
         if not value:
             continue
+        if variable in CASE_INSENSITIVE:
+            value = value.lower()
         parent = document
         for key in path[:-1]:
             child = parent.get(key)
