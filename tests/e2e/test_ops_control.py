@@ -215,3 +215,19 @@ def test_control_verb_errors_are_one_line_non_zero(fleet, recorder):
         assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err, (argv, err)
         if "no-such-cluster" in fragment:
             assert fleet.cluster in err, err  # names the clusters that exist
+
+
+def test_pause_keeps_topic_messages_queued_until_resume(fleet, recorder):
+    config = fleet.write_config({"thumbs": recorder.role("topic", topic="images", concurrency=1)})
+    start_three(fleet, config)
+    wait_for(lambda: maybe_status(config) and len(maybe_status(config)["members"]) == 3, 30, "3 members")
+    issue(config, "pause", "thumbs")
+    time.sleep(1.0)  # every member has seen the pause
+    ids = [int(cli("publish", "-c", str(config), "images", f"m{n}").stdout) for n in range(4)]
+    time.sleep(3.0)
+    assert not recorder.starts("thumbs"), "a paused topic role ran a message"
+    topic = status_json(config)["topics"]["images"]
+    assert topic["messages"] == 4 and topic["groups"].get("thumbs", {"unacked": 4})["unacked"] == 4
+    issue(config, "resume", "thumbs")
+    wait_for(lambda: len(recorder.ends("thumbs")) == 4, 30, "the queued messages to run after resume")
+    assert sorted(int(r["message_id"]) for r in recorder.starts("thumbs")) == ids, "each message once"

@@ -226,3 +226,18 @@ def test_log_settings_enums_match_the_schema():
     log = schema["properties"]["log"]["properties"]
     assert log["format"]["enum"] == [f.value for f in LogFormat]
     assert log["level"]["enum"] == [lv.value for lv in LogLevel]
+
+
+def test_python_dash_m_etcdvisor_is_the_cli():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    done = subprocess.run([sys.executable, "-m", "etcdvisor", "validate", str(quickstart)],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0 and b": ok: cluster" in done.stdout, done.stderr
+    usage = subprocess.run([sys.executable, "-m", "etcdvisor", "--help"], capture_output=True, timeout=60)
+    assert usage.returncode == 0 and usage.stdout.startswith(b"usage: supervisor ")
+    for verb in (b"restart", b"pause", b"resume", b"reset", b"trigger", b"health"):
+        assert verb in usage.stdout
