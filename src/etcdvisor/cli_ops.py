@@ -324,3 +324,7 @@ def add_operator_verbs(subparsers) -> None:
                                   help="make a job role run again (deletes its completion record)")
     rerun.add_argument("role", metavar="ROLE")
     rerun.set_defaults(func=cmd_rerun)
+
+    from .cli_services import add_services_verb
+
+    add_services_verb(subparsers, common)

@@ -20,43 +20,55 @@ Guarantees:
   or its process dies (after ``session_ttl``). If the lease is lost while
   the process lives (a partition longer than the TTL), temp keys are
   re-created when the session gets a new lease;
-* watches start at the store revision read when the call is made: every
-  change after the call returns is seen, in order, across broken streams
-  (resumed from the last revision seen). If history was compacted meanwhile,
-  intermediate changes collapse into one.
+* watches wake only when the value **changes**, the key is **created** or
+  it is **deleted** (as hms-hmetcd's ``Watch``): rewriting the value the key
+  already has is not a change. ``every_write=True`` restores "every put
+  counts". Watches start at the store revision read when the call is made:
+  every change after the call returns is seen, in order, across broken
+  streams (resumed from the last revision seen) -- the loop is
+  :class:`~etcdvisor.coord.follow.Follower`, the package's one never-miss
+  watch loop. If history was compacted meanwhile, the last known value and
+  the re-read one are compared and their difference is one change;
+* locks are :class:`~etcdvisor.recipes.lock.Lock` on the handle's lease,
+  with an optional maximum hold time after which the store releases them.
+  Re-entrant locking (``LockReentry``) and a double unlock (``LockNotHeld``)
+  are errors, unlike hms-hmetcd where both pass silently.
 
 Limits: a ``transaction``/``test_and_set`` comparing a missing key's value
 never succeeds (etcd has no value for a missing key); pass ``expected=None``
-to ``test_and_set`` to mean "only if missing". Every write counts as a
-change for watches, even one that stores the same value.
+to ``test_and_set`` to mean "only if missing". A change that is undone
+before the watcher sees it (``a -> b -> a`` within one compacted gap) is not
+seen.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
+import queue
 import threading
-from typing import Callable, Iterator
+import time
+from typing import Callable
 
-from .coord import Backend, Closed, Compacted, KeyValue, Unavailable, open_backend
+from .coord import Backend, Closed, KeyValue, open_backend
 from .coord.session import Session, SessionEvent, SessionEventKind
-from .coord.types import COMPARE_OPS, Compare, EventType, Put, missing
-from .recipes.lock import Lock, LockTimeout
+from .coord.types import COMPARE_OPS, Compare, Put, missing
+from .kv_watch import KeyChange, KeyFollower, WatchHandle
+from .recipes.lock import (
+    Lock,
+    LockLost,
+    LockNotHeld,
+    LockReentry,
+    LockState,
+    LockTimeout,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_TTL = 15
 DEFAULT_LOCK_PREFIX = "/etcdvisor/locks"
 
-__all__ = ["KV", "HeldLock", "KeyChange", "LockTimeout", "WatchHandle", "open"]
-
-
-class KeyChange(enum.Flag):
-    """What happened to a watched key (combine with ``|`` to select)."""
-
-    PUT = 1
-    DELETE = 2
-    ANY = PUT | DELETE
+__all__ = ["KV", "HeldLock", "KeyChange", "LockLost", "LockNotHeld", "LockReentry", "LockTimeout",
+           "WatchHandle", "open"]
 
 
 def open(url, **options) -> "KV":  # noqa: A001 -- the facade's name for it
@@ -74,47 +86,40 @@ def open(url, **options) -> "KV":  # noqa: A001 -- the facade's name for it
 
 class HeldLock:
     """A lock taken by :meth:`KV.lock`: release it with :meth:`release` or
-    use it as a context manager (entering does not acquire again)."""
+    use it as a context manager (entering does not acquire again).
+
+    With a maximum hold time, the store releases the lock by itself when the
+    time is up: :attr:`lost` turns True, ``on_lost`` is called, :attr:`token`
+    no longer fences anything, and :meth:`release` raises ``LockLost``."""
 
     def __init__(self, lock: Lock):
         self.lock = lock
         self.token = lock.token  # fencing token: create revision of the lock key
 
+    @property
+    def lost(self) -> bool:
+        """True once the store released the lock under us."""
+        return self.lock.lost
+
+    @property
+    def expires_at(self) -> float | None:
+        """``time.monotonic()`` deadline of a max-hold lock (None: no limit)."""
+        return self.lock.expires_at
+
     def is_held(self) -> bool:
         return self.lock.is_held()
 
     def release(self) -> None:
+        """Release; ``LockNotHeld`` on a second release, ``LockLost`` when
+        the store had already released it (max hold time, lease loss)."""
         self.lock.release()
 
     def __enter__(self) -> "HeldLock":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.lock.token is not None:
+        if self.lock.state in (LockState.HELD, LockState.LOST):
             self.lock.release()
-
-
-class WatchHandle:
-    """A running :meth:`KV.watch_callback`; :meth:`cancel` stops it."""
-
-    def __init__(self, follower: "_KeyFollower", thread: threading.Thread):
-        self._follower = follower
-        self._thread = thread
-
-    @property
-    def active(self) -> bool:
-        return self._thread.is_alive()
-
-    def cancel(self, timeout: float = 5.0) -> None:
-        """Stop the watcher; safe from the callback itself and to call twice."""
-        self._follower.stop()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the watcher stopped by itself; True if it did."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
 
 class KV:
@@ -127,7 +132,7 @@ class KV:
         self.lock_prefix = lock_prefix.rstrip("/")
         self._owns_backend = owns_backend
         self._session: Session | None = None
-        self._temp_keys: dict[str, str] = {}
+        self._temp_keys: dict[str, str | None] = {}
         self._watches: set[WatchHandle] = set()
         self._state_lock = threading.Lock()
         self._closed = False
@@ -216,76 +221,89 @@ class KV:
         return self.backend.txn([Compare(key, "value", op, _encode(value))], success, failure).succeeded
 
     # --- locks ------------------------------------------------------------------------
-    def lock(self, name: str = "default", timeout: float | None = None) -> HeldLock:
+    def lock(self, name: str = "default", timeout: float | None = None, *,
+             max_hold: float | None = None, on_lost: Callable[[str], None] | None = None) -> HeldLock:
         """Take the distributed lock ``name`` (blocking; at most ``timeout``
         seconds, else :class:`LockTimeout`). Use the result as a context
         manager or call ``release()``. Threads sharing this handle are
-        serialized too (the lock is not re-entrant)."""
-        lock = self._new_lock(name)
+        serialized too; the lock is not re-entrant (a second ``lock`` of the
+        same name by the holding thread raises ``LockReentry``).
+
+        ``max_hold`` (seconds, whole, rounded up): the store releases the
+        lock when the time is up, even if this process hangs; the holder
+        learns it (``HeldLock.lost``, ``on_lost(reason)`` called once from a
+        watcher thread, ``release()`` raising ``LockLost``)."""
+        lock = self._new_lock(name, max_hold, on_lost)
         if not lock.acquire(timeout=timeout):
             raise LockTimeout(f"lock {name!r} not acquired within {timeout:g}s")
         return HeldLock(lock)
 
-    def try_lock(self, name: str = "default") -> HeldLock | None:
+    def try_lock(self, name: str = "default", *, max_hold: float | None = None,
+                 on_lost: Callable[[str], None] | None = None) -> HeldLock | None:
         """Take the lock if it is free right now, else None."""
-        lock = self._new_lock(name)
+        lock = self._new_lock(name, max_hold, on_lost)
         return HeldLock(lock) if lock.acquire(blocking=False) else None
 
-    def _new_lock(self, name: str) -> Lock:
+    def _new_lock(self, name: str, max_hold: float | None, on_lost) -> Lock:
         if not name or "/" in name:
             raise ValueError(f"lock name must be non-empty and without '/': {name!r}")
-        return Lock(self.backend, f"{self.lock_prefix}/{name}", session=self._lease_session())
+        return Lock(self.backend, f"{self.lock_prefix}/{name}", session=self._lease_session(),
+                    max_hold=max_hold, on_lost=on_lost)
 
     # --- watches -----------------------------------------------------------------------
-    def watch(self, key: str, timeout: float | None = None) -> tuple[str | None, KeyChange] | None:
-        """Block until ``key`` is written or deleted; return ``(new_value,
-        KeyChange.PUT)`` or ``(None, KeyChange.DELETE)``. Returns None (not a
-        tuple) when ``timeout`` seconds pass first."""
-        follower = _KeyFollower(self.backend, key)
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, follower.stop)
-            timer.daemon = True
-            timer.start()
+    def watch(self, key: str, timeout: float | None = None, *,
+              every_write: bool = False) -> tuple[str | None, KeyChange] | None:
+        """Block until ``key`` changes value, is created or is deleted;
+        return ``(new_value, KeyChange.PUT)`` or ``(None, KeyChange.DELETE)``.
+        Rewriting the value the key already has is not a change, unless
+        ``every_write=True`` (then every put counts). Returns None (not a
+        tuple) when ``timeout`` seconds pass first. Raises ``Closed`` when
+        the backend is closed meanwhile."""
+        found: queue.Queue = queue.Queue()
+        def deliver(change: KeyChange, kv: KeyValue | None) -> bool:
+            found.put((change, kv))
+            return True  # the first change ends this watch
+
+        follower = KeyFollower(self.backend, key, deliver, every_write=every_write).start()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            for change, kv in follower.changes():
-                return _decode(kv), change
-            return None
+            while True:
+                remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if remaining <= 0:
+                    return None
+                try:
+                    change, kv = found.get(timeout=remaining)
+                    return _decode(kv), change
+                except queue.Empty:
+                    if not follower.running():  # its loop ended: the backend was closed
+                        raise Closed("kv watch: backend closed") from None
         finally:
-            if timer is not None:
-                timer.cancel()
             follower.stop()
 
     def watch_callback(self, key: str, callback: Callable[[str, str | None, KeyChange], object],
-                       op: KeyChange = KeyChange.ANY) -> WatchHandle:
+                       op: KeyChange = KeyChange.ANY, *, every_write: bool = False) -> WatchHandle:
         """Call ``callback(key, new_value_or_None, change)`` on a background
-        thread for every change of ``key`` selected by ``op``. The watcher
-        stops when the callback returns ``False`` (exactly; None keeps it
-        going), when the key is deleted (after reporting the delete if
-        selected), or on :meth:`WatchHandle.cancel`."""
-        follower = _KeyFollower(self.backend, key)
+        thread for every change of ``key`` selected by ``op``: a new value,
+        a creation or a deletion (with ``every_write=True``, every put). The
+        watcher stops when the callback returns ``False`` (exactly; None
+        keeps it going), when the key is deleted (after reporting the delete
+        if selected), or on :meth:`WatchHandle.cancel`."""
+        def deliver(change: KeyChange, kv: KeyValue | None) -> bool:
+            if change & op and _call_safely(callback, key, _decode(kv), change) is False:
+                return True
+            return change is KeyChange.DELETE
 
-        def run() -> None:
-            try:
-                for change, kv in follower.changes():
-                    if change & op and _call_safely(callback, key, _decode(kv), change) is False:
-                        return
-                    if change is KeyChange.DELETE:
-                        return
-            except Closed:
-                return
-            finally:
-                follower.stop()
-                with self._state_lock:
-                    self._watches.discard(handle)
+        def forget() -> None:
+            with self._state_lock:
+                self._watches.discard(handle)
 
-        thread = threading.Thread(target=run, name=f"kv-watch:{key}", daemon=True)
-        handle = WatchHandle(follower, thread)
+        follower = KeyFollower(self.backend, key, deliver, every_write=every_write, on_stop=forget)
+        handle = WatchHandle(follower)
         with self._state_lock:
             if self._closed:
                 raise Closed("kv handle closed")
             self._watches.add(handle)
-        thread.start()
+        follower.start()
         return handle
 
     # --- the lease -----------------------------------------------------------------
@@ -312,76 +330,6 @@ class KV:
                 self.backend.put(key, _encode(text), lease=event.lease_id)
             except Exception as exc:  # the next NEW_LEASE retries
                 log.warning("kv: could not re-create temp key %s: %s", key, exc)
-
-
-class _KeyFollower:
-    """Every change of one key after the initial read, in order; resumes a
-    broken stream from the last revision seen, re-reads after compaction."""
-
-    def __init__(self, backend: Backend, key: str, retry_interval: float = 0.2):
-        self.backend = backend
-        self.key = key
-        self.retry_interval = retry_interval
-        result = backend.range(key)
-        self.current: KeyValue | None = result.kvs[0] if result.kvs else None
-        self.revision = result.revision
-        self._stopped = threading.Event()
-        self._stream = None
-        self._lock = threading.Lock()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with self._lock:
-            stream = self._stream
-        if stream is not None:
-            stream.cancel()
-
-    def changes(self) -> Iterator[tuple[KeyChange, KeyValue | None]]:
-        """Yield ``(change, kv_or_None)`` until :meth:`stop`. Raises Closed
-        when the backend is closed."""
-        while not self._stopped.is_set():
-            try:
-                yield from self._follow()
-            except Compacted:
-                change = self._resync()
-                if change is not None:
-                    yield change
-            except Unavailable as exc:
-                log.debug("kv watch %s interrupted (%s), resuming", self.key, exc)
-                self._stopped.wait(self.retry_interval)
-
-    def _follow(self) -> Iterator[tuple[KeyChange, KeyValue | None]]:
-        stream = self.backend.watch(self.key, start_revision=self.revision + 1)
-        with self._lock:
-            self._stream = stream
-        if self._stopped.is_set():
-            stream.cancel()
-        try:
-            for batch in stream:
-                for event in batch.events:
-                    if self._stopped.is_set():
-                        return
-                    self.revision = event.kv.mod_revision
-                    if event.type is EventType.PUT:
-                        self.current = event.kv
-                        yield KeyChange.PUT, event.kv
-                    else:
-                        self.current = None
-                        yield KeyChange.DELETE, None
-        finally:
-            with self._lock:
-                self._stream = None
-            stream.cancel()
-
-    def _resync(self) -> tuple[KeyChange, KeyValue | None] | None:
-        result = self.backend.range(self.key)
-        fresh = result.kvs[0] if result.kvs else None
-        before, self.current, self.revision = self.current, fresh, result.revision
-        if fresh is None:
-            return (KeyChange.DELETE, None) if before is not None else None
-        if before is None or fresh.mod_revision != before.mod_revision:
-            return KeyChange.PUT, fresh
-        return None
 
 
 def _call_safely(callback, *args):

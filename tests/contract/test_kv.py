@@ -8,7 +8,7 @@ import pytest
 
 from etcdvisor import kv as kvmod
 from etcdvisor.coord import InvalidURL, open_backend
-from etcdvisor.kv import KV, KeyChange, LockTimeout
+from etcdvisor.kv import KV, KeyChange, LockLost, LockNotHeld, LockReentry, LockTimeout
 
 from ..conftest import wait_until
 
@@ -141,7 +141,15 @@ def test_lock_try_lock_timeout_and_release(store, other_store):
 def test_lock_is_exclusive_between_threads_of_one_handle(store):
     name = f"l-{time.monotonic_ns()}"
     held = store.lock(name)
-    assert store.try_lock(name) is None
+    other_thread = []
+    thread = threading.Thread(target=lambda: other_thread.append(store.try_lock(name)))
+    thread.start()
+    thread.join(10)
+    assert other_thread == [None]
+    with pytest.raises(LockReentry):  # not re-entrant: the holder can't take it again
+        store.try_lock(name)
+    with pytest.raises(LockReentry):
+        store.lock(name, timeout=1)
     got = []
     thread = threading.Thread(target=lambda: got.append(store.lock(name, timeout=10)))
     thread.start()
@@ -151,6 +159,8 @@ def test_lock_is_exclusive_between_threads_of_one_handle(store):
     thread.join(10)
     assert got and got[0].token > held.token
     got[0].release()
+    with pytest.raises(LockNotHeld):  # no silent double unlock
+        got[0].release()
 
 
 def test_lock_released_when_the_handle_closes(backend_url, other_store):
@@ -227,3 +237,79 @@ def test_close_stops_watchers_and_wrapping_a_backend(backend_url, prefix):
     assert not handle.active
     assert backend.get(prefix + "k") is None  # a wrapped backend stays open
     backend.close()
+
+
+# --- 004's watch: wakes on a changed value, a creation or a deletion only -------------------
+def collect(store, key, **options):
+    seen = queue.Queue()
+    handle = store.watch_callback(key, lambda k, v, change: seen.put((v, change)), **options)
+    return seen, handle
+
+
+def drain(seen):
+    return [seen.get_nowait() for _ in range(seen.qsize())]
+
+
+def test_watch_callback_skips_rewrites_of_the_same_value_by_default(store, other_store, prefix):
+    key = prefix + "same"
+    other_store.store(key, "a")
+    changes, changes_handle = collect(store, key)
+    writes, writes_handle = collect(store, key, every_write=True)
+    for value in ("a", "a", "b", "b", "a"):
+        other_store.store(key, value)
+    other_store.delete(key)
+    assert changes_handle.wait(5) and writes_handle.wait(5)
+    assert drain(changes) == [("b", KeyChange.PUT), ("a", KeyChange.PUT), (None, KeyChange.DELETE)]
+    assert drain(writes) == [(v, KeyChange.PUT) for v in ("a", "a", "b", "b", "a")] + [
+        (None, KeyChange.DELETE)]
+
+
+def test_watch_callback_reports_creation_even_of_an_empty_value(store, other_store, prefix):
+    key = prefix + "created"
+    seen, handle = collect(store, key)
+    other_store.store(key, "")
+    other_store.store(key, "")  # same value again: not a change
+    other_store.delete(key)
+    other_store.store(key, "")  # re-created: a change
+    assert seen.get(timeout=5) == ("", KeyChange.PUT)
+    assert seen.get(timeout=5) == (None, KeyChange.DELETE)
+    assert handle.wait(5)  # stops at the delete (after reporting it)
+    assert drain(seen) == []
+
+
+def test_blocking_watch_ignores_a_rewrite_unless_every_write(store, other_store, prefix):
+    key = prefix + "blocking"
+    other_store.store(key, "x")
+
+    def rewrite_then_change():
+        other_store.store(key, "x")
+        time.sleep(0.2)
+        other_store.store(key, "y")
+
+    later(0.3, rewrite_then_change)
+    started = time.monotonic()
+    assert store.watch(key, timeout=10) == ("y", KeyChange.PUT)
+    assert time.monotonic() - started >= 0.45, "woke on the rewrite"
+    later(0.3, lambda: other_store.store(key, "y"))
+    assert store.watch(key, timeout=10, every_write=True) == ("y", KeyChange.PUT)
+    later(0.3, lambda: other_store.store(key, "y"))
+    assert store.watch(key, timeout=1) is None  # a rewrite alone never wakes the default watch
+
+
+# --- 004's timed lock: the store releases it, the holder learns it --------------------------
+def test_lock_max_hold_released_by_the_store(store, other_store):
+    name = f"timed-{time.monotonic_ns()}"
+    reasons = []
+    held = store.lock(name, max_hold=2, on_lost=reasons.append)
+    held_at = time.monotonic()
+    assert not held.lost and held.expires_at <= held_at + 2
+    taken = other_store.lock(name, timeout=10)
+    waited = time.monotonic() - held_at
+    assert 1.5 <= waited <= 4.0, f"released {waited:.2f}s after acquisition"
+    assert taken.token > held.token
+    assert held.lock.wait_lost(5) and held.lost and reasons and "max hold" in reasons[0]
+    assert not held.is_held()
+    with pytest.raises(LockLost):
+        with held:
+            pass  # leaving the block releases: the overrun is reported
+    taken.release()

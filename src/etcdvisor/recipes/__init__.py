@@ -8,8 +8,10 @@ on every backend (real etcd and the in-memory one):
 * :mod:`.topic` / :mod:`.topic_queue` -- ``Topic``, ``QueueConsumer``: pub/sub, broadcast and queue
 * :mod:`.keepalive` -- ``KeepAliveNode``: a key that lives as long as the process
 * :mod:`.ids` -- ``IdGenerator``: 64-bit time-sortable unique ids
-* :mod:`.lock` -- ``Lock``: named distributed locks with fencing tokens
+* :mod:`.lock` -- ``Lock``: named distributed locks with fencing tokens and a maximum hold time
+* :mod:`.queue_wait` -- ``WaitQueue``: the queue-wait protocol shared by lock and election
 * :mod:`.registry` -- ``Registry``, ``ServiceInfo``: service registration and discovery
+* :mod:`.applications` -- ``ApplicationRoute``: application routes of the registry, and their events
 * :mod:`.layered_config` -- ``LayeredConfig``: typed, layered configuration
 
 Imports are lazy: ``from etcdvisor.recipes import Election`` loads only that module.
@@ -26,8 +28,13 @@ _EXPORTS = {
     "QueueConsumer": "topic_queue",
     "KeepAliveNode": "keepalive",
     "IdGenerator": "ids", "decompose": "ids",
-    "Lock": "lock", "LockTimeout": "lock",
+    "Lock": "lock", "LockTimeout": "lock", "LockLost": "lock", "LockReentry": "lock",
+    "LockNotHeld": "lock", "LockState": "lock",
+    "WaitQueue": "queue_wait", "WaitOutcome": "queue_wait", "EntryLost": "queue_wait",
     "Registry": "registry", "ServiceInfo": "registry",
+    "ApplicationRoute": "applications", "ApplicationMode": "applications",
+    "ApplicationState": "applications", "ApplicationEvent": "applications",
+    "ApplicationEventKind": "applications",
     "LayeredConfig": "layered_config",
 }
 

@@ -3,7 +3,9 @@
 Candidates put ``<prefix><lease-id-hex>`` attached to their session's lease;
 the leader is the key with the **lowest create revision**. Each candidate
 waits only on its predecessor (the key just before its own in create order),
-so a leader change wakes exactly one candidate (no thundering herd).
+so a leader change wakes exactly one candidate (no thundering herd). The
+waiting is the queue-wait protocol shared with :mod:`.lock`
+(:mod:`.queue_wait`).
 
 Guarantees:
 
@@ -37,11 +39,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..coord.base import Backend
-from ..coord.errors import CoordError, CoordTimeout
+from ..coord.errors import CoordError
+from ..coord.follow import Follower
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import Delete, EventType, KeyValue, Put, create_revision, direct_children_by_create, missing
-from ..coord.types import Get as GetOp
+from ..coord.types import (
+    EventType,
+    KeyValue,
+    Put,
+    create_revision,
+    direct_children_by_create,
+)
 from ..coord.watcher import Change, PrefixWatcher
+from .queue_wait import QueueEntry, WaitOutcome, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,8 @@ class Election:
         self.confirm_timeout = confirm_timeout
         self.token = 0  # create revision of our key while campaigning or leading
         self._key = ""
+        self._entry: QueueEntry | None = None
+        self._queue = WaitQueue(backend, prefix, name=self.name)
         self._observers: list[PrefixWatcher] = []
 
     @property
@@ -98,81 +109,39 @@ class Election:
     def campaign(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int:
         """Block until this participant leads; return the fencing token.
 
+        Waiting is the shared queue-wait protocol (:mod:`.queue_wait`).
         Raises :class:`CampaignCancelled` on timeout or when ``cancel`` is
         set (the candidacy is withdrawn first), and CoordError if the lease
         is lost meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        cancel = cancel or threading.Event()
-        try:
-            self._enter()
-            while True:
-                predecessor, revision = self._predecessor()
-                if predecessor is None:
-                    break
-                self._wait_deleted(predecessor.key, revision, deadline, cancel)
-            won_at = time.monotonic()
-            if not self._still_ours():
-                raise CoordError(f"{self.name}: candidacy lost (lease expired) while campaigning")
-            if not self.session.confirm(after=won_at, timeout=self.confirm_timeout):
-                raise CoordError(f"{self.name}: could not confirm the lease after winning")
-            if not self._still_ours():
-                raise CoordError(f"{self.name}: lease lost right after winning")
-            log.info("%s: elected leader with token %d", self.name, self.token)
-            return self.token
-        except CampaignCancelled:
+        entry = self._enter()
+        outcome = self._queue.wait_turn(entry, deadline=deadline, cancel=cancel)
+        if outcome is not WaitOutcome.HEAD:
             self._withdraw()
-            raise
+            raise CampaignCancelled(f"{self.name}: campaign {outcome.value}")
+        won_at = time.monotonic()
+        if not self._still_ours():
+            raise CoordError(f"{self.name}: candidacy lost (lease expired) while campaigning")
+        if not self.session.confirm(after=won_at, timeout=self.confirm_timeout):
+            raise CoordError(f"{self.name}: could not confirm the lease after winning")
+        if not self._still_ours():
+            raise CoordError(f"{self.name}: lease lost right after winning")
+        log.info("%s: elected leader with token %d", self.name, self.token)
+        return self.token
 
-    def _enter(self) -> None:
+    def _enter(self) -> QueueEntry:
         """Create our candidate key (idempotent for the same lease)."""
-        self._key = f"{self.prefix}{self.session.lease_id:x}"
-        res = self.backend.txn([missing(self._key)],
-                               [Put(self._key, self.value, lease=self.session.lease_id)],
-                               [GetOp(self._key)])
-        if res.succeeded:
-            self.token = res.revision
-        else:
-            self.token = res.responses[0][0].create_revision
-
-    def _predecessor(self) -> tuple[Candidate | None, int]:
-        result = self.backend.get_prefix(self.prefix, keys_only=True)
-        earlier = [kv for kv in direct_children_by_create(self.prefix, result.kvs)
-                   if kv.create_revision < self.token]
-        if not earlier:
-            return None, result.revision
-        return _candidate(max(earlier, key=lambda kv: kv.create_revision)), result.revision
-
-    def _wait_deleted(self, key: str, revision: int, deadline: float | None,
-                      cancel: threading.Event) -> None:
-        stream = self.backend.watch(key, start_revision=revision + 1)
-        woke = threading.Event()
-
-        def guard():  # cancels the blocking stream on timeout or cancel
-            while not woke.is_set():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if cancel.is_set() or (remaining is not None and remaining <= 0):
-                    stream.cancel()
-                    return
-                cancel.wait(0.2 if remaining is None else min(0.2, max(remaining, 0)))
-
-        threading.Thread(target=guard, daemon=True, name=f"{self.name}:guard").start()
-        try:
-            for batch in stream:
-                if any(ev.type is EventType.DELETE for ev in batch.events):
-                    return
-        finally:
-            woke.set()
-            stream.cancel()
-        if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
-            raise CampaignCancelled(f"{self.name}: campaign cancelled or timed out")
+        entry = self._entry = self._queue.enqueue(self.session.lease_id, self.value)
+        self._key, self.token = entry.key, entry.token
+        return entry
 
     def _still_ours(self) -> bool:
-        kv = self.backend.get(self._key)
-        return kv is not None and kv.create_revision == self.token
+        return self._entry is not None and self._queue.still_ours(self._entry)
 
     def _withdraw(self) -> None:
         try:
-            self.backend.txn([create_revision(self._key, "=", self.token)], [Delete(self._key)])
+            if self._entry is not None:
+                self._queue.withdraw(self._entry)
         except CoordError as exc:
             log.warning("%s: could not withdraw candidacy: %s", self.name, exc)
         self.token = 0
@@ -260,50 +229,46 @@ def topology_of(prefix: str, kvs, revision: int) -> Topology:
 class LeadershipWatch:
     """Tells a leader at once when it is deposed: its key was deleted, or its
     session reports the lease expired or lost. ``on_deposed(reason)`` is
-    called once, from a watch or keepalive thread."""
+    called once, from a watch or keepalive thread. The key is followed by
+    the never-miss loop (:class:`~etcdvisor.coord.follow.Follower`): a read
+    first, then a watch from that revision + 1, resumed after errors."""
 
     def __init__(self, election: Election, on_deposed: Callable[[str], None]):
         self.election = election
         self.on_deposed = on_deposed
         self._fired = threading.Event()
-        self._stream = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"{election.name}:deposed")
+        self._key, self._token = election.key, election.token
+        self._follower = Follower(election.backend, self._key, None, resync=self._resync,
+                                  on_batch=self._on_batch, name=f"{election.name}:deposed")
 
     def start(self) -> "LeadershipWatch":
         self.election.session.add_listener(self._on_session)
-        self._thread.start()
+        self._follower.start()
         return self
 
     def stop(self) -> None:
         self._fired.set()
         self.election.session.remove_listener(self._on_session)
-        if self._stream is not None:
-            self._stream.cancel()
+        self._follower.stop()
 
     def _fire(self, reason: str) -> None:
         if not self._fired.is_set():
             self._fired.set()
+            self._follower.stop(0)  # never block the keepalive thread on a join
             self.on_deposed(reason)
 
     def _on_session(self, event: SessionEvent) -> None:
         if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
             self._fire(f"lease {event.kind.value}")
 
-    def _run(self) -> None:
-        election = self.election
-        while not self._fired.is_set():
-            try:
-                kv = election.backend.get(election.key)
-                if kv is None or kv.create_revision != election.token:
-                    self._fire("leader key deleted")
-                    return
-                self._stream = election.backend.watch(election.key, start_revision=kv.mod_revision + 1)
-                for batch in self._stream:
-                    if any(ev.type is EventType.DELETE for ev in batch.events):
-                        self._fire("leader key deleted")
-                        return
-            except CoordTimeout:
-                continue
-            except CoordError:
-                if self._fired.wait(0.5):
-                    return
+    def _resync(self) -> int:
+        result = self.election.backend.range(self._key)
+        if not self._token or not any(kv.create_revision == self._token for kv in result.kvs):
+            self._fire("leader key deleted")
+        return result.revision
+
+    def _on_batch(self, batch) -> bool:
+        if any(ev.type is EventType.DELETE for ev in batch.events):
+            self._fire("leader key deleted")
+            return True
+        return False
