@@ -89,7 +89,7 @@ def issue(backend: Backend, keys: ClusterKeys, record: dict) -> int:
     """Write ``record`` (``resume`` also deletes the pause key, atomically); returns the
     store revision of the write."""
     role, verb = record["role"], record["verb"]
-    ops = [Put(control_key(keys, role, verb), json.dumps(record))]
+    ops: list[Put | Delete] = [Put(control_key(keys, role, verb), json.dumps(record).encode())]
     if verb == RESUME:
         ops.append(Delete(control_key(keys, role, PAUSE)))
     elif verb == PAUSE:

@@ -60,11 +60,12 @@ class Health:
         self.turn_ended, self.wake_by = ended, wake_by
 
     def live(self) -> tuple[bool, str]:
-        if self.wake_by is None:
+        wake_by, ended = self.wake_by, self.turn_ended
+        if wake_by is None or ended is None:
             return False, "decision loop not started"
-        late = self.clock() - self.wake_by
+        late = self.clock() - wake_by
         if late > STALL_GRACE:
-            return False, f"decision loop stalled: no turn for {late + (self.wake_by - self.turn_ended):.1f}s"
+            return False, f"decision loop stalled: no turn for {late + (wake_by - ended):.1f}s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -165,7 +166,7 @@ class OpsServer:
         stopper.start()
         host, port = server.server_address[:2]
         try:
-            socket.create_connection((connect_host(host), port), timeout=0.5).close()
+            socket.create_connection((connect_host(str(host)), port), timeout=0.5).close()
         except OSError:
             pass
         stopper.join(2.0)

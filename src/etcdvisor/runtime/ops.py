@@ -54,6 +54,7 @@ class Operations:
         (blocking briefly, so a paused role never starts before its pause is known)."""
         sup = self.sup
         session = sup.session
+        assert session is not None and sup.backend is not None  # called once joined
         self.health.lease_alive_sent = lambda: session.last_alive_sent if session.alive else None
         self.health.lease_fresh = max(3.0, session.ttl / 3)
         self.health.joined = True
@@ -79,7 +80,7 @@ class Operations:
             self.etcd_error(SESSION_ERRORS[event.kind])
 
     def on_slot_event(self, role: str, event) -> None:
-        if isinstance(event, Exited):
+        if isinstance(event, Exited) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
             if event.restart_at is not None:
                 self.metrics.restarts.labels(role).inc()
