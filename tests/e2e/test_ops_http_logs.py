@@ -16,12 +16,13 @@ import os
 import re
 import signal
 import socket
+import time
 
 import pytest
 
 from etcdvisor.testing.proxy import TcpProxy
 
-from .conftest import wait_for
+from .conftest import pid_alive, wait_for
 from .harness_ops import free_port, get, json_lines, metric, scrape
 from .harness_roles import cli, recorder  # noqa: F401
 
@@ -118,19 +119,32 @@ def test_probes_fail_while_etcd_is_cut_off_and_recover(fleet, recorder, etcd_url
         assert cli("health", "--http", f"127.0.0.1:{port}").returncode == 0
 
         proxy.blackhole()
+        cut = time.time()
         wait_for(lambda: get(base + "/readyz")[0] == 503, 15, "not ready while etcd is cut off")
         status, body = get(base + "/readyz")
-        assert "lease not confirmed" in body and body.count("\n") == 1
-        assert get(base + "/healthz")[0] == 200, "the loop still turns: liveness holds"
+        assert "lease" in body and body.count("\n") == 1, body
         probe = cli("health", "--http", f"127.0.0.1:{port}")
-        assert probe.returncode == 1 and b"lease not confirmed" in probe.stdout
-        assert cli("health", "--live", "--http", f"127.0.0.1:{port}").returncode == 0
+        assert probe.returncode == 1 and probe.stdout.startswith(b"unhealthy: /"), probe.stdout
+        # once the lease is gone (TTL 4s) the member is not alive either: its lease-bound
+        # children are stopped and it holds no shard
+        wait_for(lambda: get(base + "/healthz")[0] == 503, 20, "liveness to fail once the lease is gone")
+        assert "lease expired or lost" in get(base + "/healthz")[1]
+        assert cli("health", "--live", "--http", f"127.0.0.1:{port}").returncode == 1
+        wait_for(lambda: not [r for r in recorder.starts("worker") if pid_alive(r["pid"], r["t"])], 15,
+                 "the lease-bound child to stop")
         scraped = scrape(port)
         assert scraped.value("etcdvisor_etcd_errors_total", kind="keepalive") >= 1
+        assert scraped.value("etcdvisor_etcd_errors_total", kind="lease_expired") >= 1
+        assert scraped.value("etcdvisor_lease_deadline_seconds") < 0
 
         proxy.restore()
+        healed = time.time()
         wait_for(lambda: get(base + "/readyz")[0] == 200, 30, "ready again after the heal")
+        assert get(base + "/healthz") == (200, "ok\n")
         assert cli("health", "--http", f"127.0.0.1:{port}").returncode == 0
+        wait_for(lambda: [r for r in recorder.starts("worker") if r["t"] > healed], 30,
+                 "the child to start again after the heal")
+        assert cut < healed
         assert get(base + "/nope")[0] == 404
     finally:
         proxy.close()

@@ -139,6 +139,11 @@ def test_health_live_follows_the_loops_promise():
     clock.now = 130.0 + STALL_GRACE + 1
     ok, reason = health.live()
     assert not ok and reason.startswith("decision loop stalled")
+    health.turn(clock.now, clock.now + 1)
+    health.joined = True
+    assert not health.live()[0], "joined and no lease: not alive"
+    health.lease_alive_sent = lambda: clock.now - 1
+    assert health.live() == (True, "ok")
 
 
 def test_health_ready_needs_join_fresh_lease_and_no_failed_role():

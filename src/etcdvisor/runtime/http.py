@@ -6,11 +6,13 @@ cut off after ``REQUEST_TIMEOUT``). It never touches the loop's state: it reads
 what the loop publishes (:class:`Health` fields, the metrics snapshot), each a
 single attribute read.
 
-* ``GET /healthz`` -> 200 ``ok`` while the decision loop keeps its promise: the
-  loop records when a turn ended and the latest time it will wake up (its idle
-  sleep is bounded); 503 ``decision loop stalled ...`` once that promise is more
-  than ``STALL_GRACE`` seconds overdue. etcd being unreachable does not make a
-  member unhealthy (restarting it would not help): that is what readiness says.
+* ``GET /healthz`` -> 200 ``ok`` while the decision loop keeps its promise (the
+  loop records when a turn ended and the latest time it will wake up; its idle
+  sleep is bounded) and the member still holds its lease; 503 ``decision loop
+  stalled ...`` once that promise is more than ``STALL_GRACE`` seconds overdue,
+  503 ``lease expired or lost ...`` while the lease is gone (etcd unreachable for
+  longer than the TTL: the member runs no lease-bound child and has left every
+  election and shard). A shorter etcd blip only fails readiness.
 * ``GET /readyz`` -> 200 ``ready`` once the member joined, a keepalive came back
   alive within ``lease_fresh`` seconds and no role is FAILED; otherwise 503 with
   a one-line reason (``lease not confirmed for 4.2s``, ``role api failed: ...``).
@@ -38,6 +40,7 @@ log = logging.getLogger("etcdvisor")
 
 STALL_GRACE = 10.0  # a turn may run late by this much (a loaded machine) before /healthz fails
 REQUEST_TIMEOUT = 5.0
+LEASE_GONE = "lease expired or lost: not confirmed alive within the TTL (etcd unreachable?)"
 
 
 class HttpError(Exception):
@@ -66,6 +69,8 @@ class Health:
         late = self.clock() - wake_by
         if late > STALL_GRACE:
             return False, f"decision loop stalled: no turn for {late + (wake_by - ended):.1f}s"
+        if self.joined and self.lease_alive_sent() is None:
+            return False, LEASE_GONE
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -76,7 +81,7 @@ class Health:
             return False, "not joined the cluster yet"
         sent = self.lease_alive_sent()
         if sent is None:
-            return False, "lease not confirmed alive (expired or lost: etcd unreachable?)"
+            return False, LEASE_GONE
         age = self.clock() - sent
         if age > self.lease_fresh:
             return False, f"lease not confirmed alive for {age:.1f}s (etcd unreachable?)"
