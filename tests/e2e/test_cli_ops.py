@@ -393,3 +393,27 @@ def test_rerun_of_an_unknown_role_is_one_line_non_zero(capsys, env, store, keys)
     assert code != 0 and out == ""
     assert_one_error_line(err)
     assert "'migrat'" in err and "migrate" in err
+
+
+# --- control verbs (records only; members acting on them: tests/e2e/test_ops_control.py) ----
+def test_control_records_show_in_status_text_and_json(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id,
+               {"worker": {"type": "sharded"}, "tick": {"type": "cron"}})
+    code, out, err = run_cli(capsys, "pause", "worker")
+    assert code == 0 and "role worker: pause on every member" in out, err
+    code, out, err = run_cli(capsys, "restart", "worker", "--index", "1", "--member", "a")
+    assert code == 0 and "on member a, index 1" in out, err
+    code, out, _ = run_cli(capsys, "status", "--json")
+    control = json.loads(out)["control"]["worker"]
+    assert set(control) == {"pause", "restart"}
+    assert control["restart"]["index"] == 1 and control["restart"]["member"] == "a"
+    assert "@" in control["pause"]["who"] and control["pause"]["when"] > time.time() - 60
+    code, out, _ = run_cli(capsys, "status")
+    assert "pause (in effect)" in out and control["pause"]["who"] in out and "member a, index 1" in out
+    code, out, err = run_cli(capsys, "resume", "worker")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "status", "--json")
+    assert set(json.loads(out)["control"]["worker"]) == {"restart", "resume"}
+    code, _, err = run_cli(capsys, "trigger", "worker")
+    assert code == 2 and "cron roles only" in err
+    assert_one_error_line(err)
