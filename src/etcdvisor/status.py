@@ -40,7 +40,8 @@ when unknown or not applicable)::
                      "token": 1201, "scheduled": "<ISO 8601>", "started": ..., "finished": ...,
                      "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
           "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
-                  "token": 1201, "exit_code": 0, "finished": ...}   # roles/<role>/job, or null
+                  "token": 1201, "exit_code": 0, "finished": ...},  # roles/<role>/job, or null
+          "control": {"pause": {...}}        # this role's control records (below), or null
         }
       },
       "waitgroups": {"warmup.done": 3},      # name -> count
@@ -106,14 +107,18 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
     control_read = backend.get_prefix(keys.base + "control/", revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
+    control = read_control(control_read.kvs, keys.base + "control/")
+    roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
+    for name, role in roles.items():
+        role["control"] = control.get(name)  # the same records, next to the role
     return {
         "cluster": keys.cluster,
         "revision": revision,
         "members": members,
-        "roles": _roles(members, roles_read.kvs, keys.base + "roles/", config),
+        "roles": roles,
         "waitgroups": _waitgroups(groups_read.kvs, keys.base + "waitgroups/"),
         "topics": _topics(topics_read.kvs, keys.base + "topics/", config),
-        "control": read_control(control_read.kvs, keys.base + "control/"),
+        "control": control,
     }
 
 

@@ -234,7 +234,8 @@ def test_status_with_config_lists_configured_roles(capsys, config_file, store, k
     doc = json.loads(out)
     assert sorted(doc["roles"]) == ["migrate", "thumbs", "worker"]  # --json sorts keys
     assert doc["roles"]["migrate"] == {"type": "job", "configured": True, "assignments": [],
-                                       "shard": None, "election": None, "ticks": None, "job": None}
+                                       "shard": None, "election": None, "ticks": None, "job": None,
+                                       "control": None}
     assert doc["topics"]["images"] == {"messages": 0, "oldest_id": None, "newest_id": None, "groups": {}}
 
 
@@ -404,7 +405,9 @@ def test_control_records_show_in_status_text_and_json(capsys, env, store, keys):
     code, out, err = run_cli(capsys, "restart", "worker", "--index", "1", "--member", "a")
     assert code == 0 and "on member a, index 1" in out, err
     code, out, _ = run_cli(capsys, "status", "--json")
-    control = json.loads(out)["control"]["worker"]
+    doc = json.loads(out)
+    control = doc["control"]["worker"]
+    assert doc["roles"]["worker"]["control"] == control
     assert set(control) == {"pause", "restart"}
     assert control["restart"]["index"] == 1 and control["restart"]["member"] == "a"
     assert "@" in control["pause"]["who"] and control["pause"]["when"] > time.time() - 60
