@@ -15,6 +15,7 @@ import time
 import pytest
 
 from .conftest import pid_alive, wait_for, wait_pids_gone
+from .harness_ops import free_port, metric
 from .harness_roles import cli, recorder, status_json  # noqa: F401
 
 pytestmark = [pytest.mark.etcd]
@@ -219,7 +220,9 @@ def test_control_verb_errors_are_one_line_non_zero(fleet, recorder):
 
 def test_pause_keeps_topic_messages_queued_until_resume(fleet, recorder):
     config = fleet.write_config({"thumbs": recorder.role("topic", topic="images", concurrency=1)})
-    start_three(fleet, config)
+    ports = [free_port() for _ in MEMBERS]
+    for member, port in zip(MEMBERS, ports):
+        fleet.start(member, config, env={"ETCDVISOR_HTTP": f"127.0.0.1:{port}"})
     wait_for(lambda: maybe_status(config) and len(maybe_status(config)["members"]) == 3, 30, "3 members")
     issue(config, "pause", "thumbs")
     time.sleep(1.0)  # every member has seen the pause
@@ -228,6 +231,10 @@ def test_pause_keeps_topic_messages_queued_until_resume(fleet, recorder):
     assert not recorder.starts("thumbs"), "a paused topic role ran a message"
     topic = status_json(config)["topics"]["images"]
     assert topic["messages"] == 4 and topic["groups"].get("thumbs", {"unacked": 4})["unacked"] == 4
+    wait_for(lambda: metric(ports[0], "etcdvisor_topic_backlog", role="thumbs") == 4, 15, "backlog 4")
     issue(config, "resume", "thumbs")
     wait_for(lambda: len(recorder.ends("thumbs")) == 4, 30, "the queued messages to run after resume")
     assert sorted(int(r["message_id"]) for r in recorder.starts("thumbs")) == ids, "each message once"
+    wait_for(lambda: sum(metric(p, "etcdvisor_topic_messages_total", role="thumbs", outcome="done") or 0
+                         for p in ports) == 4, 15, "topic_messages_total{outcome=done} == 4")
+    wait_for(lambda: metric(ports[1], "etcdvisor_topic_backlog", role="thumbs") == 0, 15, "backlog 0")

@@ -176,7 +176,7 @@ class TopicRunner(RoleRunner):
                         lambda: self.ctx.backend.put(self.cursor_key, str(message.id)))
         self.processed += outcome == "done"
         if self.ctx.metrics is not None:
-            self.ctx.metrics.topic_messages.labels(self.name, outcome).inc()
+            self.ctx.metrics.topic_messages.labels(self.name, outcome.replace(" ", "_")).inc()
         if tracked:
             del self.runs[key]
         self._permits.release()

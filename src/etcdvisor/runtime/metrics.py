@@ -77,7 +77,7 @@ class Metrics:
                                  "outcome (succeeded, failed, stopped, missed, skipped, paused; "
                                  "manual runs: manual-<outcome>)", ["role", "outcome"], registry=reg)
         self.topic_messages = Counter("etcdvisor_topic_messages", "Topic messages finished by this "
-                                      "member, by outcome (done, given up, refused)",
+                                      "member, by outcome (done, given_up, refused)",
                                       ["role", "outcome"], registry=reg)
         self.etcd_errors = Counter("etcdvisor_etcd_errors", "Failed or lost etcd interactions, by "
                                    "kind", ["kind"], registry=reg)
