@@ -246,3 +246,42 @@ def test_python_dash_m_etcdvisor_is_the_cli():
     assert usage.returncode == 0 and usage.stdout.startswith(b"usage: supervisor ")
     for verb in (b"restart", b"pause", b"resume", b"reset", b"trigger", b"health"):
         assert verb in usage.stdout
+
+
+def test_ops_server_answers_survives_a_silent_client_and_stops():
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from etcdvisor.runtime.http import REQUEST_TIMEOUT, OpsServer
+
+    health = Health()
+    health.turn(health.clock(), health.clock() + 30)
+    server = OpsServer(("127.0.0.1", 0), Metrics(), health).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as reply:
+            assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
+            assert b"etcdvisor_lease_deadline_seconds" in reply.read()
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as reply:
+            assert reply.read() == b"ok\n"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+        assert info.value.code == 503 and info.value.read() == b"not joined the cluster yet\n"
+        head = urllib.request.Request(base + "/healthz", method="HEAD")
+        with urllib.request.urlopen(head, timeout=5) as reply:
+            assert reply.status == 200 and reply.read() == b""
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/../etc/passwd", timeout=5)
+        assert info.value.code == 404
+        silent = socket.create_connection(("127.0.0.1", server.port))  # sends nothing
+        started = time.monotonic()
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as reply:
+            assert reply.status == 200
+        assert time.monotonic() - started < REQUEST_TIMEOUT + 2
+        silent.close()
+    finally:
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 3

@@ -39,7 +39,7 @@ from .metrics import Metrics
 log = logging.getLogger("etcdvisor")
 
 STALL_GRACE = 10.0  # a turn may run late by this much (a loaded machine) before /healthz fails
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 2.0  # a client that sends nothing holds the one thread this long at most
 LEASE_GONE = "lease expired or lost: not confirmed alive within the TTL (etcd unreachable?)"
 
 
