@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 
 from .config.model import LogFormat, LogLevel
@@ -113,6 +114,18 @@ def configure(member: str, level: LogLevel, fmt: LogFormat) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("etcdvisor").setLevel(getattr(logging, level.value.upper()))
     output.set_line_format(_json_child_line(member) if fmt is LogFormat.JSON else _text_child_line)
+    # Python's own last words (a crashed thread, warnings) go through the same formatter,
+    # so even those lines parse in json mode.
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_crashed
+
+
+def _thread_crashed(args) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("etcdvisor").error("thread %s crashed", name,
+                                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def _text_child_line(name: str, stream: str, text: str) -> bytes:
