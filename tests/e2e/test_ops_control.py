@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import pid_alive, wait_for, wait_pids_gone
 from .harness_ops import free_port, metric
-from .harness_roles import cli, recorder, status_json  # noqa: F401
+from .harness_roles import cli, poll_status, recorder, status_json  # noqa: F401
 
 pytestmark = [pytest.mark.etcd]
 
@@ -36,12 +36,6 @@ def assert_recorded(config, role: str, verb: str, after: float) -> dict:
     assert record["who"].endswith("@" + socket.gethostname()) and record["host"] == socket.gethostname()
     assert after - 1 <= record["when"] <= time.time() + 1 and record["at"].startswith("20")
     return record
-
-
-def maybe_status(config) -> dict | None:
-    """``status --json``, or None while no member has joined yet."""
-    result = cli("status", "-c", str(config), "--json")
-    return json.loads(result.stdout) if result.returncode == 0 else None
 
 
 def live(recorder, role: str, member: str | None = None) -> list[dict]:
@@ -151,7 +145,7 @@ def test_reset_clears_a_failed_role_on_every_member(fleet, recorder):
     start_three(fleet, config)
 
     def failed_everywhere():
-        doc = maybe_status(config)
+        doc = poll_status(config)
         if doc is None:
             return False
         states = [m["roles"].get("flaky", {}).get("failed") for m in doc["members"]]
@@ -172,7 +166,7 @@ def test_trigger_runs_a_cron_role_once_now_on_the_leader(fleet, recorder):
     start_three(fleet, config)
 
     def leader():
-        doc = maybe_status(config)
+        doc = poll_status(config)
         election = doc and doc["roles"]["report"]["election"]
         return election and election["leader"]
     leader_id = wait_for(leader, 30, "a cron leader")
@@ -223,7 +217,7 @@ def test_pause_keeps_topic_messages_queued_until_resume(fleet, recorder):
     ports = [free_port() for _ in MEMBERS]
     for member, port in zip(MEMBERS, ports):
         fleet.start(member, config, env={"ETCDVISOR_HTTP": f"127.0.0.1:{port}"})
-    wait_for(lambda: maybe_status(config) and len(maybe_status(config)["members"]) == 3, 30, "3 members")
+    wait_for(lambda: poll_status(config) and len(poll_status(config)["members"]) == 3, 30, "3 members")
     issue(config, "pause", "thumbs")
     time.sleep(1.0)  # every member has seen the pause
     ids = [int(cli("publish", "-c", str(config), "images", f"m{n}").stdout) for n in range(4)]
