@@ -31,6 +31,8 @@ def cmd_validate(args) -> int:
                 print(line, file=sys.stderr)
             status = EXIT_USAGE
             continue
+        for line in config.warnings:
+            print(line, file=sys.stderr)
         roles = ", ".join(f"{r.name} ({r.type.value})" for r in config.roles.values()) or "no roles"
         print(f"{path}: ok: cluster {config.cluster}, {roles}")
     return status

@@ -325,6 +325,10 @@ def add_operator_verbs(subparsers) -> None:
     rerun.add_argument("role", metavar="ROLE")
     rerun.set_defaults(func=cmd_rerun)
 
+    from .cli_config import add_config_verb
+
+    add_config_verb(subparsers, common)
+
     from .cli_services import add_services_verb
 
     add_services_verb(subparsers, common)

@@ -27,6 +27,8 @@ when unknown or not applicable)::
              "index": 0, "count": 2, "epoch": 1200,        # sharded (else null)
              "leader": null, "token": null,                # singleton/cron/job (else null)
              "next": null, "waiting_for": null,      # cron leader: next tick; barriers still closed
+             "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
+                             "address": "web-1:8000", "port": 8000}],    # (else null)
              "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
                                      "last_exit": null}}}
           ],
@@ -79,7 +81,8 @@ from .coord.keys import ClusterKeys
 from .runtime.control import read_records as read_control
 
 SHARDED_FIELDS = ("index", "count", "epoch")
-EXTRA_FIELDS = ("next", "waiting_for")  # a cron leader's next tick; barriers not yet open
+EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
+# open; the service instances its running children registered (role register:)
 LEADER_FIELDS = ("leader", "token")
 TICK_FIELDS = ("state", "member", "token", "scheduled", "started", "finished", "exit_code")
 JOB_FIELDS = ("spec_hash", "state", "member", "token", "exit_code", "finished")
@@ -346,6 +349,9 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
                 state += f" (waiting for {', '.join(a['waiting_for'])})"
             rows.append([a["member"], state] + fields + [_children(a["children"])])
         lines += _table(headers + ["CHILDREN"], rows, indent=2)
+        for a in role["assignments"]:
+            for inst in a.get("registered") or ():
+                lines.append(f"  registered: {inst.get('service')} {inst.get('id')} at {inst.get('address')}")
     elif not (role["ticks"] or role["job"]):
         lines.append("  no member runs it")
     if role["ticks"]:

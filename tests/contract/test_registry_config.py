@@ -223,3 +223,84 @@ def test_watch_initial_reports_current_items(backend, prefix):
     cfg.set("b", "y")
     time.sleep(0.2)
     assert changes.empty()
+
+
+# --- four levels and the ergo layout (issue 11) -------------------------------------------
+
+def test_four_levels_node_over_member_over_cluster_over_global(backend, prefix):
+    web1 = config(backend, prefix)
+    web2 = config(backend, prefix, node="web2")
+    for scope, value in (("global", 1), ("cluster", 2), ("member", 3), ("node", 4)):
+        web1.set("level", value, scope=scope)
+        assert web1.get("level") == value and web1.raw_items()["level"][0] == scope
+    assert web2.get("level") == 2  # the node-specific levels are web1's only
+    web1.unset("level", scope="node")  # cross-cluster node-specific gone: cluster node-specific wins
+    assert web1.get("level") == 3
+    base = prefix + "app/config/"
+    assert backend.get(base + "member/prod/web1/level").value == b"int:3"
+    assert backend.get(base + "node/prod/web1/level") is None
+    assert config(backend, prefix).scopes() == ["node", "member", "cluster", "global"]
+    assert LayeredConfig(backend, prefix + "app", "prod").scopes() == ["cluster", "global"]
+
+
+def ergo(backend, prefix, cluster="production", node="web1"):
+    return LayeredConfig(backend, prefix + "services/ergo", cluster, node, layout="ergo")
+
+
+def test_ergo_layout_reads_what_etcdctl_wrote(backend, prefix):
+    """The seed's own example (003_*.txt), written as plain bytes."""
+    root = prefix + "services/ergo"
+    backend.put(f"{root}/cluster/production/config/web1/database.port", b"int:5432")
+    backend.put(f"{root}/cluster/production/config/*/cache.ratio", b"float:0.75")
+    backend.put(f"{root}/cluster/production/config/*/debug.enabled", b"bool:true")
+    backend.put(f"{root}/cluster/production/config/web1/ssl.enabled", b"bool:false")
+    backend.put(f"{root}/cluster/production/config/*/myapp.cache.size", b"int:256")
+    backend.put(f"{root}/config/global/log.level", b"info")
+    backend.put(f"{root}/config/global/raw", b'json:{"a": 1}')  # ergo has no json: type
+    backend.put(f"{root}/cluster/production/routes/nodes/web1", b"edf-bytes")  # never config
+    cfg = ergo(backend, prefix)
+    assert cfg.items() == {"database.port": 5432, "cache.ratio": 0.75, "debug.enabled": True,
+                           "ssl.enabled": False, "myapp.cache.size": 256, "log.level": "info",
+                           "raw": 'json:{"a": 1}'}
+    assert ergo(backend, prefix, node="web2").get("database.port") is None
+    # cross-cluster node-specific overrides cluster node-specific
+    backend.put(f"{root}/config/production/web1/database.port", b"int:6000")
+    assert cfg.get("database.port") == 6000 and cfg.raw_items()["database.port"] == ("node", "int:6000")
+    assert ergo(backend, prefix, cluster="staging").get("database.port") is None
+
+
+def test_ergo_layout_writes_the_registrar_keys(backend, prefix):
+    cfg = ergo(backend, prefix)
+    root = prefix + "services/ergo"
+    cfg.set("a", 1, scope="member")
+    cfg.set("b", 0.5, scope="cluster")
+    cfg.set("c", True, scope="global")
+    cfg.set("d", "text", scope="node")
+    assert backend.get(f"{root}/cluster/production/config/web1/a").value == b"int:1"
+    assert backend.get(f"{root}/cluster/production/config/*/b").value == b"float:0.5"
+    assert backend.get(f"{root}/config/global/c").value == b"bool:true"
+    assert backend.get(f"{root}/config/production/web1/d").value == b"text"
+    for unstorable in ([1], {"a": 1}, None, "int:looks typed"):
+        with pytest.raises(ValueError):
+            cfg.set("x", unstorable)
+    with pytest.raises(ValueError):
+        cfg.set("a/b", 1)
+    with pytest.raises(ValueError):
+        ergo(backend, prefix, node="*")
+
+
+def test_ergo_watch_follows_both_roots(backend, other_backend, prefix):
+    cfg = ergo(backend, prefix)
+    writer = ergo(other_backend, prefix)
+    changes = queue.Queue()
+    watch = cfg.watch(lambda item, value: changes.put((item, value)))
+    writer.set("level", 1, scope="global")
+    assert changes.get(timeout=5) == ("level", 1)
+    writer.set("level", 2, scope="member")  # the other root
+    assert changes.get(timeout=5) == ("level", 2)
+    writer.set("level", 3, scope="node")
+    assert changes.get(timeout=5) == ("level", 3)
+    writer.unset("level", scope="node")
+    assert changes.get(timeout=5) == ("level", 2)
+    assert drain(changes) == []
+    watch.stop()

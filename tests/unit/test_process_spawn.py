@@ -105,3 +105,17 @@ def _kill_quietly(pid):
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def test_payload_larger_than_the_pipe_arrives_whole_and_a_small_one_needs_no_thread():
+    import threading
+    reader = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+    big = os.urandom(1 << 20) + b"\0$(rm -rf /)"  # far more than a pipe holds
+    proc = spawn(_spec(sys.executable, "-c", reader, stdin_data=big))
+    out, _ = proc.communicate(timeout=30)
+    assert out == big
+    before = threading.active_count()
+    proc = spawn(_spec(sys.executable, "-c", reader, stdin_data=b"small"))
+    assert threading.active_count() == before  # written at once, pipe closed
+    out, _ = proc.communicate(timeout=30)
+    assert out == b"small"

@@ -19,8 +19,9 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     removed = tuple(name for name in old.roles if name not in new.roles)
     changed = tuple(name for name in new.roles if name in old.roles and new.roles[name] != old.roles[name])
     settings = []
-    if old.cluster != new.cluster:
-        settings.append("cluster")
+    for name in ("cluster", "config_layout"):
+        if getattr(old, name) != getattr(new, name):
+            settings.append(name)
     for section in ("etcd", "member", "http", "log"):
         before, after = getattr(old, section), getattr(new, section)
         for field in dataclasses.fields(before):

@@ -136,6 +136,62 @@ class Schedule:
     every: float | None = None
 
 
+class ChangeAction(enum.StrEnum):
+    RESTART = "restart"  # restart the child (its role's usual stop rules)
+    SIGNAL = "signal"    # rewrite the file, then send ``OnChange.signal``
+    NONE = "none"        # only rewrite the file
+
+
+@dataclass(frozen=True)
+class OnChange:
+    """What a change does to a running child (``restart``, ``none``, ``signal:NAME``)."""
+
+    action: ChangeAction
+    signal: signal.Signals | None = None
+
+    def __str__(self) -> str:
+        return f"signal:{self.signal.name[3:]}" if self.signal else self.action.value
+
+
+@dataclass(frozen=True)
+class ConfigItem:
+    """One ``config:`` entry: child env var ``env`` <- layered config ``item``.
+    ``default`` is None when the file gives none (then the variable is unset)."""
+
+    env: str
+    item: str
+    default: object = None
+    on_change: OnChange = OnChange(ChangeAction.RESTART)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """``register:``: the service instance a running child is. Exactly one of
+    ``port`` (fixed) and ``port_base`` (``BASE + {index}``) is set."""
+
+    service: str
+    address: str = "{host}:{port}"
+    port: int | None = None
+    port_base: int | None = None
+    meta: Mapping = field(default_factory=lambda: _frozen_map({}))
+
+    def port_for(self, index: int) -> int:
+        if self.port is not None:
+            return self.port
+        assert self.port_base is not None  # one of the two is set (config/wiring.py)
+        return self.port_base + index
+
+
+@dataclass(frozen=True)
+class PeersFile:
+    """One ``peers:`` entry: the instances of ``service`` kept in ``file``
+    (as written: relative to the role's cwd)."""
+
+    service: str
+    file: str
+    on_change: OnChange = OnChange(ChangeAction.NONE)
+
+
 @dataclass(frozen=True)
 class RoleSpec:
     """One role, with every default filled in.
@@ -172,6 +228,10 @@ class RoleSpec:
     delivery: str | None = None
     max_payload: int | None = None
     max_attempts: int | None = None
+    # seed wiring (any type)
+    config: Mapping[str, ConfigItem] = field(default_factory=lambda: _frozen_map({}))
+    register: Registration | None = None
+    peers: Mapping[str, PeersFile] = field(default_factory=lambda: _frozen_map({}))
 
     @property
     def lease_bound(self) -> bool:
@@ -187,6 +247,8 @@ class Config:
     etcd: EtcdSettings
     member: MemberSettings
     roles: Mapping[str, RoleSpec] = field(default_factory=lambda: _frozen_map({}))
+    config_layout: str = "etcdvisor"
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # one line each, not fatal
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
 

@@ -17,13 +17,14 @@ from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
 from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .schedule import parse_schedule
+from .signals import STOP_SIGNALS, parse_signal
+from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 ROLE_NAME_MAX = 63
 WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-STOP_SIGNALS = {name: getattr(signal, "SIG" + name) for name in ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")}
 RESERVED_ENV = frozenset({
     "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
     "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
@@ -96,6 +97,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
+    fields.update(wiring_fields(check.raw, check.path, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:
@@ -136,12 +138,11 @@ def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
 
 def _stop_signal(check: _RoleChecker) -> signal.Signals:
     text = check.raw.get("stop_signal", "TERM")
-    name = text.strip().upper()
-    name = name[3:] if name.startswith("SIG") else name
-    if name not in STOP_SIGNALS:
+    try:
+        return parse_signal(text)
+    except ValueError:
         check.fail("stop_signal", f"{text!r} is not a stop signal (one of: {', '.join(STOP_SIGNALS)})")
         return signal.SIGTERM
-    return STOP_SIGNALS[name]
 
 
 def _backoff(check: _RoleChecker) -> Backoff:

@@ -20,7 +20,7 @@ def prctl(option: int, arg2: int = 0) -> int:
     if result == -1:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return result
+    return int(result)
 
 
 def prctl_get_int(option: int) -> int:

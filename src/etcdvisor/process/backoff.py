@@ -7,8 +7,8 @@ tests are exact. ``Slot`` uses this module; nothing here does I/O.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # factor ** exponent overflows a float near 2**1024; delays are capped long before that.
 _MAX_EXPONENT = 64

@@ -13,19 +13,26 @@ Guarantees:
   place that reaps, through ``Popen.poll`` so ``subprocess`` keeps the exit status;
 - ``stop(now)`` sends ``stop_signal`` to the whole process group and remembers the kill
   deadline ``now + stop_timeout``; ``poll(now)`` escalates to ``kill()`` once it passed;
-- ``kill()`` SIGKILLs the group and every descendant found with psutil, including
-  descendants that escaped the group with setsid; escaped descendants seen at ``stop``
-  time are remembered and killed too once the leader is gone;
-- when the leader exits (on its own or after a stop), whatever is left in its group gets
+- every run carries a random tag (``ETCDVISOR_CHILD_TAG`` in its environment) and, where
+  possible, its own cgroup (``tracking.TreeTracker``): ``stop`` sends ``stop_signal`` to
+  the group *and* to every tracked process outside it (setsid daemons, re-parented
+  orphans), ``kill()`` SIGKILLs all of them, rescanning while new ones appear;
+- a stopped leader that exits while members of its group still run keeps its zombie
+  until they are gone or the stop deadline passed (they had the stop signal too);
+  tracked processes outside the group get SIGKILL when the leader is reaped;
+- when the leader exits (on its own or after a stop), whatever is left of its tree gets
   SIGKILL before the leader is reaped: the zombie leader pins the pgid, so the signal
-  cannot hit an unrelated group that reused the number;
+  cannot hit an unrelated group that reused the number. Tracked processes outside the
+  group are killed at once after a stop; after a leader exited on its own (no stop
+  asked), by the cgroup thread (its leaf) and the tracker's census (marked ones),
+  within ``tracking.CENSUS_INTERVAL``;
 - lease deadlines (``set_lease_deadlines``, lease-bound children only) are enforced in
   ``poll(now)``: stop at ``term_at``, SIGKILL at ``kill_at``; they are mirrored to the
   watchdog, together with the stop deadline, so a frozen supervisor still kills in time.
 
-Limits: descendants that escaped the group and whose leader exited on its own (not
-stopped by us) are reparented before we can see them; they are not tracked. ``kill()``
-walks /proc through psutil, which costs a few milliseconds.
+Limits: see ``tracking`` (a daemon that execs with a clean environment before the first
+census, outside a cgroup, is not recognised). Tree scans read /proc: a stop costs a
+few milliseconds.
 """
 
 from __future__ import annotations
@@ -33,16 +40,22 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
-import psutil
-
+from etcdvisor.process.cgroup import AttachState
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
+from etcdvisor.process.tracking import TAG_ENV, TreeTracker, new_tag, signal_pids
 
 LINGER_RECHECK = 0.2  # seconds between checks of a lingering group
+SETTLE_RECHECK = 0.005  # seconds between checks of a pending cgroup move
+
+# Used when no manager provides one: no subreaper, so escapees are found in all of /proc.
+_STANDALONE_TRACKER = TreeTracker(lambda _pid: False, subreaper=False)
 
 if TYPE_CHECKING:
+    from etcdvisor.process.cgroup import Attachment
     from etcdvisor.process.output import OutputPump
     from etcdvisor.process.watchdog import Watchdog
 
@@ -64,8 +77,9 @@ class ChildProcess:
     """One run of ``spec``. Create, ``start()``, then ``poll(now)`` on every tick."""
 
     def __init__(self, spec: ChildSpec, *, output: OutputPump | None = None,
-                 watchdog: Watchdog | None = None):
+                 watchdog: Watchdog | None = None, tracker: TreeTracker | None = None):
         self.spec = spec
+        self.tag = new_tag()
         self.state = ChildState.STARTING
         self.pid: int | None = None
         self.pgid: int | None = None
@@ -76,12 +90,13 @@ class ChildProcess:
         self.spawn_error: str | None = None
         self._output = output
         self._watchdog = watchdog
-        self._proc = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stop_kill_at: float | None = None
         self._recheck_at: float | None = None  # while a stopped leader's group lingers
         self._lease_term_at: float | None = None
         self._lease_kill_at: float | None = None
-        self._escaped: list[psutil.Process] = []
+        self._tracker = tracker if tracker is not None else _STANDALONE_TRACKER
+        self._attachment: Attachment | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -90,7 +105,13 @@ class ChildProcess:
         if self.state is not ChildState.STARTING:
             raise RuntimeError(f"{self.spec.name}: start() in state {self.state.name}")
         try:
-            proc = spawn(self.spec, capture_output=self._output is not None)
+            proc = spawn(self.spec, capture_output=self._output is not None,
+                         extra_env={TAG_ENV: self.tag},
+                         # Lease-bound children (rare starts) keep the kernel's
+                         # parent-death signal as well: they die with the supervisor
+                         # even if the watchdog is slow to be scheduled. The frequent
+                         # one-shot topic runs take the vfork path (docs/safety.md).
+                         parent_death=self._watchdog is None or self.spec.lease_bound)
         except SpawnError as exc:
             self.spawn_error = str(exc)
             self.state = ChildState.EXITED  # STARTING -> EXITED
@@ -99,11 +120,13 @@ class ChildProcess:
         self.pid = self.pgid = proc.pid
         self.started_at = time.monotonic() if now is None else now
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
+        self._attachment = self._tracker.child_started(self.tag, proc.pid)
         if self._output is not None:
-            self._output.add(self.spec.name, proc.stdout, proc.stderr)
+            self._output.add(self.spec.name, proc.stdout, proc.stderr)  # type: ignore[arg-type]
         if self._watchdog is not None:
             term_at, kill_at = self.guard_deadlines()
-            self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal)
+            self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal,
+                                    tag=self.tag)
         return proc.pid
 
     def stop(self, now: float) -> None:
@@ -114,24 +137,27 @@ class ChildProcess:
         if self.state is not ChildState.RUNNING:
             return
         self.stop_requested = True
-        self._escaped = self._find_escaped()
         self._stop_kill_at = _min_deadline(now + self.spec.stop_timeout, self._lease_kill_at)
         self.state = ChildState.STOPPING  # RUNNING -> STOPPING
         self._signal_group(self.spec.stop_signal)
-        for proc in self._escaped:
-            _signal_quietly(proc, self.spec.stop_signal)
+        signal_pids(self._outside_group(), self.spec.stop_signal)
         self._sync_watchdog()
+
+    def send_signal(self, signum: int) -> bool:
+        """Send ``signum`` to the child's group (a config change, not a stop);
+        True if the child was RUNNING."""
+        if self.state is not ChildState.RUNNING:
+            return False
+        self._signal_group(signum)
+        return True
 
     def kill(self) -> None:
         """SIGKILL the group and every descendant (also escaped ones). No-op once reaped."""
         if self.state not in (ChildState.RUNNING, ChildState.STOPPING, ChildState.KILLED):
             return
         self.stop_requested = True
-        victims = self._escaped + self._descendants()
         self._signal_group(signal.SIGKILL)
-        for proc in victims:
-            _signal_quietly(proc, signal.SIGKILL)
-        self._escaped = []
+        self._tracker.kill_tree(self.tag, self.pid, self._attachment)
         self.state = ChildState.KILLED  # RUNNING | STOPPING -> KILLED
 
     def poll(self, now: float) -> int | None:
@@ -142,26 +168,38 @@ class ChildProcess:
         """
         if self.state is ChildState.EXITED or self._proc is None:
             return self.returncode
+        pid = self._proc.pid
         try:
-            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             exited = True  # reaped elsewhere; Popen.poll below records what it can
-        if exited is None or self._lingering(now):
+        if not exited or self._lingering(now):
             self._apply_deadlines(now)
+            return None
+        cgroups = self._tracker.cgroups
+        if self._attachment is not None and cgroups is not None \
+                and not cgroups.settle(self._attachment):
+            self._recheck_at = now + SETTLE_RECHECK  # the cgroup thread is moving this pid
             return None
         if self._lease_term_at is not None and now >= self._lease_term_at:
             # The watchdog helper may have delivered the lease stop before we did.
             self.stop_requested = True
-        # The zombie pins the pgid: kill leftovers of the group before reaping.
+        # The zombie pins the pgid: kill leftovers of the tree before reaping.
         self._signal_group(signal.SIGKILL)
-        for proc in self._escaped:
-            _signal_quietly(proc, signal.SIGKILL)
-        self._escaped = []
+        if self.stop_requested:
+            self._tracker.kill_tree(self.tag, self.pid, self._attachment)
+        # else (a leader that exited on its own, the hot path of one-shot runs): no /proc
+        # scan here; the cgroup thread empties the leaf and the census kills marked
+        # leftovers within CENSUS_INTERVAL.
         self.returncode = self._proc.poll()
+        self._recheck_at = None
+        self._tracker.child_reaped(self.tag)
+        if self._attachment is not None and cgroups is not None and self._in_cgroup():
+            cgroups.release(self._attachment)
         self.exited_at = now
         self.state = ChildState.EXITED  # RUNNING | STOPPING | KILLED -> EXITED
         if self._watchdog is not None:
-            self._watchdog.unregister(self.pgid)
+            self._watchdog.unregister(pid)
         return self.returncode
 
     def _lingering(self, now: float) -> bool:
@@ -169,6 +207,7 @@ class ChildProcess:
         zombie (which pins the pgid) and give them the rest of the grace
         period before the group is killed (rule 4: grace, then SIGKILL)."""
         if self.state is not ChildState.STOPPING or self._stop_kill_at is None \
+                or self.pgid is None or self.pid is None \
                 or now >= self._stop_kill_at or not _group_has_live_members(self.pgid, self.pid):
             self._recheck_at = None
             return False
@@ -204,8 +243,10 @@ class ChildProcess:
 
     def next_deadline(self) -> float | None:
         """When ``poll`` must run next at the latest (exit itself is signalled by SIGCHLD)."""
-        if self.state is ChildState.RUNNING:
-            return _min_deadline(self._lease_term_at, self._lease_kill_at)
+        if self.state is ChildState.RUNNING:  # _recheck_at: a pending cgroup move
+            return _min_deadline(self._lease_term_at, self._lease_kill_at, self._recheck_at)
+        if self.state is ChildState.KILLED:
+            return self._recheck_at
         if self.state is ChildState.STOPPING:
             return _min_deadline(self._stop_kill_at, self._lease_kill_at, self._recheck_at)
         return None
@@ -218,30 +259,30 @@ class ChildProcess:
     # -- helpers -----------------------------------------------------------------
 
     def _sync_watchdog(self) -> None:
-        if self._watchdog is not None and self.alive:
+        if self._watchdog is not None and self.alive and self.pgid is not None:
             self._watchdog.extend(self.pgid, *self.guard_deadlines())
 
     def _signal_group(self, signum: int) -> None:
+        if self.pgid is None:
+            return
         try:
             os.killpg(self.pgid, signum)
         except (ProcessLookupError, PermissionError):
             pass  # group already empty
 
-    def _descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-
-    def _find_escaped(self) -> list[psutil.Process]:
-        escaped = []
-        for proc in self._descendants():
+    def _outside_group(self) -> set[int]:
+        """Live tracked processes of this run that left its process group."""
+        outside = set()
+        for pid in self._tracker.members(self.tag, self.pid, self._attachment):
             try:
-                if os.getpgid(proc.pid) != self.pgid:
-                    escaped.append(proc)
+                if os.getpgid(pid) != self.pgid:
+                    outside.add(pid)
             except OSError:
                 pass
-        return escaped
+        return outside
+
+    def _in_cgroup(self) -> bool:
+        return self._attachment is not None and self._attachment.state is AttachState.ATTACHED
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.spec.name} pid={self.pid} {self.state.name}>"
@@ -260,11 +301,3 @@ def _group_has_live_members(pgid: int, leader: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
-
-
-def _signal_quietly(proc: psutil.Process, signum: int) -> None:
-    """Signal a psutil process; psutil refuses if the pid was reused by another process."""
-    try:
-        proc.send_signal(signum)
-    except psutil.Error:
-        pass

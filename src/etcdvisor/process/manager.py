@@ -17,6 +17,12 @@ Guarantees: every call returns promptly (no waits on children); every child gets
 stop_timeout and all are stopped in parallel; every child is registered with the
 watchdog while alive; orphans are reaped (when a reaper is enabled) without stealing
 statuses of slot children, the watchdog helper, or pids given to ``protect_pid``.
+Everything a child spawned is tracked (``tracking.TreeTracker``: marker, lineage, and a
+cgroup per child when ``cgroups`` is on and the machine allows it; by default on for a
+subreaper); ``tick`` runs the tracker's census, which kills escapees of exited children.
+
+Cost per ``tick``: slots without a child are skipped unless due; known-pid lookups are a
+set membership test.
 
 Not thread-safe: call everything from the loop thread (spawn's parent-death signal
 is tied to that thread, see ``spawn``).
@@ -25,13 +31,16 @@ is tied to that thread, see ``spawn``).
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from etcdvisor.process.backoff import Backoff
+from etcdvisor.process.cgroup import CgroupPool
 from etcdvisor.process.output import OutputPump
 from etcdvisor.process.reaper import Reaper, become_subreaper
 from etcdvisor.process.slot import RestartPolicy, Slot, SlotEvent
 from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.tracking import TreeTracker
 from etcdvisor.process.watchdog import Watchdog
 
 
@@ -44,24 +53,31 @@ class ProcessManager:
 
     def __init__(self, *, capture_output: bool = True, use_watchdog: bool = True,
                  reap_orphans: bool | None = None, subreaper: bool = False,
+                 cgroups: bool | None = None,
                  stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
         self.output = OutputPump(stdout, stderr) if capture_output else None
-        self.watchdog = Watchdog() if use_watchdog else None
+        self.watchdog = Watchdog(batched=True) if use_watchdog else None
         self._subreaper = subreaper
+        self._use_cgroups = subreaper if cgroups is None else cgroups
+        self.tracker = TreeTracker(self._is_known_pid, subreaper=subreaper)
         if reap_orphans is None:
             reap_orphans = subreaper or os.getpid() == 1
         self.reaper = Reaper(self._is_known_pid) if reap_orphans else None
-        self._slots: list[Slot] = []
+        self._slots: dict[Slot, None] = {}  # insertion-ordered set
+        self._known: set[int] = set()        # pids of slot children, rebuilt on a miss
         self._protected: set[int] = set()
         self._lease_rule: Callable[[Slot], tuple[float | None, float | None]] = _no_deadlines
 
     def start(self) -> None:
         if self._subreaper:
             become_subreaper()
+        if self._use_cgroups and self.tracker.cgroups is None:
+            self.tracker.cgroups = CgroupPool.create()
         if self.output is not None:
             self.output.start()
         if self.watchdog is not None:
-            self.watchdog.start()
+            cgroups = self.tracker.cgroups
+            self.watchdog.start(cgroup_base=cgroups.base if cgroups is not None else None)
 
     def close(self) -> None:
         """Stop the watchdog helper (killing nothing) and the output thread.
@@ -70,6 +86,9 @@ class ProcessManager:
         """
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.tracker.cgroups is not None:
+            self.tracker.cgroups.close()
+            self.tracker.cgroups = None
         if self.output is not None:
             self.output.stop()
 
@@ -80,16 +99,16 @@ class ProcessManager:
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None) -> Slot:
         slot = Slot(spec, restart, backoff, start_retries, on_event, name=name,
-                    output=self.output, watchdog=self.watchdog)
+                    output=self.output, watchdog=self.watchdog, tracker=self.tracker)
         slot.set_lease_deadlines(*self._lease_rule(slot))
-        self._slots.append(slot)
+        self._slots[slot] = None
         return slot
 
     def remove_slot(self, slot: Slot) -> None:
         """Drop an idle slot (``slot.idle``); raises ValueError if its child is alive."""
         if not slot.idle:
             raise ValueError(f"{slot.name}: cannot remove a slot whose child is alive")
-        self._slots.remove(slot)
+        del self._slots[slot]
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -108,7 +127,8 @@ class ProcessManager:
         for slot in self._slots:
             slot.set_lease_deadlines(*self._lease_rule(slot))
             child = slot.child
-            if child is not None and child.alive and child.spec.lease_bound:
+            if child is not None and child.alive and child.spec.lease_bound \
+                    and child.pgid is not None:
                 guard.append((child.pgid, *child.guard_deadlines()))
         if self.watchdog is not None and guard:
             self.watchdog.extend_many(guard)
@@ -125,7 +145,10 @@ class ProcessManager:
             return True
         if self.watchdog is not None and pid == self.watchdog.pid:
             return True
-        return any(slot.child is not None and slot.child.pid == pid for slot in self._slots)
+        if pid not in self._known:
+            self._known = {slot.child.pid for slot in self._slots
+                           if slot.child is not None and slot.child.pid is not None}
+        return pid in self._known
 
     # -- the tick --------------------------------------------------------------------
 
@@ -133,9 +156,14 @@ class ProcessManager:
         """Tick every slot, reap orphans, keep the watchdog alive; return slot events."""
         events: list[SlotEvent] = []
         for slot in list(self._slots):
+            if slot.child is None:
+                due = slot.next_deadline()
+                if due is None or due > now:
+                    continue  # idle: ticking it would change nothing
             events.extend(slot.tick(now))
         if self.reaper is not None:
             self.reaper.reap()
+        self.tracker.census(now)
         if self.watchdog is not None:
             self.watchdog.ensure_running()
             self.watchdog.flush()
@@ -144,6 +172,9 @@ class ProcessManager:
     def next_deadline(self) -> float | None:
         """The earliest slot deadline (0.0 = tick now), or None (wait for events/SIGCHLD)."""
         deadlines = [d for d in (slot.next_deadline() for slot in self._slots) if d is not None]
+        census = self.tracker.next_census()
+        if census is not None:
+            deadlines.append(census)
         return min(deadlines) if deadlines else None
 
     def stop_all(self, now: float) -> list[SlotEvent]:

@@ -50,9 +50,9 @@ def set_line_format(fmt: LineFormat | None) -> None:
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("pipe", "name", "kind", "prefix", "sink", "pending")
+    __slots__ = ("kind", "name", "pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe, name: str, kind: str, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO):
         self.pipe = pipe
         self.name = name
         self.kind = kind  # stdout | stderr
@@ -92,7 +92,7 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, stdout_pipe, stderr_pipe) -> None:
+    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
         """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
         streams = []
         if stdout_pipe is not None:
@@ -100,8 +100,10 @@ class OutputPump:
         if stderr_pipe is not None:
             streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer))
         with self._lock:
+            wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
-        self._wake()
+        if wake:
+            self._wake()
 
     @property
     def open_streams(self) -> int:

@@ -23,12 +23,16 @@ loop), so a freshly forked child is known before it can be seen as a zombie.
 
 from __future__ import annotations
 
-import glob
 import os
-from typing import Callable
+from collections.abc import Callable
 
-from etcdvisor.process._linux import (PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER,
-                                      prctl, prctl_get_int)
+from etcdvisor.process._linux import (
+    PR_GET_CHILD_SUBREAPER,
+    PR_SET_CHILD_SUBREAPER,
+    prctl,
+    prctl_get_int,
+)
+from etcdvisor.process.tracking import children_of
 
 
 def become_subreaper() -> None:
@@ -45,14 +49,7 @@ def is_subreaper() -> bool:
 
 def _child_pids() -> list[int]:
     """Our direct children, from /proc (every thread keeps its own children list)."""
-    pids = []
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        try:
-            with open(path) as f:
-                pids.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return pids
+    return children_of(os.getpid())
 
 
 class Reaper:

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from etcdvisor.process.backoff import Backoff
 from etcdvisor.process.child import ChildProcess, ChildState
@@ -49,6 +50,7 @@ from etcdvisor.process.spawn import ChildSpec, SpawnError
 
 if TYPE_CHECKING:
     from etcdvisor.process.output import OutputPump
+    from etcdvisor.process.tracking import TreeTracker
     from etcdvisor.process.watchdog import Watchdog
 
 
@@ -106,11 +108,11 @@ class Slot:
                  backoff: Backoff | None = None, start_retries: int = 3,
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None, output: OutputPump | None = None,
-                 watchdog: Watchdog | None = None,
+                 watchdog: Watchdog | None = None, tracker: TreeTracker | None = None,
                  rand: Callable[[], float] = random.random):
         if spec is None and name is None:
             raise ValueError("Slot needs a spec or a name")
-        self.name = name if name is not None else spec.name
+        self.name = name if name is not None else spec.name  # type: ignore[union-attr]
         self.restart = RestartPolicy(restart)
         self.backoff = backoff if backoff is not None else Backoff()
         self.start_retries = start_retries
@@ -120,6 +122,7 @@ class Slot:
         self.restart_at: float | None = None
         self._on_event = on_event
         self._output, self._watchdog, self._rand = output, watchdog, rand
+        self._tracker = tracker
         self._desired = spec
         self._spec: ChildSpec | None = None   # spec of the current / last child
         self._child: ChildProcess | None = None
@@ -140,6 +143,11 @@ class Slot:
             # tick) is a fresh start, e.g. re-running a completed one-shot.
             self._spec = None
         self._dirty = True
+
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` to the running child's group (not a stop: the state is
+        unchanged); False when no child is RUNNING."""
+        return self.state is SlotState.RUNNING and self._child is not None and self._child.send_signal(signum)
 
     def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
         """Lease deadlines for lease-bound specs (see ``ChildProcess.set_lease_deadlines``)."""
@@ -206,6 +214,7 @@ class Slot:
 
     def _child_exited(self, now: float, code: int, events: list[SlotEvent]) -> None:
         child, self._child = self._child, None
+        assert child is not None and child.started_at is not None
         self.last_exit = code
         if child.stop_requested:
             self.state = SlotState.STOPPED  # STOPPING -> STOPPED
@@ -249,7 +258,8 @@ class Slot:
             self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
         if self.state in (SlotState.EXITED, SlotState.FAILED):
             return
-        if self.state is SlotState.BACKOFF and now < self.restart_at:
+        if self.state is SlotState.BACKOFF and self.restart_at is not None \
+                and now < self.restart_at:
             return
         if not self._lease_allows_start(now):
             self._lease_blocked = True
@@ -258,10 +268,13 @@ class Slot:
 
     def _lease_allows_start(self, now: float) -> bool:
         term_at = self._lease[0]
+        assert self._spec is not None
         return not (self._spec.lease_bound and term_at is not None and now >= term_at)
 
     def _start(self, now: float, events: list[SlotEvent]) -> None:
-        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog)
+        assert self._spec is not None  # _reconcile only starts a desired spec
+        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog,
+                             tracker=self._tracker)
         child.set_lease_deadlines(*self._lease, sync_watchdog=False)
         restarting = self.state is SlotState.BACKOFF
         try:

@@ -11,17 +11,26 @@ Guarantees of ``spawn()``:
   ENOMEM) raises ``SpawnError`` with ``permanent=False``;
 - the child leads its own process group (pgid == pid), so a signal to the group reaches
   its descendants;
-- the child gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL) and an empty signal
-  mask. Linux delivers the parent-death signal when the *thread* that forked exits, not
-  the process: call ``spawn`` only from the long-lived decision-loop thread, never from a
-  short-lived worker thread, or children die when that thread ends;
-- stdin is /dev/null, or ``spec.stdin_data`` written by a short-lived helper thread and
-  then closed (a child that exits without reading it is fine: EPIPE is ignored).
+- ``extra_env`` (the tracking marker ``ETCDVISOR_CHILD_TAG``) is added to ``spec.env``;
+- with ``parent_death=True`` (the default, for callers without a watchdog) the child
+  gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL, set in a ``preexec_fn``) and an
+  empty signal mask. Linux delivers it when the *thread* that forked exits, so call
+  ``spawn`` from a long-lived thread;
+- with ``parent_death=False`` (the process manager for children that are not lease-bound,
+  e.g. topic runs; its watchdog helper replaces the signal) there is no ``preexec_fn``: the process group is set by CPython's C code
+  (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
+  ``bench/spawn_cost.py``). If the supervisor dies, even by SIGKILL, the watchdog sees
+  its pipe close and kills every group, the cgroups and every marked process
+  (docs/safety.md, rule 4), which the parent-death signal never did for grandchildren.
+  The signal mask is the spawning thread's (the supervisor blocks none); exec resets
+  handlers and ``subprocess`` restores SIGPIPE/SIGXFSZ;
+- stdin is /dev/null, or ``spec.stdin_data`` written at once without blocking when the
+  pipe takes it all, else by a short-lived helper thread, and then closed (a child that
+  exits without reading it is fine: EPIPE is ignored).
   Payloads never go through argv or a shell.
 
-Limits: the parent-death setup runs in ``preexec_fn`` (after fork, before exec). It only
-calls prctl/getppid/sigprocmask, which is safe enough with other threads alive, but like
-every ``preexec_fn`` it forces the fork (not vfork) path of ``subprocess``.
+Limits: signals the supervisor *ignores* (SIG_IGN) stay ignored in children, as with
+any exec; the supervisor ignores none. A ``preexec_fn`` forces the fork path.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
 
@@ -110,7 +121,7 @@ def _check_executable(name: str, command: str, path: str) -> None:
         raise SpawnError(f"{name}: command not executable: {command!r} ({path}: permission denied)")
 
 
-def _child_setup(parent_pid: int):
+def _child_setup(parent_pid: int) -> Callable[[], None]:
     """Return the post-fork hook: parent-death signal, then check the parent still lives."""
 
     def setup() -> None:
@@ -123,12 +134,14 @@ def _child_setup(parent_pid: int):
     return setup
 
 
-def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
+def spawn(spec: ChildSpec, *, capture_output: bool = True,
+          extra_env: dict[str, str] | None = None,
+          parent_death: bool = True) -> subprocess.Popen[bytes]:
     """Start ``spec`` and return its ``Popen`` (stdout/stderr are unbuffered pipes when
     ``capture_output``, else inherited). Raises ``SpawnError``; never blocks on the child.
 
     With ``stdin_data`` the returned ``proc.stdin`` is None: the feeder thread owns the
-    pipe. Call from the decision-loop thread (see the parent-death note above).
+    pipe.
     """
     executable = resolve_command(spec)
     output = subprocess.PIPE if capture_output else None
@@ -136,7 +149,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
         proc = subprocess.Popen(
             list(spec.argv),
             executable=executable,
-            env=spec.env,
+            env=spec.env if not extra_env else {**spec.env, **extra_env},
             cwd=spec.cwd,
             stdin=subprocess.DEVNULL if spec.stdin_data is None else subprocess.PIPE,
             stdout=output,
@@ -144,7 +157,8 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
             bufsize=0,
             close_fds=True,
             process_group=0,
-            preexec_fn=_child_setup(os.getpid()),
+            # only without a watchdog: prctl + sigmask, async-signal-safe enough
+            preexec_fn=_child_setup(os.getpid()) if parent_death else None,  # noqa: PLW1509
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
         raise SpawnError(f"{spec.name}: cannot execute {spec.argv[0]!r}: {exc.strerror}") from None
@@ -155,16 +169,41 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True) -> subprocess.Popen:
     except subprocess.SubprocessError as exc:
         raise SpawnError(f"{spec.name}: spawn failed: {exc}", permanent=False) from None
     if spec.stdin_data is not None:
-        # The feeder thread owns the pipe: hide it from Popen so that communicate(),
-        # wait() or __exit__ can never close it under the feeder's feet.
+        # Whoever feeds owns the pipe: hide it from Popen so that communicate(), wait()
+        # or __exit__ can never close it under the feeder's feet.
         stdin_pipe, proc.stdin = proc.stdin, None
-        feeder = threading.Thread(target=_feed_stdin, args=(stdin_pipe, spec.stdin_data),
-                                  name=f"stdin:{spec.name}", daemon=True)
-        feeder.start()
+        assert stdin_pipe is not None  # stdin=PIPE
+        rest = _write_what_fits(stdin_pipe, spec.stdin_data)
+        if rest is not None:
+            feeder = threading.Thread(target=_feed_stdin, args=(stdin_pipe, rest),
+                                      name=f"stdin:{spec.name}", daemon=True)
+            feeder.start()
     return proc
 
 
-def _feed_stdin(pipe, data: bytes) -> None:
+def _write_what_fits(pipe: IO[bytes], data: bytes) -> memoryview | None:
+    """Write without blocking what the pipe takes now (a payload up to the pipe's
+    capacity, 64 KiB by default, goes at once and needs no thread: starting one costs
+    ~0.5 ms per child). Close the pipe when done; return the rest, or None."""
+    view = memoryview(data)
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BlockingIOError:
+        os.set_blocking(fd, True)
+        return view
+    except OSError:
+        view = view[:0]  # EPIPE: the child is gone or closed stdin
+    try:
+        pipe.close()
+    except OSError:
+        pass
+    return None
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes | memoryview) -> None:
     """Write ``data`` fully (unbuffered pipes may accept partial writes), then close."""
     view = memoryview(data)
     try:

@@ -1,32 +1,156 @@
 """The watchdog helper process (see ``etcdvisor.process.watchdog`` for the design).
 
-Run as ``python -m etcdvisor.process.watchdog_main`` with a pipe on stdin. Imports only
-os, sys, signal, select and time, to stay small. Protocol: one command per line,
-``-`` stands for "no deadline", times are CLOCK_MONOTONIC seconds (time.monotonic())::
+Run as ``python -I -S .../watchdog_main.py`` (or ``-m etcdvisor.process.watchdog_main``)
+with a pipe on stdin. Imports only os, sys, signal, select and time, to stay small: keep
+it that way (no etcdvisor import, no third-party module). Protocol: one command per
+line, ``-`` stands for "no deadline", times are CLOCK_MONOTONIC seconds::
 
-    R <pgid> <signal> <term_at> <kill_at>   register (or replace) a process group
+    R <pgid> <signal> <term_at> <kill_at> [<tag>]
+                                            register (or replace) a process group; its
+                                            processes marked ETCDVISOR_CHILD_TAG=<tag>
+                                            share its fate even outside the group
+    B <path>                                the cgroup holding every child's leaf
     E <pgid> <term_at> <kill_at>            extend (replace) the deadlines of a group
     U <pgid>                                forget a group
     C                                       forget every group (before a full replay)
     Q                                       exit quietly, killing nothing
 
-At ``term_at`` the group gets its stop signal, at ``kill_at`` SIGKILL (then it is
-forgotten). On EOF of stdin (the supervisor died, even by SIGKILL) every registered
-group gets SIGKILL at once and the helper exits.
+At ``term_at`` the group (and its marked processes) gets its stop signal, at ``kill_at``
+SIGKILL (then it is forgotten). On EOF of stdin (the supervisor died, even by SIGKILL)
+every registered group, the cgroup subtree and every marked process get SIGKILL, the
+cgroup leaves are removed, and the helper exits.
 """
 
+import _signal as signal  # type: ignore[import-not-found]  # the C module: ``signal`` itself would import enum and ~10 more
 import os
 import select
-import signal
 import sys
 import time
 
 
-def _deadline(text):
+def _deadline(text: str) -> float | None:
     return None if text == "-" else float(text)
 
 
-def _signal_group(pgid, signum):
+TAG_ENV = b"ETCDVISOR_CHILD_TAG="
+KILL_ROUNDS = 10
+
+
+def _marked(tags: set[str]) -> dict[int, str]:
+    """{pid: tag} of live processes whose exec'd environment carries one of ``tags``."""
+    found = {}
+    needles = {b"\0" + TAG_ENV + tag.encode() + b"\0": tag for tag in tags}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if not data:
+            continue  # zombie or kernel thread
+        data = b"\0" + data + b"\0"
+        for needle, tag in needles.items():
+            if needle in data:
+                found[int(entry)] = tag
+                break
+    return found
+
+
+def _signal_marked(tags: set[str], signum: int, skip_pgid: int | None = None) -> None:
+    for pid in _marked(tags):
+        try:
+            if skip_pgid is None or os.getpgid(pid) != skip_pgid:
+                os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _kill_marked(tags: set[str]) -> None:
+    """SIGKILL every marked process, rescanning while new ones appear (forks)."""
+    for _ in range(KILL_ROUNDS):
+        pids = _marked(tags)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _pause(0.01)
+
+
+def _pause(seconds: float) -> None:
+    select.select([], [], [], seconds)  # a killed process needs a moment to exit
+
+
+def _write(path: str, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        os.write(fd, text.encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _leaves(base: str) -> list[str]:
+    try:
+        return [os.path.join(base, e) for e in os.listdir(base)
+                if os.path.isdir(os.path.join(base, e))]
+    except OSError:
+        return []
+
+
+def _kill_cgroup(base: str) -> None:
+    if _write(os.path.join(base, "cgroup.kill"), "1"):
+        return
+    for leaf in _leaves(base):  # kernel < 5.14: no cgroup.kill
+        try:
+            with open(os.path.join(leaf, "cgroup.procs")) as fh:
+                pids = [int(p) for p in fh.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _remove_cgroup(base: str, bound: float = 2.0) -> None:
+    """rmdir the leaves and the base, retrying while killed members finish exiting."""
+    deadline = time.monotonic() + bound
+    while True:
+        for path in _leaves(base) + [base]:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        if not os.path.isdir(base) or time.monotonic() >= deadline:
+            return
+        _pause(0.02)
+
+
+def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type: ignore[type-arg]
+    for pgid in table:
+        _signal_group(pgid, signal.SIGKILL)
+    if base:
+        _kill_cgroup(base)
+    tags = {entry[3] for entry in table.values() if entry[3]}
+    if tags:
+        _kill_marked(tags)
+    if base:
+        _remove_cgroup(base)
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
     try:
         os.killpg(pgid, signum)
         return True
@@ -34,16 +158,20 @@ def _signal_group(pgid, signum):
         return False
 
 
-def _apply(table, line):
+def _apply(table: dict[int, list], line: str, settings: dict[str, str | None]) -> bool:  # type: ignore[type-arg]
     """Apply one command line; return False when told to quit."""
+    if line.startswith("B "):
+        settings["cgroup"] = line[2:]
+        return True
     parts = line.split()
     if not parts:
         return True
     op = parts[0]
     if op == "Q":
         return False
-    if op == "R" and len(parts) == 5:
-        table[int(parts[1])] = [_deadline(parts[3]), _deadline(parts[4]), int(parts[2])]
+    if op == "R" and len(parts) in (5, 6):
+        tag = parts[5] if len(parts) == 6 else None
+        table[int(parts[1])] = [_deadline(parts[3]), _deadline(parts[4]), int(parts[2]), tag]
     elif op == "E" and len(parts) == 4:
         entry = table.get(int(parts[1]))
         if entry is not None:
@@ -55,16 +183,20 @@ def _apply(table, line):
     return True
 
 
-def _fire_due(table, now):
+def _fire_due(table: dict[int, list], now: float) -> float | None:  # type: ignore[type-arg]
     """Send due signals; return the next deadline or None."""
     next_due = None
     for pgid in list(table):
-        term_at, kill_at, signum = table[pgid]
+        term_at, kill_at, signum, tag = table[pgid]
         if kill_at is not None and now >= kill_at:
             _signal_group(pgid, signal.SIGKILL)
+            if tag:
+                _kill_marked({tag})
             del table[pgid]
             continue
         if term_at is not None and now >= term_at:
+            if tag:
+                _signal_marked({tag}, signum, skip_pgid=pgid)
             if not _signal_group(pgid, signum) and kill_at is None:
                 del table[pgid]  # group gone and nothing left to enforce
                 continue
@@ -75,11 +207,12 @@ def _fire_due(table, now):
     return next_due
 
 
-def main():
+def main() -> int:
     # A terminal Ctrl-C or a hangup is not for us: only EOF or "Q" ends the helper.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    table = {}
+    table: dict[int, list] = {}  # type: ignore[type-arg]  # pgid -> [term_at, kill_at, signal, tag]
+    settings: dict[str, str | None] = {"cgroup": None}
     pending = b""
     while True:
         next_due = _fire_due(table, time.monotonic())
@@ -89,17 +222,16 @@ def main():
             continue
         data = os.read(0, 65536)
         if not data:
-            for pgid in table:
-                _signal_group(pgid, signal.SIGKILL)
+            _kill_everything(table, settings["cgroup"])
             return 0
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
             try:
-                if not _apply(table, line.decode("ascii")):
+                if not _apply(table, line.decode("utf-8", "surrogateescape"), settings):
                     return 0
-            except (ValueError, UnicodeDecodeError):
-                sys.stderr.write("etcdvisor watchdog: bad command %r\n" % (line,))
+            except (ValueError, IndexError):
+                sys.stderr.write(f"etcdvisor watchdog: bad command {line!r}\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ on every backend (real etcd and the in-memory one):
 * :mod:`.queue_wait` -- ``WaitQueue``: the queue-wait protocol shared by lock and election
 * :mod:`.registry` -- ``Registry``, ``ServiceInfo``: service registration and discovery
 * :mod:`.applications` -- ``ApplicationRoute``: application routes of the registry, and their events
-* :mod:`.layered_config` -- ``LayeredConfig``: typed, layered configuration
+* :mod:`.layered_config` -- ``LayeredConfig``, ``Layout``: typed configuration in four levels,
+  in the etcdvisor or the ergo registrar's key layout
 
 Imports are lazy: ``from etcdvisor.recipes import Election`` loads only that module.
 """
@@ -35,7 +36,7 @@ _EXPORTS = {
     "ApplicationRoute": "applications", "ApplicationMode": "applications",
     "ApplicationState": "applications", "ApplicationEvent": "applications",
     "ApplicationEventKind": "applications",
-    "LayeredConfig": "layered_config",
+    "LayeredConfig": "layered_config", "Layout": "layered_config", "ConfigValueError": "layered_config",
 }
 
 __all__ = sorted(_EXPORTS)

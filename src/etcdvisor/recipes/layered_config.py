@@ -1,42 +1,69 @@
-"""Typed, layered configuration: node overrides cluster overrides global.
+"""Typed, layered configuration in four levels, in two key layouts.
 
-Key layout::
+Levels, highest priority first (the four levels of the ergo registrar, see
+``/work/shared/seeds/003_*.txt``):
 
-    <prefix>/config/global/<item>
-    <prefix>/config/cluster/<cluster>/<item>
+* ``node``    -- cross-cluster node-specific,
+* ``member``  -- cluster node-specific,
+* ``cluster`` -- cluster-wide,
+* ``global``  -- every cluster.
+
+Key layouts (``layout=``):
+
+``etcdvisor`` (default; ``prefix`` as given)::
+
     <prefix>/config/node/<cluster>/<node>/<item>
+    <prefix>/config/member/<cluster>/<node>/<item>
+    <prefix>/config/cluster/<cluster>/<item>
+    <prefix>/config/global/<item>
 
-An item's *resolved* value comes from the highest-priority scope that has
-it: ``node`` > ``cluster`` > ``global``. Items may contain ``/``; cluster
-and node names may not.
+``ergo`` (the registrar's own keys; ``prefix`` is usually ``services/ergo``)::
+
+    <prefix>/config/<cluster>/<node>/<item>
+    <prefix>/cluster/<cluster>/config/<node>/<item>
+    <prefix>/cluster/<cluster>/config/*/<item>
+    <prefix>/config/global/<item>
+
+An item's *resolved* value comes from the highest-priority level that has
+it. Items may contain ``/`` in the etcdvisor layout; cluster and node names
+may not (and a node may not be called ``*``).
 
 Stored values are strings with a type prefix::
 
     int:42  float:0.75  bool:true | bool:false  json:{"a": [1]}  plain text
 
-A plain string that itself starts with one of those prefixes is written as
-``json:"..."`` by :meth:`LayeredConfig.set`, so every Python value
-round-trips. A malformed typed value (``int:x``, ``bool:yes``, bad JSON)
-raises :class:`ConfigValueError` naming the key; it never falls back to a
-lower scope, so a typo cannot silently change behaviour.
+The ergo layout knows only ``int:``, ``float:`` and ``bool:`` (as the
+registrar does): there ``json:...`` is a plain string, and
+:meth:`LayeredConfig.set` refuses values it could not read back (lists,
+dicts, None, strings starting with a type prefix). In the etcdvisor layout a
+plain string that itself starts with a type prefix is written as
+``json:"..."``, so every Python value round-trips. A malformed typed value
+(``int:x``, ``bool:yes``, bad JSON) raises :class:`ConfigValueError` naming
+the key; it never falls back to a lower level, so a typo cannot silently
+change behaviour.
 
-Guarantees: ``get``/``get_many``/``items`` read all three scopes in one
+Guarantees: ``get``/``get_many``/``items`` read every level in one
 transaction (one consistent revision). ``watch`` is built on
-:class:`~etcdvisor.coord.watcher.PrefixWatcher` over ``<prefix>/config/``
-and reports every change of a *resolved* value, in order, nothing missed: an
-override appearing or going away counts; a write that leaves the resolved
-value as it was does not.
+:class:`~etcdvisor.coord.watcher.PrefixWatcher` over the layout's roots
+(:meth:`LayeredConfig.roots`) and reports every change of a *resolved*
+value, nothing missed: an override appearing or going away counts; a write
+that leaves the resolved value as it was does not. :meth:`winners` is the
+pure resolution step, for callers that mirror the roots themselves (the
+supervisor does, on its decision loop).
 
-Limits: the watcher mirrors every key under ``<prefix>/config/`` (other
-clusters' and nodes' too) and ignores those not in our scopes. Watch
-callbacks run on the watcher thread and must be quick.
+Limits: the watchers mirror every key under the roots (other clusters' and
+nodes' too) and ignore those not in our levels. Watch callbacks run on the
+watcher threads and must be quick.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
-from typing import Any, Callable
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -45,8 +72,15 @@ from ..coord.watcher import Change, PrefixWatcher
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("node", "cluster", "global")  # highest priority first
+SCOPES = ("node", "member", "cluster", "global")  # highest priority first
 TYPE_PREFIXES = ("int:", "float:", "bool:", "json:")
+ERGO_TYPE_PREFIXES = ("int:", "float:", "bool:")
+ERGO_PREFIX = "services/ergo"
+
+
+class Layout(enum.StrEnum):
+    ETCDVISOR = "etcdvisor"
+    ERGO = "ergo"
 
 
 class ConfigValueError(CoordError, ValueError):
@@ -58,23 +92,30 @@ class ConfigValueError(CoordError, ValueError):
         self.raw = raw
 
 
-def encode_value(value: Any) -> str:
-    """The stored form of a Python value (see module docstring)."""
+def encode_value(value: Any, layout: Layout | str = Layout.ETCDVISOR) -> str:
+    """The stored form of a Python value (see module docstring); ValueError
+    for a value the ``ergo`` layout cannot represent."""
     if isinstance(value, bool):
         return "bool:true" if value else "bool:false"
     if isinstance(value, int):
         return f"int:{value}"
     if isinstance(value, float):
         return f"float:{value!r}"
+    if Layout(layout) is Layout.ERGO:
+        if isinstance(value, str) and not value.startswith(ERGO_TYPE_PREFIXES):
+            return value
+        raise ValueError(f"the ergo layout stores only int, float, bool and plain strings, "
+                         f"not {value!r:.60}")
     if isinstance(value, str) and not value.startswith(TYPE_PREFIXES):
         return value
     return "json:" + json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-def decode_value(key: str, raw: str) -> Any:
+def decode_value(key: str, raw: str, layout: Layout | str = Layout.ETCDVISOR) -> Any:
     """Parse a stored value; raises :class:`ConfigValueError` naming ``key``."""
     kind, sep, body = raw.partition(":")
-    if not sep or kind + ":" not in TYPE_PREFIXES:
+    known = ERGO_TYPE_PREFIXES if Layout(layout) is Layout.ERGO else TYPE_PREFIXES
+    if not sep or kind + ":" not in known:
         return raw
     try:
         if kind == "int":
@@ -92,85 +133,106 @@ def decode_value(key: str, raw: str) -> Any:
 
 class LayeredConfig:
     """The configuration of one node of one cluster (``node`` may be None:
-    then only the cluster and global scopes apply)."""
+    then only the cluster and global levels apply)."""
 
-    def __init__(self, backend: Backend, prefix: str, cluster: str, node: str | None = None):
+    def __init__(self, backend: Backend, prefix: str, cluster: str, node: str | None = None,
+                 layout: Layout | str = Layout.ETCDVISOR):
         for what, name in (("cluster", cluster), ("node", node)):
-            if name is not None and (not name or "/" in name):
-                raise ValueError(f"{what} name must be non-empty and without '/': {name!r}")
+            if name is not None and (not name or "/" in name or name == "*"):
+                raise ValueError(f"{what} name must be non-empty, without '/' and not '*': {name!r}")
         self.backend = backend
-        self.root = f"{prefix.rstrip('/')}/config/"
+        self.layout = Layout(layout)
+        self.prefix = prefix.rstrip("/")
         self.cluster = cluster
         self.node = node
         self._watchers: list[PrefixWatcher] = []
 
     # --- keys ------------------------------------------------------------------
+    def roots(self) -> tuple[str, ...]:
+        """The key prefixes under which every level of this layout lives."""
+        if self.layout is Layout.ERGO:
+            return (f"{self.prefix}/config/", f"{self.prefix}/cluster/{self.cluster}/config/")
+        return (f"{self.prefix}/config/",)
+
     def scope_prefix(self, scope: str) -> str:
         """The key prefix of ``scope`` for this cluster/node."""
-        if scope == "global":
-            return self.root + "global/"
-        if scope == "cluster":
-            return f"{self.root}cluster/{self.cluster}/"
-        if scope == "node":
-            if self.node is None:
-                raise ValueError("this LayeredConfig has no node: the node scope does not apply")
-            return f"{self.root}node/{self.cluster}/{self.node}/"
-        raise ValueError(f"unknown scope {scope!r} (use one of {', '.join(SCOPES)})")
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r} (use one of {', '.join(SCOPES)})")
+        if scope in ("node", "member") and self.node is None:
+            raise ValueError(f"this LayeredConfig has no node: the {scope} scope does not apply")
+        p, c, n = self.prefix, self.cluster, self.node
+        if self.layout is Layout.ERGO:
+            return {"node": f"{p}/config/{c}/{n}/", "member": f"{p}/cluster/{c}/config/{n}/",
+                    "cluster": f"{p}/cluster/{c}/config/*/", "global": f"{p}/config/global/"}[scope]
+        return {"node": f"{p}/config/node/{c}/{n}/", "member": f"{p}/config/member/{c}/{n}/",
+                "cluster": f"{p}/config/cluster/{c}/", "global": f"{p}/config/global/"}[scope]
 
-    def _scopes(self) -> list[str]:
-        return [s for s in SCOPES if s != "node" or self.node is not None]
+    def scopes(self) -> list[str]:
+        """The levels that apply, highest priority first."""
+        return [s for s in SCOPES if s not in ("node", "member") or self.node is not None]
 
     def key(self, item: str, scope: str = "cluster") -> str:
         if not item:
             raise ValueError("config item name must not be empty")
+        if self.layout is Layout.ERGO and "/" in item:
+            raise ValueError(f"config item {item!r}: the ergo layout does not allow '/' in items")
         return self.scope_prefix(scope) + item
 
     # --- reads -----------------------------------------------------------------------
     def get(self, item: str, default: Any = None) -> Any:
-        """The item's resolved, typed value, or ``default`` if no scope has it."""
-        found = self._read([self.key(item, s) for s in self._scopes()], exact=True)
+        """The item's resolved, typed value, or ``default`` if no level has it."""
+        found = self._read([self.key(item, s) for s in self.scopes()], exact=True)
         return self._resolve(found).get(item, default) if found else default
 
     def get_many(self, *items: str) -> dict[str, Any]:
         """Resolved values of ``items`` (those found; missing ones are left out)."""
         if not items:
             return {}
-        keys = [self.key(item, scope) for item in items for scope in self._scopes()]
+        keys = [self.key(item, scope) for item in items for scope in self.scopes()]
         return self._resolve(self._read(keys, exact=True))
 
     def items(self) -> dict[str, Any]:
         """Every item visible to this node, resolved and typed."""
-        return self._resolve(self._read([self.scope_prefix(s) for s in self._scopes()], exact=False))
+        return self._resolve(self._read([self.scope_prefix(s) for s in self.scopes()], exact=False))
 
     def raw_items(self) -> dict[str, tuple[str, str]]:
-        """``{item: (scope, stored string)}`` of the winning scope, undecoded."""
-        return self._winners(self._read([self.scope_prefix(s) for s in self._scopes()], exact=False))
+        """``{item: (scope, stored string)}`` of the winning level, undecoded."""
+        return self.winners(self._read([self.scope_prefix(s) for s in self.scopes()], exact=False))
 
     def _read(self, keys: list[str], exact: bool) -> dict[str, str]:
         """``{key: stored string}`` of the keys (or prefixes) read in one txn."""
         ops = [Get(k) if exact else Get(k, prefix_end(k)) for k in keys]
         result = self.backend.txn((), ops)
-        return {kv.key: kv.value.decode("utf-8") for kvs in result.responses for kv in kvs}
+        return {kv.key: kv.value.decode("utf-8", errors="replace")
+                for kvs in result.responses for kv in kvs}
 
-    def _winners(self, stored: dict[str, str]) -> dict[str, tuple[str, str]]:
-        """Per item, the (scope, raw) of the highest-priority scope present."""
+    def winners(self, stored: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """Pure: per item, the (scope, raw) of the highest-priority level
+        present in ``stored`` (``{key: stored string}``; other keys ignored)."""
         winners: dict[str, tuple[str, str]] = {}
-        for scope in reversed(self._scopes()):  # lowest first: later scopes override
+        for scope in reversed(self.scopes()):  # lowest first: later levels override
             start = self.scope_prefix(scope)
             for key, raw in stored.items():
                 if key.startswith(start) and len(key) > len(start):
-                    winners[key[len(start):]] = (scope, raw)
+                    item = key[len(start):]
+                    if self.layout is Layout.ERGO and "/" in item:
+                        continue  # another level's key (e.g. global/<node>/<item>)
+                    winners[item] = (scope, raw)
         return winners
 
+    def decode(self, item: str, scope: str, raw: str) -> Any:
+        """Decode the stored value of ``item`` at ``scope`` (ConfigValueError)."""
+        return decode_value(self.key(item, scope), raw, self.layout)
+
     def _resolve(self, stored: dict[str, str]) -> dict[str, Any]:
-        return {item: decode_value(self.key(item, scope), raw)
-                for item, (scope, raw) in sorted(self._winners(stored).items())}
+        return {item: self.decode(item, scope, raw)
+                for item, (scope, raw) in sorted(self.winners(stored).items())}
 
     # --- writes -------------------------------------------------------------------------
     def set(self, item: str, value: Any, scope: str = "cluster") -> int:
         """Store ``value`` (typed, see :func:`encode_value`) in ``scope``;
         returns the store revision."""
-        return self.backend.put(self.key(item, scope), encode_value(value))
+        return self.backend.put(self.key(item, scope), encode_value(value, self.layout))
 
     def unset(self, item: str, scope: str = "cluster") -> bool:
         """Remove the item from ``scope``; True if it was there."""
@@ -178,46 +240,71 @@ class LayeredConfig:
 
     # --- watch ---------------------------------------------------------------------------
     def watch(self, callback: Callable[[str, Any], None], *, initial: bool = False,
-              on_error: Callable[[ConfigValueError], None] | None = None) -> PrefixWatcher:
+              on_error: Callable[[ConfigValueError], None] | None = None) -> ConfigWatch:
         """Call ``callback(item, value_or_None)`` whenever an item's resolved
-        value changes (None: the item is gone from every scope). With
+        value changes (None: the item is gone from every level). With
         ``initial=True`` every current item is reported first. A malformed
         value goes to ``on_error`` (default: logged) instead of the callback.
-        Returns the watcher; ``stop()`` it (or :meth:`close`)."""
+        Returns a handle; ``stop()`` it (or :meth:`close`)."""
         resolved: dict[str, tuple[str, str]] = {}
+        mirrors: dict[str, Mapping[str, Any]] = {}
+        lock = threading.Lock()  # two roots: two watcher threads
+        baseline_pending = [not initial]
 
-        def on_change(change: Change) -> None:
-            stored = {key: kv.value.decode("utf-8", errors="replace")
-                      for key, kv in change.snapshot.items()}
-            fresh = self._winners(stored)
-            if change.initial and not initial:
-                resolved.update(fresh)  # the baseline; changes are reported from here on
-                return
-            for item in sorted(set(resolved) | set(fresh)):
-                old, new = resolved.get(item), fresh.get(item)
-                if (old and old[1]) == (new and new[1]):  # same resolved value (any scope)
-                    continue
-                if new is None:
-                    callback(item, None)
-                    continue
-                try:
-                    value = decode_value(self.key(item, new[0]), new[1])
-                except ConfigValueError as exc:
-                    (on_error or _log_error)(exc)
-                    continue
-                callback(item, value)
-            resolved.clear()
-            resolved.update(fresh)
+        def on_change(root: str, change: Change) -> None:
+            with lock:
+                mirrors[root] = change.snapshot
+                if len(mirrors) < len(self.roots()):
+                    return  # wait for every root's first snapshot
+                stored = {key: kv.value.decode("utf-8", errors="replace")
+                          for snap in mirrors.values() for key, kv in snap.items()}
+                fresh = self.winners(stored)
+                if baseline_pending[0]:
+                    baseline_pending[0] = False
+                    resolved.update(fresh)  # the baseline; changes are reported from here on
+                    return
+                self._report(resolved, fresh, callback, on_error or _log_error)
+                resolved.clear()
+                resolved.update(fresh)
 
-        watcher = PrefixWatcher(self.backend, self.root, on_change,
-                                name=f"config:{self.cluster}/{self.node or '*'}")
-        self._watchers.append(watcher)
-        return watcher.start(wait=self.backend.timeout)
+        watchers = []
+        for root in self.roots():
+            watcher = PrefixWatcher(self.backend, root, lambda ch, r=root: on_change(r, ch),
+                                    name=f"config:{self.cluster}/{self.node or '*'}")
+            self._watchers.append(watcher)
+            watchers.append(watcher.start(wait=self.backend.timeout))
+        return ConfigWatch(tuple(watchers))
+
+    def _report(self, old_winners, new_winners, callback, on_error) -> None:
+        for item in sorted(set(old_winners) | set(new_winners)):
+            old, new = old_winners.get(item), new_winners.get(item)
+            if (old and old[1]) == (new and new[1]):  # same resolved value (any level)
+                continue
+            if new is None:
+                callback(item, None)
+                continue
+            try:
+                value = self.decode(item, new[0], new[1])
+            except ConfigValueError as exc:
+                on_error(exc)
+                continue
+            callback(item, value)
 
     def close(self) -> None:
         """Stop every watcher started by :meth:`watch`."""
         watchers, self._watchers = self._watchers, []
         for watcher in watchers:
+            watcher.stop()
+
+
+class ConfigWatch:
+    """What :meth:`LayeredConfig.watch` returns: one watcher per root."""
+
+    def __init__(self, watchers: tuple[PrefixWatcher, ...]):
+        self.watchers = watchers
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
             watcher.stop()
 
 

@@ -52,6 +52,7 @@ class RuntimeContext:
     base_env: Mapping[str, str] = field(default_factory=dict)
     wall: Callable[[], float] = time.time  # wall clock (schedules, records)
     metrics: Any = None  # runtime.metrics.Metrics when the supervisor runs (counters only)
+    config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
 
     @property
     def cluster(self) -> str:
@@ -73,6 +74,8 @@ class RuntimeContext:
             "ETCDVISOR_CLUSTER": self.cluster,
             "ETCDVISOR_MEMBER_ID": self.member_id,
         })
+        if self.config_env is not None:
+            env.update(self.config_env(role, name, extra_env))
         env.update(extra_env)
         return ChildSpec(name=name, argv=role.command, env=env, cwd=self.config.role_cwd(role),
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,

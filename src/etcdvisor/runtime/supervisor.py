@@ -41,6 +41,7 @@ from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster, describe
+from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
 
@@ -109,6 +110,7 @@ class Supervisor:
         self.ctx: RuntimeContext | None = None
         self.watch_config = watch_config
         self.file_watcher: ConfigFileWatcher | None = None
+        self.wiring: SeedWiring | None = None
         self._record_retry: float | None = None
         self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict = {}
@@ -182,6 +184,12 @@ class Supervisor:
         self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
+        self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
+                                 self.clock, self.reconciler,
+                                 lambda what, call, done=None: self.effects.submit(
+                                     Effect(WIRING_LANE, 0, what, call, done)))
+        self.ctx.config_env = self.wiring.child_env
+        self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
@@ -244,7 +252,8 @@ class Supervisor:
                           self._last_status)
 
     def _next_deadline(self) -> float | None:
-        deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline()]
+        deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
+                     self.wiring.next_deadline() if self.wiring is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -257,8 +266,10 @@ class Supervisor:
             self.gate.update(event)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
+        elif self.wiring is not None and self.wiring.owns(event):
+            self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
-            if event.role == SUPERVISOR_LANE:
+            if event.role in (SUPERVISOR_LANE, WIRING_LANE):
                 self._supervisor_effect_done(event.payload)
             else:
                 self.roster.deliver(event)
@@ -298,6 +309,8 @@ class Supervisor:
             self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
             roles = self._roles_status()
             self._effect("re-register the member", lambda: self.record.register(event.lease_id, roles))
+            if self.wiring is not None:
+                self.wiring.on_new_lease()
         self.roster.on_session(event)
 
     # --- reload ------------------------------------------------------------------
@@ -329,6 +342,8 @@ class Supervisor:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = self.ctx.config = plan.config
+        if self.wiring is not None:
+            self.wiring.reconfigure(plan.config)
         self.roster.retire(plan.retire)
         self.roster.queue(fresh)
         self.gate = self.gate.rebuild(self.config)
@@ -337,6 +352,9 @@ class Supervisor:
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
         self.roster.settle()
+        wiring = self.wiring  # None: a loop built without start() (tests)
+        if wiring is not None:
+            wiring.before_reconcile(now)
         for _ in range(2):  # once more when children exited: a run may free room for another
             for runner in self.roster.all():
                 allowed = runner in self.runners.values() and self.gate.allows(runner.name)
@@ -347,8 +365,11 @@ class Supervisor:
                 desired = self.roster.desired(runner, now) if allowed else {}
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
-                self.roster.apply(runner, desired)
-            if not self.reconciler.tick(now):
+                self.roster.apply(runner, wiring.gate(runner, desired) if wiring else desired)
+            events = self.reconciler.tick(now)
+            if wiring is not None:
+                wiring.after_tick(events)
+            if not events:
                 break
             now = self.clock()
         self._last_status = self._roles_status()
@@ -374,6 +395,9 @@ class Supervisor:
                 status[name]["waiting_for"] = waiting
             if self.ops.paused(name):
                 status[name]["paused"] = True
+            registered = self.wiring.status(name) if self.wiring is not None else None
+            if registered:
+                status[name]["registered"] = registered
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -409,6 +433,8 @@ class Supervisor:
         self.ops.stop()
         if self.file_watcher is not None:
             self.file_watcher.stop()
+        if self.wiring is not None:
+            self.wiring.close()
         if self.gate is not None:
             self.gate.stop()
         self.effects.close()

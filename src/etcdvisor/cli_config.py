@@ -1,0 +1,182 @@
+"""``supervisor config set|get|list|unset|watch``: the layered config of a cluster.
+
+Scopes: ``--member M`` (that member only), ``--cluster`` (default), ``--global``
+(every cluster). Reading with ``--member M`` resolves as member M's children
+see it: node (cross-cluster node-specific) > member > cluster > global;
+without it, cluster > global. The key layout is the config's
+``config_layout`` (``-c``), else ``--layout`` (default ``etcdvisor``).
+
+Values: ``--type int|float|bool|json|str`` converts VALUE; without ``--type``
+VALUE is taken as a stored string, as ``etcdctl put`` would write it
+(``int:5432`` is the integer 5432, ``5432`` the string "5432").
+
+Examples::
+
+    $ supervisor config set database.port 5433 --type int --member m1
+    $ supervisor config get database.port --member m1     # 5433  (member)
+    $ supervisor config list --json
+    $ supervisor config unset database.port --member m1
+    $ supervisor config watch --member m1                 # one line per resolved change
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+from typing import Any
+
+from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
+
+TYPES = ("int", "float", "bool", "json", "str")
+
+
+def parse_value(text: str, kind: str | None, layout: str):
+    """VALUE as typed by ``--type`` (UsageError when it does not parse)."""
+    from .recipes.layered_config import ConfigValueError, decode_value
+
+    try:
+        if kind is None:
+            return decode_value("VALUE", text, layout)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError("use true or false")
+            return text.lower() == "true"
+        if kind == "json":
+            return json.loads(text)
+        return text
+    except (ValueError, ConfigValueError) as exc:
+        raise UsageError(f"VALUE {text!r} is not a valid {kind or 'stored'} value: {exc}") from None
+
+
+def _layered(args, target: Target):
+    from .runtime.role_config import layered_config
+
+    config: Any = target.config
+    layout = config.config_layout if config is not None else args.layout
+    member = getattr(args, "member", None)
+    try:
+        backend: Any = target.backend
+        return layered_config(backend, target.cluster, member, layout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _scope(args) -> str:
+    if args.member:
+        return "member"
+    return "global" if args.global_ else "cluster"
+
+
+def _show(value) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+@operator_verb
+def cmd_config(args, target: Target) -> int:
+    cfg = _layered(args, target)
+    try:
+        if args.action == "set":
+            return _set(args, cfg)
+        if args.action == "unset":
+            removed = cfg.unset(args.item, _scope(args))
+            print(f"{args.item}: {'unset' if removed else 'was not set'} ({_scope(args)})")
+            return EXIT_OK
+        if args.action == "watch":
+            return _watch(args, cfg)
+        return _read(args, cfg)
+    except ValueError as exc:  # bad item name, a value the layout cannot store
+        from .recipes.layered_config import ConfigValueError
+
+        if isinstance(exc, ConfigValueError):
+            raise
+        raise UsageError(str(exc)) from None
+
+
+def _set(args, cfg) -> int:
+    if args.value is None:
+        raise UsageError("config set needs ITEM and VALUE")
+    value = parse_value(args.value, args.type, cfg.layout)
+    cfg.set(args.item, value, _scope(args))
+    print(f"{args.item} = {_show(value)} ({_scope(args)})")
+    return EXIT_OK
+
+
+def _read(args, cfg) -> int:
+    raw = cfg.raw_items()
+    if args.action == "get":
+        if args.item not in raw:
+            print(f"error: {args.item}: not set in any scope", file=sys.stderr)
+            return EXIT_FAIL
+        raw = {args.item: raw[args.item]}
+    rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope}
+            for item, (scope, text) in sorted(raw.items())}
+    if args.json:
+        print(json.dumps(rows[args.item] if args.action == "get" else rows, indent=2, sort_keys=True))
+    elif args.action == "get":
+        print(f"{_show(rows[args.item]['value'])}  ({rows[args.item]['scope']})")
+    else:
+        for item, row in rows.items():
+            print(f"{item} = {_show(row['value'])}  ({row['scope']})")
+    return EXIT_OK
+
+
+def _watch(args, cfg) -> int:
+    changes: queue.SimpleQueue = queue.SimpleQueue()
+    watch = cfg.watch(lambda item, value: changes.put((item, value)),
+                      on_error=lambda exc: changes.put((None, str(exc))))
+    who = f"member {cfg.node}" if cfg.node else "the cluster"
+    print(f"watching the {cfg.layout} config of cluster {cfg.cluster} as {who} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            item, value = changes.get()
+            if item is None:
+                print(f"error: {value}", file=sys.stderr, flush=True)
+                continue
+            seen += 1
+            if args.json:
+                print(json.dumps({"item": item, "value": value, "unset": value is None}), flush=True)
+            else:
+                print(f"{item} unset" if value is None else f"{item} = {_show(value)}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watch.stop()
+    return EXIT_OK
+
+
+def add_config_verb(subparsers, common) -> None:
+    parser = subparsers.add_parser("config", parents=[common],
+                                   help="set/get/list/unset/watch the layered config children see")
+    parser.add_argument("action", choices=["set", "get", "list", "unset", "watch"])
+    parser.add_argument("item", metavar="ITEM", nargs="?")
+    parser.add_argument("value", metavar="VALUE", nargs="?")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--member", metavar="M", help="member scope (and, for get/list/watch, resolve as M)")
+    scope.add_argument("--cluster", action="store_true", help="cluster scope (the default)")
+    scope.add_argument("--global", dest="global_", action="store_true", help="every cluster")
+    parser.add_argument("--type", choices=TYPES, help="for set: how to read VALUE")
+    parser.add_argument("--json", action="store_true", help="for get/list/watch: JSON output")
+    parser.add_argument("--layout", choices=["etcdvisor", "ergo"], default="etcdvisor",
+                        help="key layout without -c (default etcdvisor)")
+    parser.add_argument("--count", type=int, metavar="N", help="for watch: exit after N changes")
+    parser.set_defaults(func=_checked(cmd_config))
+
+
+def _checked(func):
+    def run(args) -> int:
+        needs_item = args.action in ("set", "get", "unset")
+        if needs_item and not args.item:
+            print(f"error: config {args.action} needs ITEM", file=sys.stderr)
+            return 2
+        if not needs_item and args.item:
+            print(f"error: config {args.action} takes no ITEM", file=sys.stderr)
+            return 2
+        return func(args)
+    return run

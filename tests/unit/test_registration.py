@@ -1,0 +1,158 @@
+"""The loop-side decisions of ``register:`` and ``peers:`` (runtime/registration.py),
+turn by turn over the memory backend: nothing touches the store or a file
+until the queued effects run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from etcdvisor.config import load
+from etcdvisor.coord import open_backend
+from etcdvisor.process.slot import Exited, Started, Stopped
+from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.recipes.registry import ServiceInfo
+from etcdvisor.runtime.registration import PeersSnapshot, Registration, cluster_registry
+
+from .test_role_config import Effects
+
+
+class FakeChild:
+    def __init__(self, spec):
+        self.spec, self.alive, self.stops = spec, True, []
+
+    def stop(self, now):
+        self.stops.append(now)
+
+
+class FakeSlot:
+    def __init__(self, name, spec):
+        self.name, self.desired, self.child, self.signals = name, spec, FakeChild(spec), []
+
+    def signal(self, signum):
+        self.signals.append(signum)
+        return True
+
+
+def config_with(tmp_path, on_change):
+    doc = {"cluster": "c", "etcd": {"endpoints": "memory://x"}, "roles": {
+        "api": {"type": "sharded", "command": ["true"],
+                "register": {"service": "api", "address": "{member}.local:{port}", "port": "9000 + {index}",
+                             "meta": {"shard": "{index}"}}},
+        "gw": {"type": "singleton", "command": ["true"], "cwd": str(tmp_path / "gw"),
+               "peers": {"api": {"file": "peers/api.json", "on_change": on_change}}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load(path)
+
+
+@pytest.fixture
+def make(tmp_path):
+    backends = []
+
+    def build(on_change="signal:HUP"):
+        config = config_with(tmp_path, on_change)
+        backend = open_backend("memory://unit-registration-" + os.urandom(3).hex())
+        backends.append(backend)
+        lease = backend.lease_grant(30).id
+        session = SimpleNamespace(lease_id=lease)
+        effects = Effects()
+        reg = Registration(config, backend, session, "m0", lambda _e: None, effects, clock=lambda: 100.0)
+        return SimpleNamespace(config=config, backend=backend, reg=reg, effects=effects, lease=lease)
+
+    yield build
+    for backend in backends:
+        backend.close()
+
+
+def api_slot(index=2):
+    spec = ChildSpec(name=f"api[{index}]", argv=("true",), env={"INDEX": str(index)})
+    return FakeSlot("api/api", spec)
+
+
+def test_registers_on_start_and_deregisters_on_exit(make):
+    s = make()
+    slot = api_slot()
+    children = [(SimpleNamespace(name="api"), "api", slot)]
+    s.reg.on_slot_events([Started("api/api", 123)], children)
+    registry = cluster_registry(s.backend, "c")
+    assert registry.discover("api") == []  # not before the effect ran
+    s.effects.run()
+    (info,) = registry.discover("api")
+    assert info == ServiceInfo(name="api", id="m0.api.2", address="m0.local:9002", port=9002,
+                               metadata={"shard": "2", "member": "m0", "role": "api"})
+    key = registry.instance_key("api", "m0.api.2")
+    assert key == "/etcdvisor/c/services/api/instances/m0.api.2"
+    assert s.backend.get(key).lease == s.lease  # the member's lease: gone when the member dies
+    assert s.reg.status("api") == [{"service": "api", "id": "m0.api.2", "address": "m0.local:9002", "port": 9002}]
+    s.reg.session.lease_id = s.backend.lease_grant(30).id  # a new lease: put again on it
+    s.reg.on_new_lease()
+    s.effects.run()
+    assert s.backend.get(key).lease == s.reg.session.lease_id
+    s.reg.on_slot_events([Exited("api/api", 1, 3.0, 104.0)], children)
+    s.effects.run()
+    assert registry.discover("api") == [] and s.reg.status("api") == []
+    s.reg.on_slot_events([Stopped("api/api", 0)], children)  # nothing registered: nothing to do
+    assert s.effects.queued == []
+
+
+def peers_event(*ids):
+    return PeersSnapshot("api", tuple(ServiceInfo(name="api", id=i, address=f"{i}:1", port=1) for i in ids))
+
+
+@pytest.mark.parametrize("on_change, signals, stops", [
+    ("signal:HUP", [signal.SIGHUP], 0), ("restart", [], 1), ("none", [], 0)])
+def test_peers_file_then_action(make, tmp_path, on_change, signals, stops):
+    s = make(on_change)
+    role = s.config.role("gw")
+    spec = ChildSpec(name="gw", argv=("true",), env={})
+    assert s.reg.gate(role, {"gw": spec}, {}) == {}  # no file yet: no start
+    slot = FakeSlot("gw/gw", spec)
+    children = [(SimpleNamespace(name="gw"), "gw", slot)]
+    s.reg.handle(peers_event("a"), lambda: children)
+    s.effects.run()
+    path = tmp_path / "gw" / "peers" / "api.json"
+    assert [p["id"] for p in json.loads(path.read_text())] == ["a"]
+    assert s.reg.gate(role, {"gw": spec}, {}) == {"gw": spec}
+    assert slot.signals == [] and slot.child.stops == []  # the first file is not a change
+    s.reg.handle(peers_event("a", "b"), lambda: children)
+    assert slot.signals == []  # not before the file is written
+    s.effects.run()
+    assert [p["id"] for p in json.loads(path.read_text())] == ["a", "b"]
+    assert slot.signals == signals and len(slot.child.stops) == stops
+    s.reg.handle(peers_event("a", "b"), lambda: children)  # same list: nothing
+    assert s.effects.queued == []
+
+
+def test_a_failed_registry_write_is_retried(make):
+    s = make()
+    now = [100.0]
+    s.reg.clock = lambda: now[0]
+    slot = api_slot()
+    children = [(SimpleNamespace(name="api"), "api", slot)]
+    s.reg.on_slot_events([Started("api/api", 123)], children)
+    real_put = s.backend.put
+    s.backend.put = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("etcd hiccup"))
+    s.effects.run()
+    assert s.reg.next_deadline() == 101.0
+    s.reg.retry_due(100.5)
+    assert s.effects.queued == []  # not yet
+    s.backend.put = real_put
+    now[0] = 101.0
+    s.reg.retry_due(101.0)
+    s.effects.run()
+    assert [i.id for i in cluster_registry(s.backend, "c").discover("api")] == ["m0.api.2"]
+    assert s.reg.next_deadline() is None
+    real_delete = s.backend.delete
+    s.backend.delete = lambda *a, **k: (_ for _ in ()).throw(ConnectionError("etcd hiccup"))
+    s.reg.on_slot_events([Stopped("api/api", 0)], children)
+    s.effects.run()
+    s.backend.delete = real_delete
+    s.reg.retry_due(102.0)
+    s.effects.run()
+    assert cluster_registry(s.backend, "c").discover("api") == []
