@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit
 from _supervisors import BenchFleet
-
 from etcdvisor.runtime.role_config import layered_config
 
 CHILD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "seed_child.py"
@@ -52,6 +52,7 @@ def main() -> int:
                    if r["index"] is not None}) < args.members:
             if time.monotonic() > deadline:
                 print("children did not start", file=sys.stderr)
+                emit("config_propagation", {"members": args.members, "error": "children did not start"})
                 return 1
             time.sleep(0.1)
         time.sleep(2.0)  # resharding settles: every child runs with the final COUNT
@@ -92,6 +93,12 @@ def main() -> int:
             for t, line in fleet.log_lines():
                 if t > put_at - 0.1:
                     print(f"{(t - put_at) * 1000:8.0f}ms {line}")
+        emit("config_propagation", {
+            "members": args.members, "changes": args.changes, "interval_s": args.interval,
+            "hup_n": len(latencies), "hup_p50_ms": percentile(latencies, 0.5),
+            "hup_p99_ms": percentile(latencies, 0.99), "hup_max_ms": max(latencies),
+            "not_seen_individually": missing,
+            "restart_first_child_ms": (restarted - put_at) * 1000 if restarted is not None else None})
         return 0
     finally:
         fleet.close()

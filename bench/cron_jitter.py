@@ -25,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _supervisors import BenchFleet, percentile  # noqa: E402
+from _report import emit
+from _supervisors import BenchFleet, percentile
 
 ROLE = "tick"
 
 
-def run(seconds: float, members: int, every: str) -> None:
+def run(seconds: float, members: int, every: str) -> dict:
     fleet = BenchFleet("cron-jitter")
     try:
         config = fleet.write_config({ROLE: {
@@ -39,22 +40,23 @@ def run(seconds: float, members: int, every: str) -> None:
         fleet.start(members, config)
         if not fleet.wait_roles(ROLE, members, timeout=60):
             print("supervisors did not start within 60s", file=sys.stderr)
-            return
+            return {"error": "supervisors did not start within 60s"}
         begin = time.time()
         time.sleep(seconds)
         end = time.time()
         time.sleep(0.5)  # the last child has recorded itself
-        report(fleet.records(), begin, end, members, every)
+        return report(fleet.records(), begin, end, members, every)
     finally:
         fleet.close()
 
 
-def report(records: list[dict], begin: float, end: float, members: int, every: str) -> None:
+def report(records: list[dict], begin: float, end: float, members: int, every: str) -> dict:
+    """Print the figures and return them (for the JSON line)."""
     runs = [(datetime.fromisoformat(r["scheduled_time"]).timestamp(), r["t"]) for r in records]
     print(f"cron jitter: @every {every}, {members} member(s), {end - begin:.0f}s observed, local etcd")
     if not runs:
         print("  no tick ran")
-        return
+        return {"members": members, "every": every, "runs": 0}
     lateness = [(started - scheduled) * 1000 for scheduled, started in runs]
     counts = Counter(scheduled for scheduled, _ in runs)
     first = min(counts)
@@ -66,11 +68,17 @@ def report(records: list[dict], begin: float, end: float, members: int, every: s
           f"end); missing {len(missing)}, run twice {len(doubled)}; {len(runs)} runs in all")
     print(f"  start - scheduled: p50 {percentile(lateness, .5):6.1f} ms, p99 {percentile(lateness, .99):6.1f} ms, "
           f"max {max(lateness):6.1f} ms, min {min(lateness):6.1f} ms")
-    print(f"  (of which child interpreter start-up, measured here: ~{interpreter_startup_ms():.0f} ms)")
+    startup = interpreter_startup_ms()
+    print(f"  (of which child interpreter start-up, measured here: ~{startup:.0f} ms)")
     if missing:
         print(f"  missing ticks: {[datetime.fromtimestamp(t).isoformat() for t in missing][:10]}")
     if doubled:
         print(f"  ticks run twice: {doubled}")
+    return {"members": members, "every": every, "observed_s": end - begin, "due": len(due),
+            "missing": len(missing), "run_twice": len(doubled), "runs": len(runs),
+            "late_p50_ms": percentile(lateness, .5), "late_p99_ms": percentile(lateness, .99),
+            "late_max_ms": max(lateness), "late_min_ms": min(lateness),
+            "child_interpreter_startup_ms": startup}
 
 
 def interpreter_startup_ms(samples: int = 5) -> float:
@@ -90,8 +98,9 @@ def main(argv=None) -> int:
     parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--every", default="1s", help="the @every period")
     args = parser.parse_args(argv)
-    run(min(args.seconds, 100.0), args.members, args.every)
-    return 0
+    figures = run(min(args.seconds, 100.0), args.members, args.every)
+    emit("cron_jitter", figures)
+    return 1 if "error" in figures else 0
 
 
 if __name__ == "__main__":

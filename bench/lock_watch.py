@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report import emit  # noqa: E402
 from _supervisors import percentile  # noqa: E402
-
 from etcdvisor import kv  # noqa: E402
 from etcdvisor.coord import open_backend  # noqa: E402
 from etcdvisor.recipes.lock import Lock  # noqa: E402
@@ -102,19 +102,26 @@ def main() -> None:
     parser.add_argument("--rewrites", type=int, default=200)
     args = parser.parse_args()
     server = EtcdServer(name="bench-lock").start()
+    figures: dict = {"rounds": args.rounds, "timed": args.timed, "rewrites": args.rewrites}
     try:
         lat = handover(server.url, args.rounds)
+        figures.update(handover_p50_ms=percentile(lat, .5), handover_p99_ms=percentile(lat, .99),
+                       handover_max_ms=max(lat))
         print(f"lock handover (release -> next holds), {len(lat)} rounds: p50 {percentile(lat, .5):.1f} ms, "
               f"p99 {percentile(lat, .99):.1f} ms, max {max(lat):.1f} ms")
         passed = timed(server.url, args.timed)
         print(f"max_hold 2 s, idle holder: lock passed on after {', '.join(f'{p:.2f}' for p in passed)} s")
+        figures["max_hold_passed_s"] = passed
         lat, woke, every = watch(server.url, args.rounds, args.rewrites)
+        figures.update(watch_p50_ms=percentile(lat, .5), watch_p99_ms=percentile(lat, .99),
+                       rewrite_wakeups_default=woke, rewrite_wakeups_every_write=every)
         print(f"kv watch put -> callback, {len(lat)} changes: p50 {percentile(lat, .5):.1f} ms, "
               f"p99 {percentile(lat, .99):.1f} ms")
         print(f"kv watch, {args.rewrites} rewrites of the same value: {woke} wake-ups by default, "
               f"{every} with every_write=True")
     finally:
         server.stop()
+    emit("lock_watch", figures)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,26 @@
-"""Measure ``supervisor run``: reshard latency, singleton failover, idle cost.
+"""Measure ``supervisor run``: reshard latency and etcd load, singleton
+failover and hand-off, idle cost. The last line of output is one JSON object
+with every figure (bench/_report.py).
 
 Prints figures, asserts nothing. Starts its own etcd (etcdvisor.testing.EtcdServer)
-and its own processes in a temp directory; every run takes well under 3 minutes::
+and its own processes in a temp directory::
 
-    /tmp/venv/bin/python bench/supervisor_bench.py [--settle 0.5] [--ttl 4] [--idle-seconds 30]
+    python bench/supervisor_bench.py [--members 10] [--leaves 5] [--settle 0.5] [--ttl 4]
+                                     [--failovers 3] [--idle-seconds 30] [--skip idle ...]
 
-1. Reshard latency, N members (default 10) running one sharded role: from a clean
-   leave (SIGTERM; measured from the supervisor's exit) and from a crash (SIGKILL) to
-   the moment every remaining member runs a child with the new COUNT (the start time
-   the last such child recorded itself). A leave is expected near ``settle``, a crash
-   near ``ttl + settle``: both are printed so the reader can subtract.
-2. Singleton failover: the leader's supervisor is SIGKILLed; time until the new
-   leader's child started (it records its own start), over several repetitions.
+1. Reshard, N members (default 10) running one sharded role: ``--leaves`` clean
+   leaves in a row (SIGTERM; measured from the supervisor's exit; p99 over them)
+   and one crash (SIGKILL) until every remaining member runs a child with the new
+   COUNT (the start time the last such child recorded itself). A leave is expected
+   near ``settle``, a crash near ``ttl + settle``. Leaves are also measured from the
+   leaving member's child being reaped (polled) to the fork of the last new child
+   (/proc start times), without the children's interpreter start-up. etcd's load is read from its
+   /metrics (bench/_etcd_metrics.py): requests/s, keepalives/s and watch events/s in
+   a quiet 10 s window, and requests, watch events and revisions per clean leave.
+2. Singleton failover, 3 members: (a) the leader's supervisor is SIGKILLed: time
+   until the new leader's child started; (b) it is stopped with SIGTERM: the clean
+   hand-off, from the old child's exit to the new child's fork (its /proc start
+   time) and to its first recorded line.
 3. Idle cost: one supervisor with 5 idle children for ``--idle-seconds``, next to
    supervisord running the same 5 children in the same window: RSS and CPU%
    (psutil cpu_times delta over wall time). The supervisor's watchdog helper is shown
@@ -24,113 +33,48 @@ to $WORK_RECORD; all times are wall-clock (time.time()) on one machine.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-import yaml
-
-from etcdvisor.process.watchdog import find_helper
+from _etcd_metrics import delta, scrape
+from _fleet import (
+    BenchTimeout,
+    Fleet,
+    _wait_reaped,
+    fork_time,
+    live_children,
+    read_records,
+)
+from _idle import bench_idle, report_idle
+from _report import emit
 from etcdvisor.testing import EtcdServer, wait_for
-
-REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "examples" / "worker.py"
-IDLE_CHILD = ["sleep", "1000000"]
-
-
-class BenchTimeout(RuntimeError):
-    pass
-
-
-def read_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # being written
-    return out
-
-
-def live_children(path: Path, role: str) -> list[dict]:
-    """Start records of children of ``role`` that have neither a stop record
-    nor died (a SIGKILLed supervisor's children write no stop line)."""
-    records = read_records(path)
-    stopped = {r["pid"] for r in records if r["event"] == "stop"}
-    live = []
-    for rec in records:
-        if rec["event"] == "start" and rec["role"] == role and rec["pid"] not in stopped:
-            try:
-                if psutil.Process(rec["pid"]).status() != psutil.STATUS_ZOMBIE:
-                    live.append(rec)
-            except psutil.NoSuchProcess:
-                pass
-    return live
-
-
-class Fleet:
-    """``supervisor run`` processes sharing one etcd, one cluster, one record file."""
-
-    def __init__(self, workdir: Path, etcd_url: str, name: str):
-        self.dir = workdir / name
-        self.dir.mkdir()
-        self.etcd_url = etcd_url
-        self.cluster = f"bench-{name}-{os.urandom(3).hex()}"
-        self.record = self.dir / "records.jsonl"
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def config(self, roles: dict, ttl: int) -> Path:
-        doc = {"cluster": self.cluster, "etcd": {"endpoints": [self.etcd_url]},
-               "member": {"ttl": ttl, "state_dir": str(self.dir / "state")}, "roles": roles}
-        path = self.dir / "config.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
-
-    def worker_role(self, type_: str, **keys) -> dict:
-        return {"type": type_, "command": [sys.executable, str(WORKER)],
-                "env": {"WORK_RECORD": str(self.record), "WORK_INTERVAL": "1000"},
-                "stop_timeout": "0.5s", **keys}
-
-    def start(self, member_id: str, config: Path) -> subprocess.Popen:
-        env = dict(os.environ, ETCDVISOR_ENDPOINTS=self.etcd_url, ETCDVISOR_MEMBER_ID=member_id)
-        with open(self.dir / f"{member_id}.out", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "etcdvisor.cli", "run", str(config)],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        self.procs[member_id] = proc
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for rec in read_records(self.record):  # children of killed supervisors, if any
-            if rec["event"] == "start":
-                try:
-                    psutil.Process(rec["pid"]).kill()
-                except psutil.Error:
-                    pass
-
 
 # --- 1. reshard latency ----------------------------------------------------------------
 
-def settled(fleet: Fleet, members: set[str], timeout: float) -> float:
+# Members are started a few at a time, each batch joined before the next: 50
+# interpreters starting at once on 2 cores starve etcd and each other, and a
+# supervisor that cannot reach etcd within its timeout at start-up exits.
+JOIN_BATCH = 5
+
+
+def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None = None) -> float:
     """Wait until each of ``members`` runs one child with COUNT=len(members) and the
-    indices are 0..N-1; return the start time of the newest of those children."""
+    indices are 0..N-1; return the start time of the newest of those children.
+    With ``alive``, a supervisor of ``members`` that exited aborts the wait."""
     count = len(members)
 
     def check():
+        for member_id in members if alive is not None else ():
+            if alive.procs[member_id].poll() is not None:
+                log = (alive.dir / f"{member_id}.out").read_text(errors="replace").strip()
+                raise BenchTimeout(f"supervisor {member_id} exited: {log.splitlines()[-1] if log else '?'}")
         live = [r for r in live_children(fleet.record, "worker") if r["count"] == str(count)]
         if {r["member_id"] for r in live} == members and \
                 sorted(int(r["index"]) for r in live) == list(range(count)):
@@ -140,60 +84,143 @@ def settled(fleet: Fleet, members: set[str], timeout: float) -> float:
     return wait_for(check, timeout, f"{count} members settled")
 
 
-def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int) -> dict:
+def newest_fork(fleet: Fleet, members: set[str]) -> float:
+    """When the newest of the members' running children was forked."""
+    count = str(len(members))
+    return max(fork_time(r["pid"]) for r in live_children(fleet.record, "worker")
+               if r["count"] == count and r["member_id"] in members)
+
+
+def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int,
+                  leaves: int = 5) -> dict:
+    """Clean leaves one after the other (N -> N-leaves), then one crash; etcd's
+    load in a quiet window and per membership change (from its /metrics)."""
     fleet = Fleet(workdir, etcd_url, "reshard")
     try:
         config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
-        ids = {f"m{i}" for i in range(members)}
-        for member_id in sorted(ids):
-            fleet.start(member_id, config)
-        settled(fleet, ids, timeout=90)
-        time.sleep(settle + 0.5)
+        ids: set[str] = set()
+        began = time.monotonic()
+        for first in range(0, members, JOIN_BATCH):  # see JOIN_BATCH
+            batch = [f"m{i}" for i in range(first, min(members, first + JOIN_BATCH))]
+            for member_id in batch:
+                fleet.start(member_id, config)
+            ids.update(batch)
+            settled(fleet, ids, timeout=60 + members, alive=fleet)
+        join_seconds = time.monotonic() - began
+        time.sleep(settle + 1.5)
+        quiet = _quiet_load(etcd_url, seconds=10.0)
 
-        leaving = fleet.procs["m3"]
-        sent = time.time()
-        leaving.send_signal(signal.SIGTERM)
-        leaving.wait(30)
-        exited = time.time()
-        ids.discard("m3")
-        leave_done = settled(fleet, ids, timeout=30)
+        leave_times, signal_times, fork_times, changes = [], [], [], []
+        victims = [f"m{i}" for i in range(members - 1, 0, -max(1, members // (leaves + 1)))][:leaves]
+        for victim in victims:
+            before, t0 = scrape(etcd_url), time.monotonic()
+            victim_child = [r["pid"] for r in live_children(fleet.record, "worker") if r["member_id"] == victim]
+            sent = time.time()
+            fleet.procs[victim].send_signal(signal.SIGTERM)
+            reaped = _wait_reaped(victim_child[0], 30) if victim_child else float("nan")
+            fleet.procs[victim].wait(30)
+            exited = time.time()
+            ids.discard(victim)
+            done = settled(fleet, ids, timeout=30)
+            leave_times.append(done - exited)
+            signal_times.append(done - sent)
+            fork_times.append(newest_fork(fleet, ids) - reaped)
+            time.sleep(settle + 1.0)  # the tail of the change (late watch events, claims)
+            change = delta(before, scrape(etcd_url))
+            window = time.monotonic() - t0
+            change["window_s"] = window
+            change["requests_minus_quiet"] = change["requests"] - quiet["requests_per_s"] * window
+            change["watch_events_minus_quiet"] = change["watch_events"] - quiet["watch_events_per_s"] * window
+            changes.append(change)
 
-        fleet.start("m3b", config)  # back to `members` before the crash
-        ids.add("m3b")
-        settled(fleet, ids, timeout=60)
-        time.sleep(settle + 0.5)
         killed = time.time()
-        fleet.procs["m5"].kill()
-        fleet.procs["m5"].wait()
-        ids.discard("m5")
-        crash_done = settled(fleet, ids, timeout=ttl + 30)
-        return {"leave_from_exit": leave_done - exited, "leave_from_signal": leave_done - sent,
-                "crash": crash_done - killed, "remaining": len(ids)}
+        crash_victim = sorted(ids)[len(ids) // 2]
+        fleet.procs[crash_victim].kill()
+        fleet.procs[crash_victim].wait()
+        ids.discard(crash_victim)
+        crash_done = settled(fleet, ids, timeout=ttl + 30 + members)
+        return {"members": members, "join_all_s": join_seconds, "leaves": len(leave_times),
+                "leave_from_exit": leave_times, "leave_from_signal": signal_times,
+                "leave_minus_settle_p99": percentile([t - settle for t in leave_times], 0.99),
+                "leave_forked_from_reaped": fork_times,
+                "leave_forked_minus_settle_p99": percentile([t - settle for t in fork_times], 0.99),
+                "crash": crash_done - killed, "remaining": len(ids), "quiet_load": quiet,
+                "per_leave": {"requests": statistics.median(c["requests_minus_quiet"] for c in changes),
+                              "writes": statistics.median(c["writes"] for c in changes),
+                              "watch_responses": statistics.median(c["watch_responses"] for c in changes),
+                              "watch_events": statistics.median(c["watch_events_minus_quiet"] for c in changes),
+                              "revisions": statistics.median(c["revisions"] for c in changes),
+                              "detail": changes}}
     finally:
         fleet.close()
 
 
+def _quiet_load(etcd_url: str, seconds: float) -> dict:
+    """etcd's request, watch-event and revision rates while nothing changes."""
+    before, t0 = scrape(etcd_url), time.monotonic()
+    time.sleep(seconds)
+    change = delta(before, scrape(etcd_url))
+    wall = time.monotonic() - t0
+    return {"seconds": wall, "requests_per_s": change["requests"] / wall,
+            "watch_events_per_s": change["watch_events"] / wall,
+            "watch_responses_per_s": change["watch_responses"] / wall, "writes_per_s": change["writes"] / wall,
+            "revisions_per_s": change["revisions"] / wall, "keepalives_per_s": change["keepalives"] / wall,
+            "watchers": change["watchers"], "watch_streams": change["watch_streams"],
+            "by_method_per_s": {m: v / wall for m, v in change["by_method"].items()}}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (of 5 values, p99 is the maximum)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
 # --- 2. singleton failover -------------------------------------------------------------
 
-def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int) -> list[float]:
-    fleet = Fleet(workdir, etcd_url, "failover")
+def bench_failover(workdir: Path, etcd_url: str, ttl: int, repetitions: int, how: str) -> list[dict]:
+    """The leader's supervisor is SIGKILLed (``how="kill"``) or stopped with
+    SIGTERM (``how="term"``); per repetition: kill/signal -> the new leader's
+    child started, and (SIGTERM) the old child's last record (written as it
+    exits, so just before it is reaped) -> the new child started."""
+    fleet = Fleet(workdir, etcd_url, f"failover-{how}")
     try:
         config = fleet.config({"lead": fleet.worker_role("singleton")}, ttl)
         for i in range(3):
             fleet.start(f"s{i}", config)
-        times, token, spare = [], 0, 3
+        runs, token, spare = [], 0, 3
         for _ in range(repetitions):
-            leader = wait_for(lambda: _leader(fleet, token), 60, "a leader child")
+            leader = wait_for(lambda above=token: _leader(fleet, above), 60, "a leader child")
             token = int(leader["leader_token"])
             time.sleep(1.5)  # let the followers' campaigns settle behind the leader
-            killed = time.time()
-            fleet.procs[leader["member_id"]].kill()
-            fleet.procs[leader["member_id"]].wait()
-            successor = wait_for(lambda: _leader(fleet, token), ttl + 30, "a new leader child")
-            times.append(successor["t"] - killed)
+            proc = fleet.procs[leader["member_id"]]
+            signalled = time.time()
+            reaped = float("nan")
+            if how == "kill":
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGTERM)
+                reaped = _wait_reaped(leader["pid"], 30)
+            proc.wait(30)
+            successor = wait_for(lambda above=token: _leader(fleet, above), ttl + 30, "a new leader child")
+            run = {"from_signal": successor["t"] - signalled}
+            if how == "term":
+                stops = [r["t"] for r in read_records(fleet.record)
+                         if r["event"] == "stop" and r["pid"] == leader["pid"]]
+                stopped = stops[0] if stops else float("nan")
+                run["from_old_child_exit"] = successor["t"] - stopped
+                run["fork_from_old_child_exit"] = fork_time(successor["pid"]) - stopped
+                run["fork_from_old_child_reaped"] = fork_time(successor["pid"]) - reaped
+            runs.append(run)
             fleet.start(f"s{spare}", config)  # keep three candidates
+            # let it finish starting (seconds of CPU on a loaded machine) before the
+            # next measurement, which it would otherwise slow down
+            log = fleet.dir / f"s{spare}.out"
+            wait_for(lambda log=log: log.exists() and "joined cluster" in log.read_text(errors="replace"),
+                     60, f"s{spare} joined")
             spare += 1
-        return times
+        return runs
     finally:
         fleet.close()
 
@@ -204,147 +231,100 @@ def _leader(fleet: Fleet, above: int) -> dict | None:
     return live[-1] if live else None
 
 
-# --- 3. idle cost ------------------------------------------------------------------------
-
-def start_supervisord(workdir: Path) -> subprocess.Popen:
-    binary = shutil.which("supervisord") or str(Path(sys.executable).parent / "supervisord")
-    if not os.access(binary, os.X_OK):
-        raise FileNotFoundError("supervisord not found (pip install 'etcdvisor[bench]')")
-    sdir = workdir / "supervisord"
-    sdir.mkdir()
-    programs = "".join(
-        f"\n[program:idle{i}]\ncommand={' '.join(IDLE_CHILD)}\nautorestart=true\n"
-        f"stdout_logfile={sdir}/idle{i}.log\nredirect_stderr=true\n" for i in range(5))
-    conf = sdir / "supervisord.conf"
-    conf.write_text(f"[supervisord]\nnodaemon=true\nlogfile={sdir}/supervisord.log\n"
-                    f"pidfile={sdir}/supervisord.pid\nchildlogdir={sdir}\n{programs}")
-    return subprocess.Popen([binary, "-n", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=sdir)
-
-
-class Meter:
-    """CPU seconds and RSS of one process between ``begin()`` and ``end()``."""
-
-    def __init__(self, label: str, pid: int):
-        self.label = label
-        self.proc = psutil.Process(pid)
-
-    def begin(self) -> None:
-        times = self.proc.cpu_times()
-        self.cpu0, self.wall0 = times.user + times.system, time.monotonic()
-
-    def end(self) -> dict:
-        times = self.proc.cpu_times()
-        wall = time.monotonic() - self.wall0
-        mem = self.proc.memory_info()
-        return {"label": self.label, "rss_mib": mem.rss / 2**20,
-                "uss_mib": _uss(self.proc) / 2**20,
-                "cpu_pct": 100.0 * (times.user + times.system - self.cpu0) / wall}
-
-
-def _uss(proc: psutil.Process) -> float:
-    try:
-        return proc.memory_full_info().uss
-    except (psutil.AccessDenied, AttributeError):
-        return float("nan")
-
-
-IDLE_TTL = 10  # the default member.ttl; keepalives go out about every second whatever the TTL
-
-
-def bench_idle(workdir: Path, etcd_server: EtcdServer, seconds: float) -> list[dict]:
-    fleet = Fleet(workdir, etcd_server.url, "idle")
-    roles = {f"idle{i}": {"type": "sharded", "command": list(IDLE_CHILD), "settle": "0s",
-                          "stop_timeout": "1s"} for i in range(5)}
-    config = fleet.config(roles, IDLE_TTL)
-    supervisor = fleet.start("idle-0", config)
-    supervisord = start_supervisord(workdir)
-    try:
-        def children_of(pid: int) -> list[psutil.Process]:
-            if supervisor.poll() is not None:
-                raise BenchTimeout(f"supervisor exited: {(fleet.dir / 'idle-0.out').read_text()}")
-            return [p for p in psutil.Process(pid).children(recursive=True) if p.name() == "sleep"]
-
-        wait_for(lambda: len(children_of(supervisor.pid)) == 5, 60, "5 etcdvisor children")
-        wait_for(lambda: len(children_of(supervisord.pid)) == 5, 60, "5 supervisord children")
-        watchdog = wait_for(lambda: find_helper(supervisor.pid), 10, "the watchdog helper")
-        time.sleep(2.0)  # let start-up work (imports, joins, first record writes) finish
-        meters = [Meter("etcdvisor supervisor", supervisor.pid), Meter("  its watchdog helper", watchdog),
-                  Meter("supervisord", supervisord.pid), Meter("etcd server (shared)", etcd_server.proc.pid)]
-        for meter in meters:
-            meter.begin()
-        time.sleep(seconds)
-        rows = [meter.end() for meter in meters]
-        rows[2]["children"] = rows[0]["children"] = 5
-        return rows
-    finally:
-        supervisord.send_signal(signal.SIGTERM)
-        try:
-            supervisord.wait(15)
-        except subprocess.TimeoutExpired:
-            supervisord.kill()
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            supervisor.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        fleet.close()
-
-
 # --- report --------------------------------------------------------------------------------
+
+def report_reshard(res: dict, args) -> None:
+    settle = args.settle
+    print(f"\n[1] reshard latency, {args.members} members, sharded role "
+          f"(settle {settle}s, ttl {args.ttl}s, stop_timeout 0.5s); all joined in {res['join_all_s']:.1f}s")
+    print(f"  {res['leaves']} clean leaves (SIGTERM) -> the others run the new COUNT, after the "
+          f"supervisor exited: {', '.join(f'{t:.2f}' for t in res['leave_from_exit'])}s; "
+          f"minus settle, p99 {res['leave_minus_settle_p99']:.2f}s (target <= 0.5s)")
+    print(f"  the same leaves, the leaving member's child reaped -> the last new child forked: "
+          f"{', '.join(f'{t:.2f}' for t in res['leave_forked_from_reaped'])}s; minus settle, p99 "
+          f"{res['leave_forked_minus_settle_p99']:.2f}s (target <= 0.5s)")
+    print(f"  crash (SIGKILL)       -> {res['remaining']} members run the new COUNT: "
+          f"{res['crash']:.2f}s after the kill; minus ttl+settle: {res['crash'] - args.ttl - settle:.2f}s")
+    quiet, leave = res["quiet_load"], res["per_leave"]
+    print(f"  etcd load, quiet: {quiet['requests_per_s']:.1f} requests/s "
+          f"({quiet['requests_per_s'] / args.members:.2f} per member), "
+          f"{quiet['keepalives_per_s']:.1f} keepalives/s, {quiet['watch_events_per_s']:.1f} watch events/s, "
+          f"{quiet['revisions_per_s']:.2f} revisions/s, {quiet['watchers']:.0f} watchers on "
+          f"{quiet['watch_streams']:.0f} streams")
+    print(f"  etcd load per clean leave (median): {leave['writes']:.0f} requests besides keepalives and watch "
+          f"messages, {leave['watch_responses']:.0f} watch responses sent ({leave['watch_events']:.0f} events by "
+          f"etcd_debugging_mvcc_events_total, quiet rate subtracted), {leave['revisions']:.0f} revisions")
+
+
+def report_failover(runs: list[dict], how: str, ttl: int) -> None:
+    times = [r["from_signal"] for r in runs]
+    label = "SIGKILLed" if how == "kill" else "stopped with SIGTERM"
+    print(f"\n[2{'a' if how == 'kill' else 'b'}] singleton failover, 3 members, leader's supervisor {label} "
+          f"(ttl {ttl}s), signal -> new leader's child started, {len(times)} runs")
+    print(f"  min {min(times):.2f}s  median {statistics.median(times):.2f}s  max {max(times):.2f}s  "
+          f"all: {', '.join(f'{t:.2f}' for t in times)}")
+    if how == "term":
+        reaped = [r["fork_from_old_child_reaped"] for r in runs]
+        print(f"  hand-off, old child reaped -> new child forked: max {max(reaped) * 1000:.0f} ms "
+              f"(target <= 200 ms; +-10 ms clock ticks), all: {', '.join(f'{t * 1000:.0f}' for t in reaped)} ms")
+        forked = [r["fork_from_old_child_exit"] for r in runs]
+        recorded = [r["from_old_child_exit"] for r in runs]
+        print(f"  hand-off, old child's last line -> new child forked: max {max(forked) * 1000:.0f} ms "
+              f"(adds the old interpreter's exit), all: {', '.join(f'{t * 1000:.0f}' for t in forked)} ms")
+        print(f"  hand-off, old child's last line -> new child's first line (adds both interpreters): "
+              f"max {max(recorded) * 1000:.0f} ms, all: {', '.join(f'{t * 1000:.0f}' for t in recorded)} ms")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--leaves", type=int, default=5, help="clean leaves in a row (p99 over them)")
     parser.add_argument("--settle", type=float, default=0.5)
     parser.add_argument("--ttl", type=int, default=4,
                         help="member.ttl (4 is the smallest the slack rule accepts with stop_timeout 0.5s)")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
-    parser.add_argument("--skip", action="append", default=[], choices=["reshard", "failover", "idle"])
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["reshard", "failover", "handoff", "idle"])
     args = parser.parse_args(argv)
+    if args.members < args.leaves + 2:
+        parser.error("--members must be at least --leaves + 2")
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="etcdvisor-bench-"))
     etcd = EtcdServer(name="bench-etcd").start()
     print(f"etcdvisor supervisor benchmark: {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}, etcd at {etcd.url}")
+    figures: dict = {"load_at_start": list(os.getloadavg()), "settle_s": args.settle, "ttl_s": args.ttl}
     try:
         if "reshard" not in args.skip:
-            res = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl)
-            print(f"\n[1] reshard latency, {args.members} members, sharded role "
-                  f"(settle {args.settle}s, ttl {args.ttl}s, stop_timeout 0.5s)")
-            print(f"  clean leave (SIGTERM) -> {args.members - 1} members run the new COUNT: "
-                  f"{res['leave_from_exit']:.2f}s after the supervisor exited "
-                  f"({res['leave_from_signal']:.2f}s after SIGTERM); minus settle: "
-                  f"{res['leave_from_exit'] - args.settle:.2f}s")
-            print(f"  crash (SIGKILL)       -> {res['remaining']} members run the new COUNT: "
-                  f"{res['crash']:.2f}s after the kill; minus ttl+settle: "
-                  f"{res['crash'] - args.ttl - args.settle:.2f}s")
-        if "failover" not in args.skip:
-            times = bench_failover(workdir, etcd.url, args.ttl, args.failovers)
-            print(f"\n[2] singleton failover, 3 members, leader's supervisor SIGKILLed (ttl {args.ttl}s), "
-                  f"kill -> new leader's child started, {len(times)} runs")
-            print(f"  min {min(times):.2f}s  median {statistics.median(times):.2f}s  "
-                  f"max {max(times):.2f}s  (minus ttl: median {statistics.median(times) - args.ttl:.2f}s)"
-                  f"  all: {', '.join(f'{t:.2f}' for t in times)}")
+            figures["reshard"] = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl,
+                                               args.leaves)
+            report_reshard(figures["reshard"], args)
+        for how, skip in (("kill", "failover"), ("term", "handoff")):
+            if skip not in args.skip:
+                runs = bench_failover(workdir, etcd.url, args.ttl, args.failovers, how)
+                figures["failover_" + how] = runs
+                report_failover(runs, how, args.ttl)
         if "idle" not in args.skip:
             rows = bench_idle(workdir, etcd, args.idle_seconds)
-            print(f"\n[3] idle cost over {args.idle_seconds:.0f}s, 5 idle children ({' '.join(IDLE_CHILD)}) "
-                  f"each, same window (ttl {IDLE_TTL}s; keepalives about every second)")
-            print(f"  {'process':<24}{'RSS MiB':>9}{'USS MiB':>9}{'CPU %':>8}")
-            for row in rows:
-                print(f"  {row['label']:<24}{row['rss_mib']:>9.1f}{row['uss_mib']:>9.1f}{row['cpu_pct']:>8.2f}")
-            total = rows[0]["rss_mib"] + rows[1]["rss_mib"]
-            print(f"  etcdvisor total (supervisor + watchdog): RSS {total:.1f} MiB, "
-                  f"CPU {rows[0]['cpu_pct'] + rows[1]['cpu_pct']:.2f}%")
+            figures["idle"] = {"seconds": args.idle_seconds, "rows": rows,
+                               "etcdvisor_rss_mib": rows[0]["rss_mib"] + rows[1]["rss_mib"],
+                               "etcdvisor_cpu_pct": rows[0]["cpu_pct"] + rows[1]["cpu_pct"],
+                               "supervisord_rss_mib": rows[2]["rss_mib"],
+                               "supervisord_cpu_pct": rows[2]["cpu_pct"],
+                               "rss_ratio": (rows[0]["rss_mib"] + rows[1]["rss_mib"]) / rows[2]["rss_mib"]}
+            report_idle(rows, args.idle_seconds)
     except BenchTimeout as exc:
         print(f"\nbenchmark aborted: {exc} (logs in {workdir})")
+        emit("supervisor_bench", {**figures, "error": str(exc)})
         return 1
     finally:
         etcd.cleanup()
     print(f"\ntotal benchmark time {time.monotonic() - started:.0f}s")
     shutil.rmtree(workdir, ignore_errors=True)
+    figures["elapsed_s"] = time.monotonic() - started
+    emit("supervisor_bench", figures)
     return 0
 
 

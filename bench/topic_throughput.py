@@ -9,7 +9,10 @@ subscriber (own connection) receives them, and prints:
 * latency from the start of ``publish()`` to the subscriber's ``get()``
   returning the message, p50/p99 in ms,
 
-next to the ~200 msgs/s that sereno's README reports for its etcd v2 topic.
+next to the ~200 msgs/s that sereno's README reports for its etcd v2 topic,
+and next to the floor measured in the same run: the same two-put transaction
+sent back to back without the topic (a publisher waits for each commit).
+The last line is one JSON object with every figure (bench/_report.py).
 Bounded in time: publishing stops after ``--max-seconds`` (default 40).
 
     python bench/topic_throughput.py [--messages 2000] [--publishers 1] [--payload 100]
@@ -23,7 +26,9 @@ import sys
 import threading
 import time
 
+from _report import emit
 from etcdvisor.coord import open_backend
+from etcdvisor.coord.types import Put
 from etcdvisor.recipes.topic import Topic
 from etcdvisor.testing import EtcdServer
 
@@ -53,10 +58,28 @@ def publish_part(url: str, prefix: str, count: int, payload: int, stop_at: float
         backend.close()
 
 
+def etcd_floor(url: str, payload: int, seconds: float = 2.0) -> float:
+    """Round trips/s of the same write without the topic: one transaction of
+    two puts (head and message) back to back on one connection. A single
+    publisher waits for each commit (it returns the id), so this is its
+    ceiling on this machine at this moment."""
+    backend = open_backend(url, timeout=5)
+    try:
+        data, done, started = b"x" * payload, 0, time.monotonic()
+        while time.monotonic() - started < seconds:
+            backend.txn([], [Put("/bench/floor/head", str(done)), Put(f"/bench/floor/{done % 64}", data)])
+            done += 1
+        return done / (time.monotonic() - started)
+    finally:
+        backend.delete("/bench/floor/", "/bench/floor0")
+        backend.close()
+
+
 def run(messages: int, publishers: int, payload: int, max_seconds: float) -> dict:
     server = EtcdServer(name="bench-topic").start()
     try:
         url, prefix = server.url, "/bench/topic/"
+        floor_before = etcd_floor(url, payload)
         sub_backend = open_backend(url, timeout=5)
         subscription = Topic(sub_backend, prefix).subscribe(max_buffer=messages + 1)
         latencies: list[float] = []
@@ -91,6 +114,7 @@ def run(messages: int, publishers: int, payload: int, max_seconds: float) -> dic
             "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else float("nan"),
             "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
             "elapsed": time.monotonic() - started,
+            "etcd_floor_txn_per_s": (floor_before + etcd_floor(url, payload)) / 2,
         }
     finally:
         server.cleanup()
@@ -108,7 +132,11 @@ def main(argv=None) -> int:
           f"{args.publishers} publisher(s), 1 subscriber, local etcd ({result['elapsed']:.1f}s)")
     print(f"  published : {result['publish_rate']:8.0f} msgs/s   (sereno README: ~{SERENO_CLAIM:.0f} msgs/s)")
     print(f"  delivered : {result['deliver_rate']:8.0f} msgs/s   ({result['delivered']}/{result['sent']})")
+    print(f"  etcd floor: {result['etcd_floor_txn_per_s']:8.0f} txn/s    (the same two-put transaction back to back, "
+          f"no topic; before and after, averaged)")
     print(f"  latency   : p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms (publish start -> get)")
+    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": max(8, args.payload),
+                              "reference_msgs_per_s": SERENO_CLAIM, **result})
     return 0 if result["delivered"] == result["sent"] else 1
 
 

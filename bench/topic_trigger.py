@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report import emit  # noqa: E402
 from _supervisors import BenchFleet, percentile  # noqa: E402
-
-from etcdvisor.recipes.topic import Topic  # noqa: E402
 from etcdvisor.coord.keys import ClusterKeys  # noqa: E402
+from etcdvisor.recipes.topic import Topic  # noqa: E402
 
 ROLE, TOPIC = "work", "bench"
 STARTED = re.compile(r"\b" + ROLE + r"#(\d+): started pid \d+")
@@ -85,7 +85,7 @@ def child_starts(fleet: BenchFleet, mode: str) -> dict[int, float]:
 
 
 def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: float,
-        interval: float = 0.0) -> None:
+        interval: float = 0.0) -> dict:
     fleet = BenchFleet("topic-trigger")
     try:
         command = fleet.record_command() if mode == "record" else [shutil.which("true") or "/bin/true"]
@@ -95,7 +95,7 @@ def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: f
         fleet.start(members, config)
         if not fleet.wait_roles(ROLE, members, timeout=60):
             print("supervisors did not start within 60s", file=sys.stderr)
-            return
+            return {"error": "supervisors did not start within 60s"}
         topic = Topic(fleet.backend, ClusterKeys(fleet.cluster).topic(TOPIC))
         published: dict[int, float] = {}
         poller = AckPoller(fleet, topic)
@@ -110,13 +110,15 @@ def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: f
         acked = poller.wait(len(published), timeout=max_seconds)
         time.sleep(0.3)  # the last log lines / records land
         starts = child_starts(fleet, mode)
-        report(messages, members, mode, concurrency, interval, published, first, publish_done, starts, acked)
+        return report(messages, members, mode, concurrency, interval, published, first, publish_done,
+                      starts, acked)
     finally:
         fleet.close()
 
 
 def report(messages, members, mode, concurrency, interval, published, first, publish_done, starts,
-           acked) -> None:
+           acked) -> dict:
+    """Print the figures and return them (for the JSON line)."""
     started = {i: t for i, t in starts.items() if i in published}
     to_start = [(started[i] - published[i]) * 1000 for i in started]
     to_ack = [(acked[i] - published[i]) * 1000 for i in acked if i in published]
@@ -135,6 +137,13 @@ def report(messages, members, mode, concurrency, interval, published, first, pub
           f"max {max(to_start, default=float('nan')):7.1f} ms ({source})")
     print(f"  publish->ack   : p50 {percentile(to_ack, .5):7.1f} ms, p99 {percentile(to_ack, .99):7.1f} ms "
           f"(50 ms polling)")
+    return {"messages": messages, "members": members, "child": mode, "concurrency": concurrency,
+            "interval_s": interval, "published": len(published), "started": len(started), "acked": len(acked),
+            "publish_rate": len(published) / max(publish_done - first, 1e-9),
+            "trigger_rate": len(started) / max(max(started.values()) - first, 1e-9) if started else None,
+            "completion_rate": len(acked) / max(max(acked.values()) - first, 1e-9) if acked else None,
+            "publish_to_start_p50_ms": percentile(to_start, .5), "publish_to_start_p99_ms": percentile(to_start, .99),
+            "publish_to_ack_p50_ms": percentile(to_ack, .5), "publish_to_ack_p99_ms": percentile(to_ack, .99)}
 
 
 def main(argv=None) -> int:
@@ -146,8 +155,9 @@ def main(argv=None) -> int:
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between publishes")
     parser.add_argument("--max-seconds", type=float, default=90.0)
     args = parser.parse_args(argv)
-    run(args.messages, args.members, args.child, args.concurrency, args.max_seconds, args.interval)
-    return 0
+    figures = run(args.messages, args.members, args.child, args.concurrency, args.max_seconds, args.interval)
+    emit("topic_trigger", figures)
+    return 1 if "error" in figures else 0
 
 
 if __name__ == "__main__":

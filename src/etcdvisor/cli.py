@@ -21,6 +21,7 @@ def _error(message: str) -> None:
 
 def cmd_validate(args) -> int:
     from .config import ConfigError, load
+    from .config.errors import unexpected_problem
 
     status = EXIT_OK
     for path in args.config:
@@ -29,6 +30,10 @@ def cmd_validate(args) -> int:
         except ConfigError as exc:
             for line in exc.errors:
                 print(line, file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        except Exception as exc:  # a checker bug must still be one line, not a traceback
+            print(unexpected_problem(path, exc), file=sys.stderr)
             status = EXIT_USAGE
             continue
         for line in config.warnings:

@@ -221,8 +221,7 @@ def cmd_waitgroup(args, target: Target) -> int:
         raise UsageError(f"waitgroup {args.action}: takes no count (only 'add NAME N' does)")
     if args.timeout is not None and args.action != "wait":
         raise UsageError(f"waitgroup {args.action}: --timeout applies to 'wait' only")
-    if args.timeout is not None and args.timeout < 0:
-        raise UsageError("--timeout must be >= 0")
+    timeout = None if args.timeout is None else _duration_argument("--timeout", args.timeout)
     group = WaitGroup(target.backend, target.keys.waitgroup(name))
     if args.action == "get":
         print(group.count())
@@ -235,9 +234,19 @@ def cmd_waitgroup(args, target: Target) -> int:
         except WaitGroupNegative:
             raise Failure(f"wait group {name}: 'done' with the count already at zero "
                           f"(more done than add)") from None
-    elif not group.wait(args.timeout):
-        raise Failure(f"wait group {name}: still at {group.count()} after {args.timeout:g}s")
+    elif not group.wait(timeout):
+        raise Failure(f"wait group {name}: still at {group.count()} after {timeout:g}s")
     return EXIT_OK
+
+
+def _duration_argument(flag: str, text: str) -> float:
+    """A duration flag, in the config's one grammar (``60``, ``1.5``, ``2m``, ``1h30m``)."""
+    from .config.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def _count_argument(raw: str | None) -> int:
@@ -316,8 +325,8 @@ def add_operator_verbs(subparsers) -> None:
     waitgroup.add_argument("action", choices=["add", "done", "wait", "get"])
     waitgroup.add_argument("name", metavar="NAME")
     waitgroup.add_argument("n", metavar="N", nargs="?", help="for add: how many (default 1)")
-    waitgroup.add_argument("--timeout", type=float, metavar="SECONDS",
-                           help="for wait: give up after SECONDS (exit 1)")
+    waitgroup.add_argument("--timeout", metavar="DURATION",
+                           help="for wait: give up after DURATION (seconds, or 500ms, 2m, 1h30m...; exit 1)")
     waitgroup.set_defaults(func=cmd_waitgroup)
 
     rerun = subparsers.add_parser("rerun", parents=[common],

@@ -136,7 +136,7 @@ class EtcdServer:
             context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
         return context
 
-    def start(self, timeout: float = 20.0, wait: bool = True) -> "EtcdServer":
+    def start(self, timeout: float = 20.0, wait: bool = True) -> EtcdServer:
         if self.proc and self.proc.poll() is None:
             return self
         if not self.log_path:

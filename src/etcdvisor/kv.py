@@ -47,7 +47,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .coord import Backend, Closed, KeyValue, open_backend
 from .coord.session import Session, SessionEvent, SessionEventKind
@@ -71,7 +71,7 @@ __all__ = ["KV", "HeldLock", "KeyChange", "LockLost", "LockNotHeld", "LockReentr
            "WatchHandle", "open"]
 
 
-def open(url, **options) -> "KV":  # noqa: A001 -- the facade's name for it
+def open(url, **options) -> KV:  # noqa: A001 -- the facade's name for it
     """Open a handle: ``mem:``/``memory://NAME`` (in-process) or an etcd URL.
 
     Options: ``session_ttl`` (seconds, default 15), ``lock_prefix`` (default
@@ -114,7 +114,7 @@ class HeldLock:
         the store had already released it (max hold time, lease loss)."""
         self.lock.release()
 
-    def __enter__(self) -> "HeldLock":
+    def __enter__(self) -> HeldLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -154,7 +154,7 @@ class KV:
         if self._owns_backend:
             self.backend.close()
 
-    def __enter__(self) -> "KV":
+    def __enter__(self) -> KV:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .coord import Backend, KeyValue
 from .coord.follow import Follower
@@ -30,7 +30,7 @@ class KeyChange(enum.Flag):
 class WatchHandle:
     """A running :meth:`KV.watch_callback`; :meth:`cancel` stops it."""
 
-    def __init__(self, follower: "KeyFollower"):
+    def __init__(self, follower: KeyFollower):
         self._follower = follower
 
     @property
@@ -73,7 +73,7 @@ class KeyFollower:
                                   start_revision=result.revision + 1, name=f"kv-watch:{key}",
                                   retry_interval=retry_interval)
 
-    def start(self) -> "KeyFollower":
+    def start(self) -> KeyFollower:
         self._follower.start()
         return self
 

@@ -71,13 +71,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .coord.base import Backend
 from .coord.errors import Compacted
-from .coord.types import KeyValue, direct_children_by_create
 from .coord.keys import ClusterKeys
+from .coord.types import KeyValue, direct_children_by_create
 from .runtime.control import read_records as read_control
 
 SHARDED_FIELDS = ("index", "count", "epoch")
@@ -431,5 +431,5 @@ def _age(started, now: float) -> str:
 def _when(value) -> str:
     """Unix seconds as UTC ISO time; anything else as given."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return str(value)

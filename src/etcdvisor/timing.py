@@ -1,4 +1,4 @@
-"""The lease safety rule as pure arithmetic (GUIDE.md, safety rule 1).
+"""The lease safety rule as pure arithmetic (docs/safety.md, rule 1).
 
 Let ``t_k`` be the monotonic time at which the last keepalive that came back
 alive (TTL > 0) was *sent*, and ``ttl`` the granted TTL. The server cannot expire

@@ -8,7 +8,7 @@ import pytest
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.counter import BadCounterValue, Contention, Counter
-from etcdvisor.recipes.ids import (ClockMovedBackwards, IdGenerator, NoMachineId, decompose, EPOCH)
+from etcdvisor.recipes.ids import EPOCH, ClockMovedBackwards, IdGenerator, NoMachineId, decompose
 from etcdvisor.recipes.keepalive import KeepAliveNode, NodeState
 from etcdvisor.recipes.waitgroup import WaitGroup, WaitGroupNegative
 

@@ -8,9 +8,9 @@ import pytest
 
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session
+from etcdvisor.coord.types import KeyValue
 from etcdvisor.recipes.election import CampaignCancelled, Election, LeadershipWatch
 from etcdvisor.recipes.sequence import Info, Sequence, compute_info, members_in_order
-from etcdvisor.coord.types import KeyValue
 
 from ..conftest import wait_until
 

@@ -120,7 +120,7 @@ class Interval:
     def alive_at(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
 
-    def overlaps(self, other: "Interval") -> bool:
+    def overlaps(self, other: Interval) -> bool:
         end_a = float("inf") if self.end is None else self.end
         end_b = float("inf") if other.end is None else other.end
         return self.start < end_b and other.start < end_a

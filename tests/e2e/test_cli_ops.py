@@ -19,9 +19,9 @@ import pytest
 
 from etcdvisor.cli import main
 from etcdvisor.coord import open_backend
+from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.topic import QueueConsumer, Topic
-from etcdvisor.coord.keys import ClusterKeys
 
 
 @pytest.fixture
@@ -300,7 +300,9 @@ def test_waitgroup_add_done_get_and_below_zero(capsys, env, store, keys):
 
 def test_waitgroup_usage_errors(capsys, env):
     for argv in (["waitgroup", "add", "g", "zero"], ["waitgroup", "add", "g", "0"],
-                 ["waitgroup", "done", "g", "2"], ["waitgroup", "get", "g", "--timeout", "1"]):
+                 ["waitgroup", "done", "g", "2"], ["waitgroup", "get", "g", "--timeout", "1"],
+                 ["waitgroup", "wait", "g", "--timeout", "1 s"], ["waitgroup", "wait", "g", "--timeout", "nan"],
+                 ["waitgroup", "wait", "g", "--timeout", "-1"], ["waitgroup", "wait", "g", "--timeout", "9000h"]):
         code, _, err = run_cli(capsys, *argv)
         assert code == 2, argv
         assert_one_error_line(err)
@@ -310,7 +312,7 @@ def test_waitgroup_wait_times_out_then_returns_at_zero(capsys, env):
     assert run_cli(capsys, "waitgroup", "wait", "g")[0] == 0  # missing key counts as zero
     assert run_cli(capsys, "waitgroup", "add", "g", "1")[0] == 0
     started = time.monotonic()
-    code, _, err = run_cli(capsys, "waitgroup", "wait", "g", "--timeout", "0.5")
+    code, _, err = run_cli(capsys, "waitgroup", "wait", "g", "--timeout", "500ms")
     assert code == 1 and time.monotonic() - started >= 0.5
     assert_one_error_line(err)
     assert "still at 1" in err

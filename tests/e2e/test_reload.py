@@ -13,7 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-CHILD = "import os, time; open(os.environ['REC'], 'a').write(os.environ['ROLE'] + ' ' + str(os.getpid()) + chr(10)); time.sleep(1000)"
+CHILD = ("import os, time; open(os.environ['REC'], 'a').write(os.environ['ROLE'] + ' ' + str(os.getpid()) + chr(10));"
+         " time.sleep(1000)")
 
 
 def config(etcd_url, cluster, rec, roles):

@@ -22,8 +22,8 @@ from collections import Counter
 
 import pytest
 
-from etcdvisor.recipes.topic import Topic
 from etcdvisor.coord.keys import ClusterKeys
+from etcdvisor.recipes.topic import Topic
 
 from .conftest import wait_for
 from .harness_roles import cli, duplicates, poll_status, recorder, status_json  # noqa: F401

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from .conftest import (TTL, assert_no_duplicate_shards, assert_sharded_settled, pid_alive,
-                       wait_for, wait_pids_gone)
+from .conftest import TTL, assert_no_duplicate_shards, assert_sharded_settled, pid_alive, wait_for, wait_pids_gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 

@@ -6,7 +6,7 @@ singleton's leader and fencing token, the job's record and the cron tick records
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 
 def tick_id(scheduled_time: str) -> str:
     """The store's tick id (UTC, second precision) of a child's SCHEDULED_TIME."""
-    utc = datetime.fromisoformat(scheduled_time).astimezone(timezone.utc)
+    utc = datetime.fromisoformat(scheduled_time).astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

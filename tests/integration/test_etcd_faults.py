@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from etcdvisor.coord import (AuthFailed, CoordError, CoordTimeout, EventType, InvalidURL,
-                             Unavailable, open_backend)
+from etcdvisor.coord import AuthFailed, CoordError, CoordTimeout, EventType, InvalidURL, Unavailable, open_backend
 from etcdvisor.coord.watcher import PrefixWatcher
 from etcdvisor.testing import find_etcd_binary
 from etcdvisor.testing.proxy import TcpProxy
@@ -153,8 +152,9 @@ def test_unreachable_endpoint_is_one_clear_line():
 
 def test_wrong_credentials_are_one_clear_line(private_etcd, tmp_path):
     etcdctl = find_etcd_binary().rsplit("/", 1)[0] + "/etcdctl"
-    run = lambda *args: subprocess.run([etcdctl, "--endpoints", private_etcd.url, *args],
-                                       check=True, capture_output=True, timeout=20)
+    def run(*args):
+        return subprocess.run([etcdctl, "--endpoints", private_etcd.url, *args],
+                              check=True, capture_output=True, timeout=20)
     run("user", "add", "root", "--new-user-password=s3cret", "--interactive=false")
     run("auth", "enable")
     good = tmp_path / "pw"

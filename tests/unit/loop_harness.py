@@ -17,11 +17,10 @@ a runner that does I/O on the loop thread fails the test (Patroni's
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-
 import os
 import tempfile
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from etcdvisor.config.loader import load
 from etcdvisor.coord.keys import ClusterKeys

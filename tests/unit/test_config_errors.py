@@ -14,7 +14,7 @@ BAD = DATA / "bad"
 
 # file stem -> (key path printed after "FILE: ", or None for whole-file problems; reason fragment)
 EXPECTED = {
-    "bad_yaml": (None, "invalid YAML: expected ',' or ']'"),
+    "bad_yaml": (None, "expected ',' or ']'"),
     "empty": (None, "config file is empty"),
     "comments_only": (None, "config file is empty"),
     "top_level_list": (None, "expected a mapping of keys at the top level, got a list"),
@@ -36,10 +36,10 @@ EXPECTED = {
     "after_self": ("roles.a.after[0]", "role 'a' cannot wait for itself"),
     "after_unknown": ("roles.web.after[0]", "unknown role 'migrat' (did you mean 'migrate'?)"),
     "after_never_completes": ("roles.report.after[0]", "role 'web' never completes (it has restart: always)"),
-    "bad_cron": ("roles.nightly.schedule", "'61 * * * *' is not a valid cron schedule: Bad minute"),
-    "cron_six_fields": ("roles.nightly.schedule", "has 6 fields; expected 5"),
-    "cron_every_too_fast": ("roles.nightly.schedule", "too frequent"),
-    "cron_unknown_alias": ("roles.nightly.schedule", "unknown schedule '@fortnightly'"),
+    "bad_cron": ("roles.nightly.schedule", "invalid cron expression '61 * * * *': Bad minute"),
+    "cron_six_fields": ("roles.nightly.schedule", "has 6 fields, expected 5"),
+    "cron_every_too_fast": ("roles.nightly.schedule", "shorter than the 1s minimum"),
+    "cron_unknown_alias": ("roles.nightly.schedule", "unknown schedule alias '@fortnightly'"),
     "cron_missing_schedule": ("roles.nightly.schedule", "required key is missing (cron roles need it)"),
     "cron_bad_concurrency": ("roles.nightly.concurrency", "2 is not a cron concurrency policy"),
     "bad_timezone": ("roles.nightly.timezone", "'Europe/Atlantis' is not a known IANA time zone"),
@@ -61,6 +61,10 @@ EXPECTED = {
     "backoff_inverted": ("roles.worker.backoff.max", "must be >= backoff.initial (10s), got 2s"),
     "password_without_username": ("etcd.password_env", "'password_env' needs 'username' as well"),
     "data_dir_without_embedded": ("etcd.data_dir", "only applies with endpoints: embedded"),
+    "cron_every_with_space": ("roles.nightly.schedule", "'1h 30m' is not a duration"),
+    "cron_every_too_long": ("roles.nightly.schedule", "'9000h' is longer than the maximum of 366 days"),
+    "duration_sub_millisecond": ("roles.worker.stop_timeout", "'1.0005s' is not a whole number of milliseconds"),
+    "size_with_space": ("roles.q.max_payload", "'64 KiB' is not a size"),
 }
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from etcdvisor import config
 from etcdvisor.config import (
-    Backoff, ConfigError, EtcdKind, RestartPolicy, RoleSpec, RoleType, Schedule,
+    BackoffSettings,
+    ConfigError,
+    EtcdKind,
+    RestartPolicy,
+    RoleSpec,
+    RoleType,
+    Schedule,
 )
 from etcdvisor.coord.url import TLSOptions
 
@@ -41,18 +47,19 @@ def test_full_file_loads_every_key():
         name="worker", type=RoleType.SHARDED, command=("python", "worker.py", "--verbose"),
         env={"LOG_LEVEL": "info", "BATCH": "100", "RATIO": "0.5", "DRY_RUN": "false"},
         cwd=f"{here}/app", restart=RestartPolicy.ON_FAILURE, stop_signal=signal.SIGINT,
-        stop_timeout=10.0, backoff=Backoff(initial=0.5, max=120.0), start_retries=3,
+        stop_timeout=10.0, backoff=BackoffSettings(initial=0.5, max=120.0), start_retries=3,
         after=("migrate",), wait_for=("warmup.done",), settle=2.0,
     )
     scheduler = cfg.role("scheduler")
     assert (scheduler.standby, scheduler.stop_signal, scheduler.stop_timeout) == (True, signal.SIGUSR1, 4.5)
     assert scheduler.restart is RestartPolicy.ALWAYS and scheduler.settle is None
     compact = cfg.role("compact")
-    assert compact.schedule == Schedule(text="*/5 * * * *", cron="*/5 * * * *")
+    assert compact.schedule == Schedule.parse("*/5 * * * *", "Europe/Berlin")
     assert (compact.timezone, compact.concurrency, compact.starting_deadline) == ("Europe/Berlin", "replace", 30.0)
     assert compact.restart is RestartPolicy.ON_FAILURE
     heartbeat = cfg.role("heartbeat")
-    assert heartbeat.schedule == Schedule(text="@every 1m30s", every=90.0)
+    assert heartbeat.schedule == Schedule.parse("@every 1m30s")
+    assert heartbeat.schedule.period.total_seconds() == 90.0
     assert (heartbeat.timezone, heartbeat.concurrency, heartbeat.starting_deadline) == ("UTC", "forbid", None)
     assert cfg.role("migrate").restart is RestartPolicy.NEVER
     topic = cfg.role("thumbnails")
@@ -70,7 +77,7 @@ def test_minimal_file_gets_defaults(monkeypatch):
     worker = cfg.role("worker")
     assert worker == RoleSpec(name="worker", type=RoleType.SHARDED, command=("sleep", "60"), settle=1.0)
     assert worker.stop_signal == signal.SIGTERM and worker.restart is RestartPolicy.ALWAYS
-    assert worker.start_retries == 5 and worker.backoff == Backoff(1.0, 60.0)
+    assert worker.start_retries == 5 and worker.backoff == BackoffSettings(1.0, 60.0)
 
 
 def test_generated_member_ids_differ_unless_a_default_is_passed():

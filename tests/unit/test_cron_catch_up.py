@@ -2,11 +2,11 @@
 the in-memory backend: a leader that resumes far behind runs at most the
 newest CATCH_UP_LIMIT ticks younger than the horizon."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+from etcdvisor.config.schedule import Schedule
 from etcdvisor.roles import cron
-from etcdvisor.roles.schedule import Schedule
 
 
 def runner(expr="@every 2s", starting_deadline=None):
@@ -18,7 +18,7 @@ def runner(expr="@every 2s", starting_deadline=None):
     return r
 
 
-NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
 
 def test_a_few_missed_ticks_all_run_late():

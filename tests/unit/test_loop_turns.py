@@ -12,10 +12,10 @@ import pytest
 
 from etcdvisor.coord.errors import Unavailable
 from etcdvisor.recipes.sequence import Info
+from etcdvisor.recipes.topic import Message
 from etcdvisor.roles.job import JobRecord
 from etcdvisor.roles.singleton import Deposed, Elected
 from etcdvisor.roles.topic import Delivered
-from etcdvisor.recipes.topic import Message
 
 from .loop_harness import LoopHarness
 

@@ -9,11 +9,22 @@ import time
 import pytest
 
 from etcdvisor.coord import open_backend
-from etcdvisor.coord.errors import (Closed, Compacted, CoordError, CoordTimeout, LeaseNotFound,
-                                    Unavailable)
+from etcdvisor.coord.errors import Closed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable
 from etcdvisor.coord.memory import FakeClock, MemoryBackend, MemoryStore
-from etcdvisor.coord.types import (Compare, Delete, EventType, Get, KeyValue, Put, create_revision,
-                                   missing, mod_revision, prefix_end, value, version)
+from etcdvisor.coord.types import (
+    Compare,
+    Delete,
+    EventType,
+    Get,
+    KeyValue,
+    Put,
+    create_revision,
+    missing,
+    mod_revision,
+    prefix_end,
+    value,
+    version,
+)
 
 
 @pytest.fixture

@@ -177,7 +177,7 @@ def test_lease_deadlines_are_ignored_for_children_not_lease_bound():
 
 
 def test_grandchildren_get_the_grace_period_after_the_leader_exits(tmp_path):
-    """GUIDE rule 4: stop signal, grace period, then SIGKILL -- also for the
+    """docs/safety.md, rule 4: stop signal, grace period, then SIGKILL -- also for the
     rest of the group when the group leader (a shell) dies at once."""
     import os
     import sys

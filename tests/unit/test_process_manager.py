@@ -8,7 +8,7 @@ import time
 import psutil
 
 from etcdvisor.process.manager import ProcessManager
-from etcdvisor.process.slot import Started, SlotState
+from etcdvisor.process.slot import SlotState, Started
 from etcdvisor.process.spawn import ChildSpec
 
 STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

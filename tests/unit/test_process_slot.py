@@ -4,9 +4,8 @@ import os
 import sys
 import time
 
-from etcdvisor.process.backoff import Backoff
-from etcdvisor.process.slot import (Exited, Failed, Slot, SlotState, SpawnFailed, Started,
-                                    Stopped)
+from etcdvisor.process.backoff import RestartBackoff
+from etcdvisor.process.slot import Exited, Failed, Slot, SlotState, SpawnFailed, Started, Stopped
 from etcdvisor.process.spawn import ChildSpec
 
 SLEEP = "import time; time.sleep(30)"
@@ -42,7 +41,7 @@ def _stop(slot):
 
 
 def test_backoff_grows_between_quick_crashes():
-    slot = Slot(_spec("raise SystemExit(1)"), "always", Backoff(initial=0.1, maximum=1.0),
+    slot = Slot(_spec("raise SystemExit(1)"), "always", RestartBackoff(initial=0.1, maximum=1.0),
                 start_retries=10, rand=lambda: 0.5)
     seen = _drive(slot, _count(Exited, 4))
     delays = [round(e.restart_at - now, 6) for now, e in seen if isinstance(e, Exited)]
@@ -61,7 +60,7 @@ def test_backoff_resets_after_the_child_stayed_up(tmp_path):
             "time.sleep(1.6 if n == 2 else 0)\n"
             "sys.exit(1)\n")
     slot = Slot(_spec(code, str(tmp_path / "n")), "always",
-                Backoff(initial=0.1, maximum=1.0, reset_after=1.0), start_retries=2,
+                RestartBackoff(initial=0.1, maximum=1.0, reset_after=1.0), start_retries=2,
                 rand=lambda: 0.5)
     seen = _drive(slot, _count(Exited, 4))
     delays = [round(e.restart_at - now, 6) for now, e in seen if isinstance(e, Exited)]
@@ -72,7 +71,7 @@ def test_backoff_resets_after_the_child_stayed_up(tmp_path):
 
 def test_crash_loop_marks_the_slot_failed_and_stops_restarting():
     received = []
-    slot = Slot(_spec("raise SystemExit(2)"), "always", Backoff(initial=0.05),
+    slot = Slot(_spec("raise SystemExit(2)"), "always", RestartBackoff(initial=0.05),
                 start_retries=2, on_event=received.append)
     seen = _drive(slot, _count(Failed, 1))
     events = [e for _, e in seen]

@@ -9,14 +9,14 @@ DST dates used (2026):
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from etcdvisor.roles.schedule import Schedule, ScheduleError, is_missed, parse_tick_id
+from etcdvisor.config.schedule import Schedule, ScheduleError, is_missed, parse_tick_id
 
-UTC = timezone.utc
+UTC = UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -1,4 +1,4 @@
-"""The lease safety arithmetic of GUIDE.md rule 1."""
+"""The lease safety arithmetic of docs/safety.md, rule 1."""
 
 from __future__ import annotations
 

@@ -29,6 +29,13 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def unexpected_problem(source_path: str, exc: BaseException) -> str:
+    """One line for an exception no check anticipated (a bug in a checker, or a
+    resource limit): the file still gets one line and a non-zero exit, never a traceback."""
+    reason = one_line(f"{type(exc).__name__}: {exc}")
+    return f"{source_path}: cannot check the file: {reason[:300]}"
+
+
 class ConfigError(ValueError):
     """A configuration file could not be loaded.
 

@@ -16,10 +16,10 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, unexpected_problem
 from .model import Config
 
 EXIT_PROBLEMS = 3
@@ -61,6 +61,9 @@ def _main(argv: list[str]) -> int:
         config = load(path, default_member_id=member)
     except ConfigError as exc:
         sys.stdout.write(json.dumps(exc.errors))
+        return EXIT_PROBLEMS
+    except Exception as exc:  # same one line as `validate` prints
+        sys.stdout.write(json.dumps([unexpected_problem(path, exc)]))
         return EXIT_PROBLEMS
     sys.stdout.buffer.write(pickle.dumps(config))
     return 0

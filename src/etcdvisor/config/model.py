@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..coord.url import TLSOptions
+from .schedule import Schedule
 
 
 class RoleType(enum.StrEnum):
@@ -29,7 +30,7 @@ class RoleType(enum.StrEnum):
 
     @property
     def lease_bound(self) -> bool:
-        """True if a child's right to run depends on the member lease (safety rule 1)."""
+        """True if a child's right to run depends on the member lease (docs/safety.md, rule 1)."""
         return self in LEASE_BOUND_TYPES
 
 
@@ -118,24 +119,15 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Restart delay: ``initial``, doubling up to ``max`` (seconds)."""
+class BackoffSettings:
+    """A role's ``backoff:`` keys: restart delay ``initial``, doubling up to ``max`` (seconds).
+    The runtime turns them into a :class:`~etcdvisor.process.backoff.RestartBackoff`."""
 
     initial: float = 1.0
     max: float = 60.0
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """A cron role's schedule. Exactly one of ``cron`` (a 5-field expression for
-    ``cronsim.CronSim``; ``@daily`` etc. are expanded) and ``every`` (seconds) is set;
-    ``text`` is what the file said."""
-
-    text: str
-    cron: str | None = None
-    every: float | None = None
-
-
 class ChangeAction(enum.StrEnum):
     RESTART = "restart"  # restart the child (its role's usual stop rules)
     SIGNAL = "signal"    # rewrite the file, then send ``OnChange.signal``
@@ -198,7 +190,9 @@ class RoleSpec:
 
     Keys that do not apply to the role's type hold ``None`` (``settle`` is only
     set for sharded roles, ``schedule``/``timezone`` for cron, ``topic``/... for
-    topic). ``concurrency`` is a policy string for cron (forbid | replace | allow)
+    topic). ``schedule`` is the parsed :class:`~.schedule.Schedule` (in ``timezone``)
+    that the cron runner uses as is: it is built once, here, by the one parser.
+    ``concurrency`` is a policy string for cron (forbid | replace | allow)
     and an int >= 1 for topic roles."""
 
     name: str
@@ -209,7 +203,7 @@ class RoleSpec:
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 5.0
-    backoff: Backoff = Backoff()
+    backoff: BackoffSettings = BackoffSettings()
     start_retries: int = 5
     after: tuple[str, ...] = ()
     wait_for: tuple[str, ...] = ()

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import zoneinfo
 
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
-from .model import Backoff, RestartPolicy, RoleSpec, RoleType, _frozen_map
-from .schedule import parse_schedule
-from .signals import STOP_SIGNALS, parse_signal
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .schedule import Schedule, ScheduleError, load_timezone
+from .signals import parse_signal
 from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
@@ -137,15 +136,14 @@ def _restart(check: _RoleChecker, role_type: RoleType) -> RestartPolicy:
 
 
 def _stop_signal(check: _RoleChecker) -> signal.Signals:
-    text = check.raw.get("stop_signal", "TERM")
     try:
-        return parse_signal(text)
-    except ValueError:
-        check.fail("stop_signal", f"{text!r} is not a stop signal (one of: {', '.join(STOP_SIGNALS)})")
+        return parse_signal(check.raw.get("stop_signal", "TERM"), "stop signal")
+    except ValueError as exc:
+        check.fail("stop_signal", str(exc))
         return signal.SIGTERM
 
 
-def _backoff(check: _RoleChecker) -> Backoff:
+def _backoff(check: _RoleChecker) -> BackoffSettings:
     raw = check.raw.get("backoff", {})
     sub = _RoleChecker(check.name, raw, check.problems)
     sub.path = check.path + ("backoff",)
@@ -153,7 +151,7 @@ def _backoff(check: _RoleChecker) -> Backoff:
     maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
     if initial is not None and maximum is not None and maximum < initial:
         sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
-    return Backoff(initial=initial, max=maximum)
+    return BackoffSettings(initial=initial, max=maximum)
 
 
 def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:
@@ -180,16 +178,20 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 def _cron_fields(check: _RoleChecker) -> dict:
     raw = check.raw
-    schedule = None
-    try:
-        schedule = parse_schedule(raw["schedule"])
-    except ValueError as exc:
-        check.fail("schedule", str(exc))
     tz = raw.get("timezone", DEFAULTS["timezone"])
     try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        load_timezone(tz)
+    except ScheduleError:
         check.fail("timezone", f"{tz!r} is not a known IANA time zone (e.g. UTC, Europe/Berlin)")
+        tz_ok = False
+    else:
+        tz_ok = True
+    schedule = None
+    try:
+        # the very object the cron runner uses: what validates is what runs
+        schedule = Schedule.parse(raw["schedule"], tz if tz_ok else DEFAULTS["timezone"])
+    except ScheduleError as exc:
+        check.fail("schedule", str(exc))
     return {
         "schedule": schedule, "timezone": tz,
         "concurrency": raw.get("concurrency", DEFAULTS["cron_concurrency"]),

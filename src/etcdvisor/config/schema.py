@@ -53,7 +53,7 @@ def schema_text() -> str:
 
 
 @functools.cache
-def _validator() -> "jsonschema.Draft202012Validator":
+def _validator() -> jsonschema.Draft202012Validator:
     import jsonschema
 
     return jsonschema.Draft202012Validator(json.loads(schema_text()))
@@ -96,7 +96,8 @@ def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple,
 def _simple_reason(kind, value, schema, instance, path) -> str:
     title = schema.get("title")
     if kind == "type":
-        return f"expected {_describe_type(value, schema)}, got {_describe_value(instance)}" + _command_hint(title, instance)
+        hint = _command_hint(title, instance)
+        return f"expected {_describe_type(value, schema)}, got {_describe_value(instance)}{hint}"
     if kind == "enum":
         noun = f"a {title}" if title else "an allowed value"
         return f"{instance!r} is not {noun} (one of: {', '.join(map(str, value))})"

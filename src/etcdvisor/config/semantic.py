@@ -94,9 +94,13 @@ def _etcd(raw: dict, base_dir: str, member: MemberSettings | None, problems: Pro
         problems.add(path + ("password_env",), "give password_file or password_env, not both")
     timeout = 5.0
     if "timeout" in raw:
-        timeout = parse_duration(raw["timeout"])  # the schema guarantees the shape
-        if timeout <= 0:
-            problems.add(path + ("timeout",), "must be greater than zero")
+        try:
+            timeout = parse_duration(raw["timeout"])
+        except ValueError as exc:
+            problems.add(path + ("timeout",), str(exc))
+        else:
+            if timeout <= 0:
+                problems.add(path + ("timeout",), "must be greater than zero")
     data_dir = None
     if kind is EtcdKind.EMBEDDED:
         default_dir = os.path.join(member.state_dir, "etcd") if member else None

@@ -14,8 +14,8 @@ import bisect
 import operator
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Callable, Iterator, Sequence
 
 from .base import WatchStream
 from .errors import CoordError
@@ -186,7 +186,7 @@ class MemoryWatchStream(WatchStream):
 
     def __init__(self, start: bytes, end: bytes | None, start_revision: int, *,
                  prev_kv: bool, progress_notify: bool,
-                 on_cancel: Callable[["MemoryWatchStream"], None]):
+                 on_cancel: Callable[[MemoryWatchStream], None]):
         self.start = start
         self.end = end
         self.start_revision = start_revision

@@ -19,7 +19,7 @@ General rules for every method:
 from __future__ import annotations
 
 import abc
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .types import Compare, KeyValue, Lease, Op, RangeResult, TxnResult, WatchBatch
 

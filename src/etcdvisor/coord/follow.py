@@ -1,4 +1,4 @@
-"""The never-miss watch loop (GUIDE safety rule 5), in one place.
+"""The never-miss watch loop (docs/safety.md, rule 5), in one place.
 
 :class:`Follower` runs the loop and keeps no state of its own: its owner
 decides what to remember. :class:`etcdvisor.coord.watcher.PrefixWatcher`
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Backend
 from .errors import Closed, Compacted, CoordError
@@ -57,7 +57,7 @@ class Follower:
         self._stream = None
         self._thread = threading.Thread(target=self._run, name=f"follow:{name}", daemon=True)
 
-    def start(self) -> "Follower":
+    def start(self) -> Follower:
         self._thread.start()
         return self
 

@@ -40,15 +40,24 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from typing import Callable, Sequence
 
-from ._memory_watch import (MAX_LEASE_TTL, Change, EventLog, KeySpace, MemoryWatchStream,
-                            compare_holds, encode_end, encode_key, range_keys, validate_txn)
+from ._memory_watch import (
+    MAX_LEASE_TTL,
+    Change,
+    EventLog,
+    KeySpace,
+    MemoryWatchStream,
+    compare_holds,
+    encode_end,
+    encode_key,
+    range_keys,
+    validate_txn,
+)
 from .base import Backend, WatchStream
 from .errors import Closed, Compacted, CoordError, LeaseNotFound, Unavailable
-from .types import (Compare, Delete, Event, EventType, KeyValue, Lease, Op, Put, RangeResult,
-                    TxnResult)
+from .types import Compare, Delete, Event, EventType, KeyValue, Lease, Op, Put, RangeResult, TxnResult
 
 
 class FakeClock:
@@ -75,7 +84,7 @@ class FakeClock:
         for store in stores:  # clock lock released: stores take their own lock
             store.expire_leases()
 
-    def _attach(self, store: "MemoryStore") -> None:
+    def _attach(self, store: MemoryStore) -> None:
         with self._lock:
             self._stores.add(store)
 
@@ -88,8 +97,8 @@ class _Lease:
         self.keys: set[bytes] = set()
 
 
-_NAMED: dict[str, "MemoryStore"] = {}
-_ANONYMOUS: "weakref.WeakValueDictionary[str, MemoryStore]" = weakref.WeakValueDictionary()
+_NAMED: dict[str, MemoryStore] = {}
+_ANONYMOUS: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.RLock()  # MemoryStore() registers itself
 _ANONYMOUS_IDS = itertools.count(1)
 
@@ -125,7 +134,7 @@ class MemoryStore:
         self.name = name
 
     @classmethod
-    def named(cls, name: str) -> "MemoryStore":
+    def named(cls, name: str) -> MemoryStore:
         """The process-wide store called ``name``, created on first use and
         kept for the life of the process."""
         with _REGISTRY_LOCK:
@@ -164,8 +173,8 @@ class MemoryStore:
         """Revoke every lease whose deadline has passed (runs on each call)."""
         with self._cond:
             now = self.clock()
-            due = sorted((l for l in self._leases.values() if l.deadline <= now),
-                         key=lambda l: (l.deadline, l.id))
+            due = sorted((lease for lease in self._leases.values() if lease.deadline <= now),
+                         key=lambda lease: (lease.deadline, lease.id))
             for lease in due:
                 self._revoke(lease)
 
@@ -250,7 +259,7 @@ class MemoryStore:
                 while self._leases:
                     self.expire_leases()
                     if self._leases:
-                        next_deadline = min(l.deadline for l in self._leases.values())
+                        next_deadline = min(lease.deadline for lease in self._leases.values())
                         self._cond.wait(max(0.0, next_deadline - self.clock()))
             finally:
                 self._expiry_thread = None
@@ -271,7 +280,7 @@ class MemoryBackend(Backend):
         self._streams: set[MemoryWatchStream] = set()
 
     @classmethod
-    def named(cls, name: str, timeout: float = 5.0) -> "MemoryBackend":
+    def named(cls, name: str, timeout: float = 5.0) -> MemoryBackend:
         """A new handle on the process-wide store ``name``."""
         return cls(MemoryStore.named(name), timeout=timeout)
 

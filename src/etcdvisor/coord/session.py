@@ -32,8 +32,8 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .base import Backend
 from .errors import CoordError
@@ -99,7 +99,7 @@ class Session:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def start(self) -> "Session":
+    def start(self) -> Session:
         """Grant the lease (raises CoordError if the backend is down) and
         start the keepalive thread."""
         self._grant()
@@ -117,7 +117,7 @@ class Session:
 
     def confirm(self, after: float, timeout: float) -> bool:
         """Block until a keepalive *sent* after ``after`` came back alive
-        (GUIDE rule 2: start only when the win is confirmed)."""
+        (docs/safety.md, rule 2: start only when the win is confirmed)."""
         deadline = self.clock() + timeout
         self.request_keepalive()
         with self._changed:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Compare:
     key: str
     target: str
     op: str
-    operand: Union[bytes, int]
+    operand: bytes | int
 
     def __post_init__(self):
         if self.target not in COMPARE_TARGETS:
@@ -129,7 +128,7 @@ class Get:
     range_end: str | None = None
 
 
-Op = Union[Put, Delete, Get]
+Op = Put | Delete | Get
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def _to_bytes(v) -> bytes:
 
 def direct_children_by_create(prefix: str, kvs) -> list[KeyValue]:
     """The keys directly under ``prefix`` (not ``prefix`` itself, nothing deeper)
-    in join order: by create revision, never by key (GUIDE rule 5)."""
+    in join order: by create revision, never by key (docs/safety.md, rule 5)."""
     direct = [kv for kv in kvs if kv.key.startswith(prefix) and kv.key != prefix
               and "/" not in kv.key[len(prefix):]]
     return sorted(direct, key=lambda kv: kv.create_revision)

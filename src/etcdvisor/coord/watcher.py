@@ -1,4 +1,4 @@
-"""Watches that never miss an event (GUIDE safety rule 5).
+"""Watches that never miss an event (docs/safety.md, rule 5).
 
 :class:`PrefixWatcher` keeps a mirror of every key under a prefix and hands
 each change to a callback, in revision order, exactly once:
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from .base import Backend
 from .errors import CoordError
@@ -76,7 +76,7 @@ class PrefixWatcher:
     def revision(self) -> int:
         return self._follower.revision
 
-    def start(self, wait: float | None = None) -> "PrefixWatcher":
+    def start(self, wait: float | None = None) -> PrefixWatcher:
         """Start the thread; with ``wait`` block until the first snapshot was
         delivered (returns even if the backend is down; see :meth:`synced`)."""
         self._follower.start()

@@ -23,7 +23,7 @@ from importlib import import_module
 _EXPORTS = {
     "ChildSpec": "spawn", "SpawnError": "spawn", "spawn": "spawn",
     "ChildProcess": "child", "ChildState": "child",
-    "Backoff": "backoff",
+    "RestartBackoff": "backoff",
     "Slot": "slot", "SlotState": "slot", "RestartPolicy": "slot", "SlotEvent": "slot",
     "Started": "slot", "Exited": "slot", "Stopped": "slot", "Failed": "slot",
     "SpawnFailed": "slot",

@@ -15,7 +15,7 @@ _MAX_EXPONENT = 64
 
 
 @dataclass(frozen=True)
-class Backoff:
+class RestartBackoff:
     """Restart delays: ``initial * factor**(n-1)`` for the n-th consecutive quick exit,
     capped at ``maximum``, times a uniform jitter in ``[1-jitter, 1+jitter]``.
 

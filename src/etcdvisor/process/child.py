@@ -205,7 +205,7 @@ class ChildProcess:
     def _lingering(self, now: float) -> bool:
         """A stopped leader exited but others of its group still run: keep its
         zombie (which pins the pgid) and give them the rest of the grace
-        period before the group is killed (rule 4: grace, then SIGKILL)."""
+        period before the group is killed (docs/safety.md, rule 4: grace, then SIGKILL)."""
         if self.state is not ChildState.STOPPING or self._stop_kill_at is None \
                 or self.pgid is None or self.pid is None \
                 or now >= self._stop_kill_at or not _group_has_live_members(self.pgid, self.pid):

@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO
 
-from etcdvisor.process.backoff import Backoff
+from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.cgroup import CgroupPool
 from etcdvisor.process.output import OutputPump
 from etcdvisor.process.reaper import Reaper, become_subreaper
@@ -95,7 +95,7 @@ class ProcessManager:
     # -- slots -------------------------------------------------------------------
 
     def new_slot(self, spec: ChildSpec | None, restart: RestartPolicy | str = RestartPolicy.ALWAYS,
-                 backoff: Backoff | None = None, start_retries: int = 3,
+                 backoff: RestartBackoff | None = None, start_retries: int = 3,
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None) -> Slot:
         slot = Slot(spec, restart, backoff, start_retries, on_event, name=name,

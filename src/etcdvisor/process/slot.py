@@ -24,7 +24,7 @@ Guarantees:
   exit; ``never`` (one-shot: cron run, job, topic message) reports completion as
   ``Exited(code)`` and stays EXITED.
 - A run shorter than ``backoff.reset_after`` is a quick exit; consecutive quick exits
-  grow the restart delay (``Backoff``); a longer run resets it (restart at once).
+  grow the restart delay (``RestartBackoff``); a longer run resets it (restart at once).
   After ``start_retries`` restarts that all exited quickly (that is, start_retries + 1
   quick exits in a row) the slot becomes FAILED and emits ``Failed`` -- the caller gives
   up a lease-bound role. A command that cannot be executed fails at once (no crash loop).
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from etcdvisor.process.backoff import Backoff
+from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.child import ChildProcess, ChildState
 from etcdvisor.process.spawn import ChildSpec, SpawnError
 
@@ -105,7 +105,7 @@ class Slot:
     """One desired child with a restart policy. Drive it with ``tick(now)``."""
 
     def __init__(self, spec: ChildSpec | None, restart: RestartPolicy | str = RestartPolicy.ALWAYS,
-                 backoff: Backoff | None = None, start_retries: int = 3,
+                 backoff: RestartBackoff | None = None, start_retries: int = 3,
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None, output: OutputPump | None = None,
                  watchdog: Watchdog | None = None, tracker: TreeTracker | None = None,
@@ -114,7 +114,7 @@ class Slot:
             raise ValueError("Slot needs a spec or a name")
         self.name = name if name is not None else spec.name  # type: ignore[union-attr]
         self.restart = RestartPolicy(restart)
-        self.backoff = backoff if backoff is not None else Backoff()
+        self.backoff = backoff if backoff is not None else RestartBackoff()
         self.start_retries = start_retries
         self.state = SlotState.STOPPED
         self.restarts = 0                 # automatic restarts after unrequested exits

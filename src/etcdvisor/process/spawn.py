@@ -17,8 +17,8 @@ Guarantees of ``spawn()``:
   empty signal mask. Linux delivers it when the *thread* that forked exits, so call
   ``spawn`` from a long-lived thread;
 - with ``parent_death=False`` (the process manager for children that are not lease-bound,
-  e.g. topic runs; its watchdog helper replaces the signal) there is no ``preexec_fn``: the process group is set by CPython's C code
-  (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
+  e.g. topic runs; its watchdog helper replaces the signal) there is no ``preexec_fn``:
+  the process group is set by CPython's C code (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
   ``bench/spawn_cost.py``). If the supervisor dies, even by SIGKILL, the watchdog sees
   its pipe close and kills every group, the cgroups and every marked process
   (docs/safety.md, rule 4), which the parent-death signal never did for grandchildren.

@@ -86,7 +86,7 @@ class ApplicationRoute:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ApplicationRoute":
+    def from_json(cls, text: str | bytes) -> ApplicationRoute:
         """Parse a stored document; ValueError when it is not one."""
         data = json.loads(text)
         if not isinstance(data, dict):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -49,7 +49,7 @@ class Abort(Exception):
     writing; :meth:`Counter.update` then returns ``None``."""
 
 
-class Backoff:
+class ConflictRetry:
     """Jittered exponential backoff for optimistic retry loops.
 
     The first retry goes at once (the failed transaction returned the fresh
@@ -142,7 +142,7 @@ class Counter:
         must have no side effects; it raises :class:`Abort` to give up
         (returns None) or any other exception to propagate it. Either way
         nothing is written."""
-        backoff = Backoff(f"counter {self.key!r}", max_attempts=self.max_attempts)
+        backoff = ConflictRetry(f"counter {self.key!r}", max_attempts=self.max_attempts)
         kv = self.backend.get(self.key)
         while True:
             try:

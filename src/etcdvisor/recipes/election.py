@@ -11,7 +11,7 @@ Guarantees:
 
 * ``campaign()`` returns only after (1) no key with a lower create revision
   exists, (2) our own key still exists, and (3) a keepalive *sent after* (1)
-  and (2) came back alive (GUIDE rule 2), so the lease could not have expired
+  and (2) came back alive (docs/safety.md, rule 2), so the lease could not have expired
   on the server before we started believing we lead;
 * the **fencing token** is the create revision of the leader's key: it
   strictly increases from one leader to the next;
@@ -35,8 +35,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -241,7 +241,7 @@ class LeadershipWatch:
         self._follower = Follower(election.backend, self._key, None, resync=self._resync,
                                   on_batch=self._on_batch, name=f"{election.name}:deposed")
 
-    def start(self) -> "LeadershipWatch":
+    def start(self) -> LeadershipWatch:
         self.election.session.add_listener(self._on_session)
         self._follower.start()
         return self

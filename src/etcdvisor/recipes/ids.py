@@ -46,7 +46,8 @@ import random
 import socket
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -55,7 +56,7 @@ from ..coord.types import Compare, Delete, Put, missing
 
 log = logging.getLogger(__name__)
 
-EPOCH = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc).timestamp()
+EPOCH = _dt.datetime(2024, 1, 1, tzinfo=_dt.UTC).timestamp()
 UNIT = 0.01  # seconds per time unit
 TIME_BITS, SEQUENCE_BITS, MACHINE_BITS = 39, 8, 16
 MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
@@ -158,7 +159,7 @@ class IdGenerator:
         except CoordError as exc:
             log.warning("id generator: could not release machine id %d: %s", machine, exc)
 
-    def __enter__(self) -> "IdGenerator":
+    def __enter__(self) -> IdGenerator:
         return self
 
     def __exit__(self, *exc) -> None:

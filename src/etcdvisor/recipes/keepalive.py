@@ -71,7 +71,7 @@ class KeepAliveNode:
         """True while the key should exist (written on a live lease)."""
         return self.state is NodeState.RUNNING and bool(self.session and self.session.alive)
 
-    def start(self) -> "KeepAliveNode":
+    def start(self) -> KeepAliveNode:
         """Grant the lease and write the key; raises ``CoordError`` (and
         leaves nothing behind) when the store is unreachable."""
         if self.state is not NodeState.NEW:
@@ -97,7 +97,7 @@ class KeepAliveNode:
         if self.session is not None:
             self.session.close(revoke=True)
 
-    def __enter__(self) -> "KeepAliveNode":
+    def __enter__(self) -> KeepAliveNode:
         if self.state is NodeState.NEW:
             self.start()
         return self

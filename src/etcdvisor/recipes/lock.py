@@ -69,7 +69,7 @@ import math
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -132,7 +132,7 @@ class _Guard:
 
 
 # Process-local guards of contenders sharing one session: {session: {prefix: guard}}.
-_shared_guards: "weakref.WeakKeyDictionary[Session, dict[str, _Guard]]" = weakref.WeakKeyDictionary()
+_shared_guards: weakref.WeakKeyDictionary[Session, dict[str, _Guard]] = weakref.WeakKeyDictionary()
 _shared_guards_lock = threading.Lock()
 
 
@@ -283,7 +283,7 @@ class Lock:
         """The current holder's key (lowest create revision), or None."""
         return self.queue.head()
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         self.acquire()
         return self
 

@@ -2,7 +2,7 @@
 
 A queue is the set of keys directly under ``prefix``; each contender owns one
 key, ``<prefix><lease-id-hex>``, attached to a lease. Its place in line is
-the key's **create revision** (never its name: GUIDE safety rule 5)::
+the key's **create revision** (never its name: docs/safety.md, rule 5)::
 
     enqueue   txn: if our key is missing, put it on our lease; read it back.
               Its create revision is our place in line (and, at the head,
@@ -28,7 +28,7 @@ Guarantees:
 * contenders reach the head in enqueue order;
 * a broken watch stream (``Unavailable``) is retried every
   ``retry_interval`` until the deadline; a compacted start revision makes
-  the waiter read the line again (nothing missed: GUIDE rule 5).
+  the waiter read the line again (nothing missed: docs/safety.md, rule 5).
 
 Limits: withdrawing does not reach the store when it is unreachable; the
 key then goes with its lease. The caller owns the lease and its keepalive.

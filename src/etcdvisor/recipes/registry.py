@@ -46,8 +46,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError, LeaseNotFound
@@ -77,7 +78,7 @@ class ServiceInfo:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ServiceInfo":
+    def from_json(cls, text: str | bytes) -> ServiceInfo:
         """Parse a stored document; raises ValueError when it is not one."""
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -118,7 +119,7 @@ class Registry:
         self._closed = False
 
     @classmethod
-    def for_cluster(cls, backend: Backend, cluster: str, **options) -> "Registry":
+    def for_cluster(cls, backend: Backend, cluster: str, **options) -> Registry:
         """The registry of a supervised cluster, under the cluster's prefix
         (``/etcdvisor/<cluster>/services``): what ``register:`` roles write
         and ``supervisor services`` reads."""
@@ -322,7 +323,7 @@ class Registry:
             except CoordError as exc:  # the key then goes with the member's lease
                 log.warning("registry: could not delete %s on close: %s", key, exc)
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc) -> None:

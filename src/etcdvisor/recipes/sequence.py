@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -52,7 +52,7 @@ class Info:
     def invalid(self) -> bool:
         return self.index < 0
 
-    def equal(self, other: "Info | None") -> bool:
+    def equal(self, other: Info | None) -> bool:
         """Same place (index and count); the epoch is ignored."""
         return other is not None and (self.index, self.count) == (other.index, other.count)
 
@@ -103,7 +103,7 @@ class Sequence:
     def info(self) -> Info:
         return self._info
 
-    def start(self, wait: float = 5.0) -> "Sequence":
+    def start(self, wait: float = 5.0) -> Sequence:
         """Join the group and start following it; with ``wait`` block until
         this member sees itself in the group."""
         self.session.add_listener(self._on_session)

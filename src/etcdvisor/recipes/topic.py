@@ -58,13 +58,13 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from ..coord.base import Backend
-from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
 from ..coord.follow import Follower
-from .counter import Backoff, parse_count
+from ..coord.types import Delete, EventType, Get, KeyValue, Put, WatchBatch, missing, mod_revision, prefix_end
+from .counter import ConflictRetry, parse_count
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Topic:
         if len(data) > self.max_payload:
             raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the topic's max_payload "
                                   f"of {self.max_payload} bytes ({self.prefix})")
-        backoff = Backoff(f"publish to {self.prefix!r}")
+        backoff = ConflictRetry(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         while True:
@@ -209,7 +209,7 @@ class Topic:
         return deleted
 
     # --- subscribe ------------------------------------------------------------
-    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> "Subscription":
+    def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> Subscription:
         """Messages published after this call (``from_id=None``) or every
         retained message with an id above ``from_id``, in id order."""
         if from_id is None:
@@ -290,30 +290,36 @@ class Subscription:
             self._cond.notify_all()
         self._follower.stop()
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # --- follower thread ---------------------------------------------------------
-    def _queue(self, kv: KeyValue) -> None:
-        message = message_from(kv)
-        if message.id <= self._last_queued:
-            return  # already delivered (a re-read overlapping the watch)
-        if message.seq > self._next_seq:
-            log.warning("topic %s: %d message(s) before id %d were trimmed before this subscriber "
-                        "read them", self.topic.prefix, message.seq - self._next_seq, message.id)
-        self._next_seq = message.seq + 1
-        self._last_queued = message.id
-        with self._cond:
-            self._buffer.append(message)
-            self._cond.notify_all()
+    def _queue_all(self, kvs) -> None:
+        """Buffer the new messages among ``kvs`` (in id order) under one
+        lock and wake the consumer once: a watch batch under load carries
+        many messages, and a wake-up per message cost more than the copy."""
+        fresh = []
+        for kv in kvs:
+            message = message_from(kv)
+            if message.id <= self._last_queued:
+                continue  # already delivered (a re-read overlapping the watch)
+            if message.seq > self._next_seq:
+                log.warning("topic %s: %d message(s) before id %d were trimmed before this subscriber "
+                            "read them", self.topic.prefix, message.seq - self._next_seq, message.id)
+            self._next_seq = message.seq + 1
+            self._last_queued = message.id
+            fresh.append(message)
+        if fresh:
+            with self._cond:
+                self._buffer.extend(fresh)
+                self._cond.notify_all()
 
     def _on_batch(self, batch: WatchBatch) -> bool:
-        for event in batch.events:
-            if event.type is EventType.PUT and event.kv.version == 1:
-                self._queue(event.kv)
+        self._queue_all([event.kv for event in batch.events
+                         if event.type is EventType.PUT and event.kv.version == 1])
         with self._cond:
             return len(self._buffer) >= self.max_buffer  # full: suspend the watch
 
@@ -334,8 +340,7 @@ class Subscription:
             room = min(_PAGE, self._wait_for_room(low_water=False))
             page = topic.backend.range(start, topic.msg_end, revision=revision, limit=room)
             revision = page.revision
-            for kv in page.kvs:
-                self._queue(kv)
+            self._queue_all(page.kvs)
             if len(page.kvs) < room or page.count <= len(page.kvs):
                 break
             start = page.kvs[-1].key + "\0"

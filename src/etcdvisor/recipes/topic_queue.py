@@ -48,12 +48,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..coord.errors import CoordError, LeaseNotFound
+from ..coord.follow import Follower
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Put, WatchBatch, create_revision, missing, prefix_end
-from ..coord.follow import Follower
 from .topic import Message, Topic, message_from
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class QueueConsumer:
                 log.warning("queue %s: could not release message %d: %s", self.group, message_id, exc)
         self._in_flight.clear()
 
-    def __enter__(self) -> "QueueConsumer":
+    def __enter__(self) -> QueueConsumer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,8 +30,8 @@ from __future__ import annotations
 import threading
 
 from ..coord.base import Backend
-from ..coord.types import EventType, WatchBatch
 from ..coord.follow import Follower
+from ..coord.types import EventType, WatchBatch
 from .counter import Counter, parse_count
 
 

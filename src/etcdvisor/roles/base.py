@@ -23,17 +23,18 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..config import Config, RoleSpec
 from ..coord.base import Backend
 from ..coord.errors import CoordError
+from ..coord.keys import ClusterKeys
 from ..coord.session import Session
+from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
-from ..events import Effect, EffectDone, RoleEvent
-from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
 _SERIALS = itertools.count(1)

@@ -46,12 +46,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from ..config.schedule import is_missed, parse_tick_id
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
-from .schedule import Schedule, is_missed, parse_tick_id
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -80,7 +80,7 @@ def manual_tick_id(when: datetime) -> str:
 class CronRunner(LeaderRunner):
     def __init__(self, spec, ctx):
         super().__init__(spec, ctx)
-        self.schedule = Schedule.parse(self.spec.schedule.text, self.spec.timezone or "UTC")
+        self.schedule = self.spec.schedule  # parsed once by the config loader: what validated runs
         self.policy = self.spec.concurrency or "forbid"
         self.runs: dict[str, _Run] = {}
         self.cursor: datetime | None = None  # None: not leading, or resuming
@@ -135,7 +135,7 @@ class CronRunner(LeaderRunner):
         return parse_tick_id(max(ids)) if ids else None
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.ctx.wall(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.ctx.wall(), tz=UTC)
 
     # --- the schedule ------------------------------------------------------------
     def desired(self, now: float) -> dict[str, ChildSpec]:

@@ -6,7 +6,7 @@ epoch)``. Rules:
 
 * a new assignment is applied only after membership stayed unchanged for
   ``settle`` seconds and a keepalive sent after it was observed came back
-  alive (GUIDE rule 2);
+  alive (docs/safety.md, rule 2);
 * only a change of INDEX or COUNT restarts the child; a new epoch alone does
   not (the running child keeps the EPOCH it was started with);
 * an invalid assignment (lease expired/lost, member key gone) stops the child
@@ -25,7 +25,7 @@ children that must never overlap should fence with ``EPOCH``.
 
 from __future__ import annotations
 
-from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from .base import RoleRunner

@@ -2,7 +2,7 @@
 
 One election per role (``roles/<role>/election/``). A campaign thread blocks
 in :meth:`Election.campaign`, which returns only after the win was confirmed
-by a keepalive sent after it (GUIDE rule 2); the loop then starts the child
+by a keepalive sent after it (docs/safety.md, rule 2); the loop then starts the child
 with ``LEADER=1`` and ``LEADER_TOKEN`` (the fencing token, strictly
 increasing across leaders). A :class:`LeadershipWatch` reports at once when
 the leader key disappears or the session lease expires/is lost; the child is
@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 
 from ..coord.errors import CoordError
-from ..process.slot import Exited, Failed, SpawnFailed, SlotEvent
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from .base import RoleRunner

@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..coord.errors import CoordError
-from ..process.backoff import Backoff
+from ..process.backoff import RestartBackoff
 from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.topic import Message, Topic
@@ -63,7 +63,7 @@ class TopicRunner(RoleRunner):
                            max_payload=self.spec.max_payload or 65536)
         self.concurrency = int(self.spec.concurrency or 1)
         self.max_attempts = int(self.spec.max_attempts or 5)
-        self.backoff = Backoff(initial=self.spec.backoff.initial, maximum=self.spec.backoff.max)
+        self.backoff = RestartBackoff(initial=self.spec.backoff.initial, maximum=self.spec.backoff.max)
         self.runs: dict[str, _Run] = {}
         self.processed = 0
         self.given_up = 0

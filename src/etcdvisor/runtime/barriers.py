@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 from ..config import Config, RoleSpec, RoleType
 from ..coord.errors import CoordError
+from ..coord.keys import ClusterKeys
 from ..coord.watcher import Change, PrefixWatcher
 from ..recipes.counter import parse_count
 from ..roles.job import job_done, spec_hash
-from ..coord.keys import ClusterKeys
 
 log = logging.getLogger("etcdvisor")
 
@@ -132,7 +132,7 @@ class BarrierGate:
             return []
         return [n for n in self.needs.get(role, ()) if not self.facts.get(n)]
 
-    def rebuild(self, config: Config) -> "BarrierGate":
+    def rebuild(self, config: Config) -> BarrierGate:
         """A gate for a reloaded config; roles that already passed their
         barriers (and whose barriers did not change) stay open."""
         self.stop()

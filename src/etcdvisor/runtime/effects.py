@@ -20,7 +20,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..events import Effect, EffectDone, RoleEvent
 

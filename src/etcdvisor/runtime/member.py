@@ -14,11 +14,11 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
-from ..coord.types import Get, Put, missing, Compare
+from ..coord.types import Compare, Get, Put, missing
 
 log = logging.getLogger("etcdvisor")
 

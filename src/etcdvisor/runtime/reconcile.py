@@ -1,5 +1,5 @@
 """Reconcile runners' desired children with process slots, and keep
-lease-bound children inside the lease (GUIDE safety rule 1).
+lease-bound children inside the lease (docs/safety.md, rule 1).
 
 Each runner says which children should run (slot key -> ChildSpec); this
 module creates, updates and drops :class:`~etcdvisor.process.slot.Slot`
@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import timing
-from ..process.backoff import Backoff
+from ..process.backoff import RestartBackoff
 from ..process.manager import ProcessManager
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..roles.base import RoleRunner
@@ -76,7 +76,7 @@ class Reconciler:
         role = runner.spec
         name = f"{role.name}/{key}"
         slot = self.manager.new_slot(spec, restart=runner.restart_policy(key),
-                                     backoff=Backoff(initial=role.backoff.initial, maximum=role.backoff.max),
+                                     backoff=RestartBackoff(initial=role.backoff.initial, maximum=role.backoff.max),
                                      start_retries=role.start_retries, name=name)
         self._slots[name] = _Owned(runner, key, slot)
         return slot

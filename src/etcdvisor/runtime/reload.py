@@ -77,7 +77,7 @@ class ConfigFileWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="config-watch")
 
-    def start(self) -> "ConfigFileWatcher":
+    def start(self) -> ConfigFileWatcher:
         self._thread.start()
         return self
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..coord.errors import CoordError
 from ..events import Effect, EffectDone, RoleEvent

@@ -22,16 +22,16 @@ import os
 import queue
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend
 from ..coord.errors import CoordError
+from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEventKind
+from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
-from ..coord.keys import ClusterKeys
-from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from .barriers import BarrierFact, BarrierGate
 from .effects import EffectRunner
 from .control import ControlChanged

@@ -34,7 +34,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
 
     @classmethod
-    def to_url(cls, url: str) -> "TcpProxy":
+    def to_url(cls, url: str) -> TcpProxy:
         host_port = url.split("://", 1)[-1]
         host, port = host_port.rsplit(":", 1)
         return cls(host, int(port)).start()
@@ -43,7 +43,7 @@ class TcpProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._thread.start()
         return self
 

@@ -24,7 +24,7 @@ class EtcdCluster:
     def url(self) -> str:
         return ",".join(m.url for m in self.members)
 
-    def start(self, timeout: float = 30.0) -> "EtcdCluster":
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
         for member in self.members:
             member.start(wait=False)
         for member in self.members:

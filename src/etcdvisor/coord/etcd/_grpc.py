@@ -4,7 +4,10 @@ translator). Nothing outside ``coord/etcd/`` imports grpc or etcd3."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import types
 
 # The supervisor forks children while gRPC threads run; gRPC's fork handlers
 # are not needed (children exec at once) and log noise at every fork.
@@ -12,7 +15,35 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
-from etcd3 import etcdrpc  # noqa: E402
+
+
+def _load_etcdrpc():
+    """etcd3's generated protocol modules without ``etcd3/__init__``, which
+    imports the whole etcd3 client (and its dependencies) that we do not use:
+    about 3 MiB of an idle supervisor's RSS. A placeholder parent package is
+    registered only while the submodule loads; a later ``import etcd3`` runs
+    the real package, which picks up the already-loaded ``etcd3.etcdrpc``."""
+    if "etcd3" in sys.modules:
+        from etcd3 import etcdrpc as loaded
+
+        return loaded
+    spec = importlib.util.find_spec("etcd3")
+    if spec is None or not spec.submodule_search_locations:
+        from etcd3 import etcdrpc as loaded  # let the normal import report the problem
+
+        return loaded
+    placeholder = types.ModuleType("etcd3")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    placeholder.__spec__ = spec
+    sys.modules["etcd3"] = placeholder
+    try:
+        return importlib.import_module("etcd3.etcdrpc")
+    finally:
+        if sys.modules.get("etcd3") is placeholder:
+            del sys.modules["etcd3"]
+
+
+etcdrpc = _load_etcdrpc()
 
 try:  # idle cost: see _quiet_blocked_streams
     from grpc import _common as _grpc_common  # noqa: E402

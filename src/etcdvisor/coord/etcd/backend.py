@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+import time
+from collections.abc import Sequence
 
 from ..base import Backend, WatchStream
 from ..errors import AuthFailed, Closed, CoordError, LeaseNotFound, Unavailable
 from ..types import Compare, KeyValue, Lease, Put, RangeResult, TxnResult
 from ..url import BackendSpec, Endpoint
-from ._grpc import (_CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result,
-                    short_reason, to_kv, translate)
+from ._grpc import _CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result, short_reason, to_kv, translate
+from .keepalive import KeepAliveStream
 from .tls import tls_credentials
 from .watch import EtcdWatchStream
 
@@ -32,8 +33,11 @@ class _Connection:
         self.watch = etcdrpc.WatchStub(self.channel)
         self.maintenance = etcdrpc.MaintenanceStub(self.channel)
         self.auth = etcdrpc.AuthStub(self.channel)
+        self.keepalive: KeepAliveStream | None = None  # set by the backend (needs its metadata)
 
     def close(self):
+        if self.keepalive is not None:
+            self.keepalive.close()
         self.channel.close()
 
 
@@ -49,6 +53,8 @@ class EtcdBackend(Backend):
         self._token: str | None = None
         creds, override = tls_credentials(spec)
         self._conns = [_Connection(ep, creds, override) for ep in spec.endpoints]
+        for conn in self._conns:
+            conn.keepalive = KeepAliveStream(conn.lease, self._metadata)
         self._current = 0
         self._streams: set[EtcdWatchStream] = set()
         if connect:
@@ -56,19 +62,33 @@ class EtcdBackend(Backend):
 
     # --- plumbing ----------------------------------------------------------
     def _connect(self) -> None:
-        errors = []
-        for _ in self._conns:
-            try:
-                if self.spec.username:
-                    self._authenticate()
-                self.revision()
-                return
-            except AuthFailed as exc:
-                raise AuthFailed(f"etcd at {self._conn().endpoint}: authentication failed "
-                                 f"for user {self.spec.username!r}") from exc
-            except CoordError as exc:
-                errors.append(f"{self._conn().endpoint} ({short_reason(exc)})")
-        raise Unavailable("cannot reach etcd at " + ", ".join(errors))
+        """Reach one endpoint, trying them in turn until ``timeout`` has passed.
+
+        gRPC gives a connection attempt little time (``min_reconnect_backoff_ms``
+        is also its minimum connect timeout) and lets the next attempts grow, so a
+        single try fails on a starved machine (many supervisors starting on few
+        cores) where the second or third would succeed."""
+        errors: dict[str, str] = {}
+        deadline = time.monotonic() + self.timeout
+        pause = threading.Event()  # never set: a wait that cannot be cut short by a signal
+        while True:
+            for _ in self._conns:
+                conn = self._conn()
+                try:
+                    if self.spec.username:
+                        self._authenticate()
+                    self.revision()
+                    return
+                except AuthFailed as exc:
+                    raise AuthFailed(f"etcd at {conn.endpoint}: authentication failed "
+                                     f"for user {self.spec.username!r}") from exc
+                except CoordError as exc:
+                    errors[str(conn.endpoint)] = short_reason(exc)
+                    self._rotate(conn)  # timeouts too: try the next endpoint
+            if time.monotonic() >= deadline:
+                break
+            pause.wait(0.2)
+        raise Unavailable("cannot reach etcd at " + ", ".join(f"{ep} ({why})" for ep, why in errors.items()))
 
     def _conn(self) -> _Connection:
         return self._conns[self._current]
@@ -154,21 +174,12 @@ class EtcdBackend(Backend):
     def lease_keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         if self._closed:
             raise Closed("lease keepalive: backend closed")
-        deadline = self.timeout if timeout is None else timeout
         conn = self._conn()
-        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
-        try:
-            responses = conn.lease.LeaseKeepAlive(iter([request]), deadline, metadata=self._metadata())
-            for resp in responses:
-                ttl = resp.TTL
-                responses.cancel()
-                return max(0, ttl)
-        except grpc.RpcError as exc:
-            err = translate(exc, f"lease keepalive {lease_id:x}")
-            if isinstance(err, Unavailable):
-                self._rotate(conn)
-            raise err from None
-        raise Unavailable(f"lease keepalive {lease_id:x}: stream ended without an answer")
+        try:  # on the connection's long-lived stream (see keepalive.py)
+            return conn.keepalive.refresh(lease_id, self.timeout if timeout is None else timeout)
+        except Unavailable:
+            self._rotate(conn)
+            raise
 
     def lease_revoke(self, lease_id: int) -> None:
         try:
