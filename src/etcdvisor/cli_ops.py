@@ -261,9 +261,8 @@ def _count_argument(raw: str | None) -> int:
 # --- rerun -----------------------------------------------------------------------------
 @operator_verb
 def cmd_rerun(args, target: Target) -> int:
-    from .coord.types import Delete, Get
-
     from .cli_control import require_known_cluster, require_role
+    from .coord.types import Delete, Get
 
     role = _check_name("role", args.role)
     require_known_cluster(target)

@@ -129,7 +129,7 @@ def _thread_crashed(args) -> None:
 
 
 def _text_child_line(name: str, stream: str, text: str) -> bytes:
-    return f"{timestamp()} {name}| {text}\n".encode("utf-8")
+    return f"{timestamp()} {name}| {text}\n".encode()
 
 
 def _json_child_line(member: str):

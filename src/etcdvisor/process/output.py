@@ -29,7 +29,8 @@ import os
 import selectors
 import sys
 import threading
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024

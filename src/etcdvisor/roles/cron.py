@@ -328,7 +328,7 @@ class CronRunner(LeaderRunner):
             del self.triggers[trigger_id]
             if self.ctx.wall() - record["when"] <= TRIGGER_MAX_AGE:
                 self.say(f"manual run requested by {record.get('who')}: claiming")
-                self._claim(datetime.fromtimestamp(record["when"], tz=timezone.utc), self._now(), record)
+                self._claim(datetime.fromtimestamp(record["when"], tz=UTC), self._now(), record)
                 return
 
     def next_deadline(self) -> float | None:

@@ -39,9 +39,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -81,7 +81,7 @@ def make_record(verb: str, role: str, *, member: str | None = None, index: int |
     who, host = operator()
     return {"verb": verb, "role": role, "id": f"{int(when * 1000):x}-{os.urandom(3).hex()}",
             "who": who, "host": host, "when": round(when, 3),
-            "at": datetime.fromtimestamp(when, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "at": datetime.fromtimestamp(when, tz=UTC).isoformat(timespec="milliseconds"),
             "member": member, "index": index}
 
 
@@ -143,7 +143,7 @@ class ControlWatch:
         self.watcher = PrefixWatcher(backend, self.prefix, self._on_change, name="control",
                                      on_error=on_error)
 
-    def start(self, wait: float = 5.0) -> "ControlWatch":
+    def start(self, wait: float = 5.0) -> ControlWatch:
         self.watcher.start(wait=wait)
         return self
 

@@ -27,9 +27,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -126,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(HTTPServer):
     allow_reuse_address = True
 
-    def __init__(self, address, endpoint: "OpsServer"):
+    def __init__(self, address, endpoint: OpsServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.endpoint = endpoint
         super().__init__(address, _Handler)
@@ -145,7 +145,7 @@ class OpsServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "OpsServer":
+    def start(self) -> OpsServer:
         host, port = self.address
         try:
             self._server = _Server((host, port), self)

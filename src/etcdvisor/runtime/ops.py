@@ -33,7 +33,7 @@ SESSION_ERRORS = {SessionEventKind.ERROR: "keepalive", SessionEventKind.EXPIRED:
 
 
 class Operations:
-    def __init__(self, sup: "Supervisor"):
+    def __init__(self, sup: Supervisor):
         self.sup = sup
         self.metrics = Metrics(backlog=self._topic_backlog)
         self.health = Health(clock=sup.clock)

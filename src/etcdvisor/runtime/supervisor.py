@@ -33,8 +33,8 @@ from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, W
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
-from .effects import EffectRunner
 from .control import ControlChanged
+from .effects import EffectRunner
 from .http import HttpError
 from .member import MemberRecord
 from .ops import Operations
@@ -360,7 +360,7 @@ class Supervisor:
                 allowed = runner in self.runners.values() and self.gate.allows(runner.name)
                 if allowed and self.ops.paused(runner.name):
                     # a cron leader records due ticks 'paused'
-                    self.roster.call(runner, "while_paused", lambda r=runner: r.while_paused(now))
+                    self.roster.call(runner, "while_paused", lambda r=runner, t=now: r.while_paused(t))
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
                 if not lease_ok:
