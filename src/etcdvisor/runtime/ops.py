@@ -177,8 +177,6 @@ class Operations:
     def _topic_backlog(self) -> dict[str, int]:
         """Unprocessed messages per topic role (queue: of its group; broadcast: after this
         member's cursor). Runs on the HTTP thread, so etcd reads are fine here."""
-        from ..status import _topics
-
         sup = self.sup
         roles = [r for r in sup.config.roles.values() if r.type.value == "topic"]
         backlog = {}
@@ -192,7 +190,10 @@ class Operations:
                 backlog[role.name] = sum(1 for kv in kvs if kv.key.startswith(prefix + "msg/")
                                          and kv.create_revision > after)
                 continue
-            found = _topics(kvs, sup.keys.base + "topics/", None).get(topic)
-            group = (found or {}).get("groups", {}).get(role.name)
-            backlog[role.name] = group["unacked"] if group else (found or {}).get("messages", 0)
+            # queue: retained messages without the group's done marker (as status counts them)
+            retained = {kv.create_revision for kv in kvs if kv.key.startswith(prefix + "msg/")}
+            done_prefix = f"{prefix}done/{role.name}/"
+            done = {int(tail) for kv in kvs if kv.key.startswith(done_prefix)
+                    and (tail := kv.key[len(done_prefix):]).isdigit()}
+            backlog[role.name] = len(retained - done)
         return backlog
