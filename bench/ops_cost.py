@@ -20,7 +20,6 @@ output is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
 from _supervisors import BenchFleet  # noqa: E402
 
 
@@ -159,7 +159,7 @@ def main() -> None:
           f"render alone {result['render_cpu_ms']} ms")
     print(f"idle: http off {result['idle_cpu_pct_http_off']}% CPU, {result['rss_mib_http_off']} MiB; "
           f"http on {result['idle_cpu_pct_http_on']}% CPU, {result['rss_mib_http_on']} MiB")
-    print(json.dumps(result, sort_keys=True))
+    emit("ops_cost", result)
 
 
 if __name__ == "__main__":
