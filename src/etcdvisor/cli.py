@@ -19,6 +19,14 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def lease_tolerance(config) -> str:
+    """The etcd round trip ``config`` tolerates, as one line (docs/safety.md rule 1)."""
+    from .timing import config_tolerance_line
+
+    bound = {r.name: r.stop_timeout for r in config.roles.values() if r.lease_bound}
+    return config_tolerance_line(config.member.ttl, bound)
+
+
 def cmd_validate(args) -> int:
     from .config import ConfigError, load
     from .config.errors import unexpected_problem
@@ -40,6 +48,7 @@ def cmd_validate(args) -> int:
             print(line, file=sys.stderr)
         roles = ", ".join(f"{r.name} ({r.type.value})" for r in config.roles.values()) or "no roles"
         print(f"{path}: ok: cluster {config.cluster}, {roles}")
+        print(f"{path}: {lease_tolerance(config)}")
     return status
 
 

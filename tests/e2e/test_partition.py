@@ -38,6 +38,9 @@ def test_partitioned_leader_stops_before_lease_expiry_and_rejoins(fleet):
         assert old.end_recorded, "the cut-off leader's child was not stopped gracefully"
         assert old.end - cut_at < TTL, f"child stopped {old.end - cut_at:.2f}s after the cut (ttl {TTL})"
         assert cut.running(), "the cut-off supervisor must keep running and wait for etcd"
+        # the stop names its deadline, the child and the age of the last confirmed keepalive
+        assert "lead: lease term deadline reached (SIGTERM, role lead, pid" in cut.output()
+        assert "last confirmed keepalive was sent" in cut.output()
 
         proxy.restore()
         cut.wait_output("rejoin", timeout=20)

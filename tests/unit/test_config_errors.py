@@ -29,7 +29,8 @@ EXPECTED = {
     "empty_program": ("roles.worker.command[0]", "program name is empty"),
     "unknown_signal": ("roles.worker.stop_signal", "'SIGSTOP' is not a stop signal (one of: TERM, INT"),
     "no_slack": ("roles.compactor.stop_timeout",
-                 "10s leaves no slack under member.ttl 10s (need member.ttl >= 14s or stop_timeout < 6.5s)"),
+                 "10s leaves no slack under member.ttl 10s (need member.ttl >= 14s or stop_timeout < 6.5s; "
+                 "tolerates no round trip, needs more than 0.9s)"),
     "unknown_role_type": ("roles.worker.type",
                           "'sharded2' is not a role type (one of: sharded, singleton, cron, job, topic)"),
     "after_cycle": ("roles.a.after", "cycle in after: a -> c -> b -> a"),
@@ -179,5 +180,5 @@ def test_slack_check_uses_the_default_stop_timeout(tmp_path):
     # topic roles do not hold the lease, so only the sharded role is reported
     assert caught.value.errors == [
         f"{path}: roles.w.stop_timeout: the default 5s leaves no slack under member.ttl 6s "
-        "(need member.ttl >= 9s or stop_timeout < 2.7s)"
+        "(need member.ttl >= 9s or stop_timeout < 2.7s; tolerates no round trip, needs more than 0.9s)"
     ]

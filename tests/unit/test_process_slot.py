@@ -143,3 +143,21 @@ def test_lease_term_stops_a_lease_bound_child_and_holds_restarts():
     slot.set_lease_deadlines(now + 30, now + 35)  # keepalive came back: may start again
     _drive(slot, _count(Started, 1))
     _stop(slot)
+
+
+def test_no_lease_bound_start_past_start_by_even_before_the_term():
+    """A link slower than the config tolerates: the deadline would stop the child
+    before the next keepalive could move it, so it is not started at all (no
+    start/stop flapping every second)."""
+    slot = Slot(_spec(SLEEP, lease_bound=True), "always")
+    now = time.monotonic()
+    slot.set_lease_deadlines(now + 30, now + 35, start_by=now - 0.01)
+    assert slot.tick(time.monotonic()) == []  # term still ahead, start_by passed
+    assert slot.state is SlotState.STOPPED and slot.next_deadline() is None
+    now = time.monotonic()
+    slot.set_lease_deadlines(now + 30, now + 35, start_by=now + 29)  # a fresh confirmation
+    _drive(slot, _count(Started, 1))
+    now = time.monotonic()
+    slot.set_lease_deadlines(now + 30, now + 35, start_by=now - 0.01)  # a running child keeps running
+    assert slot.tick(time.monotonic()) == [] and slot.state is SlotState.RUNNING
+    _stop(slot)

@@ -58,9 +58,50 @@ def test_min_ttl_examples():
 def test_slack_problem_states_the_numbers():
     assert timing.slack_problem(10, 5) is None
     assert timing.slack_problem(10, 10) == (
-        "10s leaves no slack under member.ttl 10s (need member.ttl >= 14s or stop_timeout < 6.5s)")
+        "10s leaves no slack under member.ttl 10s (need member.ttl >= 14s or stop_timeout < 6.5s; "
+        "tolerates no round trip, needs more than 0.9s)")
 
 
 def test_slack_problem_when_no_stop_timeout_fits():
     # 3 * 0.95 - 3 < 0: no stop_timeout can work, only a larger TTL
-    assert timing.slack_problem(3, 0.5) == "0.5s leaves no slack under member.ttl 3s (need member.ttl >= 4s)"
+    assert timing.slack_problem(3, 0.5) == (
+        "0.5s leaves no slack under member.ttl 3s (need member.ttl >= 4s; "
+        "tolerates round trips up to 0.25s, needs more than 0.9s)")
+
+
+def test_tolerated_round_trip_at_ttl_4():
+    # stop_offset 2.3 s - one interval - 0.1 s send allowance
+    assert timing.tolerated_round_trip(4, 0.5) == pytest.approx(1.2)
+    assert timing.tolerance_line(4, 0.5) == "ttl 4s, stop_timeout 0.5s: tolerates round trips up to 1.2s"
+
+
+def test_tolerated_round_trip_is_capped_by_the_keepalive_timeout():
+    assert timing.keepalive_timeout(4) == 2.0
+    assert timing.keepalive_timeout(60) == 5.0
+    assert timing.tolerated_round_trip(60, 1) == 5.0
+
+
+@pytest.mark.parametrize("ttl", range(2, 40))
+@pytest.mark.parametrize("stop_timeout", [0, 0.1, 0.5, 0.79, 0.8, 0.81, 1, 2.5, 5, 10, 30])
+def test_slack_rule_is_the_round_trip_rule(ttl, stop_timeout):
+    """Accepted exactly when the config tolerates more than MIN_TOLERATED_RTT."""
+    tolerated = timing.tolerated_round_trip(ttl, stop_timeout)
+    assert timing.has_slack(ttl, stop_timeout) == (tolerated > timing.MIN_TOLERATED_RTT + 1e-9)
+
+
+def test_every_accepted_config_survives_800ms_round_trips():
+    assert timing.MIN_TOLERATED_RTT == pytest.approx(0.9)
+
+
+def test_config_tolerance_line_names_the_tightest_role():
+    assert timing.config_tolerance_line(10, {"a": 1.0, "b": 5.0}) == (
+        "ttl 10s, stop_timeout 5s: tolerates round trips up to 2.4s (tightest role: b)")
+    assert timing.config_tolerance_line(4, {}) == (
+        "ttl 4s, no lease-bound role: keepalives tolerate round trips up to 2s")
+
+
+def test_start_deadline_is_one_cadence_before_the_term():
+    # ttl 4, stop_timeout 0.5: term 2.3 s after t_k, starts only until 1.3 s after it:
+    # a confirmation that old means a round trip the config does not tolerate (1.2 s)
+    assert timing.start_deadline(100.0, 4, 0.5) == pytest.approx(101.3)
+    assert timing.start_deadline(0.0, 4, 0.5) > timing.tolerated_round_trip(4, 0.5)

@@ -6,6 +6,11 @@ reloads hand the file to ``python -m etcdvisor.config.isolated``, which
 checks it exactly like :func:`etcdvisor.config.load` and sends back the
 frozen :class:`~etcdvisor.config.Config` (pickled; parent and child are the
 same program) or the problems, one line each.
+
+The check child gets only the environment it needs (docs/safety.md rule 7:
+secrets stay secret): the ``ETCDVISOR_*`` overrides the loader reads and what
+Python itself needs to start (:data:`CHECK_ENVIRONMENT`), never the variable
+that holds the etcd password, nor anything else of the supervisor's.
 """
 
 from __future__ import annotations
@@ -20,9 +25,19 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .errors import ConfigError, unexpected_problem
+from .loader import ENV_OVERRIDES
 from .model import Config
 
 EXIT_PROBLEMS = 3
+CHECK_ENVIRONMENT = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TZDIR", "TMPDIR", "VIRTUAL_ENV",
+                               "SYSTEMROOT"} | {variable for variable, _ in ENV_OVERRIDES})
+"""Variables (besides ``LC_*`` and ``PYTHON*``) passed to the check child."""
+
+
+def check_environment(environ: Mapping[str, str], secret_names=()) -> dict[str, str]:
+    """The part of ``environ`` the check child may see (never ``secret_names``)."""
+    return {name: value for name, value in environ.items()
+            if (name in CHECK_ENVIRONMENT or name.startswith(("LC_", "PYTHON"))) and name not in secret_names}
 
 
 def read_only(items: dict) -> MappingProxyType:
@@ -34,9 +49,11 @@ copyreg.pickle(MappingProxyType, lambda proxy: (read_only, (dict(proxy),)))
 
 
 def load_isolated(path: str, environ: Mapping[str, str] | None = None, *,
-                  default_member_id: str | None = None, timeout: float = 60.0) -> Config:
-    """Like :func:`etcdvisor.config.load`, in a child process."""
-    env = dict(os.environ if environ is None else environ)
+                  default_member_id: str | None = None, timeout: float = 60.0,
+                  secret_names=()) -> Config:
+    """Like :func:`etcdvisor.config.load`, in a child process that sees only
+    :func:`check_environment` of ``environ``."""
+    env = check_environment(os.environ if environ is None else environ, secret_names)
     command = [sys.executable, "-m", "etcdvisor.config.isolated", path]
     if default_member_id:
         command.append(default_member_id)

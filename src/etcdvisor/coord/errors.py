@@ -26,6 +26,11 @@ class AuthFailed(CoordError):
     """Credentials were rejected, or the user lacks permission."""
 
 
+class PermissionDenied(AuthFailed):
+    """The credentials are valid but the user may not touch this key (etcd's
+    PERMISSION_DENIED); the message names the operation and the key."""
+
+
 class Compacted(CoordError):
     """A watch or read asked for a revision that was compacted away."""
 

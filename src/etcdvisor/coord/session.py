@@ -4,12 +4,23 @@ Everything a process owns in the store (membership keys, election keys,
 claims) hangs on its session's lease, so a crash cleans up by itself after
 the TTL and :meth:`Session.close` (revoke) makes others react at once.
 
-Keepalives go out every ``interval`` seconds (default 1 s), each with a short
-timeout. The session records ``last_alive_sent``: the monotonic time at which
-the last keepalive that came back alive was *sent*. The server cannot expire
+Keepalives go out on a fixed cadence measured from *send* times: one every
+``interval`` seconds (default 1 s), whether or not earlier ones have come
+back, so a slow reply never delays the next send (docs/safety.md, rule 1).
+Several may be in flight at once, each on a worker thread of a small pool
+and each with its own timeout (``keepalive_timeout``, default
+:func:`etcdvisor.timing.keepalive_timeout`); when every worker is busy the
+send is skipped and counted, never queued (a queued send would carry a stale
+send time). The session records ``last_alive_sent``: the monotonic time at
+which the newest keepalive that came back alive was *sent* (replies may
+arrive out of order; the newest send time wins). The server cannot expire
 the lease before ``last_alive_sent + ttl`` (measured on a clock that may run
 up to ``rho`` fast or slow, see :mod:`etcdvisor.timing`), which is what the
 supervisor's safety deadlines are computed from.
+
+Threads: one *pacer* (sends on the cadence, notices expiry, re-grants a
+lost lease) and ``workers`` keepalive workers; all are daemons that stop
+on :meth:`Session.close`.
 
 States (``SessionState``)::
 
@@ -30,11 +41,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import timing
 from .base import Backend
 from .errors import CoordError
 
@@ -70,7 +84,7 @@ class SessionEvent:
 class Session:
     """See module docstring."""
 
-    def __init__(self, backend: Backend, ttl: int, *, interval: float = 1.0,
+    def __init__(self, backend: Backend, ttl: int, *, interval: float = timing.KEEPALIVE_INTERVAL,
                  keepalive_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  name: str = "session"):
         if ttl < 2:
@@ -78,18 +92,24 @@ class Session:
         self.backend = backend
         self.requested_ttl = int(ttl)
         self.interval = interval
-        self.keepalive_timeout = keepalive_timeout or max(0.5, min(interval, ttl / 4))
+        self.keepalive_timeout = keepalive_timeout or timing.keepalive_timeout(ttl)
+        # enough workers that a keepalive can go out every interval while the
+        # earlier ones wait out their whole timeout
+        self.workers = min(16, math.ceil(self.keepalive_timeout / interval) + 1)
         self.clock = clock
         self.name = name
         self.state = SessionState.NEW
         self.lease_id = 0
         self.ttl = 0
         self.last_alive_sent = 0.0
+        self.skipped_sends = 0  # cadence ticks with every worker still waiting
         self._listeners: list[Callable[[SessionEvent], None]] = []
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0  # workers waiting for a job (guarded by _changed)
+        self._threads: list[threading.Thread] = []
 
     # --- public --------------------------------------------------------------
     def add_listener(self, listener: Callable[[SessionEvent], None]) -> None:
@@ -101,10 +121,13 @@ class Session:
 
     def start(self) -> Session:
         """Grant the lease (raises CoordError if the backend is down) and
-        start the keepalive thread."""
+        start the keepalive threads."""
         self._grant()
-        self._thread = threading.Thread(target=self._run, name=f"keepalive:{self.name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._pace, name=f"keepalive:{self.name}", daemon=True)]
+        self._threads += [threading.Thread(target=self._work, name=f"keepalive:{self.name}:{n}", daemon=True)
+                          for n in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
         return self
 
     @property
@@ -129,17 +152,21 @@ class Session:
         return True
 
     def request_keepalive(self) -> None:
-        """Send the next keepalive now instead of at the next interval (used
-        to confirm a fresh win quickly without blocking the caller)."""
+        """Send the next keepalive now instead of at the next tick (used to
+        confirm a fresh win quickly without blocking the caller); the cadence
+        then continues from this send."""
         self._kick.set()
 
     def close(self, revoke: bool = True) -> None:
         """Stop keepalives and (by default) revoke the lease so every key on
-        it disappears at once."""
+        it disappears at once. Workers still waiting for a reply are not
+        joined (each ends within its own timeout)."""
         self._stop.set()
         self._kick.set()
-        if self._thread and self._thread is not threading.current_thread():
-            self._thread.join(self.keepalive_timeout + 1)
+        for _ in range(self.workers):
+            self._jobs.put(None)
+        if self._threads and self._threads[0] is not threading.current_thread():
+            self._threads[0].join(self.keepalive_timeout + 1)
         lease = self.lease_id
         self._set_state(SessionState.CLOSED)
         if revoke and lease:
@@ -156,37 +183,77 @@ class Session:
             self.lease_id, self.ttl, self.last_alive_sent = lease.id, lease.ttl, sent
         self._set_state(SessionState.ALIVE)
 
-    def _run(self) -> None:
-        while True:
-            self._kick.wait(self.interval)
-            self._kick.clear()
-            if self._stop.is_set():
-                return
-            if self.state in (SessionState.LOST,):
-                self._try_new_lease()
-            else:
-                self._keepalive_once()
+    def _pace(self) -> None:
+        """The cadence: a send every ``interval`` from the previous send."""
+        next_send = self.clock() + self.interval
+        while not self._stop.is_set():
+            now = self.clock()
+            wake = next_send
+            if self.state is SessionState.ALIVE:
+                wake = min(wake, self.expiry_bound())
+            if self._kick.wait(max(0.0, wake - now)) or self.clock() >= next_send:
+                self._kick.clear()
+                if self._stop.is_set():
+                    return
+                if self.state is SessionState.LOST:
+                    self._try_new_lease()
+                else:
+                    self._dispatch()
+                next_send = self.clock() + self.interval
+            self._check_expiry()
 
-    def _keepalive_once(self) -> bool:
+    def _dispatch(self) -> None:
+        """Hand one keepalive to an idle worker; skip it if none is idle."""
+        with self._changed:
+            if self._idle == 0:
+                self.skipped_sends += 1
+                log.debug("%s: every keepalive worker is waiting; send skipped", self.name)
+                return
+            self._idle -= 1
+        self._jobs.put(self.lease_id)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._changed:
+                self._idle += 1
+            lease = self._jobs.get()
+            if lease is None or self._stop.is_set():
+                return
+            self._keepalive_once(lease)
+
+    def _check_expiry(self) -> None:
+        with self._changed:
+            expired = self.state is SessionState.ALIVE and self.clock() >= self.expiry_bound()
+        if expired:
+            self._set_state(SessionState.EXPIRED)
+            self._emit(SessionEventKind.EXPIRED, "no keepalive confirmed within the TTL")
+
+    def _keepalive_once(self, lease: int | None = None) -> bool:
+        """One keepalive of ``lease`` (default: the current one), sent now;
+        True when it confirmed the lease alive with a newer send time."""
+        lease = self.lease_id if lease is None else lease
         sent = self.clock()
         try:
-            ttl = self.backend.lease_keepalive(self.lease_id, timeout=self.keepalive_timeout)
+            ttl = self.backend.lease_keepalive(lease, timeout=self.keepalive_timeout)
         except CoordError as exc:
-            self._emit(SessionEventKind.ERROR, str(exc))
-            if self.state is SessionState.ALIVE and self.clock() >= self.expiry_bound():
-                self._set_state(SessionState.EXPIRED)
-                self._emit(SessionEventKind.EXPIRED, "no keepalive confirmed within the TTL")
+            if not self._stop.is_set():  # a call cut short by close() is no news
+                self._emit(SessionEventKind.ERROR, str(exc))
             return False
-        if self._stop.is_set():
-            return False
+        if self._stop.is_set() or lease != self.lease_id:
+            return False  # closed meanwhile, or the answer is about a replaced lease
         if ttl <= 0:
-            log.warning("%s: lease %x is gone on the server", self.name, self.lease_id)
+            with self._changed:
+                if self.state is SessionState.LOST:
+                    return False
+            log.warning("%s: lease %x is gone on the server", self.name, lease)
             self._set_state(SessionState.LOST)
             self._emit(SessionEventKind.LOST, "lease expired or revoked")
             return False
         with self._changed:
+            if self.state is SessionState.LOST or sent <= self.last_alive_sent:
+                return False  # an older send than one already confirmed: nothing new
             self.ttl = ttl
-            self.last_alive_sent = max(self.last_alive_sent, sent)
+            self.last_alive_sent = sent
         rtt = self.clock() - sent
         self._set_state(SessionState.ALIVE)
         self._emit(SessionEventKind.KEEPALIVE, rtt=rtt)

@@ -66,7 +66,7 @@ class ProcessManager:
         self._slots: dict[Slot, None] = {}  # insertion-ordered set
         self._known: set[int] = set()        # pids of slot children, rebuilt on a miss
         self._protected: set[int] = set()
-        self._lease_rule: Callable[[Slot], tuple[float | None, float | None]] = _no_deadlines
+        self._lease_rule: Callable[[Slot], tuple[float | None, ...]] = _no_deadlines
 
     def start(self) -> None:
         if self._subreaper:

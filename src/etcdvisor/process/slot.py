@@ -30,8 +30,11 @@ Guarantees:
   up a lease-bound role. A command that cannot be executed fails at once (no crash loop).
 - An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure.
 - Lease-bound specs: ``set_lease_deadlines(term_at, kill_at)`` is passed to the child,
-  which is stopped at ``term_at`` and killed at ``kill_at``; while ``term_at`` has passed
-  no new lease-bound child is started (the slot waits for new deadlines).
+  which is stopped at ``term_at`` and killed at ``kill_at``; while ``term_at`` (or the
+  earlier ``start_by``, when given) has passed no new lease-bound child is started (the
+  slot waits for new deadlines). ``start_by`` keeps a slot from starting a child that the
+  lease would stop again before the next keepalive could move its deadline: without it a
+  link slower than the config tolerates makes children start and stop every second.
 - Events are returned by ``tick`` and, if ``on_event`` was given, also passed to it in
   the same order. ``tick`` never blocks.
 """
@@ -129,6 +132,7 @@ class Slot:
         self._failures = 0                    # consecutive quick exits
         self._lease: tuple[float | None, float | None] = (None, None)
         self._lease_blocked = False   # a start is held back until new lease deadlines
+        self._start_by: float | None = None  # no lease-bound start at or after this
         self._dirty = True
 
     # -- inputs ------------------------------------------------------------------
@@ -149,9 +153,12 @@ class Slot:
         unchanged); False when no child is RUNNING."""
         return self.state is SlotState.RUNNING and self._child is not None and self._child.send_signal(signum)
 
-    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None) -> None:
-        """Lease deadlines for lease-bound specs (see ``ChildProcess.set_lease_deadlines``)."""
+    def set_lease_deadlines(self, term_at: float | None, kill_at: float | None,
+                            start_by: float | None = None) -> None:
+        """Lease deadlines for lease-bound specs (see ``ChildProcess.set_lease_deadlines``);
+        ``start_by``: the latest time a lease-bound child may start (default ``term_at``)."""
         self._lease = (term_at, kill_at)
+        self._start_by = start_by
         self._lease_blocked = False
         if self._child is not None:
             self._child.set_lease_deadlines(term_at, kill_at, sync_watchdog=False)
@@ -267,9 +274,9 @@ class Slot:
         self._start(now, events)
 
     def _lease_allows_start(self, now: float) -> bool:
-        term_at = self._lease[0]
+        limit = self._lease[0] if self._start_by is None else self._start_by
         assert self._spec is not None
-        return not (self._spec.lease_bound and term_at is not None and now >= term_at)
+        return not (self._spec.lease_bound and limit is not None and now >= limit)
 
     def _start(self, now: float, events: list[SlotEvent]) -> None:
         assert self._spec is not None  # _reconcile only starts a desired spec

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .. import timing
 from ..process.backoff import RestartBackoff
 from ..process.manager import ProcessManager
-from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
+from ..process.slot import Exited, Failed, Slot, SlotEvent, SlotState, SpawnFailed, Started, Stopped
 from ..roles.base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
@@ -53,6 +53,9 @@ class Reconciler:
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
         self.observer = None  # (role, SlotEvent) -> None: metrics, called before the runner
+        self._confirmed: tuple[float, int] | None = None  # (t_k, ttl) of the last confirmation
+        self._reported: set[tuple[int, str]] = set()  # (pid, deadline kind) already logged
+        self._held: set[str] = set()  # slots whose start the lease holds back (logged once)
         # called when a runner raises while told about its child (runtime.roster fences it)
         self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
 
@@ -84,18 +87,25 @@ class Reconciler:
     # --- safety ----------------------------------------------------------------
     def lease_confirmed(self, t_k: float, ttl: int) -> None:
         """A keepalive sent at ``t_k`` came back alive with ``ttl``: move every
-        slot's deadlines (each by its own stop_timeout), now and for new slots."""
+        slot's deadlines (each by its own stop_timeout), now and for new slots.
+        An older ``t_k`` than one already applied is ignored (replies of
+        keepalives in flight may be reported out of order)."""
+        if self._confirmed is not None and t_k < self._confirmed[0] and ttl == self._confirmed[1]:
+            return
+        self._confirmed = (t_k, ttl)
 
-        def deadlines(slot: Slot) -> tuple[float, float]:
+        def deadlines(slot: Slot) -> tuple[float, float, float]:
             spec = slot.desired or (slot.child.spec if slot.child else None)
             stop_timeout = spec.stop_timeout if spec else 0.0
             return (timing.term_deadline(t_k, ttl, stop_timeout),
-                    timing.kill_deadline(t_k, ttl, stop_timeout))
+                    timing.kill_deadline(t_k, ttl, stop_timeout),
+                    timing.start_deadline(t_k, ttl, stop_timeout))
 
         self.manager.set_lease_deadlines(rule=deadlines)
 
     # --- ticking ----------------------------------------------------------------
     def tick(self, now: float) -> list[SlotEvent]:
+        self._report_lease_deadlines(now)
         events = self.manager.tick(now)
         for event in events:
             owned = self._slots.get(event.slot)
@@ -118,6 +128,48 @@ class Reconciler:
 
     def next_deadline(self) -> float | None:
         return self.manager.next_deadline()
+
+    def _report_lease_deadlines(self, now: float) -> None:
+        """One warning per child and deadline kind when a lease deadline is
+        due: which deadline, for which child, and how old the last confirmed
+        keepalive is (an operator's first question after a spurious stop)."""
+        if self._confirmed is None:
+            return
+        t_k, ttl = self._confirmed
+        for name, owned in self._slots.items():
+            self._report_held_start(name, owned, now, t_k, ttl)
+            child = owned.slot.child
+            if child is None or not child.spec.lease_bound \
+                    or owned.slot.state not in (SlotState.RUNNING, SlotState.STOPPING):
+                continue
+            term_at = timing.term_deadline(t_k, ttl, child.spec.stop_timeout)
+            kill_at = timing.kill_deadline(t_k, ttl, child.spec.stop_timeout)
+            kind = "kill" if now >= kill_at else "term" if now >= term_at else None
+            if kind is None or (child.pid, kind) in self._reported:
+                continue
+            self._reported.add((child.pid, kind))
+            signal_name = "SIGKILL" if kind == "kill" else signal.Signals(child.spec.stop_signal).name
+            log.warning("%s: lease %s deadline reached (%s, role %s, pid %d): last confirmed keepalive "
+                        "was sent %.2fs ago (ttl %ds, stop_timeout %gs)", child.spec.name, kind, signal_name,
+                        owned.runner.name, child.pid, now - t_k, ttl, child.spec.stop_timeout)
+        if len(self._reported) > 4096:  # pids of long-gone children
+            self._reported.clear()
+
+    def _report_held_start(self, name: str, owned: _Owned, now: float, t_k: float, ttl: int) -> None:
+        """One warning when a lease-bound child is due to start but the newest
+        confirmation is too old for it to outlive the next keepalive
+        (``timing.start_deadline``): the round trip exceeds what the config tolerates."""
+        spec = owned.slot.desired
+        if owned.slot.child is not None or spec is None or not spec.lease_bound:
+            self._held.discard(name)
+            return
+        held = timing.start_deadline(t_k, ttl, spec.stop_timeout) <= now < \
+            timing.term_deadline(t_k, ttl, spec.stop_timeout) + ttl
+        if held and name not in self._held:
+            self._held.add(name)
+            log.warning("%s: start held back: the last confirmed keepalive was sent %.2fs ago; round trips "
+                        "to etcd seem longer than this config tolerates (%s)", spec.name, now - t_k,
+                        timing.tolerance_line(ttl, spec.stop_timeout))
 
     def children(self) -> list[tuple[RoleRunner, str, Slot]]:
         return [(o.runner, o.key, o.slot) for o in self._slots.values()]

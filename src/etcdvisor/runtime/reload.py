@@ -44,7 +44,8 @@ def plan_reload(current: Config, environ) -> ReloadPlan | None:
     """Load the file again and work out what to do; None keeps the running
     config (the reason is logged)."""
     try:
-        new = load_isolated(current.source_path, environ, default_member_id=current.member.id)
+        new = load_isolated(current.source_path, environ, default_member_id=current.member.id,
+                            secret_names=(current.etcd.password_env,) if current.etcd.password_env else ())
     except ConfigError as exc:
         for line in exc.errors:
             log.error("reload refused, keeping the running config: %s", line)

@@ -24,8 +24,9 @@ import signal
 import time
 from collections.abc import Callable
 
+from .. import timing
 from ..config import Config, EtcdKind, RoleType, unresolved_command
-from ..coord import open_backend
+from ..coord import open_backend, read_password
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEventKind
@@ -93,6 +94,7 @@ class Supervisor:
                  watch_config: bool = False):
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
+        self._own_environ = environ is None  # scrub secrets from os.environ too
         self.clock = clock
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.keys = ClusterKeys(config.cluster)
@@ -128,9 +130,25 @@ class Supervisor:
         if problem:
             raise StartupError(problem)
 
+    def _take_password(self) -> str | None:
+        """Read the etcd password, then drop its variable from every
+        environment a child or helper could inherit (docs/safety.md rule 7):
+        the supervisor keeps it only in memory, for re-authentication."""
+        etcd = self.config.etcd
+        try:
+            password = read_password(password_file=etcd.password_file, password_env=etcd.password_env)
+        except CoordError as exc:
+            raise StartupError(f"{self.config.source_path}: etcd: {exc}") from None
+        if etcd.password_env:
+            self.environ.pop(etcd.password_env, None)
+            if self._own_environ:
+                os.environ.pop(etcd.password_env, None)
+        return password
+
     def connect(self) -> str:
         etcd = self.config.etcd
         url = etcd.url
+        password = self._take_password()
         if etcd.kind is EtcdKind.EMBEDDED:
             from .embedded import EmbeddedEtcdError, start_embedded
 
@@ -144,7 +162,7 @@ class Supervisor:
                      "ETCDVISOR_ENDPOINTS=%s", url, data_dir, url)
         try:
             self.backend = open_backend(url, timeout=etcd.timeout, tls=etcd.tls, username=etcd.username,
-                                        password_file=etcd.password_file, password_env=etcd.password_env)
+                                        password=password)
         except CoordError as exc:
             raise StartupError(f"{self.config.source_path}: etcd.endpoints: {exc}") from None
         return url
@@ -196,6 +214,8 @@ class Supervisor:
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
+        bound = {r.name: r.stop_timeout for r in self.config.roles.values() if r.lease_bound}
+        log.info("lease timing: %s", timing.config_tolerance_line(self.session.ttl, bound))
         for runner in runners:
             try:
                 runner.start()

@@ -64,13 +64,19 @@ def _quiet_blocked_streams() -> None:
 
 _quiet_blocked_streams()
 
-from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, Unavailable  # noqa: E402
+from ..errors import AuthFailed, Compacted, CoordError, CoordTimeout, LeaseNotFound, PermissionDenied, Unavailable  # noqa: E402
 from ..types import Compare, Delete, Event, EventType, Get, KeyValue, Put  # noqa: E402
+
+CONNECT_TIMEOUT_MS = 5_000
+"""How long one connection attempt may take (slow links need several round trips)."""
 
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # gRPC uses this as the minimum *connect timeout* (TCP + HTTP/2 SETTINGS
+    # handshake), not as a backoff: at 100 ms no connection could be made over
+    # a path with round trips above ~100 ms. The retry cadence stays 0.1-1 s.
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
     # detect a dead peer under an open watch; etcd accepts pings every 5 s,
     # but only while a call is active (otherwise it answers GOAWAY too_many_pings)
     ("grpc.keepalive_time_ms", 10_000),
@@ -128,7 +134,9 @@ def translate(exc: grpc.RpcError, what: str) -> CoordError:
         return CoordTimeout(f"{what}: timed out")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return Unavailable(text)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
+        return PermissionDenied(f"{what}: permission denied")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthFailed(text)
     if "lease not found" in details:
         return LeaseNotFound(text)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from ..base import Backend, WatchStream
-from ..errors import AuthFailed, Closed, CoordError, LeaseNotFound, Unavailable
+from ..errors import AuthFailed, Closed, CoordError, LeaseNotFound, PermissionDenied, Unavailable
 from ..types import Compare, KeyValue, Lease, Put, RangeResult, TxnResult
 from ..url import BackendSpec, Endpoint
 from ._grpc import _CHANNEL_OPTIONS, compare_msg, etcdrpc, grpc, kb, op_msg, op_result, short_reason, to_kv, translate
@@ -79,6 +79,8 @@ class EtcdBackend(Backend):
                         self._authenticate()
                     self.revision()
                     return
+                except PermissionDenied:
+                    raise
                 except AuthFailed as exc:
                     raise AuthFailed(f"etcd at {conn.endpoint}: authentication failed "
                                      f"for user {self.spec.username!r}") from exc
@@ -117,6 +119,8 @@ class EtcdBackend(Backend):
                 return getattr(getattr(conn, stub), method)(request, deadline, metadata=self._metadata())
             except grpc.RpcError as exc:
                 err = translate(exc, what)
+                if isinstance(err, PermissionDenied) and self.spec.username:
+                    raise PermissionDenied(f"{err} for etcd user {self.spec.username!r}") from None
                 if isinstance(err, AuthFailed) and self.spec.username and attempt == 1 \
                         and "token" in str(err).lower():
                     self._authenticate()
@@ -217,8 +221,11 @@ class EtcdBackend(Backend):
 
     # --- maintenance -------------------------------------------------------
     def revision(self) -> int:
-        req = etcdrpc.RangeRequest(key=b"\0", keys_only=True, count_only=True)
-        return self._call("kv", "Range", req, "read revision").header.revision
+        # Maintenance.Status carries the revision in its header and needs no
+        # key permission: a member whose etcd user may read only its cluster's
+        # prefix can still connect (docs/etcd-auth.md). A range read of any
+        # fixed key would be outside that prefix.
+        return self._call("maintenance", "Status", etcdrpc.StatusRequest(), "read revision").header.revision
 
     def compact(self, revision: int) -> None:
         self._call("kv", "Compact", etcdrpc.CompactionRequest(revision=revision, physical=True),

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..base import WatchStream
-from ..errors import Compacted, CoordError, CoordTimeout, Unavailable
+from ..errors import Compacted, CoordError, CoordTimeout, PermissionDenied, Unavailable
 from ..types import WatchBatch
 from ._grpc import grpc, to_event, translate
 
@@ -69,6 +69,9 @@ class EtcdWatchStream(WatchStream):
                 if resp.compact_revision:
                     raise Compacted(resp.compact_revision)
                 if resp.canceled:
+                    if "permission denied" in resp.cancel_reason:
+                        # retrying cannot help: say so, naming the key
+                        raise PermissionDenied(f"watch {self._key!r}: permission denied")
                     raise Unavailable(f"watch {self._key!r} cancelled by server: {resp.cancel_reason}")
                 if resp.created and not resp.events:
                     continue
