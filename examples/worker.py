@@ -1,7 +1,7 @@
 """A tiny example worker: prints its place in the cluster and works until stopped.
 
 Sharded children get INDEX/COUNT/EPOCH, singleton children LEADER/LEADER_TOKEN.
-It exits 0 on SIGTERM. Set WORK_RECORD=path to append JSON lines of
+It exits 0 on SIGTERM (after WORK_STOP_DELAY seconds, default 0). Set WORK_RECORD=path to append JSON lines of
 (start/stop, pid, env) for tests and demos.
 """
 
@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-FIELDS = ("ROLE", "MEMBER_ID", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN", "SCHEDULED_TIME")
+FIELDS = ("ROLE", "MEMBER_ID", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN", "SCHEDULED_TIME")
 
 
 def record(event: str) -> None:
@@ -25,6 +25,7 @@ def record(event: str) -> None:
 
 
 def stop(_signum, _frame):
+    time.sleep(float(os.environ.get("WORK_STOP_DELAY", "0")))  # simulate a slow, clean shutdown
     record("stop")
     print("stopping", flush=True)
     sys.exit(0)

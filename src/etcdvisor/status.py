@@ -25,6 +25,9 @@ when unknown or not applicable)::
           "assignments": [                   # one per member reporting the role
             {"member": "web-1", "type": "sharded", "state": "running", "failed": null,
              "index": 0, "count": 2, "epoch": 1200,        # sharded (else null)
+             "indexes": [0], "shards": null,               # sharded: join-order indexes / fixed shards
+             "handoff": "fenced", "stopping": [],          # sharded: mode, own children still stopping
+             "waiting": ["3/4 waits for web-2's child or lease (1/3)"],  # hand-offs in progress
              "leader": null, "token": null,                # singleton/cron/job (else null)
              "next": null, "waiting_for": null,      # cron leader: next tick; barriers still closed
              "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
@@ -33,6 +36,9 @@ when unknown or not applicable)::
                                      "last_exit": null}}}
           ],
           "shard": ["web-1", "web-2"],       # roles/<role>/shard/ in join order, or null
+          "alive": {"web-1": ["0/2"]},       # fenced sharded: partitions alive per member, or null
+          "published": {"epoch": 1200, "shards": 64, "members": [...],
+                        "owners": {"web-1": [0, 1]}},   # fixed shards' assignment, or null
           "election": {                      # roles/<role>/election/, or null
             "leader": "web-1", "token": 1201,
             "candidates": [{"member": "web-1", "token": 1201, "lease": 7587...}]},
@@ -80,7 +86,7 @@ from .coord.keys import ClusterKeys
 from .coord.types import KeyValue, direct_children_by_create
 from .runtime.control import read_records as read_control
 
-SHARDED_FIELDS = ("index", "count", "epoch")
+SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
 EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
 # open; the service instances its running children registered (role register:)
 LEADER_FIELDS = ("leader", "token")
@@ -166,6 +172,8 @@ def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
             "configured": spec is not None,
             "assignments": assignments,
             "shard": _shard(role_kvs, role_prefix + "shard/"),
+            "alive": _alive(role_kvs, role_prefix + "alive/"),
+            "published": _published(role_kvs, role_prefix + "assignment"),
             "election": _election(role_kvs, role_prefix + "election/"),
             "ticks": _ticks(role_kvs, role_prefix + "ticks/"),
             "job": _job(role_kvs, role_prefix + "job"),
@@ -202,6 +210,33 @@ def _assignment(member: str, role_status: dict) -> dict:
 def _shard(kvs, prefix: str) -> list[str] | None:
     found = direct_children_by_create(prefix, kvs)
     return [kv.key[len(prefix):] for kv in found] if found else None
+
+
+def _alive(kvs, prefix: str) -> dict | None:
+    """Fenced sharded roles: member -> partitions its children hold ("i/N")."""
+    from .roles.handoff import BadRecord, decode_record
+
+    found: dict[str, Any] = {}
+    for kv in direct_children_by_create(prefix, kvs):
+        try:
+            found[kv.key[len(prefix):]] = [str(p) for p in sorted(decode_record(kv.value))]
+        except BadRecord as exc:
+            found[kv.key[len(prefix):]] = {"error": str(exc)}
+    return found or None
+
+
+def _published(kvs, key: str) -> dict | None:
+    """Fixed shards: the coordinator's published assignment."""
+    from .roles.shard_plan import decode_published
+
+    for kv in kvs:
+        if kv.key == key:
+            pub = decode_published(kv.value, kv.mod_revision)
+            if pub is None:
+                return {"error": "malformed assignment record"}
+            return {"epoch": pub.epoch, "shards": pub.shards, "members": list(pub.members),
+                    "owners": {m: list(s) for m, s in pub.owners.items()}}
+    return None
 
 
 def _election(kvs, prefix: str) -> dict | None:
@@ -343,7 +378,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
         headers = ["MEMBER", "STATE"] + (["LEADER", "TOKEN"] if leader_like else ["INDEX", "COUNT", "EPOCH"])
         rows = []
         for a in role["assignments"]:
-            fields = [a["leader"], a["token"]] if leader_like else [a["index"], a["count"], a["epoch"]]
+            fields = [a["leader"], a["token"]] if leader_like else [_indexes(a), a["count"], a["epoch"]]
             state = a["state"] if not a["failed"] else f"{a['state']} (failed: {a['failed']})"
             if a.get("waiting_for"):
                 state += f" (waiting for {', '.join(a['waiting_for'])})"
@@ -354,6 +389,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
                 lines.append(f"  registered: {inst.get('service')} {inst.get('id')} at {inst.get('address')}")
     elif not (role["ticks"] or role["job"]):
         lines.append("  no member runs it")
+    lines += _render_handoff(role)
     if role["ticks"]:
         ticks, last = role["ticks"], role["ticks"]["last"]
         ran = "never" if last is None else (
@@ -376,6 +412,41 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
         lines.append(text + f", spec {job['spec_hash']}")
     elif role["type"] == "job":
         lines.append("  job: no record (not run yet, or rerun requested)")
+    return lines
+
+
+def _indexes(a: dict) -> str | None:
+    listed = a.get("shards") if a.get("shards") is not None else a.get("indexes")
+    if isinstance(listed, list):
+        return _ranges(listed) or "-"
+    return a.get("index")
+
+
+def _ranges(values: list) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (4096 shards stay readable)."""
+    nums = sorted(v for v in values if isinstance(v, int))
+    out, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _render_handoff(role: dict) -> list[str]:
+    """Fenced hand-offs in progress: who waits for which member's child or lease."""
+    lines = []
+    if role.get("published") and not role["published"].get("error"):
+        pub = role["published"]
+        lines.append(f"  published assignment (EPOCH {pub['epoch']}, {pub['shards']} shards): "
+                     + "; ".join(f"{m}: {_ranges(s)}" for m, s in pub["owners"].items()))
+    for a in role["assignments"]:
+        for wait in (a.get("waiting") or [])[:10]:
+            lines.append(f"  hand-off on {a['member']}: {wait}")
+        if a.get("stopping"):
+            lines.append(f"  hand-off on {a['member']}: stopping {', '.join(a['stopping'])}")
     return lines
 
 

@@ -234,8 +234,8 @@ def test_status_with_config_lists_configured_roles(capsys, config_file, store, k
     doc = json.loads(out)
     assert sorted(doc["roles"]) == ["migrate", "thumbs", "worker"]  # --json sorts keys
     assert doc["roles"]["migrate"] == {"type": "job", "configured": True, "assignments": [],
-                                       "shard": None, "election": None, "ticks": None, "job": None,
-                                       "control": None}
+                                       "shard": None, "alive": None, "published": None, "election": None,
+                                       "ticks": None, "job": None, "control": None}
     assert doc["topics"]["images"] == {"messages": 0, "oldest_id": None, "newest_id": None, "groups": {}}
 
 

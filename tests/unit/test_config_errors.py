@@ -182,3 +182,47 @@ def test_slack_check_uses_the_default_stop_timeout(tmp_path):
         f"{path}: roles.w.stop_timeout: the default 5s leaves no slack under member.ttl 6s "
         "(need member.ttl >= 9s or stop_timeout < 2.7s; tolerates no round trip, needs more than 0.9s)"
     ]
+
+
+SHARDED_PROBLEMS = [
+    ({"shards": 8, "processes": 2}, "roles.w.processes: cannot be combined with shards"),
+    ({"children": "per-member"}, "roles.w.children: needs shards"),
+    ({"shards": 0}, "roles.w.shards: must be at least 1, got 0"),
+    ({"processes": 0}, "roles.w.processes: must be at least 1, got 0"),
+    ({"shards": 4097}, "roles.w.shards: 4097 is more than the limit of 4096 shards"),
+    ({"handoff": "eager"}, "roles.w.handoff"),
+    ({"shards": True}, "roles.w.shards"),
+    ({"processes": "2"}, "roles.w.processes"),
+]
+
+
+@pytest.mark.parametrize("keys,expected", SHARDED_PROBLEMS)
+def test_sharded_keys_are_checked_one_line_each(tmp_path, keys, expected):
+    import yaml
+
+    from etcdvisor import config as config_module
+
+    role = {"type": "sharded", "command": ["x"], **keys}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cluster": "c", "roles": {"w": role}}))
+    with pytest.raises(config_module.ConfigError) as caught:
+        config_module.load(path, {})
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_sharded_modes_load_with_their_defaults(tmp_path):
+    import yaml
+
+    from etcdvisor import config as config_module
+
+    roles = {"j": {"type": "sharded", "command": ["x"], "processes": 3, "handoff": "overlap"},
+             "f": {"type": "sharded", "command": ["x"], "shards": 4096},
+             "m": {"type": "sharded", "command": ["x"], "shards": 1, "children": "per-member"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cluster": "c", "roles": roles}))
+    cfg = config_module.load(path, {})
+    j, f, m = cfg.role("j"), cfg.role("f"), cfg.role("m")
+    assert (j.processes, j.handoff, j.shards, j.children) == (3, "overlap", None, None)
+    assert (f.processes, f.handoff, f.shards, f.children) == (None, "fenced", 4096, "per-shard")
+    assert (m.shards, m.children) == (1, "per-member")

@@ -48,7 +48,7 @@ def test_full_file_loads_every_key():
         env={"LOG_LEVEL": "info", "BATCH": "100", "RATIO": "0.5", "DRY_RUN": "false"},
         cwd=f"{here}/app", restart=RestartPolicy.ON_FAILURE, stop_signal=signal.SIGINT,
         stop_timeout=10.0, backoff=BackoffSettings(initial=0.5, max=120.0), start_retries=3,
-        after=("migrate",), wait_for=("warmup.done",), settle=2.0,
+        after=("migrate",), wait_for=("warmup.done",), settle=2.0, handoff="fenced", processes=1,
     )
     scheduler = cfg.role("scheduler")
     assert (scheduler.standby, scheduler.stop_signal, scheduler.stop_timeout) == (True, signal.SIGUSR1, 4.5)
@@ -75,7 +75,8 @@ def test_minimal_file_gets_defaults(monkeypatch):
     assert cfg.member.ttl == 10 and cfg.member.state_dir == str(GOOD / ".etcdvisor")
     assert cfg.member.id_generated and cfg.member.id  # host name plus suffix
     worker = cfg.role("worker")
-    assert worker == RoleSpec(name="worker", type=RoleType.SHARDED, command=("sleep", "60"), settle=1.0)
+    assert worker == RoleSpec(name="worker", type=RoleType.SHARDED, command=("sleep", "60"), settle=1.0,
+                              handoff="fenced", processes=1)
     assert worker.stop_signal == signal.SIGTERM and worker.restart is RestartPolicy.ALWAYS
     assert worker.start_retries == 5 and worker.backoff == BackoffSettings(1.0, 60.0)
 

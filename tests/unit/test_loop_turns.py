@@ -176,11 +176,32 @@ SHARDED = """
 """
 
 
+def start_sharded(h: LoopHarness, info: Info) -> dict:
+    """Settle ``info``, then the fenced hand-off: alive record written (an
+    effect), a keepalive sent after it came back; return what runs."""
+    h.tell("worker", info)
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    h.turn()
+    h.run_effects(only="alive record")
+    h.turn()
+    h.clock.advance(0.1)
+    h.session._keepalive_once()
+    return h.turn()
+
+
 def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
     h = harness(SHARDED)
     h.tell("worker", Info(index=0, count=2, epoch=5))
     assert h.turn() == {}, "not confirmed by a keepalive sent after the change"
     h.clock.advance(0.5)
+    h.session._keepalive_once()
+    # fenced hand-off (the default): the alive record is written first, as an effect
+    assert h.turn() == {}, "started before its alive record was written"
+    assert h.effect_names() == ["alive record"]
+    h.run_effects()
+    assert h.turn() == {}, "record written, but no keepalive sent after the write came back yet"
+    h.clock.advance(0.1)
     h.session._keepalive_once()
     running = h.turn()
     (spec,) = running["worker"].values()
@@ -200,6 +221,9 @@ def test_a_runner_that_raises_fails_its_role_only():
     h.tell("migrate", JobRecord(None))
     h.turn()
     h.run_effects()
+    h.turn()  # the worker's alive record came back: its start waits for one more keepalive
+    h.clock.advance(0.1)
+    h.session._keepalive_once()
     assert set(h.turn()) == {"worker", "migrate"}
 
     def broken(now):
@@ -217,16 +241,13 @@ def test_a_runner_that_raises_fails_its_role_only():
 
 def test_a_runner_that_raises_on_a_slot_event_fails_its_role_only():
     h = harness(SHARDED + JOB)
-    h.tell("worker", Info(index=0, count=1, epoch=3))
-    h.clock.advance(0.5)
-    h.session._keepalive_once()
-    h.turn()
+    assert set(start_sharded(h, Info(index=0, count=1, epoch=3))["worker"]) == {"0/1"}
 
     def broken(key, event, now):
         raise Boom("bad event")
 
     h.sup.runners["worker"].on_slot_event = broken
-    h.exit("worker", "worker", 1)
+    h.exit("worker", "0/1", 1)
     h.turn()
     assert "bad event" in h.sup._roles_status()["worker"]["failed"]
 
@@ -253,11 +274,8 @@ def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_m
     from etcdvisor.events import SessionChanged
 
     h = harness(SHARDED)
-    h.tell("worker", Info(index=0, count=1, epoch=3))
-    h.clock.advance(0.5)
-    h.session._keepalive_once()
-    running = h.turn()
-    pid = h.manager.slots["worker/worker"].child.pid
+    running = start_sharded(h, Info(index=0, count=1, epoch=3))
+    pid = h.manager.slots["worker/0/1"].child.pid
     h.sup._request_reload()  # its effect is never run: the check "hangs"
     for _ in range(5):
         h.clock.advance(1.0)
@@ -265,10 +283,10 @@ def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_m
         h.post(SessionChanged(SessionEvent(SessionEventKind.KEEPALIVE, h.session.lease_id,
                                            h.session.ttl, h.session.last_alive_sent)))
         assert h.turn() == running
-        slot = h.manager.slots["worker/worker"]
+        slot = h.manager.slots["worker/0/1"]
         term_at = h.manager.deadline_rule(slot)[0]
         assert term_at > h.clock(), "the stop deadline follows the confirmed keepalives"
-    assert h.manager.slots["worker/worker"].child.pid == pid
+    assert h.manager.slots["worker/0/1"].child.pid == pid
 
 
 def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypatch):

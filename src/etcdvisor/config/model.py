@@ -209,6 +209,10 @@ class RoleSpec:
     wait_for: tuple[str, ...] = ()
     # sharded
     settle: float | None = None
+    handoff: str | None = None  # "fenced" | "overlap"
+    processes: int | None = None  # join-order mode (None with shards)
+    shards: int | None = None  # fixed shard count (None: join-order mode)
+    children: str | None = None  # "per-shard" | "per-member" (with shards)
     # singleton
     standby: bool = False
     # cron

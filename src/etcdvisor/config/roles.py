@@ -25,7 +25,7 @@ WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 RESERVED_ENV = frozenset({
-    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
+    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
     "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
 })
 """Variables the supervisor sets for children; a role may not override them."""
@@ -33,7 +33,8 @@ RESERVED_ENV_PREFIX = "ETCDVISOR_"
 
 MAX_PAYLOAD_LIMIT = 1024 * 1024  # etcd's default request limit is 1.5MiB; keep room for keys
 DEFAULTS = {
-    "settle": 1.0, "stop_timeout": 5.0, "start_retries": 5, "backoff_initial": 1.0, "backoff_max": 60.0,
+    "settle": 1.0, "handoff": "fenced", "processes": 1, "children": "per-shard",
+    "stop_timeout": 5.0, "start_retries": 5, "backoff_initial": 1.0, "backoff_max": 60.0,
     "timezone": "UTC", "cron_concurrency": "forbid", "topic_concurrency": 1, "delivery": "queue",
     "max_payload": 64 * 1024, "max_attempts": 5,
 }
@@ -166,7 +167,7 @@ def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:
 def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
     raw = check.raw
     if role_type is RoleType.SHARDED:
-        return {"settle": check.duration("settle", DEFAULTS["settle"], positive=False)}
+        return _sharded_fields(check)
     if role_type is RoleType.SINGLETON:
         return {"standby": raw.get("standby", False)}
     if role_type is RoleType.CRON:
@@ -174,6 +175,35 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
     if role_type is RoleType.TOPIC:
         return _topic_fields(check)
     return {}
+
+
+MAX_SHARDS = 4096
+
+
+def _sharded_fields(check: _RoleChecker) -> dict:
+    """settle, handoff, and either join-order ``processes`` or fixed ``shards``
+    (with ``children``); one problem line per conflicting or out-of-range key."""
+    raw = check.raw
+    shards = raw.get("shards")
+    if shards is not None and "processes" in raw:
+        check.fail("processes", "cannot be combined with shards (processes is for join-order mode; "
+                   "with shards, use children: per-shard or per-member)")
+    if "children" in raw and shards is None:
+        check.fail("children", "needs shards (children applies to fixed-shard mode only)")
+    if shards is not None and shards < 1:
+        check.fail("shards", f"must be at least 1, got {shards}")
+    elif shards is not None and shards > MAX_SHARDS:
+        check.fail("shards", f"{shards} is more than the limit of {MAX_SHARDS} shards")
+    processes = raw.get("processes", DEFAULTS["processes"])
+    if processes < 1:
+        check.fail("processes", f"must be at least 1, got {processes}")
+    return {
+        "settle": check.duration("settle", DEFAULTS["settle"], positive=False),
+        "handoff": raw.get("handoff", DEFAULTS["handoff"]),
+        "processes": None if shards is not None else processes,
+        "shards": shards,
+        "children": raw.get("children", DEFAULTS["children"]) if shards is not None else None,
+    }
 
 
 def _cron_fields(check: _RoleChecker) -> dict:

@@ -26,6 +26,10 @@ ROLE_TYPES = ("sharded", "singleton", "cron", "job", "topic")
 
 TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "settle": ("sharded",),
+    "handoff": ("sharded",),
+    "processes": ("sharded",),
+    "shards": ("sharded",),
+    "children": ("sharded",),
     "standby": ("singleton",),
     "schedule": ("cron",),
     "timezone": ("cron",),
