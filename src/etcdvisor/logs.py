@@ -33,7 +33,7 @@ from .process import output
 
 # "role worker: ..." (runner decisions), "api:election: ..." (recipes named after the role)
 _ROLE_IN_MESSAGE = re.compile(r"role ([a-z][a-z0-9_-]*)[: ]|([a-z][a-z0-9_-]*):(?:election|shard|job):")
-_CHILD_NAME = re.compile(r"([a-z][a-z0-9_-]*)(?:\[(\d+)\]|@(.+)|#(.+))?\Z")
+_CHILD_NAME = re.compile(r"([a-z][a-z0-9_-]*)(?:\[([^\]]+)\]|@(.+)|#(.+))?\Z")
 
 
 class LogSettingError(ValueError):
@@ -63,7 +63,7 @@ def timestamp(when: float | None = None) -> str:
 
 
 def child_role_slot(name: str) -> tuple[str | None, str | None]:
-    """``worker[0]`` -> (worker, 0); ``report@T`` -> (report, T); ``api`` -> (api, None)."""
+    """``worker[0/2]`` -> (worker, 0/2); ``report@T`` -> (report, T); ``api`` -> (api, None)."""
     match = _CHILD_NAME.match(name)
     if match is None:
         return None, None
