@@ -22,7 +22,7 @@ class Wake:
 
 @dataclass(frozen=True)
 class SessionChanged:
-    event: Any  # coord.session.SessionEvent
+    event: Any  # coord.session.SessionEvent (Any: events sit below coord, see tests/unit/test_layout.py)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from .base import Backend, WatchStream
 from .errors import (
@@ -37,7 +38,7 @@ from .url import BackendSpec, TLSOptions, parse_url, read_password
 
 
 def open_backend(
-    url,
+    url: str | list[Any] | tuple[Any, ...],
     *,
     timeout: float = 5.0,
     tls: TLSOptions | None = None,

@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any, Self
 
 from .base import WatchStream
 from .errors import CoordError
@@ -24,7 +25,7 @@ from .types import Compare, Delete, Event, EventType, Get, KeyValue, Op, Put, Wa
 MAX_TXN_OPS = 128  # etcd --max-txn-ops default
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd --max-request-bytes default (keys + values counted)
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
-_OPS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+_OPS: dict[str, Callable[[Any, Any], bool]] = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 
 #: one change of one revision: (encoded key, event as it happened, prev_kv included)
 Change = tuple[bytes, Event]
@@ -102,7 +103,7 @@ class KeySpace:
     key that has history, sorted by bytes, for range scans.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history: dict[bytes, list[tuple[int, KeyValue | None]]] = {}
         self.ordered: list[bytes] = []
 
@@ -151,7 +152,7 @@ class KeySpace:
 class EventLog:
     """The changes of every kept revision, for watches that start in the past."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.entries: list[tuple[int, tuple[Change, ...]]] = []
 
     def append(self, revision: int, changes: tuple[Change, ...]) -> None:
@@ -262,8 +263,8 @@ class MemoryWatchStream(WatchStream):
         self.finish()
         self._on_cancel(self)  # takes the store lock: never call with self._cond held
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.cancel()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Sequence
+from typing import Self
 
 from .types import Compare, KeyValue, Lease, Op, RangeResult, TxnResult, WatchBatch
 
@@ -166,9 +167,9 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release connections; open watches end. Safe to call twice."""
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .base import Backend
+from .base import Backend, WatchStream
 from .errors import Closed, Compacted, CoordError
 from .types import WatchBatch
 
@@ -54,7 +54,7 @@ class Follower:
         self._need_resync = start_revision <= 0
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._stream = None
+        self._stream: WatchStream | None = None
         self._thread = threading.Thread(target=self._run, name=f"follow:{name}", daemon=True)
 
     def start(self) -> Follower:

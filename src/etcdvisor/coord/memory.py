@@ -40,7 +40,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ._memory_watch import (
@@ -67,7 +67,7 @@ class FakeClock:
     def __init__(self, start: float = 1000.0):
         self._now = float(start)
         self._lock = threading.Lock()
-        self._stores: weakref.WeakSet = weakref.WeakSet()
+        self._stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 
     def now(self) -> float:
         with self._lock:
@@ -144,7 +144,7 @@ class MemoryStore:
             return store
 
     # --- test helpers ---------------------------------------------------------
-    def fail_calls(self, error: BaseException | type | None = Unavailable) -> None:
+    def fail_calls(self, error: BaseException | type[BaseException] | None = Unavailable) -> None:
         """Simulate a partition: from now on every backend call on this store
         raises ``error`` (an exception class or instance, default
         ``Unavailable``) until ``fail_calls(None)``. Leases keep expiring
@@ -201,6 +201,7 @@ class MemoryStore:
             self._leases[kv.lease].keys.add(key)
         self._keys.record(key, rev, kv)
         if kv is None:
+            assert prev is not None, "callers delete only live keys"
             event = Event(EventType.DELETE, KeyValue(prev.key, b"", 0, rev, 0, 0), prev)
         else:
             event = Event(EventType.PUT, kv, prev)
@@ -285,7 +286,7 @@ class MemoryBackend(Backend):
         return cls(MemoryStore.named(name), timeout=timeout)
 
     @contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[MemoryStore]:
         store = self.store
         with store._cond:
             if self._closed:
@@ -299,7 +300,8 @@ class MemoryBackend(Backend):
         result = self.range(key)
         return result.kvs[0] if result.kvs else None
 
-    def range(self, start, end=None, *, revision=0, limit=0, keys_only=False) -> RangeResult:
+    def range(self, start: str, end: str | None = None, *, revision: int = 0, limit: int = 0,
+              keys_only: bool = False) -> RangeResult:
         key, end_key = range_keys(start, end)
         with self._locked() as store:
             if revision > store._revision:
@@ -318,10 +320,12 @@ class MemoryBackend(Backend):
 
     # --- writes ----------------------------------------------------------------
     def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
-        return self.txn((), (Put(key, value, lease),)).revision
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        return self.txn((), (Put(key, data, lease),)).revision
 
     def delete(self, key: str, end: str | None = None) -> int:
-        return self.txn((), (Delete(key, end),)).responses[0]
+        deleted: int = self.txn((), (Delete(key, end),)).responses[0]
+        return deleted
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op] = (),
             failure: Sequence[Op] = ()) -> TxnResult:
@@ -333,7 +337,7 @@ class MemoryBackend(Backend):
                 if isinstance(op, Put) and op.lease and op.lease not in store._leases:
                     raise LeaseNotFound(f"lease {op.lease:x} not found")
             changes: list[Change] = []
-            responses = []
+            responses: list[int | tuple[KeyValue, ...]] = []
             for op in ops:
                 if isinstance(op, Put):
                     responses.append(store._put(changes, op))
@@ -378,8 +382,8 @@ class MemoryBackend(Backend):
             return int(lease.deadline - store.clock())  # etcd truncates the remaining seconds
 
     # --- watches -----------------------------------------------------------------
-    def watch(self, key, end=None, *, start_revision=0, prev_kv=False,
-              progress_notify=False) -> WatchStream:
+    def watch(self, key: str, end: str | None = None, *, start_revision: int = 0, prev_kv: bool = False,
+              progress_notify: bool = False) -> WatchStream:
         start = encode_key(key) or b"\0"  # etcd watches an empty key as "\0"
         end_key = encode_end(end)
         with self._locked() as store:

@@ -6,7 +6,9 @@ Keys are ``str`` (UTF-8 on the wire); values are ``bytes``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Compare:
     op: str
     operand: bytes | int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.target not in COMPARE_TARGETS:
             raise ValueError(f"unknown compare target {self.target!r}")
         if self.op not in COMPARE_OPS:
@@ -85,8 +87,8 @@ class Compare:
             object.__setattr__(self, "operand", _to_bytes(self.operand))
 
 
-def value(key: str, op: str, operand) -> Compare:
-    return Compare(key, "value", op, operand)
+def value(key: str, op: str, operand: bytes | str) -> Compare:
+    return Compare(key, "value", op, _to_bytes(operand))
 
 
 def version(key: str, op: str, operand: int) -> Compare:
@@ -112,7 +114,8 @@ class Put:
     value: bytes
     lease: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        # callers are typed to pass bytes; untyped callers (and the library's users) may pass str
         object.__setattr__(self, "value", _to_bytes(self.value))
 
 
@@ -140,10 +143,11 @@ class TxnResult:
 
     succeeded: bool
     revision: int
-    responses: tuple = field(default_factory=tuple)
+    # Any: each entry's type depends on its op (see above), which a tuple type cannot say
+    responses: tuple[Any, ...] = field(default_factory=tuple)
 
 
-def _to_bytes(v) -> bytes:
+def _to_bytes(v: object) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, (bytearray, memoryview)):
@@ -153,7 +157,7 @@ def _to_bytes(v) -> bytes:
     raise TypeError(f"expected bytes or str, got {type(v).__name__}")
 
 
-def direct_children_by_create(prefix: str, kvs) -> list[KeyValue]:
+def direct_children_by_create(prefix: str, kvs: Iterable[KeyValue]) -> list[KeyValue]:
     """The keys directly under ``prefix`` (not ``prefix`` itself, nothing deeper)
     in join order: by create revision, never by key (docs/safety.md, rule 5)."""
     direct = [kv for kv in kvs if kv.key.startswith(prefix) and kv.key != prefix

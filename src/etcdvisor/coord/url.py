@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import InvalidURL
 
@@ -53,7 +54,7 @@ class BackendSpec:
         return ",".join(str(e) for e in self.endpoints)
 
 
-def parse_url(url: str | list | tuple) -> BackendSpec:
+def parse_url(url: str | list[Any] | tuple[Any, ...]) -> BackendSpec:
     """Turn a URL (or a list of endpoint URLs) into a :class:`BackendSpec`.
 
     Raises :class:`InvalidURL` naming what is wrong."""
@@ -83,7 +84,7 @@ def parse_url(url: str | list | tuple) -> BackendSpec:
     return BackendSpec(kind="etcd", endpoints=tuple(endpoints))
 
 
-def _parse_endpoint(part: str, whole, scheme_default: str | None) -> Endpoint:
+def _parse_endpoint(part: str, whole: object, scheme_default: str | None) -> Endpoint:
     scheme = scheme_default or "http"
     rest = part
     if "://" in part:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from .base import Backend
 from .errors import CoordError
 from .follow import Follower
-from .types import Event, EventType, KeyValue, prefix_end
+from .types import Event, EventType, KeyValue, WatchBatch, prefix_end
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class PrefixWatcher:
         self._synced.set()
         return result.revision
 
-    def _on_batch(self, batch) -> None:
+    def _on_batch(self, batch: WatchBatch) -> None:
         for ev in batch.events:
             if ev.type is EventType.PUT:
                 self._mirror[ev.kv.key] = ev.kv
@@ -112,7 +112,8 @@ class PrefixWatcher:
                 self._mirror.pop(ev.kv.key, None)
         self._deliver(batch.events, max(ev.kv.mod_revision for ev in batch.events))
 
-    def _deliver(self, events, revision: int, *, initial=False, resynced=False) -> None:
+    def _deliver(self, events: Iterable[Event], revision: int, *, initial: bool = False,
+                 resynced: bool = False) -> None:
         change = Change(snapshot=MappingProxyType(dict(self._mirror)), events=tuple(events),
                         revision=revision, initial=initial, resynced=resynced)
         try:

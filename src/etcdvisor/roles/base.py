@@ -158,6 +158,12 @@ class RoleRunner(abc.ABC):
     def restart_policy(self, key: str) -> str:
         return self.spec.restart.value
 
+    def leaving(self) -> None:
+        """The member is shutting down and has begun stopping this role's
+        children. A role whose hand-off is fenced by other means may let the
+        others start re-planning now (queue it as an effect); by default
+        nothing happens until :meth:`stop`."""
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Give up coordination (leave, resign). Called after this role's

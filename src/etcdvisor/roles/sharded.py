@@ -351,6 +351,16 @@ class ShardedRunner(RoleRunner):
             if sequence is not None:
                 self.effect("leave the group", lambda: sequence.stop(leave=True))
 
+    def leaving(self) -> None:
+        """Fenced: leave the group while our children are still stopping, so the
+        others settle on the new assignment meanwhile. Safe because the alive
+        record (on our lease) still lists those children until :meth:`stop`
+        clears it after they were reaped, and conflicting children elsewhere
+        wait for it (docs/safety.md). Overlap mode waits for stop()."""
+        if self.fenced and self.sequence is not None:
+            sequence = self.sequence
+            self.effect("leave the group early (fenced hand-off)", lambda: sequence.stop(leave=True))
+
     def stop(self) -> None:
         if self.phase is Phase.STOPPED:
             return

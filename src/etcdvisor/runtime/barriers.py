@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..config import Config, RoleSpec, RoleType
+from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
+from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
 from ..recipes.counter import parse_count
 from ..roles.job import job_done, spec_hash
@@ -43,14 +46,17 @@ def done_key(keys: ClusterKeys, role: str, count: int, index: int) -> str:
     return f"{keys.role(role)}done/{count}/{index}"
 
 
-def completed(dep: RoleSpec, keys: ClusterKeys, snapshot) -> bool:
-    """Is ``dep`` complete according to the mirror of ``roles/<dep>/``?"""
+def completed(dep: RoleSpec, keys: ClusterKeys, snapshot: Mapping[str, KeyValue]) -> bool:
+    """Is ``dep`` complete according to the mirror of ``roles/<dep>/``?
+    Garbage in a record (not JSON, not an object) counts as not complete."""
     if dep.type is RoleType.JOB:
         kv = snapshot.get(keys.job(dep.name))
         try:
             record = json.loads(kv.value) if kv else None
         except ValueError:
             record = None
+        if not isinstance(record, dict):
+            return False
         return job_done(record, spec_hash(dep)) and record.get("state") == "succeeded"
     prefix = f"{keys.role(dep.name)}done/"
     by_count: dict[int, set[int]] = {}
@@ -59,16 +65,17 @@ def completed(dep: RoleSpec, keys: ClusterKeys, snapshot) -> bool:
             continue
         try:
             count_text, index_text = key[len(prefix):].split("/")
-            ok = json.loads(kv.value).get("exit_code") == 0
+            count, index = int(count_text), int(index_text)
+            doc = json.loads(kv.value)
         except ValueError:
             continue
-        if ok:
-            by_count.setdefault(int(count_text), set()).add(int(index_text))
+        if isinstance(doc, dict) and doc.get("exit_code") == 0:
+            by_count.setdefault(count, set()).add(index)
     return any(indexes >= set(range(count)) for count, indexes in by_count.items())
 
 
 class BarrierGate:
-    def __init__(self, config: Config, keys: ClusterKeys, backend, post):
+    def __init__(self, config: Config, keys: ClusterKeys, backend: Backend, post: Callable[[object], None]):
         self.config = config
         self.keys = keys
         self.backend = backend
@@ -96,12 +103,12 @@ class BarrierGate:
                 handler = self._waitgroup_handler(name, prefix)
             self._watchers.append(PrefixWatcher(self.backend, prefix, handler, name=f"barrier:{name}").start())
 
-    def _role_handler(self, name: str, dep: RoleSpec):
+    def _role_handler(self, name: str, dep: RoleSpec) -> Callable[[Change], None]:
         def handle(change: Change) -> None:
             self.post(BarrierFact(name, completed(dep, self.keys, change.snapshot)))
         return handle
 
-    def _waitgroup_handler(self, name: str, key: str):
+    def _waitgroup_handler(self, name: str, key: str) -> Callable[[Change], None]:
         def handle(change: Change) -> None:
             try:
                 count = parse_count(change.snapshot.get(key))

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
@@ -36,20 +37,20 @@ class MemberRecord:
         self.min_interval = min_interval
         self.clock = clock
         self.started = time.time()
-        self._written: dict | None = None
+        self._written: dict[str, Any] | None = None
         self._last_write = 0.0
         self._lease = 0
         self._writing = False  # a write is in flight
 
-    def _document(self, roles: dict) -> dict:
+    def _document(self, roles: dict[str, Any]) -> dict[str, Any]:
         return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "started": self.started, "roles": roles}
 
-    def register(self, lease_id: int, roles: dict) -> None:
+    def register(self, lease_id: int, roles: dict[str, Any]) -> None:
         """Create the record on ``lease_id``; raise MemberIdInUse when another
         live lease holds it."""
         doc = self._document(roles)
-        body = json.dumps(doc, sort_keys=True)
+        body = json.dumps(doc, sort_keys=True).encode("utf-8")
         res = self.backend.txn(
             [missing(self.key)], [Put(self.key, body, lease=lease_id)], [Get(self.key)])
         if not res.succeeded:
@@ -63,7 +64,7 @@ class MemberRecord:
         self._written = doc["roles"]
         self._last_write = self.clock()
 
-    def plan_update(self, roles: dict, now: float) -> tuple[str | None, float | None]:
+    def plan_update(self, roles: dict[str, Any], now: float) -> tuple[str | None, float | None]:
         """Loop side: ``(body, None)`` when the record should be rewritten now
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
         retry_at)`` when rate-limited, ``(None, None)`` when nothing changed."""
@@ -78,9 +79,9 @@ class MemberRecord:
     def write(self, body: str) -> None:
         """(Effect) Rewrite the record if it is still on our lease."""
         self.backend.txn([Compare(self.key, "lease", "=", self._lease)],
-                         [Put(self.key, body, lease=self._lease)])
+                         [Put(self.key, body.encode("utf-8"), lease=self._lease)])
 
-    def written(self, roles: dict, ok: bool) -> None:
+    def written(self, roles: dict[str, Any], ok: bool) -> None:
         """Loop side: the outcome of :meth:`write` (``ok`` False: try again
         after ``min_interval``)."""
         self._writing = False

@@ -21,20 +21,24 @@ lane, in queue order); ``done`` runs on the loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..config import Config, RoleSpec
-from ..config.model import ChangeAction
+from ..config.model import ChangeAction, OnChange
 from ..coord.base import Backend
+from ..coord.session import Session
 from ..coord.watcher import Change, PrefixWatcher
-from ..process.slot import Exited, Failed, SpawnFailed, Started, Stopped
+from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
+from ..process.spawn import ChildSpec
 from ..recipes.registry import Registry, ServiceInfo, _instances
-from .role_config import restartable, write_atomically
+from .role_config import Children, QueueEffect, restartable, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
@@ -56,8 +60,8 @@ class PeersSnapshot:
 class Registration:
     """``register:`` and ``peers:`` of every role of one member (loop thread)."""
 
-    def __init__(self, config: Config, backend: Backend, session, member_id: str,
-                 post: Callable[[object], None], effect, clock: Callable[[], float]):
+    def __init__(self, config: Config, backend: Backend, session: Session, member_id: str,
+                 post: Callable[[object], None], effect: QueueEffect, clock: Callable[[], float]):
         self.config = config
         self.clock = clock
         self.backend = backend
@@ -79,7 +83,7 @@ class Registration:
         for service in services:
             if service not in self.watchers:
                 watcher = PrefixWatcher(self.backend, self.registry.instances_prefix(service),
-                                        lambda ch, s=service: self._on_change(s, ch), name=f"peers:{service}")
+                                        functools.partial(self._on_change, service), name=f"peers:{service}")
                 self.watchers[service] = watcher.start(wait=0)
 
     def _on_change(self, service: str, change: Change) -> None:  # watcher thread: only post
@@ -90,7 +94,7 @@ class Registration:
             watcher.stop()
 
     # --- register ---------------------------------------------------------------------------
-    def instance(self, role: RoleSpec, spec) -> ServiceInfo:
+    def instance(self, role: RoleSpec, spec: ChildSpec) -> ServiceInfo:
         """The ServiceInfo of a started child of ``role`` (``spec``: its ChildSpec)."""
         reg = role.register
         assert reg is not None  # only roles with register: get here
@@ -105,15 +109,18 @@ class Registration:
                            address=reg.address.format(**fill), port=port,
                            metadata={**meta, "member": self.member_id, "role": role.name})
 
-    def on_slot_events(self, events, children) -> None:
+    def on_slot_events(self, events: Sequence[SlotEvent], children: Children) -> None:
         """Register on ``Started``, deregister when the child is gone."""
         if not events:
             return
         owners = {slot.name: (runner, slot) for runner, _key, slot in children}
         for event in events:
             if isinstance(event, Started):
-                runner, slot = owners.get(event.slot, (None, None))
-                role = self.config.roles.get(runner.name) if runner else None
+                owner = owners.get(event.slot)
+                if owner is None:
+                    continue
+                runner, slot = owner
+                role = self.config.roles.get(runner.name)
                 if role is None or role.register is None or slot.child is None:
                     continue
                 try:
@@ -130,7 +137,7 @@ class Registration:
     def _put(self, info: ServiceInfo) -> None:
         key, lease = self.registry.instance_key(info.name, info.id), self.session.lease_id
 
-        def done(_result, error: BaseException | None) -> None:
+        def done(_result: object, error: BaseException | None) -> None:
             self.retries.pop(("put", info.id), None)
             if error is not None and any(i is info for _r, i in self.registered.values()):
                 log.warning("registering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
@@ -142,7 +149,7 @@ class Registration:
         key = self.registry.instance_key(info.name, info.id)
         self.retries.pop(("put", info.id), None)
 
-        def done(_result, error: BaseException | None) -> None:
+        def done(_result: object, error: BaseException | None) -> None:
             registered_again = any(i.id == info.id for _r, i in self.registered.values())
             if error is not None and not registered_again:  # else the lease takes it at the latest
                 log.warning("deregistering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
@@ -166,7 +173,7 @@ class Registration:
         for _role, info in self.registered.values():
             self._put(info)
 
-    def status(self, role_name: str) -> list[dict]:
+    def status(self, role_name: str) -> list[dict[str, Any]]:
         return [{"service": info.name, "id": info.id, "address": info.address, "port": info.port}
                 for role, info in self.registered.values() if role == role_name]
 
@@ -174,12 +181,12 @@ class Registration:
     def peers_path(self, role: RoleSpec, service: str) -> str:
         return os.path.join(self.config.role_cwd(role), role.peers[service].file)
 
-    def handle(self, event: PeersSnapshot, children: Callable[[], list]) -> None:
+    def handle(self, event: PeersSnapshot, children: Callable[[], Children]) -> None:
         """``children()``: the (runner, key, slot) triples when the file is written."""
         self.peers[event.service] = event.instances
         self.refresh(children, only=event.service)
 
-    def refresh(self, children: Callable[[], list], only: str | None = None) -> None:
+    def refresh(self, children: Callable[[], Children], only: str | None = None) -> None:
         """Bring every peers file up to date with the known instances (after a
         reload, a role may name a new file for a service already followed)."""
         for role in self.config.roles.values():
@@ -188,14 +195,14 @@ class Registration:
                     data = json.dumps([asdict(i) for i in self.peers[service]], sort_keys=True).encode() + b"\n"
                     self._write_peers(role, service, data, children)
 
-    def _write_peers(self, role: RoleSpec, service: str, data: bytes, children) -> None:
+    def _write_peers(self, role: RoleSpec, service: str, data: bytes, children: Callable[[], Children]) -> None:
         path = self.peers_path(role, service)
         if self.written.get(path) == data:
             return
         first = path not in self.written
         on_change = role.peers[service].on_change
 
-        def done(_result, error: BaseException | None) -> None:
+        def done(_result: object, error: BaseException | None) -> None:
             if error is not None:
                 log.error("role %s: cannot write peers file %s: %s", role.name, path, error)
                 return
@@ -205,17 +212,19 @@ class Registration:
 
         self.effect(f"write peers file {path}", lambda: write_atomically(path, data), done)
 
-    def _act(self, role: RoleSpec, service: str, on_change, children) -> None:
+    def _act(self, role: RoleSpec, service: str, on_change: OnChange, children: Callable[[], Children]) -> None:
         for runner, _key, slot in children():
             if runner.name != role.name or slot.child is None or not slot.child.alive:
                 continue
-            if on_change.action is ChangeAction.SIGNAL and slot.signal(on_change.signal):
-                log.info("%s: peers of %s changed; sent %s", slot.name, service, on_change.signal.name)
+            signum = on_change.signal  # set whenever the action is SIGNAL (config/model.py)
+            if on_change.action is ChangeAction.SIGNAL and signum is not None and slot.signal(signum):
+                log.info("%s: peers of %s changed; sent %s", slot.name, service, signum.name)
             elif on_change.action is ChangeAction.RESTART and restartable(role):
                 log.info("%s: peers of %s changed; restarting", slot.name, service)
                 slot.child.stop(self.clock())  # the slot starts it again (same spec)
 
-    def gate(self, role: RoleSpec, desired: dict, current) -> dict:
+    def gate(self, role: RoleSpec, desired: dict[str, ChildSpec],
+             current: Mapping[str, Slot]) -> dict[str, ChildSpec]:
         """Children of a role with ``peers`` start once every peers file exists."""
         if not role.peers:
             return desired

@@ -34,23 +34,28 @@ and without a default leaves the variable unset (``null`` in the file).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.keys import ROOT
 from ..coord.watcher import Change, PrefixWatcher
+from ..process.slot import Slot
+from ..process.spawn import ChildSpec
 from ..recipes.layered_config import ConfigValueError, LayeredConfig
+from ..roles.base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
 
@@ -58,7 +63,16 @@ SHARED_PREFIX = ROOT + "_shared"  # etcdvisor layout: /etcdvisor/_shared/config/
 CONFIG_FILE_ENV = "ETCDVISOR_CONFIG_FILE"
 ENV_VALUE_LIMIT = 32 * 1024  # Linux refuses a single env string over 128 KiB; stay well below
 
-Effect = Callable[[str, Callable[[], Any], Callable[[Any, BaseException | None], None] | None], None]
+#: the reconciler's (runner, slot key, slot) triples
+Children = Iterable[tuple[RoleRunner, str, Slot]]
+
+
+class QueueEffect(Protocol):
+    """``effect(what, call, done=None)``: run ``call`` off the loop (``what``: one line for
+    logs); ``done(result, error)`` then runs on the loop."""
+
+    def __call__(self, what: str, call: Callable[[], Any],
+                 done: Callable[[Any, BaseException | None], None] | None = None, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ class RoleConfig:
     except :meth:`start`'s watchers, which only post)."""
 
     def __init__(self, config: Config, backend: Backend, member_id: str,
-                 post: Callable[[object], None], effect: Effect):
+                 post: Callable[[object], None], effect: QueueEffect):
         self.config = config
         self.backend = backend
         self.layered = layered_config(backend, config.cluster, member_id, config.config_layout)
@@ -163,11 +177,16 @@ class RoleConfig:
             old, self.watchers = self.watchers, []
             self._posted.clear()
             self._watch()
-            self.effect("stop the previous config watchers", lambda: [w.stop() for w in old], None)
+
+            def stop_old() -> None:
+                for watcher in old:
+                    watcher.stop()
+
+            self.effect("stop the previous config watchers", stop_old, None)
 
     def _watch(self) -> None:
         for root in self.layered.roots():
-            watcher = PrefixWatcher(self.backend, root, lambda ch, r=root: self._on_change(r, ch),
+            watcher = PrefixWatcher(self.backend, root, functools.partial(self._on_change, root),
                                     name=f"config:{root}")
             self.watchers.append(watcher.start(wait=0))
 
@@ -279,7 +298,8 @@ class RoleConfig:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         return os.path.join(self.directory or "", f"{safe}-{digest}.json")
 
-    def gate(self, role: RoleSpec, desired: dict, current: Mapping) -> dict:
+    def gate(self, role: RoleSpec, desired: dict[str, ChildSpec],
+             current: Mapping[str, Slot]) -> dict[str, ChildSpec]:
         """``desired`` with every spec whose file is not current yet replaced
         by the slot's previous spec (or left out): nobody starts without
         its file. ``current``: slot key -> Slot."""
@@ -287,7 +307,7 @@ class RoleConfig:
             return {} if role.config else desired
         content = self.values.get(role.name, {})
         encoded = _encode(content)
-        gated = {}
+        gated: dict[str, ChildSpec] = {}
         for key, spec in desired.items():
             self.seen.add(spec.name)
             if self.files.get(spec.name) == encoded:
@@ -299,7 +319,7 @@ class RoleConfig:
                 gated[key] = slot.desired  # the old spec until the file is current
         return gated
 
-    def flush(self, children) -> None:
+    def flush(self, children: Children) -> None:
         """One action per running child of every role whose values changed
         (``children``: (runner, key, slot) triples)."""
         self.seen.clear()
@@ -318,13 +338,14 @@ class RoleConfig:
                 if runner.name == role_name and slot.child is not None and slot.child.alive:
                     self._write(slot.child.spec.name, self.values[role_name], slot, signals)
 
-    def _write(self, name: str, content: dict, slot=None, signals=()) -> None:
+    def _write(self, name: str, content: Mapping[str, Any], slot: Slot | None = None,
+               signals: Sequence[signal.Signals] = ()) -> None:
         path, data = self.file_path(name), _encode(content)
         if self.writing.get(name) == data and not signals:
             return
         self.writing[name] = data
 
-        def done(_result, error: BaseException | None) -> None:
+        def done(_result: object, error: BaseException | None) -> None:
             if self.writing.get(name) is data:
                 del self.writing[name]
             if error is not None:
@@ -344,7 +365,7 @@ class RoleConfig:
             path = self.file_path(name)
             del self.files[name]
             self.frozen.pop(name, None)
-            self.effect(f"remove config file of {name}", lambda p=path: _unlink(p), None)
+            self.effect(f"remove config file of {name}", functools.partial(_unlink, path), None)
 
 
 def restartable(role: RoleSpec) -> bool:

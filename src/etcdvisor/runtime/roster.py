@@ -21,11 +21,13 @@ gone, so two generations of one role never run children at once.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from ..coord.errors import CoordError
+from ..coord.session import SessionEvent
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
@@ -33,6 +35,8 @@ from ..roles.base import RoleRunner
 from .reconcile import Reconciler
 
 log = logging.getLogger("etcdvisor")
+
+T = TypeVar("T")
 
 
 class Phase(enum.Enum):
@@ -93,7 +97,14 @@ class Roster:
         if self.phase.get(runner.serial) in (Phase.ACTIVE, Phase.STARTING):
             self.phase[runner.serial] = Phase.BROKEN
 
-    def call(self, runner: RoleRunner, what: str, fn: Callable[[], Any], default: Any = None) -> Any:
+    @overload
+    def call(self, runner: RoleRunner, what: str, fn: Callable[[], T]) -> T | None: ...
+
+    @overload
+    def call(self, runner: RoleRunner, what: str, fn: Callable[[], T], default: T) -> T: ...
+
+    def call(self, runner: RoleRunner, what: str, fn: Callable[[], T], default: T | None = None) -> T | None:
+        """``fn()``, or ``default`` when it raised (the role then fails)."""
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - the fence: one role's fault stays in it
@@ -120,7 +131,8 @@ class Roster:
     def desired(self, runner: RoleRunner, now: float) -> dict[str, ChildSpec]:
         if self.phase.get(runner.serial) is not Phase.ACTIVE:
             return {}
-        wanted = self.call(runner, "desired", lambda: runner.desired(now), {})
+        none: dict[str, ChildSpec] = {}
+        wanted = self.call(runner, "desired", lambda: runner.desired(now), none)
         return wanted if self.phase.get(runner.serial) is Phase.ACTIVE else {}
 
     def apply(self, runner: RoleRunner, desired: dict[str, ChildSpec]) -> None:
@@ -136,8 +148,8 @@ class Roster:
         present = [d for d in found if d is not None]
         return min(present) if present else None
 
-    def status(self, runner: RoleRunner) -> dict:
-        entry = self.call(runner, "status", runner.status, None)
+    def status(self, runner: RoleRunner) -> dict[str, Any]:
+        entry = self.call(runner, "status", runner.status)
         if entry is None:
             entry = {"type": runner.spec.type.value, "failed": runner.failed_reason}
         phase = self.phase.get(runner.serial)
@@ -148,9 +160,9 @@ class Roster:
     def slot_event(self, runner: RoleRunner, key: str, event: SlotEvent, now: float) -> None:
         self.call(runner, "on_slot_event", lambda: runner.on_slot_event(key, event, now))
 
-    def on_session(self, event) -> None:
+    def on_session(self, event: SessionEvent) -> None:
         for runner in list(self.runners.values()):
-            self.call(runner, "on_session", lambda r=runner: r.on_session(event))
+            self.call(runner, "on_session", functools.partial(runner.on_session, event))
 
     # --- effects and transitions -------------------------------------------------
     def flush_effects(self) -> None:

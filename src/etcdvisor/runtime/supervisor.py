@@ -430,6 +430,9 @@ class Supervisor:
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
         self.manager.stop_all(self.clock())
+        for runner in list(self.runners.values()):
+            self.roster.call(runner, "leaving", runner.leaving)
+        self.roster.flush_effects()
         while not self.manager.all_stopped():
             deadline = self.reconciler.next_deadline()
             timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.clock()))

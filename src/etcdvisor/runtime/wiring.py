@@ -14,11 +14,18 @@ writes are effects on the loop's EffectRunner (lane ``(wiring)``, in order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from ..config import Config
+from ..config import Config, RoleSpec
+from ..coord.base import Backend
+from ..coord.session import Session
+from ..process.slot import SlotEvent
+from ..process.spawn import ChildSpec
+from ..roles.base import RoleRunner
+from .reconcile import Reconciler
 from .registration import PeersSnapshot, Registration
-from .role_config import ConfigSnapshot, RoleConfig
+from .role_config import ConfigSnapshot, QueueEffect, RoleConfig
 
 log = logging.getLogger("etcdvisor")
 
@@ -27,8 +34,9 @@ WIRING_LANE = "(wiring)"  # effect lane of the wiring's file and registry writes
 
 
 class SeedWiring:
-    def __init__(self, config: Config, backend, session, member_id: str,
-                 post: Callable[[object], None], clock: Callable[[], float], reconciler, effect):
+    def __init__(self, config: Config, backend: Backend, session: Session, member_id: str,
+                 post: Callable[[object], None], clock: Callable[[], float], reconciler: Reconciler,
+                 effect: QueueEffect):
         """``effect(what, call, done=None)`` queues I/O off the loop (lane
         WIRING_LANE: in order); ``done(result, error)`` runs on the loop."""
         self.reconciler = reconciler
@@ -48,16 +56,16 @@ class SeedWiring:
         self.registration.refresh(self.reconciler.children)
 
     @staticmethod
-    def owns(event) -> bool:
+    def owns(event: object) -> bool:
         return isinstance(event, EVENTS)
 
-    def handle(self, event) -> None:
+    def handle(self, event: object) -> None:
         if isinstance(event, ConfigSnapshot):
             self.config.handle(event)
         elif isinstance(event, PeersSnapshot):
             self.registration.handle(event, self.reconciler.children)
 
-    def child_env(self, role, name, extra_env) -> dict[str, str]:
+    def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
         return self.config.child_env(role, name, extra_env)
 
     def before_reconcile(self, now: float) -> None:
@@ -68,14 +76,14 @@ class SeedWiring:
         """When a failed registry write is due again (None: no timer)."""
         return self.registration.next_deadline()
 
-    def gate(self, runner, desired: dict) -> dict:
+    def gate(self, runner: RoleRunner, desired: dict[str, ChildSpec]) -> dict[str, ChildSpec]:
         role = runner.spec
         if not (role.config or role.peers):
             return desired
         current = self.reconciler.slots_of(runner)
         return self.registration.gate(role, self.config.gate(role, desired, current), current)
 
-    def after_tick(self, events) -> None:
+    def after_tick(self, events: Sequence[SlotEvent]) -> None:
         self.registration.on_slot_events(events, self.reconciler.children())
         if self.config.files:
             live = {slot.child.spec.name for _r, _k, slot in self.reconciler.children() if slot.child}
@@ -85,7 +93,7 @@ class SeedWiring:
     def on_new_lease(self) -> None:
         self.registration.on_new_lease()
 
-    def status(self, role: str) -> list[dict]:
+    def status(self, role: str) -> list[dict[str, Any]]:
         return self.registration.status(role)
 
     def close(self) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import ssl
 import tempfile
+from typing import Any
 
 from ..errors import CoordError, Unavailable
 from ..url import BackendSpec, Endpoint
-from ._grpc import grpc
+
+# from _grpc, which sets gRPC's environment before importing it; _grpc.py does not re-export it
+# explicitly yet (owned elsewhere): drop the ignore once it does
+from ._grpc import grpc  # type: ignore[attr-defined]
 
 
-def tls_credentials(spec: BackendSpec):
-    """gRPC channel credentials and an optional target-name override."""
+def tls_credentials(spec: BackendSpec) -> tuple[Any, str | None]:
+    """gRPC channel credentials (``grpc.ChannelCredentials``, untyped: grpc ships no
+    type information) and an optional target-name override; ``(None, None)`` for plain http."""
     if not spec.endpoints or not spec.endpoints[0].secure:
         return None, None
     tls = spec.tls
@@ -40,7 +45,7 @@ def _read(path: str, what: str) -> bytes:
         raise CoordError(f"cannot read {what} {path!r}: {exc.strerror}") from None
 
 
-def _trust_server_certificate(endpoint: Endpoint, cert: str | None, key: str | None):
+def _trust_server_certificate(endpoint: Endpoint, cert: str | None, key: str | None) -> tuple[bytes, str]:
     """insecure_skip_verify: gRPC Python cannot turn verification off, so we
     fetch the certificate the server presents, trust exactly it, and match
     the name it carries. This defeats MITM protection, as the option says."""
@@ -53,12 +58,16 @@ def _trust_server_certificate(endpoint: Endpoint, cert: str | None, key: str | N
         context.load_cert_chain(cert, key)
     with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=endpoint.host) as tls_sock:
-            pem = ssl.DER_cert_to_PEM_cert(tls_sock.getpeercert(binary_form=True))
+            der = tls_sock.getpeercert(binary_form=True)
+    if der is None:  # an OSError: the caller reports it as Unavailable, naming the endpoint
+        raise ssl.SSLError("the server presented no certificate")
+    pem = ssl.DER_cert_to_PEM_cert(der)
     name = endpoint.host
     with tempfile.NamedTemporaryFile("w", suffix=".pem") as fh:
         fh.write(pem)
         fh.flush()
-        decoded = ssl._ssl._test_decode_cert(fh.name)  # noqa: SLF001 - stdlib has no public decoder
+        # stdlib has no public decoder; typeshed omits this private one
+        decoded = ssl._ssl._test_decode_cert(fh.name)  # type: ignore[attr-defined]  # noqa: SLF001
     for kind, value in decoded.get("subjectAltName", ()):
         if kind in ("DNS", "IP Address"):
             name = value
