@@ -56,7 +56,8 @@ def test_unknown_level_is_one_line():
         parse_level("loud", "--log-level")
 
 
-@pytest.mark.parametrize("name, expected", [("worker[3]", ("worker", "3")), ("worker[0/2]", ("worker", "0/2")), ("tick@2026-01-01T00:00:00Z",
+@pytest.mark.parametrize("name, expected", [("worker[3]", ("worker", "3")), ("worker[0/2]", ("worker", "0/2")),
+                         ("tick@2026-01-01T00:00:00Z",
                          ("tick", "2026-01-01T00:00:00Z")), ("thumbs#42", ("thumbs", "42")),
                          ("api", ("api", None)), ("Bad Name", (None, None))])
 def test_child_role_slot(name, expected):
