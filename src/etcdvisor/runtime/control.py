@@ -39,14 +39,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
-from ..coord.types import Delete, Put
+from ..coord.types import Delete, KeyValue, Put
 from ..coord.watcher import Change, PrefixWatcher
 
 log = logging.getLogger("etcdvisor")
@@ -76,7 +77,7 @@ def operator() -> tuple[str, str]:
 
 
 def make_record(verb: str, role: str, *, member: str | None = None, index: int | None = None,
-                now: float | None = None) -> dict:
+                now: float | None = None) -> dict[str, Any]:
     when = time.time() if now is None else now
     who, host = operator()
     return {"verb": verb, "role": role, "id": f"{int(when * 1000):x}-{os.urandom(3).hex()}",
@@ -85,7 +86,7 @@ def make_record(verb: str, role: str, *, member: str | None = None, index: int |
             "member": member, "index": index}
 
 
-def issue(backend: Backend, keys: ClusterKeys, record: dict) -> int:
+def issue(backend: Backend, keys: ClusterKeys, record: dict[str, Any]) -> int:
     """Write ``record`` (``resume`` also deletes the pause key, atomically); returns the
     store revision of the write."""
     role, verb = record["role"], record["verb"]
@@ -97,9 +98,9 @@ def issue(backend: Backend, keys: ClusterKeys, record: dict) -> int:
     return backend.txn([], ops).revision
 
 
-def read_records(kvs, prefix: str) -> dict[str, dict[str, dict]]:
+def read_records(kvs: Iterable[KeyValue], prefix: str) -> dict[str, dict[str, dict[str, Any]]]:
     """role -> verb -> record (with ``revision``), from the keys under ``control/``."""
-    records: dict[str, dict[str, dict]] = {}
+    records: dict[str, dict[str, dict[str, Any]]] = {}
     for kv in kvs:
         role, _, verb = kv.key[len(prefix):].partition("/")
         if verb not in VERBS:
@@ -119,7 +120,7 @@ def read_records(kvs, prefix: str) -> dict[str, dict[str, dict]]:
 class ControlChanged:
     """Posted by the watch thread: every control record, and whether this is the first look."""
 
-    records: dict  # role -> verb -> record (with revision)
+    records: dict[str, Any]  # role -> verb -> record (with revision)
     initial: bool
 
 
@@ -127,7 +128,7 @@ class ControlChanged:
 class Command:
     verb: str
     role: str
-    record: dict
+    record: dict[str, Any]
 
     def describe(self) -> str:
         return f"{self.verb} by {self.record.get('who')} at {self.record.get('at')}"
@@ -159,7 +160,7 @@ class ControlState:
     """Pure: control records in, paused roles and new commands out (on the loop)."""
 
     wall: Callable[[], float] = time.time
-    paused: dict[str, dict] = field(default_factory=dict)  # role -> its pause record
+    paused: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> its pause record
     seen: dict[tuple[str, str], int] = field(default_factory=dict)  # (role, verb) -> revision
     synced: bool = False
 
@@ -179,7 +180,7 @@ class ControlState:
                 commands.append(Command(verb, role, record))
         return commands
 
-    def _fresh_trigger(self, verb: str, record: dict) -> bool:
+    def _fresh_trigger(self, verb: str, record: dict[str, Any]) -> bool:
         when = record.get("when")
         return verb == TRIGGER and isinstance(when, (int, float)) and \
             self.wall() - when <= TRIGGER_MAX_AGE

@@ -119,19 +119,19 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # probes every few seconds would drown the log
 
 
 class _Server(HTTPServer):
     allow_reuse_address = True
 
-    def __init__(self, address, endpoint: OpsServer):
+    def __init__(self, address: tuple[str, int], endpoint: OpsServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.endpoint = endpoint
         super().__init__(address, _Handler)
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         log.debug("http: error serving %s", client_address, exc_info=True)
 
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -37,7 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .. import timing
 
-prometheus_client.disable_created_metrics()  # no *_created series: half the bytes per scrape
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the bytes per scrape
 
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BACKLOG_MAX_AGE = 5.0  # seconds a topic backlog read is reused by later scrapes
@@ -47,8 +48,8 @@ BACKLOG_MAX_AGE = 5.0  # seconds a topic backlog read is reused by later scrapes
 class Snapshot:
     """What the loop knew after a turn. Never mutated once published."""
 
-    roles: dict = field(default_factory=dict)  # role -> runner status (children included)
-    paused: frozenset = frozenset()
+    roles: dict[str, Any] = field(default_factory=dict)  # role -> runner status (children included)
+    paused: frozenset[str] = frozenset()
     lease_alive_sent: float | None = None  # monotonic send time of the last confirmed keepalive
     lease_ttl: int = 0
     max_stop_timeout: float = 0.0  # of lease-bound roles: the earliest stop decides
@@ -126,7 +127,7 @@ class _SnapshotCollector:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.metrics.snapshot
         up = GaugeMetricFamily("etcdvisor_child_up", "1 while the child runs", labels=["role", "slot"])
         leader = GaugeMetricFamily("etcdvisor_role_leader", "1 while this member leads the role",
