@@ -15,10 +15,10 @@ the cron runner; pause is read by the supervisor when it asks runners what to ru
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..coord.session import SessionEventKind
-from ..process.slot import Exited, Started, Stopped
+from ..coord.session import SessionEvent, SessionEventKind
+from ..process.slot import Exited, SlotEvent, Started, Stopped
 from . import control
 from .http import Health, OpsServer
 from .metrics import Metrics, Snapshot, exit_code_label
@@ -73,13 +73,13 @@ class Operations:
     def etcd_error(self, kind: str) -> None:
         self.metrics.etcd_errors.labels(kind).inc()
 
-    def on_session(self, event) -> None:
-        if event.kind is SessionEventKind.KEEPALIVE and getattr(event, "rtt", None) is not None:
+    def on_session(self, event: SessionEvent) -> None:
+        if event.kind is SessionEventKind.KEEPALIVE and event.rtt is not None:
             self.metrics.keepalive_rtt.observe(event.rtt)
         elif event.kind in SESSION_ERRORS:
             self.etcd_error(SESSION_ERRORS[event.kind])
 
-    def on_slot_event(self, role: str, event) -> None:
+    def on_slot_event(self, role: str, event: SlotEvent) -> None:
         if isinstance(event, Exited) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
             if event.restart_at is not None:
@@ -93,7 +93,7 @@ class Operations:
     def paused(self, role: str) -> bool:
         return self.control.is_paused(role)
 
-    def end_turn(self, now: float, slept_at_most: float, roles_status: dict) -> None:
+    def end_turn(self, now: float, slept_at_most: float, roles_status: dict[str, Any]) -> None:
         sup = self.sup
         failed = next((f"role {n} failed: {s['failed']}" for n, s in roles_status.items()
                        if s.get("failed")), None)
