@@ -7,22 +7,12 @@ use...), 2 bad usage or bad config. Every error is one line on stderr.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from . import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _configure_logging(member: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"etcdvisor[{member}] %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("etcdvisor").setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def _error(message: str) -> None:
@@ -72,7 +62,14 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)  # the first problem, plus "(+N more)"
         return EXIT_USAGE
-    _configure_logging(config.member.id, args.log_level)
+    try:
+        config = _run_overrides(config, args)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    from .logs import configure
+
+    configure(config.member.id, config.log.level, config.log.format)
     supervisor = Supervisor(config, watch_config=args.watch_config)
     try:
         return supervisor.run()
@@ -81,9 +78,36 @@ def cmd_run(args) -> int:
         return EXIT_FAIL
 
 
+def _run_overrides(config, args):
+    """``--http``, ``--log-format`` and ``--log-level`` win over the file and the
+    environment (already applied by the loader); ValueError (one line) if bad."""
+    import dataclasses
+
+    from .config.model import HttpSettings
+    from .config.ops import parse_listen
+    from .logs import parse_format, parse_level
+
+    log, http = config.log, config.http
+    if args.log_level is not None:
+        log = dataclasses.replace(log, level=parse_level(args.log_level, "--log-level"))
+    if args.log_format is not None:
+        log = dataclasses.replace(log, format=parse_format(args.log_format, "--log-format"))
+    if args.http is not None:
+        try:
+            http = HttpSettings(listen=parse_listen(args.http))
+        except ValueError as exc:
+            raise ValueError(f"--http: {exc}") from None
+    return dataclasses.replace(config, log=log, http=http)
+
+
+def _program_name() -> str:
+    name = os.path.basename(sys.argv[0])
+    return "supervisor" if name in ("", "__main__.py", "cli.py", "-c") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=os.path.basename(sys.argv[0]) or "supervisor",
+        prog=_program_name(),
         description="Declarative process supervisor for fleets of workers, coordinated through etcd.")
     parser.add_argument("--version", action="version", version=f"etcdvisor {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -91,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="join the cluster and supervise the roles of CONFIG")
     run.add_argument("config", metavar="CONFIG")
-    run.add_argument("--log-level", default=os.environ.get("ETCDVISOR_LOG_LEVEL", "info"),
-                     choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-level", metavar="LEVEL",
+                     help="debug | info | warning | error (default: log.level, ETCDVISOR_LOG_LEVEL, info)")
+    run.add_argument("--log-format", metavar="FORMAT",
+                     help="text | json (default: log.format, ETCDVISOR_LOG_FORMAT, text)")
+    run.add_argument("--http", metavar="ADDR",
+                     help="serve /metrics, /healthz, /readyz on HOST:PORT (default: http.listen, ETCDVISOR_HTTP)")
     run.add_argument("--watch-config", action="store_true",
                      help="reload when CONFIG changes (as on SIGHUP)")
     run.set_defaults(func=cmd_run)
@@ -107,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_operator_verbs(sub)
+    from .cli_control import add_control_verbs
+
+    add_control_verbs(sub)
     return parser
 
 

@@ -161,8 +161,10 @@ def _check_name(kind: str, name: str) -> str:
 # --- status ----------------------------------------------------------------------------
 @operator_verb
 def cmd_status(args, target: Target) -> int:
+    from .cli_control import require_cluster
     from .status import gather, render_text
 
+    require_cluster(target)
     doc = gather(target.backend, target.cluster, target.config)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
@@ -259,9 +261,12 @@ def _count_argument(raw: str | None) -> int:
 # --- rerun -----------------------------------------------------------------------------
 @operator_verb
 def cmd_rerun(args, target: Target) -> int:
+    from .cli_control import require_known_cluster, require_role
     from .coord.types import Delete, Get
 
     role = _check_name("role", args.role)
+    require_known_cluster(target)
+    require_role(target, role)
     _check_is_job(target, role)
     key = target.keys.job(role)
     result = target.backend.txn([], [Get(key), Delete(key)])  # read and delete at one revision

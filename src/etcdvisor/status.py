@@ -48,10 +48,16 @@ when unknown or not applicable)::
                      "token": 1201, "scheduled": "<ISO 8601>", "started": ..., "finished": ...,
                      "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
           "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
-                  "token": 1201, "exit_code": 0, "finished": ...}   # roles/<role>/job, or null
+                  "token": 1201, "exit_code": 0, "finished": ...},  # roles/<role>/job, or null
+          "control": {"pause": {...}}        # this role's control records (below), or null
         }
       },
       "waitgroups": {"warmup.done": 3},      # name -> count
+      "control": {                           # control/<role>/<verb>: supervisor pause, restart...
+        "worker": {"pause": {"verb": "pause", "role": "worker", "who": "ann@laptop",
+                             "host": "laptop", "when": 1714000000.123, "at": "<ISO 8601>",
+                             "id": "...", "member": null, "index": null, "revision": 1250}}
+      },                                     # a role is paused while its "pause" record exists
       "topics": {                            # topics/<name>/ (and configured topics)
         "images": {"messages": 5, "oldest_id": 900, "newest_id": 1210,
                    "groups": {"thumbs": {"unacked": 2, "claimed": 1}}}
@@ -78,6 +84,7 @@ from .coord.base import Backend
 from .coord.errors import Compacted
 from .coord.keys import ClusterKeys
 from .coord.types import KeyValue, direct_children_by_create
+from .runtime.control import read_records as read_control
 
 SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
 EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
@@ -107,14 +114,20 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     roles_read = backend.get_prefix(keys.base + "roles/", revision=revision)
     groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
+    control_read = backend.get_prefix(keys.base + "control/", revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
+    control = read_control(control_read.kvs, keys.base + "control/")
+    roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
+    for name, role in roles.items():
+        role["control"] = control.get(name)  # the same records, next to the role
     return {
         "cluster": keys.cluster,
         "revision": revision,
         "members": members,
-        "roles": _roles(members, roles_read.kvs, keys.base + "roles/", config),
+        "roles": roles,
         "waitgroups": _waitgroups(groups_read.kvs, keys.base + "waitgroups/"),
         "topics": _topics(topics_read.kvs, keys.base + "topics/", config),
+        "control": control,
     }
 
 
@@ -339,6 +352,15 @@ def render_text(doc: dict, now: float | None = None) -> str:
                 rows.append([name, topic["messages"], span, group, counts["unacked"], counts["claimed"]])
                 name, span = "", ""
         lines += _table(["TOPIC", "MESSAGES", "IDS", "GROUP", "UNACKED", "CLAIMED"], rows, indent=2)
+    if doc.get("control"):
+        lines += ["", "control (supervisor pause/resume/restart/reset/trigger):"]
+        rows = []
+        for role, verbs in doc["control"].items():
+            for verb, rec in sorted(verbs.items(), key=lambda item: item[1].get("when") or 0):
+                scope = ", ".join(f"{k} {rec[k]}" for k in ("member", "index") if rec.get(k) is not None)
+                rows.append([role, verb + (" (in effect)" if verb == "pause" else ""), rec.get("who"),
+                             rec.get("at"), _age(rec.get("when"), now), scope or "-"])
+        lines += _table(["ROLE", "VERB", "WHO", "WHEN", "AGO", "SCOPE"], rows, indent=2)
     return "\n".join(lines) + "\n"
 
 

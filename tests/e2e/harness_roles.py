@@ -159,6 +159,16 @@ def status_json(config: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def poll_status(config: Path) -> dict | None:
+    """``status --json`` for polling loops: None while no member has joined yet
+    (``status`` of a cluster without members is an error, exit 1)."""
+    result = cli("status", "-c", str(config), "--json")
+    if result.returncode != 0:
+        assert b"has no members" in result.stderr, result.stderr.decode(errors="replace")
+        return None
+    return json.loads(result.stdout)
+
+
 @pytest.fixture
 def recorder(fleet):
     """The recording child for this test (in the fleet's directory); any child

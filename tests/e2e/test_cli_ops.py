@@ -118,14 +118,29 @@ def test_bad_or_embedded_config_is_usage_error(capsys, tmp_path, no_env):
 
 
 # --- status ----------------------------------------------------------------------------
-def test_status_of_empty_cluster(capsys, env, cluster):
+def test_status_of_a_cluster_without_members_names_the_existing_clusters(capsys, env, cluster, store, keys):
+    other = ClusterKeys(cluster + "-other")
+    store.put(other.waitgroup("g"), "1")
+    try:
+        for argv in (["status", "--json"], ["status"]):
+            code, out, err = run_cli(capsys, *argv)
+            assert code == 1 and out == ""
+            assert_one_error_line(err)
+            assert f"'{cluster}' has no members" in err and cluster + "-other" in err
+    finally:
+        store.delete(other.base, other.base[:-1] + "0")
+
+
+def test_status_of_a_cluster_with_one_member(capsys, env, cluster, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {})
     code, out, err = run_cli(capsys, "status", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert set(doc) == {"cluster", "revision", "members", "roles", "waitgroups", "topics"}
-    assert doc["cluster"] == cluster and doc["members"] == [] and doc["roles"] == {}
+    assert {"cluster", "revision", "members", "roles", "waitgroups", "topics", "control"} <= set(doc)
+    assert doc["cluster"] == cluster and [m["member"] for m in doc["members"]] == ["a"]
+    assert doc["roles"] == {} and doc["control"] == {}
     code, out, _ = run_cli(capsys, "status")
-    assert code == 0 and f"cluster {cluster}" in out and "0 members" in out
+    assert code == 0 and f"cluster {cluster}" in out and "1 member" in out
 
 
 def put_member(store, keys, member, lease, roles):
@@ -212,14 +227,15 @@ def test_status_shows_members_roles_elections_ticks_jobs_groups_topics(
         assert fragment in text, (fragment, text)
 
 
-def test_status_with_config_lists_configured_roles(capsys, config_file, store):
+def test_status_with_config_lists_configured_roles(capsys, config_file, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {})
     code, out, err = run_cli(capsys, "status", "--json", "-c", config_file)
     assert code == 0, err
     doc = json.loads(out)
     assert sorted(doc["roles"]) == ["migrate", "thumbs", "worker"]  # --json sorts keys
     assert doc["roles"]["migrate"] == {"type": "job", "configured": True, "assignments": [],
                                        "shard": None, "alive": None, "published": None, "election": None,
-                                       "ticks": None, "job": None}
+                                       "ticks": None, "job": None, "control": None}
     assert doc["topics"]["images"] == {"messages": 0, "oldest_id": None, "newest_id": None, "groups": {}}
 
 
@@ -340,6 +356,7 @@ def test_subprocess_errors_are_one_line(no_env):
 
 # --- rerun -----------------------------------------------------------------------------
 def test_rerun_without_config_deletes_the_record(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {"migrate": {"type": "job"}})
     store.put(keys.job("migrate"), '{"state": "succeeded", "spec_hash": "ab"}')
     code, out, err = run_cli(capsys, "rerun", "migrate")
     assert code == 0, err
@@ -371,3 +388,37 @@ def test_rerun_with_config(capsys, config_file, store, keys):
     assert code == 0, err
     assert '"state": "failed"' in out
     assert store.get(keys.job("migrate")) is None
+
+
+def test_rerun_of_an_unknown_role_is_one_line_non_zero(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id, {"migrate": {"type": "job"}})
+    code, out, err = run_cli(capsys, "rerun", "migrat")
+    assert code != 0 and out == ""
+    assert_one_error_line(err)
+    assert "'migrat'" in err and "migrate" in err
+
+
+# --- control verbs (records only; members acting on them: tests/e2e/test_ops_control.py) ----
+def test_control_records_show_in_status_text_and_json(capsys, env, store, keys):
+    put_member(store, keys, "a", store.lease_grant(30).id,
+               {"worker": {"type": "sharded"}, "tick": {"type": "cron"}})
+    code, out, err = run_cli(capsys, "pause", "worker")
+    assert code == 0 and "role worker: pause on every member" in out, err
+    code, out, err = run_cli(capsys, "restart", "worker", "--index", "1", "--member", "a")
+    assert code == 0 and "on member a, index 1" in out, err
+    code, out, _ = run_cli(capsys, "status", "--json")
+    doc = json.loads(out)
+    control = doc["control"]["worker"]
+    assert doc["roles"]["worker"]["control"] == control
+    assert set(control) == {"pause", "restart"}
+    assert control["restart"]["index"] == 1 and control["restart"]["member"] == "a"
+    assert "@" in control["pause"]["who"] and control["pause"]["when"] > time.time() - 60
+    code, out, _ = run_cli(capsys, "status")
+    assert "pause (in effect)" in out and control["pause"]["who"] in out and "member a, index 1" in out
+    code, out, err = run_cli(capsys, "resume", "worker")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "status", "--json")
+    assert set(json.loads(out)["control"]["worker"]) == {"restart", "resume"}
+    code, _, err = run_cli(capsys, "trigger", "worker")
+    assert code == 2 and "cron roles only" in err
+    assert_one_error_line(err)

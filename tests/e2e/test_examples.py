@@ -22,7 +22,7 @@ def cli(*args, env=None, input=None):
                           env=env, input=input, timeout=60)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "docker-compose.yaml"))
 def test_example_validates(name):
     done = cli("validate", str(EXAMPLES / name))
     assert done.returncode == 0, done.stderr.decode()

@@ -26,7 +26,7 @@ from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.recipes.topic import Topic
 
 from .conftest import wait_for
-from .harness_roles import cli, duplicates, recorder, status_json  # noqa: F401
+from .harness_roles import cli, duplicates, poll_status, recorder, status_json  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 
@@ -43,8 +43,8 @@ def completed_ids(recorder, role: str) -> set[int]:
 
 def all_acked(config, topic: str, group: str) -> bool:
     """``status`` shows no unacknowledged and no claimed message in ``group``."""
-    counts = status_json(config)["topics"][topic]["groups"].get(group)
-    return counts == {"unacked": 0, "claimed": 0}
+    doc = poll_status(config)
+    return doc is not None and doc["topics"][topic]["groups"].get(group) == {"unacked": 0, "claimed": 0}
 
 
 def test_queue_each_message_once_with_payload_on_stdin(fleet, recorder):
@@ -109,7 +109,9 @@ def test_broadcast_runs_on_every_member_and_oversize_is_refused(fleet, recorder)
     members = fleet.start_many(3, config)
 
     def subscribed():
-        doc = status_json(config)
+        doc = poll_status(config)
+        if doc is None:
+            return False
         reporting = [m["member"] for m in doc["members"] if "news" in m["roles"]]
         return len(reporting) == 3
 

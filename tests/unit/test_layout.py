@@ -41,11 +41,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kv_watch",),
     ("kv",),
     ("process",),
+    ("logs",),
     ("roles",),
     ("runtime",),
     ("status",),
-    ("cli_ops", "cli_services", "cli_config"),
-    ("cli",),
+    ("cli_ops", "cli_services", "cli_config", "cli_control"),
+    ("cli", "__main__"),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 TESTING_MAY_IMPORT_BELOW = RANK["runtime"]

@@ -22,7 +22,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     for name in ("cluster", "config_layout"):
         if getattr(old, name) != getattr(new, name):
             settings.append(name)
-    for section in ("etcd", "member"):
+    for section in ("etcd", "member", "http", "log"):
         before, after = getattr(old, section), getattr(new, section)
         for field in dataclasses.fields(before):
             if getattr(before, field.name) != getattr(after, field.name):

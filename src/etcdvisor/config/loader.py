@@ -11,6 +11,8 @@ reported under the variable's name when they are wrong):
   or ``memory://NAME``)
 * ``ETCDVISOR_CLUSTER`` -> ``cluster``
 * ``ETCDVISOR_MEMBER_ID`` -> ``member.id``
+* ``ETCDVISOR_HTTP`` -> ``http.listen``
+* ``ETCDVISOR_LOG_FORMAT`` -> ``log.format``; ``ETCDVISOR_LOG_LEVEL`` -> ``log.level``
 
 An override set to the empty string is ignored.
 """
@@ -30,7 +32,13 @@ ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ETCDVISOR_ENDPOINTS", ("etcd", "endpoints")),
     ("ETCDVISOR_CLUSTER", ("cluster",)),
     ("ETCDVISOR_MEMBER_ID", ("member", "id")),
+    ("ETCDVISOR_HTTP", ("http", "listen")),
+    ("ETCDVISOR_LOG_FORMAT", ("log", "format")),
+    ("ETCDVISOR_LOG_LEVEL", ("log", "level")),
 )
+
+
+CASE_INSENSITIVE = ("ETCDVISOR_LOG_FORMAT", "ETCDVISOR_LOG_LEVEL")  # INFO works like info
 
 
 def load(path, environ: Mapping[str, str] | None = None, *, default_member_id: str | None = None) -> Config:
@@ -62,6 +70,8 @@ def apply_environment(document: dict, environ: Mapping[str, str]) -> dict[tuple,
         value = environ.get(variable, "").strip()
         if not value:
             continue
+        if variable in CASE_INSENSITIVE:
+            value = value.lower()
         parent = document
         for key in path[:-1]:
             child = parent.get(key)

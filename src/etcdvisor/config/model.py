@@ -93,6 +93,31 @@ class MemberSettings:
     id_generated: bool = False
 
 
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """``http.listen`` as (host, port); ``host`` "" means every interface. None: no listener."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: LogFormat = LogFormat.TEXT
+    level: LogLevel = LogLevel.INFO
+
+
 @dataclass(frozen=True)
 class BackoffSettings:
     """A role's ``backoff:`` keys: restart delay ``initial``, doubling up to ``max`` (seconds).
@@ -222,6 +247,8 @@ class Config:
     roles: Mapping[str, RoleSpec] = field(default_factory=lambda: _frozen_map({}))
     config_layout: str = "etcdvisor"
     warnings: tuple[str, ...] = field(default=(), compare=False)  # one line each, not fatal
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
 
     def role_cwd(self, role: RoleSpec) -> str:
         """Where ``role``'s children run: its ``cwd``, by default the config file's directory."""

@@ -21,6 +21,7 @@ from ..coord.url import TLSOptions, parse_url
 from .durations import parse_duration
 from .errors import Problems
 from .model import Config, EtcdKind, EtcdSettings, MemberSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .ops import ops_settings
 from .roles import build_role
 from .wiring import check_wiring
 
@@ -49,11 +50,12 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
     _check_after(roles, problems)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
+    http, log = ops_settings(document, problems)
     if problems:
         return None
     return Config(source_path=source_path, cluster=document["cluster"], etcd=etcd, member=member,
                   roles=_frozen_map(roles), config_layout=document.get("config_layout", "etcdvisor"),
-                  warnings=tuple(warnings))
+                  warnings=tuple(warnings), http=http, log=log)
 
 
 def _member(raw: dict, base_dir: str, default_member_id: str | None) -> MemberSettings:

@@ -78,4 +78,5 @@ __all__ = [
     "CoordTimeout", "Delete", "Event", "EventType", "Get", "InvalidURL", "KeyValue", "Lease",
     "LeaseNotFound", "Put", "RangeResult", "TLSOptions", "TxnResult", "Unavailable",
     "WatchBatch", "WatchStream", "open_backend", "open_spec", "parse_url", "prefix_end",
+    "read_password",
 ]

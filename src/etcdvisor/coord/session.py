@@ -78,6 +78,7 @@ class SessionEvent:
     ttl: int
     last_alive_sent: float
     detail: str = ""
+    rtt: float | None = None  # KEEPALIVE: seconds from send to the alive answer
 
 
 class Session:
@@ -253,8 +254,9 @@ class Session:
                 return False  # an older send than one already confirmed: nothing new
             self.ttl = ttl
             self.last_alive_sent = sent
+        rtt = self.clock() - sent
         self._set_state(SessionState.ALIVE)
-        self._emit(SessionEventKind.KEEPALIVE)
+        self._emit(SessionEventKind.KEEPALIVE, rtt=rtt)
         return True
 
     def _try_new_lease(self) -> None:
@@ -273,8 +275,8 @@ class Session:
             self.state = state
             self._changed.notify_all()
 
-    def _emit(self, kind: SessionEventKind, detail: str = "") -> None:
-        event = SessionEvent(kind, self.lease_id, self.ttl, self.last_alive_sent, detail)
+    def _emit(self, kind: SessionEventKind, detail: str = "", rtt: float | None = None) -> None:
+        event = SessionEvent(kind, self.lease_id, self.ttl, self.last_alive_sent, detail, rtt)
         for listener in list(self._listeners):
             try:
                 listener(event)

@@ -117,7 +117,7 @@ class ProcessManager:
     # -- lease, pids ---------------------------------------------------------------
 
     def set_lease_deadlines(self, term_at: float | None = None, kill_at: float | None = None, *,
-                            rule: Callable[[Slot], tuple[float | None, float | None]] | None = None) -> None:
+                            rule: Callable[[Slot], tuple[float | None, ...]] | None = None) -> None:
         """Apply lease deadlines to every lease-bound child; one write to the watchdog.
 
         ``rule(slot) -> (term_at, kill_at)`` gives each slot its own deadlines

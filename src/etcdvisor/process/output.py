@@ -29,20 +29,35 @@ import os
 import selectors
 import sys
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024
 
+# (child name, "stdout" | "stderr", decoded line without newline) -> bytes to write.
+# None: the plain ``name| line`` form. Set once at start-up by etcdvisor.logs.configure
+# (timestamps, JSON), before any child starts.
+LineFormat = Callable[[str, str, str], bytes]
+_line_format: LineFormat | None = None
+
+
+def set_line_format(fmt: LineFormat | None) -> None:
+    """Write every later child line with ``fmt`` (None: the plain prefix form)."""
+    global _line_format
+    _line_format = fmt
+
 
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("pending", "pipe", "prefix", "sink")
+    __slots__ = ("kind", "name", "pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe: BinaryIO, prefix: bytes, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO):
         self.pipe = pipe
-        self.prefix = prefix
+        self.name = name
+        self.kind = kind  # stdout | stderr
+        self.prefix = f"{name}| ".encode("utf-8", "replace")
         self.sink = sink
         self.pending = b""
 
@@ -80,12 +95,11 @@ class OutputPump:
 
     def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
         """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
-        prefix = f"{name}| ".encode("utf-8", "replace")
         streams = []
         if stdout_pipe is not None:
-            streams.append(_Stream(stdout_pipe, prefix, self._stdout or sys.stdout.buffer))
+            streams.append(_Stream(stdout_pipe, name, "stdout", self._stdout or sys.stdout.buffer))
         if stderr_pipe is not None:
-            streams.append(_Stream(stderr_pipe, prefix, self._stderr or sys.stderr.buffer))
+            streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer))
         with self._lock:
             wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
@@ -175,8 +189,10 @@ class OutputPump:
         if line.endswith(b"\r"):
             line = line[:-1]
         text = line.decode("utf-8", "replace")
+        fmt = _line_format
+        data = stream.prefix + text.encode("utf-8") + b"\n" if fmt is None else fmt(stream.name, stream.kind, text)
         try:
-            stream.sink.write(stream.prefix + text.encode("utf-8") + b"\n")
+            stream.sink.write(data)
             stream.sink.flush()
         except (OSError, ValueError):
             pass  # our own stdout is gone; keep draining so children never block

@@ -164,6 +164,17 @@ class Slot:
             self._child.set_lease_deadlines(term_at, kill_at, sync_watchdog=False)
         self._dirty = True
 
+    def restart_child(self, now: float) -> bool:
+        """Stop the running child (its stop signal, then SIGKILL after stop_timeout);
+        it starts again with the same desired spec once gone, like after any
+        requested stop. False when no child runs."""
+        if self._child is None or self._child.state is not ChildState.RUNNING:
+            return False
+        self.state = SlotState.STOPPING  # RUNNING -> STOPPING (restart requested)
+        self._child.stop(now)
+        self._dirty = True
+        return True
+
     # -- outputs -----------------------------------------------------------------
 
     @property

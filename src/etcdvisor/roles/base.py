@@ -52,6 +52,7 @@ class RuntimeContext:
     clock: Callable[[], float]
     base_env: Mapping[str, str] = field(default_factory=dict)
     wall: Callable[[], float] = time.time  # wall clock (schedules, records)
+    metrics: Any = None  # runtime.metrics.Metrics when the supervisor runs (counters only)
     config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
 
     @property
@@ -149,6 +150,10 @@ class RoleRunner(abc.ABC):
     def next_deadline(self) -> float | None:
         """When ``desired`` may change without any event (a timer)."""
         return None
+
+    def while_paused(self, now: float) -> None:
+        """Called instead of ``desired`` while the role is paused (``supervisor
+        pause``): the loop runs none of its children. Cron records due ticks."""
 
     def restart_policy(self, key: str) -> str:
         return self.spec.restart.value

@@ -28,6 +28,14 @@ Each run's child gets ``SCHEDULED_TIME`` (ISO 8601 in the role's timezone),
 ``interrupted`` (its leader died mid-run; marked by the next leader),
 ``missed`` or ``skipped``; the newest ``KEEP_RECORDS`` are kept.
 
+``supervisor pause``: while the role is paused the leader records each due
+tick ``paused`` (it is not run late on resume). ``supervisor trigger``: the
+leader claims one extra run now, with the same fencing compare as a tick,
+under ``ticks/<ISO time of the trigger>-manual`` (record ``manual: true``,
+``trigger`` id and ``who``); it runs whatever the concurrency policy, gets
+``SCHEDULED_TIME`` = the trigger time and ``MANUAL=1``. Manual records never
+move the schedule cursor. A trigger older than ``TRIGGER_MAX_AGE`` is dropped.
+
 Limit: a run is claimed before it starts, so a leader that dies mid-run
 does not get the tick re-run (at most once per tick; exactly once when the
 leader survives the run).
@@ -51,6 +59,9 @@ log = logging.getLogger("etcdvisor")
 CATCH_UP_LIMIT = 100  # at most this many missed ticks run late
 CATCH_UP_HORIZON = 3600.0  # without starting_deadline, ticks older than this are not run late
 KEEP_RECORDS = 100
+MANUAL_SUFFIX = "-manual"
+TRIGGER_MAX_AGE = 60.0
+FINAL_STATES = ("succeeded", "failed", "stopped", "missed", "skipped", "paused")
 CLAIM_RETRY = 1.0  # seconds before a claim that failed (store error, fencing) is tried again
 
 
@@ -58,6 +69,12 @@ CLAIM_RETRY = 1.0  # seconds before a claim that failed (store error, fencing) i
 class _Run:
     tick: datetime
     spec: ChildSpec
+    manual: bool = False
+
+
+def manual_tick_id(when: datetime) -> str:
+    """Key suffix of a manual run: the trigger time to the millisecond, never a tick id."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z{MANUAL_SUFFIX}"
 
 
 class CronRunner(LeaderRunner):
@@ -71,6 +88,7 @@ class CronRunner(LeaderRunner):
         self.retry_at: float | None = None  # a failed claim is tried again then
         self.last_outcome: dict | None = None
         self.missed = 0
+        self.triggers: dict[str, dict] = {}  # trigger id -> control record, until claimed
 
     # --- leadership ------------------------------------------------------------
     def handle(self, payload, at: float) -> None:
@@ -113,6 +131,7 @@ class CronRunner(LeaderRunner):
                 self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
                                      [Put(kv.key, json.dumps(record))])
         ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
+        ids = [tick_id for tick_id in ids if not tick_id.endswith(MANUAL_SUFFIX)]
         return parse_tick_id(max(ids)) if ids else None
 
     def _now(self) -> datetime:
@@ -125,6 +144,8 @@ class CronRunner(LeaderRunner):
         if self.claiming is None and (self.retry_at is None or now >= self.retry_at):
             self.retry_at = None
             self._process_due_ticks()
+            if self.claiming is None:
+                self._claim_trigger()
         return {tick_id: run.spec for tick_id, run in self.runs.items()}
 
     def _process_due_ticks(self) -> None:
@@ -173,14 +194,15 @@ class CronRunner(LeaderRunner):
                      f"{self.schedule.tick_id(self.cursor)} are too old to run late: missed")
         return due
 
-    def _claim(self, tick: datetime, now: datetime) -> None:
-        """Claim ``tick`` with a transaction fenced by our token (an effect);
-        the run starts when the claim comes back won."""
-        tick_id = self.schedule.tick_id(tick)
+    def _claim(self, tick: datetime, now: datetime, trigger: dict | None = None) -> None:
+        """Claim ``tick`` (or the manual run of ``trigger``) with a transaction fenced
+        by our token (an effect); the run starts when the claim comes back won."""
+        tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
         key = self.ctx.keys.ticks(self.name) + tick_id
         token = self.token
+        extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
         record = {"state": "running", "member": self.ctx.member_id, "token": token,
-                  "scheduled": tick.isoformat(), "started": now.timestamp()}
+                  "scheduled": tick.isoformat(), "started": now.timestamp(), **extra}
         election_key = self.election.key
 
         def claim() -> bool | None:
@@ -197,6 +219,8 @@ class CronRunner(LeaderRunner):
 
         def done(claimed: bool | None, error: BaseException | None) -> None:
             self.claiming = None
+            if trigger is not None and (error is not None or claimed is None):
+                self.trigger(trigger)  # try again (this leader after CLAIM_RETRY, or the next one)
             if not self.leading or self.token != token:
                 return
             if error is not None:
@@ -207,33 +231,38 @@ class CronRunner(LeaderRunner):
                 self.say(f"tick {tick_id}: claim refused (no longer the leader)")
                 self.retry_at = self.ctx.clock() + CLAIM_RETRY
                 return
-            self.cursor = tick
+            if trigger is None:
+                self.cursor = tick
             if claimed:
-                self._run(tick, now)
+                self._run(tick, now, tick_id, manual=trigger is not None)
 
         self.claiming = tick_id
         self.effect(f"claim tick {tick_id}", claim, done)
 
-    def _run(self, tick: datetime, claimed_at: datetime) -> None:
-        tick_id = self.schedule.tick_id(tick)
-        if self.runs and self.policy == "replace":
+    def _run(self, tick: datetime, claimed_at: datetime, tick_id: str, manual: bool = False) -> None:
+        if self.runs and self.policy == "replace" and not manual:
             self.say(f"tick {tick_id}: replacing the active run(s) {', '.join(self.runs)}")
             self.runs.clear()
         env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
+        if manual:
+            env["MANUAL"] = "1"
         spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
-        self.runs[tick_id] = _Run(tick, spec)
+        self.runs[tick_id] = _Run(tick, spec, manual)
         late = (claimed_at - tick).total_seconds()
         self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
 
-    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True) -> None:
-        tick_id = self.schedule.tick_id(tick)
+    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
+                tick_id: str | None = None) -> None:
+        tick_id = tick_id or self.schedule.tick_id(tick)
         key = self.ctx.keys.ticks(self.name) + tick_id
         record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
                   **fields}
         backend = self.ctx.backend
+        if self.ctx.metrics is not None and fields.get("state") in FINAL_STATES:
+            self.ctx.metrics.cron_outcome(self.name, fields["state"], tick_id.endswith(MANUAL_SUFFIX))
 
         def write() -> None:
-            if fields.get("state") in ("missed", "skipped"):
+            if fields.get("state") in ("missed", "skipped", "paused"):
                 backend.txn([missing(key)], [Put(key, json.dumps(record))])
                 return
             old = backend.get(key)
@@ -258,21 +287,49 @@ class CronRunner(LeaderRunner):
         if isinstance(event, Exited) and event.restart_at is None and run is not None:
             state = "succeeded" if event.code == 0 else "failed"
             self._record(run.tick, {"state": state, "exit_code": event.code,
-                                    "finished": self.ctx.wall()}, quiet=False)
+                                    "finished": self.ctx.wall()}, quiet=False, tick_id=key)
             del self.runs[key]
         elif isinstance(event, Stopped) and event.code is not None:
-            tick = run.tick if run is not None else parse_tick_id(key)
-            self._record(tick, {"state": "stopped", "finished": self.ctx.wall()}, quiet=False)
+            if run is not None or not key.endswith(MANUAL_SUFFIX):
+                tick = run.tick if run is not None else parse_tick_id(key)
+                self._record(tick, {"state": "stopped", "finished": self.ctx.wall()}, quiet=False,
+                             tick_id=key)
             self.runs.pop(key, None)
         elif isinstance(event, (Failed, SpawnFailed)) and run is not None:
             reason = event.reason if isinstance(event, Failed) else event.message
-            self._record(run.tick, {"state": "failed", "error": reason, "finished": self.ctx.wall()})
+            self._record(run.tick, {"state": "failed", "error": reason, "finished": self.ctx.wall()},
+                         tick_id=key)
             del self.runs[key]
             if isinstance(event, SpawnFailed):
                 self.give_up(reason)
 
     def restart_policy(self, key: str) -> str:
         return self.spec.restart.value
+
+    # --- supervisor pause / trigger (runtime/control.py) ----------------------------------
+    def while_paused(self, now: float) -> None:
+        """Due ticks are recorded 'paused', never run late after the resume."""
+        if not self.leading or self.failed_reason or self.cursor is None or self.claiming:
+            return
+        for tick in self._due_ticks(self._now()):
+            self._record(tick, {"state": "paused"}, quiet=False)
+            self.cursor = tick
+
+    def trigger(self, record: dict) -> None:
+        """A 'supervisor trigger' control record: every member keeps it (a leader
+        elected within TRIGGER_MAX_AGE still runs it); the leader claims it."""
+        if isinstance(record.get("id"), str) and isinstance(record.get("when"), (int, float)):
+            self.triggers[record["id"]] = record
+            if len(self.triggers) > 16:  # a flood of triggers: keep the newest
+                del self.triggers[min(self.triggers, key=lambda k: self.triggers[k]["when"])]
+
+    def _claim_trigger(self) -> None:
+        for trigger_id, record in sorted(self.triggers.items(), key=lambda item: item[1]["when"]):
+            del self.triggers[trigger_id]
+            if self.ctx.wall() - record["when"] <= TRIGGER_MAX_AGE:
+                self.say(f"manual run requested by {record.get('who')}: claiming")
+                self._claim(datetime.fromtimestamp(record["when"], tz=UTC), self._now(), record)
+                return
 
     def next_deadline(self) -> float | None:
         if not self.leading or self.cursor is None or self.claiming is not None:

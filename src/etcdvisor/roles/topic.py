@@ -175,6 +175,8 @@ class TopicRunner(RoleRunner):
             self.effect(f"move the cursor to message {message.id}",
                         lambda: self.ctx.backend.put(self.cursor_key, str(message.id)))
         self.processed += outcome == "done"
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.topic_messages.labels(self.name, outcome.replace(" ", "_")).inc()
         if tracked:
             del self.runs[key]
         self._permits.release()

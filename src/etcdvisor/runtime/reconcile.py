@@ -20,16 +20,26 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .. import timing
 from ..process.backoff import RestartBackoff
 from ..process.manager import ProcessManager
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SlotState, SpawnFailed, Started, Stopped
+from ..process.spawn import ChildSpec
 from ..roles.base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
+
+
+def _slot_of(child_name: str) -> str | None:
+    """``worker[0]`` -> ``0``, ``tick@T`` -> ``T``, ``thumbs#7`` -> ``7``, ``api`` -> None."""
+    for opener, closer in (("[", "]"), ("@", ""), ("#", "")):
+        head, sep, tail = child_name.partition(opener)
+        if sep:
+            return tail[:-1] if closer and tail.endswith(closer) else tail
+    return None
 
 
 @dataclass
@@ -43,6 +53,8 @@ class Reconciler:
     def __init__(self, manager: ProcessManager):
         self.manager = manager
         self._slots: dict[str, _Owned] = {}  # slot name -> owner
+        # (role, SlotEvent) -> None: metrics, called before the runner
+        self.observer: Callable[[str, SlotEvent], None] | None = None
         self._confirmed: tuple[float, int] | None = None  # (t_k, ttl) of the last confirmation
         self._reported: set[tuple[int, str]] = set()  # (pid, deadline kind) already logged
         self._held: set[str] = set()  # slots whose start the lease holds back (logged once)
@@ -52,20 +64,20 @@ class Reconciler:
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
 
-    def apply(self, runner: RoleRunner, desired: dict) -> None:
+    def apply(self, runner: RoleRunner, desired: Mapping[str, ChildSpec]) -> None:
         """Make ``runner``'s slots match ``desired`` (key -> ChildSpec)."""
         current = self.slots_of(runner)
         for key, slot in current.items():
             if key not in desired:
                 slot.set_desired(None)
         for key, spec in desired.items():
-            slot = current.get(key)
-            if slot is None:
-                slot = self._new_slot(runner, key, spec)
+            existing = current.get(key)
+            if existing is None:
+                self._new_slot(runner, key, spec)
             else:
-                slot.set_desired(spec)
+                existing.set_desired(spec)
 
-    def _new_slot(self, runner: RoleRunner, key: str, spec) -> Slot:
+    def _new_slot(self, runner: RoleRunner, key: str, spec: ChildSpec) -> Slot:
         role = runner.spec
         name = f"{role.name}/{key}"
         slot = self.manager.new_slot(spec, restart=runner.restart_policy(key),
@@ -102,6 +114,8 @@ class Reconciler:
             if owned is None:
                 continue
             _log_event(owned, event)
+            if self.observer is not None:
+                self.observer(owned.runner.name, event)
             try:
                 owned.runner.on_slot_event(owned.key, event, now)
             except Exception as exc:
@@ -127,7 +141,7 @@ class Reconciler:
         for name, owned in self._slots.items():
             self._report_held_start(name, owned, now, t_k, ttl)
             child = owned.slot.child
-            if child is None or not child.spec.lease_bound \
+            if child is None or child.pid is None or not child.spec.lease_bound \
                     or owned.slot.state not in (SlotState.RUNNING, SlotState.STOPPING):
                 continue
             term_at = timing.term_deadline(t_k, ttl, child.spec.stop_timeout)
@@ -166,6 +180,7 @@ class Reconciler:
 def _log_event(owned: _Owned, event: SlotEvent) -> None:
     spec = owned.slot.child.spec if owned.slot.child else owned.slot.desired
     who = spec.name if spec else owned.slot.name
+    log = logging.LoggerAdapter(logging.getLogger("etcdvisor"), {"role": owned.runner.name, "slot": _slot_of(who)})
     if isinstance(event, Started):
         log.info("%s: started pid %d", who, event.pid)
     elif isinstance(event, Exited):
@@ -179,7 +194,7 @@ def _log_event(owned: _Owned, event: SlotEvent) -> None:
         log.error("%s", event.message)
 
 
-def _code(code) -> str:
+def _code(code: int | None) -> str:
     if code is None:
         return "no child"
     if code < 0:

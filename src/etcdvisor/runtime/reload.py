@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from ..config import Config, ConfigError, diff, unresolved_command
@@ -40,7 +41,7 @@ class ReloadPlan:
     start: tuple[str, ...]  # runners to start once their old runner is gone (added + changed)
 
 
-def plan_reload(current: Config, environ) -> ReloadPlan | None:
+def plan_reload(current: Config, environ: Mapping[str, str]) -> ReloadPlan | None:
     """Load the file again and work out what to do; None keeps the running
     config (the reason is logged)."""
     try:
@@ -71,7 +72,7 @@ def plan_reload(current: Config, environ) -> ReloadPlan | None:
 class ConfigFileWatcher:
     """Posts ``Signalled(SIGHUP)`` when the config file changes."""
 
-    def __init__(self, path: str, post, signum: int):
+    def __init__(self, path: str, post: Callable[[object], None], signum: int):
         self.path = os.path.abspath(path)
         self.post = post
         self.signum = signum

@@ -17,25 +17,33 @@ orphaned grandchildren without stealing its own children's statuses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from .. import timing
 from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend, read_password
+from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
-from ..coord.session import Session, SessionEventKind
+from ..coord.session import Session, SessionEvent, SessionEventKind
+from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
+from .control import ControlChanged
 from .effects import EffectRunner
+from .http import HttpError
+from .joined import Joined, present
 from .member import MemberRecord
+from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster, describe
@@ -51,7 +59,7 @@ class StartupError(Exception):
     """One line explaining why the supervisor cannot start."""
 
 
-def build_runners(config: Config, ctx: RuntimeContext, names) -> list[RoleRunner]:
+def build_runners(config: Config, ctx: RuntimeContext, names: Iterable[str]) -> list[RoleRunner]:
     """Construct the runners of ``names`` (no I/O); every check that can fail
     without the store happens here, before anything joins or starts. Raises
     StartupError naming the role."""
@@ -69,7 +77,7 @@ def build_runners(config: Config, ctx: RuntimeContext, names) -> list[RoleRunner
     return built
 
 
-def runner_types() -> dict[RoleType, type]:
+def runner_types() -> dict[RoleType, type[RoleRunner]]:
     from ..roles.cron import CronRunner
     from ..roles.job import JobRunner
     from ..roles.sharded import ShardedRunner
@@ -87,36 +95,42 @@ def runner_types() -> dict[RoleType, type]:
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, environ=None, clock: Callable[[], float] = time.monotonic,
+    # made by start() (or by a test harness): see runtime/joined.py
+    backend: Joined[Backend] = Joined()
+    session: Joined[Session] = Joined()
+    manager: Joined[ProcessManager] = Joined()
+    reconciler: Joined[Reconciler] = Joined()
+    roster: Joined[Roster] = Joined()
+    record: Joined[MemberRecord] = Joined()
+    gate: Joined[BarrierGate] = Joined()
+    ctx: Joined[RuntimeContext] = Joined()
+
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  watch_config: bool = False):
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
         self._own_environ = environ is None  # scrub secrets from os.environ too
         self.clock = clock
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.keys = ClusterKeys(config.cluster)
         self.effects = EffectRunner(self.inbox.put, clock=clock)
         self.stopping = False
         self.escalated = False
-        self.embedded = None
-        self.backend = None
-        self.session: Session | None = None
-        self.manager: ProcessManager | None = None
-        self.reconciler: Reconciler | None = None
-        self.roster: Roster | None = None
-        self.record: MemberRecord | None = None
-        self.gate: BarrierGate | None = None
-        self.ctx: RuntimeContext | None = None
+        self.embedded: EtcdServer | None = None
         self.watch_config = watch_config
         self.file_watcher: ConfigFileWatcher | None = None
         self.wiring: SeedWiring | None = None
         self._record_retry: float | None = None
         self._reload_running = False  # a reload is being checked off the loop
+        self._last_status: dict[str, Any] = {}
+        self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
         self._reload_again = False  # another SIGHUP came meanwhile
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
-        return self.roster.runners if self.roster else {}
+        roster = present(self, "roster")
+        return roster.runners if roster is not None else {}
 
     # --- start-up ------------------------------------------------------------
     def check_commands(self) -> None:
@@ -166,11 +180,18 @@ class Supervisor:
         """All or nothing: commands, etcd and every runner are checked before
         the member joins (lease, member record) or starts a child."""
         self.check_commands()
+        try:
+            self.ops.listen()
+        except HttpError as exc:
+            raise StartupError(str(exc)) from None
         url = self.connect()
         member = self.config.member
-        self.ctx = RuntimeContext(config=self.config, backend=self.backend, session=None, keys=self.keys,
+        # runners are built before the lease exists; their __init__ never reads ctx.session
+        self.ctx = RuntimeContext(config=self.config, backend=self.backend,
+                                  session=None,  # type: ignore[arg-type]  # set just below
+                                  keys=self.keys,
                                   member_id=member.id, endpoints=url, post=self.inbox.put,
-                                  clock=self.clock, base_env=self.environ)
+                                  clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
         runners = build_runners(self.config, self.ctx, list(self.config.roles))
         try:
             self.session = Session(self.backend, member.ttl, name=member.id).start()
@@ -185,11 +206,12 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
-        if self.embedded is not None:
+        if self.embedded is not None and self.embedded.proc is not None:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
+        self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
         self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
@@ -200,6 +222,7 @@ class Supervisor:
         self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
+        self.ops.start()
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
@@ -255,6 +278,10 @@ class Supervisor:
             self._dispatch(event)
         self._reconcile(self.clock())
         self.roster.flush_effects()
+        after = self.clock()
+        deadline = self._next_deadline()
+        self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
+                          self._last_status)
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
@@ -262,13 +289,15 @@ class Supervisor:
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
-    def _dispatch(self, event) -> None:
+    def _dispatch(self, event: object) -> None:
         if isinstance(event, Signalled):
             self._on_signal(event.signum)
         elif isinstance(event, SessionChanged):
             self._on_session(event.event)
         elif isinstance(event, BarrierFact):
             self.gate.update(event)
+        elif isinstance(event, ControlChanged):
+            self.ops.on_control(event)
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
@@ -277,7 +306,8 @@ class Supervisor:
             else:
                 self.roster.deliver(event)
 
-    def _effect(self, what: str, call, done=None) -> None:
+    def _effect(self, what: str, call: Callable[[], Any],
+                done: Callable[[Any, BaseException | None], None] | None = None) -> None:
         """The member's own I/O (its record, reload checks), off the loop."""
         self.effects.submit(Effect(SUPERVISOR_LANE, 0, what, call, done))
 
@@ -301,7 +331,8 @@ class Supervisor:
             self.escalated = True
             self._kill_children()
 
-    def _on_session(self, event) -> None:
+    def _on_session(self, event: SessionEvent) -> None:
+        self.ops.on_session(event)
         if event.kind is SessionEventKind.KEEPALIVE:
             self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
         elif event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
@@ -360,6 +391,10 @@ class Supervisor:
         for _ in range(2):  # once more when children exited: a run may free room for another
             for runner in self.roster.all():
                 allowed = runner in self.runners.values() and self.gate.allows(runner.name)
+                if allowed and self.ops.paused(runner.name):
+                    # a cron leader records due ticks 'paused'
+                    self.roster.call(runner, "while_paused", functools.partial(runner.while_paused, now))
+                    allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
@@ -370,6 +405,7 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
+        self._last_status = self._roles_status()
         self._update_record(now if lease_ok else None)
 
     def _update_record(self, now: float | None) -> None:
@@ -378,18 +414,20 @@ class Supervisor:
         if now is None:
             self._record_retry = None
             return
-        roles = self._roles_status()
+        roles = self._last_status
         body, self._record_retry = self.record.plan_update(roles, now)
         if body is not None:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
 
-    def _roles_status(self) -> dict:
+    def _roles_status(self) -> dict[str, Any]:
         status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
         for name in status:
             waiting = self.gate.waiting_on(name)
             if waiting:
                 status[name]["waiting_for"] = waiting
+            if self.ops.paused(name):
+                status[name]["paused"] = True
             registered = self.wiring.status(name) if self.wiring is not None else None
             if registered:
                 status[name]["registered"] = registered
@@ -419,6 +457,7 @@ class Supervisor:
                 pass
             self.reconciler.tick(self.clock())
             self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
+            self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
         log.info("all children stopped; leaving cluster %s", self.config.cluster)
         if not self.effects.drain(timeout=2 * self.config.etcd.timeout):
             log.warning("some writes to the store did not finish before leaving")
@@ -427,26 +466,28 @@ class Supervisor:
         return 1 if self.escalated else 0
 
     def close(self) -> None:
+        self.ops.stop()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
             self.wiring.close()
-        if self.gate is not None:
-            self.gate.stop()
+        gate, session = present(self, "gate"), present(self, "session")
+        if gate is not None:
+            gate.stop()
         self.effects.close()
-        if self.session is not None:
-            self.session.close(revoke=True)
-        if self.manager is not None:
-            self.manager.close()
-        if self.backend is not None:
-            self.backend.close()
+        if session is not None:
+            session.close(revoke=True)
+        for name in ("manager", "backend"):  # whatever a partial start made
+            part = present(self, name)
+            if part is not None:
+                part.close()
         if self.embedded is not None:
             self.embedded.stop()
 
     def _emergency_stop(self) -> None:
         """An unexpected error in the loop: never leave children behind."""
         log.exception("supervisor loop crashed; killing children")
-        if self.reconciler is not None:
+        if present(self, "reconciler") is not None:
             self._kill_children()
         self.close()
 

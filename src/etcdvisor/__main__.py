@@ -1,0 +1,7 @@
+"""``python -m etcdvisor``: the ``supervisor`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""Cluster-wide control verbs and the health probe of the ``supervisor`` command.
+
+::
+
+    supervisor restart ROLE [--member M] [--index I]   restart the role's children
+    supervisor pause ROLE                               stop its children everywhere, start none
+    supervisor resume ROLE                              undo pause
+    supervisor reset ROLE [--member M]                  clear a FAILED role: it starts again
+    supervisor trigger ROLE                             one extra run of a cron role, now
+    supervisor health [--http ADDR] [--live]            exec probe: exit 0 healthy and ready
+
+The control verbs take ``-c CONFIG`` or ``ETCDVISOR_ENDPOINTS``/``ETCDVISOR_CLUSTER`` like
+the other operator verbs, write one record under ``/etcdvisor/<cluster>/control/``
+(see :mod:`etcdvisor.runtime.control`) and return: every member acts within a second.
+Errors (one line, non-zero exit): a cluster with nothing under its prefix (exit 1,
+naming the clusters that exist), a role no config or member knows (exit 2), a verb
+that does not fit the role (``trigger`` of a non-cron role, ``--index`` of a
+non-sharded role: exit 2), etcd unreachable (exit 1).
+
+``health`` asks ``/healthz`` and ``/readyz`` of a running member (``--live``: only
+``/healthz``) at ``--http ADDR``, else ``ETCDVISOR_HTTP``, else ``http.listen`` of
+``-c CONFIG``; it prints the answer and exits 0 (200) or 1 (anything else, or no
+answer within ``--timeout`` seconds). No address at all: exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+
+from .cli_ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Failure, Target, UsageError, _check_name, _error, operator_verb
+from .coord.keys import ROOT
+
+
+# --- checks shared with status / rerun ----------------------------------------------------
+def existing_clusters(backend) -> list[str]:
+    """Names of the clusters that have any key under ``/etcdvisor/``."""
+    names = set()
+    for kv in backend.get_prefix(ROOT, keys_only=True).kvs:
+        names.add(kv.key[len(ROOT):].split("/", 1)[0])
+    return sorted(names)
+
+
+def require_cluster(target: Target) -> None:
+    """Failure unless the cluster has at least one live member."""
+    if target.backend.get_prefix(target.keys.members, keys_only=True).kvs:
+        return
+    others = [name for name in existing_clusters(target.backend) if name != target.cluster]
+    known = ", ".join(others) if others else "none"
+    raise Failure(f"cluster {target.cluster!r} has no members at {target.url} "
+                  f"(clusters under {ROOT}: {known})")
+
+
+def require_known_cluster(target: Target) -> None:
+    """Failure unless anything at all is stored under the cluster's prefix (a control
+    record may be written before the members start, e.g. pause before a deploy)."""
+    if target.backend.get_prefix(target.keys.base, keys_only=True).kvs:
+        return
+    known = ", ".join(existing_clusters(target.backend)) or "none"
+    raise Failure(f"no cluster {target.cluster!r} at {target.url} (clusters under {ROOT}: {known})")
+
+
+def reported_roles(target: Target) -> dict[str, str | None]:
+    """role -> type, from the config if given, else from live member records and
+    the role keys in the store (type None when only keys say the role exists)."""
+    if target.config is not None:
+        return {name: spec.type.value for name, spec in target.config.roles.items()}
+    roles: dict[str, str | None] = {}
+    for kv in target.backend.get_prefix(target.keys.members).kvs:
+        try:
+            for name, status in json.loads(kv.value).get("roles", {}).items():
+                roles[name] = roles.get(name) or (status or {}).get("type")
+        except (ValueError, AttributeError):
+            continue
+    prefix = target.keys.base + "roles/"
+    for kv in target.backend.get_prefix(prefix, keys_only=True).kvs:
+        roles.setdefault(kv.key[len(prefix):].split("/", 1)[0], None)
+    return roles
+
+
+def require_role(target: Target, role: str) -> str | None:
+    """The role's type; UsageError naming the known roles if nobody knows it."""
+    _check_name("role", role)
+    roles = reported_roles(target)
+    if role not in roles:
+        where = target.config.source_path if target.config is not None else f"cluster {target.cluster}"
+        raise UsageError(f"no role {role!r} in {where} (roles: {', '.join(sorted(roles)) or 'none'})")
+    return roles[role]
+
+
+# --- control verbs ---------------------------------------------------------------------------
+@operator_verb
+def cmd_control(args, target: Target) -> int:
+    from .runtime import control
+
+    require_known_cluster(target)
+    kind = require_role(target, args.role)
+    index = getattr(args, "index", None)
+    if args.verb == control.TRIGGER and kind not in ("cron", None):
+        raise UsageError(f"role {args.role} is a {kind} role; trigger applies to cron roles only")
+    if index is not None and kind not in ("sharded", None):
+        raise UsageError(f"role {args.role} is a {kind} role; --index applies to sharded roles only")
+    if index is not None and index < 0:
+        raise UsageError("--index must be >= 0")
+    member = getattr(args, "member", None)
+    if member is not None:
+        _check_name("member", member)
+        if target.backend.get(target.keys.member(member)) is None:
+            raise UsageError(f"no live member {member!r} in cluster {target.cluster}")
+    record = control.make_record(args.verb, args.role, member=member, index=index)
+    revision = control.issue(target.backend, target.keys, record)
+    scope = "".join([f" on member {member}" if member else " on every member",
+                     f", index {index}" if index is not None else ""])
+    print(f"role {args.role}: {args.verb}{scope} (by {record['who']} at {record['at']}, "
+          f"revision {revision})")
+    return EXIT_OK
+
+
+# --- health ----------------------------------------------------------------------------------
+def cmd_health(args) -> int:
+    from .config.ops import ListenError, connect_address, format_listen, parse_listen
+
+    try:
+        address = _health_address(args, parse_listen)
+    except (UsageError, ListenError) as exc:
+        _error(exc)
+        return EXIT_USAGE
+    host, port = connect_address(address)
+    base = f"http://{format_listen((host, port))}"
+    paths = ["/healthz"] if args.live else ["/healthz", "/readyz"]
+    for path in paths:
+        ok, reason = _probe(base + path, args.timeout)
+        if not ok:
+            print(f"unhealthy: {path}: {reason}")
+            return EXIT_FAIL
+    print("ok: alive" if args.live else "ok: alive and ready")
+    return EXIT_OK
+
+
+def _health_address(args, parse_listen) -> tuple[str, int]:
+    if args.http:
+        return parse_listen(args.http)
+    if os.environ.get("ETCDVISOR_HTTP", "").strip():
+        return parse_listen(os.environ["ETCDVISOR_HTTP"])
+    if args.config:
+        from .config import ConfigError, load
+
+        try:
+            config = load(args.config)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if config.http.listen is not None:
+            return config.http.listen
+        raise UsageError(f"{args.config}: http.listen is not set (nothing to ask)")
+    raise UsageError("no address to ask: pass --http ADDR, set ETCDVISOR_HTTP or give -c CONFIG "
+                     "with http.listen")
+
+
+def _probe(url: str, timeout: float) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status == 200, reply.read(512).decode(errors="replace").strip()
+    except urllib.error.HTTPError as exc:
+        return False, f"{exc.code} {exc.read(512).decode(errors='replace').strip()}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"no answer from {url}: {reason}"
+
+
+# --- parser ----------------------------------------------------------------------------------
+def add_control_verbs(subparsers) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="CONFIG",
+                        help="use this config's cluster and etcd settings (default: "
+                             "ETCDVISOR_ENDPOINTS and ETCDVISOR_CLUSTER)")
+    helps = {
+        "restart": "restart the children of ROLE (every member, or --member / --index)",
+        "pause": "stop ROLE's children everywhere and start none until resume",
+        "resume": "undo pause: ROLE runs again",
+        "reset": "clear a FAILED ROLE so it starts again (every member, or --member)",
+        "trigger": "one extra run of cron ROLE now (fenced like a tick, recorded as manual)",
+    }
+    for verb, text in helps.items():
+        parser = subparsers.add_parser(verb, parents=[common], help=text)
+        parser.add_argument("role", metavar="ROLE")
+        if verb in ("restart", "reset"):
+            parser.add_argument("--member", metavar="M", help="only on member M")
+        if verb == "restart":
+            parser.add_argument("--index", metavar="I", type=int, help="only the shard with INDEX I")
+        parser.set_defaults(func=cmd_control, verb=verb)
+    health = subparsers.add_parser("health", help="probe a running member's /healthz and /readyz "
+                                   "(exit 0 ok, 1 not)")
+    health.add_argument("-c", "--config", metavar="CONFIG", help="take the address from http.listen")
+    health.add_argument("--http", metavar="ADDR", help="HOST:PORT of the member (default: ETCDVISOR_HTTP)")
+    health.add_argument("--live", action="store_true", help="only /healthz (liveness)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.set_defaults(func=cmd_health)
+

@@ -1,0 +1,174 @@
+"""Prometheus metrics of one member, in a private registry.
+
+Two kinds of series, chosen by what they cost:
+
+* counters (restarts, exits, cron runs, topic messages, etcd errors) and the
+  keepalive round-trip histogram are incremented by the decision loop as things
+  happen (a few per child start/exit, one observation per keepalive);
+* gauges (child up, leader, shard index/count, last cron success, lease deadline,
+  topic backlog) are computed at scrape time by :class:`_SnapshotCollector` from the
+  immutable :class:`Snapshot` the loop publishes after each turn (one reference
+  assignment; nothing is updated per event), plus the topic backlog, which is read
+  from etcd by the HTTP thread (at most once per ``BACKLOG_MAX_AGE``).
+
+Metric names and labels (docs/config-reference.md, ``http``):
+``etcdvisor_child_up{role,slot}``, ``etcdvisor_child_restarts_total{role}``,
+``etcdvisor_child_exits_total{role,code}``, ``etcdvisor_role_leader{role}``,
+``etcdvisor_role_paused{role}``, ``etcdvisor_role_failed{role}``,
+``etcdvisor_shard_index{role}``, ``etcdvisor_shard_count{role}``,
+``etcdvisor_cron_runs_total{role,outcome}``,
+``etcdvisor_cron_last_success_timestamp_seconds{role}``,
+``etcdvisor_topic_messages_total{role,outcome}``, ``etcdvisor_topic_backlog{role}``,
+``etcdvisor_lease_keepalive_rtt_seconds`` (histogram),
+``etcdvisor_lease_deadline_seconds``, ``etcdvisor_etcd_errors_total{kind}``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import timing
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the bytes per scrape
+
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BACKLOG_MAX_AGE = 5.0  # seconds a topic backlog read is reused by later scrapes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the loop knew after a turn. Never mutated once published."""
+
+    roles: dict[str, Any] = field(default_factory=dict)  # role -> runner status (children included)
+    paused: frozenset[str] = frozenset()
+    lease_alive_sent: float | None = None  # monotonic send time of the last confirmed keepalive
+    lease_ttl: int = 0
+    max_stop_timeout: float = 0.0  # of lease-bound roles: the earliest stop decides
+
+
+def exit_code_label(code: int) -> str:
+    """``0``, ``1``... or the signal name (``SIGKILL``) of a child killed by a signal."""
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal{-code}"
+    return str(code)
+
+
+class Metrics:
+    def __init__(self, backlog: Callable[[], dict[str, int]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.registry = CollectorRegistry(auto_describe=False)
+        reg = self.registry
+        self.restarts = Counter("etcdvisor_child_restarts", "Children restarted (automatic or "
+                                "'supervisor restart'), by role", ["role"], registry=reg)
+        self.exits = Counter("etcdvisor_child_exits", "Child exits by role and exit code (or "
+                             "signal name)", ["role", "code"], registry=reg)
+        self.cron_runs = Counter("etcdvisor_cron_runs", "Cron ticks recorded by this member, by "
+                                 "outcome (succeeded, failed, stopped, missed, skipped, paused; "
+                                 "manual runs: manual-<outcome>)", ["role", "outcome"], registry=reg)
+        self.topic_messages = Counter("etcdvisor_topic_messages", "Topic messages finished by this "
+                                      "member, by outcome (done, given_up, refused)",
+                                      ["role", "outcome"], registry=reg)
+        self.etcd_errors = Counter("etcdvisor_etcd_errors", "Failed or lost etcd interactions, by "
+                                   "kind", ["kind"], registry=reg)
+        self.keepalive_rtt = Histogram("etcdvisor_lease_keepalive_rtt_seconds", "Round trip of "
+                                       "lease keepalives that came back alive", buckets=RTT_BUCKETS,
+                                       registry=reg)
+        self.snapshot = Snapshot()
+        self.cron_last_success: dict[str, float] = {}
+        self.clock = clock
+        self._backlog = backlog
+        self._backlog_cache: tuple[float, dict[str, int]] | None = None
+        self._scrape_lock = threading.Lock()
+        reg.register(_SnapshotCollector(self))
+
+    # --- from the loop -----------------------------------------------------------------
+    def publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot  # one reference assignment: scrapes see old or new, never half
+
+    def cron_outcome(self, role: str, outcome: str, manual: bool = False) -> None:
+        self.cron_runs.labels(role, f"manual-{outcome}" if manual else outcome).inc()
+        if outcome == "succeeded":
+            self.cron_last_success[role] = time.time()
+
+    # --- from the HTTP thread ------------------------------------------------------------
+    def render(self) -> bytes:
+        with self._scrape_lock:  # concurrent scrapes share one backlog read
+            return generate_latest(self.registry)
+
+    def backlog(self) -> dict[str, int]:
+        if self._backlog is None:
+            return {}
+        now = self.clock()
+        cached = self._backlog_cache
+        if cached is not None and now - cached[0] < BACKLOG_MAX_AGE:
+            return cached[1]
+        try:
+            values = self._backlog()
+        except Exception:  # a scrape never fails because etcd does
+            self.etcd_errors.labels("topic_backlog").inc()
+            values = cached[1] if cached is not None else {}
+        self._backlog_cache = (now, values)
+        return values
+
+
+class _SnapshotCollector:
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.metrics.snapshot
+        up = GaugeMetricFamily("etcdvisor_child_up", "1 while the child runs", labels=["role", "slot"])
+        leader = GaugeMetricFamily("etcdvisor_role_leader", "1 while this member leads the role",
+                                   labels=["role"])
+        paused = GaugeMetricFamily("etcdvisor_role_paused", "1 while the role is paused "
+                                   "(supervisor pause)", labels=["role"])
+        failed = GaugeMetricFamily("etcdvisor_role_failed", "1 while the role is FAILED here",
+                                   labels=["role"])
+        index = GaugeMetricFamily("etcdvisor_shard_index", "INDEX of this member's shard",
+                                  labels=["role"])
+        count = GaugeMetricFamily("etcdvisor_shard_count", "COUNT of the role's shards",
+                                  labels=["role"])
+        for role, status in snap.roles.items():
+            for key, child in (status.get("children") or {}).items():
+                slot = str(status["index"]) if status.get("index") is not None else key
+                up.add_metric([role, slot], 1.0 if child.get("state") == "running" else 0.0)
+            if status.get("type") in ("singleton", "cron", "job"):
+                leader.add_metric([role], 1.0 if status.get("leader") else 0.0)
+            if status.get("type") == "sharded" and status.get("index") is not None:
+                index.add_metric([role], float(status["index"]))
+                count.add_metric([role], float(status["count"]))
+            paused.add_metric([role], 1.0 if role in snap.paused else 0.0)
+            failed.add_metric([role], 1.0 if status.get("failed") else 0.0)
+        yield from (up, leader, paused, failed, index, count)
+        last = GaugeMetricFamily("etcdvisor_cron_last_success_timestamp_seconds", "Unix time of "
+                                 "the last successful cron run on this member", labels=["role"])
+        for role, when in list(self.metrics.cron_last_success.items()):
+            last.add_metric([role], when)
+        yield last
+        backlog = GaugeMetricFamily("etcdvisor_topic_backlog", "Messages of the role's topic not "
+                                    "yet processed (queue: by the role's group; broadcast: by this "
+                                    "member)", labels=["role"])
+        for role, value in self.metrics.backlog().items():
+            backlog.add_metric([role], float(value))
+        yield backlog
+        yield GaugeMetricFamily("etcdvisor_lease_deadline_seconds", "Seconds left before "
+                                "lease-bound children would be stopped (negative: overdue)",
+                                value=self._lease_left(snap))
+
+    def _lease_left(self, snap: Snapshot) -> float:
+        if snap.lease_alive_sent is None or not snap.lease_ttl:
+            return 0.0
+        deadline = timing.term_deadline(snap.lease_alive_sent, snap.lease_ttl, snap.max_stop_timeout)
+        return round(deadline - self.metrics.clock(), 3)

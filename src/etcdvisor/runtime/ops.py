@@ -1,0 +1,199 @@
+"""What the decision loop does for operators: metrics, probes, control verbs.
+
+:class:`Operations` is the loop's one handle on :mod:`.metrics`, :mod:`.http` and
+:mod:`.control`. The supervisor calls it at a few fixed points (start, each event,
+the end of each turn, slot and session events, close); everything here runs on the
+loop thread except the HTTP server and the control watch, which own their threads.
+
+Control commands are applied here, on the loop: ``restart`` stops the role's running
+children on this member (they start again with the same spec, lease rules applying
+as for any start); ``reset`` replaces a FAILED runner through the reload path
+(retire, then start a fresh runner once its children are gone); ``trigger`` goes to
+the cron runner; pause is read by the supervisor when it asks runners what to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..coord.session import SessionEvent, SessionEventKind
+from ..process.slot import Exited, SlotEvent, Started, Stopped
+from . import control
+from .http import Health, OpsServer
+from .metrics import Metrics, Snapshot, exit_code_label
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("etcdvisor")
+
+SESSION_ERRORS = {SessionEventKind.ERROR: "keepalive", SessionEventKind.EXPIRED: "lease_expired",
+                  SessionEventKind.LOST: "lease_lost"}
+
+
+class Operations:
+    def __init__(self, sup: Supervisor):
+        self.sup = sup
+        self.metrics = Metrics(backlog=self._topic_backlog)
+        self.health = Health(clock=sup.clock)
+        self.control = control.ControlState()
+        self.server: OpsServer | None = None
+        self.watch: control.ControlWatch | None = None
+        self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def listen(self) -> None:
+        """Open the HTTP listener (before anything starts: a taken port fails start-up)."""
+        address = self.sup.config.http.listen
+        if address is not None:
+            self.server = OpsServer(address, self.metrics, self.health).start()
+
+    def start(self) -> None:
+        """After the member joined: probes may say ready; control records are read
+        (blocking briefly, so a paused role never starts before its pause is known)."""
+        sup = self.sup
+        session = sup.session
+        assert session is not None and sup.backend is not None  # called once joined
+        self.health.lease_alive_sent = lambda: session.last_alive_sent if session.alive else None
+        self.health.lease_fresh = max(3.0, session.ttl / 3)
+        self.health.joined = True
+        self.watch = control.ControlWatch(sup.backend, sup.keys, sup.inbox.put,
+                                          on_error=lambda exc: self.etcd_error("control_watch"))
+        self.watch.start(wait=5.0)
+
+    def stop(self) -> None:
+        self.health.joined = False
+        if self.watch is not None:
+            self.watch.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    # --- loop hooks ----------------------------------------------------------------------
+    def etcd_error(self, kind: str) -> None:
+        self.metrics.etcd_errors.labels(kind).inc()
+
+    def on_session(self, event: SessionEvent) -> None:
+        if event.kind is SessionEventKind.KEEPALIVE and event.rtt is not None:
+            self.metrics.keepalive_rtt.observe(event.rtt)
+        elif event.kind in SESSION_ERRORS:
+            self.etcd_error(SESSION_ERRORS[event.kind])
+
+    def on_slot_event(self, role: str, event: SlotEvent) -> None:
+        if isinstance(event, Exited) and event.code is not None:
+            self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
+            if event.restart_at is not None:
+                self.metrics.restarts.labels(role).inc()
+        elif isinstance(event, Stopped) and event.code is not None:
+            self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
+        elif isinstance(event, Started) and event.slot in self._restart_pending:
+            self._restart_pending.discard(event.slot)
+            self.metrics.restarts.labels(role).inc()
+
+    def paused(self, role: str) -> bool:
+        return self.control.is_paused(role)
+
+    def end_turn(self, now: float, slept_at_most: float, roles_status: dict[str, Any]) -> None:
+        sup = self.sup
+        failed = next((f"role {n} failed: {s['failed']}" for n, s in roles_status.items()
+                       if s.get("failed")), None)
+        self.health.failed = failed
+        self.health.turn(now, now + slept_at_most)
+        if self.server is None:
+            return
+        session = sup.session
+        bound = [r.stop_timeout for r in sup.config.roles.values() if r.lease_bound]
+        self.metrics.publish(Snapshot(
+            roles=roles_status, paused=frozenset(self.control.paused),
+            lease_alive_sent=session.last_alive_sent if session is not None else None,
+            lease_ttl=session.ttl if session is not None else 0,
+            max_stop_timeout=max(bound, default=0.0)))
+
+    # --- control commands ------------------------------------------------------------------
+    def on_control(self, event: control.ControlChanged) -> None:
+        before = set(self.control.paused)
+        commands = self.control.update(event)
+        after = set(self.control.paused)
+        for role in sorted(after - before):
+            if role in self.sup.runners:
+                record = self.control.paused[role]
+                log.info("role %s: paused by %s at %s: stopping its children here, starting none",
+                         role, record.get("who"), record.get("at"), extra={"role": role})
+        for role in sorted(before - after):
+            if role in self.sup.runners:
+                log.info("role %s: resumed", role, extra={"role": role})
+        for command in commands:
+            if command.role not in self.sup.runners:
+                continue
+            try:
+                getattr(self, f"_{command.verb}")(command)
+            except Exception:  # an operator's command never takes the member down
+                log.exception("role %s: %s failed", command.role, command.describe())
+
+    def _mine(self, command: control.Command) -> bool:
+        member = command.record.get("member")
+        return member in (None, self.sup.config.member.id)
+
+    def _restart(self, command: control.Command) -> None:
+        if not self._mine(command):
+            return
+        runner = self.sup.runners[command.role]
+        index = command.record.get("index")
+        if index is not None and self.sup.roster.status(runner).get("index") != index:
+            return
+        now = self.sup.clock()
+        restarted = []
+        for owner, key, slot in self.sup.reconciler.children():
+            if owner is runner and slot.restart_child(now):
+                self._restart_pending.add(slot.name)
+                restarted.append(key)
+        log.info("role %s: %s: restarting %s", command.role, command.describe(),
+                 ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})
+
+    def _reset(self, command: control.Command) -> None:
+        if not self._mine(command):
+            return
+        runner = self.sup.runners[command.role]
+        if not runner.failed_reason:
+            log.info("role %s: %s: not failed here, nothing to reset", command.role, command.describe())
+            return
+        from .supervisor import build_runners
+
+        fresh = build_runners(self.sup.config, self.sup.ctx, [command.role])
+        log.info("role %s: %s: clearing FAILED (%s); the role starts again", command.role,
+                 command.describe(), runner.failed_reason, extra={"role": command.role})
+        self.sup.roster.retire([command.role])  # its children are gone already; it leaves/resigns
+        self.sup.roster.queue(fresh)  # then a fresh runner joins / campaigns again
+
+    def _trigger(self, command: control.Command) -> None:
+        runner = self.sup.runners[command.role]
+        trigger = getattr(runner, "trigger", None)
+        if trigger is None:
+            log.warning("role %s: %s: not a cron role, ignored", command.role, command.describe())
+            return
+        self.sup.roster.call(runner, "trigger", lambda: trigger(command.record))
+
+    # --- the HTTP thread -----------------------------------------------------------------------
+    def _topic_backlog(self) -> dict[str, int]:
+        """Unprocessed messages per topic role (queue: of its group; broadcast: after this
+        member's cursor). Runs on the HTTP thread, so etcd reads are fine here."""
+        sup = self.sup
+        roles = [r for r in sup.config.roles.values() if r.type.value == "topic"]
+        backlog = {}
+        for role in roles:
+            topic = role.topic or role.name
+            prefix = sup.keys.topic(topic)
+            kvs = sup.backend.get_prefix(prefix, keys_only=True).kvs  # CoordError: counted by Metrics
+            if role.delivery == "broadcast":
+                cursor = sup.backend.get(f"{prefix}cursors/{role.name}/{sup.config.member.id}")
+                after = int(cursor.value) if cursor is not None and cursor.value.isdigit() else 0
+                backlog[role.name] = sum(1 for kv in kvs if kv.key.startswith(prefix + "msg/")
+                                         and kv.create_revision > after)
+                continue
+            # queue: retained messages without the group's done marker (as status counts them)
+            retained = {kv.create_revision for kv in kvs if kv.key.startswith(prefix + "msg/")}
+            done_prefix = f"{prefix}done/{role.name}/"
+            done = {int(tail) for kv in kvs if kv.key.startswith(done_prefix)
+                    and (tail := kv.key[len(done_prefix):]).isdigit()}
+            backlog[role.name] = len(retained - done)
+        return backlog
