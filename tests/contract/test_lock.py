@@ -337,7 +337,9 @@ def test_on_lost_reports_a_revoked_lease_without_max_hold(backend, prefix):
     assert lock.acquire()
     backend.lease_revoke(session.lease_id)
     wait_until(lambda: reasons, message="on_lost called")
-    assert lock.lost and lock.token is None and "deleted" in reasons[0]
+    # which of the two observers (the key's watch, the session) reports first is a race
+    assert lock.lost and lock.token is None
+    assert "deleted" in reasons[0] or "lease expired or revoked" in reasons[0], reasons
     with pytest.raises(LockLost):
         lock.release()
     session.close()

@@ -103,7 +103,9 @@ def test_config_scopes_actions_and_batching(fleet):
                  f"{member}'s file")
     # restart: exactly the affected child restarts, with the new value in env and file
     config_cli(config, "set", port, "6000", "--type", "int", "--member", "m0")
-    wait_for(lambda: live_children(rec)["m0"]["pid"] != pids["m0"], 15, "m0's child restarted")
+    # between the stop and the restart m0 has no live child: wait for the new one
+    wait_for(lambda: live_children(rec).get("m0", {}).get("pid", pids["m0"]) != pids["m0"], 15,
+             "m0's child restarted")
     time.sleep(0.5)
     now = live_children(rec)
     assert now["m1"]["pid"] == pids["m1"]
