@@ -16,7 +16,7 @@ from etcdvisor.config.ops import ListenError, connect_address, format_listen, pa
 from etcdvisor.logs import JsonFormatter, LogSettingError, TextFormatter, child_role_slot, parse_level, timestamp
 from etcdvisor.process import output
 from etcdvisor.runtime.control import ControlChanged, ControlState
-from etcdvisor.runtime.http import STALL_GRACE, Health
+from etcdvisor.runtime.health import STALL_GRACE, Health
 from etcdvisor.runtime.metrics import Metrics, Snapshot, exit_code_label
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")

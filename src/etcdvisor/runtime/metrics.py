@@ -30,15 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from typing import TYPE_CHECKING, Any
 
 from .. import timing
 
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the bytes per scrape
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
 
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BACKLOG_MAX_AGE = 5.0  # seconds a topic backlog read is reused by later scrapes
@@ -65,9 +62,40 @@ def exit_code_label(code: int) -> str:
     return str(code)
 
 
+class _NullFamily:
+    """Absorbs counter/histogram calls (``labels(...).inc()``, ``observe``)."""
+
+    def labels(self, *_values: str) -> _NullFamily:
+        return self
+
+    def inc(self, _amount: float = 1.0) -> None:
+        pass
+
+    def observe(self, _value: float) -> None:
+        pass
+
+
+class NullMetrics:
+    """The member's metrics when nothing serves them (no ``http``): same calls
+    from the loop and the runners, nothing recorded, nothing imported."""
+
+    restarts = exits = cron_runs = topic_messages = etcd_errors = keepalive_rtt = _NullFamily()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        pass
+
+    def cron_outcome(self, role: str, outcome: str, manual: bool = False) -> None:
+        pass
+
+
 class Metrics:
     def __init__(self, backlog: Callable[[], dict[str, int]] | None = None,
                  clock: Callable[[], float] = time.monotonic):
+        # imported here: a member without ``http`` never loads the client (about 8 MiB)
+        import prometheus_client
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the bytes per scrape
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
         self.restarts = Counter("etcdvisor_child_restarts", "Children restarted (automatic or "
@@ -104,6 +132,8 @@ class Metrics:
 
     # --- from the HTTP thread ------------------------------------------------------------
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         with self._scrape_lock:  # concurrent scrapes share one backlog read
             return generate_latest(self.registry)
 
@@ -128,6 +158,8 @@ class _SnapshotCollector:
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         snap = self.metrics.snapshot
         up = GaugeMetricFamily("etcdvisor_child_up", "1 while the child runs", labels=["role", "slot"])
         leader = GaugeMetricFamily("etcdvisor_role_leader", "1 while this member leads the role",

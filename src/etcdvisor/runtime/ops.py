@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ..coord.session import SessionEvent, SessionEventKind
 from ..process.slot import Exited, SlotEvent, Started, Stopped
 from . import control
-from .http import Health, OpsServer
-from .metrics import Metrics, Snapshot, exit_code_label
+from .health import Health
+from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
 
 if TYPE_CHECKING:
+    from .http import OpsServer
     from .supervisor import Supervisor
 
 log = logging.getLogger("etcdvisor")
@@ -35,10 +36,12 @@ SESSION_ERRORS = {SessionEventKind.ERROR: "keepalive", SessionEventKind.EXPIRED:
 class Operations:
     def __init__(self, sup: Supervisor):
         self.sup = sup
-        self.metrics = Metrics(backlog=self._topic_backlog)
+        # without http nobody reads metrics: keep prometheus_client out of PID 1
+        self.metrics: Metrics | NullMetrics = (
+            Metrics(backlog=self._topic_backlog) if sup.config.http.listen is not None else NullMetrics())
         self.health = Health(clock=sup.clock)
         self.control = control.ControlState()
-        self.server: OpsServer | None = None
+        self.server: OpsServer | None = None  # runtime.http, imported only with http.listen
         self.watch: control.ControlWatch | None = None
         self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
 
@@ -47,6 +50,9 @@ class Operations:
         """Open the HTTP listener (before anything starts: a taken port fails start-up)."""
         address = self.sup.config.http.listen
         if address is not None:
+            from .http import OpsServer
+
+            assert isinstance(self.metrics, Metrics)
             self.server = OpsServer(address, self.metrics, self.health).start()
 
     def start(self) -> None:

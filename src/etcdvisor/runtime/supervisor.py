@@ -40,7 +40,7 @@ from ..roles.base import RoleRunner, RuntimeContext
 from .barriers import BarrierFact, BarrierGate
 from .control import ControlChanged
 from .effects import EffectRunner
-from .http import HttpError
+from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
 from .ops import Operations
