@@ -128,6 +128,7 @@ def test_checker_catches_overlap_and_gaps():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a minute of churn, then settling 8+ members on a loaded machine
 def test_random_churn_keeps_partitions_exclusive(fleet):
     """8+ members, 60 s (ETCDVISOR_CHURN_SECONDS) of random clean leaves, SIGKILLs, SIGSTOP/SIGCONT and
     joins, with a join-order role and a fixed-shard role side by side."""
