@@ -19,7 +19,8 @@ from etcdvisor.testing.proxy import TcpProxy
 
 from .conftest import TTL, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.etcd]
+# a minute of soak after up to 90 s of settling through the slow proxy
+pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(300)]
 
 SOAK = float(os.environ.get("LEASE_SOAK_SECONDS", "60"))
 ONE_WAY = (0.2, 0.2)  # 200-400 ms each way: 400-800 ms round trips
