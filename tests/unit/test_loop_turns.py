@@ -54,13 +54,24 @@ CRON = """
 """
 
 
+def claim_due_tick(h: LoopHarness):
+    """Elected and resumed, with a tick due: the turn queues its claim."""
+    h.turn()
+    h.run_effects()
+    h.turn()
+    runner = h.sup.runners["report"]
+    runner.ctx.wall = lambda: 2_000_000_010.0
+    runner.cursor = runner._now().replace(second=0)
+    h.turn()
+    return runner
+
+
 def test_cron_claims_a_tick_as_an_effect_and_starts_only_after_the_claim_won():
     h = harness(CRON)
     token = elect(h, "report")
     assert h.turn() == {} and h.effect_names() == ["read tick records"]
     h.run_effects()
     assert h.turn() == {}
-    h.clock.advance(0)  # the cursor is 'now'; move wall time to the next tick
     runner = h.sup.runners["report"]
     runner.ctx.wall = lambda: 2_000_000_010.0
     runner.cursor = runner._now().replace(second=0)  # a tick is due
@@ -77,13 +88,7 @@ def test_cron_claims_a_tick_as_an_effect_and_starts_only_after_the_claim_won():
 def test_cron_claim_that_fails_runs_nothing_and_is_retried_later():
     h = harness(CRON)
     elect(h, "report")
-    h.turn()
-    h.run_effects()
-    h.turn()
-    runner = h.sup.runners["report"]
-    runner.ctx.wall = lambda: 2_000_000_010.0
-    runner.cursor = runner._now().replace(second=0)
-    h.turn()
+    runner = claim_due_tick(h)
     h.run_effects(fail=Unavailable("etcd timed out"))
     assert h.turn() == {} and h.effect_names() == []
     assert runner.next_deadline() == pytest.approx(h.clock() + 1.0)
@@ -97,13 +102,7 @@ def test_cron_claim_that_fails_runs_nothing_and_is_retried_later():
 def test_cron_claim_outcome_after_losing_leadership_starts_nothing():
     h = harness(CRON)
     elect(h, "report")
-    h.turn()
-    h.run_effects()
-    h.turn()
-    runner = h.sup.runners["report"]
-    runner.ctx.wall = lambda: 2_000_000_010.0
-    runner.cursor = runner._now().replace(second=0)
-    h.turn()
+    claim_due_tick(h)
     h.tell("report", Deposed("leader key deleted"))
     h.turn()
     h.run_effects()

@@ -122,7 +122,7 @@ class RoleRunner(abc.ABC):
                 payload.effect.done(payload.result, payload.error)
             elif payload.error is not None:
                 log.warning("role %s: %s failed: %s", self.name, payload.effect.what,
-                            _describe(payload.error))
+                            describe(payload.error))
             return
         self.handle(payload, at)
 
@@ -180,7 +180,10 @@ class RoleRunner(abc.ABC):
         return {"type": self.spec.type.value, "failed": self.failed_reason}
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """One line for a log or a status field (the store's own errors read as
+    they are; anything else with its type)."""
     if isinstance(error, CoordError):
         return str(error)
-    return f"{type(error).__name__}: {error}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

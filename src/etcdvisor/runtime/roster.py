@@ -26,12 +26,11 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from ..coord.errors import CoordError
 from ..coord.session import SessionEvent
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
-from ..roles.base import RoleRunner
+from ..roles.base import RoleRunner, describe
 from .reconcile import Reconciler
 
 log = logging.getLogger("etcdvisor")
@@ -44,14 +43,6 @@ class Phase(enum.Enum):
     ACTIVE = "active"
     BROKEN = "broken"
     RETIRING = "retiring"
-
-
-def describe(error: BaseException) -> str:
-    """One line for a log or a status field."""
-    if isinstance(error, CoordError):
-        return str(error)
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Roster:

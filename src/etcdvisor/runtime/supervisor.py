@@ -36,7 +36,7 @@ from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process.manager import ProcessManager
-from ..roles.base import RoleRunner, RuntimeContext
+from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
 from .control import ControlChanged
 from .effects import EffectRunner
@@ -46,7 +46,7 @@ from .member import MemberRecord
 from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
-from .roster import Roster, describe
+from .roster import Roster
 from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
