@@ -17,7 +17,7 @@ from etcdvisor.process import cgroup as cgroup_mod
 from etcdvisor.process import tracking
 from etcdvisor.process.cgroup import AttachState, CgroupPool
 from etcdvisor.process.child import ChildProcess, ChildState
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, spawn
 from etcdvisor.process.tracking import TAG_ENV, TreeTracker, read_tag
 from etcdvisor.process.watchdog import HELPER_SCRIPT, Watchdog, helper_argv
 
@@ -154,7 +154,7 @@ def test_watchdog_kills_marked_escapees_when_the_supervisor_dies(tmp_path):
     supervisor = r'''
 import os, sys, time
 from etcdvisor.process.child import ChildProcess
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, spawn
 from etcdvisor.process.watchdog import Watchdog
 watchdog = Watchdog(); watchdog.start()
 spec = ChildSpec(name="h", argv=(sys.executable, "-S", "-c", sys.argv[1], sys.argv[2], "stay"),
@@ -259,7 +259,7 @@ def test_watchdog_deadline_kills_marked_escapees_of_a_frozen_supervisor(tmp_path
     supervisor = r'''
 import os, sys, time
 from etcdvisor.process.child import ChildProcess
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, spawn
 from etcdvisor.process.watchdog import Watchdog
 watchdog = Watchdog(); watchdog.start()
 spec = ChildSpec(name="h", argv=(sys.executable, "-S", "-c", sys.argv[1], sys.argv[2], "stay"),
@@ -283,3 +283,29 @@ time.sleep(60)
         proc.kill()
         proc.wait()
         _kill(leader, helper, daemon)
+
+
+def test_fork_path_child_moves_itself_into_its_leaf_before_exec():
+    """A lease-bound child forks a daemon at once: the daemon starts inside the child's
+    leaf although the pool's thread never moved anything (no attach call)."""
+    pool = CgroupPool.create()
+    if pool is None:
+        own = cgroup_mod.own_cgroup_dir()
+        assert own is None or not os.access(own, os.W_OK) or os.environ.get(cgroup_mod.DISABLE_ENV)
+        return
+    script = "import os, sys\npid = os.fork()\nif pid == 0:\n    import time; time.sleep(30)\n" \
+             "print(pid, flush=True)\nimport time; time.sleep(30)\n"
+    leaf = pool.reserve()
+    assert leaf is not None
+    spec = ChildSpec("early-fork", (sys.executable, "-S", "-c", script), dict(os.environ))
+    proc = spawn(spec, parent_death=True, cgroup_procs=os.path.join(leaf, "cgroup.procs"))
+    try:
+        grandchild = int(proc.stdout.readline())
+        assert sorted(cgroup_mod._read_pids(leaf)) == sorted([proc.pid, grandchild])
+    finally:
+        for pid in cgroup_mod._read_pids(leaf):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        pool.unreserve(leaf)
+        _wait(lambda: not cgroup_mod._read_pids(leaf), 5, "the leaf to empty")
+        pool.close()

@@ -5,7 +5,10 @@ None when that is impossible (no cgroup v2 mount, read-only ``/sys/fs/cgroup`` a
 unprivileged container, no delegation, or ``ETCDVISOR_CHILD_CGROUPS=off``); the
 supervisor then relies on the environment marker alone (``process/tracking.py``).
 
-Each child is moved into a leaf ``c<N>`` right after it was spawned; leaves are reused
+A child's leaf ``c<N>`` is chosen before it is spawned (``reserve()``). A child started
+through the fork path (lease-bound children: ``spawn(cgroup_procs=...)``) moves itself into
+it before exec, so nothing it forks can be outside it; every child is also moved by the
+pool's thread right after it was spawned (a no-op when it is already there). Leaves are reused
 once empty (mkdir + rmdir cost about 0.5 ms, and writing ``cgroup.procs`` takes up to
 ~15 ms on a busy kernel while it waits for an RCU grace period). So the writes run on
 one small thread, never on the decision loop. States of an ``Attachment``::
@@ -15,8 +18,8 @@ one small thread, never on the decision loop. States of an ``Attachment``::
 
 ``settle(att)`` must return True before the child's leader is reaped: until then the
 pid is pinned by the zombie, so the thread can never move an unrelated process that
-reused the number. Processes the child forked before it was moved stay outside the
-cgroup; they carry the marker (``ETCDVISOR_CHILD_TAG``) and are found by it.
+reused the number. Processes a vfork-path child (topic runs) forked before the thread moved
+it stay outside the cgroup; they carry the marker (``ETCDVISOR_CHILD_TAG``) and are found by it.
 
 ``kill(att)`` writes ``cgroup.kill`` (Linux >= 5.14; else SIGKILLs each member);
 ``release(att)`` hands the leaf back once empty (the thread kills leftovers first).
@@ -123,6 +126,7 @@ class CgroupPool:
         self.base = base
         self._free: list[str] = []
         self._count = 0
+        self._lock = threading.Lock()  # _free and _count: the loop reserves, the thread releases
         self._closing = threading.Event()
         self._queue: queue.SimpleQueue[tuple[str, Attachment] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cgroups", daemon=True)
@@ -148,8 +152,19 @@ class CgroupPool:
 
     # -- loop-thread API (never blocks on the kernel's cgroup locks) -----------------
 
-    def attach(self, pid: int) -> Attachment:
+    def reserve(self) -> str | None:
+        """A leaf for the next child (its path), chosen before the spawn so that the
+        child can move itself into it before exec; pass it to ``attach``."""
+        return self._leaf()
+
+    def unreserve(self, leaf: str) -> None:
+        """The spawn a leaf was reserved for failed: hand it back."""
+        with self._lock:
+            self._free.append(leaf)
+
+    def attach(self, pid: int, leaf: str | None = None) -> Attachment:
         att = Attachment(pid)
+        att.path = leaf
         self._queue.put(("attach", att))
         return att
 
@@ -204,21 +219,24 @@ class CgroupPool:
             if att.state is not AttachState.PENDING:
                 return  # cancelled: the child is already gone
             att.state = AttachState.WRITING  # PENDING -> WRITING
-        path = self._leaf()
+        path = att.path or self._leaf()
         ok = path is not None and _write(os.path.join(path, "cgroup.procs"), str(att.pid))
         with att.lock:
             if ok:
                 att.path, att.state = path, AttachState.ATTACHED  # WRITING -> ATTACHED
             else:
-                att.state = AttachState.FAILED  # WRITING -> FAILED
+                att.path, att.state = None, AttachState.FAILED  # WRITING -> FAILED
         if not ok and path is not None:
-            self._free.append(path)
+            with self._lock:
+                self._free.append(path)
 
     def _leaf(self) -> str | None:
-        if self._free:
-            return self._free.pop()
-        self._count += 1
-        path = os.path.join(self.base, f"c{self._count}")
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self._count += 1
+            count = self._count
+        path = os.path.join(self.base, f"c{count}")
         try:
             os.mkdir(path)
         except FileExistsError:
@@ -236,7 +254,8 @@ class CgroupPool:
                 return  # still busy (D state?) or closing: do not reuse this leaf
             self.kill(att)
             self._closing.wait(0.01)  # a killed member needs a moment to exit
-        self._free.append(att.path)
+        with self._lock:
+            self._free.append(att.path)
 
 
 def _remove_stale(parent: str) -> None:

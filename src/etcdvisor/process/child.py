@@ -104,15 +104,19 @@ class ChildProcess:
         """Spawn the child; return its pid. Raises ``SpawnError`` (state becomes EXITED)."""
         if self.state is not ChildState.STARTING:
             raise RuntimeError(f"{self.spec.name}: start() in state {self.state.name}")
+        # Lease-bound children (rare starts) keep the kernel's parent-death signal as
+        # well: they die with the supervisor even if the watchdog is slow to be
+        # scheduled, and they move into their cgroup leaf before exec (a daemon they fork
+        # at once cannot start outside it). The frequent one-shot topic runs take the
+        # vfork path and are moved just after (docs/safety.md).
+        fork_path = self._watchdog is None or self.spec.lease_bound
+        leaf = self._tracker.reserve_leaf()
         try:
             proc = spawn(self.spec, capture_output=self._output is not None,
-                         extra_env={TAG_ENV: self.tag},
-                         # Lease-bound children (rare starts) keep the kernel's
-                         # parent-death signal as well: they die with the supervisor
-                         # even if the watchdog is slow to be scheduled. The frequent
-                         # one-shot topic runs take the vfork path (docs/safety.md).
-                         parent_death=self._watchdog is None or self.spec.lease_bound)
+                         extra_env={TAG_ENV: self.tag}, parent_death=fork_path,
+                         cgroup_procs=os.path.join(leaf, "cgroup.procs") if leaf and fork_path else None)
         except SpawnError as exc:
+            self._tracker.unreserve_leaf(leaf)
             self.spawn_error = str(exc)
             self.state = ChildState.EXITED  # STARTING -> EXITED
             raise
@@ -120,7 +124,7 @@ class ChildProcess:
         self.pid = self.pgid = proc.pid
         self.started_at = time.monotonic() if now is None else now
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
-        self._attachment = self._tracker.child_started(self.tag, proc.pid)
+        self._attachment = self._tracker.child_started(self.tag, proc.pid, leaf)
         if self._output is not None:
             self._output.add(self.spec.name, proc.stdout, proc.stderr)  # type: ignore[arg-type]
         if self._watchdog is not None:

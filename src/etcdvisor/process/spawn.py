@@ -16,6 +16,8 @@ Guarantees of ``spawn()``:
   gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL, set in a ``preexec_fn``) and an
   empty signal mask. Linux delivers it when the *thread* that forked exits, so call
   ``spawn`` from a long-lived thread;
+- with ``parent_death=True`` and ``cgroup_procs``, the same hook first moves the child
+  into its cgroup leaf, before exec;
 - with ``parent_death=False`` (the process manager for children that are not lease-bound,
   e.g. topic runs; its watchdog helper replaces the signal) there is no ``preexec_fn``:
   the process group is set by CPython's C code (``process_group=0``), so ``subprocess`` uses ``vfork`` (measured in
@@ -121,10 +123,21 @@ def _check_executable(name: str, command: str, path: str) -> None:
         raise SpawnError(f"{name}: command not executable: {command!r} ({path}: permission denied)")
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """Return the post-fork hook: parent-death signal, then check the parent still lives."""
+def _child_setup(parent_pid: int, cgroup_procs: str | None) -> Callable[[], None]:
+    """Return the post-fork hook: move into the child's cgroup leaf (best effort: the
+    supervisor moves it again after the spawn), parent-death signal, then check the
+    parent still lives."""
 
     def setup() -> None:
+        if cgroup_procs is not None:
+            try:
+                fd = os.open(cgroup_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")  # "0": the writing process itself
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:
             # The parent died between fork and prctl: the signal will never come.
@@ -136,12 +149,14 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
 
 def spawn(spec: ChildSpec, *, capture_output: bool = True,
           extra_env: dict[str, str] | None = None,
-          parent_death: bool = True) -> subprocess.Popen[bytes]:
+          parent_death: bool = True, cgroup_procs: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``spec`` and return its ``Popen`` (stdout/stderr are unbuffered pipes when
     ``capture_output``, else inherited). Raises ``SpawnError``; never blocks on the child.
 
     With ``stdin_data`` the returned ``proc.stdin`` is None: the feeder thread owns the
-    pipe.
+    pipe. ``cgroup_procs`` (the ``cgroup.procs`` file of the child's leaf; fork path
+    only, i.e. with ``parent_death``) makes the child move itself there before exec, so
+    nothing it forks starts outside its cgroup.
     """
     executable = resolve_command(spec)
     output = subprocess.PIPE if capture_output else None
@@ -158,7 +173,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True,
             close_fds=True,
             process_group=0,
             # only without a watchdog: prctl + sigmask, async-signal-safe enough
-            preexec_fn=_child_setup(os.getpid()) if parent_death else None,  # noqa: PLW1509
+            preexec_fn=_child_setup(os.getpid(), cgroup_procs) if parent_death else None,  # noqa: PLW1509
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as exc:
         raise SpawnError(f"{spec.name}: cannot execute {spec.argv[0]!r}: {exc.strerror}") from None

@@ -137,9 +137,17 @@ class TreeTracker:
 
     # -- child lifecycle -----------------------------------------------------------
 
-    def child_started(self, tag: str, pid: int) -> Attachment | None:
+    def reserve_leaf(self) -> str | None:
+        """The cgroup leaf the next child goes to (None without cgroups)."""
+        return self.cgroups.reserve() if self.cgroups is not None else None
+
+    def unreserve_leaf(self, leaf: str | None) -> None:
+        if leaf is not None and self.cgroups is not None:
+            self.cgroups.unreserve(leaf)
+
+    def child_started(self, tag: str, pid: int, leaf: str | None = None) -> Attachment | None:
         self._live.add(tag)
-        return self.cgroups.attach(pid) if self.cgroups is not None else None
+        return self.cgroups.attach(pid, leaf) if self.cgroups is not None else None
 
     def child_reaped(self, tag: str) -> None:
         """The leader is gone; escapees found later by ``census`` are killed."""
