@@ -228,7 +228,8 @@ def test_settle_cancels_a_pending_move_so_the_pid_can_be_reaped():
     assert not pool.settle(writing)  # the thread is moving it: do not reap yet
 
 
-@pytest.mark.parametrize("garbage", ["R 1 15 - - tag extra more", "R x", "B", "Z 1", "E 1 x -"])
+@pytest.mark.parametrize("garbage", ["R 1 15 - - tag extra more", "R x", "B", "Z 1", "E 1 x -",
+                                     "R -3 15 - -", "R 0 15 - -", "P", "P t x - -", "X"])
 def test_watchdog_helper_survives_garbage_commands(garbage):
     helper = subprocess.Popen(helper_argv(), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     helper.stdin.write((garbage + "\nQ\n").encode())

@@ -147,3 +147,47 @@ def test_helper_imports_only_the_minimal_standard_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=10, check=True).stdout
     assert out.strip() == "[]"
+
+
+# The manager batches watchdog commands until the end of its tick. A supervisor frozen
+# (SIGSTOP) between the fork of a lease-bound child and that flush must not leave the
+# child unguarded: its deadlines reach the helper before the spawn (by its marker).
+FROZEN_AFTER_FORK = """
+import os, sys, time
+from etcdvisor.process.child import ChildProcess
+from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.watchdog import Watchdog
+watchdog = Watchdog(batched=True)
+watchdog.start()
+watchdog.flush()
+spec = ChildSpec(name="bound", argv=(sys.executable, "-c", sys.argv[1]), env=dict(os.environ),
+                 lease_bound=True, stop_timeout=0.5)
+child = ChildProcess(spec, watchdog=watchdog, output=None)
+now = time.monotonic()
+child.set_lease_deadlines(now + 0.5, now + 1.0, sync_watchdog=False)
+child.start(now)  # no flush(): the R line stays queued, as if frozen right here
+print(child.pid, watchdog.pid, now + 1.0, flush=True)
+time.sleep(60)
+"""
+
+
+def test_lease_bound_child_is_guarded_before_its_registration_is_flushed():
+    parent = subprocess.Popen([sys.executable, "-c", FROZEN_AFTER_FORK, STUBBORN], stdout=subprocess.PIPE)
+    child, helper, kill_at = parent.stdout.readline().split()
+    child, helper, kill_at = int(child), int(helper), float(kill_at)
+    try:
+        assert _wait_dead(child, kill_at + 3.0), "the helper never killed the unflushed child"
+        assert time.monotonic() >= kill_at - 0.6  # the SIGTERM was ignored: it took the SIGKILL
+    finally:
+        parent.kill()
+        parent.wait()
+        _kill(child, helper)
+
+
+def test_pending_entries_are_replayed_until_registered():
+    watchdog = Watchdog()
+    watchdog._pending["t1"] = (1.5, 2.0, 15)
+    watchdog._table[7] = (None, None, 15, "t2")
+    assert watchdog._replay() == "R 7 15 - - t2\nP t1 15 1.5 2.0\n"
+    watchdog.register(8, tag="t1")  # no helper running: nothing is written
+    assert "P t1" not in watchdog._replay()

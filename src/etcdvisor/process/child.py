@@ -111,12 +111,18 @@ class ChildProcess:
         # vfork path and are moved just after (docs/safety.md).
         fork_path = self._watchdog is None or self.spec.lease_bound
         leaf = self._tracker.reserve_leaf()
+        if self._watchdog is not None and self.spec.lease_bound:
+            # the helper knows the child's deadlines before it exists (by its marker):
+            # a supervisor frozen right after the fork cannot leave it unguarded
+            self._watchdog.pending(self.tag, self._lease_term_at, self._lease_kill_at, self.spec.stop_signal)
         try:
             proc = spawn(self.spec, capture_output=self._output is not None,
                          extra_env={TAG_ENV: self.tag}, parent_death=fork_path,
                          cgroup_procs=os.path.join(leaf, "cgroup.procs") if leaf and fork_path else None)
         except SpawnError as exc:
             self._tracker.unreserve_leaf(leaf)
+            if self._watchdog is not None:
+                self._watchdog.spawn_failed(self.tag)
             self.spawn_error = str(exc)
             self.state = ChildState.EXITED  # STARTING -> EXITED
             raise

@@ -16,6 +16,11 @@ helper process (``etcdvisor.process.watchdog_main``) holds a table
   their group die too; then it removes the cgroup leaves and exits. This replaces the
   parent-death signal (children are spawned without one, see ``spawn``);
 - at a group's ``kill_at`` it also SIGKILLs that child's marked processes;
+- knows a lease-bound child before it exists: ``pending(tag, ...)`` is written at once,
+  before the fork, and the helper enforces those deadlines on the processes marked with
+  that tag until the child's ``register`` (same tag) arrives with the next flush. A
+  supervisor frozen between the fork and that flush (the manager batches) cannot
+  leave the child unguarded;
 - exits quietly, killing nothing, when told to (``stop()``);
 - keeps running while the supervisor is SIGSTOPped: it is a separate process in its own
   session (``start_new_session=True``), so a stop signal sent to the supervisor or to
@@ -104,6 +109,7 @@ class Watchdog:
         self.batched = batched
         self._proc: subprocess.Popen[bytes] | None = None
         self._table: dict[int, tuple[float | None, float | None, int, str | None]] = {}
+        self._pending: dict[str, tuple[float | None, float | None, int]] = {}  # tag -> P entry
         self._queued = bytearray()
         self._cgroup_base: str | None = None
 
@@ -148,7 +154,22 @@ class Watchdog:
         ``tag``: the child's ``ETCDVISOR_CHILD_TAG``, to kill its escaped processes too."""
         entry = (term_at, kill_at, int(stop_signal), tag)
         self._table[pgid] = entry
+        if tag is not None:
+            self._pending.pop(tag, None)  # the helper drops its P entry on this R
         self._send(self._register_line(pgid, *entry))
+
+    def pending(self, tag: str, term_at: float | None, kill_at: float | None,
+                stop_signal: int = signal.SIGTERM) -> None:
+        """A child marked ``tag`` is about to be spawned: enforce these deadlines on
+        its marked processes until its ``register`` (same tag) or ``spawn_failed``.
+        Sent at once, before the spawn, so a supervisor frozen between the fork and
+        its next flush cannot leave a lease-bound child unguarded."""
+        self._pending[tag] = (term_at, kill_at, int(stop_signal))
+        self._send(self._pending_line(tag, *self._pending[tag]), now=True)
+
+    def spawn_failed(self, tag: str) -> None:
+        if self._pending.pop(tag, None) is not None:
+            self._send(f"X {tag}\n")
 
     def extend(self, pgid: int, term_at: float | None, kill_at: float | None) -> None:
         """Replace the deadlines of a registered group (None = no deadline)."""
@@ -176,6 +197,7 @@ class Watchdog:
             return
         proc, self._proc = self._proc, None
         self._table.clear()
+        self._pending.clear()
         try:
             os.set_blocking(_pipe_of(proc).fileno(), True)
             _pipe_of(proc).write(bytes(self._queued) + b"Q\n")
@@ -198,11 +220,16 @@ class Watchdog:
         suffix = f" {tag}" if tag else ""
         return f"R {pgid} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}{suffix}\n"
 
+    @staticmethod
+    def _pending_line(tag: str, term_at: float | None, kill_at: float | None, stop_signal: int) -> str:
+        return f"P {tag} {stop_signal} {_fmt(term_at)} {_fmt(kill_at)}\n"
+
     def _replay(self) -> str:
         """The whole state as commands (after a restart or an overflowing backlog)."""
         base = self._cgroup_base
         head = f"B {base}\n" if base and "\n" not in base else ""
-        return head + "".join(self._register_line(p, *e) for p, e in self._table.items())
+        return head + "".join(self._register_line(p, *e) for p, e in self._table.items()) \
+            + "".join(self._pending_line(t, *e) for t, e in self._pending.items())
 
     def flush(self) -> None:
         """Send queued commands, if any, without blocking."""

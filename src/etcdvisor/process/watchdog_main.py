@@ -5,6 +5,10 @@ with a pipe on stdin. Imports only os, sys, signal, select and time, to stay sma
 it that way (no etcdvisor import, no third-party module). Protocol: one command per
 line, ``-`` stands for "no deadline", times are CLOCK_MONOTONIC seconds::
 
+    P <tag> <signal> <term_at> <kill_at>    a child about to be spawned (no pgid yet):
+                                            its processes marked ETCDVISOR_CHILD_TAG=<tag>
+                                            get the deadlines; replaced by its R, dropped
+                                            by X <tag> (the spawn failed)
     R <pgid> <signal> <term_at> <kill_at> [<tag>]
                                             register (or replace) a process group; its
                                             processes marked ETCDVISOR_CHILD_TAG=<tag>
@@ -140,7 +144,8 @@ def _remove_cgroup(base: str, bound: float = 2.0) -> None:
 
 def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type: ignore[type-arg]
     for pgid in table:
-        _signal_group(pgid, signal.SIGKILL)
+        if pgid > 0:
+            _signal_group(pgid, signal.SIGKILL)
     if base:
         _kill_cgroup(base)
     tags = {entry[3] for entry in table.values() if entry[3]}
@@ -171,7 +176,18 @@ def _apply(table: dict[int, list], line: str, settings: dict[str, str | None]) -
         return False
     if op == "R" and len(parts) in (5, 6):
         tag = parts[5] if len(parts) == 6 else None
-        table[int(parts[1])] = [_deadline(parts[3]), _deadline(parts[4]), int(parts[2]), tag]
+        pgid = int(parts[1])
+        if pgid <= 0:
+            raise ValueError("pgid")
+        if tag:
+            _forget_pending(table, tag)
+        table[pgid] = [_deadline(parts[3]), _deadline(parts[4]), int(parts[2]), tag]
+    elif op == "P" and len(parts) == 5:
+        # keyed by a negative number: no group to signal, only the marked processes
+        _forget_pending(table, parts[1])
+        table[-_serial()] = [_deadline(parts[3]), _deadline(parts[4]), int(parts[2]), parts[1]]
+    elif op == "X" and len(parts) == 2:
+        _forget_pending(table, parts[1])
     elif op == "E" and len(parts) == 4:
         entry = table.get(int(parts[1]))
         if entry is not None:
@@ -183,21 +199,37 @@ def _apply(table: dict[int, list], line: str, settings: dict[str, str | None]) -
     return True
 
 
+_SERIAL = [0]
+
+
+def _serial() -> int:
+    _SERIAL[0] += 1
+    return _SERIAL[0]
+
+
+def _forget_pending(table: dict[int, list], tag: str) -> None:  # type: ignore[type-arg]
+    for key in [k for k, entry in table.items() if k < 0 and entry[3] == tag]:
+        del table[key]
+
+
 def _fire_due(table: dict[int, list], now: float) -> float | None:  # type: ignore[type-arg]
     """Send due signals; return the next deadline or None."""
     next_due = None
     for pgid in list(table):
         term_at, kill_at, signum, tag = table[pgid]
         if kill_at is not None and now >= kill_at:
-            _signal_group(pgid, signal.SIGKILL)
+            if pgid > 0:
+                _signal_group(pgid, signal.SIGKILL)
             if tag:
                 _kill_marked({tag})
             del table[pgid]
             continue
         if term_at is not None and now >= term_at:
-            if tag:
+            if pgid < 0:  # a pending child: only its marked processes can be found
+                _signal_marked({tag}, signum)
+            elif tag:
                 _signal_marked({tag}, signum, skip_pgid=pgid)
-            if not _signal_group(pgid, signum) and kill_at is None:
+            if pgid > 0 and not _signal_group(pgid, signum) and kill_at is None:
                 del table[pgid]  # group gone and nothing left to enforce
                 continue
             table[pgid][0] = term_at = None
