@@ -1,8 +1,12 @@
 """Topic throughput and publish-to-delivery latency on a private etcd.
 
 Starts its own etcd (etcdvisor.testing.EtcdServer), publishes N messages
-from K publisher threads (each with its own connection) while one
-subscriber (own connection) receives them, and prints:
+from K publisher threads (each with its own connection and Topic object)
+while one subscriber (own connection) receives them, twice in the same run:
+each publisher calling ``publish()`` once per message (one transaction per
+message: a lone caller has nothing to share its transaction with), then
+calling ``publish_many()`` with ``--batch`` messages at a time (group
+commit: up to MAX_BATCH messages per transaction). For each it prints:
 
 * published msgs/s (all publishers together, first publish to last return),
 * delivered msgs/s (first publish to last delivery),
@@ -15,7 +19,10 @@ sent back to back without the topic (a publisher waits for each commit).
 The last line is one JSON object with every figure (bench/_report.py).
 Bounded in time: publishing stops after ``--max-seconds`` (default 40).
 
-    python bench/topic_throughput.py [--messages 2000] [--publishers 1] [--payload 100]
+The JSON's top-level rates are the ``publish_many`` phase; ``publish_call``
+holds the same figures for ``publish()`` (``--batch 1``: that phase only).
+
+    python bench/topic_throughput.py [--messages 2000] [--publishers 1] [--payload 100] [--batch 64]
 """
 
 from __future__ import annotations
@@ -42,17 +49,21 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def publish_part(url: str, prefix: str, count: int, payload: int, stop_at: float,
-                 done: list[tuple[int, float]]) -> None:
+                 done: list[tuple[int, float]], batch: int) -> None:
+    """Publish ``count`` messages: ``publish()`` each if ``batch`` is 1,
+    else ``publish_many()`` of ``batch`` at a time."""
     backend = open_backend(url, timeout=5)
     topic = Topic(backend, prefix)
     padding = b"x" * max(0, payload - 8)
     sent = 0
     try:
-        for _ in range(count):
-            if time.monotonic() > stop_at:
-                break
-            topic.publish(struct.pack("!d", time.monotonic()) + padding)
-            sent += 1
+        while sent < count and time.monotonic() <= stop_at:
+            if batch == 1:
+                topic.publish(struct.pack("!d", time.monotonic()) + padding)
+                sent += 1
+                continue
+            stamp = struct.pack("!d", time.monotonic()) + padding
+            sent += len(topic.publish_many([stamp] * min(batch, count - sent)))
     finally:
         done.append((sent, time.monotonic()))
         backend.close()
@@ -75,49 +86,58 @@ def etcd_floor(url: str, payload: int, seconds: float = 2.0) -> float:
         backend.close()
 
 
-def run(messages: int, publishers: int, payload: int, max_seconds: float) -> dict:
+def run(messages: int, publishers: int, payload: int, max_seconds: float, batch: int) -> dict:
     server = EtcdServer(name="bench-topic").start()
     try:
-        url, prefix = server.url, "/bench/topic/"
-        floor_before = etcd_floor(url, payload)
-        sub_backend = open_backend(url, timeout=5)
-        subscription = Topic(sub_backend, prefix).subscribe(max_buffer=messages + 1)
-        latencies: list[float] = []
-        started = time.monotonic()
-        stop_at = started + max_seconds
-        counts: list[tuple[int, float]] = []
-        share = [messages // publishers + (1 if i < messages % publishers else 0) for i in range(publishers)]
-        threads = [threading.Thread(target=publish_part, args=(url, prefix, n, payload, stop_at, counts))
-                   for n in share]
-        for thread in threads:
-            thread.start()
-        delivered_at = started
-        while True:
-            message = subscription.get(timeout=0.2)
-            if message is not None:
-                now = time.monotonic()
-                latencies.append(now - struct.unpack("!d", message.data[:8])[0])
-                delivered_at = now
-            if len(counts) == publishers:  # every publisher finished
-                sent = sum(n for n, _ in counts)
-                published_at = max(t for _, t in counts)
-                if len(latencies) >= sent or time.monotonic() > published_at + 5:
-                    break
-        for thread in threads:
-            thread.join()
-        subscription.close()
-        sub_backend.close()
-        return {
-            "sent": sent, "delivered": len(latencies),
-            "publish_rate": sent / (published_at - started),
-            "deliver_rate": len(latencies) / (delivered_at - started),
-            "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else float("nan"),
-            "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
-            "elapsed": time.monotonic() - started,
-            "etcd_floor_txn_per_s": (floor_before + etcd_floor(url, payload)) / 2,
-        }
+        floor_before = etcd_floor(server.url, payload)
+        single = phase(server.url, "/bench/topic/call/", messages, publishers, payload, max_seconds, 1)
+        result = single if batch == 1 else {
+            **phase(server.url, "/bench/topic/many/", messages, publishers, payload, max_seconds, batch),
+            "publish_call": single}
+        result["etcd_floor_txn_per_s"] = (floor_before + etcd_floor(server.url, payload)) / 2
+        return result
     finally:
         server.cleanup()
+
+
+def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, max_seconds: float,
+          batch: int) -> dict:
+    """One publish-and-deliver run on a fresh topic; its figures."""
+    sub_backend = open_backend(url, timeout=5)
+    subscription = Topic(sub_backend, prefix).subscribe(max_buffer=messages + 1)
+    latencies: list[float] = []
+    started = time.monotonic()
+    stop_at = started + max_seconds
+    counts: list[tuple[int, float]] = []
+    share = [messages // publishers + (1 if i < messages % publishers else 0) for i in range(publishers)]
+    threads = [threading.Thread(target=publish_part, args=(url, prefix, n, payload, stop_at, counts, batch))
+               for n in share]
+    for thread in threads:
+        thread.start()
+    delivered_at = started
+    while True:
+        message = subscription.get(timeout=0.2)
+        if message is not None:
+            now = time.monotonic()
+            latencies.append(now - struct.unpack("!d", message.data[:8])[0])
+            delivered_at = now
+        if len(counts) == publishers:  # every publisher finished
+            sent = sum(n for n, _ in counts)
+            published_at = max(t for _, t in counts)
+            if len(latencies) >= sent or time.monotonic() > published_at + 5:
+                break
+    for thread in threads:
+        thread.join()
+    subscription.close()
+    sub_backend.close()
+    return {
+        "sent": sent, "delivered": len(latencies),
+        "publish_rate": sent / (published_at - started),
+        "deliver_rate": len(latencies) / (delivered_at - started),
+        "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else float("nan"),
+        "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
+        "elapsed": time.monotonic() - started, "mode": "publish()" if batch == 1 else f"publish_many({batch})",
+    }
 
 
 def main(argv=None) -> int:
@@ -126,18 +146,23 @@ def main(argv=None) -> int:
     parser.add_argument("--publishers", type=int, default=1)
     parser.add_argument("--payload", type=int, default=100, help="payload bytes (>= 8)")
     parser.add_argument("--max-seconds", type=float, default=40.0)
+    parser.add_argument("--batch", type=int, default=64,
+                        help="messages per publish_many() call in the second phase; 1: publish() only")
     args = parser.parse_args(argv)
-    result = run(args.messages, max(1, args.publishers), max(8, args.payload), args.max_seconds)
-    print(f"topic throughput: {result['sent']} messages of {max(8, args.payload)} B, "
-          f"{args.publishers} publisher(s), 1 subscriber, local etcd ({result['elapsed']:.1f}s)")
-    print(f"  published : {result['publish_rate']:8.0f} msgs/s   (sereno README: ~{SERENO_CLAIM:.0f} msgs/s)")
-    print(f"  delivered : {result['deliver_rate']:8.0f} msgs/s   ({result['delivered']}/{result['sent']})")
-    print(f"  etcd floor: {result['etcd_floor_txn_per_s']:8.0f} txn/s    (the same two-put transaction back to back, "
-          f"no topic; before and after, averaged)")
-    print(f"  latency   : p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms (publish start -> get)")
-    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": max(8, args.payload),
+    payload, batch = max(8, args.payload), max(1, args.batch)
+    result = run(args.messages, max(1, args.publishers), payload, args.max_seconds, batch)
+    print(f"topic throughput: {result['sent']} messages of {payload} B, {args.publishers} publisher(s), "
+          f"1 subscriber, local etcd")
+    phases = [result["publish_call"], result] if "publish_call" in result else [result]
+    for figures in phases:
+        print(f"  {figures['mode']:<17} published {figures['publish_rate']:6.0f} msgs/s, delivered "
+              f"{figures['deliver_rate']:6.0f} msgs/s ({figures['delivered']}/{figures['sent']}), latency "
+              f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms (publish start -> get)")
+    print(f"  sereno README: ~{SERENO_CLAIM:.0f} msgs/s; etcd floor: {result['etcd_floor_txn_per_s']:.0f} txn/s "
+          f"(the same two-put transaction back to back, no topic; before and after, averaged)")
+    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": payload,
                               "reference_msgs_per_s": SERENO_CLAIM, **result})
-    return 0 if result["delivered"] == result["sent"] else 1
+    return 0 if all(f["delivered"] == f["sent"] for f in phases) else 1
 
 
 if __name__ == "__main__":

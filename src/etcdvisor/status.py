@@ -292,6 +292,8 @@ def _waitgroups(kvs, prefix: str) -> dict:
 
 def _topics(kvs, prefix: str, config) -> dict:
     """Backlog per topic from its keys (layout in :mod:`etcdvisor.recipes.topic`)."""
+    from .recipes.topic import message_id as id_of  # several messages share a revision: the id is in the key
+
     parts: dict[str, dict[str, list]] = {}
     for kv in kvs:
         name, _, rest = kv.key[len(prefix):].partition("/")
@@ -304,7 +306,7 @@ def _topics(kvs, prefix: str, config) -> dict:
     topics = {}
     for name in sorted(parts):
         found = parts[name]
-        ids = sorted(kv.create_revision for _, kv in found.get("msg", []))
+        ids = sorted(id_of(kv) for _, kv in found.get("msg", []))
         retained = set(ids)
         groups = {tail for tail, _ in found.get("groups", [])}
         done: dict[str, set] = {}

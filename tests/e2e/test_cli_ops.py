@@ -21,7 +21,7 @@ from etcdvisor.cli import main
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.session import Session
-from etcdvisor.recipes.topic import QueueConsumer, Topic
+from etcdvisor.recipes.topic import QueueConsumer, Topic, message_id
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_publish_argument_and_stdin(capsys, env, store, keys, monkeypatch):
     code, out, _ = run_cli(capsys, "publish", "jobs", stdin=b"third", monkeypatch=monkeypatch)
     assert code == 0
     stored = store.get_prefix(keys.topic("jobs") + "msg/").kvs
-    assert [(kv.create_revision, kv.value) for kv in stored] == [
+    assert [(message_id(kv), kv.value) for kv in stored] == [
         (first_id, b"hello"), (second_id, b"\x00\xffbinary"), (int(out), b"third")]
 
 

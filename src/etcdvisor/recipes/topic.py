@@ -4,23 +4,36 @@ and a queue mode hands each message to exactly one consumer of a group).
 
 Key layout under ``prefix`` (a trailing ``/`` is added if missing)::
 
-    head                     last sequence number given out (decimal)
-    msg/<seq:016d>-<ms:013d> the payload; ms = publisher's wall clock (Unix ms)
-    claims/<group>/<id:020d> a queue consumer's claim, on its session lease
-    done/<group>/<id:020d>   "processed by the group" marker (no lease)
-    groups/<group>           the queue groups (so trimming finds done markers)
+    head                           last sequence number given out (decimal)
+    msg/<seq:016d>-<ms:013d>-<off:03d>  the payload; ms = publisher's wall clock
+                                   (Unix ms); off = its place in its transaction
+    claims/<group>/<id:020d>       a queue consumer's claim, on its session lease
+    done/<group>/<id:020d>         "processed by the group" marker (no lease)
+    groups/<group>                 the queue groups (so trimming finds done markers)
 
-**Message ids.** A message's id is the store revision of the transaction
-that wrote it (its key's create revision). Publishing is one transaction
-that (if the ``head`` key is unchanged since it was read) bumps ``head`` to
-the next sequence number and writes ``msg/<seq>``; a lost race is retried
-with the fresh head. So all messages of a topic are written one after the
-other: ids strictly increase in publish order (a publish that returned
-before another started has the smaller id), *and* key order (by sequence)
-is id order, which lets readers page through the backlog by key and
-trimming delete the oldest messages with one range delete. (The id cannot
-be in the key: the revision is only known once the write is committed.)
-Ids are not dense: other writes in the store take revisions in between.
+**Message ids.** Publishing is one transaction that (if the ``head`` key is
+unchanged since it was read) bumps ``head`` past the batch it writes and
+writes ``msg/<seq>`` for each message of the batch; a lost race is retried
+with the fresh head. A batch is whatever was waiting when the previous
+transaction returned: concurrent ``publish()`` callers of one :class:`Topic`
+share transactions (group commit), and :meth:`Topic.publish_many` sends a
+list in as few transactions as the limits allow (at most ``MAX_BATCH``
+messages and ``MAX_BATCH_BYTES`` of payload each). A message's id is
+``R * ID_SCALE + off``, R being the store revision of the transaction that
+wrote it (its key's create revision) and ``off`` its offset in that
+transaction, stored in its key so every reader derives the same id and
+trimming cannot shift it (:func:`message_id`). So all messages of a topic
+are written one after the other: ids strictly increase in publish order (a
+publish that returned before another started has the smaller id), *and*
+key order (by sequence) is id order, which lets readers page through the
+backlog by key and trimming delete the oldest messages with one range
+delete. (R cannot be in the key: it is only known once the write is
+committed.) Ids are not dense: other writes in the store take revisions in
+between. Keys written before batching (``msg/<seq>-<ms>``, no offset) keep
+their old id, the plain revision R, which is smaller than any id written
+after them; so cursors and done markers stored then stay valid. Every
+publisher of a topic must run this version: an older one reads a batch as
+one id and cannot parse the offset.
 
 **Retention** is enforced by publishers, cheaply: the publish transaction
 itself deletes the messages beyond the newest ``max_messages``; messages
@@ -43,10 +56,13 @@ consumer the follower cancels its watch (the server stream never backs up)
 and resumes once the buffer is half drained, so memory stays bounded
 (``max_buffer`` plus one watch batch) and nothing retained is lost.
 
-The queue mode lives in :mod:`.topic_queue` (:class:`QueueConsumer`).
+The queue mode lives in :mod:`.topic_queue` (:class:`QueueConsumer`), the
+subscriber in :mod:`.topic_subscribe` (:class:`Subscription`).
 
 Limits: a topic is one serialisation point (publishers of one topic do not
-write in parallel; about one publish per etcd commit); payloads are bytes of
+write in parallel: one transaction per etcd commit, each carrying every
+message waiting in that :class:`Topic` object; separate publishers race on
+``head`` and retry); payloads are bytes of
 at most ``max_payload`` (default 64 KiB, at most 1 MiB); ``published_at`` is
 the publisher's wall clock. Deleting ``head`` resets the sequence:
 restart subscribers after doing that.
@@ -58,18 +74,24 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..coord.base import Backend
-from ..coord.follow import Follower
-from ..coord.types import Delete, EventType, Get, KeyValue, Op, Put, WatchBatch, missing, mod_revision, prefix_end
+from ..coord.types import Delete, Get, KeyValue, Op, Put, missing, mod_revision, prefix_end
 from .counter import ConflictRetry, parse_count
+
+if TYPE_CHECKING:
+    from .topic_subscribe import Subscription
 
 log = logging.getLogger(__name__)
 
 MessageId = int
 MAX_PAYLOAD_LIMIT = 1 << 20  # etcd's default request limit is 1.5 MiB
+ID_SCALE = 1000  # ids per store revision: id = revision * ID_SCALE + offset in the transaction
+MAX_BATCH = 100  # messages per transaction: etcd's --max-txn-ops defaults to 128 (head + deletes)
+MAX_BATCH_BYTES = MAX_PAYLOAD_LIMIT  # payload per transaction, under etcd's 1.5 MiB request limit
 _PAGE = 256
 
 
@@ -79,21 +101,50 @@ class PayloadTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class Message:
-    id: MessageId  # store revision the message was written at
+    id: MessageId  # revision * ID_SCALE + offset (see message_id)
     data: bytes
     published_at: float  # Unix seconds, publisher's clock
     seq: int = 0  # per-topic sequence number (dense, starts at 1)
 
 
+def _key_fields(key: str) -> list[str]:
+    return key.rsplit("/", 1)[1].split("-")
+
+
 def parse_message_key(key: str) -> tuple[int, float]:
-    """(sequence, published_at) from ``.../msg/<seq>-<ms>``."""
-    seq, ms = key.rsplit("/", 1)[1].split("-")
-    return int(seq), int(ms) / 1000.0
+    """(sequence, published_at) from ``.../msg/<seq>-<ms>[-<off>]``."""
+    fields = _key_fields(key)
+    return int(fields[0]), int(fields[1]) / 1000.0
+
+
+def message_id(kv: KeyValue) -> MessageId:
+    """The id of the message stored in ``kv``: ``create_revision * ID_SCALE
+    + offset``, or the plain create revision for a key without an offset
+    (written before batching, so smaller than every later id)."""
+    fields = _key_fields(kv.key)
+    if len(fields) < 3 or not fields[2].isdigit():
+        return kv.create_revision
+    return kv.create_revision * ID_SCALE + int(fields[2])
 
 
 def message_from(kv: KeyValue) -> Message:
     seq, published_at = parse_message_key(kv.key)
-    return Message(id=kv.create_revision, data=kv.value, published_at=published_at, seq=seq)
+    return Message(id=message_id(kv), data=kv.value, published_at=published_at, seq=seq)
+
+
+class _Call:
+    """One publish()/publish_many() call: its messages' ids once committed."""
+
+    __slots__ = ("payloads", "ids", "error")
+
+    def __init__(self, payloads: list[bytes]):
+        self.payloads = payloads
+        self.ids: list[MessageId] = []
+        self.error: BaseException | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.error is not None or len(self.ids) == len(self.payloads)
 
 
 class Topic:
@@ -116,7 +167,9 @@ class Topic:
         self.head_key = self.prefix + "head"
         self.msg_prefix = self.prefix + "msg/"
         self.msg_end = prefix_end(self.msg_prefix)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # guards the fields below
+        self._waiting: collections.deque[tuple[_Call, int]] = collections.deque()  # (call, index)
+        self._committing = False  # one caller at a time sends the waiting messages
         self._head = (0, 0)  # (mod revision, seq) of head as last seen; 0: missing
         self._published = 0
         self._next_trim_at = 0.0  # wall time; 0: trim on the first publish
@@ -134,8 +187,47 @@ class Topic:
 
     # --- publish --------------------------------------------------------------
     def publish(self, data: bytes) -> MessageId:
-        """Store ``data`` as the next message and return its id. Raises
-        :class:`PayloadTooLarge` before writing anything if it is too big."""
+        """Store ``data`` as the next message and return its id once
+        committed. Raises :class:`PayloadTooLarge` before writing anything
+        if it is too big. Concurrent callers share transactions."""
+        return self.publish_many([data])[0]
+
+    def publish_many(self, payloads: Iterable[bytes]) -> list[MessageId]:
+        """Store ``payloads`` as consecutive messages (in this order, in as
+        few transactions as the batch limits allow) and return their ids
+        once all are committed. Every payload is checked before anything is
+        written. If a transaction fails, its error is raised and the rest of
+        the call is not written: a prefix of ``payloads`` may be published
+        (an error from etcd may also hide a commit, as for any write)."""
+        call = _Call([self._checked(data) for data in payloads])
+        if not call.payloads:
+            return []
+        due = False
+        with self._lock:
+            self._waiting.extend((call, index) for index in range(len(call.payloads)))
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: call.settled or not self._committing)
+                if call.settled:
+                    break
+                self._committing = True
+                batch = self._take_batch()
+            try:
+                due = self._commit(batch) or due
+            finally:
+                with self._lock:
+                    self._committing = False
+                    self._lock.notify_all()
+        if due:
+            try:
+                self.trim()
+            except Exception as exc:  # the messages are published; trimming is best effort
+                log.warning("topic %s: trimming failed: %s", self.prefix, exc)
+        if call.error is not None:
+            raise call.error
+        return call.ids
+
+    def _checked(self, data: bytes) -> bytes:
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
         if not isinstance(data, bytes):
@@ -143,35 +235,69 @@ class Topic:
         if len(data) > self.max_payload:
             raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the topic's max_payload "
                                   f"of {self.max_payload} bytes ({self.prefix})")
+        return data
+
+    def _take_batch(self) -> list[tuple[_Call, int]]:
+        """The oldest waiting messages that fit one transaction (at least
+        one), skipping those of calls that already failed. Under the lock."""
+        batch: list[tuple[_Call, int]] = []
+        size = 0
+        while self._waiting and len(batch) < MAX_BATCH:
+            call, index = self._waiting[0]
+            length = len(call.payloads[index])
+            if call.error is None and batch and size + length > MAX_BATCH_BYTES:
+                break
+            self._waiting.popleft()
+            if call.error is None:
+                batch.append((call, index))
+                size += length
+        return batch
+
+    def _commit(self, batch: list[tuple[_Call, int]]) -> bool:
+        """Write ``batch`` in one transaction (retrying a lost race on
+        ``head``), give each message its id or each call the error; return
+        whether a trim is due. Runs on one caller's thread at a time."""
+        if not batch:
+            return False
+        try:
+            revision, last_seq = self._write(batch)
+        except Exception as exc:  # raised by the callers it belongs to, not by this one
+            with self._lock:
+                for call, _ in batch:
+                    call.error = call.error or exc
+            return False
+        with self._lock:
+            for offset, (call, _) in enumerate(batch):
+                call.ids.append(revision * ID_SCALE + offset)  # a call's messages come in order
+            if revision > self._head[0]:
+                self._head = (revision, last_seq)
+            before, self._published = self._published, self._published + len(batch)
+            return (before // self.trim_every != self._published // self.trim_every
+                    or self.clock() >= self._next_trim_at)
+
+    def _write(self, batch: list[tuple[_Call, int]]) -> tuple[int, int]:
+        """One transaction writing ``batch`` after the current head; return
+        (its revision, the last sequence number it wrote)."""
         backoff = ConflictRetry(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         while True:
-            seq = head_seq + 1
-            key = f"{self.seq_key(seq)}-{int(self.clock() * 1000):013d}"
+            last = head_seq + len(batch)
+            ms = int(self.clock() * 1000)
             guard = mod_revision(self.head_key, "=", head_mod) if head_mod else missing(self.head_key)
-            ops: list[Op] = [Put(self.head_key, str(seq).encode()), Put(key, data)]
-            if seq > self.max_messages:  # keep the newest max_messages, in the same write
-                ops.append(Delete(self.msg_prefix, self.seq_key(seq - self.max_messages + 1)))
+            ops: list[Op] = [Put(self.head_key, str(last).encode())]
+            ops += [Put(f"{self.seq_key(head_seq + 1 + offset)}-{ms:013d}-{offset:03d}", call.payloads[index])
+                    for offset, (call, index) in enumerate(batch)]
+            if last > self.max_messages:  # keep the newest max_messages, in the same write
+                ops.append(Delete(self.msg_prefix, self.seq_key(last - self.max_messages + 1)))
             result = self.backend.txn([guard], ops, [Get(self.head_key)])
             if result.succeeded:
-                break
+                return result.revision, last
             fresh = result.responses[0]
             head = fresh[0] if fresh else None
             if backoff.wait() > 0.001:  # paused: the head we got is likely stale
                 head = self.backend.get(self.head_key)
             head_mod, head_seq = (head.mod_revision, parse_count(head)) if head else (0, 0)
-        with self._lock:
-            if result.revision > self._head[0]:
-                self._head = (result.revision, seq)
-            self._published += 1
-            due = self._published % self.trim_every == 0 or self.clock() >= self._next_trim_at
-        if due:
-            try:
-                self.trim()
-            except Exception as exc:  # the message is published; trimming is best effort
-                log.warning("topic %s: trimming failed: %s", self.prefix, exc)
-        return result.revision
 
     # --- retention ------------------------------------------------------------
     def trim(self) -> int:
@@ -194,7 +320,7 @@ class Topic:
             if last_expired is None or len(page.kvs) < _PAGE:
                 break
         # every message below this id is gone: so are their done markers
-        oldest_id = oldest_kept.create_revision if oldest_kept else revision + 1
+        oldest_id = message_id(oldest_kept) if oldest_kept else (revision + 1) * ID_SCALE
         groups = self.backend.get_prefix(self.prefix + "groups/", keys_only=True).kvs
         for group_kv in groups:
             group = group_kv.key.rsplit("/", 1)[1]
@@ -212,6 +338,8 @@ class Topic:
     def subscribe(self, from_id: MessageId | None = None, *, max_buffer: int = 1000) -> Subscription:
         """Messages published after this call (``from_id=None``) or every
         retained message with an id above ``from_id``, in id order."""
+        from .topic_subscribe import Subscription
+
         if from_id is None:
             head = self.backend.range(self.head_key)
             seq = parse_count(head.kvs[0] if head.kvs else None)
@@ -224,8 +352,8 @@ class Topic:
         """Sequence number of the first retained message with an id above
         ``after_id``; warn when ``after_id`` itself was trimmed."""
         retained = self.backend.range(self.msg_prefix, self.msg_end, keys_only=True)
-        ids = [kv.create_revision for kv in retained.kvs]
-        later = [kv for kv in retained.kvs if kv.create_revision > after_id]
+        ids = [message_id(kv) for kv in retained.kvs]
+        later = [kv for kv, id_ in zip(retained.kvs, ids) if id_ > after_id]
         if later:
             next_seq = parse_message_key(later[0].key)[0]
         else:
@@ -241,120 +369,17 @@ class Topic:
 
     def _head_revision(self, revision: int) -> int:
         head = self.backend.range(self.head_key, revision=revision)
-        return head.kvs[0].mod_revision if head.kvs else 0
-
-
-class Subscription:
-    """An iterator of :class:`Message` fed by a follower thread; see the
-    module docstring. ``get(timeout)`` returns None on timeout or close."""
-
-    def __init__(self, topic: Topic, *, next_seq: int, after_id: int, watch_from: int,
-                 max_buffer: int = 1000):
-        self.topic = topic
-        self.max_buffer = max(1, max_buffer)
-        self.last_id = after_id  # last id handed to the consumer
-        self._next_seq = next_seq  # follower thread only
-        self._last_queued = after_id
-        self._buffer: collections.deque[Message] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._follower = Follower(topic.backend, topic.msg_prefix, topic.msg_end,
-                                  resync=self._catch_up, on_batch=self._on_batch,
-                                  before_watch=self._room_before_watch, start_revision=watch_from,
-                                  name=f"subscribe:{topic.prefix}")
-        self._follower.start()
-
-    def get(self, timeout: float | None = None) -> Message | None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._buffer or self._closed, timeout):
-                return None
-            if not self._buffer:
-                return None
-            message = self._buffer.popleft()
-            self.last_id = message.id
-            self._cond.notify_all()  # the follower may wait for room
-            return message
-
-    def __iter__(self) -> Iterator[Message]:
-        return self
-
-    def __next__(self) -> Message:
-        message = self.get()
-        if message is None:
-            raise StopIteration
-        return message
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._follower.stop()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # --- follower thread ---------------------------------------------------------
-    def _queue_all(self, kvs) -> None:
-        """Buffer the new messages among ``kvs`` (in id order) under one
-        lock and wake the consumer once: a watch batch under load carries
-        many messages, and a wake-up per message cost more than the copy."""
-        fresh = []
-        for kv in kvs:
-            message = message_from(kv)
-            if message.id <= self._last_queued:
-                continue  # already delivered (a re-read overlapping the watch)
-            if message.seq > self._next_seq:
-                log.warning("topic %s: %d message(s) before id %d were trimmed before this subscriber "
-                            "read them", self.topic.prefix, message.seq - self._next_seq, message.id)
-            self._next_seq = message.seq + 1
-            self._last_queued = message.id
-            fresh.append(message)
-        if fresh:
-            with self._cond:
-                self._buffer.extend(fresh)
-                self._cond.notify_all()
-
-    def _on_batch(self, batch: WatchBatch) -> bool:
-        self._queue_all([event.kv for event in batch.events
-                         if event.type is EventType.PUT and event.kv.version == 1])
-        with self._cond:
-            return len(self._buffer) >= self.max_buffer  # full: suspend the watch
-
-    def _room_before_watch(self) -> None:
-        """Follower hook: the watch opens once the buffer has drained to its low-water mark."""
-        self._wait_for_room()
-
-    def _wait_for_room(self, low_water: bool = True) -> int:
-        """Block until the buffer has room; return how much."""
-        limit = self.max_buffer // 2 if low_water else self.max_buffer - 1
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._buffer) <= limit or self._closed
-                                or self._follower.stopping.is_set())
-            return max(1, self.max_buffer - len(self._buffer))
-
-    def _catch_up(self) -> int:
-        """Deliver every retained message from ``_next_seq`` on, in pages
-        read at one revision R, and return R (the watch goes on from R+1)."""
-        topic, revision = self.topic, 0
-        start = topic.seq_key(self._next_seq)
-        while not self._follower.stopping.is_set():
-            room = min(_PAGE, self._wait_for_room(low_water=False))
-            page = topic.backend.range(start, topic.msg_end, revision=revision, limit=room)
-            revision = page.revision
-            self._queue_all(page.kvs)
-            if len(page.kvs) < room or page.count <= len(page.kvs):
-                break
-            start = page.kvs[-1].key + "\0"
-        return revision
+        return head.kvs[0].mod_revision * ID_SCALE if head.kvs else 0  # the last batch's first id
 
 
 def __getattr__(name: str):
-    # QueueConsumer lives in .topic_queue (which imports this module)
+    # QueueConsumer and Subscription live in modules that import this one
     if name == "QueueConsumer":
         from .topic_queue import QueueConsumer
 
         return QueueConsumer
+    if name == "Subscription":
+        from .topic_subscribe import Subscription
+
+        return Subscription
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,6 +55,7 @@ from ..coord.follow import Follower
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Put, WatchBatch, create_revision, missing, prefix_end
 from .topic import Message, Topic, message_from
+from .topic import message_id as id_of_message
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class QueueConsumer:
         self._done_prefix = f"{topic.prefix}done/{group}/"
         self._cond = threading.Condition()
         self._closed = threading.Event()
-        self._retained: dict[int, str] = {}  # message id -> key
+        self._retained: dict[int, tuple[str, int]] = {}  # message id -> (key, create revision)
         self._key_ids: dict[str, int] = {}
         self._claimed: set[int] = set()
         self._done: set[int] = set()
@@ -177,14 +178,15 @@ class QueueConsumer:
 
     def _claim(self, message_id: int) -> Message | None:
         with self._cond:
-            key = self._retained.get(message_id)
-        if key is None:
+            retained = self._retained.get(message_id)
+        if retained is None:
             return None
+        key, created = retained
         lease = self.session.lease_id
         claim = self.topic.claim_key(self.group, message_id)
         done = self.topic.done_key(self.group, message_id)
         result = self.topic.backend.txn(
-            [missing(claim), missing(done), create_revision(key, "=", message_id)],
+            [missing(claim), missing(done), create_revision(key, "=", created)],
             [Put(claim, self.name.encode(), lease=lease), Get(key)])
         if not result.succeeded:
             return None  # taken, done or trimmed: the watch tells us if it comes back
@@ -211,13 +213,13 @@ class QueueConsumer:
         claims = backend.get_prefix(self._claims_prefix, revision=revision, keys_only=True)
         done = backend.get_prefix(self._done_prefix, revision=revision, keys_only=True)
         with self._cond:
-            self._retained = {kv.create_revision: kv.key for kv in messages.kvs}
-            self._key_ids = {kv.key: kv.create_revision for kv in messages.kvs}
+            self._retained = {id_of_message(kv): (kv.key, kv.create_revision) for kv in messages.kvs}
+            self._key_ids = {key: id_ for id_, (key, _) in self._retained.items()}
             self._claimed = {_id_of(kv.key) for kv in claims.kvs}
             self._done = {_id_of(kv.key) for kv in done.kvs}
             self._ready, self._queued = [], set()
-        for message_id in sorted(self._retained):
-            self._push(message_id)
+        for id_ in sorted(self._retained):
+            self._push(id_)
         return revision
 
     def _on_batch(self, batch: WatchBatch) -> bool:
@@ -227,9 +229,10 @@ class QueueConsumer:
                 key, put = event.kv.key, event.type is EventType.PUT
                 if key.startswith(topic.msg_prefix):
                     if put:
-                        self._retained[event.kv.create_revision] = key
-                        self._key_ids[key] = event.kv.create_revision
-                        self._push(event.kv.create_revision)
+                        id_ = id_of_message(event.kv)
+                        self._retained[id_] = (key, event.kv.create_revision)
+                        self._key_ids[key] = id_
+                        self._push(id_)
                     elif key in self._key_ids:
                         self._retained.pop(self._key_ids.pop(key), None)
                 elif key.startswith(self._claims_prefix):
