@@ -49,11 +49,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def publish_part(url: str, prefix: str, count: int, payload: int, stop_at: float,
-                 done: list[tuple[int, float]], batch: int) -> None:
+                 done: list[tuple[int, float]], batch: int, shared: Topic | None) -> None:
     """Publish ``count`` messages: ``publish()`` each if ``batch`` is 1,
-    else ``publish_many()`` of ``batch`` at a time."""
-    backend = open_backend(url, timeout=5)
-    topic = Topic(backend, prefix)
+    else ``publish_many()`` of ``batch`` at a time; on ``shared`` if given,
+    else on a Topic of its own connection."""
+    backend = open_backend(url, timeout=5) if shared is None else shared.backend
+    topic = Topic(backend, prefix) if shared is None else shared
     padding = b"x" * max(0, payload - 8)
     sent = 0
     try:
@@ -66,7 +67,8 @@ def publish_part(url: str, prefix: str, count: int, payload: int, stop_at: float
             sent += len(topic.publish_many([stamp] * min(batch, count - sent)))
     finally:
         done.append((sent, time.monotonic()))
-        backend.close()
+        if shared is None:
+            backend.close()
 
 
 def etcd_floor(url: str, payload: int, seconds: float = 2.0) -> float:
@@ -86,13 +88,13 @@ def etcd_floor(url: str, payload: int, seconds: float = 2.0) -> float:
         backend.close()
 
 
-def run(messages: int, publishers: int, payload: int, max_seconds: float, batch: int) -> dict:
+def run(messages: int, publishers: int, payload: int, max_seconds: float, batch: int, shared: bool) -> dict:
     server = EtcdServer(name="bench-topic").start()
     try:
         floor_before = etcd_floor(server.url, payload)
-        single = phase(server.url, "/bench/topic/call/", messages, publishers, payload, max_seconds, 1)
+        single = phase(server.url, "/bench/topic/call/", messages, publishers, payload, max_seconds, 1, shared)
         result = single if batch == 1 else {
-            **phase(server.url, "/bench/topic/many/", messages, publishers, payload, max_seconds, batch),
+            **phase(server.url, "/bench/topic/many/", messages, publishers, payload, max_seconds, batch, shared),
             "publish_call": single}
         result["etcd_floor_txn_per_s"] = (floor_before + etcd_floor(server.url, payload)) / 2
         return result
@@ -101,8 +103,9 @@ def run(messages: int, publishers: int, payload: int, max_seconds: float, batch:
 
 
 def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, max_seconds: float,
-          batch: int) -> dict:
+          batch: int, shared: bool) -> dict:
     """One publish-and-deliver run on a fresh topic; its figures."""
+    shared_topic = Topic(open_backend(url, timeout=5), prefix) if shared else None
     sub_backend = open_backend(url, timeout=5)
     subscription = Topic(sub_backend, prefix).subscribe(max_buffer=messages + 1)
     latencies: list[float] = []
@@ -110,7 +113,8 @@ def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, m
     stop_at = started + max_seconds
     counts: list[tuple[int, float]] = []
     share = [messages // publishers + (1 if i < messages % publishers else 0) for i in range(publishers)]
-    threads = [threading.Thread(target=publish_part, args=(url, prefix, n, payload, stop_at, counts, batch))
+    threads = [threading.Thread(target=publish_part, args=(url, prefix, n, payload, stop_at, counts, batch,
+                                                                 shared_topic))
                for n in share]
     for thread in threads:
         thread.start()
@@ -130,6 +134,8 @@ def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, m
         thread.join()
     subscription.close()
     sub_backend.close()
+    if shared_topic is not None:
+        shared_topic.backend.close()
     return {
         "sent": sent, "delivered": len(latencies),
         "publish_rate": sent / (published_at - started),
@@ -148,11 +154,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=40.0)
     parser.add_argument("--batch", type=int, default=64,
                         help="messages per publish_many() call in the second phase; 1: publish() only")
+    parser.add_argument("--shared", action="store_true",
+                        help="the publishers share one connection and one Topic object (threads of one "
+                             "process: their publish() calls share transactions)")
     args = parser.parse_args(argv)
     payload, batch = max(8, args.payload), max(1, args.batch)
-    result = run(args.messages, max(1, args.publishers), payload, args.max_seconds, batch)
+    result = run(args.messages, max(1, args.publishers), payload, args.max_seconds, batch, args.shared)
     print(f"topic throughput: {result['sent']} messages of {payload} B, {args.publishers} publisher(s), "
-          f"1 subscriber, local etcd")
+          f"{'sharing one Topic' if args.shared else 'each its own connection'}, 1 subscriber, local etcd")
     phases = [result["publish_call"], result] if "publish_call" in result else [result]
     for figures in phases:
         print(f"  {figures['mode']:<17} published {figures['publish_rate']:6.0f} msgs/s, delivered "
@@ -160,7 +169,7 @@ def main(argv=None) -> int:
               f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms (publish start -> get)")
     print(f"  sereno README: ~{SERENO_CLAIM:.0f} msgs/s; etcd floor: {result['etcd_floor_txn_per_s']:.0f} txn/s "
           f"(the same two-put transaction back to back, no topic; before and after, averaged)")
-    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": payload,
+    emit("topic_throughput", {"publishers": args.publishers, "payload_bytes": payload, "shared_topic": args.shared,
                               "reference_msgs_per_s": SERENO_CLAIM, **result})
     return 0 if all(f["delivered"] == f["sent"] for f in phases) else 1
 
