@@ -2,8 +2,10 @@
 
 Starts a private etcd and ``--members`` supervisors (default 1) with one queue
 topic role (``concurrency`` 4), waits until every member consumes, then
-publishes N messages (default 300) from one thread as fast as it can (or one
-every ``--interval`` seconds, to see the latency of an idle system) and prints:
+publishes N messages (default 300) from one thread as fast as it can with
+``publish()`` (with ``--batch B``: ``publish_many()`` of B at a time, so the
+publisher is not what limits the runs/s), or one every ``--interval``
+seconds (to see the latency of an idle system), and prints:
 
 * publish rate (msgs/s),
 * trigger rate: messages per second from the first publish to the last child start,
@@ -85,7 +87,7 @@ def child_starts(fleet: BenchFleet, mode: str) -> dict[int, float]:
 
 
 def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: float,
-        interval: float = 0.0) -> dict:
+        interval: float = 0.0, batch: int = 1) -> dict:
     fleet = BenchFleet("topic-trigger")
     try:
         command = fleet.record_command() if mode == "record" else [shutil.which("true") or "/bin/true"]
@@ -101,17 +103,19 @@ def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: f
         poller = AckPoller(fleet, topic)
         poller.start()
         first = time.time()
-        for n in range(messages):
+        for n in range(0, messages, batch):
             called = time.time()
-            published[topic.publish(b"%d" % n)] = called
+            payloads = [b"%d" % i for i in range(n, min(messages, n + batch))]
+            ids = topic.publish_many(payloads) if batch > 1 else [topic.publish(payloads[0])]
+            published.update((i, called) for i in ids)
             if interval:
                 time.sleep(max(0.0, called + interval - time.time()))
         publish_done = time.time()
         acked = poller.wait(len(published), timeout=max_seconds)
         time.sleep(0.3)  # the last log lines / records land
         starts = child_starts(fleet, mode)
-        return report(messages, members, mode, concurrency, interval, published, first, publish_done,
-                      starts, acked)
+        return {**report(messages, members, mode, concurrency, interval, published, first, publish_done,
+                         starts, acked), "publish_batch": batch}
     finally:
         fleet.close()
 
@@ -154,8 +158,10 @@ def main(argv=None) -> int:
     parser.add_argument("--child", choices=["record", "true"], default="record")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between publishes")
     parser.add_argument("--max-seconds", type=float, default=90.0)
+    parser.add_argument("--batch", type=int, default=1, help="messages per publish_many() call; 1: publish()")
     args = parser.parse_args(argv)
-    figures = run(args.messages, args.members, args.child, args.concurrency, args.max_seconds, args.interval)
+    figures = run(args.messages, args.members, args.child, args.concurrency, args.max_seconds, args.interval,
+                  max(1, args.batch))
     emit("topic_trigger", figures)
     return 1 if "error" in figures else 0
 

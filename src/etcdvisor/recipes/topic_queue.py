@@ -53,11 +53,14 @@ from collections.abc import Iterator
 from ..coord.errors import CoordError, LeaseNotFound
 from ..coord.follow import Follower
 from ..coord.session import Session
-from ..coord.types import Compare, Delete, EventType, Get, Put, WatchBatch, create_revision, missing, prefix_end
+from ..coord.types import Compare, Delete, EventType, Get, Op, Put, WatchBatch, create_revision, missing, prefix_end
 from .topic import Message, Topic, message_from
 from .topic import message_id as id_of_message
 
 log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 32  # claims per transaction: 3 compares each, under etcd's --max-txn-ops (128)
+ACK_BATCH = 64  # acks per transaction: 2 ops each
 
 
 class QueueConsumer:
@@ -95,23 +98,33 @@ class QueueConsumer:
     def get(self, timeout: float | None = None) -> Message | None:
         """Claim and return the next message, or None after ``timeout``
         seconds (or once closed). Store errors are retried until then."""
+        messages = self.get_many(1, timeout)
+        return messages[0] if messages else None
+
+    def get_many(self, limit: int, timeout: float | None = None) -> list[Message]:
+        """Claim and return up to ``limit`` messages (in id order, at least
+        one; several only if they are claimable now), with one transaction
+        when nobody races for them; ``[]`` after ``timeout`` seconds or once
+        closed. Store errors are retried until then."""
         deadline = None if timeout is None else _now() + timeout
+        limit = max(1, min(limit, CLAIM_BATCH))
         while not self._closed.is_set():
-            message_id = self._next_candidate(deadline)
-            if message_id is None:
-                return None
+            candidates = self._next_candidates(limit, deadline)
+            if not candidates:
+                return []
             try:
-                message = self._claim(message_id)
+                messages = self._claim_many(candidates)
             except CoordError as exc:
-                self._push(message_id)
+                for message_id in candidates:
+                    self._push(message_id)
                 level = logging.DEBUG if isinstance(exc, LeaseNotFound) else logging.WARNING
-                log.log(level, "queue %s: cannot claim %d yet: %s", self.group, message_id, exc)
+                log.log(level, "queue %s: cannot claim %d yet: %s", self.group, candidates[0], exc)
                 if self._closed.wait(_bounded(self.retry_interval, deadline)):
-                    return None
+                    return []
                 continue
-            if message is not None:
-                return message
-        return None
+            if messages:
+                return messages
+        return []
 
     def messages(self) -> Iterator[Message]:
         """Claimed messages until :meth:`close`."""
@@ -126,14 +139,30 @@ class QueueConsumer:
         still held; False if it was lost (the message may have been
         delivered to another consumer too). The done marker is written
         either way."""
-        lease = self._in_flight.pop(message.id, self.session.lease_id)
-        claim, done = self.topic.claim_key(self.group, message.id), self.topic.done_key(self.group, message.id)
-        result = self.topic.backend.txn([_lease_is(claim, lease)], [Put(done, self.name.encode()), Delete(claim)],
-                                        [Put(done, self.name.encode())])
-        if not result.succeeded:
-            log.warning("queue %s: claim on message %d was lost before ack (possible double "
-                        "processing)", self.group, message.id)
-        return result.succeeded
+        return self.ack_many([message])[0]
+
+    def ack_many(self, messages: list[Message]) -> list[bool]:
+        """:meth:`ack` for each of ``messages``, in one transaction per
+        ``ACK_BATCH`` while every claim is still held (else one each)."""
+        results: list[bool] = []
+        for start in range(0, len(messages), ACK_BATCH):
+            chunk = messages[start:start + ACK_BATCH]
+            leases = [self._in_flight.pop(m.id, self.session.lease_id) for m in chunk]
+            claims = [self.topic.claim_key(self.group, m.id) for m in chunk]
+            marker = self.name.encode()
+            puts = [Put(self.topic.done_key(self.group, m.id), marker) for m in chunk]
+            if len(chunk) > 1:  # all held (the usual case): one write for the lot
+                ops: list[Op] = [op for put, claim in zip(puts, claims) for op in (put, Delete(claim))]
+                if self.topic.backend.txn([_lease_is(c, lease) for c, lease in zip(claims, leases)], ops).succeeded:
+                    results += [True] * len(chunk)
+                    continue
+            for message, claim, lease, put in zip(chunk, claims, leases, puts):
+                held = self.topic.backend.txn([_lease_is(claim, lease)], [put, Delete(claim)], [put]).succeeded
+                if not held:
+                    log.warning("queue %s: claim on message %d was lost before ack (possible double "
+                                "processing)", self.group, message.id)
+                results.append(held)
+        return results
 
     def release(self, message: Message) -> bool:
         """Give the message back unprocessed (redelivered to the group)."""
@@ -162,36 +191,71 @@ class QueueConsumer:
         self.close()
 
     # --- claiming ---------------------------------------------------------------
-    def _next_candidate(self, deadline: float | None) -> int | None:
+    def _next_candidates(self, limit: int, deadline: float | None) -> list[int]:
+        """Wait for a claimable id; return it with up to ``limit - 1`` more
+        claimable now (lowest ids first)."""
+        found: list[int] = []
         with self._cond:
             while not self._closed.is_set():
-                while self._ready:
+                while self._ready and len(found) < limit:
                     message_id = heapq.heappop(self._ready)
                     self._queued.discard(message_id)
                     if self._claimable(message_id):
-                        return message_id
+                        found.append(message_id)
+                if found:
+                    return found
                 remaining = None if deadline is None else deadline - _now()
                 if remaining is not None and remaining <= 0:
-                    return None
+                    return found
                 self._cond.wait(remaining)
-        return None
+        return found
 
-    def _claim(self, message_id: int) -> Message | None:
+    def _claim_many(self, message_ids: list[int]) -> list[Message]:
+        """Claim ``message_ids`` in one transaction if all are free; if one
+        is not, retry with those the failed transaction saw free, then claim
+        them one at a time. Returns the messages won, in id order. An id seen
+        taken is dropped: if its claim goes without a done marker, the watch
+        (not yet past that deletion, which is later than our read) pushes it again."""
         with self._cond:
-            retained = self._retained.get(message_id)
-        if retained is None:
-            return None
-        key, created = retained
-        lease = self.session.lease_id
-        claim = self.topic.claim_key(self.group, message_id)
-        done = self.topic.done_key(self.group, message_id)
-        result = self.topic.backend.txn(
-            [missing(claim), missing(done), create_revision(key, "=", created)],
-            [Put(claim, self.name.encode(), lease=lease), Get(key)])
-        if not result.succeeded:
-            return None  # taken, done or trimmed: the watch tells us if it comes back
-        self._in_flight[message_id] = lease
-        return message_from(result.responses[1][0])
+            known = [(i, self._retained[i]) for i in message_ids if i in self._retained]
+        for _ in range(2):
+            if len(known) < 2:
+                break
+            won, free = self._claim_together(known)
+            if won is not None:
+                return won
+            known = [k for k in known if k[0] in free]
+        messages = []
+        for message_id, retained in known:
+            won, _ = self._claim_together([(message_id, retained)])
+            messages += won or []
+        return messages
+
+    def _claim_together(self, known: list[tuple[int, tuple[str, int]]]) -> tuple[list[Message] | None, set[int]]:
+        """One claim transaction for all of ``known`` ((id, (key, create
+        revision)), ascending): (their messages, {}) if it won, else (None,
+        the ids it saw neither claimed nor done; retention is checked next time)."""
+        if not known:
+            return [], set()
+        lease, group = self.session.lease_id, self.group
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for message_id, (key, created) in known:
+            claim, done = self.topic.claim_key(group, message_id), self.topic.done_key(group, message_id)
+            compares += [missing(claim), missing(done), create_revision(key, "=", created)]
+            ops += [Put(claim, self.name.encode(), lease=lease), Get(key)]
+        first, last = known[0][0], known[-1][0] + 1
+        seen = [Get(self.topic.claim_key(group, first), self.topic.claim_key(group, last)),
+                Get(self.topic.done_key(group, first), self.topic.done_key(group, last))]
+        result = self.topic.backend.txn(compares, ops, seen if len(known) > 1 else [])
+        if not result.succeeded:  # taken, done or trimmed: the watch tells us if it comes back
+            taken = {_id_of(kv.key) for response in result.responses for kv in response}
+            return None, {i for i, _ in known if i not in taken}
+        messages = []
+        for index, (message_id, _) in enumerate(known):
+            self._in_flight[message_id] = lease
+            messages.append(message_from(result.responses[2 * index + 1][0]))
+        return messages, set()
 
     def _claimable(self, message_id: int) -> bool:
         return (message_id in self._retained and message_id not in self._done

@@ -12,6 +12,18 @@ The topic lives at ``topics/<topic>/`` (see :mod:`etcdvisor.recipes.topic`).
   from its cursor ``topics/<topic>/cursors/<role>/<member>`` (at-least-once
   for retained messages).
 
+Claims and acks are batched: the consumer thread claims as many ready
+messages as there is room for in one transaction
+(``QueueConsumer.get_many``), and the acks of runs that ended while an ack
+write was in flight go together in the next one (at most one ack write is
+queued at a time, so each carries every ack waiting when it starts). While
+runs are short (their average under ``SHORT_RUN``), a queue member claims
+up to ``concurrency`` messages *ahead* of its free run slots, so a slot
+that frees starts the next run without waiting for a claim round trip; a
+message claimed ahead that finds no slot within ``PREFETCH_HOLD`` seconds
+is released (redelivered, maybe to another member). Those messages wait on
+this member meanwhile: with long runs there is no claiming ahead.
+
 The payload goes to the child's stdin as bytes (never argv, never a shell),
 with ``TOPIC``, ``MESSAGE_ID`` and ``ATTEMPT`` in the environment. At most
 ``concurrency`` runs at once per member: a consumer thread takes a permit
@@ -21,12 +33,13 @@ then given up with a log line (acknowledged, not redelivered). A message
 larger than the role's ``max_payload`` (published by a tool that did not
 check) is refused the same way, without running the command.
 
-States of a message on this member: FETCHED -> RUNNING -> (BACKOFF ->
+States of a message on this member: FETCHED -> (WAITING ->) RUNNING -> (BACKOFF ->
 RUNNING)* -> DONE (acked) | GIVEN_UP (acked, logged) | RELEASED (shutdown).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -37,9 +50,12 @@ from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.topic import Message, Topic
 from ..recipes.topic_queue import QueueConsumer
-from .base import RoleRunner
+from .base import RoleRunner, describe
 
 log = logging.getLogger("etcdvisor")
+
+SHORT_RUN = 0.25  # s: runs shorter than this on average make claiming ahead worth a round trip
+PREFETCH_HOLD = 1.0  # s a message claimed ahead may wait for a run slot before it is released
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class _Run:
     message: Message
     attempt: int = 1
     retry_at: float | None = None  # set while waiting to retry
+    slot: bool = False  # holds one of the role's ``concurrency`` run slots (WAITING until then)
+    delivered_at: float = 0.0
+    may_give_back: bool = True  # False once giving it back failed: it runs here
     spec: ChildSpec | None = field(default=None, repr=False)
 
 
@@ -67,11 +86,17 @@ class TopicRunner(RoleRunner):
         self.runs: dict[str, _Run] = {}
         self.processed = 0
         self.given_up = 0
-        self._permits = threading.Semaphore(self.concurrency)
+        self._room = threading.Condition()  # guards _held: claims held or being claimed
+        self._held = 0
+        self._ahead = False  # claim up to `concurrency` messages ahead (set by the loop, read by the fetcher)
+        self._run_time: float | None = None  # average run duration (loop thread)
+        self._waiting: collections.deque[str] = collections.deque()  # runs without a slot, oldest first
         self._stop = threading.Event()
         self.queue = self.spec.delivery != "broadcast"
         self.cursor_key = f"{self.topic.prefix}cursors/{self.name}/{self.ctx.member_id}"
         self.source = None
+        self._acks: list[Message] = []  # finished runs not yet in an ack write (loop thread)
+        self._acking = False  # an ack effect is queued or running (loop thread)
 
     def start(self) -> None:
         if self.queue:
@@ -90,19 +115,43 @@ class TopicRunner(RoleRunner):
 
     def _fetch_loop(self) -> None:  # edge thread: only posts
         while not self._stop.is_set():
-            if not self._permits.acquire(timeout=1.0):
+            room = self._reserve()
+            if room == 0:
                 continue
-            message = None
-            while message is None and not self._stop.is_set():
+            messages: list[Message] = []
+            while not messages and not self._stop.is_set():
                 try:
-                    message = self.source.get(timeout=1.0)
+                    messages = self._fetch(room)
                 except CoordError as exc:
                     log.debug("role %s: fetch failed: %s", self.name, exc)
                     self._stop.wait(0.5)
-            if message is None:
-                self._permits.release()
+            self._free(room - len(messages))
+            if not messages:
                 return
-            self.post(Delivered(message))
+            for message in messages:
+                self.post(Delivered(message))
+
+    def _reserve(self) -> int:
+        """Wait (at most 1 s) for room to claim; reserve it all and return how much."""
+        with self._room:
+            limit = lambda: self.concurrency * (2 if self._ahead else 1)  # noqa: E731
+            self._room.wait_for(lambda: self._held < limit() or self._stop.is_set(), timeout=1.0)
+            room = max(0, limit() - self._held)
+            self._held += room
+            return room
+
+    def _free(self, count: int = 1) -> None:
+        """``count`` claims are over (finished, released or never made)."""
+        if count:
+            with self._room:
+                self._held -= count
+                self._room.notify_all()
+
+    def _fetch(self, limit: int) -> list[Message]:
+        if self.queue:
+            return self.source.get_many(limit, timeout=1.0)
+        message = self.source.get(timeout=1.0)
+        return [] if message is None else [message]
 
     # --- the loop side ----------------------------------------------------------
     def handle(self, payload, at: float) -> None:
@@ -111,6 +160,7 @@ class TopicRunner(RoleRunner):
             key = f"msg-{message.id}"
             if self.failed_reason or self._stop.is_set():
                 self._release(message)
+                self._free()
                 return
             if len(message.data) > self.topic.max_payload:
                 log.error("role %s: message %d has %d bytes, over max_payload %d: not run",
@@ -118,11 +168,46 @@ class TopicRunner(RoleRunner):
                 self.given_up += 1
                 self._finish(key, _Run(message), "refused", tracked=False)
                 return
-            self.runs[key] = _Run(message)
+            self.runs[key] = _Run(message, delivered_at=at)
+            self._waiting.append(key)
+
+    def _assign_slots(self, now: float) -> None:
+        """Give free run slots to waiting runs, oldest first; release those
+        claimed ahead that waited longer than PREFETCH_HOLD."""
+        busy = sum(1 for run in self.runs.values() if run.slot)
+        while self._waiting and busy < self.concurrency:
+            run = self.runs.get(self._waiting.popleft())
+            if run is not None:
+                run.slot, busy = True, busy + 1
+        for key in [k for k in self._waiting if self._expired(k, now)]:
+            self._waiting.remove(key)
+            self._give_back(self.runs.pop(key))
+
+    def _expired(self, key: str, now: float) -> bool:
+        run = self.runs[key]
+        return run.may_give_back and now - run.delivered_at > PREFETCH_HOLD
+
+    def _give_back(self, run: _Run) -> None:
+        """Release a message claimed ahead that found no slot; if the release
+        fails we still hold its claim, so it waits for a slot here again."""
+        def released(result, error: BaseException | None) -> None:
+            if error is None:
+                self._free()
+                return
+            log.warning("role %s: could not release message %d (%s): it runs here", self.name,
+                        run.message.id, describe(error))
+            key = f"msg-{run.message.id}"
+            run.may_give_back = False
+            self.runs[key] = run
+            self._waiting.append(key)
+        self.effect(f"release message {run.message.id}", lambda: self.source.release(run.message), released)
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
+        self._assign_slots(now)
         wanted = {}
         for key, run in self.runs.items():
+            if not run.slot:
+                continue
             if run.retry_at is not None:
                 if now < run.retry_at:
                     continue
@@ -144,6 +229,7 @@ class TopicRunner(RoleRunner):
         if run is None:
             return
         if isinstance(event, Exited):
+            self._note_run_time(event.uptime)
             if event.code == 0:
                 self._finish(key, run, "done")
             elif run.attempt >= self.max_attempts:
@@ -162,7 +248,8 @@ class TopicRunner(RoleRunner):
             for other_key, other in list(self.runs.items()):
                 self._release(other.message)
                 self.runs.pop(other_key)
-                self._permits.release()
+                self._free()
+            self._waiting.clear()
         elif isinstance(event, Stopped) and event.code is not None and self._stop.is_set():
             self._release(run.message)
             self.runs.pop(key, None)
@@ -170,7 +257,8 @@ class TopicRunner(RoleRunner):
     def _finish(self, key: str, run: _Run, outcome: str, tracked: bool = True) -> None:
         message = run.message
         if self.queue:
-            self.effect(f"acknowledge message {message.id}", lambda: self.source.ack(message))
+            self._acks.append(message)
+            self._queue_ack_effect()
         else:
             self.effect(f"move the cursor to message {message.id}",
                         lambda: self.ctx.backend.put(self.cursor_key, str(message.id)))
@@ -179,7 +267,33 @@ class TopicRunner(RoleRunner):
             self.ctx.metrics.topic_messages.labels(self.name, outcome.replace(" ", "_")).inc()
         if tracked:
             del self.runs[key]
-        self._permits.release()
+        self._free()
+
+    def _note_run_time(self, uptime: float) -> None:
+        """Claim ahead (queue mode) while the runs' moving average is short."""
+        average = uptime if self._run_time is None else 0.8 * self._run_time + 0.2 * uptime
+        self._run_time = average
+        ahead = self.queue and average < SHORT_RUN
+        if ahead != self._ahead:
+            with self._room:
+                self._ahead = ahead
+                self._room.notify_all()
+
+    def _queue_ack_effect(self) -> None:
+        """One ack write at a time; it carries every ack waiting when it is queued."""
+        if self._acking or not self._acks:
+            return
+        batch, self._acks = self._acks, []
+        self._acking = True
+        shown = ", ".join(str(m.id) for m in batch[:5]) + (f" and {len(batch) - 5} more" if len(batch) > 5 else "")
+        call = (lambda: self.source.ack(batch[0])) if len(batch) == 1 else (lambda: self.source.ack_many(batch))
+        self.effect(f"acknowledge message{'s' if len(batch) > 1 else ''} {shown}", call, self._acks_sent)
+
+    def _acks_sent(self, result, error: BaseException | None) -> None:
+        self._acking = False
+        if error is not None:  # their claims end with the lease: redelivered, maybe run again
+            log.warning("role %s: acknowledging failed: %s", self.name, describe(error))
+        self._queue_ack_effect()
 
     def _release(self, message: Message) -> None:
         if self.queue:
@@ -187,14 +301,21 @@ class TopicRunner(RoleRunner):
 
     def next_deadline(self) -> float | None:
         waits = [run.retry_at for run in self.runs.values() if run.retry_at is not None]
+        waits += [self.runs[k].delivered_at + PREFETCH_HOLD for k in self._waiting if self.runs[k].may_give_back]
         return min(waits) if waits else None
 
     def stop(self) -> None:
         self._stop.set()
+        if self.queue and self.source is not None and self._acks:
+            try:  # finished runs first: close() would release (redeliver) their claims
+                self.source.ack_many(self._acks)
+                self._acks = []
+            except Exception as exc:
+                log.warning("role %s: acknowledging at stop failed: %s", self.name, exc)
         if self.source is not None:
             self.source.close()  # queue: releases claims of un-acked messages
 
     def status(self) -> dict:
         return {**super().status(), "topic": self.topic_name, "delivery": self.spec.delivery,
-                "running": len([r for r in self.runs.values() if r.retry_at is None]),
+                "running": len([r for r in self.runs.values() if r.slot and r.retry_at is None]),
                 "processed": self.processed, "given_up": self.given_up}
