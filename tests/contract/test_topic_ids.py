@@ -184,3 +184,27 @@ def test_a_failed_transaction_stops_its_call_and_spares_the_others():
     after = topic.publish_many([b"a", b"b"])
     assert [row[0] for row in stored(backend, topic)][-2:] == after
     assert [row[1] for row in stored(backend, topic)] == list(range(1, MAX_BATCH + 3))
+
+
+def test_junk_under_msg_is_skipped_by_every_reader(backend, prefix, caplog):
+    topic = Topic(backend, prefix + "t", retention=60, trim_every=1)
+    first = topic.publish(b"first")
+    for junk in ("zzz", "0000000000000001-x", "1-2-3-4", "0000000000000001"):
+        backend.put(topic.msg_prefix + junk, b"junk")
+    ids = [first] + topic.publish_many([b"a", b"b"])  # trims (trim_every=1) past the junk
+    sub = topic.subscribe(from_id=0)
+    assert [m.data for m in drain(sub, 3)] == [b"first", b"a", b"b"]
+    sub.close()
+    assert "not a message key" in caplog.text
+    resumed = topic.subscribe(from_id=first)
+    assert [m.id for m in drain(resumed, 2)] == ids[1:]
+    resumed.close()
+    session = Session(backend, ttl=5, interval=0.2, name="q").start()
+    try:
+        consumer = QueueConsumer(topic, "g", session)
+        got = consumer.get_many(10, timeout=5)
+        got += consumer.get_many(10, timeout=0.5)
+        assert [m.id for m in got] == ids
+        consumer.close()
+    finally:
+        session.close()

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -107,24 +108,32 @@ class Message:
     seq: int = 0  # per-topic sequence number (dense, starts at 1)
 
 
-def _key_fields(key: str) -> list[str]:
-    return key.rsplit("/", 1)[1].split("-")
+_KEY_TAIL = re.compile(r"(\d{1,20})-(\d{1,15})(?:-(\d{1,3}))?")  # <seq>-<ms>[-<off>]
+
+
+def is_message_key(key: str) -> bool:
+    """False for anything else written under ``msg/`` (readers skip it)."""
+    return _KEY_TAIL.fullmatch(key.rsplit("/", 1)[-1]) is not None
 
 
 def parse_message_key(key: str) -> tuple[int, float]:
-    """(sequence, published_at) from ``.../msg/<seq>-<ms>[-<off>]``."""
-    fields = _key_fields(key)
-    return int(fields[0]), int(fields[1]) / 1000.0
+    """(sequence, published_at) from ``.../msg/<seq>-<ms>[-<off>]``;
+    ValueError if ``key`` is not a message key."""
+    match = _KEY_TAIL.fullmatch(key.rsplit("/", 1)[-1])
+    if match is None:
+        raise ValueError(f"not a topic message key: {key!r}")
+    return int(match[1]), int(match[2]) / 1000.0
 
 
 def message_id(kv: KeyValue) -> MessageId:
     """The id of the message stored in ``kv``: ``create_revision * ID_SCALE
     + offset``, or the plain create revision for a key without an offset
-    (written before batching, so smaller than every later id)."""
-    fields = _key_fields(kv.key)
-    if len(fields) < 3 or not fields[2].isdigit():
+    (written before batching, so smaller than every later id; also for a
+    key that is not a message key, so counting never raises)."""
+    match = _KEY_TAIL.fullmatch(kv.key.rsplit("/", 1)[-1])
+    if match is None or match[3] is None:
         return kv.create_revision
-    return kv.create_revision * ID_SCALE + int(fields[2])
+    return kv.create_revision * ID_SCALE + int(match[3])
 
 
 def message_from(kv: KeyValue) -> Message:
@@ -310,6 +319,8 @@ class Topic:
             revision = page.revision
             last_expired = None
             for kv in page.kvs:
+                if not is_message_key(kv.key):
+                    continue  # not ours: deleted with the messages around it
                 if parse_message_key(kv.key)[1] * 1000 < cutoff_ms:
                     last_expired = kv
                 else:
@@ -352,8 +363,9 @@ class Topic:
         """Sequence number of the first retained message with an id above
         ``after_id``; warn when ``after_id`` itself was trimmed."""
         retained = self.backend.range(self.msg_prefix, self.msg_end, keys_only=True)
-        ids = [message_id(kv) for kv in retained.kvs]
-        later = [kv for kv, id_ in zip(retained.kvs, ids) if id_ > after_id]
+        kvs = [kv for kv in retained.kvs if is_message_key(kv.key)]
+        ids = [message_id(kv) for kv in kvs]
+        later = [kv for kv, id_ in zip(kvs, ids) if id_ > after_id]
         if later:
             next_seq = parse_message_key(later[0].key)[0]
         else:

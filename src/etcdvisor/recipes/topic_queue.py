@@ -54,7 +54,7 @@ from ..coord.errors import CoordError, LeaseNotFound
 from ..coord.follow import Follower
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Op, Put, WatchBatch, create_revision, missing, prefix_end
-from .topic import Message, Topic, message_from
+from .topic import Message, Topic, is_message_key, message_from
 from .topic import message_id as id_of_message
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ class QueueConsumer:
         claims = backend.get_prefix(self._claims_prefix, revision=revision, keys_only=True)
         done = backend.get_prefix(self._done_prefix, revision=revision, keys_only=True)
         with self._cond:
-            self._retained = {id_of_message(kv): (kv.key, kv.create_revision) for kv in messages.kvs}
+            self._retained = {id_of_message(kv): (kv.key, kv.create_revision) for kv in messages.kvs
+                              if is_message_key(kv.key)}
             self._key_ids = {key: id_ for id_, (key, _) in self._retained.items()}
             self._claimed = {_id_of(kv.key) for kv in claims.kvs}
             self._done = {_id_of(kv.key) for kv in done.kvs}
@@ -292,12 +293,12 @@ class QueueConsumer:
             for event in batch.events:
                 key, put = event.kv.key, event.type is EventType.PUT
                 if key.startswith(topic.msg_prefix):
-                    if put:
+                    if put and is_message_key(key):
                         id_ = id_of_message(event.kv)
                         self._retained[id_] = (key, event.kv.create_revision)
                         self._key_ids[key] = id_
                         self._push(id_)
-                    elif key in self._key_ids:
+                    elif not put and key in self._key_ids:
                         self._retained.pop(self._key_ids.pop(key), None)
                 elif key.startswith(self._claims_prefix):
                     message_id = _id_of(key)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from ..coord.follow import Follower
 from ..coord.types import EventType, WatchBatch
-from .topic import _PAGE, Message, Topic, message_from
+from .topic import _PAGE, Message, Topic, is_message_key, message_from
 
 log = logging.getLogger("etcdvisor.recipes.topic")
 
@@ -74,6 +74,9 @@ class Subscription:
         many messages, and a wake-up per message cost more than the copy."""
         fresh = []
         for kv in kvs:
+            if not is_message_key(kv.key):
+                log.warning("topic %s: ignoring %r: not a message key", self.topic.prefix, kv.key)
+                continue
             message = message_from(kv)
             if message.id <= self._last_queued:
                 continue  # already delivered (a re-read overlapping the watch)
