@@ -135,3 +135,19 @@ def test_a_message_that_could_not_be_given_back_runs_here():
     assert h.effect_names() == [] and runner.next_deadline() is None  # not given back again
     h.exit("thumbs", "msg-1", 0)
     assert sorted(h.turn()["thumbs"]) == ["msg-2", "msg-3"]
+
+
+def test_a_lost_lease_leaves_messages_not_running_to_the_group():
+    from etcdvisor.coord.session import SessionEvent, SessionEventKind
+
+    h, runner = setup(4)
+    assert sorted(h.turn()["thumbs"]) == ["msg-1", "msg-2"]
+    h.exit("thumbs", "msg-2", 3)  # fails: waits to retry, keeping its slot
+    assert sorted(h.turn()["thumbs"]) == ["msg-1"]
+    assert runner.runs["msg-2"].retry_at is not None and not runner.runs["msg-3"].slot
+    runner.on_session(SessionEvent(SessionEventKind.LOST, 0, 10, 0.0))
+    assert set(runner.runs) == {"msg-1"} and runner._held == 1  # 2, 3 and 4 are no longer ours
+    h.clock.advance(60)
+    h.exit("thumbs", "msg-1", 0)
+    assert h.turn().get("thumbs", {}) == {}  # none of them runs here any more
+    assert runner._held == 0

@@ -270,10 +270,12 @@ class Topic:
             return False
         try:
             revision, last_seq = self._write(batch)
-        except Exception as exc:  # raised by the callers it belongs to, not by this one
+        except BaseException as exc:  # raised by the callers it belongs to (who wait for it)
             with self._lock:
                 for call, _ in batch:
                     call.error = call.error or exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: this thread stops too
             return False
         with self._lock:
             for offset, (call, _) in enumerate(batch):

@@ -45,6 +45,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..coord.errors import CoordError
+from ..coord.session import SessionEventKind
 from ..process.backoff import RestartBackoff
 from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
@@ -201,6 +202,21 @@ class TopicRunner(RoleRunner):
             self.runs[key] = run
             self._waiting.append(key)
         self.effect(f"release message {run.message.id}", lambda: self.source.release(run.message), released)
+
+    def on_session(self, event) -> None:
+        """The lease our claims hung on is gone: messages not running now
+        (claimed ahead, or waiting to retry) are no longer ours; another
+        member (or we, claiming again) will run them."""
+        if not self.queue or event.kind not in (SessionEventKind.LOST, SessionEventKind.NEW_LEASE):
+            return
+        gone = [key for key, run in self.runs.items() if not run.slot or run.retry_at is not None]
+        for key in gone:
+            run = self.runs.pop(key)
+            self._release(run.message)  # a no-op on the store (the claim went with the lease); forgets it
+            self._free()
+        self._waiting = collections.deque(k for k in self._waiting if k in self.runs)
+        if gone:
+            self.say(f"lease lost: {len(gone)} message(s) claimed but not running are left to the group")
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
         self._assign_slots(now)
