@@ -62,8 +62,8 @@ subscriber in :mod:`.topic_subscribe` (:class:`Subscription`).
 Limits: a topic is one serialisation point (publishers of one topic do not
 write in parallel: one transaction per etcd commit, each carrying every
 message waiting in that :class:`Topic` object; separate publishers race on
-``head`` and retry); payloads are bytes of
-at most ``max_payload`` (default 64 KiB, at most 1 MiB); ``published_at`` is
+``head`` and retry, so share one :class:`Topic` between threads); payloads
+are bytes of at most ``max_payload`` (default 64 KiB, at most 1 MiB); ``published_at`` is
 the publisher's wall clock. Deleting ``head`` resets the sequence:
 restart subscribers after doing that.
 """
@@ -202,9 +202,10 @@ class Topic:
         return self.publish_many([data])[0]
 
     def publish_many(self, payloads: Iterable[bytes]) -> list[MessageId]:
-        """Store ``payloads`` as consecutive messages (in this order, in as
-        few transactions as the batch limits allow) and return their ids
-        once all are committed. Every payload is checked before anything is
+        """Store ``payloads`` as messages, in this order, in as few
+        transactions as the batch limits allow (another publisher's messages
+        may come between two of them), and return their ids once all are
+        committed. Every payload is checked before anything is
         written. If a transaction fails, its error is raised and the rest of
         the call is not written: a prefix of ``payloads`` may be published
         (an error from etcd may also hide a commit, as for any write)."""
