@@ -27,7 +27,9 @@ and its own processes in a temp directory::
    on its own row.
 
 Children are ``examples/worker.py``, which appends JSON lines (start/stop, pid, env)
-to $WORK_RECORD; all times are wall-clock (time.time()) on one machine.
+to $WORK_RECORD (``--child sh``: ``bench/sh_worker.sh`` for the reshard, the same lines
+from /bin/sh, so that N-1 interpreter start-ups do not dominate the reshard time);
+all times are wall-clock (time.time()) on one machine.
 """
 
 from __future__ import annotations
@@ -92,12 +94,12 @@ def newest_fork(fleet: Fleet, members: set[str]) -> float:
 
 
 def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int,
-                  leaves: int = 5) -> dict:
+                  leaves: int = 5, child: str = "python") -> dict:
     """Clean leaves one after the other (N -> N-leaves), then one crash; etcd's
     load in a quiet window and per membership change (from its /metrics)."""
     fleet = Fleet(workdir, etcd_url, "reshard")
     try:
-        config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
+        config = fleet.config({"worker": fleet.worker_role("sharded", child=child, settle=f"{settle}s")}, ttl)
         ids: set[str] = set()
         began = time.monotonic()
         for first in range(0, members, JOIN_BATCH):  # see JOIN_BATCH
@@ -139,7 +141,7 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
         fleet.procs[crash_victim].wait()
         ids.discard(crash_victim)
         crash_done = settled(fleet, ids, timeout=ttl + 30 + members)
-        return {"members": members, "join_all_s": join_seconds, "leaves": len(leave_times),
+        return {"members": members, "child": child, "join_all_s": join_seconds, "leaves": len(leave_times),
                 "leave_from_exit": leave_times, "leave_from_signal": signal_times,
                 "leave_minus_settle_p99": percentile([t - settle for t in leave_times], 0.99),
                 "leave_forked_from_reaped": fork_times,
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=0.5)
     parser.add_argument("--ttl", type=int, default=4,
                         help="member.ttl (4 is the smallest the slack rule accepts with stop_timeout 0.5s)")
+    parser.add_argument("--child", choices=["python", "sh"], default="python",
+                        help="reshard children: examples/worker.py, or bench/sh_worker.sh (no interpreter "
+                             "start-up: times the supervisors rather than N-1 Python start-ups)")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--skip", action="append", default=[],
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "reshard" not in args.skip:
             figures["reshard"] = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl,
-                                               args.leaves)
+                                               args.leaves, args.child)
             report_reshard(figures["reshard"], args)
         for how, skip in (("kill", "failover"), ("term", "handoff")):
             if skip not in args.skip:

@@ -160,7 +160,11 @@ def test_keepalive_node_recreated_after_lease_loss(backend, other_backend, prefi
     assert other_backend.get(key) is None
     wait_until(lambda: (kv := other_backend.get(key)) is not None and kv.lease != old_lease,
                timeout=5, message="key re-created on a new lease")
-    assert node.state is NodeState.RUNNING
+    # the state follows the put on the re-creating thread (a loaded machine may run the
+    # test between the two): it must get there, and stay there
+    wait_until(lambda: node.state is NodeState.RUNNING, timeout=5, message="node RUNNING again")
+    time.sleep(0.3)
+    assert node.state is NodeState.RUNNING and other_backend.get(key).lease == node.lease_id
     node.stop()
     node.stop()  # twice is fine
     assert other_backend.get(key) is None
