@@ -2,11 +2,18 @@
 
 Starts its own etcd (etcdvisor.testing.EtcdServer), publishes N messages
 from K publisher threads (each with its own connection and Topic object)
-while one subscriber (own connection) receives them, twice in the same run:
-each publisher calling ``publish()`` once per message (one transaction per
-message: a lone caller has nothing to share its transaction with), then
-calling ``publish_many()`` with ``--batch`` messages at a time (group
-commit: up to MAX_BATCH messages per transaction). For each it prints:
+while one subscriber (own connection) receives them, three times in the same
+run, each on a fresh topic, so both id formats show side by side:
+
+* ``revision`` topic (the default: id = store revision), ``publish()`` once
+  per message (one transaction per message, always);
+* ``batched`` topic (``Topic(..., batched=True)``: group commit), ``publish()``
+  once per message (a lone caller has nothing to share its transaction with;
+  ``--shared`` callers do);
+* ``batched`` topic, ``publish_many()`` with ``--batch`` messages at a time
+  (up to MAX_BATCH messages per transaction; skipped with ``--batch 1``).
+
+For each it prints:
 
 * published msgs/s (all publishers together, first publish to last return),
 * delivered msgs/s (first publish to last delivery),
@@ -19,8 +26,8 @@ sent back to back without the topic (a publisher waits for each commit).
 The last line is one JSON object with every figure (bench/_report.py).
 Bounded in time: publishing stops after ``--max-seconds`` (default 40).
 
-The JSON's top-level rates are the ``publish_many`` phase; ``publish_call``
-holds the same figures for ``publish()`` (``--batch 1``: that phase only).
+The JSON holds each run's figures under ``phases`` (keys ``revision_publish``,
+``batched_publish``, ``batched_publish_many``), each with its ``format`` and ``mode``.
 
     python bench/topic_throughput.py [--messages 2000] [--publishers 1] [--payload 100] [--batch 64]
 """
@@ -49,12 +56,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def publish_part(url: str, prefix: str, count: int, payload: int, stop_at: float,
-                 done: list[tuple[int, float]], batch: int, shared: Topic | None) -> None:
+                 done: list[tuple[int, float]], batch: int, shared: Topic | None, batched: bool) -> None:
     """Publish ``count`` messages: ``publish()`` each if ``batch`` is 1,
     else ``publish_many()`` of ``batch`` at a time; on ``shared`` if given,
     else on a Topic of its own connection."""
     backend = open_backend(url, timeout=5) if shared is None else shared.backend
-    topic = Topic(backend, prefix) if shared is None else shared
+    topic = Topic(backend, prefix, batched=batched) if shared is None else shared
     padding = b"x" * max(0, payload - 8)
     sent = 0
     try:
@@ -92,20 +99,20 @@ def run(messages: int, publishers: int, payload: int, max_seconds: float, batch:
     server = EtcdServer(name="bench-topic").start()
     try:
         floor_before = etcd_floor(server.url, payload)
-        single = phase(server.url, "/bench/topic/call/", messages, publishers, payload, max_seconds, 1, shared)
-        result = single if batch == 1 else {
-            **phase(server.url, "/bench/topic/many/", messages, publishers, payload, max_seconds, batch, shared),
-            "publish_call": single}
-        result["etcd_floor_txn_per_s"] = (floor_before + etcd_floor(server.url, payload)) / 2
-        return result
+        runs = [("revision_publish", False, 1), ("batched_publish", True, 1)]
+        runs += [("batched_publish_many", True, batch)] if batch > 1 else []
+        phases = {name: phase(server.url, f"/bench/topic/{name}/", messages, publishers, payload, max_seconds,
+                              size, shared, batched) for name, batched, size in runs}
+        return {"phases": phases, "etcd_floor_txn_per_s": (floor_before + etcd_floor(server.url, payload)) / 2}
     finally:
         server.cleanup()
 
 
 def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, max_seconds: float,
-          batch: int, shared: bool) -> dict:
-    """One publish-and-deliver run on a fresh topic; its figures."""
-    shared_topic = Topic(open_backend(url, timeout=5), prefix) if shared else None
+          batch: int, shared: bool, batched: bool) -> dict:
+    """One publish-and-deliver run on a fresh topic (in batched format if
+    ``batched``); its figures."""
+    shared_topic = Topic(open_backend(url, timeout=5), prefix, batched=batched) if shared else None
     sub_backend = open_backend(url, timeout=5)
     subscription = Topic(sub_backend, prefix).subscribe(max_buffer=messages + 1)
     latencies: list[float] = []
@@ -114,7 +121,7 @@ def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, m
     counts: list[tuple[int, float]] = []
     share = [messages // publishers + (1 if i < messages % publishers else 0) for i in range(publishers)]
     threads = [threading.Thread(target=publish_part, args=(url, prefix, n, payload, stop_at, counts, batch,
-                                                                 shared_topic))
+                                                                 shared_topic, batched))
                for n in share]
     for thread in threads:
         thread.start()
@@ -133,6 +140,7 @@ def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, m
     for thread in threads:
         thread.join()
     subscription.close()
+    recorded = sub_backend.get(prefix + "format")
     sub_backend.close()
     if shared_topic is not None:
         shared_topic.backend.close()
@@ -143,6 +151,7 @@ def phase(url: str, prefix: str, messages: int, publishers: int, payload: int, m
         "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else float("nan"),
         "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
         "elapsed": time.monotonic() - started, "mode": "publish()" if batch == 1 else f"publish_many({batch})",
+        "format": recorded.value.decode() if recorded else "revision",
     }
 
 
@@ -153,18 +162,19 @@ def main(argv=None) -> int:
     parser.add_argument("--payload", type=int, default=100, help="payload bytes (>= 8)")
     parser.add_argument("--max-seconds", type=float, default=40.0)
     parser.add_argument("--batch", type=int, default=64,
-                        help="messages per publish_many() call in the second phase; 1: publish() only")
+                        help="messages per publish_many() call in the third run; 1: skip it")
     parser.add_argument("--shared", action="store_true",
                         help="the publishers share one connection and one Topic object (threads of one "
                              "process: their publish() calls share transactions)")
     args = parser.parse_args(argv)
     payload, batch = max(8, args.payload), max(1, args.batch)
     result = run(args.messages, max(1, args.publishers), payload, args.max_seconds, batch, args.shared)
-    print(f"topic throughput: {result['sent']} messages of {payload} B, {args.publishers} publisher(s), "
+    phases = list(result["phases"].values())
+    print(f"topic throughput: {args.messages} messages of {payload} B, {args.publishers} publisher(s), "
           f"{'sharing one Topic' if args.shared else 'each its own connection'}, 1 subscriber, local etcd")
-    phases = [result["publish_call"], result] if "publish_call" in result else [result]
     for figures in phases:
-        print(f"  {figures['mode']:<17} published {figures['publish_rate']:6.0f} msgs/s, delivered "
+        print(f"  {figures['format']:<8} {figures['mode']:<17} published {figures['publish_rate']:6.0f} msgs/s, "
+              f"delivered "
               f"{figures['deliver_rate']:6.0f} msgs/s ({figures['delivered']}/{figures['sent']}), latency "
               f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms (publish start -> get)")
     print(f"  sereno README: ~{SERENO_CLAIM:.0f} msgs/s; etcd floor: {result['etcd_floor_txn_per_s']:.0f} txn/s "

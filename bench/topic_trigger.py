@@ -3,8 +3,11 @@
 Starts a private etcd and ``--members`` supervisors (default 1) with one queue
 topic role (``concurrency`` 4), waits until every member consumes, then
 publishes N messages (default 300) from one thread as fast as it can with
-``publish()`` (with ``--batch B``: ``publish_many()`` of B at a time, so the
-publisher is not what limits the runs/s), or one every ``--interval``
+``publish()`` (with ``--batch B``: ``publish_many()`` of B at a time; with
+``--batched`` too, on a topic in batched id format, so B messages share a
+transaction and the publisher is not what limits the runs/s; without
+``--batched`` the topic has the default format: ids are store revisions, one
+transaction per message), or one every ``--interval``
 seconds (to see the latency of an idle system), and prints:
 
 * publish rate (msgs/s),
@@ -87,7 +90,7 @@ def child_starts(fleet: BenchFleet, mode: str) -> dict[int, float]:
 
 
 def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: float,
-        interval: float = 0.0, batch: int = 1) -> dict:
+        interval: float = 0.0, batch: int = 1, batched: bool = False) -> dict:
     fleet = BenchFleet("topic-trigger")
     try:
         command = fleet.record_command() if mode == "record" else [shutil.which("true") or "/bin/true"]
@@ -98,7 +101,7 @@ def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: f
         if not fleet.wait_roles(ROLE, members, timeout=60):
             print("supervisors did not start within 60s", file=sys.stderr)
             return {"error": "supervisors did not start within 60s"}
-        topic = Topic(fleet.backend, ClusterKeys(fleet.cluster).topic(TOPIC))
+        topic = Topic(fleet.backend, ClusterKeys(fleet.cluster).topic(TOPIC), batched=batched)
         published: dict[int, float] = {}
         poller = AckPoller(fleet, topic)
         poller.start()
@@ -115,7 +118,8 @@ def run(messages: int, members: int, mode: str, concurrency: int, max_seconds: f
         time.sleep(0.3)  # the last log lines / records land
         starts = child_starts(fleet, mode)
         return {**report(messages, members, mode, concurrency, interval, published, first, publish_done,
-                         starts, acked), "publish_batch": batch}
+                         starts, acked), "publish_batch": batch,
+                "id_format": topic.id_format.value if topic.id_format else None}
     finally:
         fleet.close()
 
@@ -159,9 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between publishes")
     parser.add_argument("--max-seconds", type=float, default=90.0)
     parser.add_argument("--batch", type=int, default=1, help="messages per publish_many() call; 1: publish()")
+    parser.add_argument("--batched", action="store_true", help="create the topic in batched id format")
     args = parser.parse_args(argv)
     figures = run(args.messages, args.members, args.child, args.concurrency, args.max_seconds, args.interval,
-                  max(1, args.batch))
+                  max(1, args.batch), args.batched)
     emit("topic_trigger", figures)
     return 1 if "error" in figures else 0
 

@@ -1,5 +1,5 @@
-"""Topic message ids under group commit (several messages per transaction),
-on both backends: distinct, ordered, derivable from the stored keys, and
+"""Topic message ids in the batched format (group commit: several messages per
+transaction), on both backends: distinct, ordered, derivable from the stored keys, and
 resumable after trimming without a loss, a duplicate or a misordering."""
 
 import random
@@ -30,7 +30,7 @@ def drain(sub, count):
 
 
 def test_concurrent_callers_share_transactions_with_distinct_ordered_ids(backend, other_backend, prefix):
-    shared, rival = Topic(backend, prefix + "t"), Topic(other_backend, prefix + "t")
+    shared, rival = Topic(backend, prefix + "t", batched=True), Topic(other_backend, prefix + "t", batched=True)
     sub = shared.subscribe(from_id=0)
     published: dict[int, bytes] = {}
     per_call: list[list[int]] = []
@@ -63,7 +63,7 @@ def test_concurrent_callers_share_transactions_with_distinct_ordered_ids(backend
 
 
 def test_publish_many_splits_at_the_batch_limits(backend, prefix):
-    topic = Topic(backend, prefix + "t", max_payload=400_000)
+    topic = Topic(backend, prefix + "t", max_payload=400_000, batched=True)
     ids = topic.publish_many([b"%d" % i for i in range(MAX_BATCH * 2 + 5)])
     revisions = [i // ID_SCALE for i in ids]
     assert [revisions.count(r) for r in sorted(set(revisions))] == [MAX_BATCH, MAX_BATCH, 5]
@@ -76,7 +76,7 @@ def test_publish_many_splits_at_the_batch_limits(backend, prefix):
 @pytest.mark.parametrize("seed", [1, 2])
 def test_resume_after_trim_delivers_exactly_the_retained_later_messages(backend, prefix, seed):
     rng = random.Random(seed)
-    topic = Topic(backend, prefix + "t", max_messages=150, trim_every=10_000)
+    topic = Topic(backend, prefix + "t", max_messages=150, trim_every=10_000, batched=True)
     payloads: dict[int, bytes] = {}
     for round_ in range(5):
         batch = [b"%d-%d" % (round_, i) for i in range(rng.randint(1, 130))]
@@ -96,10 +96,11 @@ def test_resume_after_trim_delivers_exactly_the_retained_later_messages(backend,
             assert [(m.id, m.data) for m in got] == expected, after
 
 
-def test_old_keys_without_offset_stay_readable(backend, prefix, caplog):
-    """Messages written before batching keep their plain-revision id, which
-    is below every later id; cursors and done markers made then stay valid."""
-    topic = Topic(backend, prefix + "t")
+def test_topic_written_before_formats_keeps_revision_ids(backend, prefix, caplog):
+    """A topic published to before the format key existed (plain keys, no
+    ``format``) stays in revision format, even for a batched publisher;
+    cursors and done markers made then stay valid."""
+    topic = Topic(backend, prefix + "t", batched=True)
     old_ids = []
     for seq in (1, 2):
         result = backend.txn([], [Put(topic.head_key, str(seq).encode()),
@@ -107,6 +108,8 @@ def test_old_keys_without_offset_stay_readable(backend, prefix, caplog):
         old_ids.append(result.revision)
     new_ids = topic.publish_many([b"new0", b"new1"])
     assert old_ids[1] < new_ids[0] < new_ids[1]
+    assert backend.get(topic.format_key).value == b"revision"  # recorded as it was written
+    assert new_ids[1] - new_ids[0] < ID_SCALE  # plain revisions: one transaction each
     assert [row[0] for row in stored(backend, topic)] == old_ids + new_ids
     sub = topic.subscribe(from_id=old_ids[0])  # a cursor stored by the old version
     assert [m.data for m in receive(sub, 3)] == [b"old2", b"new0", b"new1"]
@@ -127,7 +130,7 @@ def test_old_keys_without_offset_stay_readable(backend, prefix, caplog):
 def test_queue_consumers_take_each_batched_message_once(backend, other_backend, prefix):
     sessions = [Session(backend, ttl=5, interval=0.2, name="a").start(),
                 Session(other_backend, ttl=5, interval=0.2, name="b").start()]
-    publisher = Topic(backend, prefix + "t")
+    publisher = Topic(backend, prefix + "t", batched=True)
     consumers = [QueueConsumer(Topic(b, prefix + "t"), "g", s) for b, s in zip((backend, other_backend), sessions)]
     ids = publisher.publish_many([b"job%d" % i for i in range(60)])
     taken: list[Message] = []
@@ -174,20 +177,20 @@ def test_a_failed_transaction_stops_its_call_and_spares_the_others():
     from etcdvisor.coord import open_backend
 
     backend = open_backend("memory://topic-ids-failing")
-    flaky = FailingTxns(backend, failing={2})
-    topic = Topic(flaky, "/t/", trim_every=10_000)
-    with pytest.raises(ConnectionError):
-        topic.publish_many([b"%d" % i for i in range(MAX_BATCH * 3)])  # the 2nd of 3 transactions fails
+    flaky = FailingTxns(backend, failing={3})
+    topic = Topic(flaky, "/t/", trim_every=10_000, batched=True)
+    with pytest.raises(ConnectionError):  # txn 1 records the format; the 2nd of 3 batches fails
+        topic.publish_many([b"%d" % i for i in range(MAX_BATCH * 3)])
     rows = stored(backend, topic)
     assert [row[2] for row in rows] == [b"%d" % i for i in range(MAX_BATCH)]  # a prefix, no gap
-    assert flaky.calls == 2  # the third batch of the failed call was never sent
+    assert flaky.calls == 3  # the third batch of the failed call was never sent
     after = topic.publish_many([b"a", b"b"])
     assert [row[0] for row in stored(backend, topic)][-2:] == after
     assert [row[1] for row in stored(backend, topic)] == list(range(1, MAX_BATCH + 3))
 
 
 def test_junk_under_msg_is_skipped_by_every_reader(backend, prefix, caplog):
-    topic = Topic(backend, prefix + "t", retention=60, trim_every=1)
+    topic = Topic(backend, prefix + "t", retention=60, trim_every=1, batched=True)
     first = topic.publish(b"first")
     for junk in ("zzz", "0000000000000001-x", "1-2-3-4", "0000000000000001"):
         backend.put(topic.msg_prefix + junk, b"junk")

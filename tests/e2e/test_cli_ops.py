@@ -251,8 +251,22 @@ def test_publish_argument_and_stdin(capsys, env, store, keys, monkeypatch):
     code, out, _ = run_cli(capsys, "publish", "jobs", stdin=b"third", monkeypatch=monkeypatch)
     assert code == 0
     stored = store.get_prefix(keys.topic("jobs") + "msg/").kvs
-    assert [(message_id(kv), kv.value) for kv in stored] == [
+    assert [(kv.create_revision, kv.value) for kv in stored] == [
         (first_id, b"hello"), (second_id, b"\x00\xffbinary"), (int(out), b"third")]
+
+
+def test_publish_follows_a_batched_topic_and_refuses_a_bad_format(capsys, env, store, keys):
+    topic = Topic(store, keys.topic("fast"), batched=True)
+    first = topic.publish_many([b"a", b"b"])
+    code, out, err = run_cli(capsys, "publish", "fast", "c")
+    assert code == 0, err
+    stored = store.get_prefix(keys.topic("fast") + "msg/").kvs
+    assert [message_id(kv) for kv in stored] == first + [int(out)] and int(out) > first[-1]
+    assert int(out) // 1000 == stored[-1].create_revision  # batched form: revision * 1000 + offset
+    store.put(keys.topic("odd") + "format", b"fancy")
+    code, out, err = run_cli(capsys, "publish", "odd", "x")
+    assert code != 0 and out == "" and "format" in err
+    assert_one_error_line(err)
 
 
 def test_publish_over_the_default_limit_fails_in_one_line(capsys, env, store, keys, monkeypatch):

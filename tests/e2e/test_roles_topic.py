@@ -24,7 +24,6 @@ import pytest
 
 from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.recipes.topic import Topic
-from etcdvisor.recipes.topic import message_id as stored_id
 
 from .conftest import wait_for
 from .harness_roles import cli, duplicates, poll_status, recorder, status_json  # noqa: F401
@@ -135,7 +134,7 @@ def test_broadcast_runs_on_every_member_and_oversize_is_refused(fleet, recorder)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "max_payload" in lines[0], lines
     topic = topic_of(fleet, "news")
     retained = fleet.backend().get_prefix(topic.prefix + "msg/", keys_only=True).kvs
-    assert [stored_id(kv) for kv in retained] == [message_id], "the refused payload was stored"
+    assert [kv.create_revision for kv in retained] == [message_id], "the refused payload was stored"
     time.sleep(1.0)
     assert len(recorder.starts("news")) == 3, "a child ran for the refused payload"
 

@@ -4,36 +4,46 @@ and a queue mode hands each message to exactly one consumer of a group).
 
 Key layout under ``prefix`` (a trailing ``/`` is added if missing)::
 
+    format                         the id format: ``revision`` (also if absent) or ``batched``
     head                           last sequence number given out (decimal)
-    msg/<seq:016d>-<ms:013d>-<off:03d>  the payload; ms = publisher's wall clock
-                                   (Unix ms); off = its place in its transaction
+    msg/<seq:016d>-<ms:013d>[-<off:03d>]  the payload; ms = publisher's wall
+                                   clock (Unix ms); off (batched format only) =
+                                   its place in its transaction
     claims/<group>/<id:020d>       a queue consumer's claim, on its session lease
     done/<group>/<id:020d>         "processed by the group" marker (no lease)
     groups/<group>                 the queue groups (so trimming finds done markers)
 
 **Message ids.** Publishing is one transaction that (if the ``head`` key is
-unchanged since it was read) bumps ``head`` past the batch it writes and
-writes ``msg/<seq>`` for each message of the batch; a lost race is retried
-with the fresh head. A batch is whatever was waiting when the previous
-transaction returned: concurrent ``publish()`` callers of one :class:`Topic`
-share transactions (group commit), and :meth:`Topic.publish_many` sends a
-list in as few transactions as the limits allow (at most ``MAX_BATCH``
-messages and ``MAX_BATCH_BYTES`` of payload each). A message's id is
-``R * ID_SCALE + off``, R being the store revision of the transaction that
-wrote it (its key's create revision) and ``off`` its offset in that
-transaction, stored in its key so every reader derives the same id and
-trimming cannot shift it (:func:`message_id`). So all messages of a topic
-are written one after the other: ids strictly increase in publish order (a
-publish that returned before another started has the smaller id), *and*
-key order (by sequence) is id order, which lets readers page through the
-backlog by key and trimming delete the oldest messages with one range
-delete. (R cannot be in the key: it is only known once the write is
-committed.) Ids are not dense: other writes in the store take revisions in
-between. Keys written before batching (``msg/<seq>-<ms>``, no offset) keep
-their old id, the plain revision R, which is smaller than any id written
-after them; so cursors and done markers stored then stay valid. Every
-publisher of a topic must run this version: an older one reads a batch as
-one id and cannot parse the offset.
+unchanged since it was read, and the ``format`` key too) bumps ``head`` past
+what it writes and writes ``msg/<seq>`` for each message; a lost race is
+retried with the fresh head. Each topic records its id format once
+(:mod:`.topic_format`; the first publisher writes it):
+
+* ``revision`` (default): one message per transaction, and its id IS the
+  store revision that wrote it (the key's create revision). Concurrent
+  ``publish()`` callers of one :class:`Topic` take turns (never share a
+  transaction); :meth:`Topic.publish_many` sends one transaction per message.
+* ``batched`` (``Topic(..., batched=True)`` on a topic never published to):
+  group commit. A batch is whatever was waiting when the previous
+  transaction returned: concurrent ``publish()`` callers share transactions,
+  and ``publish_many`` sends a list in as few transactions as the limits
+  allow (at most ``MAX_BATCH`` messages and ``MAX_BATCH_BYTES`` of payload
+  each). A message's id is ``R * ID_SCALE + off``, R being the revision of
+  the transaction and ``off`` its offset in it, stored in its key.
+
+A ``batched=True`` publisher on a topic already in ``revision`` format
+follows the topic (logged once), so one topic never mixes formats. Readers
+derive every id from the stored key (:func:`message_id`: an offset in the
+key means the batched form), so they need not know the format. Either way
+all messages of a topic are written one after the other: ids strictly
+increase in publish order (a publish that returned before another started
+has the smaller id), *and* key order (by sequence) is id order, which lets
+readers page through the backlog by key and trimming delete the oldest
+messages with one range delete. (R cannot be in the key: it is only known
+once the write is committed.) Ids are not dense: other writes in the store
+take revisions in between. A batched topic needs every publisher to run a
+version that knows formats (an older one would write plain-revision ids,
+smaller than the batched ones).
 
 **Retention** is enforced by publishers, cheaply: the publish transaction
 itself deletes the messages beyond the newest ``max_messages``; messages
@@ -60,9 +70,10 @@ The queue mode lives in :mod:`.topic_queue` (:class:`QueueConsumer`), the
 subscriber in :mod:`.topic_subscribe` (:class:`Subscription`).
 
 Limits: a topic is one serialisation point (publishers of one topic do not
-write in parallel: one transaction per etcd commit, each carrying every
-message waiting in that :class:`Topic` object; separate publishers race on
-``head`` and retry, so share one :class:`Topic` between threads); payloads
+write in parallel: one transaction per etcd commit, carrying one message, or
+in batched format every message waiting in that :class:`Topic` object;
+separate publishers race on ``head`` and retry, so share one :class:`Topic`
+between threads); payloads
 are bytes of at most ``max_payload`` (default 64 KiB, at most 1 MiB); ``published_at`` is
 the publisher's wall clock. Deleting ``head`` resets the sequence:
 restart subscribers after doing that.
@@ -72,25 +83,34 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..coord.base import Backend
-from ..coord.types import Delete, Get, KeyValue, Op, Put, missing, mod_revision, prefix_end
+from ..coord.types import Delete, Get, Op, Put, missing, mod_revision, prefix_end
 from .counter import ConflictRetry, parse_count
+from .topic_format import (  # noqa: F401  (the keys and ids are part of this module's API)
+    ID_SCALE,
+    BadTopicFormat,
+    IdFormat,
+    Message,
+    MessageId,
+    is_message_key,
+    message_from,
+    message_id,
+    parse_message_key,
+    read_format,
+    resolve_format,
+)
 
 if TYPE_CHECKING:
     from .topic_subscribe import Subscription
 
 log = logging.getLogger(__name__)
 
-MessageId = int
 MAX_PAYLOAD_LIMIT = 1 << 20  # etcd's default request limit is 1.5 MiB
-ID_SCALE = 1000  # ids per store revision: id = revision * ID_SCALE + offset in the transaction
 MAX_BATCH = 100  # messages per transaction: etcd's --max-txn-ops defaults to 128 (head + deletes)
 MAX_BATCH_BYTES = MAX_PAYLOAD_LIMIT  # payload per transaction, under etcd's 1.5 MiB request limit
 _PAGE = 256
@@ -98,47 +118,6 @@ _PAGE = 256
 
 class PayloadTooLarge(ValueError):
     """A payload is bigger than the topic's ``max_payload``."""
-
-
-@dataclass(frozen=True)
-class Message:
-    id: MessageId  # revision * ID_SCALE + offset (see message_id)
-    data: bytes
-    published_at: float  # Unix seconds, publisher's clock
-    seq: int = 0  # per-topic sequence number (dense, starts at 1)
-
-
-_KEY_TAIL = re.compile(r"(\d{1,20})-(\d{1,15})(?:-(\d{1,3}))?")  # <seq>-<ms>[-<off>]
-
-
-def is_message_key(key: str) -> bool:
-    """False for anything else written under ``msg/`` (readers skip it)."""
-    return _KEY_TAIL.fullmatch(key.rsplit("/", 1)[-1]) is not None
-
-
-def parse_message_key(key: str) -> tuple[int, float]:
-    """(sequence, published_at) from ``.../msg/<seq>-<ms>[-<off>]``;
-    ValueError if ``key`` is not a message key."""
-    match = _KEY_TAIL.fullmatch(key.rsplit("/", 1)[-1])
-    if match is None:
-        raise ValueError(f"not a topic message key: {key!r}")
-    return int(match[1]), int(match[2]) / 1000.0
-
-
-def message_id(kv: KeyValue) -> MessageId:
-    """The id of the message stored in ``kv``: ``create_revision * ID_SCALE
-    + offset``, or the plain create revision for a key without an offset
-    (written before batching, so smaller than every later id; also for a
-    key that is not a message key, so counting never raises)."""
-    match = _KEY_TAIL.fullmatch(kv.key.rsplit("/", 1)[-1])
-    if match is None or match[3] is None:
-        return kv.create_revision
-    return kv.create_revision * ID_SCALE + int(match[3])
-
-
-def message_from(kv: KeyValue) -> Message:
-    seq, published_at = parse_message_key(kv.key)
-    return Message(id=message_id(kv), data=kv.value, published_at=published_at, seq=seq)
 
 
 class _Call:
@@ -157,11 +136,13 @@ class _Call:
 
 
 class Topic:
-    """A topic at ``prefix``; see module docstring. Thread-safe."""
+    """A topic at ``prefix``; see module docstring. Thread-safe. ``batched``:
+    record the batched id format if this publisher is the topic's first
+    (otherwise, and by default, it follows the format the topic records)."""
 
     def __init__(self, backend: Backend, prefix: str, *, retention: float = 3600.0,
                  max_messages: int = 10000, max_payload: int = 65536, trim_every: int = 256,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, batched: bool = False):
         if not 0 < max_payload <= MAX_PAYLOAD_LIMIT:
             raise ValueError(f"max_payload must be in 1..{MAX_PAYLOAD_LIMIT}, got {max_payload}")
         if max_messages < 1 or retention <= 0:
@@ -173,6 +154,8 @@ class Topic:
         self.max_payload = int(max_payload)
         self.trim_every = trim_every
         self.clock = clock
+        self.batched = batched  # the format wanted if this publisher creates the topic
+        self.format_key = self.prefix + "format"
         self.head_key = self.prefix + "head"
         self.msg_prefix = self.prefix + "msg/"
         self.msg_end = prefix_end(self.msg_prefix)
@@ -180,6 +163,7 @@ class Topic:
         self._waiting: collections.deque[tuple[_Call, int]] = collections.deque()  # (call, index)
         self._committing = False  # one caller at a time sends the waiting messages
         self._head = (0, 0)  # (mod revision, seq) of head as last seen; 0: missing
+        self._format: tuple[IdFormat, int] | None = None  # and the key's mod revision, once read
         self._published = 0
         self._next_trim_at = 0.0  # wall time; 0: trim on the first publish
 
@@ -198,12 +182,15 @@ class Topic:
     def publish(self, data: bytes) -> MessageId:
         """Store ``data`` as the next message and return its id once
         committed. Raises :class:`PayloadTooLarge` before writing anything
-        if it is too big. Concurrent callers share transactions."""
+        if it is too big. Concurrent callers share transactions in the
+        batched format only; in the revision format the id is the store
+        revision of this message's own transaction."""
         return self.publish_many([data])[0]
 
     def publish_many(self, payloads: Iterable[bytes]) -> list[MessageId]:
-        """Store ``payloads`` as messages, in this order, in as few
-        transactions as the batch limits allow (another publisher's messages
+        """Store ``payloads`` as messages, in this order, one transaction
+        each (revision format) or in as few transactions as the batch limits
+        allow (batched format), in the topic's format (another publisher's messages
         may come between two of them), and return their ids once all are
         committed. Every payload is checked before anything is
         written. If a transaction fails, its error is raised and the rest of
@@ -221,9 +208,11 @@ class Topic:
                 if call.settled:
                     break
                 self._committing = True
-                batch = self._take_batch()
             try:
-                due = self._commit(batch) or due
+                if self._load_format(call):
+                    with self._lock:
+                        batch = self._take_batch()
+                    due = self._commit(batch) or due
             finally:
                 with self._lock:
                     self._committing = False
@@ -247,12 +236,37 @@ class Topic:
                                   f"of {self.max_payload} bytes ({self.prefix})")
         return data
 
+    @property
+    def id_format(self) -> IdFormat | None:
+        """The topic's id format as this publisher last read it (None before its first publish)."""
+        return self._format[0] if self._format else None
+
+    def _load_format(self, call: _Call) -> bool:
+        """Read (or record) the topic's format unless known; on failure
+        fail ``call`` (its waiting messages are then skipped) and say False."""
+        if self._format is not None:
+            return True
+        try:
+            self._format = resolve_format(self.backend, self.prefix, batched=self.batched)
+        except BaseException as exc:
+            with self._lock:
+                call.error = call.error or exc
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        if self.batched and self._format[0] is not IdFormat.BATCHED:
+            log.info("topic %s: recorded in %s format: publishing one message per transaction",
+                     self.prefix, self._format[0].value)
+        return True
+
     def _take_batch(self) -> list[tuple[_Call, int]]:
         """The oldest waiting messages that fit one transaction (at least
-        one), skipping those of calls that already failed. Under the lock."""
+        one; exactly one in revision format), skipping those of calls that
+        already failed. Under the lock, with the format known."""
         batch: list[tuple[_Call, int]] = []
         size = 0
-        while self._waiting and len(batch) < MAX_BATCH:
+        limit = MAX_BATCH if self._format and self._format[0] is IdFormat.BATCHED else 1
+        while self._waiting and len(batch) < limit:
             call, index = self._waiting[0]
             length = len(call.payloads[index])
             if call.error is None and batch and size + length > MAX_BATCH_BYTES:
@@ -270,7 +284,7 @@ class Topic:
         if not batch:
             return False
         try:
-            revision, last_seq = self._write(batch)
+            written = self._write(batch)
         except BaseException as exc:  # raised by the callers it belongs to (who wait for it)
             with self._lock:
                 for call, _ in batch:
@@ -279,33 +293,46 @@ class Topic:
                 raise  # KeyboardInterrupt, SystemExit: this thread stops too
             return False
         with self._lock:
-            for offset, (call, _) in enumerate(batch):
-                call.ids.append(revision * ID_SCALE + offset)  # a call's messages come in order
+            if written is None:  # the format changed: send them again in the new one
+                self._waiting.extendleft(reversed(batch))
+                return False
+            revision, last_seq, batched = written
+            for offset, (call, _) in enumerate(batch):  # a call's messages come in order
+                call.ids.append(revision * ID_SCALE + offset if batched else revision)
             if revision > self._head[0]:
                 self._head = (revision, last_seq)
             before, self._published = self._published, self._published + len(batch)
             return (before // self.trim_every != self._published // self.trim_every
                     or self.clock() >= self._next_trim_at)
 
-    def _write(self, batch: list[tuple[_Call, int]]) -> tuple[int, int]:
-        """One transaction writing ``batch`` after the current head; return
-        (its revision, the last sequence number it wrote)."""
+    def _write(self, batch: list[tuple[_Call, int]]) -> tuple[int, int, bool] | None:
+        """One transaction writing ``batch`` after the current head in the
+        topic's format; return (its revision, the last sequence number it
+        wrote, whether batched), or None (nothing written, format forgotten)
+        if the ``format`` key changed since it was read."""
         backoff = ConflictRetry(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
+        assert self._format is not None
+        id_format, format_mod = self._format
+        batched = id_format is IdFormat.BATCHED
         while True:
             last = head_seq + len(batch)
             ms = int(self.clock() * 1000)
-            guard = mod_revision(self.head_key, "=", head_mod) if head_mod else missing(self.head_key)
+            guards = [mod_revision(self.format_key, "=", format_mod),
+                      mod_revision(self.head_key, "=", head_mod) if head_mod else missing(self.head_key)]
             ops: list[Op] = [Put(self.head_key, str(last).encode())]
-            ops += [Put(f"{self.seq_key(head_seq + 1 + offset)}-{ms:013d}-{offset:03d}", call.payloads[index])
-                    for offset, (call, index) in enumerate(batch)]
+            ops += [Put(f"{self.seq_key(head_seq + 1 + offset)}-{ms:013d}" + (f"-{offset:03d}" if batched else ""),
+                        call.payloads[index]) for offset, (call, index) in enumerate(batch)]
             if last > self.max_messages:  # keep the newest max_messages, in the same write
                 ops.append(Delete(self.msg_prefix, self.seq_key(last - self.max_messages + 1)))
-            result = self.backend.txn([guard], ops, [Get(self.head_key)])
+            result = self.backend.txn(guards, ops, [Get(self.head_key), Get(self.format_key)])
             if result.succeeded:
-                return result.revision, last
-            fresh = result.responses[0]
+                return result.revision, last, batched
+            fresh, recorded = result.responses
+            if not recorded or recorded[0].mod_revision != format_mod:
+                self._format = None  # resolved again by the next round of publish_many
+                return None
             head = fresh[0] if fresh else None
             if backoff.wait() > 0.001:  # paused: the head we got is likely stale
                 head = self.backend.get(self.head_key)
@@ -384,7 +411,13 @@ class Topic:
 
     def _head_revision(self, revision: int) -> int:
         head = self.backend.range(self.head_key, revision=revision)
-        return head.kvs[0].mod_revision * ID_SCALE if head.kvs else 0  # the last batch's first id
+        if not head.kvs:
+            return 0
+        try:
+            batched = read_format(self.backend, self.prefix, revision=revision) is IdFormat.BATCHED
+        except BadTopicFormat:  # only decides whether to warn
+            batched = False
+        return head.kvs[0].mod_revision * (ID_SCALE if batched else 1)  # the last write's first id
 
 
 def __getattr__(name: str):

@@ -183,6 +183,8 @@ class Operations:
     def _topic_backlog(self) -> dict[str, int]:
         """Unprocessed messages per topic role (queue: of its group; broadcast: after this
         member's cursor). Runs on the HTTP thread, so etcd reads are fine here."""
+        from ..recipes.topic import message_id  # several messages share a revision: the id is in the key
+
         sup = self.sup
         roles = [r for r in sup.config.roles.values() if r.type.value == "topic"]
         backlog = {}
@@ -194,10 +196,10 @@ class Operations:
                 cursor = sup.backend.get(f"{prefix}cursors/{role.name}/{sup.config.member.id}")
                 after = int(cursor.value) if cursor is not None and cursor.value.isdigit() else 0
                 backlog[role.name] = sum(1 for kv in kvs if kv.key.startswith(prefix + "msg/")
-                                         and kv.create_revision > after)
+                                         and message_id(kv) > after)
                 continue
             # queue: retained messages without the group's done marker (as status counts them)
-            retained = {kv.create_revision for kv in kvs if kv.key.startswith(prefix + "msg/")}
+            retained = {message_id(kv) for kv in kvs if kv.key.startswith(prefix + "msg/")}
             done_prefix = f"{prefix}done/{role.name}/"
             done = {int(tail) for kv in kvs if kv.key.startswith(done_prefix)
                     and (tail := kv.key[len(done_prefix):]).isdigit()}
