@@ -70,7 +70,7 @@ def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None
             shards: int = 0) -> float:
     """Wait until each of ``members`` runs one child with COUNT=len(members) and the
     indices are 0..N-1 (with ``shards``: the shards 0..S-1 each run exactly once, on
-    ``members`` only); return the start time of the newest of those children.
+    ``members`` only, each member running one or more if S >= N); return the start time of the newest of those children.
     With ``alive``, a supervisor of ``members`` that exited aborts the wait."""
     count = shards or len(members)
 
@@ -81,7 +81,8 @@ def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None
                 raise BenchTimeout(f"supervisor {member_id} exited: {log.splitlines()[-1] if log else '?'}")
         live = [r for r in live_children(fleet.record, "worker") if r["count"] == str(count)]
         owners = {r["member_id"] for r in live}
-        if (owners <= members if shards else owners == members) and \
+        # fixed shards, at least as many as members: every member owns one or more
+        if (owners == members if count >= len(members) else owners <= members) and \
                 sorted(int(r["index"]) for r in live) == list(range(count)):
             return max(r["t"] for r in live)
         return None
