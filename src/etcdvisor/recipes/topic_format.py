@@ -111,7 +111,7 @@ def resolve_format(backend: Backend, prefix: str, *, batched: bool) -> tuple[IdF
     only_if_new = True  # a topic already published to keeps the format of its keys
     for _ in range(100):  # each round either writes the key or reads it; only deletions loop
         guards = [missing(format_key)] + ([missing(head_key)] if only_if_new else [])
-        result = backend.txn(guards, [Put(format_key, want.value)], [Get(format_key), Get(head_key)])
+        result = backend.txn(guards, [Put(format_key, want.value.encode())], [Get(format_key), Get(head_key)])
         if result.succeeded:
             return want, result.revision
         found, head = (r[0] if r else None for r in result.responses)
