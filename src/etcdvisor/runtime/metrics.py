@@ -219,8 +219,10 @@ class _SnapshotCollector:
                 leader.add_metric([role], 1.0 if status.get("leader") else 0.0)
             if status.get("type") == "sharded" and status.get("index") is not None:
                 index.add_metric([role], float(status["index"]))
-            if status.get("type") == "sharded" and status.get("count") is not None:
-                count.add_metric([role], float(status["count"]))  # fixed shards too: COUNT = shards
+            # join order: COUNT once this member has an INDEX; fixed shards: always N
+            owns = status.get("index") is not None or status.get("shards") is not None
+            if status.get("type") == "sharded" and owns and status.get("count") is not None:
+                count.add_metric([role], float(status["count"]))
             paused.add_metric([role], 1.0 if role in snap.paused else 0.0)
             failed.add_metric([role], 1.0 if status.get("failed") else 0.0)
         yield from (up, leader, paused, failed, index, count)
