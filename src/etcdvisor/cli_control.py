@@ -116,6 +116,13 @@ def cmd_control(args, target: Target) -> int:
                      f", index {index}" if index is not None else ""])
     print(f"role {args.role}: {args.verb}{scope} (by {record['who']} at {record['at']}, "
           f"revision {revision})")
+    if args.verb in (control.TRIGGER, control.RESTART, control.RESET) and \
+            target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
+        # nothing of a paused role starts: say so rather than let the operator wait
+        later = (f"it runs after 'supervisor resume {args.role}' if that comes within "
+                 f"{control.TRIGGER_MAX_AGE:g}s") if args.verb == control.TRIGGER else \
+            f"its children start after 'supervisor resume {args.role}'"
+        print(f"role {args.role}: note: the role is paused; {later}")
     return EXIT_OK
 
 

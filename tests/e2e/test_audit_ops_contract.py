@@ -66,3 +66,23 @@ def test_processes_children_have_unique_slots_and_restart_by_index(fleet, record
     port = ports[target["member_id"]]
     wait_for(lambda: (scrape(port) or scrape(port)).value(
         "etcdvisor_child_restarts_total", role="worker") == 1, 15, "restarts_total to count it")
+
+
+def test_commands_to_a_paused_role_say_when_they_take_effect(fleet, recorder, etcd_url):
+    from etcdvisor.coord import open_backend
+
+    config = fleet.write_config({"tick": recorder.role("cron", schedule="@every 1h")})
+    backend = open_backend(etcd_url)
+    try:  # the cluster exists (members come later, e.g. a pause before a deploy)
+        backend.put(f"/etcdvisor/{fleet.cluster}/marker", b"x")
+    finally:
+        backend.close()
+    before = cli("trigger", "tick", "-c", str(config))
+    assert before.returncode == 0 and b"paused" not in before.stdout
+    assert cli("pause", "tick", "-c", str(config)).returncode == 0
+    during = cli("trigger", "tick", "-c", str(config))
+    assert during.returncode == 0, during.stderr
+    assert b"note: the role is paused" in during.stdout and b"supervisor resume tick" in during.stdout
+    assert cli("resume", "tick", "-c", str(config)).returncode == 0
+    after = cli("trigger", "tick", "-c", str(config))
+    assert after.returncode == 0 and b"paused" not in after.stdout
