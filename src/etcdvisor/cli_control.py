@@ -37,11 +37,14 @@ from .coord.keys import ROOT
 
 # --- checks shared with status / rerun ----------------------------------------------------
 def existing_clusters(backend) -> list[str]:
-    """Names of the clusters that have any key under ``/etcdvisor/``."""
+    """Names of the clusters that have any key under ``/etcdvisor/`` (not ``_shared``,
+    the global config scope: no cluster name starts with ``_``)."""
+    from .cli_ops import CLUSTER_NAME
+
     names = set()
     for kv in backend.get_prefix(ROOT, keys_only=True).kvs:
         names.add(kv.key[len(ROOT):].split("/", 1)[0])
-    return sorted(names)
+    return sorted(name for name in names if CLUSTER_NAME.fullmatch(name))
 
 
 def require_cluster(target: Target) -> None:
