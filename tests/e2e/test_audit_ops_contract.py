@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import pid_alive, wait_for
 from .harness_ops import free_port, scrape
-from .harness_roles import cli, recorder  # noqa: F401
+from .harness_roles import cli, recorder, status_json  # noqa: F401
 
 pytestmark = [pytest.mark.etcd]
 
@@ -25,9 +25,10 @@ def live(recorder, role: str) -> list[dict]:
     return [r for r in recorder.starts(role) if pid_alive(r["pid"], r["t"])]
 
 
-def test_processes_children_have_unique_slots_and_restart_by_index(fleet, recorder):
+@pytest.mark.parametrize("handoff", ["fenced", "overlap"])  # overlap keys children p0, p1
+def test_processes_children_have_unique_slots_and_restart_by_index(fleet, recorder, handoff):
     config = fleet.write_config({
-        "worker": recorder.role("sharded", sleep=600, settle=0, processes=2),
+        "worker": recorder.role("sharded", sleep=600, settle=0, processes=2, handoff=handoff),
         "tick": recorder.role("cron", schedule="@every 1h", sleep=0),
     })
     ports = {m: free_port() for m in ("m0", "m1")}
@@ -63,6 +64,9 @@ def test_processes_children_have_unique_slots_and_restart_by_index(fleet, record
     time.sleep(1.0)
     others = {r["pid"] for r in first if r["index"] != "3"}
     assert others <= {r["pid"] for r in live(recorder, "worker")}, "other indexes restarted"
+    status = status_json(config)["members"]
+    children = {m["member"]: m["roles"]["worker"]["children"] for m in status}
+    assert sorted(c["index"] for cs in children.values() for c in cs.values()) == [0, 1, 2, 3]
     port = ports[target["member_id"]]
     wait_for(lambda: (scrape(port) or scrape(port)).value(
         "etcdvisor_child_restarts_total", role="worker") == 1, 15, "restarts_total to count it")

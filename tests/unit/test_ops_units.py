@@ -295,6 +295,9 @@ def test_child_up_has_one_series_per_child_and_fixed_shards_report_count():
     assert child_indexes("shard-5", {}) == {5}
     assert child_indexes("shards-2-abcd", {"shards": [4, 9]}) == {4, 9}
     assert child_indexes("api", {}) == frozenset()
+    # overlap hand-off keys children by position (p0, p1): the child's own INDEX counts
+    overlap = {"children": {"p1": {"state": "running", "index": 7}}}
+    assert child_indexes("p1", overlap) == {7} and slot_label("p1", overlap) == "7"
     assert [slot_label(k, {"shards": [1]}) for k in ("3/8", "shard-5", "shards-1-ab", "api")] == \
         ["3", "5", "shards-1-ab", "api"]
     metrics = Metrics(clock=Clock())

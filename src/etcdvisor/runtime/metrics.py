@@ -54,9 +54,13 @@ class Snapshot:
 
 def child_indexes(key: str, status: dict[str, Any]) -> frozenset[int]:
     """The INDEX values (join order) or shards (fixed shards) one child of a sharded
-    role covers, from its slot key: ``3/8`` -> {3}, ``shard-5`` -> {5}, a per-member
-    ``shards-K-HASH`` child -> the member's ``shards``; empty for other roles. Keys per
-    child, not the member's first ``index``: with ``processes: k`` a member runs k."""
+    role covers: its own ``index`` in the role's status (the child's INDEX), else from
+    its slot key (``3/8``, ``shard-5``); a per-member ``shards-K-HASH`` child covers
+    the member's ``shards``; empty for other roles. Per child, not the member's first
+    ``index``: with ``processes: k`` a member runs k children."""
+    entry = (status.get("children") or {}).get(key) or {}
+    if isinstance(entry.get("index"), int):
+        return frozenset({entry["index"]})
     head, sep, tail = key.partition("/")
     if sep and head.isdigit() and tail.isdigit():
         return frozenset({int(head)})

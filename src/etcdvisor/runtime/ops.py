@@ -18,10 +18,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..coord.session import SessionEvent, SessionEventKind
-from ..process.slot import Exited, SlotEvent, Started, Stopped
+from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
 from . import control
 from .health import Health
-from .metrics import Metrics, NullMetrics, Snapshot, child_indexes, exit_code_label
+from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
 
 if TYPE_CHECKING:
     from .http import OpsServer
@@ -149,14 +149,13 @@ class Operations:
             return
         runner = self.sup.runners[command.role]
         index = command.record.get("index")
-        status = self.sup.roster.status(runner) if index is not None else {}
         now = self.sup.clock()
         restarted = []
         for owner, key, slot in self.sup.reconciler.children():
             if owner is not runner:
                 continue
             # per child: with ``processes: k`` or fixed shards a member runs several indexes
-            if index is not None and index not in child_indexes(key, status):
+            if index is not None and index not in _child_indexes(slot):
                 continue
             if slot.restart_child(now):
                 self._restart_pending.add(slot.name)
@@ -211,3 +210,14 @@ class Operations:
                     and (tail := kv.key[len(done_prefix):]).isdigit()}
             backlog[role.name] = len(retained - done)
         return backlog
+
+
+def _child_indexes(slot: Slot) -> set[int]:
+    """The INDEX (join order, per-shard child) or SHARDS (per-member child) of the
+    child a slot runs, from its environment: what ``restart --index I`` matches."""
+    spec = slot.child.spec if slot.child is not None else slot.desired
+    if spec is None:
+        return set()
+    found = {int(spec.env["INDEX"])} if spec.env.get("INDEX", "").isdigit() else set()
+    found.update(int(s) for s in spec.env.get("SHARDS", "").split(",") if s.isdigit())
+    return found
