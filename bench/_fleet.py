@@ -17,6 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "examples" / "worker.py"
+SH_WORKER = REPO / "bench" / "sh_worker.sh"
 IDLE_CHILD = ["sleep", "1000000"]
 
 
@@ -72,8 +73,11 @@ class Fleet:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
-    def worker_role(self, type_: str, **keys) -> dict:
-        return {"type": type_, "command": [sys.executable, str(WORKER)],
+    def worker_role(self, type_: str, child: str = "python", **keys) -> dict:
+        """``child``: "python" (examples/worker.py) or "sh" (bench/sh_worker.sh: the same
+        records without an interpreter start-up, to time the supervisors, not the children)."""
+        command = ["/bin/sh", str(SH_WORKER)] if child == "sh" else [sys.executable, str(WORKER)]
+        return {"type": type_, "command": command,
                 "env": {"WORK_RECORD": str(self.record), "WORK_INTERVAL": "1000"},
                 "stop_timeout": "0.5s", **keys}
 

@@ -27,7 +27,9 @@ and its own processes in a temp directory::
    on its own row.
 
 Children are ``examples/worker.py``, which appends JSON lines (start/stop, pid, env)
-to $WORK_RECORD; all times are wall-clock (time.time()) on one machine.
+to $WORK_RECORD (``--child sh``: ``bench/sh_worker.sh`` for the reshard, the same lines
+from /bin/sh, so that N-1 interpreter start-ups do not dominate the reshard time);
+all times are wall-clock (time.time()) on one machine.
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ from etcdvisor.testing import EtcdServer, wait_for
 JOIN_BATCH = 5
 
 
-def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None = None) -> float:
+def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None = None,
+            shards: int = 0) -> float:
     """Wait until each of ``members`` runs one child with COUNT=len(members) and the
-    indices are 0..N-1; return the start time of the newest of those children.
+    indices are 0..N-1 (with ``shards``: the shards 0..S-1 each run exactly once, on
+    ``members`` only, each member running one or more if S >= N); return the start time of the newest of those children.
     With ``alive``, a supervisor of ``members`` that exited aborts the wait."""
-    count = len(members)
+    count = shards or len(members)
 
     def check():
         for member_id in members if alive is not None else ():
@@ -76,7 +80,9 @@ def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None
                 log = (alive.dir / f"{member_id}.out").read_text(errors="replace").strip()
                 raise BenchTimeout(f"supervisor {member_id} exited: {log.splitlines()[-1] if log else '?'}")
         live = [r for r in live_children(fleet.record, "worker") if r["count"] == str(count)]
-        if {r["member_id"] for r in live} == members and \
+        owners = {r["member_id"] for r in live}
+        # fixed shards, at least as many as members: every member owns one or more
+        if (owners == members if count >= len(members) else owners <= members) and \
                 sorted(int(r["index"]) for r in live) == list(range(count)):
             return max(r["t"] for r in live)
         return None
@@ -84,20 +90,22 @@ def settled(fleet: Fleet, members: set[str], timeout: float, alive: Fleet | None
     return wait_for(check, timeout, f"{count} members settled")
 
 
-def newest_fork(fleet: Fleet, members: set[str]) -> float:
+def newest_fork(fleet: Fleet, members: set[str], shards: int = 0) -> float:
     """When the newest of the members' running children was forked."""
-    count = str(len(members))
+    count = str(shards or len(members))
     return max(fork_time(r["pid"]) for r in live_children(fleet.record, "worker")
                if r["count"] == count and r["member_id"] in members)
 
 
 def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl: int,
-                  leaves: int = 5) -> dict:
+                  leaves: int = 5, child: str = "python", shards: int = 0) -> dict:
     """Clean leaves one after the other (N -> N-leaves), then one crash; etcd's
     load in a quiet window and per membership change (from its /metrics)."""
     fleet = Fleet(workdir, etcd_url, "reshard")
     try:
-        config = fleet.config({"worker": fleet.worker_role("sharded", settle=f"{settle}s")}, ttl)
+        keys = {"shards": shards} if shards else {}
+        config = fleet.config({"worker": fleet.worker_role("sharded", child=child, settle=f"{settle}s", **keys)},
+                              ttl)
         ids: set[str] = set()
         began = time.monotonic()
         for first in range(0, members, JOIN_BATCH):  # see JOIN_BATCH
@@ -105,7 +113,7 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
             for member_id in batch:
                 fleet.start(member_id, config)
             ids.update(batch)
-            settled(fleet, ids, timeout=60 + members, alive=fleet)
+            settled(fleet, ids, timeout=60 + members, alive=fleet, shards=shards)
         join_seconds = time.monotonic() - began
         time.sleep(settle + 1.5)
         quiet = _quiet_load(etcd_url, seconds=10.0)
@@ -117,14 +125,14 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
             victim_child = [r["pid"] for r in live_children(fleet.record, "worker") if r["member_id"] == victim]
             sent = time.time()
             fleet.procs[victim].send_signal(signal.SIGTERM)
-            reaped = _wait_reaped(victim_child[0], 30) if victim_child else float("nan")
+            reaped = max((_wait_reaped(pid, 30) for pid in victim_child), default=float("nan"))
             fleet.procs[victim].wait(30)
             exited = time.time()
             ids.discard(victim)
-            done = settled(fleet, ids, timeout=30)
+            done = settled(fleet, ids, timeout=30, shards=shards)
             leave_times.append(done - exited)
             signal_times.append(done - sent)
-            fork_times.append(newest_fork(fleet, ids) - reaped)
+            fork_times.append(newest_fork(fleet, ids, shards) - reaped)
             time.sleep(settle + 1.0)  # the tail of the change (late watch events, claims)
             change = delta(before, scrape(etcd_url))
             window = time.monotonic() - t0
@@ -138,8 +146,9 @@ def bench_reshard(workdir: Path, etcd_url: str, members: int, settle: float, ttl
         fleet.procs[crash_victim].kill()
         fleet.procs[crash_victim].wait()
         ids.discard(crash_victim)
-        crash_done = settled(fleet, ids, timeout=ttl + 30 + members)
-        return {"members": members, "join_all_s": join_seconds, "leaves": len(leave_times),
+        crash_done = settled(fleet, ids, timeout=ttl + 30 + members, shards=shards)
+        return {"members": members, "child": child, "shards": shards, "join_all_s": join_seconds,
+                "leaves": len(leave_times),
                 "leave_from_exit": leave_times, "leave_from_signal": signal_times,
                 "leave_minus_settle_p99": percentile([t - settle for t in leave_times], 0.99),
                 "leave_forked_from_reaped": fork_times,
@@ -235,7 +244,8 @@ def _leader(fleet: Fleet, above: int) -> dict | None:
 
 def report_reshard(res: dict, args) -> None:
     settle = args.settle
-    print(f"\n[1] reshard latency, {args.members} members, sharded role "
+    kind = f"fixed shards ({args.shards})" if args.shards else "join order"
+    print(f"\n[1] reshard latency, {args.members} members, sharded role, {kind}, {args.child} children "
           f"(settle {settle}s, ttl {args.ttl}s, stop_timeout 0.5s); all joined in {res['join_all_s']:.1f}s")
     print(f"  {res['leaves']} clean leaves (SIGTERM) -> the others run the new COUNT, after the "
           f"supervisor exited: {', '.join(f'{t:.2f}' for t in res['leave_from_exit'])}s; "
@@ -282,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=0.5)
     parser.add_argument("--ttl", type=int, default=4,
                         help="member.ttl (4 is the smallest the slack rule accepts with stop_timeout 0.5s)")
+    parser.add_argument("--child", choices=["python", "sh"], default="python",
+                        help="reshard children: examples/worker.py, or bench/sh_worker.sh (no interpreter "
+                             "start-up: times the supervisors rather than N-1 Python start-ups)")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="reshard a fixed-shard role (shards: S) instead of join order")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--skip", action="append", default=[],
@@ -299,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "reshard" not in args.skip:
             figures["reshard"] = bench_reshard(workdir, etcd.url, args.members, args.settle, args.ttl,
-                                               args.leaves)
+                                               args.leaves, args.child, args.shards)
             report_reshard(figures["reshard"], args)
         for how, skip in (("kill", "failover"), ("term", "handoff")):
             if skip not in args.skip:
