@@ -90,3 +90,21 @@ def test_commands_to_a_paused_role_say_when_they_take_effect(fleet, recorder, et
     assert cli("resume", "tick", "-c", str(config)).returncode == 0
     after = cli("trigger", "tick", "-c", str(config))
     assert after.returncode == 0 and b"paused" not in after.stdout
+
+
+def test_json_lines_about_a_childs_config_name_its_role_and_slot(fleet, recorder):
+    from .harness_ops import json_lines
+
+    config = fleet.write_config({"api": recorder.role(
+        "sharded", settle=0, command=["sh", "-c", "trap '' HUP; echo up; exec sleep 600"],
+        config={"LOG_LEVEL": {"item": "log.level", "default": "info", "on_change": "signal:HUP"}})},
+        log={"format": "json"})
+    member = fleet.start("m0", config)
+    member.wait_output("up", 30)
+    assert cli("config", "set", "log.level", "debug", "-c", str(config)).returncode == 0
+    member.wait_output("config file rewritten; sent SIGHUP", 15)
+    lines = json_lines(member.output())
+    sent = [d for d in lines if "config file rewritten" in d["msg"]]
+    assert sent and all((d["role"], d["slot"]) == ("api", "0") for d in sent), sent
+    changed = [d for d in lines if "config changed" in d["msg"]]
+    assert changed and all(d["role"] == "api" for d in changed), changed
