@@ -319,3 +319,15 @@ def test_child_up_has_one_series_per_child_and_fixed_shards_report_count():
         assert values[("etcdvisor_child_restarts_total", (("role", role),))] == 0
     assert values[("etcdvisor_cron_runs_total", (("outcome", "succeeded"), ("role", "tick")))] == 0
     assert values[("etcdvisor_topic_messages_total", (("outcome", "done"), ("role", "q")))] == 0
+
+
+def test_usage_mistakes_are_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    for argv in (["restart", "worker", "--index", "abc"], [], ["frob"], ["config", "set", "--global",
+                                                                      "--member", "m", "a", "b"]):
+        done = subprocess.run([sys.executable, "-m", "etcdvisor", *argv], capture_output=True, timeout=60)
+        assert done.returncode == 2, argv
+        lines = done.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: supervisor"), (argv, lines)
