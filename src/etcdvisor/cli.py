@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from . import __version__
 
@@ -100,13 +101,21 @@ def _run_overrides(config, args):
     return dataclasses.replace(config, log=log, http=http)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit 2, like every other error
+    (argparse prints the whole usage block first); ``--help`` still shows it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _program_name() -> str:
     name = os.path.basename(sys.argv[0])
     return "supervisor" if name in ("", "__main__.py", "cli.py", "-c") else name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=_program_name(),
         description="Declarative process supervisor for fleets of workers, coordinated through etcd.")
     parser.add_argument("--version", action="version", version=f"etcdvisor {__version__}")

@@ -37,11 +37,14 @@ from .coord.keys import ROOT
 
 # --- checks shared with status / rerun ----------------------------------------------------
 def existing_clusters(backend) -> list[str]:
-    """Names of the clusters that have any key under ``/etcdvisor/``."""
+    """Names of the clusters that have any key under ``/etcdvisor/`` (not ``_shared``,
+    the global config scope: no cluster name starts with ``_``)."""
+    from .cli_ops import CLUSTER_NAME
+
     names = set()
     for kv in backend.get_prefix(ROOT, keys_only=True).kvs:
         names.add(kv.key[len(ROOT):].split("/", 1)[0])
-    return sorted(names)
+    return sorted(name for name in names if CLUSTER_NAME.fullmatch(name))
 
 
 def require_cluster(target: Target) -> None:
@@ -116,6 +119,13 @@ def cmd_control(args, target: Target) -> int:
                      f", index {index}" if index is not None else ""])
     print(f"role {args.role}: {args.verb}{scope} (by {record['who']} at {record['at']}, "
           f"revision {revision})")
+    if args.verb in (control.TRIGGER, control.RESTART, control.RESET) and \
+            target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
+        # nothing of a paused role starts: say so rather than let the operator wait
+        later = (f"it runs after 'supervisor resume {args.role}' if that comes within "
+                 f"{control.TRIGGER_MAX_AGE:g}s") if args.verb == control.TRIGGER else \
+            f"its children start after 'supervisor resume {args.role}'"
+        print(f"role {args.role}: note: the role is paused; {later}")
     return EXIT_OK
 
 

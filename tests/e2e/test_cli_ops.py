@@ -121,14 +121,18 @@ def test_bad_or_embedded_config_is_usage_error(capsys, tmp_path, no_env):
 def test_status_of_a_cluster_without_members_names_the_existing_clusters(capsys, env, cluster, store, keys):
     other = ClusterKeys(cluster + "-other")
     store.put(other.waitgroup("g"), "1")
+    shared = f"/etcdvisor/_shared/config/global/audit-{cluster}"  # the global config scope
+    store.put(shared, "1")
     try:
         for argv in (["status", "--json"], ["status"]):
             code, out, err = run_cli(capsys, *argv)
             assert code == 1 and out == ""
             assert_one_error_line(err)
             assert f"'{cluster}' has no members" in err and cluster + "-other" in err
+            assert "_shared" not in err  # not a cluster
     finally:
         store.delete(other.base, other.base[:-1] + "0")
+        store.delete(shared)
 
 
 def test_status_of_a_cluster_with_one_member(capsys, env, cluster, store, keys):

@@ -190,6 +190,7 @@ SHARDED_PROBLEMS = [
     ({"shards": 0}, "roles.w.shards: must be at least 1, got 0"),
     ({"processes": 0}, "roles.w.processes: must be at least 1, got 0"),
     ({"shards": 4097}, "roles.w.shards: 4097 is more than the limit of 4096 shards"),
+    ({"processes": 100000}, "roles.w.processes: 100000 is more than the limit of 1024 children"),
     ({"handoff": "eager"}, "roles.w.handoff"),
     ({"shards": True}, "roles.w.shards"),
     ({"processes": "2"}, "roles.w.processes"),

@@ -78,6 +78,10 @@ def with_(role, **keys):
      "roles.api.register.meta.a", "unknown placeholder {zone}"),
     ({"api": API, "api2": with_(API, register={"service": "api", "port": 8005})},
      "roles.api2.register.port", "service 'api' is also registered by role 'api'"),
+    ({"api": with_(API, processes=2, register={"service": "api", "port": 8000})},
+     "roles.api.register.port", "several children on one member"),
+    ({"api": with_(API, shards=4, register={"service": "api", "port": 8000})},
+     "roles.api.register.port", "several children on one member"),
     ({"gateway": with_(GATEWAY, peers={"api": {"file": "x", "on_change": "signal:NOPE"}})},
      "roles.gateway.peers.api.on_change", "'NOPE' is not a known signal"),
 ])
@@ -91,6 +95,9 @@ def test_bad_layout_and_distinct_ports(tmp_path):
     assert "config_layout" in problems(tmp_path, {"api": API}, config_layout="consul")[0]
     ok = {"api": API, "admin": with_(API, register={"service": "api", "port": 9000 + 1024})}
     assert load(write(tmp_path, ok)).role("admin").register.port == 10024
+    # one child per member: a fixed port is fine
+    one = {"api": with_(API, shards=4, children="per-member", register={"service": "api", "port": 80})}
+    assert load(write(tmp_path, one)).role("api").register.port == 80
 
 
 def test_peers_of_an_unregistered_service_is_a_warning(tmp_path):

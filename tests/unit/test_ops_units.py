@@ -179,7 +179,7 @@ def test_metrics_exposition_from_a_snapshot_and_counters():
     metrics = Metrics(backlog=lambda: {"thumbs": 4}, clock=clock)
     metrics.publish(Snapshot(roles={
         "worker": {"type": "sharded", "failed": None, "index": 1, "count": 3,
-                   "children": {"worker": {"state": "running"}}},
+                   "children": {"1/3": {"state": "running"}}},
         "api": {"type": "singleton", "failed": "crash loop", "leader": False,
                 "children": {"api": {"state": "backoff"}}},
     }, paused=frozenset({"api"}), lease_alive_sent=99.0, lease_ttl=10, max_stop_timeout=1.0))
@@ -286,3 +286,48 @@ def test_ops_server_answers_survives_a_silent_client_and_stops():
         started = time.monotonic()
         server.stop()
         assert time.monotonic() - started < 3
+
+
+def test_child_up_has_one_series_per_child_and_fixed_shards_report_count():
+    from etcdvisor.runtime.metrics import child_indexes, slot_label
+
+    assert child_indexes("3/8", {}) == {3}
+    assert child_indexes("shard-5", {}) == {5}
+    assert child_indexes("shards-2-abcd", {"shards": [4, 9]}) == {4, 9}
+    assert child_indexes("api", {}) == frozenset()
+    # overlap hand-off keys children by position (p0, p1): the child's own INDEX counts
+    overlap = {"children": {"p1": {"state": "running", "index": 7}}}
+    assert child_indexes("p1", overlap) == {7} and slot_label("p1", overlap) == "7"
+    assert [slot_label(k, {"shards": [1]}) for k in ("3/8", "shard-5", "shards-1-ab", "api")] == \
+        ["3", "5", "shards-1-ab", "api"]
+    metrics = Metrics(clock=Clock())
+    metrics.declare({"worker": "sharded", "shards": "sharded", "tick": "cron", "q": "topic"})
+    metrics.publish(Snapshot(roles={
+        "worker": {"type": "sharded", "index": 2, "count": 4,
+                   "children": {"2/4": {"state": "running"}, "3/4": {"state": "running"}}},
+        "shards": {"type": "sharded", "index": None, "count": 64, "shards": [7, 8],
+                   "children": {"shard-7": {"state": "running"}, "shard-8": {"state": "backoff"}}},
+    }))
+    text = metrics.render().decode()
+    values = parse(text)
+    assert text.count('etcdvisor_child_up{role="worker"') == 2
+    assert values[("etcdvisor_child_up", (("role", "worker"), ("slot", "3")))] == 1
+    assert values[("etcdvisor_child_up", (("role", "shards"), ("slot", "8")))] == 0
+    assert values[("etcdvisor_shard_count", (("role", "shards"),))] == 64
+    assert ("etcdvisor_shard_index", (("role", "shards"),)) not in values
+    for role in ("worker", "shards", "tick", "q"):
+        assert values[("etcdvisor_child_restarts_total", (("role", role),))] == 0
+    assert values[("etcdvisor_cron_runs_total", (("outcome", "succeeded"), ("role", "tick")))] == 0
+    assert values[("etcdvisor_topic_messages_total", (("outcome", "done"), ("role", "q")))] == 0
+
+
+def test_usage_mistakes_are_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    for argv in (["restart", "worker", "--index", "abc"], [], ["frob"], ["config", "set", "--global",
+                                                                      "--member", "m", "a", "b"]):
+        done = subprocess.run([sys.executable, "-m", "etcdvisor", *argv], capture_output=True, timeout=60)
+        assert done.returncode == 2, argv
+        lines = done.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: supervisor"), (argv, lines)

@@ -205,6 +205,7 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 
 MAX_SHARDS = 4096
+MAX_PROCESSES = 1024  # children per member per role: a typo (10000) must not fork-bomb the host
 
 
 def _sharded_fields(check: _RoleChecker) -> dict:
@@ -224,6 +225,9 @@ def _sharded_fields(check: _RoleChecker) -> dict:
     processes = raw.get("processes", DEFAULTS["processes"])
     if processes < 1:
         check.fail("processes", f"must be at least 1, got {processes}")
+    elif processes > MAX_PROCESSES:
+        check.fail("processes", f"{processes} is more than the limit of {MAX_PROCESSES} children "
+                   f"per member")
     return {
         "settle": check.duration("settle", DEFAULTS["settle"], positive=False),
         "handoff": raw.get("handoff", DEFAULTS["handoff"]),

@@ -150,6 +150,15 @@ def _port_range(registration: Registration) -> range:
     return range(first, first + (1 if registration.port is not None else INDEX_SPAN))
 
 
+def _several_per_member(spec) -> bool:
+    """A sharded role with ``processes > 1``, or fixed shards with a child per shard."""
+    if spec.type.value != "sharded":
+        return False
+    if spec.shards is not None:
+        return spec.children == "per-shard" and spec.shards > 1
+    return (spec.processes or 1) > 1
+
+
 def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str = "etcdvisor") -> list[str]:
     """Cross-role checks (``roles``: name -> RoleSpec or None); returns warnings."""
     for name, spec in roles.items():
@@ -161,6 +170,12 @@ def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str 
     for name, spec in roles.items():
         if spec is not None and spec.register is not None:
             registered.setdefault(spec.register.service, []).append((name, spec.register))
+    for name, spec in roles.items():
+        if spec is not None and spec.register is not None and spec.register.port is not None \
+                and _several_per_member(spec):
+            problems.add(("roles", name, "register", "port"),
+                         f"{spec.register.port}: the role can run several children on one member, "
+                         "which would all register this port (use 'BASE + {index}')")
     for service, entries in registered.items():
         for i, (name, mine) in enumerate(entries):
             for other, theirs in entries[:i]:

@@ -210,7 +210,11 @@ class ShardedRunner(RoleRunner):
         else:
             self._overlap_step()
         self._update_phase()
-        return {key: self.ctx.child_spec(self.spec, f"{self.name}[{key}]", child.env)
+        # named role[INDEX] (the log prefix ``worker[3]|``, the JSON ``slot``); the slot
+        # key (``3/8``, ``p0``, ``shard-3``) stays the identity; a per-member child has
+        # no INDEX and keeps its key
+        return {key: self.ctx.child_spec(self.spec, f"{self.name}[{child.env.get('INDEX', key)}]",
+                                         child.env)
                 for key, child in self.running.items()}
 
     def _overlap_step(self) -> None:

@@ -52,6 +52,33 @@ class Snapshot:
     max_stop_timeout: float = 0.0  # of lease-bound roles: the earliest stop decides
 
 
+def child_indexes(key: str, status: dict[str, Any]) -> frozenset[int]:
+    """The INDEX values (join order) or shards (fixed shards) one child of a sharded
+    role covers: its own ``index`` in the role's status (the child's INDEX), else from
+    its slot key (``3/8``, ``shard-5``); a per-member ``shards-K-HASH`` child covers
+    the member's ``shards``; empty for other roles. Per child, not the member's first
+    ``index``: with ``processes: k`` a member runs k children."""
+    entry = (status.get("children") or {}).get(key) or {}
+    if isinstance(entry.get("index"), int):
+        return frozenset({entry["index"]})
+    head, sep, tail = key.partition("/")
+    if sep and head.isdigit() and tail.isdigit():
+        return frozenset({int(head)})
+    if key.startswith("shard-") and key[6:].isdigit():
+        return frozenset({int(key[6:])})
+    if key.startswith("shards-"):
+        return frozenset(int(s) for s in status.get("shards") or ())
+    return frozenset()
+
+
+def slot_label(key: str, status: dict[str, Any]) -> str:
+    """The ``slot`` label of ``etcdvisor_child_up``: the child's INDEX (or shard) when it
+    has exactly one, else its slot key. Unique per child of a member: a duplicate
+    series would make Prometheus reject the whole scrape."""
+    indexes = child_indexes(key, status)
+    return str(next(iter(indexes))) if len(indexes) == 1 and not key.startswith("shards-") else key
+
+
 def exit_code_label(code: int) -> str:
     """``0``, ``1``... or the signal name (``SIGKILL``) of a child killed by a signal."""
     if code < 0:
@@ -84,6 +111,9 @@ class NullMetrics:
     def publish(self, snapshot: Snapshot) -> None:
         pass
 
+    def declare(self, roles: dict[str, str | None]) -> None:
+        pass
+
     def cron_outcome(self, role: str, outcome: str, manual: bool = False) -> None:
         pass
 
@@ -110,6 +140,7 @@ class Metrics:
                                       ["role", "outcome"], registry=reg)
         self.etcd_errors = Counter("etcdvisor_etcd_errors", "Failed or lost etcd interactions, by "
                                    "kind", ["kind"], registry=reg)
+        self.etcd_errors.labels("keepalive")  # the one kind every member can have: 0 from the start
         self.keepalive_rtt = Histogram("etcdvisor_lease_keepalive_rtt_seconds", "Round trip of "
                                        "lease keepalives that came back alive", buckets=RTT_BUCKETS,
                                        registry=reg)
@@ -124,6 +155,18 @@ class Metrics:
     # --- from the loop -----------------------------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot  # one reference assignment: scrapes see old or new, never half
+
+    def declare(self, roles: dict[str, str | None]) -> None:
+        """Create the per-role counter series at 0 (role -> type), so that a scrape shows
+        ``etcdvisor_child_restarts_total{role="x"} 0`` before the first restart: rate()
+        and absent() alerts need the series to exist. Called when the role set changes."""
+        for role, kind in roles.items():
+            self.restarts.labels(role)
+            if kind == "cron":
+                for outcome in ("succeeded", "failed"):
+                    self.cron_runs.labels(role, outcome)
+            elif kind == "topic":
+                self.topic_messages.labels(role, "done")
 
     def cron_outcome(self, role: str, outcome: str, manual: bool = False) -> None:
         self.cron_runs.labels(role, f"manual-{outcome}" if manual else outcome).inc()
@@ -174,12 +217,15 @@ class _SnapshotCollector:
                                   labels=["role"])
         for role, status in snap.roles.items():
             for key, child in (status.get("children") or {}).items():
-                slot = str(status["index"]) if status.get("index") is not None else key
-                up.add_metric([role, slot], 1.0 if child.get("state") == "running" else 0.0)
+                up.add_metric([role, slot_label(key, status)],
+                              1.0 if child.get("state") == "running" else 0.0)
             if status.get("type") in ("singleton", "cron", "job"):
                 leader.add_metric([role], 1.0 if status.get("leader") else 0.0)
             if status.get("type") == "sharded" and status.get("index") is not None:
                 index.add_metric([role], float(status["index"]))
+            # join order: COUNT once this member has an INDEX; fixed shards: always N
+            owns = status.get("index") is not None or status.get("shards") is not None
+            if status.get("type") == "sharded" and owns and status.get("count") is not None:
                 count.add_metric([role], float(status["count"]))
             paused.add_metric([role], 1.0 if role in snap.paused else 0.0)
             failed.add_metric([role], 1.0 if status.get("failed") else 0.0)

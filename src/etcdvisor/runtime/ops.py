@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..coord.session import SessionEvent, SessionEventKind
-from ..process.slot import Exited, SlotEvent, Started, Stopped
+from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
 from . import control
 from .health import Health
 from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
@@ -44,6 +44,7 @@ class Operations:
         self.server: OpsServer | None = None  # runtime.http, imported only with http.listen
         self.watch: control.ControlWatch | None = None
         self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
+        self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
 
     # --- lifecycle ---------------------------------------------------------------------
     def listen(self) -> None:
@@ -107,6 +108,9 @@ class Operations:
         self.health.turn(now, now + slept_at_most)
         if self.server is None:
             return
+        if self._declared != frozenset(roles_status):  # start-up and reloads only
+            self._declared = frozenset(roles_status)
+            self.metrics.declare({n: s.get("type") for n, s in roles_status.items()})
         session = sup.session
         bound = [r.stop_timeout for r in sup.config.roles.values() if r.lease_bound]
         self.metrics.publish(Snapshot(
@@ -145,12 +149,15 @@ class Operations:
             return
         runner = self.sup.runners[command.role]
         index = command.record.get("index")
-        if index is not None and self.sup.roster.status(runner).get("index") != index:
-            return
         now = self.sup.clock()
         restarted = []
         for owner, key, slot in self.sup.reconciler.children():
-            if owner is runner and slot.restart_child(now):
+            if owner is not runner:
+                continue
+            # per child: with ``processes: k`` or fixed shards a member runs several indexes
+            if index is not None and index not in _child_indexes(slot):
+                continue
+            if slot.restart_child(now):
                 self._restart_pending.add(slot.name)
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
@@ -205,3 +212,14 @@ class Operations:
                     and (tail := kv.key[len(done_prefix):]).isdigit()}
             backlog[role.name] = len(retained - done)
         return backlog
+
+
+def _child_indexes(slot: Slot) -> set[int]:
+    """The INDEX (join order, per-shard child) or SHARDS (per-member child) of the
+    child a slot runs, from its environment: what ``restart --index I`` matches."""
+    spec = slot.child.spec if slot.child is not None else slot.desired
+    if spec is None:
+        return set()
+    found = {int(spec.env["INDEX"])} if spec.env.get("INDEX", "").isdigit() else set()
+    found.update(int(s) for s in spec.env.get("SHARDS", "").split(",") if s.isdigit())
+    return found

@@ -35,6 +35,7 @@ from ..config.model import ChangeAction, OnChange
 from ..coord.base import Backend
 from ..coord.session import Session
 from ..coord.watcher import Change, PrefixWatcher
+from ..logs import child_role_slot
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.registry import Registry, ServiceInfo, _instances
@@ -126,7 +127,7 @@ class Registration:
                 try:
                     info = self.instance(role, slot.child.spec)
                 except (ValueError, KeyError, IndexError) as exc:  # validated; never crash the loop
-                    log.error("role %s: cannot register: %s", role.name, exc)
+                    log.error("role %s: cannot register: %s", role.name, exc, extra={"role": role.name})
                     continue
                 self.registered[event.slot] = (role.name, info)
                 self._put(info)
@@ -204,7 +205,8 @@ class Registration:
 
         def done(_result: object, error: BaseException | None) -> None:
             if error is not None:
-                log.error("role %s: cannot write peers file %s: %s", role.name, path, error)
+                log.error("role %s: cannot write peers file %s: %s", role.name, path, error,
+                          extra={"role": role.name})
                 return
             self.written[path] = data
             if not first:
@@ -218,9 +220,10 @@ class Registration:
                 continue
             signum = on_change.signal  # set whenever the action is SIGNAL (config/model.py)
             if on_change.action is ChangeAction.SIGNAL and signum is not None and slot.signal(signum):
-                log.info("%s: peers of %s changed; sent %s", slot.name, service, signum.name)
+                log.info("%s: peers of %s changed; sent %s", slot.name, service, signum.name,
+                         extra=_where(role.name, slot))
             elif on_change.action is ChangeAction.RESTART and restartable(role):
-                log.info("%s: peers of %s changed; restarting", slot.name, service)
+                log.info("%s: peers of %s changed; restarting", slot.name, service, extra=_where(role.name, slot))
                 slot.child.stop(self.clock())  # the slot starts it again (same spec)
 
     def gate(self, role: RoleSpec, desired: dict[str, ChildSpec],
@@ -232,3 +235,8 @@ class Registration:
             return desired
         return {key: spec for key, spec in desired.items() if key in current and current[key].child}
 
+
+def _where(role: str, slot: Slot) -> dict[str, str | None]:
+    """``role``/``slot`` of a log line about one child (the JSON log fields)."""
+    name = slot.child.spec.name if slot.child is not None else slot.name
+    return {"role": role, "slot": child_role_slot(name)[1]}

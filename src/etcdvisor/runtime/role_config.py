@@ -52,6 +52,7 @@ from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.keys import ROOT
 from ..coord.watcher import Change, PrefixWatcher
+from ..logs import child_role_slot
 from ..process.slot import Slot
 from ..process.spawn import ChildSpec
 from ..recipes.layered_config import ConfigValueError, LayeredConfig
@@ -248,7 +249,8 @@ class RoleConfig:
                 diff = {env for env in fresh if _typed(fresh[env]) != _typed(old.get(env))}
                 if diff:
                     self.changed.setdefault(role.name, set()).update(diff)
-                    log.info("role %s: config changed: %s", role.name, ", ".join(sorted(diff)))
+                    log.info("role %s: config changed: %s", role.name, ", ".join(sorted(diff)),
+                             extra={"role": role.name})
 
     def _value(self, item: str, default: Any, winners: dict[str, tuple[str, str]]) -> Any:
         if item not in winners:
@@ -330,7 +332,8 @@ class RoleConfig:
                 continue
             actions = {role.config[e].on_change for e in envs if e in role.config}
             if restartable(role) and any(a.action is ChangeAction.RESTART for a in actions):
-                log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)))
+                log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)),
+                         extra={"role": role_name})
                 continue  # the spec changed: the slot restarts the child once its file is written
             # one-shot runs: a restart entry is only a file rewrite for the running ones
             signals = sorted({a.signal for a in actions if a.signal is not None})
@@ -354,7 +357,8 @@ class RoleConfig:
             self.files[name] = data
             for signum in signals:
                 if slot is not None and slot.signal(signum):
-                    log.info("%s: config file rewritten; sent %s", name, signum.name)
+                    log.info("%s: config file rewritten; sent %s", name, signum.name,
+                             extra=dict(zip(("role", "slot"), child_role_slot(name), strict=True)))
 
         self.effect(f"write config file of {name}", lambda: write_atomically(path, data, make_dirs=False), done)
 

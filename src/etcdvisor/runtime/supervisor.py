@@ -436,8 +436,11 @@ class Supervisor:
                 continue  # a runner retiring after a reload
             child = slot.child
             entry = status[runner.name].setdefault("children", {})
+            spec = child.spec if child else slot.desired
+            index = spec.env.get("INDEX", "") if spec is not None else ""
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
-                          "restarts": slot.restarts, "last_exit": slot.last_exit}
+                          "restarts": slot.restarts, "last_exit": slot.last_exit,
+                          "index": int(index) if index.isdigit() else None}
         return status
 
     # --- shutdown ------------------------------------------------------------
