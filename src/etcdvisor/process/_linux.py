@@ -31,3 +31,28 @@ def prctl_get_int(option: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return value.value
+
+
+def scrub_initial_environ(name: str) -> bool:
+    """Blank ``name=value`` in this process's *initial* environment block (the strings the
+    kernel shows in ``/proc/<pid>/environ``, which ``unsetenv`` leaves in place, and which a
+    forked child shows too until it execs). Call after removing ``name`` from ``os.environ``:
+    nothing references those bytes any more. True if an entry was blanked; best effort (the
+    block's bounds come from ``/proc/self/stat``, fields 50-51, Linux >= 3.5)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
+    except (OSError, IndexError, ValueError):
+        return False
+    if not 0 < start < end or end - start > 1 << 24:
+        return False
+    block = ctypes.string_at(start, end - start)
+    prefix = name.encode() + b"="
+    offset, found = 0, False
+    for entry in block.split(b"\0"):
+        if entry.startswith(prefix):
+            ctypes.memset(start + offset, 0, len(entry))
+            found = True
+        offset += len(entry) + 1
+    return found

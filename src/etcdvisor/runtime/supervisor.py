@@ -35,6 +35,7 @@ from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
+from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
@@ -152,6 +153,9 @@ class Supervisor:
             self.environ.pop(etcd.password_env, None)
             if self._own_environ:
                 os.environ.pop(etcd.password_env, None)
+                # the exec-time copy: /proc/<pid>/environ of this process, and of a child
+                # between its fork and its exec (the fork path runs a preexec hook)
+                scrub_initial_environ(etcd.password_env)
         return password
 
     def connect(self) -> str:
