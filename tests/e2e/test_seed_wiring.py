@@ -206,7 +206,13 @@ def test_register_and_peers_follow_children(fleet):
     listed = cli("services", "api", "--json", "-c", str(config))
     assert listed.returncode == 0 and [i["id"] for i in json.loads(listed.stdout)] == [inst["id"]]
 
-    m1 = fleet.start("m1", config)  # scale up
+    # m1 gets its own working directory for the gateway, as every member of a real
+    # deployment has: members sharing one directory would each write the same peers file
+    # with their own view, and a late write of an older view can land after the HUP
+    # (docs/config-reference.md, peers)
+    (fleet.dir / "gw_m1").mkdir()
+    roles["gateway"]["cwd"] = str(fleet.dir / "gw_m1")
+    m1 = fleet.start("m1", fleet.write_config(roles, name="config_m1.yaml"))  # scale up
     wait_for(lambda: sorted(i["port"] for i in instances(fleet, "api")) == [8000, 8001], 30, "2 instances")
     wait_for(lambda: len(json.loads(peers_file.read_text())) == 2, 10, "peers file with 2")
     wait_for(lambda: any(len(h["peers"]) == 2 for h in hups(rec, gateway["pid"])), 10, "HUP with 2 peers")
