@@ -11,7 +11,8 @@ it before exec, so nothing it forks can be outside it; every child is also moved
 pool's thread right after it was spawned (a no-op when it is already there). Leaves are reused
 once empty (mkdir + rmdir cost about 0.5 ms, and writing ``cgroup.procs`` takes up to
 ~15 ms on a busy kernel while it waits for an RCU grace period). So the writes run on
-one small thread, never on the decision loop. States of an ``Attachment``::
+one small thread, never on the decision loop; only ``reserve()`` (lease-bound children,
+rare starts) may mkdir a new leaf on the caller's thread. States of an ``Attachment``::
 
     PENDING --thread picks it--> WRITING --> ATTACHED | FAILED
     PENDING --the child exited first (settle())--> CANCELLED

@@ -110,7 +110,9 @@ class ChildProcess:
         # at once cannot start outside it). The frequent one-shot topic runs take the
         # vfork path and are moved just after (docs/safety.md).
         fork_path = self._watchdog is None or self.spec.lease_bound
-        leaf = self._tracker.reserve_leaf()
+        # only the fork path can use a leaf before exec; a vfork child's leaf is chosen
+        # by the cgroup thread, off the loop (reserving may mkdir)
+        leaf = self._tracker.reserve_leaf() if fork_path else None
         if self._watchdog is not None and self.spec.lease_bound:
             # the helper knows the child's deadlines before it exists (by its marker):
             # a supervisor frozen right after the fork cannot leave it unguarded
@@ -118,7 +120,7 @@ class ChildProcess:
         try:
             proc = spawn(self.spec, capture_output=self._output is not None,
                          extra_env={TAG_ENV: self.tag}, parent_death=fork_path,
-                         cgroup_procs=os.path.join(leaf, "cgroup.procs") if leaf and fork_path else None)
+                         cgroup_procs=os.path.join(leaf, "cgroup.procs") if leaf else None)
         except SpawnError as exc:
             self._tracker.unreserve_leaf(leaf)
             if self._watchdog is not None:

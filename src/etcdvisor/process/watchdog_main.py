@@ -144,8 +144,7 @@ def _remove_cgroup(base: str, bound: float = 2.0) -> None:
 
 def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type: ignore[type-arg]
     for pgid in table:
-        if pgid > 0:
-            _signal_group(pgid, signal.SIGKILL)
+        _signal_group(pgid, signal.SIGKILL)
     if base:
         _kill_cgroup(base)
     tags = {entry[3] for entry in table.values() if entry[3]}
@@ -156,6 +155,9 @@ def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type:
 
 
 def _signal_group(pgid: int, signum: int) -> bool:
+    """False when there is no such group; a pending child's entry (negative key) has none."""
+    if pgid <= 0:
+        return False
     try:
         os.killpg(pgid, signum)
         return True
@@ -218,17 +220,14 @@ def _fire_due(table: dict[int, list], now: float) -> float | None:  # type: igno
     for pgid in list(table):
         term_at, kill_at, signum, tag = table[pgid]
         if kill_at is not None and now >= kill_at:
-            if pgid > 0:
-                _signal_group(pgid, signal.SIGKILL)
+            _signal_group(pgid, signal.SIGKILL)
             if tag:
                 _kill_marked({tag})
             del table[pgid]
             continue
         if term_at is not None and now >= term_at:
-            if pgid < 0:  # a pending child: only its marked processes can be found
-                _signal_marked({tag}, signum)
-            elif tag:
-                _signal_marked({tag}, signum, skip_pgid=pgid)
+            if tag:  # a pending child (negative key) has only its marked processes
+                _signal_marked({tag}, signum, skip_pgid=pgid if pgid > 0 else None)
             if pgid > 0 and not _signal_group(pgid, signum) and kill_at is None:
                 del table[pgid]  # group gone and nothing left to enforce
                 continue
