@@ -8,6 +8,8 @@ turn touches the store. Effects are run, failed or left hanging by the test.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from etcdvisor.coord.errors import Unavailable
@@ -69,7 +71,7 @@ def claim_due_tick(h: LoopHarness):
 def test_cron_claims_a_tick_as_an_effect_and_starts_only_after_the_claim_won():
     h = harness(CRON)
     token = elect(h, "report")
-    assert h.turn() == {} and h.effect_names() == ["read tick records"]
+    assert h.turn() == {} and h.effect_names() == ["watch leadership", "read tick records"]
     h.run_effects()
     assert h.turn() == {}
     runner = h.sup.runners["report"]
@@ -109,6 +111,47 @@ def test_cron_claim_outcome_after_losing_leadership_starts_nothing():
     assert h.turn() == {}
 
 
+def test_losing_leadership_starts_no_thread_in_the_turn_and_campaigns_as_an_effect():
+    h = harness(CRON)
+    elect(h, "report")
+    h.turn()
+    h.run_effects(only="read tick records")
+    before = {t.ident for t in threading.enumerate()}
+    h.tell("report", Deposed("leader key deleted"))
+    h.turn()
+    assert {t.ident for t in threading.enumerate()} <= before, "a turn started a thread"
+    assert "campaign" in h.effect_names()
+
+
+def test_claim_won_in_an_earlier_term_is_dropped_even_when_reelected_with_the_same_token():
+    """A member deposed and elected again with the same token (its key survived)
+    is in a new term: the claim it issued in the old term must not start a run."""
+    h = harness(CRON)
+    token = elect(h, "report")
+    claim_due_tick(h)
+    h.tell("report", Deposed("leader key deleted"))
+    h.turn()
+    h.tell("report", Elected(token))  # same token, new term
+    h.turn()
+    h.run_effects(only="claim tick")
+    assert "report" not in h.turn() or not h.turn()["report"]
+
+
+def test_a_deposition_seen_by_an_earlier_terms_watch_does_not_end_the_current_term():
+    h = harness(CRON)
+    token = elect(h, "report")
+    h.turn()
+    runner = h.sup.runners["report"]
+    old_term = runner.term
+    h.tell("report", Deposed("leader key deleted"))
+    h.turn()
+    h.tell("report", Elected(token))
+    h.turn()
+    h.tell("report", Deposed("late event of the old watch", old_term))
+    h.turn()
+    assert runner.leading
+
+
 JOB = """
   migrate:
     type: job
@@ -121,8 +164,9 @@ def test_job_writes_its_running_record_before_the_child_starts_and_never_reruns_
     elect(h, "migrate")
     h.tell("migrate", JobRecord(None))
     assert h.turn() == {}
-    assert h.effect_names() == ["write job record (running)"]
-    assert h.turn() == {} and h.effect_names() == ["write job record (running)"], "one write in flight"
+    assert h.effect_names() == ["watch leadership", "write job record (running)"]
+    assert h.turn() == {} and h.effect_names() == ["watch leadership", "write job record (running)"], \
+        "one write in flight"
     h.run_effects()
     assert list(h.turn()) == ["migrate"]
     h.exit("migrate", "run", 0)

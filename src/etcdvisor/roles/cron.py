@@ -102,10 +102,10 @@ class CronRunner(LeaderRunner):
             self.claiming = None
 
     def _resume(self) -> None:
-        token = self.token
+        token, term = self.token, self.term
 
         def done(newest: datetime | None, error: BaseException | None) -> None:
-            if not self.leading or self.token != token:
+            if not self.in_term(term):
                 return  # the term ended while the records were read
             now = self._now()
             if error is not None:
@@ -199,7 +199,7 @@ class CronRunner(LeaderRunner):
         by our token (an effect); the run starts when the claim comes back won."""
         tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
         key = self.ctx.keys.ticks(self.name) + tick_id
-        token = self.token
+        token, term = self.token, self.term
         extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
         record = {"state": "running", "member": self.ctx.member_id, "token": token,
                   "scheduled": tick.isoformat(), "started": now.timestamp(), **extra}
@@ -221,7 +221,7 @@ class CronRunner(LeaderRunner):
             self.claiming = None
             if trigger is not None and (error is not None or claimed is None):
                 self.trigger(trigger)  # try again (this leader after CLAIM_RETRY, or the next one)
-            if not self.leading or self.token != token:
+            if not self.in_term(term):
                 return
             if error is not None:
                 log.warning("role %s: cannot claim tick %s: %s", self.name, tick_id, error)

@@ -96,11 +96,11 @@ class JobRunner(LeaderRunner):
             return {}
         if not job_done(self.record, self.hash) and not self.writing:
             self.writing, self.retry_at = True, None
-            token = self.token
+            term = self.term
 
             def done(written: bool, error: BaseException | None) -> None:
                 self.writing = False
-                if written and self.leading and self.token == token:
+                if written and self.in_term(term):
                     self.running = True
                     self.say(f"running job (spec {self.hash})")
                 elif error is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Elected:
 @dataclass(frozen=True)
 class Deposed:
     reason: str
+    term: int | None = None  # the term whose watch saw it (None: the current one)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class LeaderRunner(RoleRunner):
         super().__init__(spec, ctx)
         self.state = LeaderState.CAMPAIGNING
         self.token = 0
+        self.term = 0  # counts terms begun and ended: an outcome issued in another term is stale
         self.leader_member: str | None = None
         self._stop = threading.Event()
         self._watch: LeadershipWatch | None = None
@@ -80,8 +83,22 @@ class LeaderRunner(RoleRunner):
     def leading(self) -> bool:
         return self.state is LeaderState.LEADER
 
+    def in_term(self, term: int) -> bool:
+        """Is ``term`` (read from :attr:`term` when an effect was queued) still
+        this member's current term as leader? An outcome from an earlier term
+        is never acted on, even if the member was elected again with the same
+        token meanwhile."""
+        return self.leading and self.term == term
+
     def _campaign(self) -> None:
+        """Campaign on a thread of its own (called from :meth:`start`, which may block)."""
         threading.Thread(target=self._campaign_loop, daemon=True, name=f"campaign:{self.name}").start()
+
+    def _stop_watch(self) -> None:
+        """Stop the leadership watch as an effect (stopping joins its thread)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            self.effect("stop leadership watch", watch.stop)
 
     def _campaign_loop(self) -> None:
         while not self._stop.is_set():
@@ -96,8 +113,8 @@ class LeaderRunner(RoleRunner):
             self.post(Elected(token))
             return
 
-    def _on_deposed(self, reason: str) -> None:  # watch/keepalive thread: only post
-        self.post(Deposed(reason))
+    def _on_deposed(self, term: int, reason: str) -> None:  # watch/keepalive thread: only post
+        self.post(Deposed(reason, term))
 
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, Elected):
@@ -105,24 +122,26 @@ class LeaderRunner(RoleRunner):
                 self.effect("resign", self.election.resign)
                 return
             self.state, self.token = LeaderState.LEADER, payload.token
+            self.term += 1
             self.leader_member = self.ctx.member_id
             self.say(f"elected leader (LEADER_TOKEN={payload.token})")
-            self._watch = LeadershipWatch(self.election, self._on_deposed).start()
-        elif isinstance(payload, Deposed) and self.state is LeaderState.LEADER:
+            self._watch = LeadershipWatch(self.election, functools.partial(self._on_deposed, self.term))
+            self.effect("watch leadership", self._watch.start)
+        elif (isinstance(payload, Deposed) and self.state is LeaderState.LEADER
+              and payload.term in (None, self.term)):
             self.say(f"lost leadership: {payload.reason}")
             self._end_term()
             if not self._stop.is_set() and not self.failed_reason:
                 self.state = LeaderState.CAMPAIGNING
-                self._campaign()
+                self.effect("campaign", self._campaign)
         elif isinstance(payload, LeaderSeen) and self.state is not LeaderState.LEADER:
             self.leader_member = payload.member
 
     def _end_term(self) -> None:
-        if self._watch:
-            self._watch.stop()
-            self._watch = None
+        self._stop_watch()
         self.state = LeaderState.FOLLOWER
         self.token = 0
+        self.term += 1
 
     def give_up(self, reason: str) -> None:
         """Crash loop or bad command: resign so a healthy member takes over."""
@@ -131,11 +150,10 @@ class LeaderRunner(RoleRunner):
         self.failed_reason = reason
         self.say(f"failed ({reason}); resigning so another member takes over")
         self._stop.set()
-        if self._watch:
-            self._watch.stop()
-            self._watch = None
+        self._stop_watch()
         self.state = LeaderState.FAILED
         self.token = 0
+        self.term += 1
         if self.election is not None:
             self.effect("resign", self.election.resign)
 
