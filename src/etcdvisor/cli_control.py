@@ -145,7 +145,7 @@ def cmd_health(args) -> int:
     try:
         address = _health_address(args, parse_listen)
         if not 0 < args.timeout <= 3600:
-            raise UsageError(f"--timeout {args.timeout:g}: give a number of seconds from 0 to 3600")
+            raise UsageError(f"--timeout {args.timeout:g}: give seconds, more than 0 and at most 3600")
     except (UsageError, ListenError) as exc:
         _error(exc)
         return EXIT_USAGE
@@ -187,16 +187,18 @@ def _probe(host: str, port: int, path: str, deadline: float, shown: str) -> tupl
     ``deadline`` and ``HEALTH_MAX_BYTES``."""
     try:
         status, headers, body = _exchange(host, port, path, deadline)
-    except TimeoutError:
-        return False, f"no answer from {shown} in time (--timeout)"
+    except TimeoutError as exc:  # from a connect or a send, or ours with what came
+        what = str(exc) if str(exc) in ("no answer", "an incomplete answer") else "no answer"
+        return False, f"{what} from {shown} within --timeout"
     except NotOurAnswer as exc:
         return False, f"{shown} is not an etcdvisor member: {exc}"
     except OSError as exc:
         return False, f"no answer from {shown}: {exc.strerror or exc}"
     text = _one_line(body)
     if headers.get("server", "").split("/")[0].split(" ")[0] != "etcdvisor":
-        server = _one_line(headers.get("server", "").encode()) or "no Server header"
-        return False, f"{shown} is not an etcdvisor member: HTTP {status} from {server}"
+        server = _one_line(headers.get("server", "").encode(), 60)
+        source = f"from {server!r}" if server else "without a Server header"
+        return False, f"{shown} is not an etcdvisor member: HTTP {status} {source}"
     if status == 200 and text == EXPECTED_BODY[path]:
         return True, text
     return False, f"{status} {text}"
@@ -204,10 +206,12 @@ def _probe(host: str, port: int, path: str, deadline: float, shown: str) -> tupl
 
 def _exchange(host: str, port: int, path: str, deadline: float) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 GET, ``Connection: close``; (status, headers, body)."""
+    data = bytearray()
+
     def remaining() -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError
+            raise TimeoutError("an incomplete answer" if data else "no answer")
         return left
 
     with socket.create_connection((host, port), timeout=remaining()) as sock:
@@ -215,13 +219,15 @@ def _exchange(host: str, port: int, path: str, deadline: float) -> tuple[int, di
         host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: etcdvisor-health\r\n"
                      f"Accept: text/plain\r\nConnection: close\r\n\r\n".encode())
-        data = bytearray()
         while True:
             answer = _parse_answer(bytes(data), eof=False)
             if answer is not None:
                 return answer
             sock.settimeout(remaining())
-            chunk = sock.recv(HEALTH_MAX_BYTES + 1 - len(data))
+            try:
+                chunk = sock.recv(HEALTH_MAX_BYTES + 1 - len(data))
+            except TimeoutError:
+                raise TimeoutError("an incomplete answer" if data else "no answer") from None
             if not chunk:
                 answer = _parse_answer(bytes(data), eof=True)
                 assert answer is not None
@@ -235,7 +241,10 @@ def _parse_answer(data: bytes, eof: bool) -> tuple[int, dict[str, str], bytes] |
     """The answer once complete, None while more may come; NotOurAnswer if it is
     not HTTP/1.x (or ends early)."""
     if not data.startswith(b"HTTP/"[:len(data)]):
-        raise NotOurAnswer(f"it answered {_one_line(data[:40])!r}, not HTTP")
+        start = data[:40]
+        if all(32 <= byte < 127 or byte in b"\r\n\t" for byte in start):
+            raise NotOurAnswer(f"it answered {_one_line(start)!r}, not HTTP")
+        raise NotOurAnswer("it answered binary data, not HTTP")
     end = data.find(b"\r\n\r\n")
     head_end = end + 4 if end >= 0 else -1
     if head_end < 0:
