@@ -9,9 +9,12 @@ bound on every run."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -302,3 +305,83 @@ def test_a_bad_token_file_stops_start_with_one_line(health, tmp_path):
 
     with pytest.raises(HttpError, match=r"^http\.token_file: .*missing.*No such file"):
         OpsServer(("127.0.0.1", 0), Metrics(), health, token_file=str(tmp_path / "missing")).start()
+
+
+# --- http.token_file in the config ----------------------------------------------------------
+CONFIG = """cluster: c
+etcd: {endpoints: "memory://token-test"}
+http:
+  listen: "127.0.0.1:9100"
+  token_file: %s
+roles:
+  worker: {type: sharded, command: ["sleep", "60"]}
+"""
+
+
+def write_config(tmp_path, token_file: str):
+    path = tmp_path / "etcdvisor.yaml"
+    path.write_text(CONFIG % token_file)
+    return path
+
+
+def test_token_file_is_resolved_against_the_config_directory(tmp_path):
+    from etcdvisor.config import load
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("abc\n")
+    config = load(str(write_config(tmp_path, "secrets/token")))
+    assert config.http.token_file == str(tmp_path / "secrets" / "token")
+
+
+@pytest.mark.parametrize("setup, reason", [
+    (lambda d: None, "cannot read"),
+    (lambda d: (d / "token").write_text(""), "is empty"),
+    (lambda d: (d / "token").write_text(" \n\t\n"), "is empty"),
+    (lambda d: (d / "token").mkdir(), "not a regular file"),
+    (lambda d: (d / "token").write_text("x" * 5000), "larger than 4096 bytes"),
+    (lambda d: (d / "token").write_text("two words\n"), "printable ASCII without spaces"),
+    (lambda d: (d / "token").write_bytes(b"caf\xc3\xa9"), "printable ASCII without spaces"),
+    (lambda d: os.mkfifo(d / "token"), "not a regular file"),
+])
+def test_a_bad_token_file_is_one_line_naming_the_key(tmp_path, setup, reason):
+    from etcdvisor.config import ConfigError, load
+
+    setup(tmp_path)
+    path = write_config(tmp_path, "token")
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert len(info.value.errors) == 1, info.value.errors
+    assert info.value.errors[0].startswith(f"{path}: http.token_file: "), info.value.errors
+    assert reason in info.value.errors[0]
+    assert "x" * 50 not in info.value.errors[0] and "two words" not in info.value.errors[0]  # never the token
+
+
+def test_validate_and_run_refuse_a_missing_token_file_in_one_line(tmp_path):
+    path = write_config(tmp_path, "missing-token")
+    for verb in ("validate", "run"):
+        done = subprocess.run([sys.executable, "-m", "etcdvisor", verb, str(path)], capture_output=True,
+                              timeout=60, cwd=tmp_path)
+        err = done.stderr.decode()
+        assert done.returncode == 2 and len(err.strip().splitlines()) == 1, (verb, done)
+        assert "http.token_file" in err and "Traceback" not in err, (verb, err)
+
+
+def test_schema_refuses_an_empty_token_file_name(tmp_path):
+    from etcdvisor.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as info:
+        load(str(write_config(tmp_path, '""')))
+    assert len(info.value.errors) == 1 and "http.token_file" in info.value.errors[0], info.value.errors
+
+
+def test_run_http_flag_keeps_the_token_file(tmp_path):
+    import argparse
+
+    from etcdvisor.cli import _run_overrides
+    from etcdvisor.config import load
+
+    (tmp_path / "token").write_text("abc\n")
+    config = load(str(write_config(tmp_path, "token")))
+    args = argparse.Namespace(log_level=None, log_format=None, http="127.0.0.1:9200")
+    changed = _run_overrides(config, args)
+    assert changed.http.listen == ("127.0.0.1", 9200) and changed.http.token_file == str(tmp_path / "token")
