@@ -171,12 +171,17 @@ class Listener:
         sock.close()
 
     def _on_ready(self, conn: _Conn) -> None:
-        if conn.state is _State.READING:
-            self._read(conn)
-        elif conn.state is _State.WRITING:
-            self._write(conn)
-        elif conn.state is _State.LINGERING:
-            self._linger(conn)
+        try:
+            if conn.state is _State.READING:
+                self._read(conn)
+            elif conn.state is _State.WRITING:
+                self._write(conn)
+            elif conn.state is _State.LINGERING:
+                self._linger(conn)
+        except Exception:  # one connection's surprise never ends the listener
+            log.debug("http: error serving %s", conn.peer, exc_info=True)
+            if self._conns.get(conn.sock.fileno()) is conn:
+                self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
         try:
