@@ -135,7 +135,10 @@ class OpsServer:
         ``public``: needs the bearer token when ``http.token_file`` is set. ``inline``
         only for handlers that take microseconds and do no I/O (they run on the thread
         every connection shares); the others run on a worker thread, within
-        ``httpserve.HANDLER_TIMEOUT``."""
+        ``httpserve.HANDLER_TIMEOUT``. Register routes before :meth:`start`. A handler
+        gets the whole request (method, path, query, headers, a body of at most
+        ``httpwire.MAX_BODY`` bytes, the peer's address) and returns one answer: the
+        connection closes after it (no streaming)."""
         allowed = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
         self.routes[path] = Route(handler, allowed, public, inline)
 
