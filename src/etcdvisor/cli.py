@@ -84,7 +84,6 @@ def _run_overrides(config, args):
     environment (already applied by the loader); ValueError (one line) if bad."""
     import dataclasses
 
-    from .config.model import HttpSettings
     from .config.ops import parse_listen
     from .logs import parse_format, parse_level
 
@@ -95,7 +94,7 @@ def _run_overrides(config, args):
         log = dataclasses.replace(log, format=parse_format(args.log_format, "--log-format"))
     if args.http is not None:
         try:
-            http = HttpSettings(listen=parse_listen(args.http))
+            http = dataclasses.replace(http, listen=parse_listen(args.http))  # keeps token_file
         except ValueError as exc:
             raise ValueError(f"--http: {exc}") from None
     return dataclasses.replace(config, log=log, http=http)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import urllib.error
-import urllib.request
+import re
+import socket
+import time
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Failure, Target, UsageError, _check_name, _error, operator_verb
 from .coord.keys import ROOT
@@ -130,19 +131,29 @@ def cmd_control(args, target: Target) -> int:
 
 
 # --- health ----------------------------------------------------------------------------------
+HEALTH_MAX_BYTES = 64 * 1024  # more than this is not a probe answer
+EXPECTED_BODY = {"/healthz": "ok", "/readyz": "ready"}
+
+
+class NotOurAnswer(Exception):
+    """What came back is not an etcdvisor member's probe answer; one line."""
+
+
 def cmd_health(args) -> int:
     from .config.ops import ListenError, connect_address, format_listen, parse_listen
 
     try:
         address = _health_address(args, parse_listen)
+        if not 0 < args.timeout <= 3600:
+            raise UsageError(f"--timeout {args.timeout:g}: give seconds, more than 0 and at most 3600")
     except (UsageError, ListenError) as exc:
         _error(exc)
         return EXIT_USAGE
     host, port = connect_address(address)
-    base = f"http://{format_listen((host, port))}"
+    deadline = time.monotonic() + args.timeout  # one bound for the whole command
     paths = ["/healthz"] if args.live else ["/healthz", "/readyz"]
     for path in paths:
-        ok, reason = _probe(base + path, args.timeout)
+        ok, reason = _probe(host, port, path, deadline, format_listen((host, port)))
         if not ok:
             print(f"unhealthy: {path}: {reason}")
             return EXIT_FAIL
@@ -169,15 +180,108 @@ def _health_address(args, parse_listen) -> tuple[str, int]:
                      "with http.listen")
 
 
-def _probe(url: str, timeout: float) -> tuple[bool, str]:
+def _probe(host: str, port: int, path: str, deadline: float, shown: str) -> tuple[bool, str]:
+    """GET ``path``: (True, body) only for a 200 with the expected body from an
+    etcdvisor member (``Server: etcdvisor``). Whatever else answers (a banner, binary,
+    a reset, silence, another HTTP server) is (False, one line), read within
+    ``deadline`` and ``HEALTH_MAX_BYTES``."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return reply.status == 200, reply.read(512).decode(errors="replace").strip()
-    except urllib.error.HTTPError as exc:
-        return False, f"{exc.code} {exc.read(512).decode(errors='replace').strip()}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"no answer from {url}: {reason}"
+        status, headers, body = _exchange(host, port, path, deadline)
+    except TimeoutError as exc:  # from a connect or a send, or ours with what came
+        what = str(exc) if str(exc) in ("no answer", "an incomplete answer") else "no answer"
+        return False, f"{what} from {shown} within --timeout"
+    except NotOurAnswer as exc:
+        return False, f"{shown} is not an etcdvisor member: {exc}"
+    except OSError as exc:
+        return False, f"no answer from {shown}: {exc.strerror or exc}"
+    text = _one_line(body)
+    if headers.get("server", "").split("/")[0].split(" ")[0] != "etcdvisor":
+        server = _one_line(headers.get("server", "").encode(), 60)
+        source = f"from {server!r}" if server else "without a Server header"
+        return False, f"{shown} is not an etcdvisor member: HTTP {status} {source}"
+    if status == 200 and text == EXPECTED_BODY[path]:
+        return True, text
+    return False, f"{status} {text}"
+
+
+def _exchange(host: str, port: int, path: str, deadline: float) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 GET, ``Connection: close``; (status, headers, body)."""
+    data = bytearray()
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("an incomplete answer" if data else "no answer")
+        return left
+
+    with socket.create_connection((host, port), timeout=remaining()) as sock:
+        sock.settimeout(remaining())
+        host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: etcdvisor-health\r\n"
+                     f"Accept: text/plain\r\nConnection: close\r\n\r\n".encode())
+        while True:
+            answer = _parse_answer(bytes(data), eof=False)
+            if answer is not None:
+                return answer
+            sock.settimeout(remaining())
+            try:
+                chunk = sock.recv(HEALTH_MAX_BYTES + 1 - len(data))
+            except TimeoutError:
+                raise TimeoutError("an incomplete answer" if data else "no answer") from None
+            if not chunk:
+                answer = _parse_answer(bytes(data), eof=True)
+                assert answer is not None
+                return answer
+            data += chunk
+            if len(data) > HEALTH_MAX_BYTES:
+                raise NotOurAnswer(f"more than {HEALTH_MAX_BYTES} bytes came back")
+
+
+def _parse_answer(data: bytes, eof: bool) -> tuple[int, dict[str, str], bytes] | None:
+    """The answer once complete, None while more may come; NotOurAnswer if it is
+    not HTTP/1.x (or ends early)."""
+    if not data.startswith(b"HTTP/"[:len(data)]):
+        start = data[:40]
+        if all(32 <= byte < 127 or byte in b"\r\n\t" for byte in start):
+            raise NotOurAnswer(f"it answered {_one_line(start)!r}, not HTTP")
+        raise NotOurAnswer("it answered binary data, not HTTP")
+    end = data.find(b"\r\n\r\n")
+    head_end = end + 4 if end >= 0 else -1
+    if head_end < 0:
+        if eof:
+            raise NotOurAnswer("the HTTP answer ended before its headers did" if data
+                               else "it closed without answering")
+        return None
+    lines = data[:end].decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] ([1-5][0-9][0-9])(?: .*)?", lines[0])
+    if match is None:
+        raise NotOurAnswer(f"bad status line {_one_line(lines[0][:60].encode())!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    body = data[head_end:]
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > HEALTH_MAX_BYTES:
+            raise NotOurAnswer(f"Content-Length {_one_line(length[:20].encode())!r}")
+        if len(body) < int(length):
+            if eof:
+                raise NotOurAnswer("the HTTP answer ended before its body did")
+            return None
+        body = body[:int(length)]
+    elif not eof:
+        return None
+    return int(match.group(1)), headers, body
+
+
+def _one_line(data: bytes, limit: int = 200) -> str:
+    """Printable text of a peer's bytes: no control characters, no line breaks."""
+    text = data.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --- parser ----------------------------------------------------------------------------------

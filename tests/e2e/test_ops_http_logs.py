@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -196,3 +197,30 @@ def test_json_child_output_lines_are_wrapped_with_stream(fleet, recorder):
         assert doc["slot"] == "0", doc  # the child's INDEX
         assert TS.match(doc["ts"])
     assert any(d["level"] == "debug" for d in docs) or all(d["level"] != "debug" for d in docs)
+
+
+def test_token_file_guards_metrics_of_a_running_member_and_probes_stay_open(fleet, recorder):
+    """http.token_file wired through `supervisor run` (ETCDVISOR_HTTP replaces the
+    address, the token stays); slow clients do not delay `supervisor health`."""
+    (fleet.dir / "secrets").mkdir()
+    (fleet.dir / "secrets" / "metrics-token").write_text("k8s-scrape-token\n")
+    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0)},
+                                http={"listen": "127.0.0.1:1", "token_file": "secrets/metrics-token"})
+    port = free_port()
+    start_member(fleet, "m0", config, port)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get(base + "/readyz")[0] == 200, 30, "the member to be ready")
+    status, body = get(base + "/metrics")
+    assert status == 401 and "Bearer" in body, (status, body)
+    request = urllib.request.Request(base + "/metrics", headers={"Authorization": "Bearer k8s-scrape-token"})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        assert reply.status == 200 and b"etcdvisor_child_up" in reply.read()
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+        probe = cli("health", "--http", f"127.0.0.1:{port}", "--timeout", "2")
+        assert probe.returncode == 0 and probe.stdout == b"ok: alive and ready\n", probe
+    finally:
+        for sock in slow:
+            sock.close()

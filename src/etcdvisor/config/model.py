@@ -107,9 +107,11 @@ class LogLevel(enum.StrEnum):
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """``http.listen`` as (host, port); ``host`` "" means every interface. None: no listener."""
+    """``http.listen`` as (host, port); ``host`` "" means every interface. None: no listener.
+    ``token_file``: absolute path of the bearer token file (``http.token_file``), or None."""
 
     listen: tuple[str, int] | None = None
+    token_file: str | None = None
 
 
 @dataclass(frozen=True)

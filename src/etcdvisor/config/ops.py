@@ -1,10 +1,15 @@
-"""The operations settings ``http:`` and ``log:``, and the one parser of a listen address.
+"""The operations settings ``http:`` and ``log:``, the one parser of a listen address
+and the one reader of the bearer token file.
 
 ``parse_listen`` serves the config file, ``run --http`` / ``ETCDVISOR_HTTP`` and
-``supervisor health --http``, so what validates also runs.
+``supervisor health --http``, and ``read_token_file`` serves ``validate`` and the
+listener, so what validates also runs.
 """
 
 from __future__ import annotations
+
+import os
+import stat
 
 from .errors import Problems
 from .model import HttpSettings, LogFormat, LogLevel, LogSettings
@@ -31,20 +36,64 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def ops_settings(document: dict, problems: Problems) -> tuple[HttpSettings, LogSettings]:
-    """``http`` and ``log`` of a schema-checked document (shape problems already recorded)."""
+def ops_settings(document: dict, problems: Problems, base_dir: str = "") -> tuple[HttpSettings, LogSettings]:
+    """``http`` and ``log`` of a schema-checked document (shape problems already recorded).
+    ``http.token_file`` is resolved against ``base_dir`` and read once (not kept)."""
     http, log = HttpSettings(), LogSettings()
     raw_http = document.get("http")
-    if isinstance(raw_http, dict) and not problems.has_under(("http",)) and "listen" in raw_http:
-        try:
-            http = HttpSettings(listen=parse_listen(raw_http["listen"]))
-        except ListenError as exc:
-            problems.add(("http", "listen"), str(exc))
+    if isinstance(raw_http, dict) and not problems.has_under(("http",)):
+        listen = None
+        if "listen" in raw_http:
+            try:
+                listen = parse_listen(raw_http["listen"])
+            except ListenError as exc:
+                problems.add(("http", "listen"), str(exc))
+        token_file = None
+        if raw_http.get("token_file"):
+            token_file = os.path.normpath(os.path.join(base_dir, os.path.expanduser(raw_http["token_file"])))
+            try:
+                read_token_file(token_file)
+            except TokenFileError as exc:
+                problems.add(("http", "token_file"), str(exc))
+        http = HttpSettings(listen=listen, token_file=token_file)
     raw_log = document.get("log")
     if isinstance(raw_log, dict) and not problems.has_under(("log",)):
         log = LogSettings(format=LogFormat(raw_log.get("format", "text")),
                           level=LogLevel(raw_log.get("level", "info")))
     return http, log
+
+
+TOKEN_MAX_BYTES = 4096
+
+
+class TokenFileError(ValueError):
+    """The token file cannot be used; the message is one line and never holds the token."""
+
+
+def read_token_file(path: str) -> bytes:
+    """The bearer token in ``path``: a regular file of at most ``TOKEN_MAX_BYTES``
+    bytes, surrounding whitespace (a trailing newline) stripped, then 1 or more
+    printable ASCII characters without spaces (what ``Authorization: Bearer`` carries)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO never blocks
+    except OSError as exc:
+        raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TokenFileError(f"{path} is not a regular file")
+        data = os.read(fd, TOKEN_MAX_BYTES + 1)
+    except OSError as exc:
+        raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > TOKEN_MAX_BYTES:
+        raise TokenFileError(f"{path} is larger than {TOKEN_MAX_BYTES} bytes (a token, not a document)")
+    token = data.strip()
+    if not token:
+        raise TokenFileError(f"{path} is empty (write the token, e.g. openssl rand -hex 32 > FILE)")
+    if any(not 0x21 <= byte <= 0x7E for byte in token):
+        raise TokenFileError(f"{path}: the token must be printable ASCII without spaces")
+    return token
 
 
 def format_listen(address: tuple[str, int]) -> str:

@@ -50,7 +50,7 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
     _check_after(roles, problems)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
-    http, log = ops_settings(document, problems)
+    http, log = ops_settings(document, problems, base_dir)
     if problems:
         return None
     return Config(source_path=source_path, cluster=document["cluster"], etcd=etcd, member=member,

@@ -54,7 +54,8 @@ class Operations:
             from .http import OpsServer
 
             assert isinstance(self.metrics, Metrics)
-            self.server = OpsServer(address, self.metrics, self.health).start()
+            self.server = OpsServer(address, self.metrics, self.health,
+                                     token_file=self.sup.config.http.token_file).start()
 
     def start(self) -> None:
         """After the member joined: probes may say ready; control records are read
