@@ -67,7 +67,10 @@ def setup(tmp_path):
     wiring = RoleConfig(config, backend, "m0", lambda _e: None, effects)
     wiring.directory = str(tmp_path / "files")
     os.mkdir(wiring.directory)
-    root = wiring.layered.roots()[0]
+    root = wiring.roots[2]  # the cluster level (node, member, cluster, global)
+    for other in wiring.roots:  # one watcher per level: the others have nothing
+        if other != root:
+            wiring.handle(ConfigSnapshot(other, {}))
     yield SimpleNamespace(config=config, role=config.role("api"), wiring=wiring, effects=effects, root=root,
                           layered=wiring.layered)
     backend.close()
