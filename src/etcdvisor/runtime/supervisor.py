@@ -253,7 +253,8 @@ class Supervisor:
         if runner is None or runner.failed_reason is not None:
             return
         hint = " (the grants each feature needs: docs/etcd-auth.md)" if isinstance(error, PermissionDenied) else ""
-        self.roster.refuse(runner, f"{what}: {describe(error)}{hint}")
+        text = " ".join(str(error).split()) or describe(error)  # our own errors: the message says it all
+        self.roster.refuse(runner, f"{what}: {text}{hint}")
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
