@@ -1,0 +1,71 @@
+"""Issue 16, section 3: a read or watch the store refuses (PermissionDenied)
+is never a silent retry loop (coord/follow.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+
+from etcdvisor.coord import follow, open_backend
+from etcdvisor.coord.errors import PermissionDenied
+from etcdvisor.coord.watcher import PrefixWatcher
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    monkeypatch.setattr(follow, "DENIED_RETRY", 0.05)  # retried quickly here
+    backend = open_backend("memory://unit-follow-denied-" + os.urandom(3).hex())
+    yield backend
+    backend.close()
+
+
+DENIED = PermissionDenied("range '/p/': permission denied for etcd user 'u'")
+
+
+def test_a_refusal_goes_to_on_error_and_a_later_grant_is_picked_up(backend):
+    errors, snapshots = [], []
+    got_error, synced = threading.Event(), threading.Event()
+    backend.store.fail_calls(DENIED)
+
+    def on_error(error):
+        errors.append(error)
+        got_error.set()
+
+    def on_change(change):
+        snapshots.append(change)
+        synced.set()
+
+    watcher = PrefixWatcher(backend, "/p/", on_change, name="t", on_error=on_error).start()
+    try:
+        assert got_error.wait(5) and isinstance(errors[0], PermissionDenied) and not snapshots
+        backend.store.fail_calls(None)  # the grant is added
+        assert synced.wait(5) and snapshots[0].initial
+    finally:
+        watcher.stop()
+
+
+def test_without_on_error_it_is_logged_once_as_an_error(backend, caplog):
+    caplog.set_level(logging.DEBUG, logger="etcdvisor.coord.follow")
+    backend.store.fail_calls(DENIED)
+    tried = threading.Event()
+    calls = [0]
+    real_range = backend.range
+
+    def counting_range(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] >= 3:
+            tried.set()
+        return real_range(*args, **kwargs)
+
+    backend.range = counting_range
+    watcher = PrefixWatcher(backend, "/p/", lambda _c: None, name="watch:/p/").start()
+    try:
+        assert tried.wait(5)  # tried three times: two refusals after the first
+    finally:
+        watcher.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "watch:/p/: range '/p/': permission denied for etcd user 'u'" in errors[0].getMessage()
