@@ -69,3 +69,29 @@ def test_without_on_error_it_is_logged_once_as_an_error(backend, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert "watch:/p/: range '/p/': permission denied for etcd user 'u'" in errors[0].getMessage()
+
+
+def test_a_refused_control_watch_is_said_once_and_still_counted(backend, caplog):
+    from etcdvisor.coord.keys import ClusterKeys
+    from etcdvisor.runtime.control import ControlWatch
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    backend.store.fail_calls(PermissionDenied("range '/etcdvisor/c/control/': permission denied "
+                                              "for etcd user 'u'"))
+    counted = []
+    three = threading.Event()
+
+    def count(error):
+        counted.append(error)
+        if len(counted) >= 3:
+            three.set()
+
+    watch = ControlWatch(backend, ClusterKeys("c"), lambda _e: None, on_error=count).start(wait=0)
+    try:
+        assert three.wait(5)
+    finally:
+        watch.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("control records: range '/etcdvisor/c/control/': permission denied for etcd "
+                                "user 'u'; ")
