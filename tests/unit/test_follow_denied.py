@@ -95,3 +95,58 @@ def test_a_refused_control_watch_is_said_once_and_still_counted(backend, caplog)
     assert len(errors) == 1, errors
     assert errors[0].startswith("control records: range '/etcdvisor/c/control/': permission denied for etcd "
                                 "user 'u'; ")
+
+
+def test_a_refused_barrier_is_posted_for_the_roles_waiting_on_it(backend, tmp_path):
+    import yaml
+
+    from etcdvisor.config import load
+    from etcdvisor.coord.keys import ClusterKeys
+    from etcdvisor.runtime.barriers import BarrierFact, BarrierGate
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cluster": "c", "etcd": {"endpoints": "memory://x"}, "roles": {
+        "app": {"type": "singleton", "command": ["true"], "wait_for": ["warm"]},
+        "other": {"type": "singleton", "command": ["true"]}}}))
+    denied = PermissionDenied("range '/etcdvisor/c/waitgroups/warm': permission denied for etcd user 'u'")
+    backend.store.fail_calls(denied)
+    posted, got = [], threading.Event()
+
+    def post(fact):
+        posted.append(fact)
+        got.set()
+
+    gate = BarrierGate(load(path), ClusterKeys("c"), backend, post)
+    gate.start()
+    try:
+        assert got.wait(5)
+    finally:
+        gate.stop()
+    assert (posted[0].name, posted[0].open, str(posted[0].denied)) == ("waitgroup:warm", False, str(denied))
+    assert isinstance(posted[0], BarrierFact) and isinstance(posted[0].denied, PermissionDenied)
+    gate.update(posted[0])
+    assert gate.waiting("waitgroup:warm") == ["app"] and not gate.allows("app") and gate.allows("other")
+
+
+def test_the_loop_fails_only_the_roles_waiting_on_a_refused_barrier(caplog):
+    from etcdvisor.runtime.barriers import BarrierFact
+
+    from .loop_harness import LoopHarness
+
+    h = LoopHarness("""
+cluster: loop
+etcd: {endpoints: "memory://loop"}
+member: {ttl: 10}
+roles:
+  app: {type: sharded, command: ["app"], wait_for: [warm]}
+  plain: {type: sharded, command: ["plain"]}
+""")
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    denied = PermissionDenied("range '/etcdvisor/loop/waitgroups/warm': permission denied for etcd user 'u'")
+    for _ in range(2):  # a refusal is posted at every retry: one line, once
+        h.post(BarrierFact("waitgroup:warm", False, denied=denied))
+        h.turn()
+    assert h.sup.runners["app"].failed_reason.startswith(f"barrier waitgroup:warm: {denied}")
+    assert h.sup.runners["plain"].failed_reason is None
+    lines = [r.getMessage() for r in caplog.records if "FAILED" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"role app: FAILED: barrier waitgroup:warm: {denied} "), lines

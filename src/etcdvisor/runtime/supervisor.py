@@ -314,6 +314,9 @@ class Supervisor:
             self._on_session(event.event)
         elif isinstance(event, BarrierFact):
             self.gate.update(event)
+            if event.denied is not None:
+                for role in self.gate.waiting(event.name):
+                    self._fail_role(role, f"barrier {event.name}", event.denied)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
         elif self.wiring is not None and self.wiring.owns(event):
