@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etcdvisor.runtime.private_files import _owner_tag, process_start
+from etcdvisor.runtime.private_files import owner_tag, process_start
 
 from .conftest import wait_for, wait_pids_gone
 from .test_seed_wiring import seed_role, starts
@@ -35,12 +35,12 @@ def dead_pid() -> int:
 def test_sigkilled_supervisor_leaves_no_config_file_and_run_removes_stale_ones(fleet):
     tmpdir = fleet.dir / "tmp"
     tmpdir.mkdir()
-    tag = _owner_tag(fleet.cluster, "m0")
+    tag = owner_tag(fleet.cluster, "m0")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         stale = tmpdir / f"{tag}{dead_pid()}.42-stale1"
         live = tmpdir / f"{tag}{sleeper.pid}.{process_start(sleeper.pid)}-live01"
-        other = tmpdir / f"{_owner_tag(fleet.cluster, 'm9')}{dead_pid()}.42-other1"
+        other = tmpdir / f"{owner_tag(fleet.cluster, 'm9')}{dead_pid()}.42-other1"
         for path in (stale, live, other):
             path.mkdir()
             (path / "old.json").write_text('{"SECRET": "s"}')

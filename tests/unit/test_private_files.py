@@ -220,3 +220,14 @@ def _alive(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_helper_never_follows_a_symlinked_directory(tmp_path):
+    from etcdvisor.process import watchdog_main
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    (tmp_path / "link").symlink_to(target)
+    watchdog_main._remove_tree(str(tmp_path / "link"))
+    assert (target / "keep").exists()

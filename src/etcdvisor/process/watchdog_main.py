@@ -159,10 +159,12 @@ def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type:
 def _remove_tree(path: str) -> None:
     """Remove directory ``path`` and what it holds, never following a symlink
     (shutil would pull in a dozen modules)."""
+    if os.path.islink(path):
+        return  # never follow one (only its owner could have put it there, but still)
     try:
         entries = list(os.scandir(path))
     except OSError:
-        return  # gone already, or a symlink/file: not ours to follow
+        return  # gone already, or a file
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):

@@ -80,7 +80,8 @@ def write_confined(root: str, relative: str, data: bytes, *, key: str) -> None:
     write_atomically(os.path.join(parent, os.path.basename(target)), data, make_dirs=False)
 
 
-def _owner_tag(cluster: str, member: str) -> str:
+def owner_tag(cluster: str, member: str) -> str:
+    """The start of the name of every config directory of ``member`` of ``cluster``."""
     safe = re.sub(r"[^A-Za-z0-9_.]", "_", member)[:40]
     digest = hashlib.sha1(f"{cluster}\0{member}".encode()).hexdigest()[:8]
     return f"{CONFIG_DIR_PREFIX}{safe}-{digest}-"
@@ -101,7 +102,7 @@ def process_start(pid: int) -> str | None:
 def make_config_dir(cluster: str, member: str) -> str:
     """A fresh private directory owned by this process (see module docstring)."""
     pid = os.getpid()
-    prefix = f"{_owner_tag(cluster, member)}{pid}.{process_start(pid) or 0}-"
+    prefix = f"{owner_tag(cluster, member)}{pid}.{process_start(pid) or 0}-"
     return tempfile.mkdtemp(prefix=prefix)
 
 
@@ -122,7 +123,7 @@ def remove_stale_config_dirs(cluster: str, member: str, directory: str | None = 
     """Remove this member's config directories whose owning supervisor is
     dead (see module docstring); return the paths removed."""
     directory = directory or tempfile.gettempdir()
-    tag = _owner_tag(cluster, member)
+    tag = owner_tag(cluster, member)
     owner = re.compile(r"(\d+)\.(\d+)-[^-/]*")
     removed: list[str] = []
     try:
