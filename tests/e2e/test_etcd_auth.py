@@ -202,3 +202,130 @@ def test_backend_reports_permission_denied_naming_the_key(auth_fleet):
         assert "/etcdvisor/other/" in str(denied.value)
     finally:
         backend.close()
+
+
+# --- issue 16, section 3: every role key with a prefix-only user ---------------------------
+# The grants docs/etcd-auth.md gives per feature; without one, the role that needs it fails
+# with one line naming the key and the user (never a silent wait), the other roles run on.
+
+ROOT = "root:root-" + PASSWORD
+
+
+def config_grants(layout: str, cluster: str) -> list[str]:
+    """The read grants docs/etcd-auth.md lists for role ``config:`` in ``layout``."""
+    if layout == "ergo":
+        return [f"services/ergo/config/{cluster}/", f"services/ergo/cluster/{cluster}/config/",
+                "services/ergo/config/global/"]
+    shared = "/etcdvisor/_shared/config/"
+    return [f"{shared}node/{cluster}/", f"{shared}member/{cluster}/", f"{shared}cluster/{cluster}/",
+            f"{shared}global/"]
+
+
+def failed_lines(member) -> list[str]:
+    return [line for line in member.output().splitlines() if " ERROR " in line and "FAILED" in line]
+
+
+def reset(config: Path, role: str) -> None:
+    done = cli("reset", role, "-c", str(config), env={PASSWORD_VAR: PASSWORD})
+    assert done.returncode == 0, done.stderr
+
+
+def leader_children(fleet: Fleet, role: str) -> list:
+    return [i for i in fleet.history().live(role) if i.leader]
+
+
+@pytest.mark.parametrize("layout", ["etcdvisor", "ergo"])
+def test_config_needs_its_documented_grant_and_fails_the_role_without_it(auth_fleet, layout):
+    from .test_seed_wiring import seed_role, starts
+
+    fleet, url, cluster = auth_fleet, auth_fleet.etcd_url, auth_fleet.cluster
+    rec = fleet.dir / "seed.jsonl"
+    item = f"token{os.urandom(3).hex()}"
+    cfg = seed_role(fleet, "singleton", rec, ("TOKEN",), config={"TOKEN": {"item": item, "default": "dflt"}})
+    config = write_auth_config(fleet, {"cfg": cfg, "work": fleet.worker_role("singleton")})
+    doc = yaml.safe_load(config.read_text())
+    doc["config_layout"] = layout
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    member = fleet.start("m0", config, env={PASSWORD_VAR: PASSWORD})
+
+    # without the grant: one line naming the key and the user, the role FAILED, the other role runs
+    wait_for(lambda: failed_lines(member), 30, "role cfg to fail without the config grant")
+    wait_for(lambda: leader_children(fleet, "work"), 30, "the other role's child")
+    (line,) = failed_lines(member)
+    assert "role cfg: FAILED: config items: range '" in line, line  # the first level refused (watchers race)
+    assert any(f"range '{prefix}" in line for prefix in config_grants(layout, cluster)), line
+    assert f"permission denied for etcd user '{USER}'" in line and "docs/etcd-auth.md" in line, line
+    assert not starts(rec, role="cfg")
+
+    def failed_in_status():
+        status = cli("status", "-c", str(config), "--json", env={PASSWORD_VAR: PASSWORD})
+        assignments = json.loads(status.stdout)["roles"]["cfg"]["assignments"]
+        return assignments and "permission denied" in (assignments[0]["failed"] or "")
+    wait_for(failed_in_status, 15, "status to show role cfg FAILED")
+
+    # the documented grant (docs/etcd-auth.md), a value, then `supervisor reset`: it works
+    config_role = f"etcdvisor-{cluster}-config"
+    etcdctl(url, "role", "add", config_role, user=ROOT)
+    for prefix in config_grants(layout, cluster):
+        etcdctl(url, "role", "grant-permission", config_role, "--prefix=true", "read", prefix, user=ROOT)
+    etcdctl(url, "user", "grant-role", USER, config_role, user=ROOT)
+    key = (f"services/ergo/cluster/{cluster}/config/*/{item}" if layout == "ergo"
+           else f"/etcdvisor/_shared/config/cluster/{cluster}/{item}")
+    etcdctl(url, "put", key, "from-etcd", user=ROOT)
+    work_pid = leader_children(fleet, "work")[0].pid
+    reset(config, "cfg")
+    wait_for(lambda: starts(rec, role="cfg"), 30, "role cfg's child after the grant and reset")
+    (started,) = starts(rec, role="cfg")
+    assert started["env"] == {"TOKEN": "from-etcd"} and started["config"] == {"TOKEN": "from-etcd"}
+    assert [i.pid for i in leader_children(fleet, "work")] == [work_pid]  # never touched
+    assert len(failed_lines(member)) == 1 and "Traceback" not in member.output()
+    assert PASSWORD not in member.output()
+
+
+def test_register_and_peers_need_the_services_prefix_and_fail_their_roles_without_it(private_etcd, tmp_path):
+    from .test_seed_wiring import seed_role, starts
+
+    cluster = "auth-" + os.urandom(3).hex()
+    url, base = private_etcd.url, f"/etcdvisor/{cluster}/"
+    role = f"etcdvisor-{cluster}"
+    etcdctl(url, "user", "add", "root", "--new-user-password", ROOT.partition(":")[2])
+    etcdctl(url, "role", "add", role)
+    # everything of the cluster except its registry, services/ (an explicit key range each side)
+    etcdctl(url, "role", "grant-permission", role, "readwrite", base, base + "services/")
+    etcdctl(url, "role", "grant-permission", role, "readwrite", base + "services0", f"/etcdvisor/{cluster}0")
+    etcdctl(url, "user", "add", USER, "--new-user-password", PASSWORD)
+    etcdctl(url, "user", "grant-role", USER, role)
+    etcdctl(url, "auth", "enable")
+    fleet = Fleet(tmp_path, url, cluster)
+    try:
+        rec = fleet.dir / "seed.jsonl"
+        peers_file = fleet.dir / "peers" / "api.json"
+        api = seed_role(fleet, "singleton", rec, register={"service": "api", "port": 7000})
+        gw = seed_role(fleet, "singleton", rec, peers={"api": {"file": "peers/api.json"}})
+        gw["env"] = dict(gw["env"], SEED_PEERS=str(peers_file))
+        config = write_auth_config(fleet, {"api": api, "gw": gw, "work": fleet.worker_role("singleton")})
+        member = fleet.start("m0", config, env={PASSWORD_VAR: PASSWORD})
+
+        wait_for(lambda: len(failed_lines(member)) == 2, 30, "roles api and gw to fail")
+        wait_for(lambda: leader_children(fleet, "work"), 30, "the other role's child")
+        lines = {line.split("role ", 1)[1].split(":")[0]: line for line in failed_lines(member)}
+        assert set(lines) == {"api", "gw"}, lines
+        registry = f"{base}services/api/instances/"
+        assert f"role api: FAILED: register m0.api.0: put '{registry}m0.api.0': permission denied " \
+               f"for etcd user '{USER}'" in lines["api"], lines["api"]
+        assert f"role gw: FAILED: peers api: range '{registry}'" in lines["gw"], lines["gw"]
+        assert f"permission denied for etcd user '{USER}'" in lines["gw"]
+        assert not starts(rec, role="gw") and not peers_file.exists()
+
+        # the grant the docs name (readwrite on the cluster prefix covers it), then reset: it works
+        etcdctl(url, "role", "grant-permission", role, "--prefix=true", "readwrite", base, user=ROOT)
+        work_pid = leader_children(fleet, "work")[0].pid
+        reset(config, "api")
+        reset(config, "gw")
+        wait_for(lambda: starts(rec, role="gw") and starts(rec, role="gw")[-1]["peers"], 30,
+                 "gw's child with the api instance in its peers file")
+        assert [p["id"] for p in starts(rec, role="gw")[-1]["peers"]] == ["m0.api.0"]
+        assert [i.pid for i in leader_children(fleet, "work")] == [work_pid]
+        assert len(failed_lines(member)) == 2 and "Traceback" not in member.output()
+    finally:
+        fleet.close()

@@ -156,3 +156,56 @@ def test_a_failed_registry_write_is_retried(make):
     s.reg.retry_due(102.0)
     s.effects.run()
     assert cluster_registry(s.backend, "c").discover("api") == []
+
+
+def test_a_refused_registry_write_fails_the_role_instead_of_retrying(make):
+    """Issue 16, section 3: PermissionDenied is a fault of the role, not an etcd hiccup."""
+    from etcdvisor.coord.errors import PermissionDenied
+
+    s = make()
+    failed = []
+    s.reg.fail_role = lambda role, what, error: failed.append((role, what, str(error)))
+    slot = api_slot()
+    children = [(SimpleNamespace(name="api"), "api", slot)]
+    s.reg.on_slot_events([Started("api/api", 123)], children)
+    denied = PermissionDenied("put '/etcdvisor/c/services/api/instances/m0.api.2': permission denied "
+                              "for etcd user 'u'")
+    s.backend.store.fail_calls(denied)
+    s.effects.run()
+    assert failed == [("api", "register m0.api.2", str(denied))]
+    assert s.reg.next_deadline() is None  # no retry: it cannot help
+    s.reg.on_slot_events([Stopped("api/api", 0)], children)
+    s.effects.run()
+    assert failed[-1][:2] == ("api", "deregister m0.api.2") and s.reg.next_deadline() is None
+
+
+def test_a_refused_peers_watch_fails_the_roles_reading_that_service(make):
+    from etcdvisor.coord.errors import PermissionDenied
+    from etcdvisor.runtime.registration import PeersDenied
+
+    s = make()
+    failed = []
+    s.reg.fail_role = lambda role, what, error: failed.append((role, what))
+    posted = []
+    s.reg.post = posted.append
+    error = PermissionDenied("range '/etcdvisor/c/services/api/instances/': permission denied")
+    s.reg._on_error("api", error)
+    s.reg._on_error("api", ConnectionError("a hiccup is retried quietly"))  # type: ignore[arg-type]
+    assert posted == [PeersDenied("api", error)]
+    s.reg.denied(posted[0])
+    assert failed == [("gw", "peers api")]
+
+
+def test_a_peers_file_through_a_symlink_out_of_the_cwd_fails_the_role(make, tmp_path):
+    s = make()
+    failed = []
+    s.reg.fail_role = lambda role, what, error: failed.append((role, what, str(error)))
+    (tmp_path / "gw").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "gw" / "peers").symlink_to(tmp_path / "elsewhere")
+    s.reg.handle(peers_event("a"), lambda: [])
+    s.effects.run()
+    assert [(r, w) for r, w, _ in failed] == [("gw", "peers file")]
+    assert failed[0][2].startswith("roles.gw.peers.api.file: 'peers/api.json' resolves to ")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert s.reg.gate(s.config.role("gw"), {"gw": object()}, {}) == {}  # never started

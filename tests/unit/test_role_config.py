@@ -67,7 +67,10 @@ def setup(tmp_path):
     wiring = RoleConfig(config, backend, "m0", lambda _e: None, effects)
     wiring.directory = str(tmp_path / "files")
     os.mkdir(wiring.directory)
-    root = wiring.layered.roots()[0]
+    root = wiring.roots[2]  # the cluster level (node, member, cluster, global)
+    for other in wiring.roots:  # one watcher per level: the others have nothing
+        if other != root:
+            wiring.handle(ConfigSnapshot(other, {}))
     yield SimpleNamespace(config=config, role=config.role("api"), wiring=wiring, effects=effects, root=root,
                           layered=wiring.layered)
     backend.close()
@@ -217,3 +220,35 @@ def test_yaml_values_that_are_not_json_do_not_break_the_loop(setup):
     from etcdvisor.runtime.role_config import env_text
 
     assert env_text({"when": datetime.date(2024, 1, 2)}) == '{"when":"2024-01-02"}'
+
+
+def test_one_watcher_per_level_and_a_refused_level_is_posted(setup):
+    """Issue 16, section 3: the watched prefixes are the levels of this cluster and
+    member only (narrow read grants), and a refusal is posted, not retried silently."""
+    from etcdvisor.coord.errors import PermissionDenied, Unavailable
+    from etcdvisor.runtime.role_config import ConfigDenied
+
+    s = setup
+    shared = "/etcdvisor/_shared/config/"
+    assert s.wiring.roots == (f"{shared}node/c/m0/", f"{shared}member/c/m0/", f"{shared}cluster/c/",
+                              f"{shared}global/")
+    posted = []
+    s.wiring.post = posted.append
+    error = PermissionDenied(f"range '{shared}global/': permission denied for etcd user 'u'")
+    s.wiring._on_error(s.wiring.roots[3], Unavailable("a hiccup is retried quietly"))
+    s.wiring._on_error(s.wiring.roots[3], error)
+    assert posted == [ConfigDenied(s.wiring.roots[3], error)]
+
+
+def test_ergo_levels_are_watched_one_prefix_each(tmp_path):
+    doc = {"cluster": "shop", "config_layout": "ergo", "etcd": {"endpoints": "memory://x"},
+           "roles": {"api": {"type": "singleton", "command": ["true"], "config": {"X": {"item": "x"}}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    backend = open_backend("memory://unit-role-config-ergo-" + os.urandom(3).hex())
+    try:
+        wiring = RoleConfig(load(path), backend, "web-1", lambda _e: None, Effects())
+        assert wiring.roots == ("services/ergo/config/shop/web-1/", "services/ergo/cluster/shop/config/web-1/",
+                                "services/ergo/cluster/shop/config/*/", "services/ergo/config/global/")
+    finally:
+        backend.close()

@@ -124,7 +124,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
-    fields.update(wiring_fields(check.raw, check.path, problems))
+    fields.update(wiring_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:

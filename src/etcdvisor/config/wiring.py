@@ -16,6 +16,7 @@ another fleet), returned as one line each.
 from __future__ import annotations
 
 import json
+import os
 import re
 import string
 
@@ -67,11 +68,30 @@ def placeholder_problem(text: str) -> str | None:
     return None
 
 
-def wiring_fields(raw: dict, path: tuple, problems: Problems) -> dict:
-    """``config``/``register``/``peers`` of one schema-valid role."""
+def wiring_fields(raw: dict, path: tuple, problems: Problems, cwd: str) -> dict:
+    """``config``/``register``/``peers`` of one schema-valid role (``cwd``: the
+    role's absolute working directory, where its peers files must stay)."""
     return {"config": _config(raw.get("config", {}), path + ("config",), problems),
             "register": _register(raw.get("register"), path + ("register",), problems),
-            "peers": _peers(raw.get("peers", {}), path + ("peers",), problems)}
+            "peers": _peers(raw.get("peers", {}), path + ("peers",), problems, cwd)}
+
+
+def peers_file_problem(file: str, cwd: str) -> str | None:
+    """Why peers file ``file`` (as written) is not a file inside ``cwd``, or None.
+
+    Lexical only (``validate`` may run where the directories do not exist):
+    a relative path must not climb out with ``..``; an absolute one must name
+    a file inside ``cwd``. The writer checks again after resolving symlinks
+    (runtime/private_files.py)."""
+    target = os.path.normpath(os.path.join(cwd, file))
+    root = os.path.normpath(cwd)
+    if target == root or file.endswith(("/", os.sep)):
+        return f"{file!r} names a directory, not a file"
+    if os.path.commonpath([root, target]) != root:
+        kind = "absolute path" if os.path.isabs(file) else "path"
+        return (f"{kind} {file!r} is outside the role's working directory {root} "
+                "(peers files stay inside it; set the role's cwd to write elsewhere)")
+    return None
 
 
 def _config(raw: dict, path: tuple, problems: Problems):
@@ -126,7 +146,7 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
                         meta=_frozen_map(raw.get("meta", {})))
 
 
-def _peers(raw: dict, path: tuple, problems: Problems):
+def _peers(raw: dict, path: tuple, problems: Problems, cwd: str):
     peers = {}
     for service, entry in raw.items():
         where = path + (service,)
@@ -135,6 +155,10 @@ def _peers(raw: dict, path: tuple, problems: Problems):
             continue
         if "\0" in entry["file"]:
             problems.add(where + ("file",), "contains a NUL byte")
+            continue
+        escape = peers_file_problem(entry["file"], cwd)
+        if escape:
+            problems.add(where + ("file",), escape)
             continue
         try:
             on_change = parse_on_change(entry.get("on_change"), ChangeAction.NONE)

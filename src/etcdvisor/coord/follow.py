@@ -19,6 +19,11 @@ revision + 1. So a slow owner never leaves a server stream undrained.
 
 States: STARTING -> WATCHING -> (RETRYING | SUSPENDED -> WATCHING)* -> STOPPED.
 Callbacks run on the follower's thread.
+
+A read or watch the store refuses (:class:`PermissionDenied`) is never a
+silent retry: it goes to ``on_error`` (whose owner reports it: a role
+fails), or, without one, is logged once as an error naming the key; it is
+retried every ``DENIED_RETRY`` seconds (a grant added later is picked up).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import threading
 from collections.abc import Callable
 
 from .base import Backend, WatchStream
-from .errors import Closed, Compacted, CoordError
+from .errors import Closed, Compacted, CoordError, PermissionDenied
 from .types import WatchBatch
 
 log = logging.getLogger(__name__)
+
+DENIED_RETRY = 5.0  # seconds between tries of a read or watch the store refused
 
 
 class Follower:
@@ -55,6 +62,7 @@ class Follower:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._stream: WatchStream | None = None
+        self._denied_logged = False
         self._thread = threading.Thread(target=self._run, name=f"follow:{name}", daemon=True)
 
     def start(self) -> Follower:
@@ -90,6 +98,11 @@ class Follower:
                 self._need_resync = True
             except Closed:
                 return
+            except PermissionDenied as exc:
+                if self.stopping.is_set():
+                    return
+                self._denied(exc)
+                self.stopping.wait(max(self.retry_interval, DENIED_RETRY))
             except CoordError as exc:
                 if self.stopping.is_set():
                     return
@@ -100,6 +113,13 @@ class Follower:
             except Exception:  # a broken callback must not kill the loop silently
                 log.exception("%s: callback failed, retrying", self.name)
                 self.stopping.wait(self.retry_interval)
+
+    def _denied(self, exc: PermissionDenied) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        elif not self._denied_logged:
+            self._denied_logged = True
+            log.error("%s: %s; retrying every %gs", self.name, exc, max(self.retry_interval, DENIED_RETRY))
 
     def _follow(self) -> None:
         stream = self.backend.watch(self.start_key, self.end_key, start_revision=self.revision + 1)

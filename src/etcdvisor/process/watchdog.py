@@ -13,7 +13,9 @@ helper process (``etcdvisor.process.watchdog_main``) holds a table
   cgroup subtree of the supervisor's children (``cgroup.kill``), and every process whose
   environment carries the tag of a registered child (``ETCDVISOR_CHILD_TAG``, found in
   ``/proc/*/environ``, rescanned until none is left), so setsid daemons that escaped
-  their group die too; then it removes the cgroup leaves and exits. This replaces the
+  their group die too; then it removes the cgroup leaves and the supervisor's private
+  directories (``remove_on_exit``: the children's config files, which may hold
+  secrets), and exits. This replaces the
   parent-death signal (children are spawned without one, see ``spawn``);
 - at a group's ``kill_at`` it also SIGKILLs that child's marked processes;
 - knows a lease-bound child before it exists: ``pending(tag, ...)`` is written at once,
@@ -112,6 +114,7 @@ class Watchdog:
         self._pending: dict[str, tuple[float | None, float | None, int]] = {}  # tag -> P entry
         self._queued = bytearray()
         self._cgroup_base: str | None = None
+        self._dirs: set[str] = set()
 
     @property
     def pid(self) -> int | None:
@@ -166,6 +169,14 @@ class Watchdog:
         its next flush cannot leave a lease-bound child unguarded."""
         self._pending[tag] = (term_at, kill_at, int(stop_signal))
         self._send(self._pending_line(tag, *self._pending[tag]), now=True)
+
+    def remove_on_exit(self, path: str) -> None:
+        """Have the helper remove directory ``path`` (and its files) if the
+        supervisor dies; a clean ``stop()`` leaves it to the supervisor."""
+        if "\n" in path:
+            raise ValueError(f"directory path with a newline: {path!r}")
+        self._dirs.add(path)
+        self._send(f"D {path}\n", now=True)
 
     def spawn_failed(self, tag: str) -> None:
         if self._pending.pop(tag, None) is not None:
@@ -228,6 +239,7 @@ class Watchdog:
         """The whole state as commands (after a restart or an overflowing backlog)."""
         base = self._cgroup_base
         head = f"B {base}\n" if base and "\n" not in base else ""
+        head += "".join(f"D {path}\n" for path in sorted(self._dirs))
         return head + "".join(self._register_line(p, *e) for p, e in self._table.items()) \
             + "".join(self._pending_line(t, *e) for t, e in self._pending.items())
 

@@ -14,6 +14,8 @@ line, ``-`` stands for "no deadline", times are CLOCK_MONOTONIC seconds::
                                             processes marked ETCDVISOR_CHILD_TAG=<tag>
                                             share its fate even outside the group
     B <path>                                the cgroup holding every child's leaf
+    D <path>                                a directory of the supervisor's private files
+                                            (the children's config files): removed on EOF
     E <pgid> <term_at> <kill_at>            extend (replace) the deadlines of a group
     U <pgid>                                forget a group
     C                                       forget every group (before a full replay)
@@ -22,7 +24,7 @@ line, ``-`` stands for "no deadline", times are CLOCK_MONOTONIC seconds::
 At ``term_at`` the group (and its marked processes) gets its stop signal, at ``kill_at``
 SIGKILL (then it is forgotten). On EOF of stdin (the supervisor died, even by SIGKILL)
 every registered group, the cgroup subtree and every marked process get SIGKILL, the
-cgroup leaves are removed, and the helper exits.
+cgroup leaves and the ``D`` directories are removed, and the helper exits.
 """
 
 import _signal as signal  # type: ignore[import-not-found]  # the C module: ``signal`` itself would import enum and ~10 more
@@ -154,6 +156,29 @@ def _kill_everything(table: dict[int, list], base: str | None) -> None:  # type:
         _remove_cgroup(base)
 
 
+def _remove_tree(path: str) -> None:
+    """Remove directory ``path`` and what it holds, never following a symlink
+    (shutil would pull in a dozen modules)."""
+    if os.path.islink(path):
+        return  # never follow one (only its owner could have put it there, but still)
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return  # gone already, or a file
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def _signal_group(pgid: int, signum: int) -> bool:
     """False when there is no such group; a pending child's entry (negative key) has none."""
     if pgid <= 0:
@@ -165,10 +190,14 @@ def _signal_group(pgid: int, signum: int) -> bool:
         return False
 
 
-def _apply(table: dict[int, list], line: str, settings: dict[str, str | None]) -> bool:  # type: ignore[type-arg]
+def _apply(table: dict[int, list], line: str, settings: dict[str, str | None],  # type: ignore[type-arg]
+           dirs: set[str]) -> bool:
     """Apply one command line; return False when told to quit."""
     if line.startswith("B "):
         settings["cgroup"] = line[2:]
+        return True
+    if line.startswith("D "):
+        dirs.add(line[2:])
         return True
     parts = line.split()
     if not parts:
@@ -244,6 +273,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     table: dict[int, list] = {}  # type: ignore[type-arg]  # pgid -> [term_at, kill_at, signal, tag]
     settings: dict[str, str | None] = {"cgroup": None}
+    dirs: set[str] = set()  # D: removed on EOF
     pending = b""
     while True:
         next_due = _fire_due(table, time.monotonic())
@@ -254,12 +284,14 @@ def main() -> int:
         data = os.read(0, 65536)
         if not data:
             _kill_everything(table, settings["cgroup"])
+            for path in dirs:
+                _remove_tree(path)
             return 0
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
             try:
-                if not _apply(table, line.decode("utf-8", "surrogateescape"), settings):
+                if not _apply(table, line.decode("utf-8", "surrogateescape"), settings, dirs):
                     return 0
             except (ValueError, IndexError):
                 sys.stderr.write(f"etcdvisor watchdog: bad command {line!r}\n")

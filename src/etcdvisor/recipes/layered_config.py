@@ -155,6 +155,12 @@ class LayeredConfig:
             return (f"{self.prefix}/config/", f"{self.prefix}/cluster/{self.cluster}/config/")
         return (f"{self.prefix}/config/",)
 
+    def scope_prefixes(self) -> tuple[str, ...]:
+        """The key prefix of each level that applies, highest priority first:
+        all that a reader of this cluster/node needs (one read grant each;
+        :meth:`roots` also covers other clusters and nodes)."""
+        return tuple(self.scope_prefix(scope) for scope in self.scopes())
+
     def scope_prefix(self, scope: str) -> str:
         """The key prefix of ``scope`` for this cluster/node."""
         if scope not in SCOPES:

@@ -12,13 +12,16 @@ A role with barriers gets no children until every barrier is open:
 
 Facts come from :class:`PrefixWatcher` mirrors (nothing polled, nothing
 missed); the watch threads post :class:`BarrierFact` events and only the
-loop updates the gate. Once open a barrier stays open for the life of the
-member: a role that started is not stopped when a dependency's record is
-later deleted (``rerun``).
+loop updates the gate. A barrier the store refuses to let us read
+(``PermissionDenied``) posts a fact with ``denied`` set: the loop fails the
+roles waiting on it (one line naming key and user), never a silent wait.
+Once open a barrier stays open for the life of the member: a role that
+started is not stopped when a dependency's record is later deleted (``rerun``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from ..config import Config, RoleSpec, RoleType
 from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
 from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
@@ -40,6 +43,7 @@ log = logging.getLogger("etcdvisor")
 class BarrierFact:
     name: str  # "role:<dep>" or "waitgroup:<name>"
     open: bool
+    denied: PermissionDenied | None = None  # the store refused the read (the barrier stays closed)
 
 
 def done_key(keys: ClusterKeys, role: str, count: int, index: int) -> str:
@@ -101,7 +105,16 @@ class BarrierGate:
             else:
                 prefix = self.keys.waitgroup(target)
                 handler = self._waitgroup_handler(name, prefix)
-            self._watchers.append(PrefixWatcher(self.backend, prefix, handler, name=f"barrier:{name}").start())
+            self._watchers.append(PrefixWatcher(self.backend, prefix, handler, name=f"barrier:{name}",
+                                                on_error=functools.partial(self._on_error, name)).start())
+
+    def _on_error(self, name: str, error: CoordError) -> None:  # watch thread: only post
+        if isinstance(error, PermissionDenied):
+            self.post(BarrierFact(name, False, denied=error))
+
+    def waiting(self, name: str) -> list[str]:
+        """The roles that need barrier ``name`` and have not passed their barriers."""
+        return [role for role, names in self.needs.items() if name in names and role not in self._announced]
 
     def _role_handler(self, name: str, dep: RoleSpec) -> Callable[[Change], None]:
         def handle(change: Change) -> None:

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
 from ..coord.types import Delete, KeyValue, Put
 from ..coord.watcher import Change, PrefixWatcher
@@ -141,8 +141,19 @@ class ControlWatch:
                  on_error: Callable[[CoordError], None] | None = None):
         self.prefix = control_prefix(keys)
         self.post = post
+        self._on_error = on_error
+        self._denied_logged = False
         self.watcher = PrefixWatcher(backend, self.prefix, self._on_change, name="control",
-                                     on_error=on_error)
+                                     on_error=self._error)
+
+    def _error(self, error: CoordError) -> None:  # watch thread
+        """A refusal is said once (one line naming key and user), never only counted."""
+        if isinstance(error, PermissionDenied) and not self._denied_logged:
+            self._denied_logged = True
+            log.error("control records: %s; restart, pause, reset and trigger do not reach this "
+                      "member until it may read them (docs/etcd-auth.md)", error)
+        if self._on_error is not None:
+            self._on_error(error)
 
     def start(self, wait: float = 5.0) -> ControlWatch:
         self.watcher.start(wait=wait)

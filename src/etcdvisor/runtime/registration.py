@@ -17,6 +17,12 @@ one of its peers files has been written.
 
 Every etcd write and file write is an effect (the loop's effect runner, one
 lane, in queue order); ``done`` runs on the loop.
+
+Refusals are faults of the role, never a silent wait or an endless retry:
+a registry write or a peers watch refused by the store (``PermissionDenied``)
+and a peers file that resolves outside the role's ``cwd``
+(:class:`~.private_files.PathEscape`) call ``fail_role(role, what, error)``:
+one line naming the key (and the etcd user), the role FAILED.
 """
 
 from __future__ import annotations
@@ -33,13 +39,15 @@ from typing import Any
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, OnChange
 from ..coord.base import Backend
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.session import Session
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.registry import Registry, ServiceInfo, _instances
-from .role_config import Children, QueueEffect, restartable, write_atomically
+from .private_files import PathEscape, write_confined
+from .role_config import Children, QueueEffect, restartable
 
 log = logging.getLogger("etcdvisor")
 
@@ -56,6 +64,18 @@ def cluster_registry(backend: Backend, cluster: str) -> Registry:
 class PeersSnapshot:
     service: str
     instances: tuple[ServiceInfo, ...]
+
+
+@dataclass(frozen=True)
+class PeersDenied:
+    """Posted by a watcher thread: the store refused the watch of ``service``."""
+
+    service: str
+    error: PermissionDenied
+
+
+def _log_fault(role: str, what: str, error: BaseException) -> None:
+    log.error("role %s: %s: %s", role, what, error, extra={"role": role})
 
 
 class Registration:
@@ -77,6 +97,8 @@ class Registration:
         self.written: dict[str, bytes] = {}  # peers file path -> content
         self.retries: dict[tuple[str, str], tuple[float, ServiceInfo]] = {}  # (op, id) -> (when, what)
         self.watchers: dict[str, PrefixWatcher] = {}
+        #: ``fail_role(role, what, error)``: the role cannot work (the supervisor fails it)
+        self.fail_role: Callable[[str, str, BaseException], None] = _log_fault
 
     # --- edge ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,11 +106,22 @@ class Registration:
         for service in services:
             if service not in self.watchers:
                 watcher = PrefixWatcher(self.backend, self.registry.instances_prefix(service),
-                                        functools.partial(self._on_change, service), name=f"peers:{service}")
+                                        functools.partial(self._on_change, service), name=f"peers:{service}",
+                                        on_error=functools.partial(self._on_error, service))
                 self.watchers[service] = watcher.start(wait=0)
 
     def _on_change(self, service: str, change: Change) -> None:  # watcher thread: only post
         self.post(PeersSnapshot(service, tuple(_instances(change.snapshot.values()))))
+
+    def _on_error(self, service: str, error: CoordError) -> None:  # watcher thread: only post
+        if isinstance(error, PermissionDenied):
+            self.post(PeersDenied(service, error))
+
+    def denied(self, event: PeersDenied) -> None:
+        """The roles reading ``event.service``'s peers cannot get them: they fail."""
+        for role in self.config.roles.values():
+            if event.service in role.peers:
+                self.fail_role(role.name, f"peers {event.service}", event.error)
 
     def close(self) -> None:
         for watcher in self.watchers.values():
@@ -140,6 +173,9 @@ class Registration:
 
         def done(_result: object, error: BaseException | None) -> None:
             self.retries.pop(("put", info.id), None)
+            if isinstance(error, PermissionDenied):
+                self.fail_role(str(info.metadata.get("role", "")), f"register {info.id}", error)
+                return  # retrying cannot help
             if error is not None and any(i is info for _r, i in self.registered.values()):
                 log.warning("registering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
                 self.retries[("put", info.id)] = (self.clock() + RETRY_DELAY, info)
@@ -152,6 +188,9 @@ class Registration:
 
         def done(_result: object, error: BaseException | None) -> None:
             registered_again = any(i.id == info.id for _r, i in self.registered.values())
+            if isinstance(error, PermissionDenied):
+                self.fail_role(str(info.metadata.get("role", "")), f"deregister {info.id}", error)
+                return  # the lease removes it when the member goes
             if error is not None and not registered_again:  # else the lease takes it at the latest
                 log.warning("deregistering %s failed (%s); retrying in %gs", info.id, error, RETRY_DELAY)
                 self.retries[("delete", info.id)] = (self.clock() + RETRY_DELAY, info)
@@ -204,6 +243,9 @@ class Registration:
         on_change = role.peers[service].on_change
 
         def done(_result: object, error: BaseException | None) -> None:
+            if isinstance(error, PathEscape):
+                self.fail_role(role.name, "peers file", error)
+                return
             if error is not None:
                 log.error("role %s: cannot write peers file %s: %s", role.name, path, error,
                           extra={"role": role.name})
@@ -212,7 +254,9 @@ class Registration:
             if not first:
                 self._act(role, service, on_change, children)
 
-        self.effect(f"write peers file {path}", lambda: write_atomically(path, data), done)
+        root, relative = self.config.role_cwd(role), role.peers[service].file
+        key = f"roles.{role.name}.peers.{service}.file"
+        self.effect(f"write peers file {path}", lambda: write_confined(root, relative, data, key=key), done)
 
     def _act(self, role: RoleSpec, service: str, on_change: OnChange, children: Callable[[], Children]) -> None:
         for runner, _key, slot in children():

@@ -22,7 +22,15 @@ runs on the decision loop and is pure bookkeeping plus effects:
 
 File: ``<private dir>/<child name>.json``, a JSON object ``{ENV: value}``
 with the values' types, replaced atomically (write + fsync + rename). The
-private directory (mode 0700) is made at start and removed at close.
+private directory (mode 0700, named after its owner: runtime/private_files.py)
+is made at start and removed at close; ``on_directory`` hands it to the
+watchdog helper, which removes it if the supervisor dies.
+
+Watched keys: one watcher per level that applies to this member
+(:meth:`LayeredConfig.scope_prefixes`), so that read grants on exactly those
+prefixes suffice (docs/etcd-auth.md). A watcher refused by the store
+(``PermissionDenied``) posts :class:`ConfigDenied`: the roles with ``config``
+fail with one line naming the key and the user, never a silent wait.
 
 States of one child's file: MISSING -> WRITING -> CURRENT -> (STALE ->
 WRITING -> CURRENT)*; children that are gone have their file removed.
@@ -42,7 +50,6 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,6 +57,7 @@ from typing import Any, Protocol
 from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ROOT
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
@@ -57,6 +65,7 @@ from ..process.slot import Slot
 from ..process.spawn import ChildSpec
 from ..recipes.layered_config import ConfigValueError, LayeredConfig
 from ..roles.base import RoleRunner
+from .private_files import make_config_dir, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
@@ -85,6 +94,14 @@ class ConfigSnapshot:
     revision: int = 0  # store revision of the snapshot: a late one from a retired watcher is older
 
 
+@dataclass(frozen=True)
+class ConfigDenied:
+    """Posted by a watcher thread: the store refused to let us read ``root``."""
+
+    root: str
+    error: PermissionDenied
+
+
 def layered_config(backend: Backend, cluster: str, member: str | None, layout: str) -> LayeredConfig:
     """The supervisor's layered config for ``cluster``/``member`` in ``layout``
     (shared by ``supervisor run`` and the ``config`` verb)."""
@@ -108,26 +125,6 @@ def env_text(value: Any) -> str | None:
     return text
 
 
-def write_atomically(path: str, data: bytes, *, make_dirs: bool = True) -> None:
-    """Replace ``path`` with ``data`` (a reader sees the old or the new file)."""
-    directory = os.path.dirname(path)
-    if make_dirs:
-        os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class RoleConfig:
     """The config wiring of every role of one member (loop thread only,
     except :meth:`start`'s watchers, which only post)."""
@@ -136,7 +133,10 @@ class RoleConfig:
                  post: Callable[[object], None], effect: QueueEffect):
         self.config = config
         self.backend = backend
+        self.member_id = member_id
         self.layered = layered_config(backend, config.cluster, member_id, config.config_layout)
+        self.roots = self.layered.scope_prefixes()
+        self.on_directory: Callable[[str], None] | None = None  # the private directory, once made
         self.post = post
         self.effect = effect
         self.stored: dict[str, Mapping[str, str]] = {}
@@ -161,7 +161,9 @@ class RoleConfig:
     # --- edge ---------------------------------------------------------------------------
     def start(self) -> None:
         """Make the private directory and start one watcher per root."""
-        self.directory = tempfile.mkdtemp(prefix="etcdvisor-config-")
+        self.directory = make_config_dir(self.config.cluster, self.member_id)
+        if self.on_directory is not None:
+            self.on_directory(self.directory)
         self._watch()
 
     def reconfigure(self, config: Config) -> None:
@@ -186,10 +188,14 @@ class RoleConfig:
             self.effect("stop the previous config watchers", stop_old, None)
 
     def _watch(self) -> None:
-        for root in self.layered.roots():
+        for root in self.roots:
             watcher = PrefixWatcher(self.backend, root, functools.partial(self._on_change, root),
-                                    name=f"config:{root}")
+                                    name=f"config:{root}", on_error=functools.partial(self._on_error, root))
             self.watchers.append(watcher.start(wait=0))
+
+    def _on_error(self, root: str, error: CoordError) -> None:  # watcher thread: only post
+        if isinstance(error, PermissionDenied):
+            self.post(ConfigDenied(root, error))
 
     def _on_change(self, root: str, change: Change) -> None:  # watcher thread: only post
         """Post the keys our roles can read (the roots also hold other clusters'
@@ -222,7 +228,7 @@ class RoleConfig:
     @property
     def ready(self) -> bool:
         """Every root has been read once: values are known."""
-        return len(self.stored) == len(self.layered.roots())
+        return len(self.stored) == len(self.roots)
 
     # --- loop: facts ------------------------------------------------------------------------
     def handle(self, event: ConfigSnapshot) -> None:

@@ -81,9 +81,12 @@ class Roster:
     # --- guarded calls ----------------------------------------------------------
     def fail(self, runner: RoleRunner, what: str, error: BaseException) -> None:
         """``runner`` raised in ``what``: its role fails, nothing else does."""
-        reason = f"{what} raised {describe(error)}"
+        self.refuse(runner, f"{what} raised {describe(error)}", exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def refuse(self, runner: RoleRunner, reason: str, *, exc_info: bool = False) -> None:
+        """``runner``'s role cannot work (``reason``: one line): it fails, nothing else does."""
         log.error("role %s: FAILED: %s; stopping its children, the member and other roles carry on",
-                  runner.name, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+                  runner.name, reason, exc_info=exc_info)
         runner.failed_reason = runner.failed_reason or reason
         if self.phase.get(runner.serial) in (Phase.ACTIVE, Phase.STARTING):
             self.phase[runner.serial] = Phase.BROKEN

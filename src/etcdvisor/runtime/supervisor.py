@@ -30,7 +30,7 @@ from .. import timing
 from ..config import Config, EtcdKind, RoleType, unresolved_command
 from ..coord import open_backend, read_password
 from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..etcd_server import EtcdServer
@@ -45,6 +45,7 @@ from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
 from .ops import Operations
+from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster
@@ -218,10 +219,14 @@ class Supervisor:
         self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
+        remove_stale_config_dirs(self.config.cluster, member.id)
+        watchdog = self.manager.watchdog
         self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
                                  self.clock, self.reconciler,
                                  lambda what, call, done=None: self.effects.submit(
-                                     Effect(WIRING_LANE, 0, what, call, done)))
+                                     Effect(WIRING_LANE, 0, what, call, done)),
+                                 fail_role=self._fail_role,
+                                 on_directory=watchdog.remove_on_exit if watchdog is not None else None)
         self.ctx.config_env = self.wiring.child_env
         self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
@@ -241,6 +246,15 @@ class Supervisor:
         if self.watch_config:
             self.file_watcher = ConfigFileWatcher(self.config.source_path, self.inbox.put,
                                                   signal.SIGHUP).start()
+
+    def _fail_role(self, name: str, what: str, error: BaseException) -> None:
+        """A role's wiring cannot work (store refused a key, path escape): FAILED once."""
+        runner = self.runners.get(name)
+        if runner is None or runner.failed_reason is not None:
+            return
+        hint = " (the grants each feature needs: docs/etcd-auth.md)" if isinstance(error, PermissionDenied) else ""
+        text = " ".join(str(error).split()) or describe(error)  # our own errors: the message says it all
+        self.roster.refuse(runner, f"{what}: {text}{hint}")
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -300,6 +314,9 @@ class Supervisor:
             self._on_session(event.event)
         elif isinstance(event, BarrierFact):
             self.gate.update(event)
+            if event.denied is not None:
+                for role in self.gate.waiting(event.name):
+                    self._fail_role(role, f"barrier {event.name}", event.denied)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
         elif self.wiring is not None and self.wiring.owns(event):

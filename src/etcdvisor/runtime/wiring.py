@@ -9,6 +9,12 @@ desired)`` on each runner's desired children; ``after_tick(events)`` with
 the slot events of each tick; ``on_new_lease()``; ``status(role)``;
 ``close()`` at the end. Edge threads (watchers) only post; file and registry
 writes are effects on the loop's EffectRunner (lane ``(wiring)``, in order).
+
+What the store refuses (``PermissionDenied`` on config items, registry
+writes, peers watches) and a peers file outside its role's ``cwd`` fail the
+roles concerned through ``fail_role(role, what, error)``; the private
+directory of the config files goes to ``on_directory`` (the watchdog removes
+it if the supervisor dies).
 """
 
 from __future__ import annotations
@@ -24,24 +30,30 @@ from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
 from ..roles.base import RoleRunner
 from .reconcile import Reconciler
-from .registration import PeersSnapshot, Registration
-from .role_config import ConfigSnapshot, QueueEffect, RoleConfig
+from .registration import PeersDenied, PeersSnapshot, Registration
+from .role_config import ConfigDenied, ConfigSnapshot, QueueEffect, RoleConfig
 
 log = logging.getLogger("etcdvisor")
 
-EVENTS = (ConfigSnapshot, PeersSnapshot)
+EVENTS = (ConfigSnapshot, PeersSnapshot, ConfigDenied, PeersDenied)
 WIRING_LANE = "(wiring)"  # effect lane of the wiring's file and registry writes
 
 
 class SeedWiring:
     def __init__(self, config: Config, backend: Backend, session: Session, member_id: str,
                  post: Callable[[object], None], clock: Callable[[], float], reconciler: Reconciler,
-                 effect: QueueEffect):
+                 effect: QueueEffect, *, fail_role: Callable[[str, str, BaseException], None] | None = None,
+                 on_directory: Callable[[str], None] | None = None):
         """``effect(what, call, done=None)`` queues I/O off the loop (lane
-        WIRING_LANE: in order); ``done(result, error)`` runs on the loop."""
+        WIRING_LANE: in order); ``done(result, error)`` runs on the loop.
+        ``fail_role(role, what, error)``: fail that role (one line);
+        ``on_directory(path)``: the config files' private directory, once made."""
         self.reconciler = reconciler
         self.config = RoleConfig(config, backend, member_id, post, effect)
+        self.config.on_directory = on_directory
         self.registration = Registration(config, backend, session, member_id, post, effect, clock)
+        if fail_role is not None:
+            self.registration.fail_role = fail_role
 
     def start(self) -> None:
         if self.config.wanted:
@@ -64,6 +76,12 @@ class SeedWiring:
             self.config.handle(event)
         elif isinstance(event, PeersSnapshot):
             self.registration.handle(event, self.reconciler.children)
+        elif isinstance(event, ConfigDenied):
+            for role in self.config.config.roles.values():
+                if role.config:
+                    self.registration.fail_role(role.name, "config items", event.error)
+        elif isinstance(event, PeersDenied):
+            self.registration.denied(event)
 
     def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
         return self.config.child_env(role, name, extra_env)

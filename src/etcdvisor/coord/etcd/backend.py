@@ -133,8 +133,8 @@ class EtcdBackend(Backend):
                 return getattr(getattr(conn, stub), method)(request, deadline, metadata=self._metadata())
             except grpc.RpcError as exc:
                 err = translate(exc, what)
-                if isinstance(err, PermissionDenied) and self.spec.username:
-                    raise PermissionDenied(f"{err} for etcd user {self.spec.username!r}") from None
+                if isinstance(err, PermissionDenied):
+                    raise self.denied(err) from None
                 if isinstance(err, AuthFailed) and self.spec.username and attempt == 1 \
                         and "token" in str(err).lower():
                     self._authenticate()
@@ -143,6 +143,10 @@ class EtcdBackend(Backend):
                     self._rotate(conn)
                 raise err from None
         raise AssertionError("unreachable")
+
+    def denied(self, err: PermissionDenied) -> PermissionDenied:
+        """``err`` naming the etcd user the store refused (the key is in it already)."""
+        return PermissionDenied(f"{err} for etcd user {self.spec.username!r}") if self.spec.username else err
 
     def _rotate(self, failed: _Connection) -> None:
         with self._lock:

@@ -45,7 +45,8 @@ class EtcdWatchStream(WatchStream):
             try:
                 holder.append(next(self._responses))
             except grpc.RpcError as exc:
-                holder.append(translate(exc, f"watch {self._key!r}"))
+                error = translate(exc, f"watch {self._key!r}")
+                holder.append(self._backend.denied(error) if isinstance(error, PermissionDenied) else error)
             except StopIteration:
                 holder.append(Unavailable(f"watch {self._key!r}: stream closed"))
             done.set()
@@ -71,7 +72,7 @@ class EtcdWatchStream(WatchStream):
                 if resp.canceled:
                     if "permission denied" in resp.cancel_reason:
                         # retrying cannot help: say so, naming the key
-                        raise PermissionDenied(f"watch {self._key!r}: permission denied")
+                        raise self._backend.denied(PermissionDenied(f"watch {self._key!r}: permission denied"))
                     raise Unavailable(f"watch {self._key!r} cancelled by server: {resp.cancel_reason}")
                 if resp.created and not resp.events:
                     continue
@@ -80,7 +81,8 @@ class EtcdWatchStream(WatchStream):
         except grpc.RpcError as exc:
             if self._cancelled.is_set():
                 return
-            raise translate(exc, f"watch {self._key!r}") from None
+            error = translate(exc, f"watch {self._key!r}")
+            raise (self._backend.denied(error) if isinstance(error, PermissionDenied) else error) from None
         except StopIteration:
             if self._cancelled.is_set():
                 return
