@@ -81,7 +81,7 @@ def cmd_config(args, target: Target) -> int:
     cfg = _layered(args, target)
     try:
         if args.action == "set":
-            return _set(args, cfg)
+            return _set(args, cfg, target)
         if args.action == "unset":
             removed = cfg.unset(args.item, _scope(args))
             print(f"{args.item}: {'unset' if removed else 'was not set'} ({_scope(args)})")
@@ -97,10 +97,14 @@ def cmd_config(args, target: Target) -> int:
         raise UsageError(str(exc)) from None
 
 
-def _set(args, cfg) -> int:
+def _set(args, cfg, target: Target) -> int:
     if args.value is None:
         raise UsageError("config set needs ITEM and VALUE")
     value = parse_value(args.value, args.type, cfg.layout)
+    if args.member and not args.allow_unknown_member \
+            and target.backend.get(target.keys.member(args.member)) is None:
+        raise UsageError(f"no live member {args.member!r} in cluster {target.cluster}; to set an item "
+                         f"for a member before it joins, add --allow-unknown-member")
     cfg.set(args.item, value, _scope(args))
     print(f"{args.item} = {_show(value)} ({_scope(args)})")
     return EXIT_OK
@@ -166,6 +170,8 @@ def add_config_verb(subparsers, common) -> None:
     parser.add_argument("--layout", choices=["etcdvisor", "ergo"], default="etcdvisor",
                         help="key layout without -c (default etcdvisor)")
     parser.add_argument("--count", type=int, metavar="N", help="for watch: exit after N changes")
+    parser.add_argument("--allow-unknown-member", action="store_true",
+                        help="for set --member M: M need not be a live member (configure it before it joins)")
     parser.set_defaults(func=_checked(cmd_config))
 
 

@@ -184,11 +184,35 @@ def topic_payload_limit(config, topic: str) -> int | None:
     return min(limits) if limits else None
 
 
+def topic_consumers(target: Target, topic: str) -> list[str]:
+    """Roles that consume ``topic``: the ``-c`` config's topic roles, and the topic roles
+    that live members report in their records (``role@member``)."""
+    found = []
+    if target.config is not None:
+        found = [name for name, spec in target.config.roles.items()  # type: ignore[attr-defined]
+                 if spec.type.value == "topic" and spec.topic == topic]
+    for kv in target.backend.get_prefix(target.keys.members).kvs:  # type: ignore[attr-defined]
+        try:
+            record = json.loads(kv.value)
+            roles = record.get("roles") or {}
+            for role, status in roles.items():
+                if isinstance(status, dict) and status.get("topic") == topic:
+                    found.append(f"{role}@{record.get('member')}")
+        except (ValueError, AttributeError, RecursionError):
+            continue  # a record we cannot read says nothing about consumers
+    return found
+
+
 @operator_verb
 def cmd_publish(args, target: Target) -> int:
     from .recipes.topic import PayloadTooLarge, Topic
 
     name = _check_name("topic", args.topic)
+    if not args.allow_unconsumed and not topic_consumers(target, name):
+        where = (f"neither {target.config.source_path} nor any live member of cluster {target.cluster} has"  # type: ignore[attr-defined]
+                 if target.config is not None else f"no live member of cluster {target.cluster} has")
+        raise UsageError(f"no role consumes topic {name!r} ({where} a topic role for it): the message "
+                         f"would wait unread; publish anyway with --allow-unconsumed")
     options = {}
     limit = topic_payload_limit(target.config, name)
     if limit is not None:
@@ -317,6 +341,8 @@ def add_operator_verbs(subparsers) -> None:
                                     help="publish DATA (or stdin) to TOPIC; prints the message id")
     publish.add_argument("topic", metavar="TOPIC")
     publish.add_argument("data", metavar="DATA", nargs="?", help="the payload; '-' or absent: stdin")
+    publish.add_argument("--allow-unconsumed", action="store_true",
+                         help="publish even if no role (in -c CONFIG or on a live member) consumes TOPIC")
     publish.set_defaults(func=cmd_publish)
 
     waitgroup = subparsers.add_parser("waitgroup", parents=[common],

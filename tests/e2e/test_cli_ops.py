@@ -186,8 +186,8 @@ def test_status_shows_members_roles_elections_ticks_jobs_groups_topics(
         capsys, env, store, keys, etcd_url):
     lease_a, leader_rev = populate_roles(store, keys)
     assert run_cli(capsys, "waitgroup", "add", "warmup", "3")[0] == 0
-    assert run_cli(capsys, "publish", "images", "one")[0] == 0
-    ids = [int(run_cli(capsys, "publish", "images", data)[1]) for data in ("two", "three")]
+    assert run_cli(capsys, "publish", "--allow-unconsumed", "images", "one")[0] == 0
+    ids = [int(run_cli(capsys, "publish", "--allow-unconsumed", "images", data)[1]) for data in ("two", "three")]
     session = Session(store, ttl=10, interval=0.5, name="consumer").start()
     try:
         consumer = QueueConsumer(Topic(store, keys.topic("images")), "thumbs", session)
@@ -245,14 +245,14 @@ def test_status_with_config_lists_configured_roles(capsys, config_file, store, k
 
 # --- publish ---------------------------------------------------------------------------
 def test_publish_argument_and_stdin(capsys, env, store, keys, monkeypatch):
-    code, out, err = run_cli(capsys, "publish", "jobs", "hello")
+    code, out, err = run_cli(capsys, "publish", "--allow-unconsumed", "jobs", "hello")
     assert code == 0, err
     first_id = int(out)
-    code, out, err = run_cli(capsys, "publish", "jobs", "-", stdin=b"\x00\xffbinary",
+    code, out, err = run_cli(capsys, "publish", "--allow-unconsumed", "jobs", "-", stdin=b"\x00\xffbinary",
                              monkeypatch=monkeypatch)
     assert code == 0, err
     second_id = int(out)
-    code, out, _ = run_cli(capsys, "publish", "jobs", stdin=b"third", monkeypatch=monkeypatch)
+    code, out, _ = run_cli(capsys, "publish", "--allow-unconsumed", "jobs", stdin=b"third", monkeypatch=monkeypatch)
     assert code == 0
     stored = store.get_prefix(keys.topic("jobs") + "msg/").kvs
     assert [(kv.create_revision, kv.value) for kv in stored] == [
@@ -262,24 +262,25 @@ def test_publish_argument_and_stdin(capsys, env, store, keys, monkeypatch):
 def test_publish_follows_a_batched_topic_and_refuses_a_bad_format(capsys, env, store, keys):
     topic = Topic(store, keys.topic("fast"), batched=True)
     first = topic.publish_many([b"a", b"b"])
-    code, out, err = run_cli(capsys, "publish", "fast", "c")
+    code, out, err = run_cli(capsys, "publish", "--allow-unconsumed", "fast", "c")
     assert code == 0, err
     stored = store.get_prefix(keys.topic("fast") + "msg/").kvs
     assert [message_id(kv) for kv in stored] == first + [int(out)] and int(out) > first[-1]
     assert int(out) // 1000 == stored[-1].create_revision  # batched form: revision * 1000 + offset
     store.put(keys.topic("odd") + "format", b"fancy")
-    code, out, err = run_cli(capsys, "publish", "odd", "x")
+    code, out, err = run_cli(capsys, "publish", "--allow-unconsumed", "odd", "x")
     assert code != 0 and out == "" and "format" in err
     assert_one_error_line(err)
 
 
 def test_publish_over_the_default_limit_fails_in_one_line(capsys, env, store, keys, monkeypatch):
-    code, out, err = run_cli(capsys, "publish", "big", "-", stdin=b"x" * (64 * 1024 + 1),
+    code, out, err = run_cli(capsys, "publish", "--allow-unconsumed", "big", "-", stdin=b"x" * (64 * 1024 + 1),
                              monkeypatch=monkeypatch)
     assert code == 1 and out == ""
     assert_one_error_line(err)
     assert "65536" in err
-    code, _, err = run_cli(capsys, "publish", "big", "-", stdin=b"x" * (64 * 1024), monkeypatch=monkeypatch)
+    code, _, err = run_cli(capsys, "publish", "--allow-unconsumed", "big", "-", stdin=b"x" * (64 * 1024),
+                           monkeypatch=monkeypatch)
     assert code == 0, err
     assert len(store.get_prefix(keys.topic("big") + "msg/").kvs) == 1
 
@@ -291,7 +292,27 @@ def test_publish_uses_the_topic_roles_max_payload(capsys, config_file, store, ke
     assert "10 bytes" in err
     assert run_cli(capsys, "publish", "-c", config_file, "images", "x" * 10)[0] == 0
     # another topic has no role in the config: the recipe's default applies
-    assert run_cli(capsys, "publish", "-c", config_file, "other", "x" * 11)[0] == 0
+    assert run_cli(capsys, "publish", "--allow-unconsumed", "-c", config_file, "other", "x" * 11)[0] == 0
+
+
+def test_publish_to_a_topic_nobody_consumes_is_refused_unless_allowed(capsys, env, store, keys):
+    code, out, err = run_cli(capsys, "publish", "nobody", "x")
+    assert code == 2 and out == ""
+    assert_one_error_line(err)
+    assert "'nobody'" in err and "--allow-unconsumed" in err
+    assert not store.get_prefix(keys.topic("nobody")).kvs, "nothing was published"
+    # a topic role reported by a live member is a consumer
+    put_member(store, keys, "a", store.lease_grant(30).id, {"t": {"type": "topic", "topic": "live-topic"}})
+    code, out, err = run_cli(capsys, "publish", "live-topic", "x")
+    assert code == 0 and int(out) > 0, err
+    assert run_cli(capsys, "publish", "--allow-unconsumed", "nobody", "x")[0] == 0
+
+
+def test_publish_with_a_config_counts_its_topic_roles_as_consumers(capsys, config_file, store, keys):
+    code, _, err = run_cli(capsys, "publish", "-c", config_file, "nobody", "x")
+    assert code == 2 and config_file in err
+    assert_one_error_line(err)
+    assert run_cli(capsys, "publish", "-c", config_file, "images", "x")[0] == 0
 
 
 def test_publish_rejects_bad_topic_name(capsys, env):
@@ -440,3 +461,21 @@ def test_control_records_show_in_status_text_and_json(capsys, env, store, keys):
     code, _, err = run_cli(capsys, "trigger", "worker")
     assert code == 2 and "cron roles only" in err
     assert_one_error_line(err)
+
+
+# --- config set mistakes (issue 19, 1.4) ----------------------------------------------------
+def test_config_set_refuses_a_bad_item_name_and_an_unknown_member(capsys, env, store, keys):
+    for bad in ("bad item!", "a\nb", ".hidden", "x" * 600):
+        code, out, err = run_cli(capsys, "config", "set", bad, "1")
+        assert code == 2 and out == "", (bad, err)
+        assert_one_error_line(err)
+        assert "config item name" in err
+    code, out, err = run_cli(capsys, "config", "set", "db.port", "1", "--member", "nosuch")
+    assert code == 2 and "'nosuch'" in err and "--allow-unknown-member" in err
+    assert_one_error_line(err)
+    put_member(store, keys, "a", store.lease_grant(30).id, {})
+    assert run_cli(capsys, "config", "set", "db.port", "1", "--member", "a")[0] == 0
+    code, _, err = run_cli(capsys, "config", "set", "db.port", "2", "--member", "later", "--allow-unknown-member")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "config", "get", "db.port", "--member", "later")
+    assert code == 0 and out.startswith("2")

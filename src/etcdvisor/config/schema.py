@@ -47,6 +47,7 @@ _PATTERN_HINTS = {
     "id": "use letters, digits, '_', '.', '-', starting with a letter or digit",
     "topic": "use letters, digits, '_', '.', '-', starting with a letter or digit",
     "password_env": "must be an environment variable name",
+    "item": "use letters, digits, '_', '.', ':', '@', '-', '/', starting with a letter, digit or '_'",
 }
 
 

@@ -62,6 +62,7 @@ import enum
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -74,6 +75,8 @@ from ..coord.watcher import Change, PrefixWatcher
 log = logging.getLogger(__name__)
 
 SCOPES = ("node", "member", "cluster", "global")  # highest priority first
+ITEM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/-]{0,511}")
+ITEM_NAME_RULE = "letters, digits, '_', '.', ':', '@', '-', '/'; starting with a letter, digit or '_'; at most 512"
 TYPE_PREFIXES = ("int:", "float:", "bool:", "json:")
 ERGO_TYPE_PREFIXES = ("int:", "float:", "bool:")
 ERGO_PREFIX = "services/ergo"
@@ -181,6 +184,8 @@ class LayeredConfig:
     def key(self, item: str, scope: str = "cluster") -> str:
         if not item:
             raise ValueError("config item name must not be empty")
+        if not ITEM_NAME.fullmatch(item):
+            raise ValueError(f"invalid config item name {item!r} ({ITEM_NAME_RULE})")
         if self.layout is Layout.ERGO and "/" in item:
             raise ValueError(f"config item {item!r}: the ergo layout does not allow '/' in items")
         return self.scope_prefix(scope) + item
