@@ -38,6 +38,7 @@ few milliseconds.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import signal
 import subprocess
@@ -47,6 +48,8 @@ from typing import TYPE_CHECKING
 from etcdvisor.process.cgroup import AttachState
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
 from etcdvisor.process.tracking import TAG_ENV, TreeTracker, new_tag, signal_pids
+
+log = logging.getLogger("etcdvisor")
 
 LINGER_RECHECK = 0.2  # seconds between checks of a lingering group
 SETTLE_RECHECK = 0.005  # seconds between checks of a pending cgroup move
@@ -92,6 +95,7 @@ class ChildProcess:
         self._watchdog = watchdog
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop_kill_at: float | None = None
+        self._stop_sent_at: float | None = None  # when stop() sent the stop signal
         self._recheck_at: float | None = None  # while a stopped leader's group lingers
         self._lease_term_at: float | None = None
         self._lease_kill_at: float | None = None
@@ -150,10 +154,14 @@ class ChildProcess:
             return
         self.stop_requested = True
         self._stop_kill_at = _min_deadline(now + self.spec.stop_timeout, self._lease_kill_at)
+        self._stop_sent_at = now
         self.state = ChildState.STOPPING  # RUNNING -> STOPPING
         self._signal_group(self.spec.stop_signal)
         signal_pids(self._outside_group(), self.spec.stop_signal)
         self._sync_watchdog()
+        grace = self.spec.stop_timeout if self._stop_kill_at is None else max(0.0, self._stop_kill_at - now)
+        log.info("%s: sent %s to pid %s; waiting up to %.1fs before SIGKILL", self.spec.name,
+                 signal_name(self.spec.stop_signal), self.pid, grace)
 
     def send_signal(self, signum: int) -> bool:
         """Send ``signum`` to the child's group (a config change, not a stop);
@@ -231,6 +239,11 @@ class ChildProcess:
             return
         kill_at = _min_deadline(self._stop_kill_at, self._lease_kill_at)
         if kill_at is not None and now >= kill_at:
+            if self.state is ChildState.STOPPING and self._stop_sent_at is not None:
+                log.warning("%s: pid %s still running %.1fs after %s; sending SIGKILL", self.spec.name, self.pid,
+                            now - self._stop_sent_at, signal_name(self.spec.stop_signal))
+            else:
+                log.warning("%s: lease kill deadline reached; sending SIGKILL to pid %s", self.spec.name, self.pid)
             self.kill()  # STOPPING | RUNNING -> KILLED (via kill)
         elif self._lease_term_at is not None and now >= self._lease_term_at:
             self.stop(now)  # RUNNING -> STOPPING (lease term reached)
@@ -298,6 +311,13 @@ class ChildProcess:
 
     def __repr__(self) -> str:
         return f"<ChildProcess {self.spec.name} pid={self.pid} {self.state.name}>"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _group_has_live_members(pgid: int, leader: int) -> bool:

@@ -367,6 +367,17 @@ class Supervisor:
                 self.wiring.on_new_lease()
         self.roster.on_session(event)
 
+    def _on_session_while_stopping(self, event: SessionEvent) -> None:
+        """Keepalives still confirm the lease while children stop: without them the
+        lease deadlines would run from the last confirmation before shutdown and
+        stop (and warn about) children whose lease is fine."""
+        self.ops.on_session(event)
+        if event.kind is SessionEventKind.KEEPALIVE:
+            self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
+        elif event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
+            log.warning("lease %x %s while stopping: killing lease-bound children by their deadlines",
+                        event.lease_id, event.kind.value)
+
     # --- reload ------------------------------------------------------------------
     def _request_reload(self) -> None:
         """Check the file off the loop (it may take seconds); children keep
@@ -477,6 +488,8 @@ class Supervisor:
                 event = self.inbox.get(timeout=timeout)
                 if isinstance(event, Signalled):
                     self._on_signal(event.signum)
+                elif isinstance(event, SessionChanged):
+                    self._on_session_while_stopping(event.event)
             except queue.Empty:
                 pass
             self.reconciler.tick(self.clock())
