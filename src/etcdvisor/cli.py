@@ -72,6 +72,13 @@ def cmd_run(args) -> int:
 
     configure(config.member.id, config.log.level, config.log.format)
     supervisor = Supervisor(config, watch_config=args.watch_config)
+
+    def add_dashboard(server) -> None:  # only with http.listen: the dashboard's imports stay out of PID 1 otherwise
+        from .dashboard import install
+
+        install(server, supervisor)
+
+    supervisor.ops.http_routes.append(add_dashboard)
     try:
         return supervisor.run()
     except StartupError as exc:
