@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", metavar="FORMAT",
                      help="text | json (default: log.format, ETCDVISOR_LOG_FORMAT, text)")
     run.add_argument("--http", metavar="ADDR",
-                     help="serve /metrics, /healthz, /readyz on HOST:PORT (default: http.listen, ETCDVISOR_HTTP)")
+                     help="serve /metrics, /healthz, /readyz and the dashboard (/) on HOST:PORT "
+                          "(default: http.listen, ETCDVISOR_HTTP)")
     run.add_argument("--watch-config", action="store_true",
                      help="reload when CONFIG changes (as on SIGHUP)")
     run.set_defaults(func=cmd_run)

@@ -193,7 +193,7 @@ class OpsServer:
             if refused is not None:
                 return refused  # before 404: without the token, nothing is revealed
         if route is None:
-            return httpwire.text(404, "not found: try /metrics, /healthz, /readyz")
+            return httpwire.text(404, "not found: try /, /metrics, /healthz, /readyz")
         return self._checked(route, request)
 
     @staticmethod
