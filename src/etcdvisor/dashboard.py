@@ -75,22 +75,28 @@ def _security_headers(csp: str) -> tuple[tuple[str, str], ...]:
 
 class StatusCache:
     """``read()`` at most once per ``ttl`` seconds, whoever asks; concurrent askers wait
-    for the one read in flight and share it."""
+    for the one read in flight and share it. A failed read (CoordError) is kept as long:
+    dashboards polling an unreachable etcd do not multiply the attempts."""
 
     def __init__(self, read: Callable[[], str], ttl: float = CACHE_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
         self._read, self.ttl, self._clock = read, ttl, clock
         self._lock = threading.Lock()
-        self._value: str | None = None
+        self._value: str | CoordError | None = None
         self._at = 0.0
         self.reads = 0
 
     def get(self) -> str:
         with self._lock:
             if self._value is None or self._clock() - self._at >= self.ttl:
-                self._value = self._read()  # CoordError: not cached, the next caller tries again
-                self._at = self._clock()
                 self.reads += 1
+                try:
+                    self._value = self._read()
+                except CoordError as exc:
+                    self._value = exc
+                self._at = self._clock()
+            if isinstance(self._value, CoordError):
+                raise self._value
             return self._value
 
     def invalidate(self) -> None:

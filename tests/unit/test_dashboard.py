@@ -208,6 +208,27 @@ def test_the_cache_reads_again_after_its_interval():
     assert cache.get() == "3"
 
 
+def test_a_failed_read_is_kept_for_the_interval_too():
+    from etcdvisor.coord.errors import CoordError
+
+    now = [0.0]
+    calls = []
+
+    def read():
+        calls.append(1)
+        raise CoordError("etcd down")
+
+    cache = StatusCache(read, ttl=CACHE_SECONDS, clock=lambda: now[0])
+    for _ in range(5):
+        with pytest.raises(CoordError, match="etcd down"):
+            cache.get()
+    assert len(calls) == 1
+    now[0] += CACHE_SECONDS
+    with pytest.raises(CoordError):
+        cache.get()
+    assert len(calls) == 2
+
+
 def test_status_before_the_member_connected_is_503():
     server = OpsServer(("127.0.0.1", 0), Metrics(), Health())
     Dashboard(lambda: None, actions=False).install(server)
