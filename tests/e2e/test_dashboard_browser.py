@@ -213,3 +213,22 @@ def test_strings_from_etcd_are_rendered_as_text(tmp_path):
     assert "img" not in page.tags and page.tags.count("script") == 1  # only the page's own script
     assert "<title>etcdvisor · xss</title>" in dom and "pwned" not in dom.split("<body")[0]
 
+
+
+def test_with_a_token_file_the_page_asks_for_the_token_and_shows_nothing(tmp_path):
+    backend = open_backend("memory://dash-token-" + uuid.uuid4().hex[:8], timeout=5)
+    keys = ClusterKeys("locked")
+    backend.put(keys.member("m0"), json.dumps({"member": "m0", "host": "h", "roles": {}}).encode())
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    server = OpsServer(("127.0.0.1", 0), Metrics(), Health(), token_file=str(token))
+    Dashboard(lambda: (backend, "locked", None), actions=True).install(server)
+    server.start()
+    try:
+        dom = browse(f"http://127.0.0.1:{server.port}/", tmp_path / "chromium")
+    finally:
+        server.stop()
+        backend.close()
+    page = Rendered(dom)
+    assert '<section id="login" class="shown">' in dom and "token needed" in "".join(page.text)
+    assert page.members == [] and page.revision is None  # /api/status was not shown without it
