@@ -72,6 +72,13 @@ def cmd_run(args) -> int:
 
     configure(config.member.id, config.log.level, config.log.format)
     supervisor = Supervisor(config, watch_config=args.watch_config)
+
+    def add_dashboard(server) -> None:  # only with http.listen: the dashboard's imports stay out of PID 1 otherwise
+        from .dashboard import install
+
+        install(server, supervisor)
+
+    supervisor.ops.http_routes.append(add_dashboard)
     try:
         return supervisor.run()
     except StartupError as exc:
@@ -128,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", metavar="FORMAT",
                      help="text | json (default: log.format, ETCDVISOR_LOG_FORMAT, text)")
     run.add_argument("--http", metavar="ADDR",
-                     help="serve /metrics, /healthz, /readyz on HOST:PORT (default: http.listen, ETCDVISOR_HTTP)")
+                     help="serve /metrics, /healthz, /readyz and the dashboard (/) on HOST:PORT "
+                          "(default: http.listen, ETCDVISOR_HTTP)")
     run.add_argument("--watch-config", action="store_true",
                      help="reload when CONFIG changes (as on SIGHUP)")
     run.set_defaults(func=cmd_run)

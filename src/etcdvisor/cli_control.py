@@ -96,26 +96,37 @@ def require_role(target: Target, role: str) -> str | None:
 
 
 # --- control verbs ---------------------------------------------------------------------------
+def issue_control(target: Target, verb: str, role: str, *, member: str | None = None,
+                  index: int | None = None, who: str | None = None) -> tuple[dict, int]:
+    """Check and write one control record (what ``supervisor VERB ROLE`` and the
+    dashboard's ``POST /api/roles/ROLE/VERB`` do): UsageError (one line) for a role
+    nobody knows, a verb that does not fit the role, a bad ``member``/``index``;
+    ``who`` overrides the record's ``user@host``. Returns (record, revision)."""
+    from .runtime import control
+
+    kind = require_role(target, role)
+    if verb == control.TRIGGER and kind not in ("cron", None):
+        raise UsageError(f"role {role} is a {kind} role; trigger applies to cron roles only")
+    if index is not None and kind not in ("sharded", None):
+        raise UsageError(f"role {role} is a {kind} role; --index applies to sharded roles only")
+    if index is not None and index < 0:
+        raise UsageError("--index must be >= 0")
+    if member is not None:
+        _check_name("member", member)
+        if target.backend.get(target.keys.member(member)) is None:
+            raise UsageError(f"no live member {member!r} in cluster {target.cluster}")
+    record = control.make_record(verb, role, member=member, index=index, who=who)
+    return record, control.issue(target.backend, target.keys, record)
+
+
 @operator_verb
 def cmd_control(args, target: Target) -> int:
     from .runtime import control
 
     require_known_cluster(target)
-    kind = require_role(target, args.role)
     index = getattr(args, "index", None)
-    if args.verb == control.TRIGGER and kind not in ("cron", None):
-        raise UsageError(f"role {args.role} is a {kind} role; trigger applies to cron roles only")
-    if index is not None and kind not in ("sharded", None):
-        raise UsageError(f"role {args.role} is a {kind} role; --index applies to sharded roles only")
-    if index is not None and index < 0:
-        raise UsageError("--index must be >= 0")
     member = getattr(args, "member", None)
-    if member is not None:
-        _check_name("member", member)
-        if target.backend.get(target.keys.member(member)) is None:
-            raise UsageError(f"no live member {member!r} in cluster {target.cluster}")
-    record = control.make_record(args.verb, args.role, member=member, index=index)
-    revision = control.issue(target.backend, target.keys, record)
+    record, revision = issue_control(target, args.verb, args.role, member=member, index=index)
     scope = "".join([f" on member {member}" if member else " on every member",
                      f", index {index}" if index is not None else ""])
     print(f"role {args.role}: {args.verb}{scope} (by {record['who']} at {record['at']}, "

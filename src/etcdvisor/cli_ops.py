@@ -162,12 +162,12 @@ def _check_name(kind: str, name: str) -> str:
 @operator_verb
 def cmd_status(args, target: Target) -> int:
     from .cli_control import require_cluster
-    from .status import gather, render_text
+    from .status import gather, render_json, render_text
 
     require_cluster(target)
     doc = gather(target.backend, target.cluster, target.config)
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(render_json(doc))
     else:
         sys.stdout.write(render_text(doc))
     return EXIT_OK

@@ -330,6 +330,11 @@ def _topics(kvs, prefix: str, config) -> dict:
 
 
 # --- rendering -----------------------------------------------------------------------
+def render_json(doc: dict) -> str:
+    """What ``status --json`` prints and the dashboard's ``GET /api/status`` answers."""
+    return json.dumps(doc, indent=2, sort_keys=True)
+
+
 def render_text(doc: dict, now: float | None = None) -> str:
     """A readable multi-section view of a :func:`gather` document."""
     now = time.time() if now is None else now

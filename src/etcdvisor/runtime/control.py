@@ -77,9 +77,12 @@ def operator() -> tuple[str, str]:
 
 
 def make_record(verb: str, role: str, *, member: str | None = None, index: int | None = None,
-                now: float | None = None) -> dict[str, Any]:
+                now: float | None = None, who: str | None = None) -> dict[str, Any]:
+    """``who``: ``user@host`` of the operator by default; the dashboard gives
+    ``http:<remote address>``."""
     when = time.time() if now is None else now
-    who, host = operator()
+    user, host = operator()
+    who = user if who is None else who
     return {"verb": verb, "role": role, "id": f"{int(when * 1000):x}-{os.urandom(3).hex()}",
             "who": who, "host": host, "when": round(when, 3),
             "at": datetime.fromtimestamp(when, tz=UTC).isoformat(timespec="milliseconds"),

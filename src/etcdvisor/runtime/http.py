@@ -125,12 +125,13 @@ class OpsServer:
         self.token: BearerToken | None = None
         self._listener: httpserve.Listener | None = None
         self.routes: dict[str, Route] = {}
+        self.prefixes: dict[str, Route] = {}  # route(prefix=True): every path under it
         self.route("/healthz", lambda _r: self._probe(self.health.live()), public=True, inline=True)
         self.route("/readyz", lambda _r: self._probe(self.health.ready()), public=True, inline=True)
         self.route("/metrics", lambda _r: Response(200, self.metrics.render(), CONTENT_TYPE_LATEST))
 
     def route(self, path: str, handler: Handler, *, methods: tuple[str, ...] = ("GET",),
-              public: bool = False, inline: bool = False) -> None:
+              public: bool = False, inline: bool = False, prefix: bool = False) -> None:
         """Serve ``path`` (exact match, query string ignored) with ``handler``. Not
         ``public``: needs the bearer token when ``http.token_file`` is set. ``inline``
         only for handlers that take microseconds and do no I/O (they run on the thread
@@ -138,9 +139,11 @@ class OpsServer:
         ``httpserve.HANDLER_TIMEOUT``. Register routes before :meth:`start`. A handler
         gets the whole request (method, path, query, headers, a body of at most
         ``httpwire.MAX_BODY`` bytes, the peer's address) and returns one answer: the
-        connection closes after it (no streaming)."""
+        connection closes after it (no streaming). ``prefix``: ``path`` (ending in
+        ``/``) serves every path that starts with it and has no exact route; the
+        longest prefix wins."""
         allowed = frozenset(methods) | ({"HEAD"} if "GET" in methods else set())
-        self.routes[path] = Route(handler, allowed, public, inline)
+        (self.prefixes if prefix else self.routes)[path] = Route(handler, allowed, public, inline)
 
     def start(self) -> OpsServer:
         if self.token_file is not None:
@@ -174,11 +177,15 @@ class OpsServer:
 
     # --- on the selector thread ------------------------------------------------------------
     def _dispatch(self, request: Request) -> tuple[Response | None, Callable[[], Response] | None]:
-        route = self.routes.get(request.path)
+        route = self.routes.get(request.path) or self._by_prefix(request.path)
         if route is not None and route.public and route.inline:
             return self._checked(route, request), None
         # everything else may need the token (read from disk when it changed): a worker's job
         return None, lambda: self._serve(route, request)
+
+    def _by_prefix(self, path: str) -> Route | None:
+        matches = [p for p in self.prefixes if path.startswith(p)]
+        return self.prefixes[max(matches, key=len)] if matches else None
 
     def _serve(self, route: Route | None, request: Request) -> Response:
         if route is None or not route.public:
@@ -186,7 +193,7 @@ class OpsServer:
             if refused is not None:
                 return refused  # before 404: without the token, nothing is revealed
         if route is None:
-            return httpwire.text(404, "not found: try /metrics, /healthz, /readyz")
+            return httpwire.text(404, "not found: try /, /metrics, /healthz, /readyz")
         return self._checked(route, request)
 
     @staticmethod

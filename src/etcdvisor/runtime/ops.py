@@ -15,6 +15,7 @@ the cron runner; pause is read by the supervisor when it asks runners what to ru
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..coord.session import SessionEvent, SessionEventKind
@@ -42,6 +43,8 @@ class Operations:
         self.health = Health(clock=sup.clock)
         self.control = control.ControlState()
         self.server: OpsServer | None = None  # runtime.http, imported only with http.listen
+        # more routes (the dashboard, added by the CLI): each is called with the server before it starts
+        self.http_routes: list[Callable[[OpsServer], None]] = []
         self.watch: control.ControlWatch | None = None
         self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
         self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
@@ -54,8 +57,10 @@ class Operations:
             from .http import OpsServer
 
             assert isinstance(self.metrics, Metrics)
-            self.server = OpsServer(address, self.metrics, self.health,
-                                     token_file=self.sup.config.http.token_file).start()
+            server = OpsServer(address, self.metrics, self.health, token_file=self.sup.config.http.token_file)
+            for add_routes in self.http_routes:
+                add_routes(server)
+            self.server = server.start()
 
     def start(self) -> None:
         """After the member joined: probes may say ready; control records are read
