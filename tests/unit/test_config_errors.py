@@ -191,6 +191,13 @@ SHARDED_PROBLEMS = [
     ({"processes": 0}, "roles.w.processes: must be at least 1, got 0"),
     ({"shards": 4097}, "roles.w.shards: 4097 is more than the limit of 4096 shards"),
     ({"processes": 100000}, "roles.w.processes: 100000 is more than the limit of 1024 children"),
+    ({"processes": 1025}, "roles.w.processes: 1025 is more than the limit of 1024 children per member"),
+    ({"processes": 10**40}, "roles.w.processes: a huge number is more than the limit of 1024 children"),
+    # the one cap on children per member holds whatever produces them: a member may hold every shard
+    ({"shards": 4096}, "roles.w.shards: 4096 shards with children: per-shard can run 4096 children on one "
+                       "member (a member may hold every shard), more than the limit of 1024 children per member"),
+    ({"shards": 1025, "children": "per-shard"}, "roles.w.shards: 1025 shards with children: per-shard can run "
+                                                "1025 children on one member"),
     ({"handoff": "eager"}, "roles.w.handoff"),
     ({"shards": True}, "roles.w.shards"),
     ({"processes": "2"}, "roles.w.processes"),
@@ -218,12 +225,12 @@ def test_sharded_modes_load_with_their_defaults(tmp_path):
     from etcdvisor import config as config_module
 
     roles = {"j": {"type": "sharded", "command": ["x"], "processes": 3, "handoff": "overlap"},
-             "f": {"type": "sharded", "command": ["x"], "shards": 4096},
-             "m": {"type": "sharded", "command": ["x"], "shards": 1, "children": "per-member"}}
+             "f": {"type": "sharded", "command": ["x"], "shards": 1024},
+             "m": {"type": "sharded", "command": ["x"], "shards": 4096, "children": "per-member"}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"cluster": "c", "roles": roles}))
     cfg = config_module.load(path, {})
     j, f, m = cfg.role("j"), cfg.role("f"), cfg.role("m")
     assert (j.processes, j.handoff, j.shards, j.children) == (3, "overlap", None, None)
-    assert (f.processes, f.handoff, f.shards, f.children) == (None, "fenced", 4096, "per-shard")
-    assert (m.shards, m.children) == (1, "per-member")
+    assert (f.processes, f.handoff, f.shards, f.children) == (None, "fenced", 1024, "per-shard")
+    assert (m.shards, m.children) == (4096, "per-member")

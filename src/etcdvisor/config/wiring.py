@@ -104,7 +104,8 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
     before = len(problems)
     port, base = raw["port"], None
     if isinstance(port, bool) or (isinstance(port, int) and not 1 <= port <= 65535):
-        problems.add(path + ("port",), f"{port!r} is not a port number (1-65535)")
+        shown = repr(port) if isinstance(port, bool) or port.bit_length() <= 64 else "a huge number"
+        problems.add(path + ("port",), f"{shown} is not a port number (1-65535)")
     elif isinstance(port, str):
         match = PORT_EXPR.fullmatch(port)
         if match is None:
