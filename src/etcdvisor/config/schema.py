@@ -75,8 +75,13 @@ def _validator() -> jsonschema.Draft202012Validator:
 def check_schema(document: dict, problems: Problems) -> None:
     """Add one problem per schema violation in ``document``, in file order."""
     found: list[tuple[tuple, str]] = []
+    mistyped = set()
     for error in _validator().iter_errors(document):
         found.extend(_translate(error, document))
+        if error.validator == "type":
+            mistyped.add(tuple(error.absolute_path))
+    # a value of the wrong type gets one line: -1.0 is not an integer (not also below a minimum)
+    found = [item for item in found if item[0] not in mistyped or item[1].startswith("expected ")]
     found.sort(key=lambda item: _document_order(document, item[0]))
     for path, reason in found:
         problems.add(path, reason)
