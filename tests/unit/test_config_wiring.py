@@ -66,6 +66,12 @@ def with_(role, **keys):
      "roles.api.register.port", "is not a port number"),
     ({"api": with_(API, register={"service": "api", "port": 1.5})},
      "roles.api.register.port", ""),
+    ({"api": with_(API, register={"service": "api", "port": 8080.0})},  # integers are integers
+     "roles.api.register.port", "expected an integer or a string, got 8080.0"),
+    ({"api": with_(API, shards=8, register={"service": "api", "port": "65530 + {index}"})},
+     "roles.api.register.port", "'65530 + {index}' goes past port 65535 (INDEX 7 would register port 65537)"),
+    ({"api": with_(API, processes=3, register={"service": "api", "port": "65534 + {index}"})},
+     "roles.api.register.port", "goes past port 65535"),
     ({"api": with_(API, register={"service": "api", "port": 80, "address": "{hostname}:{port}"})},
      "roles.api.register.address", "unknown placeholder {hostname}"),
     ({"api": with_(API, register={"service": "api", "port": 80, "address": "{host:d}:{port}"})},

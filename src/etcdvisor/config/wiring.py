@@ -160,6 +160,17 @@ def _several_per_member(spec) -> bool:
     return (spec.processes or 1) > 1
 
 
+def _highest_known_index(spec) -> int:
+    """The highest INDEX a child of ``spec`` can have whatever the fleet: ``shards - 1``
+    with a child per shard (a member may hold any shard), ``processes - 1`` in join order
+    (the first member's; later members' go higher, with the fleet's size), else 0."""
+    if spec.type.value != "sharded":
+        return 0
+    if spec.shards is not None:
+        return spec.shards - 1 if spec.children == "per-shard" else 0
+    return (spec.processes or 1) - 1
+
+
 def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str = "etcdvisor") -> list[str]:
     """Cross-role checks (``roles``: name -> RoleSpec or None); returns warnings."""
     for name, spec in roles.items():
@@ -177,6 +188,14 @@ def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str 
             problems.add(("roles", name, "register", "port"),
                          f"{spec.register.port}: the role can run several children on one member, "
                          "which would all register this port (use 'BASE + {index}')")
+    for name, spec in roles.items():
+        registration = spec.register if spec is not None else None
+        if registration is not None and registration.port_base is not None:
+            top = registration.port_base + _highest_known_index(spec)
+            if top > 65535:
+                problems.add(("roles", name, "register", "port"),
+                             f"'{registration.port_base} + {{index}}' goes past port 65535 "
+                             f"(INDEX {_highest_known_index(spec)} would register port {top})")
     for service, entries in registered.items():
         for i, (name, mine) in enumerate(entries):
             for other, theirs in entries[:i]:
