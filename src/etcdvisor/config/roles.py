@@ -206,7 +206,7 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 MAX_SHARDS = 4096
 MAX_CHILDREN = 1024
-"""Children one role may run at once on one member (the cap on one role's children per member), whatever produces them (sharded
+"""The cap on one role's children per member, whatever produces them (sharded
 ``processes``, ``shards`` with ``children: per-shard``, topic ``concurrency``): a typo
 (10000) must not fork-bomb the host. Checked by ``validate``, one line."""
 MAX_PROCESSES = MAX_CHILDREN
