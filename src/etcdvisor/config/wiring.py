@@ -16,6 +16,7 @@ another fleet), returned as one line each.
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 
@@ -37,6 +38,20 @@ SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 INDEX_SPAN = 1024  # "BASE + {index}" is taken to cover BASE .. BASE+1023 when checking collisions
 RESERVED = frozenset({"ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
                       "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID"})
+
+
+NON_FINITE = "holds .nan or .inf, which JSON cannot carry (write a finite number, or quote it as a string)"
+
+
+def _non_finite(value) -> bool:
+    """A NaN or an infinity anywhere in ``value`` (YAML's .nan, .inf, 1e400)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def parse_on_change(text, default: ChangeAction) -> OnChange:
@@ -92,8 +107,11 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if "\0" in entry["item"]:
             problems.add(where + ("item",), "contains a NUL byte")
             continue
+        if _non_finite(entry.get("default")):
+            problems.add(where + ("default",), NON_FINITE)
+            continue
         # YAML dates and times become their text: the value must be JSON (file, env)
-        default = json.loads(json.dumps(entry.get("default"), default=str, allow_nan=True))
+        default = json.loads(json.dumps(entry.get("default"), default=str))
         items[env] = ConfigItem(env=env, item=entry["item"], default=default, on_change=on_change)
     return _frozen_map(items)
 
@@ -121,6 +139,9 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
         problem = placeholder_problem(text)
         if problem:
             problems.add(path + where, problem)
+    for key, value in raw.get("meta", {}).items():
+        if _non_finite(value):
+            problems.add(path + ("meta", key), NON_FINITE)
     if len(problems) != before:
         return None
     return Registration(service=raw["service"], address=address, port=port, port_base=base,
