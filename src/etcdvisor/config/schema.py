@@ -227,7 +227,7 @@ def _describe_value(value) -> str:
 def _integer_hint(expected, instance) -> str:
     """``2.0`` where an integer belongs: say how to write it."""
     wanted = expected if isinstance(expected, list) else [expected]
-    if "integer" in wanted and isinstance(instance, float) and instance.is_integer():
+    if "integer" in wanted and isinstance(instance, float) and instance.is_integer() and abs(instance) < 2**63:
         return f" (an integer is written without a decimal point: {int(instance)})"
     return ""
 
