@@ -8,6 +8,12 @@ the parser the runtime uses agree: both accept with the same value, or both
 refuse. The config crosses to ``run``/reload as a pickle (config/isolated.py),
 so the loaded config must also survive that trip unchanged and its schedule
 must answer the calls the cron runner makes.
+
+Every numeric key (the list is read from the schema: a new key without a generator
+fails the suite) has one type: a config with a value drawn for each of them, in range
+or a near miss, is either refused on that key alone, or loads each value with its type
+and ``run`` (memory backend; the fork of a child simulated, everything else real)
+brings every role to RUNNING.
 """
 
 from __future__ import annotations
