@@ -66,6 +66,15 @@ EXPECTED = {
     "cron_every_too_long": ("roles.nightly.schedule", "'9000h' is longer than the maximum of 366 days"),
     "duration_sub_millisecond": ("roles.worker.stop_timeout", "'1.0005s' is not a whole number of milliseconds"),
     "size_with_space": ("roles.q.max_payload", "'64 KiB' is not a size"),
+    # integers are integers: 2.0 used to validate, then the role failed with a TypeError
+    "processes_integral_float": ("roles.worker.processes", "expected an integer, got 2.0 (an integer is written "
+                                 "without a decimal point: 2)"),
+    "shards_integral_float": ("roles.worker.shards", "expected an integer, got 4.0"),
+    # one cap on a role's children per member, whatever produces them
+    "per_shard_children_over_cap": ("roles.worker.shards", "4096 shards with children: per-shard can run 4096 "
+                                    "children on one member (a member may hold every shard), more than the "
+                                    "limit of 1024 children per member"),
+    "processes_over_cap": ("roles.worker.processes", "1025 is more than the limit of 1024 children per member"),
 }
 
 
@@ -191,6 +200,13 @@ SHARDED_PROBLEMS = [
     ({"processes": 0}, "roles.w.processes: must be at least 1, got 0"),
     ({"shards": 4097}, "roles.w.shards: 4097 is more than the limit of 4096 shards"),
     ({"processes": 100000}, "roles.w.processes: 100000 is more than the limit of 1024 children"),
+    ({"processes": 1025}, "roles.w.processes: 1025 is more than the limit of 1024 children per member"),
+    ({"processes": 10**40}, "roles.w.processes: a huge number is more than the limit of 1024 children"),
+    # the one cap on children per member holds whatever produces them: a member may hold every shard
+    ({"shards": 4096}, "roles.w.shards: 4096 shards with children: per-shard can run 4096 children on one "
+                       "member (a member may hold every shard), more than the limit of 1024 children per member"),
+    ({"shards": 1025, "children": "per-shard"}, "roles.w.shards: 1025 shards with children: per-shard can run "
+                                                "1025 children on one member"),
     ({"handoff": "eager"}, "roles.w.handoff"),
     ({"shards": True}, "roles.w.shards"),
     ({"processes": "2"}, "roles.w.processes"),
@@ -218,12 +234,41 @@ def test_sharded_modes_load_with_their_defaults(tmp_path):
     from etcdvisor import config as config_module
 
     roles = {"j": {"type": "sharded", "command": ["x"], "processes": 3, "handoff": "overlap"},
-             "f": {"type": "sharded", "command": ["x"], "shards": 4096},
-             "m": {"type": "sharded", "command": ["x"], "shards": 1, "children": "per-member"}}
+             "f": {"type": "sharded", "command": ["x"], "shards": 1024},
+             "m": {"type": "sharded", "command": ["x"], "shards": 4096, "children": "per-member"}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"cluster": "c", "roles": roles}))
     cfg = config_module.load(path, {})
     j, f, m = cfg.role("j"), cfg.role("f"), cfg.role("m")
     assert (j.processes, j.handoff, j.shards, j.children) == (3, "overlap", None, None)
-    assert (f.processes, f.handoff, f.shards, f.children) == (None, "fenced", 4096, "per-shard")
-    assert (m.shards, m.children) == (1, "per-member")
+    assert (f.processes, f.handoff, f.shards, f.children) == (None, "fenced", 1024, "per-shard")
+    assert (m.shards, m.children) == (4096, "per-member")
+
+
+def test_one_cap_on_a_roles_children_per_member(tmp_path):
+    """1,024 children of one role on one member, whatever produces them: processes,
+    shards with a child per shard (a member may hold every shard), topic concurrency
+    (each message being handled is a child). At the cap loads; one past it is one line."""
+    import yaml
+
+    at_cap = {"p": {"type": "sharded", "command": ["x"], "processes": 1024},
+              "s": {"type": "sharded", "command": ["x"], "shards": 1024, "children": "per-shard"},
+              "m": {"type": "sharded", "command": ["x"], "shards": 4096, "children": "per-member"},
+              "t": {"type": "topic", "command": ["x"], "concurrency": 1024}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"cluster": "c", "roles": at_cap}))
+    cfg = config.load(path, {})
+    assert (cfg.role("p").processes, cfg.role("s").shards, cfg.role("t").concurrency) == (1024, 1024, 1024)
+    past = {"p": {**at_cap["p"], "processes": 1025}, "s": {**at_cap["s"], "shards": 1025},
+            "m": at_cap["m"], "t": {**at_cap["t"], "concurrency": 1025}}
+    path.write_text(yaml.safe_dump({"cluster": "c", "roles": past}))
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    assert caught.value.errors == [
+        f"{path}: roles.p.processes: 1025 is more than the limit of 1024 children per member",
+        f"{path}: roles.s.shards: 1025 shards with children: per-shard can run 1025 children on one member "
+        "(a member may hold every shard), more than the limit of 1024 children per member "
+        "(use children: per-member, or at most 1024 shards)",
+        f"{path}: roles.t.concurrency: 1025 is more than the limit of 1024 children per member "
+        "(each message being handled is a child)",
+    ]

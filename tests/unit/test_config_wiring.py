@@ -66,6 +66,12 @@ def with_(role, **keys):
      "roles.api.register.port", "is not a port number"),
     ({"api": with_(API, register={"service": "api", "port": 1.5})},
      "roles.api.register.port", ""),
+    ({"api": with_(API, register={"service": "api", "port": 8080.0})},  # integers are integers
+     "roles.api.register.port", "expected an integer or a string, got 8080.0"),
+    ({"api": with_(API, shards=8, register={"service": "api", "port": "65530 + {index}"})},
+     "roles.api.register.port", "'65530 + {index}' goes past port 65535 (INDEX 7 would register port 65537)"),
+    ({"api": with_(API, processes=3, register={"service": "api", "port": "65534 + {index}"})},
+     "roles.api.register.port", "goes past port 65535"),
     ({"api": with_(API, register={"service": "api", "port": 80, "address": "{hostname}:{port}"})},
      "roles.api.register.address", "unknown placeholder {hostname}"),
     ({"api": with_(API, register={"service": "api", "port": 80, "address": "{host:d}:{port}"})},
@@ -131,3 +137,14 @@ def test_yaml_dates_as_defaults_become_text(tmp_path):
     path.write_text("cluster: c\netcd: {endpoints: 'memory://x'}\nroles:\n  api:\n    type: singleton\n"
                     "    command: ['true']\n    config:\n      SINCE: {item: since, default: 2024-01-02}\n")
     assert load(path).role("api").config["SINCE"].default == "2024-01-02"
+
+
+def test_a_non_finite_number_in_a_default_or_in_meta_is_refused(tmp_path):
+    """.nan and .inf cannot be written as JSON (the child's config file, the registry
+    record): validate refuses them where they would be written, one line each."""
+    roles = {"api": with_(API, config={"W": {"item": "w", "default": [1, {"x": float("nan")}]}},
+                          register={"service": "api", "port": "8000 + {index}",
+                                    "meta": {"weight": float("inf"), "ok": 1.5}})}
+    errors = problems(tmp_path, roles)
+    assert [e.split(": ")[1] for e in errors] == ["roles.api.config.W.default", "roles.api.register.meta.weight"]
+    assert all("holds .nan or .inf" in e for e in errors)

@@ -31,7 +31,8 @@ def test_parse_listen(text, expected):
 
 
 @pytest.mark.parametrize("text", ["9100", "host:", "host:0", "host:65536", "host:http", "::1:80",
-                                  "a b:80", "x/y:80", ""])
+                                  "a b:80", "x/y:80", "", ":\u00b2", ":\u0663\u0660", ":9" * 5000,
+                                  ":" + "9" * 5000])
 def test_parse_listen_rejects_with_one_line(text):
     with pytest.raises(ListenError) as info:
         parse_listen(text)

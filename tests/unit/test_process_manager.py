@@ -89,3 +89,27 @@ def test_lease_deadlines_reach_lease_bound_children_only():
         manager.stop_all(time.monotonic())
         _tick_until(manager, lambda _: manager.all_stopped())
         manager.close()
+
+
+def test_starting_children_is_bounded_per_tick_and_the_rest_stay_due(monkeypatch):
+    """A role of 1,024 children must not hold the loop for the seconds their forks take
+    (keepalive confirmations wait meanwhile and the lease deadlines kill the children):
+    one tick starts children for at most START_BUDGET (at least one), and leaves the
+    others due at once."""
+    from etcdvisor.process import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "START_BUDGET", 0.0, raising=False)
+    manager = ProcessManager(capture_output=False, use_watchdog=False)
+    manager.start()
+    slots = [manager.new_slot(ChildSpec(name=f"c{i}", argv=("sleep", "60"), env=dict(os.environ),
+                                        stop_timeout=1.0)) for i in range(3)]
+    try:
+        for count in (1, 2, 3):
+            started = [e for e in manager.tick(time.monotonic()) if isinstance(e, Started)]
+            assert len(started) == 1, started
+            assert sum(slot.state is SlotState.RUNNING for slot in slots) == count
+            assert (manager.next_deadline() == 0.0) is (count < 3)  # the others: tick again now
+    finally:
+        manager.stop_all(time.monotonic())
+        _tick_until(manager, lambda _: manager.all_stopped())
+        manager.close()

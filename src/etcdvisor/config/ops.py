@@ -29,7 +29,8 @@ def parse_listen(text: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise ListenError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9100")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and '٣' (int() reads 3)
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) < 65536:
         raise ListenError(f"{value!r}: the port must be a number from 1 to 65535")
     if any(c.isspace() or c in "/?#@" for c in host):
         raise ListenError(f"{value!r}: {host!r} is not a host name or address")

@@ -205,7 +205,11 @@ def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
 
 
 MAX_SHARDS = 4096
-MAX_PROCESSES = 1024  # children per member per role: a typo (10000) must not fork-bomb the host
+MAX_CHILDREN = 1024
+"""The cap on one role's children per member, whatever produces them (sharded
+``processes``, ``shards`` with ``children: per-shard``, topic ``concurrency``): a typo
+(10000) must not fork-bomb the host. Checked by ``validate``, one line."""
+MAX_PROCESSES = MAX_CHILDREN
 
 
 def _sharded_fields(check: _RoleChecker) -> dict:
@@ -213,28 +217,39 @@ def _sharded_fields(check: _RoleChecker) -> dict:
     (with ``children``); one problem line per conflicting or out-of-range key."""
     raw = check.raw
     shards = raw.get("shards")
+    children = raw.get("children", DEFAULTS["children"]) if shards is not None else None
     if shards is not None and "processes" in raw:
         check.fail("processes", "cannot be combined with shards (processes is for join-order mode; "
                    "with shards, use children: per-shard or per-member)")
     if "children" in raw and shards is None:
         check.fail("children", "needs shards (children applies to fixed-shard mode only)")
     if shards is not None and shards < 1:
-        check.fail("shards", f"must be at least 1, got {shards}")
+        check.fail("shards", f"must be at least 1, got {_count(shards)}")
     elif shards is not None and shards > MAX_SHARDS:
-        check.fail("shards", f"{shards} is more than the limit of {MAX_SHARDS} shards")
+        check.fail("shards", f"{_count(shards)} is more than the limit of {MAX_SHARDS} shards")
+    elif shards is not None and children == "per-shard" and shards > MAX_CHILDREN:
+        # one member may hold every shard (the others left, or have not joined yet)
+        check.fail("shards", f"{shards} shards with children: per-shard can run {shards} children on one "
+                       f"member (a member may hold every shard), more than the limit of {MAX_CHILDREN} "
+                       f"children per member (use children: per-member, or at most {MAX_CHILDREN} shards)")
     processes = raw.get("processes", DEFAULTS["processes"])
     if processes < 1:
-        check.fail("processes", f"must be at least 1, got {processes}")
+        check.fail("processes", f"must be at least 1, got {_count(processes)}")
     elif processes > MAX_PROCESSES:
-        check.fail("processes", f"{processes} is more than the limit of {MAX_PROCESSES} children "
+        check.fail("processes", f"{_count(processes)} is more than the limit of {MAX_CHILDREN} children "
                    f"per member")
     return {
         "settle": check.duration("settle", DEFAULTS["settle"], positive=False),
         "handoff": raw.get("handoff", DEFAULTS["handoff"]),
         "processes": None if shards is not None else processes,
         "shards": shards,
-        "children": raw.get("children", DEFAULTS["children"]) if shards is not None else None,
+        "children": children,
     }
+
+
+def _count(value: int) -> str:
+    """An integer from the file, for a message (a 300-digit typo stays one short line)."""
+    return str(value) if value.bit_length() <= 64 else "a huge number"
 
 
 def _cron_fields(check: _RoleChecker) -> dict:
@@ -273,8 +288,12 @@ def _topic_fields(check: _RoleChecker) -> dict:
                        f"{format_size(MAX_PAYLOAD_LIMIT)} (payloads are stored in etcd)")
         elif max_payload < 1:
             check.fail("max_payload", "must be at least 1 byte")
+    concurrency = raw.get("concurrency", DEFAULTS["topic_concurrency"])
+    if concurrency > MAX_CHILDREN:
+        check.fail("concurrency", f"{_count(concurrency)} is more than the limit of {MAX_CHILDREN} children "
+                   "per member (each message being handled is a child)")
     return {
         "topic": raw.get("topic", check.name), "delivery": raw.get("delivery", DEFAULTS["delivery"]),
-        "concurrency": raw.get("concurrency", DEFAULTS["topic_concurrency"]),
+        "concurrency": concurrency,
         "max_payload": max_payload, "max_attempts": raw.get("max_attempts", DEFAULTS["max_attempts"]),
     }

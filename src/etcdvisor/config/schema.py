@@ -57,18 +57,32 @@ def schema_text() -> str:
     return resources.files("etcdvisor").joinpath("schemas/config.schema.json").read_text(encoding="utf-8")
 
 
+def _strict_integer(_checker, instance) -> bool:
+    """JSON Schema calls ``2.0`` an integer; here an integer is a YAML integer
+    (``2``), so ``processes: 2.0`` is refused by ``validate`` instead of
+    reaching the runtime as a float. One rule for every integer key."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
     import jsonschema
 
-    return jsonschema.Draft202012Validator(json.loads(schema_text()))
+    base = jsonschema.Draft202012Validator
+    strict = jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
+    return strict(json.loads(schema_text()))
 
 
 def check_schema(document: dict, problems: Problems) -> None:
     """Add one problem per schema violation in ``document``, in file order."""
     found: list[tuple[tuple, str]] = []
+    mistyped = set()
     for error in _validator().iter_errors(document):
         found.extend(_translate(error, document))
+        if error.validator == "type":
+            mistyped.add(tuple(error.absolute_path))
+    # a value of the wrong type gets one line: -1.0 is not an integer (not also below a minimum)
+    found = [item for item in found if item[0] not in mistyped or item[1].startswith("expected ")]
     found.sort(key=lambda item: _document_order(document, item[0]))
     for path, reason in found:
         problems.add(path, reason)
@@ -101,7 +115,7 @@ def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple,
 def _simple_reason(kind, value, schema, instance, path) -> str:
     title = schema.get("title")
     if kind == "type":
-        hint = _command_hint(title, instance)
+        hint = _command_hint(title, instance) + _integer_hint(value, instance)
         return f"expected {_describe_type(value, schema)}, got {_describe_value(instance)}{hint}"
     if kind == "enum":
         noun = f"a {title}" if title else "an allowed value"
@@ -111,7 +125,10 @@ def _simple_reason(kind, value, schema, instance, path) -> str:
         return f"{instance!r} is not valid ({_PATTERN_HINTS.get(key, f'must match {value}')})"
     if kind in ("minimum", "exclusiveMinimum"):
         op = ">=" if kind == "minimum" else ">"
-        return f"must be {op} {value}, got {instance!r}"
+        return f"must be {op} {value}, got {_describe_value(instance)}"
+    if kind in ("maximum", "exclusiveMaximum"):
+        op = "<=" if kind == "maximum" else "<"
+        return f"must be {op} {value}, got {_describe_value(instance)}"
     if kind == "minItems":
         return "must not be empty" if value == 1 else f"needs at least {value} items"
     if kind == "minLength":
@@ -193,6 +210,8 @@ def _describe_value(value) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a huge number"  # its digits would not make one readable line
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
@@ -204,6 +223,14 @@ def _describe_value(value) -> str:
     if isinstance(value, date):
         return "a date (quote it to make it a string)"
     return f"a {type(value).__name__}"
+
+
+def _integer_hint(expected, instance) -> str:
+    """``2.0`` where an integer belongs: say how to write it."""
+    wanted = expected if isinstance(expected, list) else [expected]
+    if "integer" in wanted and isinstance(instance, float) and instance.is_integer() and abs(instance) < 2**63:
+        return f" (an integer is written without a decimal point: {int(instance)})"
+    return ""
 
 
 def _command_hint(title, instance) -> str:

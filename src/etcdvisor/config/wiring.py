@@ -16,6 +16,7 @@ another fleet), returned as one line each.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import string
@@ -38,6 +39,20 @@ SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 INDEX_SPAN = 1024  # "BASE + {index}" is taken to cover BASE .. BASE+1023 when checking collisions
 RESERVED = frozenset({"ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
                       "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID"})
+
+
+NON_FINITE = "holds .nan or .inf, which JSON cannot carry (write a finite number, or quote it as a string)"
+
+
+def _non_finite(value) -> bool:
+    """A NaN or an infinity anywhere in ``value`` (YAML's .nan, .inf, 1e400)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def parse_on_change(text, default: ChangeAction) -> OnChange:
@@ -112,8 +127,11 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if "\0" in entry["item"]:
             problems.add(where + ("item",), "contains a NUL byte")
             continue
+        if _non_finite(entry.get("default")):
+            problems.add(where + ("default",), NON_FINITE)
+            continue
         # YAML dates and times become their text: the value must be JSON (file, env)
-        default = json.loads(json.dumps(entry.get("default"), default=str, allow_nan=True))
+        default = json.loads(json.dumps(entry.get("default"), default=str))
         items[env] = ConfigItem(env=env, item=entry["item"], default=default, on_change=on_change)
     return _frozen_map(items)
 
@@ -124,7 +142,8 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
     before = len(problems)
     port, base = raw["port"], None
     if isinstance(port, bool) or (isinstance(port, int) and not 1 <= port <= 65535):
-        problems.add(path + ("port",), f"{port!r} is not a port number (1-65535)")
+        shown = repr(port) if isinstance(port, bool) or port.bit_length() <= 64 else "a huge number"
+        problems.add(path + ("port",), f"{shown} is not a port number (1-65535)")
     elif isinstance(port, str):
         match = PORT_EXPR.fullmatch(port)
         if match is None:
@@ -140,6 +159,9 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
         problem = placeholder_problem(text)
         if problem:
             problems.add(path + where, problem)
+    for key, value in raw.get("meta", {}).items():
+        if _non_finite(value):
+            problems.add(path + ("meta", key), NON_FINITE)
     if len(problems) != before:
         return None
     return Registration(service=raw["service"], address=address, port=port, port_base=base,
@@ -183,6 +205,17 @@ def _several_per_member(spec) -> bool:
     return (spec.processes or 1) > 1
 
 
+def _highest_known_index(spec) -> int:
+    """The highest INDEX a child of ``spec`` can have whatever the fleet: ``shards - 1``
+    with a child per shard (a member may hold any shard), ``processes - 1`` in join order
+    (the first member's; later members' go higher, with the fleet's size), else 0."""
+    if spec.type.value != "sharded":
+        return 0
+    if spec.shards is not None:
+        return spec.shards - 1 if spec.children == "per-shard" else 0
+    return (spec.processes or 1) - 1
+
+
 def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str = "etcdvisor") -> list[str]:
     """Cross-role checks (``roles``: name -> RoleSpec or None); returns warnings."""
     for name, spec in roles.items():
@@ -200,6 +233,14 @@ def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str 
             problems.add(("roles", name, "register", "port"),
                          f"{spec.register.port}: the role can run several children on one member, "
                          "which would all register this port (use 'BASE + {index}')")
+    for name, spec in roles.items():
+        registration = spec.register if spec is not None else None
+        if registration is not None and registration.port_base is not None:
+            top = registration.port_base + _highest_known_index(spec)
+            if top > 65535:
+                problems.add(("roles", name, "register", "port"),
+                             f"'{registration.port_base} + {{index}}' goes past port 65535 "
+                             f"(INDEX {_highest_known_index(spec)} would register port {top})")
     for service, entries in registered.items():
         for i, (name, mine) in enumerate(entries):
             for other, theirs in entries[:i]:

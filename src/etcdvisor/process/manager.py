@@ -31,6 +31,7 @@ is tied to that thread, see ``spawn``).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -42,6 +43,9 @@ from etcdvisor.process.slot import RestartPolicy, Slot, SlotEvent
 from etcdvisor.process.spawn import ChildSpec
 from etcdvisor.process.tracking import TreeTracker
 from etcdvisor.process.watchdog import Watchdog
+
+START_BUDGET = 0.1
+"""Seconds one ``tick`` may spend ticking idle slots (starting children), after the first."""
 
 
 def _no_deadlines(_slot: Slot) -> tuple[None, None]:
@@ -153,13 +157,24 @@ class ProcessManager:
     # -- the tick --------------------------------------------------------------------
 
     def tick(self, now: float) -> list[SlotEvent]:
-        """Tick every slot, reap orphans, keep the watchdog alive; return slot events."""
+        """Tick every slot, reap orphans, keep the watchdog alive; return slot events.
+
+        Starting children is bounded per tick (``START_BUDGET`` seconds, at least one
+        start): a slot left due keeps ``next_deadline()`` at 0.0, so the loop turns
+        again at once, and keepalive confirmations are handled between batches. (1,024
+        children started in one tick took 15 s on a loaded host, past the lease
+        deadlines the loop had not been able to move: every child was then killed.)"""
         events: list[SlotEvent] = []
+        budget_end: float | None = None
         for slot in list(self._slots):
             if slot.child is None:
                 due = slot.next_deadline()
                 if due is None or due > now:
                     continue  # idle: ticking it would change nothing
+                if budget_end is not None and time.monotonic() >= budget_end:
+                    continue  # still due: the next tick, after the loop has turned
+                if budget_end is None:
+                    budget_end = time.monotonic() + START_BUDGET
             events.extend(slot.tick(now))
         if self.reaper is not None:
             self.reaper.reap()
