@@ -101,8 +101,8 @@ def _set(args, cfg, target: Target) -> int:
     if args.value is None:
         raise UsageError("config set needs ITEM and VALUE")
     value = parse_value(args.value, args.type, cfg.layout)
-    if args.member and not args.allow_unknown_member \
-            and target.backend.get(target.keys.member(args.member)) is None:
+    backend: Any = target.backend
+    if args.member and not args.allow_unknown_member and backend.get(target.keys.member(args.member)) is None:
         raise UsageError(f"no live member {args.member!r} in cluster {target.cluster}; to set an item "
                          f"for a member before it joins, add --allow-unknown-member")
     cfg.set(args.item, value, _scope(args))
