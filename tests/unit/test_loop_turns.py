@@ -370,3 +370,28 @@ def test_a_reload_check_that_raises_keeps_the_running_config():
     h.run_effects(fail=OSError("config file vanished"))
     h.turn()
     assert h.sup.config is before and not h.sup._reload_running
+
+
+def test_cron_retries_of_a_failed_run_end_when_the_next_tick_is_due():
+    """Issue 19, 1.8: a failing run with on-failure is retried, but its retries never
+    delay or skip the next tick (concurrency forbid would otherwise wait for them)."""
+    from etcdvisor.process.slot import Exited
+
+    h = harness(CRON)
+    elect(h, "report")
+    runner = claim_due_tick(h)
+    h.run_effects()
+    (first,) = h.turn()["report"]
+    runner.on_slot_event(first, Exited(f"report/{first}", 3, 0.5, h.clock() + 30.0), h.clock())
+    assert first in runner.runs, "between attempts the run is still the active one"
+    runner.ctx.wall = lambda: 2_000_000_021.0  # the next tick is due, the retry is 30 s away
+    h.turn()
+    names = h.effect_names()
+    assert any(n == f"record tick {first} failed" for n in names), names
+    assert any(n.startswith("claim tick") and first not in n for n in names), names
+    h.run_effects()
+    running = h.turn()["report"]
+    assert first not in running and len(running) == 1, running
+    # the stop of the ended run is not recorded a second time
+    runner.on_slot_event(first, Exited(f"report/{first}", -15, 0.1, None), h.clock())
+    assert h.turn() is not None and not any("record tick" in n and first in n for n in h.effect_names())

@@ -22,6 +22,10 @@ missed in one log line. A brand-new cluster starts from now.
 * ``replace``: the active run is stopped and the new tick starts;
 * ``allow``: runs overlap.
 
+Retries never delay or skip a tick: a run that failed and is being retried
+(``restart: on-failure``) ends when the next tick is due, recorded ``failed``
+with its last exit code (a running attempt is stopped), and the tick runs.
+
 Each run's child gets ``SCHEDULED_TIME`` (ISO 8601 in the role's timezone),
 ``LEADER=1``, ``LEADER_TOKEN``. Tick records end as ``succeeded``,
 ``failed`` (with ``exit_code``), ``stopped`` (replaced, deposed, shutdown),
@@ -70,6 +74,7 @@ class _Run:
     tick: datetime
     spec: ChildSpec
     manual: bool = False
+    last_exit: int | None = None  # set once an attempt failed and the run is being retried
 
 
 def manual_tick_id(when: datetime) -> str:
@@ -89,6 +94,7 @@ class CronRunner(LeaderRunner):
         self.last_outcome: dict | None = None
         self.missed = 0
         self.triggers: dict[str, dict] = {}  # trigger id -> control record, until claimed
+        self._retries_ended: set[str] = set()  # runs whose retries a newer tick ended: already recorded
 
     # --- leadership ------------------------------------------------------------
     def handle(self, payload, at: float) -> None:
@@ -151,6 +157,8 @@ class CronRunner(LeaderRunner):
     def _process_due_ticks(self) -> None:
         now = self._now()
         due = self._due_ticks(now)
+        if due:
+            self._end_retries(self.schedule.tick_id(due[-1]))
         for position, tick in enumerate(due):
             newest_due = position == len(due) - 1
             if is_missed(tick, now, self.spec.starting_deadline):
@@ -165,6 +173,20 @@ class CronRunner(LeaderRunner):
                 self._claim(tick, now)
                 return  # the cursor moves when the claim's outcome is known
             self.cursor = tick
+
+    def _end_retries(self, due_id: str) -> None:
+        """Retries of a run never delay or skip the next tick: when a newer tick is
+        due, a scheduled run that failed and is being retried (waiting for its next
+        attempt, or in one) ends, recorded ``failed`` with its last exit code; a
+        running attempt is stopped with the role's stop rules."""
+        for tick_id, run in list(self.runs.items()):
+            if run.manual or run.last_exit is None:
+                continue
+            del self.runs[tick_id]
+            self._retries_ended.add(tick_id)
+            self._record(run.tick, {"state": "failed", "exit_code": run.last_exit, "finished": self.ctx.wall(),
+                                    "error": f"retries ended: tick {due_id} is due"}, tick_id=tick_id)
+            self.say(f"tick {tick_id}: failed (exit {run.last_exit}); retries ended: tick {due_id} is due")
 
     def _due_ticks(self, now: datetime) -> list[datetime]:
         """Ticks after the cursor up to now: at most the newest CATCH_UP_LIMIT,
@@ -284,7 +306,13 @@ class CronRunner(LeaderRunner):
     # --- runs ------------------------------------------------------------------------
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
         run = self.runs.get(key)
-        if isinstance(event, Exited) and event.restart_at is None and run is not None:
+        if key in self._retries_ended:  # recorded when its retries ended; only its stop is left
+            if isinstance(event, (Stopped, Exited, Failed)):
+                self._retries_ended.discard(key)
+            return
+        if isinstance(event, Exited) and event.restart_at is not None and run is not None:
+            run.last_exit = event.code  # retried after a backoff, unless a newer tick is due first
+        elif isinstance(event, Exited) and event.restart_at is None and run is not None:
             state = "succeeded" if event.code == 0 else "failed"
             self._record(run.tick, {"state": state, "exit_code": event.code,
                                     "finished": self.ctx.wall()}, quiet=False, tick_id=key)
