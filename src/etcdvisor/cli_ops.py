@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 
 from .coord.errors import CoordError, InvalidURL
+from .coord.records import dumps
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -167,7 +167,7 @@ def cmd_status(args, target: Target) -> int:
     require_cluster(target)
     doc = gather(target.backend, target.cluster, target.config)
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(dumps(doc, indent=2, sort_keys=True))
     else:
         sys.stdout.write(render_text(doc))
     return EXIT_OK
@@ -290,12 +290,12 @@ def _check_is_job(target: Target, role: str) -> None:
         if spec.type.value != "job":
             raise UsageError(f"role {role} is a {spec.type.value} role; rerun applies to job roles only")
         return
+    from .coord.records import MEMBER
+
     for kv in target.backend.get_prefix(target.keys.members).kvs:
-        try:
-            reported = json.loads(kv.value).get("roles", {}).get(role, {}).get("type")
-        except (ValueError, AttributeError):
-            continue
-        if reported and reported != "job":
+        doc = MEMBER.read(kv)  # a bad record: skipped, one warning naming its key
+        reported = doc["roles"].get(role, {}).get("type") if doc is not None else None
+        if isinstance(reported, str) and reported != "job":
             raise UsageError(f"role {role} is a {reported} role (as member "
                              f"{kv.key.rsplit('/', 1)[-1]} reports); rerun applies to job roles only")
 

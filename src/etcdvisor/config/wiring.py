@@ -19,6 +19,7 @@ import json
 import re
 import string
 
+from ..coord.records import dumps_strict
 from .errors import Problems, format_key_path
 from .model import (
     ChangeAction,
@@ -92,8 +93,12 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if "\0" in entry["item"]:
             problems.add(where + ("item",), "contains a NUL byte")
             continue
-        # YAML dates and times become their text: the value must be JSON (file, env)
-        default = json.loads(json.dumps(entry.get("default"), default=str, allow_nan=True))
+        # YAML dates and times become their text: the value must be strict JSON (file, env)
+        try:
+            default = json.loads(dumps_strict(entry.get("default"), default=str))
+        except ValueError as exc:  # .nan, .inf
+            problems.add(where + ("default",), str(exc))
+            continue
         items[env] = ConfigItem(env=env, item=entry["item"], default=default, on_change=on_change)
     return _frozen_map(items)
 
