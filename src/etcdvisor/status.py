@@ -82,7 +82,7 @@ from typing import Any
 from .coord.base import Backend
 from .coord.errors import Compacted
 from .coord.keys import ClusterKeys
-from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, warn_skipped
+from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
 from .runtime.control import read_records as read_control
 
@@ -311,8 +311,8 @@ def _topics(kvs, prefix: str, config) -> dict:
         for tail, _ in found.get("done", []):
             group, _, message_id = tail.partition("/")
             groups.add(group)
-            if message_id.isdigit():
-                done.setdefault(group, set()).add(int(message_id))
+            if (number := decimal(message_id)) is not None:
+                done.setdefault(group, set()).add(number)
         for tail, _ in found.get("claims", []):
             group = tail.partition("/")[0]
             groups.add(group)

@@ -20,6 +20,7 @@ from etcdvisor.coord.records import (
     MAX_DEPTH,
     TIME,
     RecordError,
+    decimal,
     dumps,
     dumps_strict,
     nesting_depth,
@@ -137,6 +138,12 @@ def test_parse_json_bounds_and_strictness():
         parse_json(b"1" * 5000)
 
 
+def test_decimal_takes_only_short_ascii_numbers():
+    assert decimal(b"42") == 42 and decimal("0") == 0 and decimal(b"9" * 20) == 10 ** 20 - 1
+    for bad in (b"", b"-1", "\u00b2", "\u0663", b"1" * 21, b"9" * 5000, b" 1", b"1.0", None):
+        assert decimal(bad) is None, bad
+
+
 def test_time_fields_refuse_milliseconds_with_a_hint():
     record = {**VALID["control"], "when": NOW * 1000}
     with pytest.raises(RecordError, match="milliseconds"):
@@ -195,6 +202,8 @@ def test_status_of_a_cluster_full_of_bad_records_is_strict_json():
     backend.put(base + "roles/migrate/job", b'{"spec_hash": "x", "state": "failed", "exit_code": NaN}')
     backend.put(base + "roles/worker/alive/m1", nested)
     backend.put(base + "roles/fixed/assignment", nested)
+    backend.put(base + "topics/t/done/g/" + "9" * 5000, b"")  # key tails are read from etcd too
+    backend.put(base + "topics/t/done/g/\u00b2", b"")
     doc = gather(backend, "c")
     text = json.dumps(doc, allow_nan=False)
     assert [m["member"] for m in doc["members"]] == ["m1", "m2", "m3"]
@@ -258,3 +267,14 @@ def test_peers_file_and_child_config_file_are_strict_json():
 
     assert "NaN" not in ServiceInfo("api", "a", "h", 1, metadata={"load": math.nan}).to_json()
     assert b"NaN" not in _encode({"X": math.nan}) and env_text(math.inf) == "null"
+
+
+@pytest.mark.parametrize("default", [".nan", ".inf", "-.inf", "[1, .nan]"])
+def test_a_non_finite_config_default_is_refused_by_validate(tmp_path, default):
+    from etcdvisor.config import ConfigError, load
+
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster: c\netcd: {endpoints: 'memory://x'}\nroles:\n  api:\n    type: sharded\n"
+                    f"    command: ['true']\n    config:\n      RATIO: {{item: ratio, default: {default}}}\n")
+    with pytest.raises(ConfigError, match=r"roles\.api\.config\.RATIO\.default: NaN and Infinity"):
+        load(path)

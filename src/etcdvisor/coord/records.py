@@ -129,6 +129,19 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_RECORD_BYTES, max_depth
         raise RecordError(f"not JSON: {str(exc)[:120]}") from None
 
 
+_DECIMAL = re.compile(rb"[0-9]{1,20}")
+
+
+def decimal(raw: bytes | str | None) -> int | None:
+    """A non-negative integer of 1 to 20 ASCII digits (a revision, an id, a count kept in
+    a key or a value), or None for anything else (``str.isdigit`` would let ``"²"`` and a
+    5,000-digit string through to ``int()``, which raises)."""
+    if raw is None:
+        return None
+    data = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    return int(data) if _DECIMAL.fullmatch(data) else None
+
+
 # --- typed fields ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Field:

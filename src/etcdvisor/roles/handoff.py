@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..coord.records import RecordError, parse_json
+from ..coord.records import RecordError, decimal, parse_json
 from .assignment import Part
 
 MAX_RECORD_BYTES = 512 * 1024  # a record larger than this is garbage: treat it as "everything"
@@ -80,9 +80,9 @@ def decode_record(raw: bytes) -> frozenset[Part]:
         grouped = parse_json(raw, max_bytes=MAX_RECORD_BYTES)["parts"]
         parts = set()
         for count, indexes in grouped.items():
-            if not count.isdigit():
+            n = decimal(count)
+            if n is None:
                 raise BadRecord(f"count {count!r:.40} is not an integer")
-            n = int(count)
             for index in indexes:
                 if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
                     raise BadRecord(f"index {index!r} out of range for count {n}")
