@@ -118,8 +118,10 @@ def _read(args, cfg) -> int:
             print(f"error: {args.item}: not set in any scope", file=sys.stderr)
             return EXIT_FAIL
         raw = {args.item: raw[args.item]}
-    rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope}
-            for item, (scope, text) in sorted(raw.items())}
+    if args.action == "get":  # a malformed value: ConfigValueError, one line, exit 1
+        rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope} for item, (scope, text) in raw.items()}
+    else:
+        rows = _decoded(cfg, raw)
     if args.json:
         print(dumps(rows[args.item] if args.action == "get" else rows, indent=2, sort_keys=True))
     elif args.action == "get":
@@ -128,6 +130,20 @@ def _read(args, cfg) -> int:
         for item, row in rows.items():
             print(f"{item} = {_show(row['value'])}  ({row['scope']})")
     return EXIT_OK
+
+
+def _decoded(cfg, raw) -> dict:
+    """``list``: every item that decodes; a malformed one is left out with one
+    ``warning:`` line naming its key on stderr (one bad item never hides the others)."""
+    from .recipes.layered_config import ConfigValueError
+
+    rows = {}
+    for item, (scope, text) in sorted(raw.items()):
+        try:
+            rows[item] = {"value": cfg.decode(item, scope, text), "scope": scope}
+        except ConfigValueError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
+    return rows
 
 
 def _watch(args, cfg) -> int:

@@ -162,3 +162,22 @@ def test_status_json_is_strict_with_hostile_member_and_tick_records(fleet, recor
     doc = strict(cli("status", "-c", str(config), "--json").stdout)
     assert doc["roles"]["report"]["ticks"]["retained"] == 2 and doc["roles"]["report"]["job"]["error"]
     assert Path(sys.executable).exists()
+
+
+def test_config_list_skips_a_hostile_item_and_get_names_it(fleet):
+    config = fleet.write_config({})
+    scope = f"/etcdvisor/_shared/config/cluster/{fleet.cluster}/"
+    backend = fleet.backend()
+    backend.put(scope + "good", "int:5")
+    backend.put(scope + "nan", "float:nan")
+    backend.put(scope + "deep", "json:" + "[" * 5000)
+    listed = cli("config", "list", "--json", "-c", str(config))
+    err = listed.stderr.decode()
+    assert listed.returncode == 0, err
+    assert strict(listed.stdout) == {"good": {"scope": "cluster", "value": 5}}
+    assert [line for line in err.splitlines() if line.startswith("warning: skipping config key ")] == \
+        err.splitlines() and len(err.splitlines()) == 2 and scope + "deep" in err and scope + "nan" in err
+    got = cli("config", "get", "deep", "-c", str(config))
+    err = got.stderr.decode()
+    assert got.returncode == 1 and len(err.strip().splitlines()) == 1 and scope + "deep" in err, err
+    assert "Traceback" not in err and "RecursionError" not in err
