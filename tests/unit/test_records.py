@@ -72,12 +72,13 @@ def bad_records(name: str) -> list[tuple[str, bytes]]:
         ("1e999", json.dumps(base).encode()[:-1] + b', "pad": 1e999}'),
     ]
     for field, spec in kind.fields.items():
-        cases.append((f"{field} of the wrong type", json.dumps({**base, field: WRONG.get(spec.type, None)}).encode()))
+        wrong = {"x": [1]} if isinstance(spec.type, tuple) else WRONG.get(spec.type)
+        cases.append((f"{field} of the wrong type", json.dumps({**base, field: wrong}).encode()))
         if spec.type != "boolean":
             cases.append((f"{field} true", json.dumps({**base, field: True}).encode()))
         if spec.required:
             cases.append((f"{field} missing", json.dumps({k: v for k, v in base.items() if k != field}).encode()))
-        if spec.type == TIME:
+        if spec.type == TIME or isinstance(spec.type, tuple) and TIME in spec.type:
             for when in (NOW * 1000, 0, -1.0, 1e300):
                 cases.append((f"{field} = {when:g}", json.dumps({**base, field: when}).encode()))
     return cases

@@ -148,13 +148,14 @@ class Field:
     """One declared field of a record kind.
 
     ``type``: :data:`STR`, :data:`INT`, :data:`NUMBER` (int or float), :data:`BOOL`,
-    :data:`TIME` (epoch seconds in range), :data:`OBJECT`, :data:`LIST` or :data:`ANY`.
+    :data:`TIME` (epoch seconds in range), :data:`OBJECT`, :data:`LIST` or :data:`ANY`;
+    or a tuple of them (the value must be one of these).
     ``required``: the field must be present; ``nullable``: ``null`` is allowed;
     ``default``: filled in when absent; ``minimum``/``maximum``: for numbers;
     ``choices``: the allowed values; ``max_len``: for strings (default
     :data:`MAX_STRING`) and lists; ``nonempty``: for strings."""
 
-    type: str
+    type: str | tuple[str, ...]
     required: bool = False
     nullable: bool = False
     default: Any = None
@@ -170,6 +171,9 @@ class Field:
         if value is None:
             if not self.nullable:
                 raise RecordError(f"field {name!r} must not be null")
+            return
+        if isinstance(self.type, tuple):
+            _check_one_of(name, self.type, value)
             return
         _check_type(name, self.type, value)
         if self.type in (INT, NUMBER, TIME):
@@ -207,6 +211,20 @@ def _check_type(name: str, kind: str, value: Any) -> None:
         raise RecordError(f"field {name!r} is not a finite number")
     if kind == TIME:
         check_time(name, value)
+
+
+def _check_one_of(name: str, kinds: tuple[str, ...], value: Any) -> None:
+    problems = []
+    for kind in kinds:
+        try:
+            _check_type(name, kind, value)
+        except RecordError as exc:
+            problems.append(str(exc))
+        else:
+            if kind == STR and len(value) > MAX_STRING:
+                raise RecordError(f"field {name!r} is longer than {MAX_STRING} characters")
+            return
+    raise RecordError(" or ".join(problems) if len(problems) < 3 else problems[0])
 
 
 def check_time(name: str, value: Any) -> float:
@@ -384,7 +402,7 @@ TICK = RecordKind("cron tick", {
     "state": Field(STR, required=True, nonempty=True),
     "member": Field(STR, nullable=True),
     "token": Field(INT, nullable=True, minimum=0),
-    "scheduled": Field(STR, nullable=True),
+    "scheduled": Field((STR, TIME), nullable=True),  # ISO 8601 as written; or epoch seconds
     "started": Field(TIME, nullable=True),
     "finished": Field(TIME, nullable=True),
     "exit_code": Field(INT, nullable=True),
@@ -396,7 +414,7 @@ TICK = RecordKind("cron tick", {
 
 #: ``roles/<role>/job`` (roles/job.py): a job's run and outcome
 JOB = RecordKind("job", {
-    "spec_hash": Field(STR, required=True),
+    "spec_hash": Field(STR, nullable=True),
     "state": Field(STR, required=True, nonempty=True),
     "member": Field(STR, nullable=True),
     "token": Field(INT, nullable=True, minimum=0),
