@@ -140,8 +140,8 @@ def test_parse_json_bounds_and_strictness():
 
 
 def test_decimal_takes_only_short_ascii_numbers():
-    assert decimal(b"42") == 42 and decimal("0") == 0 and decimal(b"9" * 20) == 10 ** 20 - 1
-    for bad in (b"", b"-1", "\u00b2", "\u0663", b"1" * 21, b"9" * 5000, b" 1", b"1.0", None):
+    assert decimal(b"42") == 42 and decimal("0") == 0 and decimal(b"9" * 22) == 10 ** 22 - 1
+    for bad in (b"", b"-1", "\u00b2", "\u0663", b"1" * 23, b"9" * 5000, b" 1", b"1.0", None):
         assert decimal(bad) is None, bad
 
 
@@ -279,3 +279,31 @@ def test_a_non_finite_config_default_is_refused_by_validate(tmp_path, default):
                     f"    command: ['true']\n    config:\n      RATIO: {{item: ratio, default: {default}}}\n")
     with pytest.raises(ConfigError, match=r"roles\.api\.config\.RATIO\.default: NaN and Infinity"):
         load(path)
+
+
+def test_hostile_claim_and_done_keys_do_not_stop_a_topic_queue():
+    from etcdvisor.coord.session import Session
+    from etcdvisor.recipes.topic import Topic
+    from etcdvisor.recipes.topic_queue import QueueConsumer
+
+    backend = open_backend(f"memory://topic-{os.urandom(3).hex()}")
+    topic = Topic(backend, "/etcdvisor/c/topics/t/")
+    claims, done = topic.claim_key("g", 1).rsplit("/", 1)[0], topic.done_key("g", 1).rsplit("/", 1)[0]
+    backend.put(f"{claims}/{'9' * 5000}", b"x")  # at resync
+    backend.put(f"{done}/\u00b2", b"")
+    session = Session(backend, ttl=5, interval=0.2, name="s").start()
+    consumer = QueueConsumer(topic, "g", session)
+    try:
+        topic.publish(b"one")
+        backend.put(f"{done}/abc", b"")  # while following
+        backend.delete(f"{claims}/{'9' * 5000}")
+        first = consumer.get(timeout=5)
+        assert first is not None and first.data == b"one"
+        consumer.ack(first)
+        topic.publish(b"two")
+        second = consumer.get(timeout=5)
+        assert second is not None and second.data == b"two"
+    finally:
+        consumer.close()
+        session.close()
+        backend.close()

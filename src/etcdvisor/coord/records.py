@@ -129,11 +129,11 @@ def parse_json(raw: bytes | str, *, max_bytes: int = MAX_RECORD_BYTES, max_depth
         raise RecordError(f"not JSON: {str(exc)[:120]}") from None
 
 
-_DECIMAL = re.compile(rb"[0-9]{1,20}")
+_DECIMAL = re.compile(rb"[0-9]{1,22}")  # a batched topic id: an int64 revision * 1000 + offset
 
 
 def decimal(raw: bytes | str | None) -> int | None:
-    """A non-negative integer of 1 to 20 ASCII digits (a revision, an id, a count kept in
+    """A non-negative integer of 1 to 22 ASCII digits (a revision, an id, a count kept in
     a key or a value), or None for anything else (``str.isdigit`` would let ``"²"`` and a
     5,000-digit string through to ``int()``, which raises)."""
     if raw is None:
