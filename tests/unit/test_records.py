@@ -151,6 +151,22 @@ def test_time_fields_refuse_milliseconds_with_a_hint():
         KINDS["control"].decode(json.dumps(record))
 
 
+def test_member_records_type_the_role_status_fields_status_shows():
+    kind = KINDS["member"]
+    roles = {"worker": {"type": "sharded", "state": "running", "index": 0, "count": 2, "epoch": 7,
+                        "indexes": [0], "waiting": ["0/2 waits"], "children": {"worker": {"pid": 1}},
+                        "custom": {"any": "thing"}},
+             "report": {"type": "cron", "leader": True, "token": 5, "next": "2030-01-01T00:00:00+00:00",
+                        "running": [], "registered": [{"service": "api"}]}}
+    assert kind.decode(json.dumps({**VALID["member"], "roles": roles}))["roles"] == roles
+    for role, field, value in (("worker", "waiting", 5), ("worker", "index", "0"), ("worker", "children", [1]),
+                               ("report", "leader", "yes"), ("report", "registered", ["api"]),
+                               ("report", "token", 1.5)):
+        bad = {**roles, role: {**roles[role], field: value}}
+        with pytest.raises(RecordError, match=f"roles.{role}.{field}"):
+            kind.decode(json.dumps({**VALID["member"], "roles": bad}))
+
+
 def test_registry_records_are_not_converted():
     kind = KINDS["registry"]
     for field, value in (("port", "http"), ("port", "8080"), ("port", 8080.0), ("port", 70000),

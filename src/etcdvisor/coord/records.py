@@ -270,13 +270,7 @@ class RecordKind:
         doc = parse_json(raw, max_bytes=self.max_bytes, max_depth=self.max_depth)
         if not isinstance(doc, dict):
             raise RecordError(f"not a JSON object but {_json_type(doc)}")
-        for name, spec in self.fields.items():
-            if name in doc:
-                spec.check(name, doc[name])
-            elif spec.required:
-                raise RecordError(f"missing field {name!r}")
-            elif spec.default is not None or spec.nullable:
-                doc[name] = spec.default() if callable(spec.default) else spec.default
+        check_fields(self.fields, doc, fill=True)
         if self.check is not None:
             problem = self.check(doc)
             if problem:
@@ -291,6 +285,20 @@ class RecordKind:
         except RecordError as exc:
             warn_skipped(self.name, kv.key, kv.mod_revision, str(exc), logger)
             return None
+
+
+def check_fields(fields: Mapping[str, Field], doc: dict[str, Any], *, where: str = "",
+                 fill: bool = False) -> None:
+    """RecordError unless every declared field of ``doc`` fits (``where``: a prefix for
+    the field names in messages, for a nested object); ``fill``: add absent fields'
+    defaults."""
+    for name, spec in fields.items():
+        if name in doc:
+            spec.check(where + name, doc[name])
+        elif spec.required:
+            raise RecordError(f"missing field {where + name!r}")
+        elif fill and (spec.default is not None or spec.nullable):
+            doc[name] = spec.default() if callable(spec.default) else spec.default
 
 
 _warned: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
@@ -388,6 +396,25 @@ APPLICATION_ROUTE = RecordKind("application route", {
     "state": Field(STR, default="loaded", choices=APPLICATION_STATES),
 }, max_bytes=SMALL_RECORD_BYTES)
 
+#: one role's status in a member record (the fields ``status`` shows; role types add others)
+ROLE_STATUS_FIELDS = {
+    "type": Field(STR, nullable=True), "state": Field(STR, nullable=True),
+    "failed": Field(STR, nullable=True, max_len=LONG_TEXT),
+    "index": Field(INT, nullable=True), "count": Field(INT, nullable=True), "epoch": Field(INT, nullable=True),
+    "indexes": Field(LIST, nullable=True), "shards": Field(LIST, nullable=True), "handoff": Field(STR, nullable=True),
+    "waiting": Field(LIST, nullable=True), "stopping": Field(LIST, nullable=True),
+    "leader": Field(BOOL, nullable=True), "token": Field(INT, nullable=True), "next": Field(STR, nullable=True),
+    "waiting_for": Field(LIST, nullable=True), "registered": Field(LIST, nullable=True, items=OBJECT),
+    "paused": Field(BOOL, nullable=True), "children": Field(OBJECT, nullable=True, items=OBJECT),
+}
+
+
+def _role_statuses(doc: dict[str, Any]) -> str | None:
+    for role, status in doc["roles"].items():
+        check_fields(ROLE_STATUS_FIELDS, status, where=f"roles.{role:.60}.")
+    return None
+
+
 #: ``members/<id>`` (runtime/member.py): what ``status`` shows of a member
 MEMBER = RecordKind("member", {
     "member": Field(STR, nullable=True),
@@ -395,7 +422,7 @@ MEMBER = RecordKind("member", {
     "pid": Field(INT, nullable=True, minimum=0),
     "started": Field(TIME, nullable=True),
     "roles": Field(OBJECT, default=dict, items=OBJECT),
-})
+}, check=_role_statuses)
 
 #: ``roles/<role>/ticks/<tick id>`` (roles/cron.py): a cron run's claim and outcome
 TICK = RecordKind("cron tick", {
