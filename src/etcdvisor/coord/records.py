@@ -1,10 +1,10 @@
 """One strict, bounded decoder for every record read from etcd, and strict JSON out.
 
-Nothing read from etcd is trusted (docs/safety.md, rule 7): anyone with write access
-to the cluster's prefix, another tool, or an older or newer etcdvisor may have written
-it. Every JSON record the product reads goes through :func:`parse_json` (bounds) and,
-for the record kinds the product acts on, a typed :class:`RecordKind` (fields), in
-this order:
+Nothing read from etcd is trusted (docs/safety.md, "Records read from etcd are not
+trusted"): anyone with write access to the cluster's prefix, another tool, or an older
+or newer etcdvisor may have written it. Every JSON record the product reads goes
+through :func:`parse_json` (bounds) and, for the record kinds the product acts on, a
+typed :class:`RecordKind` (fields), in this order:
 
 1. **size**: at most ``kind.max_bytes`` bytes (default :data:`MAX_RECORD_BYTES`),
    checked before anything else;
@@ -178,9 +178,9 @@ class Field:
         _check_type(name, self.type, value)
         if self.type in (INT, NUMBER, TIME):
             if self.minimum is not None and value < self.minimum:
-                raise RecordError(f"field {name!r} is {value!r}, below {self.minimum:g}")
+                raise RecordError(f"field {name!r} is {value!r:.40}, below {self.minimum:g}")
             if self.maximum is not None and value > self.maximum:
-                raise RecordError(f"field {name!r} is {value!r}, above {self.maximum:g}")
+                raise RecordError(f"field {name!r} is {value!r:.40}, above {self.maximum:g}")
         if self.type == STR:
             if self.nonempty and not value:
                 raise RecordError(f"field {name!r} must not be empty")
