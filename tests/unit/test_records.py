@@ -323,3 +323,13 @@ def test_hostile_claim_and_done_keys_do_not_stop_a_topic_queue():
         consumer.close()
         session.close()
         backend.close()
+
+
+def test_a_leader_name_is_bounded_printable_text(caplog):
+    from etcdvisor.coord.records import member_name
+
+    assert member_name("/e/1", b"web-1", 5) == "web-1"
+    with caplog.at_level(logging.WARNING, logger="etcdvisor"):
+        for raw in (b"", b"a\x00b", b"\xff\xfe", b"x" * 254, b"line\nbreak"):
+            assert member_name("/e/1", raw, 6 + len(raw)) is None
+    assert len([r for r in caplog.records if "skipping member name record /e/1" in r.getMessage()]) == 5

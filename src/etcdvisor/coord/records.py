@@ -142,6 +142,20 @@ def decimal(raw: bytes | str | None) -> int | None:
     return int(data) if _DECIMAL.fullmatch(data) else None
 
 
+def member_name(key: str, raw: bytes, revision: int, logger: logging.Logger | None = None) -> str | None:
+    """A member id stored as a plain value (an election candidate's): printable UTF-8 of
+    1 to 253 characters, or None with one warning naming the key (it may end up in a
+    child's environment: no NUL, no megabyte)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if 0 < len(text) <= 253 and text.isprintable():
+        return text
+    warn_skipped("member name", key, revision, f"not a member id ({len(raw)} bytes, {raw[:40]!r})", logger)
+    return None
+
+
 # --- typed fields ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Field:
