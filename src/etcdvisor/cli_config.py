@@ -21,18 +21,20 @@ Examples::
 
 from __future__ import annotations
 
-import json
+import math
 import queue
 import sys
 from typing import Any
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
+from .coord.records import dumps
 
 TYPES = ("int", "float", "bool", "json", "str")
 
 
 def parse_value(text: str, kind: str | None, layout: str):
     """VALUE as typed by ``--type`` (UsageError when it does not parse)."""
+    from .coord.records import parse_json
     from .recipes.layered_config import ConfigValueError, decode_value
 
     try:
@@ -41,13 +43,16 @@ def parse_value(text: str, kind: str | None, layout: str):
         if kind == "int":
             return int(text)
         if kind == "float":
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError("NaN and Infinity are not allowed")
+            return number
         if kind == "bool":
             if text.lower() not in ("true", "false"):
                 raise ValueError("use true or false")
             return text.lower() == "true"
         if kind == "json":
-            return json.loads(text)
+            return parse_json(text)  # strict and bounded, as values are read back
         return text
     except (ValueError, ConfigValueError) as exc:
         raise UsageError(f"VALUE {text!r} is not a valid {kind or 'stored'} value: {exc}") from None
@@ -73,7 +78,7 @@ def _scope(args) -> str:
 
 
 def _show(value) -> str:
-    return json.dumps(value) if not isinstance(value, str) else value
+    return dumps(value) if not isinstance(value, str) else value
 
 
 @operator_verb
@@ -117,16 +122,32 @@ def _read(args, cfg) -> int:
             print(f"error: {args.item}: not set in any scope", file=sys.stderr)
             return EXIT_FAIL
         raw = {args.item: raw[args.item]}
-    rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope}
-            for item, (scope, text) in sorted(raw.items())}
+    if args.action == "get":  # a malformed value: ConfigValueError, one line, exit 1
+        rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope} for item, (scope, text) in raw.items()}
+    else:
+        rows = _decoded(cfg, raw)
     if args.json:
-        print(json.dumps(rows[args.item] if args.action == "get" else rows, indent=2, sort_keys=True))
+        print(dumps(rows[args.item] if args.action == "get" else rows, indent=2, sort_keys=True))
     elif args.action == "get":
         print(f"{_show(rows[args.item]['value'])}  ({rows[args.item]['scope']})")
     else:
         for item, row in rows.items():
             print(f"{item} = {_show(row['value'])}  ({row['scope']})")
     return EXIT_OK
+
+
+def _decoded(cfg, raw) -> dict:
+    """``list``: every item that decodes; a malformed one is left out with one
+    ``warning:`` line naming its key on stderr (one bad item never hides the others)."""
+    from .recipes.layered_config import ConfigValueError
+
+    rows = {}
+    for item, (scope, text) in sorted(raw.items()):
+        try:
+            rows[item] = {"value": cfg.decode(item, scope, text), "scope": scope}
+        except ConfigValueError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
+    return rows
 
 
 def _watch(args, cfg) -> int:
@@ -145,7 +166,7 @@ def _watch(args, cfg) -> int:
                 continue
             seen += 1
             if args.json:
-                print(json.dumps({"item": item, "value": value, "unset": value is None}), flush=True)
+                print(dumps({"item": item, "value": value, "unset": value is None}), flush=True)
             else:
                 print(f"{item} unset" if value is None else f"{item} = {_show(value)}", flush=True)
     except KeyboardInterrupt:

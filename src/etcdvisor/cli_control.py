@@ -26,7 +26,6 @@ answer within ``--timeout`` seconds). No address at all: exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -72,13 +71,14 @@ def reported_roles(target: Target) -> dict[str, str | None]:
     the role keys in the store (type None when only keys say the role exists)."""
     if target.config is not None:
         return {name: spec.type.value for name, spec in target.config.roles.items()}
+    from .coord.records import MEMBER
+
     roles: dict[str, str | None] = {}
     for kv in target.backend.get_prefix(target.keys.members).kvs:
-        try:
-            for name, status in json.loads(kv.value).get("roles", {}).items():
-                roles[name] = roles.get(name) or (status or {}).get("type")
-        except (ValueError, AttributeError):
-            continue
+        doc = MEMBER.read(kv)  # a bad record: skipped, one warning naming its key
+        for name, status in (doc["roles"] if doc is not None else {}).items():
+            kind = status.get("type")
+            roles[name] = roles.get(name) or (kind if isinstance(kind, str) else None)
     prefix = target.keys.base + "roles/"
     for kv in target.backend.get_prefix(prefix, keys_only=True).kvs:
         roles.setdefault(kv.key[len(prefix):].split("/", 1)[0], None)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 import sys
@@ -191,15 +190,15 @@ def topic_consumers(target: Target, topic: str) -> list[str]:
     if target.config is not None:
         found = [name for name, spec in target.config.roles.items()  # type: ignore[attr-defined]
                  if spec.type.value == "topic" and spec.topic == topic]
+    from .coord.records import MEMBER
+
     for kv in target.backend.get_prefix(target.keys.members).kvs:  # type: ignore[attr-defined]
-        try:
-            record = json.loads(kv.value)
-            roles = record.get("roles") or {}
-            for role, status in roles.items():
-                if isinstance(status, dict) and status.get("topic") == topic:
-                    found.append(f"{role}@{record.get('member')}")
-        except (ValueError, AttributeError, RecursionError):
-            continue  # a record we cannot read says nothing about consumers
+        record = MEMBER.read(kv)  # a record that fails the decoder says nothing about consumers
+        if record is None:
+            continue
+        for role, status in (record.get("roles") or {}).items():
+            if isinstance(status, dict) and status.get("topic") == topic:
+                found.append(f"{role}@{record.get('member')}")
     return found
 
 
@@ -314,12 +313,12 @@ def _check_is_job(target: Target, role: str) -> None:
         if spec.type.value != "job":
             raise UsageError(f"role {role} is a {spec.type.value} role; rerun applies to job roles only")
         return
+    from .coord.records import MEMBER
+
     for kv in target.backend.get_prefix(target.keys.members).kvs:
-        try:
-            reported = json.loads(kv.value).get("roles", {}).get(role, {}).get("type")
-        except (ValueError, AttributeError):
-            continue
-        if reported and reported != "job":
+        doc = MEMBER.read(kv)  # a bad record: skipped, one warning naming its key
+        reported = doc["roles"].get(role, {}).get("type") if doc is not None else None
+        if isinstance(reported, str) and reported != "job":
             raise UsageError(f"role {role} is a {reported} role (as member "
                              f"{kv.key.rsplit('/', 1)[-1]} reports); rerun applies to job roles only")
 

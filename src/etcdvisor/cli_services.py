@@ -18,11 +18,12 @@ etcd is unreachable, 2 for a bad name or usage, one line each.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from .cli_ops import EXIT_OK, _check_name, operator_verb
+from .coord.records import dumps
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
@@ -35,14 +36,14 @@ def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
 def _metadata_text(metadata: dict) -> str:
     if not metadata:
         return "-"
-    return ",".join(f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+    return ",".join(f"{key}={dumps(value) if not isinstance(value, str) else value}"
                     for key, value in sorted(metadata.items()))
 
 
 def _show_instances(registry, name: str | None, as_json: bool) -> None:
     instances = registry.discover(name) if name else registry.all_instances()
     if as_json:
-        print(json.dumps([json.loads(info.to_json()) for info in instances], indent=2))
+        print(dumps([asdict(info) for info in instances], indent=2, sort_keys=True))
         return
     if not instances:
         what = f"instances of service {name}" if name else "service instances"
@@ -56,7 +57,7 @@ def _show_instances(registry, name: str | None, as_json: bool) -> None:
 def _show_applications(registry, name: str | None, as_json: bool) -> None:
     routes = registry.applications(name)
     if as_json:
-        print(json.dumps([route.to_dict() for route in routes], indent=2))
+        print(dumps([route.to_dict() for route in routes], indent=2))
         return
     if not routes:
         what = f"routes of application {name}" if name else "applications"

@@ -21,7 +21,6 @@ usage error, exit 2).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -29,6 +28,7 @@ import threading
 import time
 
 from .config.model import LogFormat, LogLevel
+from .coord.records import dumps
 from .process import output
 
 # "role worker: ..." (runner decisions), "api:election: ..." (recipes named after the role)
@@ -97,7 +97,7 @@ class JsonFormatter(logging.Formatter):
             match = _ROLE_IN_MESSAGE.match(message)
             role = (match.group(1) or match.group(2)) if match else None
         slot = getattr(record, "slot", None)
-        return json.dumps({"ts": timestamp(record.created), "level": record.levelname.lower(),
+        return dumps({"ts": timestamp(record.created), "level": record.levelname.lower(),
                            "member": self.member, "role": role,
                            "slot": None if slot is None else str(slot), "msg": message},
                           ensure_ascii=False)
@@ -137,6 +137,6 @@ def _json_child_line(member: str):
         role, slot = child_role_slot(name)
         doc = {"ts": timestamp(), "level": "info", "member": member, "role": role, "slot": slot,
                "msg": text, "stream": stream}
-        return (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+        return (dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
 
     return line

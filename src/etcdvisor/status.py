@@ -75,7 +75,6 @@ store does not answer.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +82,7 @@ from typing import Any
 from .coord.base import Backend
 from .coord.errors import Compacted
 from .coord.keys import ClusterKeys
+from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, dumps, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
 from .runtime.control import read_records as read_control
 
@@ -116,7 +116,7 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
     control_read = backend.get_prefix(keys.base + "control/", revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
-    control = read_control(control_read.kvs, keys.base + "control/")
+    control = read_control(control_read.kvs, keys.base + "control/", errors=True)
     roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
     for name, role in roles.items():
         role["control"] = control.get(name)  # the same records, next to the role
@@ -131,18 +131,18 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     }
 
 
-def _load_json(raw: bytes) -> tuple[Any, str | None]:
+def _load(kind: RecordKind, kv: KeyValue) -> tuple[dict, str | None]:
+    """The record through the strict decoder, or ({}, why) for a bad one (warned once)."""
     try:
-        return json.loads(raw), None
-    except ValueError as exc:
-        return None, f"unreadable record: {exc}"
+        return kind.decode(kv.value), None
+    except RecordError as exc:
+        warn_skipped(kind.name, kv.key, kv.mod_revision, str(exc))
+        return {}, f"unreadable record: {exc}"
 
 
 def _member(kv: KeyValue, prefix: str) -> dict:
-    doc, error = _load_json(kv.value)
-    if not isinstance(doc, dict):
-        doc, error = {}, error or "unreadable record: not a JSON object"
-    roles = doc.get("roles") if isinstance(doc.get("roles"), dict) else {}
+    doc, error = _load(MEMBER, kv)
+    roles = doc.get("roles") or {}
     entry = {"member": doc.get("member") or kv.key[len(prefix):], "host": doc.get("host"),
              "pid": doc.get("pid"), "started": doc.get("started"), "lease": kv.lease or None,
              "roles": roles}
@@ -256,12 +256,10 @@ def _ticks(kvs, prefix: str) -> dict | None:
     counts = {"missed": 0, "skipped": 0, "running": 0}
     last = None
     for kv in sorted(found, key=lambda kv: kv.key):  # tick ids are UTC ISO times: key order is time order
-        doc, error = _load_json(kv.value)
-        tick = {"id": kv.key[len(prefix):]}
-        tick.update({f: doc.get(f) for f in TICK_FIELDS} if isinstance(doc, dict) else
-                    {f: None for f in TICK_FIELDS})
-        if error or not isinstance(doc, dict):
-            tick["error"] = error or "unreadable record: not a JSON object"
+        doc, error = _load(TICK, kv)
+        tick = {"id": kv.key[len(prefix):], **{f: doc.get(f) for f in TICK_FIELDS}}
+        if error:
+            tick["error"] = error
         if tick["state"] in counts:
             counts[tick["state"]] += 1
         if tick["state"] in RAN_STATES:
@@ -272,10 +270,9 @@ def _ticks(kvs, prefix: str) -> dict | None:
 def _job(kvs, key: str) -> dict | None:
     for kv in kvs:
         if kv.key == key:
-            doc, error = _load_json(kv.value)
-            if not isinstance(doc, dict):
-                return {**{f: None for f in JOB_FIELDS},
-                        "error": error or "unreadable record: not a JSON object"}
+            doc, error = _load(JOB, kv)
+            if error:
+                return {**{f: None for f in JOB_FIELDS}, "error": error}
             return {f: doc.get(f) for f in JOB_FIELDS}
     return None
 
@@ -314,8 +311,8 @@ def _topics(kvs, prefix: str, config) -> dict:
         for tail, _ in found.get("done", []):
             group, _, message_id = tail.partition("/")
             groups.add(group)
-            if message_id.isdigit():
-                done.setdefault(group, set()).add(int(message_id))
+            if (number := decimal(message_id)) is not None:
+                done.setdefault(group, set()).add(number)
         for tail, _ in found.get("claims", []):
             group = tail.partition("/")[0]
             groups.add(group)
@@ -332,7 +329,7 @@ def _topics(kvs, prefix: str, config) -> dict:
 # --- rendering -----------------------------------------------------------------------
 def render_json(doc: dict) -> str:
     """What ``status --json`` prints and the dashboard's ``GET /api/status`` answers."""
-    return json.dumps(doc, indent=2, sort_keys=True)
+    return dumps(doc, indent=2, sort_keys=True)
 
 
 def render_text(doc: dict, now: float | None = None) -> str:

@@ -120,13 +120,25 @@ def config(backend, prefix, cluster="prod", node="web1"):
     return LayeredConfig(backend, prefix + "app", cluster, node)
 
 
-@pytest.mark.parametrize("value", [5432, -1, 0.75, float("inf"), True, False, "info", "",
+@pytest.mark.parametrize("value", [5432, -1, 0.75, 1e300, True, False, "info", "",
                                    "int:not an int", "json:[]", {"a": [1, None]}, [1, "x"], None])
 def test_typed_values_round_trip(backend, prefix, value):
     cfg = config(backend, prefix)
     cfg.set("item", value)
     got = cfg.get("item", default="MISSING")
     assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), {"a": float("nan")}])
+def test_non_finite_values_are_neither_written_nor_read(backend, prefix, value):
+    """Children's config files are strict JSON (issue 16): no NaN/Infinity in or out."""
+    cfg = config(backend, prefix)
+    with pytest.raises(ValueError, match="NaN"):
+        cfg.set("item", value)
+    assert cfg.get("item", default="MISSING") == "MISSING"
+    backend.put(cfg.key("item"), "float:inf")  # as etcdctl could write it
+    with pytest.raises(ConfigValueError, match="config key .*item"):
+        cfg.get("item")
 
 
 def test_stored_form_and_etcdctl_written_values(backend, prefix):

@@ -26,9 +26,10 @@ pure (no I/O) and tested without a server.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from dataclasses import asdict, dataclass
+
+from ..coord.records import APPLICATION_ROUTE, RecordError, dumps, warn_skipped
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +84,18 @@ class ApplicationRoute:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ApplicationRoute:
-        """Parse a stored document; ValueError when it is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        """Parse a stored document strictly (:data:`~etcdvisor.coord.records.APPLICATION_ROUTE`);
+        :class:`~etcdvisor.coord.records.RecordError` (a ValueError) when it is not one."""
+        data = APPLICATION_ROUTE.decode(text)
         try:
-            return cls(name=data["name"], node=data["node"], weight=data.get("weight", 0),
-                       mode=data.get("mode", "temporary"), state=data.get("state", "loaded"))
-        except KeyError as exc:
-            raise ValueError(f"missing field {exc.args[0]!r}") from None
+            return cls(name=data["name"], node=data["node"], weight=data["weight"],
+                       mode=data["mode"], state=data["state"])
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,6 @@ def routes_of(kvs) -> list[ApplicationRoute]:
     for kv in sorted(kvs, key=lambda kv: kv.create_revision):
         try:
             found.append(ApplicationRoute.from_json(kv.value))
-        except (ValueError, TypeError) as exc:
-            log.warning("registry: skipping %s: not an ApplicationRoute document (%s)", kv.key, exc)
+        except ValueError as exc:  # RecordError: one warning per key and revision
+            warn_skipped(APPLICATION_ROUTE.name, kv.key, kv.mod_revision, str(exc), log)
     return found

@@ -40,7 +40,11 @@ plain string that itself starts with a type prefix is written as
 ``json:"..."``, so every Python value round-trips. A malformed typed value
 (``int:x``, ``bool:yes``, bad JSON) raises :class:`ConfigValueError` naming
 the key; it never falls back to a lower level, so a typo cannot silently
-change behaviour.
+change behaviour. Values are read by the strict, bounded decoder
+(:mod:`etcdvisor.coord.records`): a stored value over 1 MiB, ``json:`` nested
+deeper than 32 levels, and ``NaN``/``Infinity`` (``float:nan``, ``float:inf``,
+``json:NaN``, ``float:1e999``) are malformed too, and :func:`encode_value`
+refuses to write a non-finite float.
 
 Guarantees: ``get``/``get_many``/``items`` read every level in one
 transaction (one consistent revision). ``watch`` is built on
@@ -60,8 +64,8 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -69,6 +73,7 @@ from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
+from ..coord.records import MAX_RECORD_BYTES, dumps_strict, parse_json
 from ..coord.types import Get, prefix_end
 from ..coord.watcher import Change, PrefixWatcher
 
@@ -104,6 +109,8 @@ def encode_value(value: Any, layout: Layout | str = Layout.ETCDVISOR) -> str:
     if isinstance(value, int):
         return f"int:{value}"
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number (NaN and Infinity are not valid config values)")
         return f"float:{value!r}"
     if Layout(layout) is Layout.ERGO:
         if isinstance(value, str) and not value.startswith(ERGO_TYPE_PREFIXES):
@@ -112,11 +119,13 @@ def encode_value(value: Any, layout: Layout | str = Layout.ETCDVISOR) -> str:
                          f"not {value!r:.60}")
     if isinstance(value, str) and not value.startswith(TYPE_PREFIXES):
         return value
-    return "json:" + json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return "json:" + dumps_strict(value, separators=(",", ":"))
 
 
 def decode_value(key: str, raw: str, layout: Layout | str = Layout.ETCDVISOR) -> Any:
     """Parse a stored value; raises :class:`ConfigValueError` naming ``key``."""
+    if len(raw) > MAX_RECORD_BYTES:  # characters: at least as many bytes
+        raise ConfigValueError(key, raw, f"longer than {MAX_RECORD_BYTES} bytes")
     kind, sep, body = raw.partition(":")
     known = ERGO_TYPE_PREFIXES if Layout(layout) is Layout.ERGO else TYPE_PREFIXES
     if not sep or kind + ":" not in known:
@@ -125,13 +134,16 @@ def decode_value(key: str, raw: str, layout: Layout | str = Layout.ETCDVISOR) ->
         if kind == "int":
             return int(body.strip())
         if kind == "float":
-            return float(body)
+            number = float(body)
+            if not math.isfinite(number):
+                raise ValueError("NaN and Infinity are not valid config values")
+            return number
         if kind == "bool":
             if body not in ("true", "false"):
                 raise ValueError("bool must be 'true' or 'false'")
             return body == "true"
-        return json.loads(body)
-    except ValueError as exc:
+        return parse_json(body)
+    except ValueError as exc:  # RecordError (bounds, NaN) is one too
         raise ConfigValueError(key, raw, f"not a valid {kind} value: {exc}") from None
 
 

@@ -35,15 +35,18 @@ Guarantees:
   :meth:`Registry.watch_applications` (one event per route change, in
   revision order; after a compacted gap, one event per route that differs).
 
-Limits: ``discover`` skips (and logs) values that are not a valid
-ServiceInfo JSON document, as written by other tools. An instance deleted
+Limits: ``discover``, ``watch`` and ``all_instances`` skip values that are not
+a valid ServiceInfo document (strict decoder,
+:data:`~etcdvisor.coord.records.SERVICE_INSTANCE`: at most 64 KiB and 32
+levels, ``port`` an integer 0-65535, ``address`` a string, ``metadata`` an
+object, no NaN), with one warning naming the key per written value; they
+are never converted. An instance deleted
 by someone else while our lease lives is not re-created. Watch callbacks
 run on the watcher thread and must be quick.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +56,7 @@ from typing import Any
 from ..coord.base import Backend
 from ..coord.errors import CoordError, LeaseNotFound
 from ..coord.keys import ClusterKeys
+from ..coord.records import SERVICE_INSTANCE, dumps
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
@@ -75,22 +79,15 @@ class ServiceInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ServiceInfo:
-        """Parse a stored document; raises ValueError when it is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        try:
-            info = cls(name=data["name"], id=data["id"], address=data["address"], port=data["port"],
-                       version=data.get("version", ""), metadata=data.get("metadata") or {})
-        except KeyError as exc:
-            raise ValueError(f"missing field {exc.args[0]!r}") from None
-        if not isinstance(info.metadata, dict):
-            raise ValueError("metadata is not an object")
-        return info
+        """Parse a stored document strictly (:data:`~etcdvisor.coord.records.SERVICE_INSTANCE`);
+        raises :class:`~etcdvisor.coord.records.RecordError` (a ValueError) when it is not one."""
+        data = SERVICE_INSTANCE.decode(text)
+        return cls(name=data["name"], id=data["id"], address=data["address"], port=data["port"],
+                   version=data["version"], metadata=data["metadata"])
 
 
 class Registry:
@@ -385,11 +382,12 @@ def _deliver(callback, event: ApplicationEvent | None) -> None:
 
 
 def _parse(kv: KeyValue) -> ServiceInfo | None:
-    try:
-        return ServiceInfo.from_json(kv.value)
-    except (ValueError, TypeError) as exc:
-        log.warning("registry: skipping %s: not a ServiceInfo document (%s)", kv.key, exc)
+    """The instance stored in ``kv``, or None (one warning per key and revision)."""
+    data = SERVICE_INSTANCE.read(kv, log)
+    if data is None:
         return None
+    return ServiceInfo(name=data["name"], id=data["id"], address=data["address"], port=data["port"],
+                       version=data["version"], metadata=data["metadata"])
 
 
 def _check_segment(what: str, value: str) -> None:

@@ -52,6 +52,7 @@ from collections.abc import Iterator
 
 from ..coord.errors import CoordError, LeaseNotFound
 from ..coord.follow import Follower
+from ..coord.records import decimal
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Op, Put, WatchBatch, create_revision, missing, prefix_end
 from .topic import Message, Topic, is_message_key, message_from
@@ -314,7 +315,10 @@ class QueueConsumer:
 
 
 def _id_of(key: str) -> int:
-    return int(key.rsplit("/", 1)[1])
+    """The message id a claim or done key names; -1 (no message has it) for a key
+    someone else wrote that names none (coord/records.py: keys are not trusted)."""
+    number = decimal(key.rsplit("/", 1)[1])
+    return -1 if number is None else number
 
 
 def _lease_is(key: str, lease_id: int) -> Compare:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from ..config import Config, RoleSpec
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
+from ..coord.records import dumps
 from ..coord.session import Session
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
@@ -173,7 +173,7 @@ class RoleRunner(abc.ABC):
         """Record a final exit of a one-shot child for ``after:`` barriers
         (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
         key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
-        body = json.dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
+        body = dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
         self.effect(f"record completion {count}/{index}", lambda: self.ctx.backend.put(key, body))
 
     def status(self) -> dict:

@@ -47,12 +47,12 @@ leader survives the run).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..config.schedule import is_missed, parse_tick_id
+from ..coord.records import TICK, RecordError, check_time, dumps
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
@@ -128,17 +128,22 @@ class CronRunner(LeaderRunner):
         leader (it died mid-run) are marked 'interrupted'."""
         result = self.ctx.backend.get_prefix(self.ctx.keys.ticks(self.name))
         for kv in result.kvs:
-            try:
-                record = json.loads(kv.value)
-            except ValueError:
+            record = TICK.read(kv)  # a bad record: skipped, one warning naming its key
+            if record is None:
                 continue
-            if record.get("state") == "running" and (record.get("token") or 0) < token:
+            if record["state"] == "running" and (record["token"] or 0) < token:
                 record["state"] = "interrupted"
                 self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
-                                     [Put(kv.key, json.dumps(record))])
+                                     [Put(kv.key, dumps(record))])
         ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
         ids = [tick_id for tick_id in ids if not tick_id.endswith(MANUAL_SUFFIX)]
-        return parse_tick_id(max(ids)) if ids else None
+        for tick_id in sorted(ids, reverse=True):
+            try:
+                return parse_tick_id(tick_id)
+            except ValueError:  # a key not written by a cron leader
+                log.warning("role %s: ignoring tick record %s: not a tick id", self.name,
+                            (self.ctx.keys.ticks(self.name) + tick_id)[:200])
+        return None
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.ctx.wall(), tz=UTC)
@@ -231,7 +236,7 @@ class CronRunner(LeaderRunner):
             """True: ours to run. False: already recorded by someone. None: we
             may no longer lead (the fencing compare failed)."""
             res = self.ctx.backend.txn([missing(key), create_revision(election_key, "=", token)],
-                                       [Put(key, json.dumps(record))], [Get(key)])
+                                       [Put(key, dumps(record))], [Get(key)])
             if res.succeeded:
                 self._trim()
                 return True
@@ -285,11 +290,14 @@ class CronRunner(LeaderRunner):
 
         def write() -> None:
             if fields.get("state") in ("missed", "skipped", "paused"):
-                backend.txn([missing(key)], [Put(key, json.dumps(record))])
+                backend.txn([missing(key)], [Put(key, dumps(record))])
                 return
             old = backend.get(key)
-            merged = {**json.loads(old.value), **fields} if old is not None else record
-            backend.put(key, json.dumps(merged))
+            try:
+                merged = {**TICK.decode(old.value), **fields} if old is not None else record
+            except RecordError:  # overwritten by someone: our outcome replaces it
+                merged = record
+            backend.put(key, dumps(merged))
 
         self.effect(f"record tick {tick_id} {fields.get('state')}", write)
         if not quiet:
@@ -346,7 +354,12 @@ class CronRunner(LeaderRunner):
     def trigger(self, record: dict) -> None:
         """A 'supervisor trigger' control record: every member keeps it (a leader
         elected within TRIGGER_MAX_AGE still runs it); the leader claims it."""
-        if isinstance(record.get("id"), str) and isinstance(record.get("when"), (int, float)):
+        try:
+            check_time("when", record.get("when"))  # decoded already (coord/records.py); belt and braces
+        except RecordError as exc:
+            log.warning("role %s: ignoring trigger %s: %s", self.name, record.get("id"), exc)
+            return
+        if isinstance(record.get("id"), str):
             self.triggers[record["id"]] = record
             if len(self.triggers) > 16:  # a flood of triggers: keep the newest
                 del self.triggers[min(self.triggers, key=lambda k: self.triggers[k]["when"])]

@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..coord.records import RecordError, decimal, parse_json
 from .assignment import Part
 
 MAX_RECORD_BYTES = 512 * 1024  # a record larger than this is garbage: treat it as "everything"
@@ -75,19 +76,19 @@ class BadRecord(ValueError):
 def decode_record(raw: bytes) -> frozenset[Part]:
     """The partitions of an alive record; raises BadRecord for garbage (the
     caller then treats the member as holding everything)."""
-    if len(raw) > MAX_RECORD_BYTES:
-        raise BadRecord("record too large")
     try:
-        grouped = json.loads(raw)["parts"]
+        grouped = parse_json(raw, max_bytes=MAX_RECORD_BYTES)["parts"]
         parts = set()
         for count, indexes in grouped.items():
-            n = int(count)
+            n = decimal(count)
+            if n is None:
+                raise BadRecord(f"count {count!r:.40} is not an integer")
             for index in indexes:
                 if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
                     raise BadRecord(f"index {index!r} out of range for count {n}")
                 parts.add(Part(index, n))
         return frozenset(parts)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (RecordError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise BadRecord(str(exc)) from None
 
 

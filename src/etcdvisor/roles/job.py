@@ -25,6 +25,7 @@ import json
 import logging
 
 from ..config import RoleSpec
+from ..coord.records import JOB, dumps
 from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
@@ -73,11 +74,8 @@ class JobRunner(LeaderRunner):
 
     def _on_change(self, change: Change) -> None:  # watch thread: only post
         kv = change.snapshot.get(self.ctx.keys.job(self.name))
-        try:
-            record = json.loads(kv.value) if kv else None
-        except ValueError:
-            record = None
-        self.post(JobRecord(record))
+        # a bad record (skipped, one warning naming its key) counts as none: the job runs
+        self.post(JobRecord(JOB.read(kv) if kv else None))
 
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, JobRecord):
@@ -120,7 +118,7 @@ class JobRunner(LeaderRunner):
         backend = self.ctx.backend
 
         def write() -> bool:
-            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, json.dumps(record))])
+            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record))])
             return res.succeeded
 
         def written(ok: bool, error: BaseException | None) -> None:

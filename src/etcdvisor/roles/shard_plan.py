@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..coord.records import RecordError, parse_json
 from .assignment import Part, join_order_parts
 from .handoff import Child
 
@@ -49,16 +50,26 @@ class Published:
 
 def decode_published(raw: bytes, mod: int) -> Published | None:
     """The published assignment, or None for garbage (then it is recomputed
-    from scratch, which is safe: hand-off is fenced anyway)."""
-    if len(raw) > MAX_ASSIGNMENT_BYTES:
-        return None
+    from scratch, which is safe: hand-off is fenced anyway). Strict: bounded
+    (coord/records.py), integers are integers, member names are strings."""
     try:
-        doc = json.loads(raw)
-        owners = {str(m): tuple(int(s) for s in shards) for m, shards in doc["owners"].items()}
-        return Published(int(doc["epoch"]), tuple(str(m) for m in doc["members"]), owners,
-                         int(doc["shards"]), mod)
-    except (ValueError, TypeError, KeyError, AttributeError):
+        doc = parse_json(raw, max_bytes=MAX_ASSIGNMENT_BYTES)
+        epoch, shards, members, owners = doc["epoch"], doc["shards"], doc["members"], doc["owners"]
+        if not (_is_int(epoch) and _is_int(shards) and isinstance(members, list)
+                and all(isinstance(m, str) for m in members) and isinstance(owners, dict)):
+            return None
+        owned: dict[str, tuple[int, ...]] = {}
+        for member, owned_shards in owners.items():
+            if not isinstance(owned_shards, list) or not all(_is_int(s) for s in owned_shards):
+                return None
+            owned[member] = tuple(owned_shards)
+        return Published(epoch, tuple(members), owned, shards, mod)
+    except (RecordError, TypeError, KeyError):
         return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def join_order_children(position: int, members: int, processes: int, epoch: int,

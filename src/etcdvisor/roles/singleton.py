@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 
 from ..coord.errors import CoordError
+from ..coord.records import member_name
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
@@ -200,7 +201,8 @@ class SingletonRunner(LeaderRunner):
             self._observer = self.election.observe(self._on_topology)
 
     def _on_topology(self, topo: Topology) -> None:
-        member = topo.leader.value.decode() if topo.leader else None
+        leader = topo.leader
+        member = member_name(leader.key, leader.value, leader.token, log) if leader else None
         self.post(LeaderSeen(member))
 
     def desired(self, now: float) -> dict[str, ChildSpec]:

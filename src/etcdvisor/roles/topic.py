@@ -45,6 +45,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..coord.errors import CoordError
+from ..coord.records import decimal
 from ..coord.session import SessionEventKind
 from ..process.backoff import RestartBackoff
 from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
@@ -112,7 +113,7 @@ class TopicRunner(RoleRunner):
             kv = self.ctx.backend.get(self.cursor_key)
         except CoordError:
             return None
-        return int(kv.value) if kv is not None and kv.value.isdigit() else None
+        return decimal(kv.value) if kv is not None else None
 
     def _fetch_loop(self) -> None:  # edge thread: only posts
         while not self._stop.is_set():

@@ -22,7 +22,6 @@ started is not stopped when a dependency's record is later deleted (``rerun``).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,12 +30,14 @@ from ..config import Config, RoleSpec, RoleType
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
+from ..coord.records import DONE, JOB
 from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
 from ..recipes.counter import parse_count
 from ..roles.job import job_done, spec_hash
 
 log = logging.getLogger("etcdvisor")
+MAX_DONE_COUNT = 1 << 20  # a done key's COUNT beyond this is not ours (range() below stays cheap)
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,11 @@ def done_key(keys: ClusterKeys, role: str, count: int, index: int) -> str:
 
 def completed(dep: RoleSpec, keys: ClusterKeys, snapshot: Mapping[str, KeyValue]) -> bool:
     """Is ``dep`` complete according to the mirror of ``roles/<dep>/``?
-    Garbage in a record (not JSON, not an object) counts as not complete."""
+    A bad record (strict decoder, coord/records.py) counts as not complete."""
     if dep.type is RoleType.JOB:
         kv = snapshot.get(keys.job(dep.name))
-        try:
-            record = json.loads(kv.value) if kv else None
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
+        record = JOB.read(kv, log) if kv else None
+        if record is None:
             return False
         return job_done(record, spec_hash(dep)) and record.get("state") == "succeeded"
     prefix = f"{keys.role(dep.name)}done/"
@@ -70,10 +68,10 @@ def completed(dep: RoleSpec, keys: ClusterKeys, snapshot: Mapping[str, KeyValue]
         try:
             count_text, index_text = key[len(prefix):].split("/")
             count, index = int(count_text), int(index_text)
-            doc = json.loads(kv.value)
         except ValueError:
             continue
-        if isinstance(doc, dict) and doc.get("exit_code") == 0:
+        doc = DONE.read(kv, log)
+        if doc is not None and doc["exit_code"] == 0 and 0 <= index < count <= MAX_DONE_COUNT:
             by_count.setdefault(count, set()).add(index)
     return any(indexes >= set(range(count)) for count, indexes in by_count.items())
 

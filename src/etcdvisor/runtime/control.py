@@ -34,7 +34,6 @@ the tick fencing, so it never runs twice). The loop applies them (``supervisor.p
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import socket
@@ -47,13 +46,14 @@ from typing import Any
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
+from ..coord.records import CONTROL, CONTROL_VERBS, RecordError, dumps, warn_skipped
 from ..coord.types import Delete, KeyValue, Put
 from ..coord.watcher import Change, PrefixWatcher
 
 log = logging.getLogger("etcdvisor")
 
 PAUSE, RESUME, RESTART, RESET, TRIGGER = "pause", "resume", "restart", "reset", "trigger"
-VERBS = (PAUSE, RESUME, RESTART, RESET, TRIGGER)
+VERBS = CONTROL_VERBS  # (PAUSE, RESUME, RESTART, RESET, TRIGGER)
 COMMANDS = (RESTART, RESET, TRIGGER)  # one-shot verbs; pause/resume are state
 TRIGGER_MAX_AGE = 60.0  # seconds: an older trigger is history, never run
 
@@ -93,7 +93,7 @@ def issue(backend: Backend, keys: ClusterKeys, record: dict[str, Any]) -> int:
     """Write ``record`` (``resume`` also deletes the pause key, atomically); returns the
     store revision of the write."""
     role, verb = record["role"], record["verb"]
-    ops: list[Put | Delete] = [Put(control_key(keys, role, verb), json.dumps(record).encode())]
+    ops: list[Put | Delete] = [Put(control_key(keys, role, verb), dumps(record).encode())]
     if verb == RESUME:
         ops.append(Delete(control_key(keys, role, PAUSE)))
     elif verb == PAUSE:
@@ -101,19 +101,30 @@ def issue(backend: Backend, keys: ClusterKeys, record: dict[str, Any]) -> int:
     return backend.txn([], ops).revision
 
 
-def read_records(kvs: Iterable[KeyValue], prefix: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """role -> verb -> record (with ``revision``), from the keys under ``control/``."""
+def read_records(kvs: Iterable[KeyValue], prefix: str, *,
+                 errors: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """role -> verb -> record (with ``revision``), from the keys under ``control/``.
+
+    Every record goes through the strict decoder (:data:`~etcdvisor.coord.records.CONTROL`)
+    and must name the role and verb of its key: a bad one is skipped with one warning
+    naming its key (``errors``: kept as ``{"error": reason, "revision": n}`` instead,
+    for ``status``), so it never acts and never stops the watcher."""
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for kv in kvs:
         role, _, verb = kv.key[len(prefix):].partition("/")
         if verb not in VERBS:
             continue
         try:
-            record = json.loads(kv.value)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            record = {"error": "unreadable control record"}
+            record = CONTROL.decode(kv.value)
+            if (record["role"], record["verb"]) != (role, verb):
+                raise RecordError(f"names {record['verb']} of role {record['role']!r:.80}, "
+                                  f"not the {verb} of {role!r} its key says")
+        except RecordError as exc:
+            warn_skipped(CONTROL.name, kv.key, kv.mod_revision, str(exc), log)
+            if errors:
+                records.setdefault(role, {})[verb] = {"error": f"unreadable control record: {exc}",
+                                                      "revision": kv.mod_revision}
+            continue
         records.setdefault(role, {})[verb] = {**record, "revision": kv.mod_revision}
     return records
 

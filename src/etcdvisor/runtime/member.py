@@ -9,7 +9,6 @@ status`` shows and is rewritten when the state changes (at most once per
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
+from ..coord.records import MEMBER, RecordError, dumps
 from ..coord.types import Compare, Get, Put, missing
 
 log = logging.getLogger("etcdvisor")
@@ -50,7 +50,7 @@ class MemberRecord:
         """Create the record on ``lease_id``; raise MemberIdInUse when another
         live lease holds it."""
         doc = self._document(roles)
-        body = json.dumps(doc, sort_keys=True).encode("utf-8")
+        body = dumps(doc, sort_keys=True).encode("utf-8")
         res = self.backend.txn(
             [missing(self.key)], [Put(self.key, body, lease=lease_id)], [Get(self.key)])
         if not res.succeeded:
@@ -74,7 +74,7 @@ class MemberRecord:
             return None, self._last_write + self.min_interval
         self._writing = True
         self._last_write = now
-        return json.dumps(self._document(roles), sort_keys=True), None
+        return dumps(self._document(roles), sort_keys=True), None
 
     def write(self, body: str) -> None:
         """(Effect) Rewrite the record if it is still on our lease."""
@@ -91,7 +91,7 @@ class MemberRecord:
 
 def _describe(raw: bytes) -> str:
     try:
-        doc = json.loads(raw)
-        return f"host {doc.get('host')}, pid {doc.get('pid')}"
-    except ValueError:
+        doc = MEMBER.decode(raw)
+        return f"host {doc['host']}, pid {doc['pid']}"
+    except RecordError:
         return "unknown owner"

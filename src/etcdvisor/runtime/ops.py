@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..coord.records import decimal
 from ..coord.session import SessionEvent, SessionEventKind
 from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
 from . import control
@@ -207,15 +208,15 @@ class Operations:
             kvs = sup.backend.get_prefix(prefix, keys_only=True).kvs  # CoordError: counted by Metrics
             if role.delivery == "broadcast":
                 cursor = sup.backend.get(f"{prefix}cursors/{role.name}/{sup.config.member.id}")
-                after = int(cursor.value) if cursor is not None and cursor.value.isdigit() else 0
+                after = (decimal(cursor.value) if cursor is not None else None) or 0
                 backlog[role.name] = sum(1 for kv in kvs if kv.key.startswith(prefix + "msg/")
                                          and message_id(kv) > after)
                 continue
             # queue: retained messages without the group's done marker (as status counts them)
             retained = {message_id(kv) for kv in kvs if kv.key.startswith(prefix + "msg/")}
             done_prefix = f"{prefix}done/{role.name}/"
-            done = {int(tail) for kv in kvs if kv.key.startswith(done_prefix)
-                    and (tail := kv.key[len(done_prefix):]).isdigit()}
+            done = {number for kv in kvs if kv.key.startswith(done_prefix)
+                    and (number := decimal(kv.key[len(done_prefix):])) is not None}
             backlog[role.name] = len(retained - done)
         return backlog
 

@@ -28,7 +28,6 @@ one line naming the key (and the etcd user), the role FAILED.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import socket
@@ -40,6 +39,7 @@ from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, OnChange
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
+from ..coord.records import dumps
 from ..coord.session import Session
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
@@ -232,7 +232,7 @@ class Registration:
         for role in self.config.roles.values():
             for service in role.peers:
                 if service in self.peers and only in (None, service):
-                    data = json.dumps([asdict(i) for i in self.peers[service]], sort_keys=True).encode() + b"\n"
+                    data = dumps([asdict(i) for i in self.peers[service]], sort_keys=True).encode() + b"\n"
                     self._write_peers(role, service, data, children)
 
     def _write_peers(self, role: RoleSpec, service: str, data: bytes, children: Callable[[], Children]) -> None:

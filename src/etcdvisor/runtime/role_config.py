@@ -59,6 +59,7 @@ from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ROOT
+from ..coord.records import dumps
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
 from ..process.slot import Slot
@@ -119,7 +120,7 @@ def env_text(value: Any) -> str | None:
     elif isinstance(value, str):
         text = value
     else:
-        text = json.dumps(value, separators=(",", ":"), default=str)  # YAML dates: their ISO text
+        text = dumps(value, separators=(",", ":"), default=str)  # YAML dates: their ISO text
     if "\0" in text or len(text.encode("utf-8", errors="replace")) > ENV_VALUE_LIMIT:
         return None
     return text
@@ -394,7 +395,7 @@ def _typed(value: Any) -> str:
 
 
 def _encode(content: Mapping[str, Any]) -> bytes:
-    return json.dumps(dict(content), sort_keys=True, default=str).encode() + b"\n"
+    return dumps(dict(content), sort_keys=True, default=str).encode() + b"\n"
 
 
 def _unlink(path: str) -> None:
