@@ -1,4 +1,4 @@
-"""Forward every child's stdout/stderr, line by line, with a ``name| `` prefix.
+"""Forward every child's stdout/stderr, line by line, with a ``name| `` prefix, or to a file.
 
 One thread serves all children through ``selectors`` (epoll): an idle supervisor with
 many children costs one blocked thread and no wakeups (no per-child threads, no polling).
@@ -17,6 +17,15 @@ Guarantees:
 ``add()`` may be called from any thread; registration happens on the pump thread (a
 wakeup pipe nudges it), so the selector is only touched by one thread.
 
+A stream with a :class:`~.logfile.LogFileSpec` (role key ``stdout``/``stderr`` with a
+``file``) goes to that file instead, through one shared :class:`~.logfile.RotatingFile`
+per path (children whose files resolve to the same path share it: their lines never
+mix inside a line, as this one thread writes whole lines). File lines are the child's
+raw bytes, no prefix, no decoding, no log format (``\\r`` kept); each read's complete
+lines go out in one ``write``; lines longer than 64 KiB are split as above; a partial
+line at EOF gets a newline. File errors (full disk...) drop output, never block: see
+process/logfile.py.
+
 Limits: a partial line without newline is held until more output or EOF (no timer);
 writes to the supervisor's stdout/stderr block this thread (not the decision loop) if
 the reader of those is slow. The order between a child's stdout and stderr lines is
@@ -29,8 +38,11 @@ import os
 import selectors
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
+
+from etcdvisor.process.logfile import LogFileSpec, RotatingFile
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -51,15 +63,18 @@ def set_line_format(fmt: LineFormat | None) -> None:
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("kind", "name", "pending", "pipe", "prefix", "sink")
+    __slots__ = ("file", "file_spec", "kind", "name", "pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO,
+                 file_spec: LogFileSpec | None = None):
         self.pipe = pipe
         self.name = name
         self.kind = kind  # stdout | stderr
         self.prefix = f"{name}| ".encode("utf-8", "replace")
         self.sink = sink
         self.pending = b""
+        self.file_spec = file_spec
+        self.file: RotatingFile | None = None  # set on the pump thread when registered
 
 
 def _utf8_cut(data: bytes, limit: int) -> int:
@@ -71,10 +86,31 @@ def _utf8_cut(data: bytes, limit: int) -> int:
     return cut if cut > 0 else limit
 
 
+def file_lines(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """Split ``pending + chunk`` into (whole lines to write, new pending), cutting any
+    line longer than ``MAX_LINE`` (newline added at the cut). ``pending`` must be at most
+    ``MAX_LINE`` bytes and ``chunk`` at most ``_READ_SIZE``, so only the first line can be
+    too long: the cost is a few slices per read, not a loop per line."""
+    first = chunk.find(b"\n")
+    pieces = []
+    head = pending + (chunk if first < 0 else chunk[:first])
+    while len(head) > MAX_LINE:
+        cut = _utf8_cut(head, MAX_LINE)
+        pieces.append(head[:cut] + b"\n")
+        head = head[cut:]
+    if first < 0:
+        return b"".join(pieces), head
+    pieces.append(head + b"\n")
+    last = chunk.rfind(b"\n")
+    pieces.append(chunk[first + 1:last + 1])
+    return b"".join(pieces), chunk[last + 1:]
+
+
 class OutputPump:
     """The single output-forwarding thread. ``start()``, ``add()`` per child, ``stop()``."""
 
-    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
+    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None,
+                 file_clock: Callable[[], float] = time.monotonic):
         self._stdout = stdout
         self._stderr = stderr
         self._selector = selectors.DefaultSelector()
@@ -84,6 +120,9 @@ class OutputPump:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._open_streams = 0
+        # path -> (its writer, how many open streams use it); pump thread only
+        self._files: dict[str, tuple[RotatingFile, int]] = {}
+        self._file_clock = file_clock
 
     def start(self) -> None:
         """Start the pump thread (idempotent)."""
@@ -93,13 +132,15 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
-        """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
+    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None,
+            files: tuple[LogFileSpec | None, LogFileSpec | None] = (None, None)) -> None:
+        """Forward the two pipes (file objects or None) of child ``name``; takes ownership.
+        ``files``: where stdout and stderr go instead of the supervisor's own (None: there)."""
         streams = []
         if stdout_pipe is not None:
-            streams.append(_Stream(stdout_pipe, name, "stdout", self._stdout or sys.stdout.buffer))
+            streams.append(_Stream(stdout_pipe, name, "stdout", self._stdout or sys.stdout.buffer, files[0]))
         if stderr_pipe is not None:
-            streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer))
+            streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer, files[1]))
         with self._lock:
             wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
@@ -136,6 +177,9 @@ class OutputPump:
         for key in list(self._selector.get_map().values()):
             if key.data is not None:
                 self._flush_partial(key.data)
+        for writer, _users in self._files.values():
+            writer.close()
+        self._files.clear()
 
     def _take_incoming(self) -> None:
         try:
@@ -149,6 +193,25 @@ class OutputPump:
             os.set_blocking(stream.pipe.fileno(), False)
             self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
             self._open_streams += 1
+            if stream.file_spec is not None:
+                stream.file = self._acquire(stream.file_spec)
+
+    def _acquire(self, spec: LogFileSpec) -> RotatingFile:
+        writer, users = self._files.get(spec.path, (None, 0))
+        if writer is None:
+            writer = RotatingFile(spec, clock=self._file_clock)
+        else:
+            writer.spec = spec  # the newest child's rotation settings win (a reload)
+        self._files[spec.path] = (writer, users + 1)
+        return writer
+
+    def _release(self, writer: RotatingFile) -> None:
+        _writer, users = self._files[writer.path]
+        if users <= 1:
+            del self._files[writer.path]
+            writer.close()  # a rotated or removed file is not held open
+        else:
+            self._files[writer.path] = (writer, users - 1)
 
     def _read(self, stream: _Stream) -> None:
         try:
@@ -159,6 +222,11 @@ class OutputPump:
             chunk = b""
         if not chunk:
             self._close(stream)
+            return
+        if stream.file is not None:
+            lines, stream.pending = file_lines(stream.pending, chunk)
+            if lines:
+                stream.file.write(lines, stream.name)
             return
         data = stream.pending + chunk
         lines = data.split(b"\n")
@@ -175,9 +243,15 @@ class OutputPump:
         self._selector.unregister(stream.pipe.fileno())
         self._open_streams -= 1
         stream.pipe.close()
+        if stream.file is not None:
+            self._release(stream.file)
+            stream.file = None
 
     def _flush_partial(self, stream: _Stream) -> None:
-        if stream.pending:
+        if stream.pending and stream.file is not None:
+            stream.file.write(stream.pending + b"\n", stream.name)
+            stream.pending = b""
+        elif stream.pending:
             self._write_line(stream, stream.pending)
             stream.pending = b""
 
