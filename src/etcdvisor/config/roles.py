@@ -18,6 +18,7 @@ from .errors import Problems
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
+from .output import output_fields
 from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")
@@ -125,6 +126,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
     )
     fields.update(_type_fields(check, role_type))
     fields.update(wiring_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
+    fields.update(output_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:
