@@ -16,7 +16,6 @@ no config, a bad config (one line each).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import re

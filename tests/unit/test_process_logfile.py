@@ -9,7 +9,7 @@ import time
 import pytest
 
 from etcdvisor.process.child import ChildProcess
-from etcdvisor.process.logfile import REPORT_INTERVAL, LogFileSpec, RotatingFile, open_confined
+from etcdvisor.process.logfile import LogFileSpec, RotatingFile, open_confined
 from etcdvisor.process.output import MAX_LINE, OutputPump, file_lines
 from etcdvisor.process.spawn import ChildSpec
 

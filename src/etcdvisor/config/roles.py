@@ -16,9 +16,9 @@ from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
-from .output import output_fields
 from .wiring import wiring_fields
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]*")

@@ -224,9 +224,9 @@ class OutputPump:
             self._close(stream)
             return
         if stream.file is not None:
-            lines, stream.pending = file_lines(stream.pending, chunk)
-            if lines:
-                stream.file.write(lines, stream.name)
+            whole, stream.pending = file_lines(stream.pending, chunk)
+            if whole:
+                stream.file.write(whole, stream.name)
             return
         data = stream.pending + chunk
         lines = data.split(b"\n")
