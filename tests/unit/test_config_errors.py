@@ -66,6 +66,16 @@ EXPECTED = {
     "cron_every_too_long": ("roles.nightly.schedule", "'9000h' is longer than the maximum of 366 days"),
     "duration_sub_millisecond": ("roles.worker.stop_timeout", "'1.0005s' is not a whole number of milliseconds"),
     "size_with_space": ("roles.q.max_payload", "'64 KiB' is not a size"),
+    "log_file_escape": ("roles.worker.stdout.file", "path '../../var/log/worker.log' is outside the role's "
+                        "working directory"),
+    "log_file_placeholder": ("roles.worker.stdout.file", "unknown placeholder {shard} in 'worker-{shard}.log' "
+                             "(use {role}, {member}, {index})"),
+    "log_output_word": ("roles.worker.stderr", "expected 'inherit' or a mapping {file: PATH, max_size: SIZE, "
+                        "backups: N}, got 'stdout'"),
+    "log_backups_negative": ("roles.worker.stdout.backups", "must be >= 0, got -1"),
+    "log_max_size_small": ("roles.worker.stdout.max_size", "100 bytes is less than the minimum of 1KiB"),
+    "log_file_unknown_key": ("roles.worker.stdout.max_bytes", "unknown key 'max_bytes' (known keys: file, "
+                             "max_size, backups)"),
 }
 
 
