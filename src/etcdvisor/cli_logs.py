@@ -7,7 +7,8 @@ the backups); with several files (stdout and stderr apart, or one per index) eac
 with a ``==> PATH <==`` line, as ``tail`` does. ``--follow`` keeps printing what is
 appended, across rotations (a reader that sees the file replaced drains the old one to
 its end, then opens the new one from its start: no line is lost or printed twice), until
-interrupted (exit 0).
+interrupted (exit 0). A reader that fell behind by several rotations reads the backups
+rotated past meanwhile (as long as they are kept: ``backups``).
 
 Exit codes: 0 printed; 1 no file exists yet (without ``--follow``; with it, the files
 are waited for); 2 bad usage: unknown role, a role without a log file (both ``inherit``),
@@ -22,6 +23,9 @@ import re
 import sys
 import threading
 from typing import BinaryIO
+
+from .config.output import MAX_BACKUPS
+from .process.logfile import backup_path
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIGS = ("etcdvisor.yaml", "/etc/etcdvisor.yaml")
@@ -162,11 +166,26 @@ class Follower:
             return b""  # renamed away, the new file not there yet: keep the old one
         if info.st_ino != self._inode:
             rest = self._handle.read()  # what was written before the rename
+            rest += b"".join(_read_all(p) for p in self._newer_backups())
             self.close()
             return rest or self.read(follow=True)
         if info.st_size < self._handle.tell():
             self._handle.seek(0)
         return b""
+
+    def _newer_backups(self) -> list[str]:
+        """Backups newer than the file being read, oldest first: the files rotated past
+        while this reader was behind (none if it is not found among the backups)."""
+        newer: list[str] = []
+        for number in range(1, MAX_BACKUPS + 2):
+            path = backup_path(self.path, number)
+            try:
+                if os.stat(path).st_ino == self._inode:
+                    return newer[::-1]
+            except OSError:
+                return []
+            newer.append(path)
+        return []
 
     def _open(self) -> bool:
         try:
@@ -180,6 +199,14 @@ class Follower:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
 
 
 class _Printer:
