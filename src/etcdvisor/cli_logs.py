@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import BinaryIO
 
 from .config.output import MAX_BACKUPS
@@ -145,10 +146,13 @@ def role_log_sources(config_path: str | None, role_name: str, index: int | None)
 class Follower:
     """Reads one path to its end, again and again, across rotations (see module)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, waited_since: float | None = None):
         self.path = path
         self._handle: BinaryIO | None = None
         self._inode: int | None = None
+        # the file did not exist at this time (wall clock): when it appears, backups
+        # rotated since then are read first (the file may have rotated before we looked)
+        self._waited_since = waited_since
 
     def read(self, *, follow: bool) -> bytes:
         """Bytes not read yet (b"" at the end); with ``follow``, at the end look whether
@@ -157,6 +161,11 @@ class Follower:
         if self._handle is None and not self._open():
             return b""
         assert self._handle is not None
+        if self._waited_since is not None:
+            since, self._waited_since = self._waited_since, None
+            early = b"".join(_read_all(p) for p in self._backups_since(since))
+            if early:
+                return early
         data = self._handle.read(_CHUNK)
         if data or not follow:
             return data
@@ -186,6 +195,18 @@ class Follower:
                 return []
             newer.append(path)
         return []
+
+    def _backups_since(self, since: float) -> list[str]:
+        """Backups last written at or after ``since``, oldest first."""
+        found: list[str] = []
+        for number in range(1, MAX_BACKUPS + 1):
+            try:
+                if os.stat(backup_path(self.path, number)).st_mtime < since:
+                    break
+            except OSError:
+                break
+            found.append(backup_path(self.path, number))
+        return found[::-1]
 
     def _open(self) -> bool:
         try:
@@ -243,12 +264,14 @@ def follow(sources: Sources, out: BinaryIO, stop: threading.Event) -> None:
     """Print the current files, then what is appended, until ``stop`` is set (or ^C)."""
     followers: dict[str, Follower] = {}
     printer = _Printer(out, headers=sources.several)
-    rounds = 0
+    rounds, started = 0, time.time()
     try:
         while not stop.is_set():
             if rounds % RESCAN_EVERY == 0:
                 for path in sources.scan():
-                    followers.setdefault(path, Follower(path))
+                    if path not in followers:  # a file that appeared after the start was waited for
+                        present = rounds == 0 and os.path.exists(path)
+                        followers[path] = Follower(path, waited_since=None if present else started)
             rounds += 1
             busy = False
             for path, follower in followers.items():
