@@ -143,3 +143,27 @@ def test_logs_prints_and_follows_across_rotations(fleet):
     started = time.monotonic()
     assert cli("logs", "ticker", "-c", str(config), "--index", "-3").returncode == 2
     assert time.monotonic() - started < 30
+
+
+FULL_DISK_WRITER = r"""
+import sys
+for i in range(100000):
+    sys.stdout.write("line %06d of a child whose log file is on a full disk\n" % i)
+sys.stdout.flush()
+sys.stderr.write("all written\n")
+"""
+
+
+def test_a_full_disk_is_reported_once_and_never_stops_the_child(fleet):
+    """/dev/full answers every write with ENOSPC, as a full disk does (the role's cwd is
+    /dev, so the file stays inside it)."""
+    role = {"type": "job", "command": [sys.executable, "-c", FULL_DISK_WRITER], "restart": "never",
+            "stop_timeout": "0.5s", "cwd": "/dev", "stdout": {"file": "full"}}
+    member = fleet.start("m0", fleet.write_config({"filler": role}))
+    wait_for(lambda: "filler| all written" in member.output(), 60, "the child to write everything")
+    wait_for(lambda: any(w in member.output() for w in ("filler: exited", "job succeeded")), 30,
+             "the job to end")
+    warnings = [x for x in member.output().splitlines() if "cannot write /dev/full" in x]
+    assert len(warnings) == 1, warnings
+    assert " WARNING " in warnings[0] and "No space left on device" in warnings[0]
+    assert "(output of filler)" in warnings[0] and "the child keeps running" in warnings[0]
