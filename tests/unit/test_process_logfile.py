@@ -4,12 +4,13 @@ import errno
 import logging
 import os
 import sys
+import threading
 import time
 
 import pytest
 
 from etcdvisor.process.child import ChildProcess
-from etcdvisor.process.logfile import LogFileSpec, RotatingFile, open_confined
+from etcdvisor.process.logfile import HIGH_WATER, LogFileSpec, RotatingFile, open_confined
 from etcdvisor.process.output import MAX_LINE, OutputPump, file_lines
 from etcdvisor.process.spawn import ChildSpec
 
@@ -248,3 +249,56 @@ def test_pump_writes_children_raw_lines_to_shared_file_without_mixing(tmp_path):
     assert len(lines) == 4002
     assert sorted(_read(err.path).split(b"\n")) == [b"", b"err-A", b"err-B"]
     assert pump._files == {}  # both writers closed once their children are gone
+
+
+class _Sink:
+    def __init__(self):
+        self.data = b""
+
+    def write(self, data):
+        self.data += data
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def test_a_slow_disk_holds_up_only_the_children_writing_to_that_file(tmp_path):
+    """The writer of one file is stuck (a disk that does not answer): its child blocks
+    once the pipe and the sink's queue are full, another child's output still flows, and
+    when the disk answers again every line of the blocked child arrives, whole and in order."""
+    stuck = threading.Event()
+    released = threading.Event()
+
+    def slow_write(fd, data):
+        stuck.set()
+        released.wait(30)
+        return os.write(fd, data)
+
+    spec = LogFileSpec(path=str(tmp_path / "slow.log"), root=str(tmp_path), max_size=64 << 20, backups=1)
+    out = _Sink()
+    pump = OutputPump(stdout=out, stderr=open(os.devnull, "wb"), file_writer=slow_write)
+    pump.start()
+    writer = ("import sys\n"
+              "for i in range(200000):\n"
+              "    sys.stdout.write('%08d ' % i + 'w' * 90 + '\\n')\n")  # ~19 MiB
+    slow = ChildProcess(ChildSpec(name="slow", argv=(sys.executable, "-c", writer), env=dict(os.environ),
+                                  stdout_file=spec), output=pump)
+    slow.start()
+    assert stuck.wait(10)
+    other = ChildProcess(ChildSpec(name="other", argv=(sys.executable, "-c", "for i in range(500): print(i)"),
+                                   env=dict(os.environ)), output=pump)
+    other.start()
+    try:
+        assert _wait(lambda: out.data.count(b"\n") == 500), out.data[-200:]
+        assert other.poll(time.monotonic()) is not None or _wait(lambda: other.poll(time.monotonic()) is not None)
+        assert slow.poll(time.monotonic()) is None  # blocked on its full pipe, not lost output
+        sink = pump._files[spec.path][0]
+        assert sink._queued <= HIGH_WATER + 2 * MAX_LINE  # memory stays bounded: pipe left unread
+    finally:
+        released.set()
+    assert _wait(lambda: slow.poll(time.monotonic()) is not None, 30)
+    assert _wait(lambda: pump.open_streams == 0, 30)
+    pump.stop()
+    data = _read(spec.path)
+    assert data == b"".join(b"%08d " % i + b"w" * 90 + b"\n" for i in range(200000))

@@ -1,7 +1,11 @@
 """Child output to a file, rotated by size (a role's ``stdout: {file: ...}``).
 
-:class:`RotatingFile` is written only by the output pump thread
-(process/output.py); it never runs on the decision loop. Guarantees:
+:class:`FileSink` owns one :class:`RotatingFile` and the one thread that writes it;
+the output pump (process/output.py) hands it whole lines and stops reading the pipes
+of that file's children while more than ``HIGH_WATER`` bytes wait, until the writer
+is back under ``LOW_WATER``: a slow disk holds up only the children writing to that
+file, once their pipe buffer is full, never the pump, the other children or the
+decision loop. Guarantees of :class:`RotatingFile`:
 
 - ``write(data)`` takes whole lines (each ending with ``\\n``) and writes them with
   as few ``write`` calls as possible; it never splits a line across two files;
@@ -26,21 +30,24 @@
 
 Limits: one process writes a path (two supervisors sharing a cwd and a file would
 both rotate it); a file removed or truncated by someone else keeps being written
-through the open descriptor until the next rotation; a slow disk delays the pump
-thread (children block once their pipe buffer, 64 KiB, is full), never the loop.
+through the open descriptor until the next rotation.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("etcdvisor")
 
 REPORT_INTERVAL = 60.0  # seconds between two warnings about one unwritable file
+HIGH_WATER = 1 << 20    # bytes queued for one file before its children's pipes are left unread
+LOW_WATER = 256 << 10   # ... until the writer is back under this
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -216,3 +223,73 @@ class RotatingFile:
         log.warning("role %s: %s %s (output of %s): %s; its output is dropped until the file "
                     "is writable again, the child keeps running (reported at most once a minute)",
                     self.spec.role, what, self.spec.path, who or "its children", reason)
+
+
+class FileSink:
+    """A :class:`RotatingFile` and its writer thread (see module docstring).
+
+    ``submit`` (pump thread) queues whole lines and returns True when the caller should
+    stop reading the streams that write here; ``on_drained()`` is then called once, from
+    the writer thread, when the queue is back under ``low_water``. ``close()`` lets the
+    thread write what is queued, close the file and end."""
+
+    def __init__(self, file: RotatingFile, on_drained: Callable[[FileSink], None], *,
+                 high_water: int = HIGH_WATER, low_water: int = LOW_WATER):
+        self.file = file
+        self._on_drained = on_drained
+        self._high, self._low = high_water, low_water
+        self._cond = threading.Condition()
+        self._items: deque[tuple[bytes, str]] = deque()
+        self._queued = 0
+        self._paused = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    def submit(self, data: bytes, who: str) -> bool:
+        """Queue whole lines ``data`` of child ``who``; True: stop reading until drained."""
+        with self._cond:
+            self._items.append((data, who))
+            self._queued += len(data)
+            self._cond.notify()
+            if self._queued >= self._high:
+                self._paused = True
+            return self._paused
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """False once the writer thread ended (after ``close()``, everything written)."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+                if not self._items:
+                    break  # closing, and everything is written
+                batch = list(self._items)
+                self._items.clear()
+            data = b"".join(item for item, _ in batch)
+            names = {who for _, who in batch}
+            self.file.write(data, names.pop() if len(names) == 1 else "")
+            with self._cond:
+                self._queued -= len(data)
+                resume = self._paused and self._queued <= self._low
+                if resume:
+                    self._paused = False
+            if resume:
+                self._on_drained(self)
+        self.file.close()

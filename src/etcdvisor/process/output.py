@@ -18,9 +18,12 @@ Guarantees:
 wakeup pipe nudges it), so the selector is only touched by one thread.
 
 A stream with a :class:`~.logfile.LogFileSpec` (role key ``stdout``/``stderr`` with a
-``file``) goes to that file instead, through one shared :class:`~.logfile.RotatingFile`
+``file``) goes to that file instead, through one shared :class:`~.logfile.FileSink`
 per path (children whose files resolve to the same path share it: their lines never
-mix inside a line, as this one thread writes whole lines). File lines are the child's
+mix inside a line, as only whole lines are handed over). Each sink has its own writer
+thread; while one is more than ``logfile.HIGH_WATER`` bytes behind (a slow disk), the
+pipes of its children are left unread until it caught up: those children wait once
+their pipe buffer is full, the others and this thread never do. File lines are the child's
 raw bytes, no prefix, no decoding, no log format (``\\r`` kept); each read's complete
 lines go out in one ``write``; lines longer than 64 KiB are split as above; a partial
 line at EOF gets a newline. File errors (full disk...) drop output, never block: see
@@ -42,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from etcdvisor.process.logfile import LogFileSpec, RotatingFile
+from etcdvisor.process.logfile import FileSink, LogFileSpec, RotatingFile
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -74,7 +77,7 @@ class _Stream:
         self.sink = sink
         self.pending = b""
         self.file_spec = file_spec
-        self.file: RotatingFile | None = None  # set on the pump thread when registered
+        self.file: FileSink | None = None  # set on the pump thread when registered
 
 
 def _utf8_cut(data: bytes, limit: int) -> int:
@@ -110,7 +113,8 @@ class OutputPump:
     """The single output-forwarding thread. ``start()``, ``add()`` per child, ``stop()``."""
 
     def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None,
-                 file_clock: Callable[[], float] = time.monotonic):
+                 file_clock: Callable[[], float] = time.monotonic,
+                 file_writer: Callable[[int, bytes | memoryview], int] = os.write):
         self._stdout = stdout
         self._stderr = stderr
         self._selector = selectors.DefaultSelector()
@@ -120,9 +124,13 @@ class OutputPump:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._open_streams = 0
-        # path -> (its writer, how many open streams use it); pump thread only
-        self._files: dict[str, tuple[RotatingFile, int]] = {}
+        # path -> (its sink, how many open streams use it); pump thread only
+        self._files: dict[str, tuple[FileSink, int]] = {}
+        self._paused: dict[FileSink, list[_Stream]] = {}  # streams left unread: sink too far behind
+        self._drained: list[FileSink] = []  # sinks back under their low water (under _lock)
+        self._retired: list[FileSink] = []  # closed sinks still writing out their queue
         self._file_clock = file_clock
+        self._file_writer = file_writer
 
     def start(self) -> None:
         """Start the pump thread (idempotent)."""
@@ -177,9 +185,16 @@ class OutputPump:
         for key in list(self._selector.get_map().values()):
             if key.data is not None:
                 self._flush_partial(key.data)
-        for writer, _users in self._files.values():
-            writer.close()
+        for streams in self._paused.values():
+            for stream in streams:
+                self._flush_partial(stream)
+        for sink, _users in self._files.values():
+            sink.close()
+        deadline = time.monotonic() + 1.5  # what is queued reaches the files, within bounds
+        for sink in [s for s, _users in self._files.values()] + self._retired:
+            sink.join(max(0.0, deadline - time.monotonic()))
         self._files.clear()
+        self._retired.clear()
 
     def _take_incoming(self) -> None:
         try:
@@ -189,6 +204,10 @@ class OutputPump:
             pass
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            drained, self._drained = self._drained, []
+        for sink in drained:  # resume reading the streams held back for a slow file
+            for stream in self._paused.pop(sink, []):
+                self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
         for stream in incoming:
             os.set_blocking(stream.pipe.fileno(), False)
             self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
@@ -196,22 +215,30 @@ class OutputPump:
             if stream.file_spec is not None:
                 stream.file = self._acquire(stream.file_spec)
 
-    def _acquire(self, spec: LogFileSpec) -> RotatingFile:
-        writer, users = self._files.get(spec.path, (None, 0))
-        if writer is None:
-            writer = RotatingFile(spec, clock=self._file_clock)
+    def _acquire(self, spec: LogFileSpec) -> FileSink:
+        sink, users = self._files.get(spec.path, (None, 0))
+        if sink is None:
+            sink = FileSink(RotatingFile(spec, clock=self._file_clock, writer=self._file_writer),
+                            self._on_drained)
         else:
-            writer.spec = spec  # the newest child's rotation settings win (a reload)
-        self._files[spec.path] = (writer, users + 1)
-        return writer
+            sink.file.spec = spec  # the newest child's rotation settings win (a reload)
+        self._files[spec.path] = (sink, users + 1)
+        return sink
 
-    def _release(self, writer: RotatingFile) -> None:
-        _writer, users = self._files[writer.path]
+    def _release(self, sink: FileSink) -> None:
+        _sink, users = self._files[sink.path]
         if users <= 1:
-            del self._files[writer.path]
-            writer.close()  # a rotated or removed file is not held open
+            del self._files[sink.path]
+            sink.close()  # written out, then closed: a rotated or removed file is not held open
+            self._retired = [s for s in self._retired if s.alive] + [sink]
         else:
-            self._files[writer.path] = (writer, users - 1)
+            self._files[sink.path] = (sink, users - 1)
+
+    def _on_drained(self, sink: FileSink) -> None:
+        """From a writer thread: ``sink`` caught up; read its streams again."""
+        with self._lock:
+            self._drained.append(sink)
+        self._wake()
 
     def _read(self, stream: _Stream) -> None:
         try:
@@ -225,8 +252,11 @@ class OutputPump:
             return
         if stream.file is not None:
             whole, stream.pending = file_lines(stream.pending, chunk)
-            if whole:
-                stream.file.write(whole, stream.name)
+            if whole and stream.file.submit(whole, stream.name):
+                # the file is behind (slow disk): leave this pipe unread until it caught up,
+                # so only the children writing there wait, once their pipe buffer is full
+                self._selector.unregister(stream.pipe.fileno())
+                self._paused.setdefault(stream.file, []).append(stream)
             return
         data = stream.pending + chunk
         lines = data.split(b"\n")
@@ -249,7 +279,7 @@ class OutputPump:
 
     def _flush_partial(self, stream: _Stream) -> None:
         if stream.pending and stream.file is not None:
-            stream.file.write(stream.pending + b"\n", stream.name)
+            stream.file.submit(stream.pending + b"\n", stream.name)
             stream.pending = b""
         elif stream.pending:
             self._write_line(stream, stream.pending)
