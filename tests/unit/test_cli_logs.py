@@ -1,6 +1,8 @@
 """`supervisor logs`: which files, and following them across rotations (no processes)."""
 
+import os
 import threading
+import time
 
 import pytest
 
@@ -102,3 +104,18 @@ def test_follow_prints_then_waits_and_stops_when_asked(tmp_path):
     assert not thread.is_alive()
     assert writer.rotations >= 3
     assert out.data == _lines(0, 300)
+
+
+def test_a_follower_that_waited_for_the_file_prints_the_backups_rotated_before_it_looked(tmp_path):
+    old = tmp_path / "a.log.3"
+    old.write_bytes(b"from an earlier run\n")
+    os.utime(old, (1000, 1000))  # long before the follower started waiting
+    follower = Follower(str(tmp_path / "a.log"), waited_since=time.time() - 1)
+    assert follower.read(follow=True) == b""  # nothing there yet
+    spec = LogFileSpec(path=str(tmp_path / "a.log"), root=str(tmp_path), max_size=30, backups=5)
+    writer = RotatingFile(spec)
+    writer.write(_lines(0, 6))  # 12 bytes a line: three files, two of them rotated already
+    seen = b""
+    while data := follower.read(follow=True):
+        seen += data
+    assert seen == _lines(0, 6)
