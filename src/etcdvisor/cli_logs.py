@@ -2,7 +2,8 @@
 
 Reads the config (``-c CONFIG``, else ``./etcdvisor.yaml``, else ``/etc/etcdvisor.yaml``)
 to find where the role's ``stdout``/``stderr`` files are (role cwd, placeholders filled
-with this member's id and, with ``--index``, the index). Prints each current file (not
+with this member's id and, with ``--index``, the index; without ``--index`` every
+index's file; with a member id made up at each start, every member's file). Prints each current file (not
 the backups); with several files (stdout and stderr apart, or one per index) each starts
 with a ``==> PATH <==`` line, as ``tail`` does. ``--follow`` keeps printing what is
 appended, across rotations (a reader that sees the file replaced drains the old one to
@@ -87,7 +88,7 @@ class Sources:
     ``{index}`` left open (``scan()`` lists the files that exist for them, by index)."""
 
     def __init__(self) -> None:
-        # a fixed path, or (glob, regex with one group: the index)
+        # a fixed path, or (glob, regex with maybe a group "index")
         self.entries: list[str | tuple[str, re.Pattern[str]]] = []
 
     @property
@@ -106,7 +107,8 @@ class Sources:
             for path in glob.glob(pattern):
                 match = regex.fullmatch(path)
                 if match is not None:
-                    matches.append((int(match.group(1)), path))
+                    number = match.groupdict().get("index")
+                    matches.append((int(number) if number is not None else 0, path))
             found.extend(path for _, path in sorted(matches))
         return list(dict.fromkeys(found))
 
@@ -129,13 +131,19 @@ def role_log_sources(config_path: str | None, role_name: str, index: int | None)
                          f"are in the supervisor's own output; set stdout: {{file: PATH}} to get one)")
     cwd, member = config.role_cwd(role), config.member.id
     sources = Sources()
+    # open placeholders: {index} without --index; {member} when the member id is made up
+    # at each start (host name + random suffix): any member's file on this host matches
+    open_member = config.member.id_generated and "{member}" in "".join(o.file for o in outputs)
     for output in outputs:
-        if output.per_index and index is None:
-            marker = "\0index\0"
-            template = output.path(cwd, role=role.name, member=member, index=marker)
-            regex = re.compile(re.escape(template).replace(re.escape(marker), r"(\d+)"))
-            entry: str | tuple[str, re.Pattern[str]] = (
-                glob.escape(template).replace(glob.escape(marker), "*"), regex)
+        open_index = output.per_index and index is None
+        if open_index or (open_member and "{member}" in output.file):
+            index_marker, member_marker = "\0index\0", "\0member\0"
+            template = output.path(cwd, role=role.name, member=member_marker if open_member else member,
+                                   index=index_marker if open_index else (index or 0))
+            regex = re.compile(re.escape(template).replace(re.escape(index_marker), r"(?P<index>\d+)")
+                               .replace(re.escape(member_marker), r"[A-Za-z0-9_.-]+"))
+            pattern = glob.escape(template).replace(glob.escape(index_marker), "*")
+            entry: str | tuple[str, re.Pattern[str]] = (pattern.replace(glob.escape(member_marker), "*"), regex)
         else:
             entry = output.path(cwd, role=role.name, member=member, index=0 if index is None else index)
         if entry not in sources.entries:  # stdout and stderr to the same file

@@ -119,3 +119,13 @@ def test_a_follower_that_waited_for_the_file_prints_the_backups_rotated_before_i
     while data := follower.read(follow=True):
         seen += data
     assert seen == _lines(0, 6)
+
+
+def test_sources_with_a_generated_member_id_match_any_member(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster: c\netcd: {endpoints: memory://c}\nroles:\n"
+                    "  w: {type: job, command: [x], stdout: {file: 'logs/{member}.log'}}\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "host-1-3f9a2c.log").write_text("x\n")
+    monkeypatch.delenv("ETCDVISOR_MEMBER_ID", raising=False)
+    assert role_log_sources(str(path), "w", None).scan() == [str(tmp_path / "logs" / "host-1-3f9a2c.log")]
