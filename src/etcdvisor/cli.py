@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_control import add_control_verbs
 
     add_control_verbs(sub)
+    from .cli_logs import add_logs_verb
+
+    add_logs_verb(sub)
     return parser
 
 

@@ -75,6 +75,16 @@ EXPECTED = {
                                     "children on one member (a member may hold every shard), more than the "
                                     "limit of 1024 children per member"),
     "processes_over_cap": ("roles.worker.processes", "1025 is more than the limit of 1024 children per member"),
+    "log_file_escape": ("roles.worker.stdout.file", "path '../../var/log/worker.log' is outside the role's "
+                        "working directory"),
+    "log_file_placeholder": ("roles.worker.stdout.file", "unknown placeholder {shard} in 'worker-{shard}.log' "
+                             "(use {role}, {member}, {index})"),
+    "log_output_word": ("roles.worker.stderr", "expected 'inherit' or a mapping {file: PATH, max_size: SIZE, "
+                        "backups: N}, got 'stdout'"),
+    "log_backups_negative": ("roles.worker.stdout.backups", "must be >= 0, got -1"),
+    "log_max_size_small": ("roles.worker.stdout.max_size", "100 bytes is less than the minimum of 1KiB"),
+    "log_file_unknown_key": ("roles.worker.stdout.max_bytes", "unknown key 'max_bytes' (known keys: file, "
+                             "max_size, backups)"),
 }
 
 

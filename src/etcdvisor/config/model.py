@@ -186,6 +186,30 @@ class PeersFile:
     on_change: OnChange = OnChange(ChangeAction.NONE)
 
 
+OUTPUT_PLACEHOLDERS = ("role", "member", "index")
+"""What ``stdout.file``/``stderr.file`` may contain: ``{role}``, ``{member}``, ``{index}``."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A role's ``stdout:``/``stderr:`` mapping: the child's stream goes to ``file`` (as
+    written: relative to the role's cwd, placeholders unfilled), rotated at ``max_size``
+    bytes keeping ``backups`` old files (0: truncate). ``inherit`` is ``None`` in RoleSpec."""
+
+    file: str
+    max_size: int = 50 * 1024 * 1024
+    backups: int = 5
+
+    def path(self, cwd: str, *, role: str, member: str, index: int | str = 0) -> str:
+        """The absolute path for one child: ``{index}`` is its INDEX (0 without one)."""
+        return os.path.normpath(os.path.join(cwd, self.file.format(role=role, member=member, index=index)))
+
+    @property
+    def per_index(self) -> bool:
+        """True if every INDEX has its own file (``{index}`` in ``file``)."""
+        return "{index}" in self.file
+
+
 @dataclass(frozen=True)
 class RoleSpec:
     """One role, with every default filled in.
@@ -232,6 +256,9 @@ class RoleSpec:
     config: Mapping[str, ConfigItem] = field(default_factory=lambda: _frozen_map({}))
     register: Registration | None = None
     peers: Mapping[str, PeersFile] = field(default_factory=lambda: _frozen_map({}))
+    # child output (any type): None is ``inherit`` (the supervisor's stdout/stderr)
+    stdout: OutputFile | None = None
+    stderr: OutputFile | None = None
 
     @property
     def lease_bound(self) -> bool:

@@ -108,6 +108,10 @@ def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple,
     if kind == "not":
         return _forbidden_key(path, schema, document)
     if kind in ("anyOf", "oneOf"):
+        if schema.get("title") == "child output" and isinstance(instance, dict):
+            # a mapping: explain what is wrong inside it (the 'inherit' branch is moot)
+            return [found for sub in error.context or () if sub.relative_schema_path[0] == 1
+                    for found in _translate(sub, document)]
         return [(path, _no_alternative(error))]
     return [(path, _simple_reason(kind, value, schema, instance, path))]
 
@@ -180,6 +184,9 @@ def _no_alternative(error: jsonschema.ValidationError) -> str:
         if numeric and instance <= 0:
             return f"must be at least 1 byte, got {instance!r}"
         return f"{instance!r} is not a size ({SIZE_HINT})"
+    if title == "child output":
+        shown = repr(instance) if isinstance(instance, str) else _describe_value(instance)
+        return f"expected 'inherit' or a mapping {{file: PATH, max_size: SIZE, backups: N}}, got {shown}"
     if title == "endpoints":
         if isinstance(instance, list):
             return "expected a non-empty list of URL strings"

@@ -91,8 +91,9 @@ def wiring_fields(raw: dict, path: tuple, problems: Problems, cwd: str) -> dict:
             "peers": _peers(raw.get("peers", {}), path + ("peers",), problems, cwd)}
 
 
-def peers_file_problem(file: str, cwd: str) -> str | None:
-    """Why peers file ``file`` (as written) is not a file inside ``cwd``, or None.
+def peers_file_problem(file: str, cwd: str, what: str = "peers files") -> str | None:
+    """Why peers file ``file`` (as written) is not a file inside ``cwd``, or None
+    (``what`` names the files in the message: also used for ``stdout.file``).
 
     Lexical only (``validate`` may run where the directories do not exist):
     a relative path must not climb out with ``..``; an absolute one must name
@@ -105,7 +106,7 @@ def peers_file_problem(file: str, cwd: str) -> str | None:
     if os.path.commonpath([root, target]) != root:
         kind = "absolute path" if os.path.isabs(file) else "path"
         return (f"{kind} {file!r} is outside the role's working directory {root} "
-                "(peers files stay inside it; set the role's cwd to write elsewhere)")
+                f"({what} stay inside it; set the role's cwd to write elsewhere)")
     return None
 
 

@@ -138,7 +138,8 @@ class ChildProcess:
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
         self._attachment = self._tracker.child_started(self.tag, proc.pid, leaf)
         if self._output is not None:
-            self._output.add(self.spec.name, proc.stdout, proc.stderr)  # type: ignore[arg-type]
+            self._output.add(self.spec.name, proc.stdout, proc.stderr,  # type: ignore[arg-type]
+                             files=(self.spec.stdout_file, self.spec.stderr_file))
         if self._watchdog is not None:
             term_at, kill_at = self.guard_deadlines()
             self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal,

@@ -1,4 +1,4 @@
-"""Forward every child's stdout/stderr, line by line, with a ``name| `` prefix.
+"""Forward every child's stdout/stderr, line by line, with a ``name| `` prefix, or to a file.
 
 One thread serves all children through ``selectors`` (epoll): an idle supervisor with
 many children costs one blocked thread and no wakeups (no per-child threads, no polling).
@@ -17,6 +17,18 @@ Guarantees:
 ``add()`` may be called from any thread; registration happens on the pump thread (a
 wakeup pipe nudges it), so the selector is only touched by one thread.
 
+A stream with a :class:`~.logfile.LogFileSpec` (role key ``stdout``/``stderr`` with a
+``file``) goes to that file instead, through one shared :class:`~.logfile.FileSink`
+per path (children whose files resolve to the same path share it: their lines never
+mix inside a line, as only whole lines are handed over). Each sink has its own writer
+thread; while one is more than ``logfile.HIGH_WATER`` bytes behind (a slow disk), the
+pipes of its children are left unread until it caught up: those children wait once
+their pipe buffer is full, the others and this thread never do. File lines are the child's
+raw bytes, no prefix, no decoding, no log format (``\\r`` kept); each read's complete
+lines go out in one ``write``; lines longer than 64 KiB are split as above; a partial
+line at EOF gets a newline. File errors (full disk...) drop output, never block: see
+process/logfile.py.
+
 Limits: a partial line without newline is held until more output or EOF (no timer);
 writes to the supervisor's stdout/stderr block this thread (not the decision loop) if
 the reader of those is slow. The order between a child's stdout and stderr lines is
@@ -29,8 +41,11 @@ import os
 import selectors
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
+
+from etcdvisor.process.logfile import FileSink, LogFileSpec, RotatingFile
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024
@@ -51,15 +66,18 @@ def set_line_format(fmt: LineFormat | None) -> None:
 class _Stream:
     """One child pipe: its file object, prefix, destination and pending partial line."""
 
-    __slots__ = ("kind", "name", "pending", "pipe", "prefix", "sink")
+    __slots__ = ("file", "file_spec", "kind", "name", "pending", "pipe", "prefix", "sink")
 
-    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO):
+    def __init__(self, pipe: BinaryIO, name: str, kind: str, sink: BinaryIO,
+                 file_spec: LogFileSpec | None = None):
         self.pipe = pipe
         self.name = name
         self.kind = kind  # stdout | stderr
         self.prefix = f"{name}| ".encode("utf-8", "replace")
         self.sink = sink
         self.pending = b""
+        self.file_spec = file_spec
+        self.file: FileSink | None = None  # set on the pump thread when registered
 
 
 def _utf8_cut(data: bytes, limit: int) -> int:
@@ -71,10 +89,32 @@ def _utf8_cut(data: bytes, limit: int) -> int:
     return cut if cut > 0 else limit
 
 
+def file_lines(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """Split ``pending + chunk`` into (whole lines to write, new pending), cutting any
+    line longer than ``MAX_LINE`` (newline added at the cut). ``pending`` must be at most
+    ``MAX_LINE`` bytes and ``chunk`` at most ``_READ_SIZE``, so only the first line can be
+    too long: the cost is a few slices per read, not a loop per line."""
+    first = chunk.find(b"\n")
+    pieces = []
+    head = pending + (chunk if first < 0 else chunk[:first])
+    while len(head) > MAX_LINE:
+        cut = _utf8_cut(head, MAX_LINE)
+        pieces.append(head[:cut] + b"\n")
+        head = head[cut:]
+    if first < 0:
+        return b"".join(pieces), head
+    pieces.append(head + b"\n")
+    last = chunk.rfind(b"\n")
+    pieces.append(chunk[first + 1:last + 1])
+    return b"".join(pieces), chunk[last + 1:]
+
+
 class OutputPump:
     """The single output-forwarding thread. ``start()``, ``add()`` per child, ``stop()``."""
 
-    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
+    def __init__(self, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None,
+                 file_clock: Callable[[], float] = time.monotonic,
+                 file_writer: Callable[[int, bytes | memoryview], int] = os.write):
         self._stdout = stdout
         self._stderr = stderr
         self._selector = selectors.DefaultSelector()
@@ -84,6 +124,13 @@ class OutputPump:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._open_streams = 0
+        # path -> (its sink, how many open streams use it); pump thread only
+        self._files: dict[str, tuple[FileSink, int]] = {}
+        self._paused: dict[FileSink, list[_Stream]] = {}  # streams left unread: sink too far behind
+        self._drained: list[FileSink] = []  # sinks back under their low water (under _lock)
+        self._retired: list[FileSink] = []  # closed sinks still writing out their queue
+        self._file_clock = file_clock
+        self._file_writer = file_writer
 
     def start(self) -> None:
         """Start the pump thread (idempotent)."""
@@ -93,13 +140,15 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None) -> None:
-        """Forward the two pipes (file objects or None) of child ``name``; takes ownership."""
+    def add(self, name: str, stdout_pipe: BinaryIO | None, stderr_pipe: BinaryIO | None,
+            files: tuple[LogFileSpec | None, LogFileSpec | None] = (None, None)) -> None:
+        """Forward the two pipes (file objects or None) of child ``name``; takes ownership.
+        ``files``: where stdout and stderr go instead of the supervisor's own (None: there)."""
         streams = []
         if stdout_pipe is not None:
-            streams.append(_Stream(stdout_pipe, name, "stdout", self._stdout or sys.stdout.buffer))
+            streams.append(_Stream(stdout_pipe, name, "stdout", self._stdout or sys.stdout.buffer, files[0]))
         if stderr_pipe is not None:
-            streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer))
+            streams.append(_Stream(stderr_pipe, name, "stderr", self._stderr or sys.stderr.buffer, files[1]))
         with self._lock:
             wake = not self._incoming  # else a wake-up is already on its way
             self._incoming.extend(streams)
@@ -136,6 +185,16 @@ class OutputPump:
         for key in list(self._selector.get_map().values()):
             if key.data is not None:
                 self._flush_partial(key.data)
+        for streams in self._paused.values():
+            for stream in streams:
+                self._flush_partial(stream)
+        for sink, _users in self._files.values():
+            sink.close()
+        deadline = time.monotonic() + 1.5  # what is queued reaches the files, within bounds
+        for sink in [s for s, _users in self._files.values()] + self._retired:
+            sink.join(max(0.0, deadline - time.monotonic()))
+        self._files.clear()
+        self._retired.clear()
 
     def _take_incoming(self) -> None:
         try:
@@ -145,10 +204,41 @@ class OutputPump:
             pass
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            drained, self._drained = self._drained, []
+        for sink in drained:  # resume reading the streams held back for a slow file
+            for stream in self._paused.pop(sink, []):
+                self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
         for stream in incoming:
             os.set_blocking(stream.pipe.fileno(), False)
             self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
             self._open_streams += 1
+            if stream.file_spec is not None:
+                stream.file = self._acquire(stream.file_spec)
+
+    def _acquire(self, spec: LogFileSpec) -> FileSink:
+        sink, users = self._files.get(spec.path, (None, 0))
+        if sink is None:
+            sink = FileSink(RotatingFile(spec, clock=self._file_clock, writer=self._file_writer),
+                            self._on_drained)
+        else:
+            sink.file.spec = spec  # the newest child's rotation settings win (a reload)
+        self._files[spec.path] = (sink, users + 1)
+        return sink
+
+    def _release(self, sink: FileSink) -> None:
+        _sink, users = self._files[sink.path]
+        if users <= 1:
+            del self._files[sink.path]
+            sink.close()  # written out, then closed: a rotated or removed file is not held open
+            self._retired = [s for s in self._retired if s.alive] + [sink]
+        else:
+            self._files[sink.path] = (sink, users - 1)
+
+    def _on_drained(self, sink: FileSink) -> None:
+        """From a writer thread: ``sink`` caught up; read its streams again."""
+        with self._lock:
+            self._drained.append(sink)
+        self._wake()
 
     def _read(self, stream: _Stream) -> None:
         try:
@@ -159,6 +249,14 @@ class OutputPump:
             chunk = b""
         if not chunk:
             self._close(stream)
+            return
+        if stream.file is not None:
+            whole, stream.pending = file_lines(stream.pending, chunk)
+            if whole and stream.file.submit(whole, stream.name):
+                # the file is behind (slow disk): leave this pipe unread until it caught up,
+                # so only the children writing there wait, once their pipe buffer is full
+                self._selector.unregister(stream.pipe.fileno())
+                self._paused.setdefault(stream.file, []).append(stream)
             return
         data = stream.pending + chunk
         lines = data.split(b"\n")
@@ -175,9 +273,15 @@ class OutputPump:
         self._selector.unregister(stream.pipe.fileno())
         self._open_streams -= 1
         stream.pipe.close()
+        if stream.file is not None:
+            self._release(stream.file)
+            stream.file = None
 
     def _flush_partial(self, stream: _Stream) -> None:
-        if stream.pending:
+        if stream.pending and stream.file is not None:
+            stream.file.submit(stream.pending + b"\n", stream.name)
+            stream.pending = b""
+        elif stream.pending:
             self._write_line(stream, stream.pending)
             stream.pending = b""
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from etcdvisor.process._linux import PR_SET_PDEATHSIG, _prctl
+from etcdvisor.process.logfile import LogFileSpec
 
 
 class SpawnError(Exception):
@@ -70,6 +71,7 @@ class ChildSpec:
     on construction, excluded from the hash and from ``repr`` (it may hold secrets), as
     is ``stdin_data``. ``stop_timeout`` is the grace period between ``stop_signal`` and
     SIGKILL. ``lease_bound`` marks a child whose right to run depends on the lease.
+    ``stdout_file``/``stderr_file``: the file a stream goes to (None: the supervisor's own).
     """
 
     name: str
@@ -80,6 +82,8 @@ class ChildSpec:
     stop_timeout: float = 10.0
     stdin_data: bytes | None = field(default=None, repr=False)
     lease_bound: bool = False
+    stdout_file: LogFileSpec | None = None  # None: the supervisor's stdout (process/output.py)
+    stderr_file: LogFileSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))

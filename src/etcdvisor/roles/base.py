@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, RoleSpec
+from ..config.model import OutputFile
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
 from ..coord.records import dumps
 from ..coord.session import Session
 from ..events import Effect, EffectDone, RoleEvent
+from ..process.logfile import LogFileSpec
 from ..process.slot import SlotEvent
 from ..process.spawn import ChildSpec
 
@@ -78,9 +80,22 @@ class RuntimeContext:
         if self.config_env is not None:
             env.update(self.config_env(role, name, extra_env))
         env.update(extra_env)
-        return ChildSpec(name=name, argv=role.command, env=env, cwd=self.config.role_cwd(role),
+        cwd = self.config.role_cwd(role)
+        return ChildSpec(name=name, argv=role.command, env=env, cwd=cwd,
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
-                         stdin_data=stdin_data, lease_bound=role.lease_bound)
+                         stdin_data=stdin_data, lease_bound=role.lease_bound,
+                         stdout_file=self._log_file(role, role.stdout, cwd, env),
+                         stderr_file=self._log_file(role, role.stderr, cwd, env))
+
+    def _log_file(self, role: RoleSpec, output: OutputFile | None, cwd: str,
+                  env: Mapping[str, str]) -> LogFileSpec | None:
+        """Where one stream of a child goes (None: the supervisor's own); ``{index}``
+        is the child's INDEX, 0 without one (as for ``register.port``)."""
+        if output is None:
+            return None
+        path = output.path(cwd, role=role.name, member=self.member_id, index=env.get("INDEX", "0"))
+        return LogFileSpec(path=path, root=cwd, max_size=output.max_size, backups=output.backups,
+                           role=role.name)
 
 
 class RoleRunner(abc.ABC):
