@@ -53,7 +53,8 @@ from .shard_coordinator import Coordinator
 from .shard_plan import Published, decode_published, join_order_children, shard_children
 
 log = logging.getLogger("etcdvisor")
-RETRY = 1.0  # seconds before retrying a failed alive-record write
+RETRY = 1.0  # seconds before retrying a failed alive-record write (doubling while it fails)
+MAX_RETRY = 8.0
 
 
 class Phase(enum.Enum):
@@ -91,6 +92,7 @@ class ShardedRunner(RoleRunner):
         self.record_rev = 0  # store revision of our last record write
         self.writing = False
         self.retry_at: float | None = None
+        self.write_failures = 0  # failed alive-record writes in a row
         self.fence_failed_rev = -1
         self.waits: list[Wait] = []
         self._due = False
@@ -286,10 +288,16 @@ class ShardedRunner(RoleRunner):
         now = self.ctx.clock()
         self.writing, self._due = False, True
         if error is not None:
-            log.warning("role %s: cannot write the alive record: %s", self.name, error)
-            self.retry_at = now + RETRY
+            # once per outage: the member's 'etcd ... unreachable' line tells the rest
+            level = logging.WARNING if not self.write_failures else logging.DEBUG
+            delay = min(MAX_RETRY, RETRY * 2 ** self.write_failures)
+            self.write_failures += 1
+            log.log(level, "role %s: cannot write the alive record (retrying in %gs): %s", self.name, delay, error)
+            self.retry_at = now + delay
             return
-        self.retry_at = None
+        if self.write_failures > 1:
+            log.info("role %s: alive record written after %d failed attempts", self.name, self.write_failures)
+        self.retry_at, self.write_failures = None, 0
         if not revision:
             self.fence_failed_rev = cluster.revision
             return

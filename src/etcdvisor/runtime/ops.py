@@ -182,7 +182,7 @@ class Operations:
         fresh = build_runners(self.sup.config, self.sup.ctx, [command.role])
         log.info("role %s: %s: clearing FAILED (%s); the role starts again", command.role,
                  command.describe(), runner.failed_reason, extra={"role": command.role})
-        self.sup.roster.retire([command.role])  # its children are gone already; it leaves/resigns
+        self.sup.roster.retire([command.role], "reset")  # its children are gone already; it leaves/resigns
         self.sup.roster.queue(fresh)  # then a fresh runner joins / campaigns again
 
     def _trigger(self, command: control.Command) -> None:

@@ -54,6 +54,7 @@ class Roster:
         self.retiring: list[RoleRunner] = []
         self.pending: list[RoleRunner] = []  # to start once their predecessor is gone
         self._stopped: set[int] = set()  # serials whose stop() was queued
+        self._cause: dict[str, str] = {}  # role name -> why it is being replaced ("reload", "reset")
         reconciler.fault = self.fail
 
     # --- membership of the roster ---------------------------------------------
@@ -62,9 +63,12 @@ class Roster:
         self.runners[runner.name] = runner
         self.phase[runner.serial] = Phase.ACTIVE
 
-    def retire(self, names: Iterable[str]) -> None:
+    def retire(self, names: Iterable[str], cause: str = "reload") -> None:
+        """Stop ``names``' runners once their children are gone; ``cause`` (``reload``,
+        ``reset``) only words the log lines of the retirement and of the fresh start."""
         for name in names:
             runner = self.runners.pop(name, None)
+            self._cause[name] = cause
             if runner is not None:
                 self.phase[runner.serial] = Phase.RETIRING
                 self.retiring.append(runner)
@@ -173,7 +177,11 @@ class Roster:
                 self.retiring.remove(runner)
                 self.phase.pop(runner.serial, None)
                 self._stop(runner, "leave")
-                log.info("role %s: retired after reload", runner.name)
+                cause = self._cause.get(runner.name, "reload")
+                if cause == "reload":
+                    log.info("role %s: retired after reload", runner.name)
+                else:
+                    log.info("role %s: the failed runner left (%s); a fresh one starts", runner.name, cause)
         for runner in list(self.runners.values()):
             if self.phase.get(runner.serial) is Phase.BROKEN and not self.reconciler.slots_of(runner):
                 self.phase[runner.serial] = Phase.RETIRING  # stop() once, but keep its status
@@ -209,7 +217,8 @@ class Roster:
             return
         if self.phase.get(runner.serial) is Phase.STARTING:
             self.phase[runner.serial] = Phase.ACTIVE
-            log.info("role %s: started after reload", runner.name)
+            cause = self._cause.pop(runner.name, "reload")
+            log.info("role %s: started after %s", runner.name, cause)
 
 
 _START = "start coordination"

@@ -49,6 +49,7 @@ from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster
+from .store_health import StoreHealth
 from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
@@ -128,6 +129,8 @@ class Supervisor:
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
         self._reload_again = False  # another SIGHUP came meanwhile
+        # etcd unreachable: one line per backoff step (the url is known once connected)
+        self.store_health = StoreHealth(config.etcd.url or "etcd", timing.KEEPALIVE_INTERVAL, clock=clock)
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
@@ -179,6 +182,7 @@ class Supervisor:
                                         password=password)
         except CoordError as exc:
             raise StartupError(f"{self.config.source_path}: etcd.endpoints: {exc}") from None
+        self.store_health.url = url
         return url
 
     def start(self) -> None:
@@ -296,6 +300,7 @@ class Supervisor:
             self._dispatch(event)
         self._reconcile(self.clock())
         self.roster.flush_effects()
+        self._tick_store_health(self.clock())
         after = self.clock()
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
@@ -303,6 +308,7 @@ class Supervisor:
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
+                     self.store_health.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
@@ -352,8 +358,13 @@ class Supervisor:
             self.escalated = True
             self._kill_children()
 
+    def _tick_store_health(self, now: float) -> None:
+        session = self.session
+        self.store_health.tick(now, session.expiry_bound() - now if session.alive else None)
+
     def _on_session(self, event: SessionEvent) -> None:
         self.ops.on_session(event)
+        self.store_health.on_session(event, self.clock())
         if event.kind is SessionEventKind.KEEPALIVE:
             self.reconciler.lease_confirmed(event.last_alive_sent, event.ttl)
         elif event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
