@@ -44,3 +44,78 @@ def test_a_single_failed_keepalive_says_nothing(caplog):
     clock.advance(5)
     health.tick(clock(), 5.0)
     assert not caplog.records
+
+
+# --- waits are logged (1.2) ------------------------------------------------------------------
+
+def _harness(roles: str, **kwargs):
+    from .loop_harness import LoopHarness
+
+    return LoopHarness("cluster: loop\netcd: {endpoints: \"memory://loop\"}\nmember: {ttl: 10}\nroles:\n"
+                       + roles, **kwargs)
+
+
+SHARDED = """
+  worker:
+    type: sharded
+    command: ["work"]
+    settle: 0.2s
+"""
+
+
+def _messages(caplog, text):
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def test_a_fenced_handoff_wait_is_logged_once_when_it_lasts_a_second_and_when_it_ends(caplog):
+    from etcdvisor.recipes.sequence import Info
+    from etcdvisor.roles.assignment import Part
+    from etcdvisor.roles.handoff import ClusterAlive
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    h = _harness(SHARDED)
+    h.tell("worker", ClusterAlive({"vm-3": frozenset({Part(0, 1)})}, fence_mod=1, revision=5))
+    h.tell("worker", Info(index=1, count=2, epoch=5, members=("vm-3", "m1")))
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    assert h.turn() == {}
+    for _ in range(5):  # 0.5 s more: not yet a line
+        h.clock.advance(0.1)
+        h.turn()
+    assert not _messages(caplog, "waits for vm-3"), "a wait under a second is not logged"
+    deadline = h.sup._next_deadline()
+    assert deadline is not None and deadline <= h.clock() + 0.5, "the loop wakes up to log it on time"
+    for _ in range(10):
+        h.clock.advance(0.2)
+        h.turn()
+    began = _messages(caplog, "waits for vm-3")
+    assert len(began) == 1 and began[0].startswith("role worker: 1/2 waits for vm-3's child (0/1) (1."), began
+    h.tell("worker", ClusterAlive({"vm-3": frozenset()}, fence_mod=1, revision=6))
+    h.clock.advance(0.3)
+    h.turn()
+    ended = _messages(caplog, "done waiting")
+    assert len(ended) == 1 and ended[0].startswith("role worker: done waiting after 2.")
+    assert ended[0].endswith("1/2 waits for vm-3's child (0/1)")
+    assert len(_messages(caplog, "waits for vm-3")) == 2, "one line when it began, one when it ended"
+
+
+def test_a_role_held_by_a_barrier_logs_what_it_waits_for_and_when_it_opens(caplog):
+    from etcdvisor.runtime.barriers import BarrierFact
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    h = _harness("""
+  batch:
+    type: singleton
+    wait_for: [uploads]
+    command: ["batch"]
+""")
+    h.turn()
+    h.clock.advance(1.5)
+    h.turn()
+    assert _messages(caplog, "waits for") == [
+        "role batch: start held back by barriers: waits for waitgroup:uploads (1.5s so far)"]
+    h.post(BarrierFact("waitgroup:uploads", True))
+    h.clock.advance(0.5)
+    h.turn()
+    assert _messages(caplog, "done waiting") == [
+        "role batch: done waiting after 2.0s: start held back by barriers: waits for waitgroup:uploads"]

@@ -170,6 +170,11 @@ class RoleRunner(abc.ABC):
         """Called instead of ``desired`` while the role is paused (``supervisor
         pause``): the loop runs none of its children. Cron records due ticks."""
 
+    def describe_waits(self, now: float) -> list[str]:
+        """What this role's children wait for now (``"1/2 waits for m3's child (1/2)"``):
+        the loop logs a wait that lasts over a second, and its end (runtime/waitlog.py)."""
+        return []
+
     def restart_policy(self, key: str) -> str:
         return self.spec.restart.value
 

@@ -393,6 +393,15 @@ class ShardedRunner(RoleRunner):
             except CoordError as exc:
                 log.warning("role %s: could not clear the alive record: %s", self.name, exc)
 
+    def describe_waits(self, now: float) -> list[str]:
+        found = [w.describe() for w in self.waits[:20]]
+        found += [f"{key} waits for a keepalive confirming its alive record" for key in sorted(self.approved)]
+        latest = self.latest
+        if (not self.shards and not latest.invalid() and now >= self.settle_until
+                and (self.applied is None or not latest.equal(self.applied))):
+            found.append(f"membership {latest.index} of {latest.count} waits for a keepalive confirming the lease")
+        return found
+
     def status(self) -> dict:
         info = self.applied
         parts = sorted(p for c in self.running.values() for p in c.parts)

@@ -50,6 +50,7 @@ from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster
 from .store_health import StoreHealth
+from .waitlog import WaitLog
 from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
@@ -130,6 +131,7 @@ class Supervisor:
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
         self._reload_again = False  # another SIGHUP came meanwhile
         # etcd unreachable: one line per backoff step (the url is known once connected)
+        self.wait_log = WaitLog()  # waits over a second: one line when they begin, one when they end
         self.store_health = StoreHealth(config.etcd.url or "etcd", timing.KEEPALIVE_INTERVAL, clock=clock)
 
     @property
@@ -308,7 +310,7 @@ class Supervisor:
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
-                     self.store_health.next_deadline(),
+                     self.store_health.next_deadline(), self.wait_log.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
@@ -449,7 +451,21 @@ class Supervisor:
                 break
             now = self.clock()
         self._last_status = self._roles_status()
+        self._log_waits(now)
         self._update_record(now if lease_ok else None)
+
+    def _log_waits(self, now: float) -> None:
+        waits = []
+        for name, runner in self.runners.items():
+            held = self.gate.waiting_on(name)
+            if held:
+                waits.append((name, "start held back by barriers: waits for " + ", ".join(held)))
+            if self.ops.paused(name):
+                continue
+            found: list[str] = self.roster.call(runner, "describe_waits",
+                                                   functools.partial(runner.describe_waits, now), [])
+            waits += [(name, what) for what in found]
+        self.wait_log.update(waits, now)
 
     def _update_record(self, now: float | None) -> None:
         """Rewrite the member record when the roles' status changed (rate-
