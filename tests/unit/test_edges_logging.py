@@ -119,3 +119,60 @@ def test_a_role_held_by_a_barrier_logs_what_it_waits_for_and_when_it_opens(caplo
     h.turn()
     assert _messages(caplog, "done waiting") == [
         "role batch: done waiting after 2.0s: start held back by barriers: waits for waitgroup:uploads"]
+
+
+# --- a standby child is not started only to be replaced (1.9) ---------------------------------
+
+STANDBY = """
+  db:
+    type: singleton
+    standby: true
+    command: ["db"]
+"""
+
+
+def _elect(h, role):
+    from etcdvisor.recipes.election import Election
+    from etcdvisor.roles.singleton import Elected
+
+    runner = h.sup.runners[role]
+    runner.election = Election(h.store, h.sup.keys.election(role), h.session, "m1")
+    h.tell(role, Elected(7))
+
+
+def test_a_member_about_to_win_starts_no_standby_child(caplog):
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    h = _harness(STANDBY)
+    assert h.turn() == {}, "no other leader seen: the standby child waits for the election"
+    h.clock.advance(0.03)
+    _elect(h, "db")
+    (spec,) = h.turn()["db"].values()
+    assert spec.env["LEADER"] == "1"
+    assert not any(slot.restarts for slot in h.manager.slots.values()), "no standby child was replaced"
+    assert not _messages(caplog, "standby child replaced")
+
+
+def test_a_follower_runs_its_standby_child_and_says_when_the_leader_child_replaces_it(caplog):
+    from etcdvisor.roles.singleton import LeaderSeen
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    h = _harness(STANDBY)
+    h.tell("db", LeaderSeen("m2"))
+    (spec,) = h.turn()["db"].values()
+    assert (spec.env["LEADER"], spec.env["LEADER_MEMBER"]) == ("0", "m2")
+    _elect(h, "db")
+    (spec,) = h.turn()["db"].values()
+    assert spec.env["LEADER"] == "1"
+    assert _messages(caplog, "standby child replaced") == [
+        "role db: standby child replaced by the leader child (LEADER=1)"]
+
+
+def test_with_no_leader_in_sight_the_standby_child_starts_after_the_hold(caplog):
+    from etcdvisor.roles.singleton import STANDBY_HOLD
+
+    h = _harness(STANDBY)
+    assert h.turn() == {}
+    assert h.sup.runners["db"].next_deadline() == h.clock() + STANDBY_HOLD
+    h.clock.advance(STANDBY_HOLD)
+    (spec,) = h.turn()["db"].values()
+    assert (spec.env["LEADER"], spec.env["LEADER_MEMBER"]) == ("0", "")

@@ -11,7 +11,10 @@ then stopped and the member campaigns again.
 ``standby: true`` also runs the child on followers with ``LEADER=0`` and
 ``LEADER_MEMBER`` naming the current leader, restarting it when leadership
 changes (Patroni's primary/replica pattern). Followers' children do not
-depend on the lease.
+depend on the lease. A standby child starts only once another member is seen
+leading (or after ``STANDBY_HOLD`` with no other leader seen): a member that
+is about to win does not start a standby child only to replace it with the
+leader child a few milliseconds later.
 
 States: CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*, any -> FAILED
 (crash loop: resigned, stops campaigning), any -> STOPPED.
@@ -36,6 +39,7 @@ from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Top
 from .base import RoleRunner
 
 log = logging.getLogger("etcdvisor")
+STANDBY_HOLD = 2.0  # seconds a standby child waits for the election outcome when no other leader is seen
 
 
 class LeaderState(enum.Enum):
@@ -194,6 +198,36 @@ class SingletonRunner(LeaderRunner):
     def __init__(self, spec, ctx):
         super().__init__(spec, ctx)
         self._observer = None
+        self._hold_from: float | None = None  # campaigning with no other leader seen since
+        self._standby_on = False  # the last desired() asked for the standby child
+
+    def handle(self, payload, at: float) -> None:
+        was_standby = self._standby_on and not self.leading
+        super().handle(payload, at)
+        if isinstance(payload, Elected) and self.leading and was_standby:
+            self.say("standby child replaced by the leader child (LEADER=1)")
+
+    def _follower_known(self) -> bool:
+        """Another member is seen leading: a standby child has a leader to follow."""
+        return self.leader_member is not None and self.leader_member != self.ctx.member_id
+
+    def _standby_held(self, now: float) -> bool:
+        if self._follower_known() or self._standby_on:
+            self._hold_from = None
+            return False
+        if self._hold_from is None:
+            self._hold_from = now
+        return now < self._hold_from + STANDBY_HOLD
+
+    def next_deadline(self) -> float | None:
+        if self._hold_from is None or self.leading or not self.spec.standby:
+            return None
+        return self._hold_from + STANDBY_HOLD
+
+    def describe_waits(self, now: float) -> list[str]:
+        if self._hold_from is not None and not self.leading and now < self._hold_from + STANDBY_HOLD:
+            return ["standby child waits for the election outcome"]
+        return []
 
     def start(self) -> None:
         super().start()
@@ -207,13 +241,19 @@ class SingletonRunner(LeaderRunner):
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
         if self.failed_reason:
+            self._standby_on = False
             return {}
         if self.leading:
+            self._standby_on, self._hold_from = False, None
             return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
         if self.spec.standby and self.state is not LeaderState.STOPPED:
-            env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member or ""}
+            if self._standby_held(now):
+                return {}
+            self._standby_on = True
+            env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member if self._follower_known() else ""}
             spec = self.ctx.child_spec(self.spec, self.name, env)
             return {self.name: dataclasses.replace(spec, lease_bound=False)}
+        self._standby_on = False
         return {}
 
     def stop(self) -> None:
