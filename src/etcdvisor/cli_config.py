@@ -93,7 +93,7 @@ def cmd_config(args, target: Target) -> int:
             return EXIT_OK
         if args.action == "watch":
             return _watch(args, cfg)
-        return _read(args, cfg)
+        return _read(args, cfg, target)
     except ValueError as exc:  # bad item name, a value the layout cannot store
         from .recipes.layered_config import ConfigValueError
 
@@ -115,12 +115,27 @@ def _set(args, cfg, target: Target) -> int:
     return EXIT_OK
 
 
-def _read(args, cfg) -> int:
+def _defaults(config, item: str) -> dict[str, Any]:
+    """Role name -> the ``default`` its ``config:`` entry gives ``item`` (``-c``: what
+    that role's children get when no scope sets it)."""
+    found: dict[str, Any] = {}
+    for role in (config.roles.values() if config is not None else ()):
+        for entry in role.config.values():
+            if entry.item == item and entry.default is not None:
+                found.setdefault(role.name, entry.default)
+    return found
+
+
+def _read(args, cfg, target: Target) -> int:
     raw = cfg.raw_items()
     if args.action == "get":
         if args.item not in raw:
-            print(f"error: {args.item}: not set in any scope", file=sys.stderr)
-            return EXIT_FAIL
+            defaults = _defaults(target.config, args.item)
+            if not defaults:
+                hint = "" if target.config is not None else " (with -c CONFIG, a role's default is shown)"
+                print(f"error: {args.item}: not set in any scope{hint}", file=sys.stderr)
+                return EXIT_FAIL
+            return _print_default(args, defaults)
         raw = {args.item: raw[args.item]}
     if args.action == "get":  # a malformed value: ConfigValueError, one line, exit 1
         rows = {item: {"value": cfg.decode(item, scope, text), "scope": scope} for item, (scope, text) in raw.items()}
@@ -133,6 +148,24 @@ def _read(args, cfg) -> int:
     else:
         for item, row in rows.items():
             print(f"{item} = {_show(row['value'])}  ({row['scope']})")
+    return EXIT_OK
+
+
+def _print_default(args, defaults: dict[str, Any]) -> int:
+    """``get`` of an item set in no scope: the config file's default (scope ``default``).
+    Roles that disagree are each named."""
+    value = next(iter(defaults.values()))
+    differ = any(v != value for v in defaults.values())
+    if args.json:
+        doc: dict[str, Any] = {"value": value, "scope": "default"}
+        if differ:
+            doc["defaults"] = defaults
+        print(dumps(doc, indent=2, sort_keys=True))
+    elif differ:
+        for role, each in defaults.items():
+            print(f"{_show(each)}  (default, role {role})")
+    else:
+        print(f"{_show(value)}  (default)")
     return EXIT_OK
 
 

@@ -286,3 +286,22 @@ def test_reload_adds_config_and_peers_to_a_role(fleet):
     assert [p["port"] for p in new["peers"]] == [7000]  # the peers file existed before the start
     config_cli(config, "set", f"level{tag}", "warn")
     wait_for(lambda: [h for h in hups(rec, new["pid"]) if h["config"] == {"LEVEL": "warn"}], 10, "HUP")
+
+
+def test_config_get_with_a_config_reports_the_roles_default_when_no_scope_sets_it(fleet):
+    """Children get a role's ``default`` when no scope sets the item: ``config get -c``
+    says so (scope ``default``, exit 0) instead of 'not set' (issue 19, 1.9)."""
+    tag = os.urandom(3).hex()
+    item = f"log.level{tag}"
+    role = {"type": "sharded", "command": ["true"], "stop_timeout": "0.5s",
+            "config": {"LOG_LEVEL": {"item": item, "default": "info"}}}
+    config = fleet.write_config({"api": role})
+    got = cli("config", "get", item, "-c", str(config))
+    assert got.returncode == 0 and got.stdout.decode() == "info  (default)\n", got
+    got = cli("config", "get", item, "--json", "-c", str(config))
+    assert json.loads(got.stdout) == {"value": "info", "scope": "default"}
+    config_cli(config, "set", item, "debug")
+    assert json.loads(cli("config", "get", item, "--json", "-c", str(config)).stdout) == {
+        "value": "debug", "scope": "cluster"}, "a scope that sets it wins over the default"
+    other = cli("config", "get", f"other{tag}", "-c", str(config))
+    assert other.returncode == 1 and b"not set in any scope" in other.stderr
