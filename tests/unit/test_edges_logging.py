@@ -176,3 +176,23 @@ def test_with_no_leader_in_sight_the_standby_child_starts_after_the_hold(caplog)
     h.clock.advance(STANDBY_HOLD)
     (spec,) = h.turn()["db"].values()
     assert (spec.env["LEADER"], spec.env["LEADER_MEMBER"]) == ("0", "")
+
+
+# --- reset says what it does (1.9) --------------------------------------------------------------
+
+def test_reset_of_a_failed_role_does_not_say_reload(caplog):
+    from etcdvisor.runtime.control import Command
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    h = _harness(SHARDED)
+    runner = h.sup.runners["worker"]
+    h.sup.roster.refuse(runner, "crash loop")
+    h.turn()
+    h.sup.ops._reset(Command("reset", "worker", {"who": "ops@host", "at": "2026-12-07T10:00:00Z"}))
+    for _ in range(3):
+        h.turn()
+        h.run_effects()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "reload" not in text, text
+    assert "role worker: the failed runner left (reset); a fresh one starts" in text
+    assert "role worker: started after reset" in text
