@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .conftest import Fleet, wait_for
+from .conftest import Fleet, pid_alive, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 
@@ -35,5 +35,58 @@ def test_member_says_etcd_is_gone_once_per_backoff_step_and_rejoins(private_etcd
         wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the worker again")
         assert fleet.history().live("shard")[0].pid != first
         assert "etcd at" in member.output() and "reachable again after" in member.output()
+    finally:
+        fleet.close()
+
+
+def _record(fleet, member_id):
+    from etcdvisor.coord.records import MEMBER
+
+    kv = fleet.backend().get(fleet.member_key(member_id))
+    return MEMBER.decode(kv.value) if kv is not None else None
+
+
+def test_a_member_of_a_previous_run_known_dead_is_not_waited_for_after_an_etcd_restart(private_etcd, tmp_path):
+    """The quickstart's second start: etcd comes back with the lease of a member that
+    died meanwhile (restored with its TTL). A new member on the same host sees that
+    member's pids are gone, revokes its lease and starts at once with COUNT=1 instead
+    of counting the dead member for a whole TTL."""
+    fleet = Fleet(tmp_path, private_etcd.url, "stale-" + os.urandom(4).hex())
+    try:
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=15)
+        old = fleet.start("old", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the old member's worker")
+        wait_for(lambda: (_record(fleet, "old") or {}).get("watchdog"), 10, "the record names the watchdog")
+        private_etcd.stop()
+        old.term()
+        assert old.wait(30) == 0  # it could not revoke its lease: etcd was down
+        wait_for(lambda: not fleet.history().live("shard") and not old.descendants(), 10, "old children gone")
+        private_etcd.start()
+        restored = fleet.backend().get(fleet.member_key("old"))
+        assert restored is not None and fleet.backend().lease_ttl(restored.lease) > 5, "etcd restored its lease"
+        new = fleet.start("new", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 10, "the new member's worker, long before 15s")
+        first = [r for r in fleet.records() if r.get("member_id") == "new" and r.get("event") == "start"][0]
+        assert first["count"] == "1", "the dead member was counted"
+        assert "member old of a previous run (host" in new.output() and "revoked its lease" in new.output()
+        assert fleet.backend().get(fleet.member_key("old")) is None
+    finally:
+        fleet.close()
+
+
+def test_a_restart_with_the_same_member_id_after_a_crash_does_not_wait_for_the_old_lease(private_etcd, tmp_path):
+    fleet = Fleet(tmp_path, private_etcd.url, "same-" + os.urandom(4).hex())
+    try:
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=15)
+        first = fleet.start("m1", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the worker")
+        wait_for(lambda: (_record(fleet, "m1") or {}).get("watchdog"), 10, "the record names the watchdog")
+        watchdog = _record(fleet, "m1")["watchdog"]
+        first.kill()
+        wait_for(lambda: not fleet.history().live("shard") and not pid_alive(watchdog), 10,
+                 "children and watchdog gone")
+        again = fleet.start("m1", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 10, "the worker again, long before 15s")
+        assert "revoked its lease" in again.output()
     finally:
         fleet.close()

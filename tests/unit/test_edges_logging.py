@@ -196,3 +196,50 @@ def test_reset_of_a_failed_role_does_not_say_reload(caplog):
     assert "reload" not in text, text
     assert "role worker: the failed runner left (reset); a fresh one starts" in text
     assert "role worker: started after reset" in text
+
+
+# --- members of a previous run known dead (1.1) --------------------------------------------------
+
+HERE = {"host": "vm", "boot": "b-1", "pidns": "pid:[4026531836]", "pid": 100}
+DEAD = {"host": "vm", "boot": "b-1", "pidns": "pid:[4026531836]", "pid": 200, "pid_start": 5000,
+        "watchdog": 201, "watchdog_start": 5001}
+
+
+def _running(table):
+    return lambda pid: table.get(pid)
+
+
+def test_only_a_member_whose_pids_are_gone_on_this_machine_boot_and_pid_namespace_is_known_dead():
+    from etcdvisor.runtime.stale import known_dead
+
+    assert known_dead(DEAD, HERE, _running({}))
+    assert known_dead(DEAD, HERE, _running({200: 9999, 201: 8888})), "both pids reused by later processes"
+    assert not known_dead(DEAD, HERE, _running({200: 5000})), "its supervisor runs (maybe frozen)"
+    assert not known_dead(DEAD, HERE, _running({201: 5001})), "its watchdog still runs: children may live"
+    for field, other in (("host", "vm2"), ("boot", "b-2"), ("pidns", "pid:[1]")):
+        assert not known_dead({**DEAD, field: other}, HERE, _running({})), f"another {field}: unknown"
+        assert not known_dead({**DEAD, field: None}, HERE, _running({})), f"no {field}: unknown"
+    assert not known_dead({**DEAD, "pid_start": None}, HERE, _running({})), "an older record: unknown"
+    assert not known_dead({**DEAD, "pid": 100}, HERE, _running({})), "our own pid"
+    assert not known_dead(DEAD, {**HERE, "boot": None}, _running({})), "no /proc here: never"
+    assert known_dead({k: v for k, v in DEAD.items() if not k.startswith("watchdog")}, HERE, _running({}))
+
+
+def test_the_member_record_carries_who_wrote_it():
+    import os
+
+    from etcdvisor.coord.memory import MemoryBackend
+    from etcdvisor.coord.records import MEMBER
+    from etcdvisor.runtime.member import MemberRecord
+    from etcdvisor.runtime.stale import identity, known_dead, process_start
+
+    store = MemoryBackend()
+    record = MemberRecord(store, "/m/x", "x")
+    record.ttl = 10
+    lease = store.lease_grant(10).id
+    record.register(lease, {})
+    doc = MEMBER.decode(store.get("/m/x").value)
+    assert doc["pid"] == os.getpid() and doc["ttl"] == 10 and doc["pid_start"] == process_start(os.getpid())
+    assert doc["boot"] == identity()["boot"] and doc["pidns"] == identity()["pidns"]
+    here = {**identity(), "host": doc["host"], "pid": 1}
+    assert not known_dead(doc, here), "this very process is alive"

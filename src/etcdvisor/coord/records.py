@@ -436,6 +436,13 @@ MEMBER = RecordKind("member", {
     "pid": Field(INT, nullable=True, minimum=0),
     "started": Field(TIME, nullable=True),
     "roles": Field(OBJECT, default=dict, items=OBJECT),
+    # who wrote it, to tell a member of a previous run that is gone (runtime/stale.py)
+    "boot": Field(STR, nullable=True),
+    "pidns": Field(STR, nullable=True),
+    "pid_start": Field(INT, nullable=True, minimum=0),
+    "watchdog": Field(INT, nullable=True, minimum=0),
+    "watchdog_start": Field(INT, nullable=True, minimum=0),
+    "ttl": Field(INT, nullable=True, minimum=0),
 }, check=_role_statuses)
 
 #: ``roles/<role>/ticks/<tick id>`` (roles/cron.py): a cron run's claim and outcome

@@ -20,6 +20,7 @@ from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.records import MEMBER, RecordError, dumps
 from ..coord.types import Compare, Get, Put, missing
+from .stale import identity, process_start
 
 log = logging.getLogger("etcdvisor")
 
@@ -41,10 +42,18 @@ class MemberRecord:
         self._last_write = 0.0
         self._lease = 0
         self._writing = False  # a write is in flight
+        self._who = identity()  # boot id, pid namespace, start time (runtime/stale.py)
+        self.ttl: int | None = None  # the lease TTL (shown; tells a stale record at start)
+
+    def set_watchdog(self, pid: int | None) -> None:
+        """The watchdog that kills our children if we die: a later start on this host
+        treats this record as dead only once it is gone too. Rewritten at the next update."""
+        self._who.update(watchdog=pid, watchdog_start=process_start(pid) if pid else None)
+        self._written = None
 
     def _document(self, roles: dict[str, Any]) -> dict[str, Any]:
         return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "roles": roles}
+                "started": self.started, "roles": roles, "ttl": self.ttl, **self._who}
 
     def register(self, lease_id: int, roles: dict[str, Any]) -> None:
         """Create the record on ``lease_id``; raise MemberIdInUse when another

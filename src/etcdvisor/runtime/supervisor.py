@@ -49,6 +49,7 @@ from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster
+from .stale import clear_dead_members
 from .store_health import StoreHealth
 from .waitlog import WaitLog
 from .wiring import WIRING_LANE, SeedWiring
@@ -204,6 +205,9 @@ class Supervisor:
                                   member_id=member.id, endpoints=url, post=self.inbox.put,
                                   clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
         runners = build_runners(self.config, self.ctx, list(self.config.roles))
+        # members of a previous run known dead (same host, boot and pid namespace, pids gone):
+        # revoke their leases before joining, so nothing waits for them or counts them
+        clear_dead_members(self.backend, self.keys.members)
         try:
             self.session = Session(self.backend, member.ttl, name=member.id).start()
         except CoordError as exc:
@@ -211,6 +215,7 @@ class Supervisor:
         self.ctx.session = self.session
         self.session.add_listener(lambda ev: self.inbox.put(SessionChanged(ev)))
         self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id, clock=self.clock)
+        self.record.ttl = self.session.ttl
         try:
             self.record.register(self.session.lease_id, {})
         except CoordError as exc:
@@ -221,6 +226,8 @@ class Supervisor:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
                 self.manager.watchdog.register(self.embedded.proc.pid)
+        if self.manager.watchdog is not None:
+            self.record.set_watchdog(self.manager.watchdog.pid)
         self.reconciler = Reconciler(self.manager)
         self.reconciler.observer = self.ops.on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
