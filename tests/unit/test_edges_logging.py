@@ -243,3 +243,66 @@ def test_the_member_record_carries_who_wrote_it():
     assert doc["boot"] == identity()["boot"] and doc["pidns"] == identity()["pidns"]
     here = {**identity(), "host": doc["host"], "pid": 1}
     assert not known_dead(doc, here), "this very process is alive"
+
+
+# --- --log-level debug shows each decision (1.6) ---------------------------------------------------
+
+def test_debug_shows_assignment_fence_effects_and_control_records(caplog):
+    from etcdvisor.recipes.sequence import Info
+    from etcdvisor.runtime.control import ControlChanged
+
+    caplog.set_level(logging.DEBUG, logger="etcdvisor")
+    h = _harness(SHARDED)
+    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.clock.advance(0.5)
+    h.session._keepalive_once()
+    h.turn()
+    h.run_effects()
+    h.turn()
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "role worker: assignment computed: [0/1] (membership 0 of 1, epoch 3)" in debug, debug
+    assert any(m.startswith("role worker: fence at revision") and "free to start [0/1]" in m for m in debug)
+    assert any(m.startswith("role worker: alive record written at revision") for m in debug)
+    caplog.clear()
+    h.sup.ops.control.synced = True  # not the first look: a record is a command to act on
+    h.sup.ops.on_control(ControlChanged({"worker": {"reset": {"revision": 9, "who": "ops@h", "at": "now"}}},
+                                        initial=False))
+    assert "control record: reset worker (reset by ops@h at now)" in [r.getMessage() for r in caplog.records]
+
+
+def test_debug_shows_effects_queued_and_done_with_durations(caplog):
+    import threading
+
+    from etcdvisor.events import Effect
+    from etcdvisor.runtime.effects import EffectRunner
+
+    caplog.set_level(logging.DEBUG, logger="etcdvisor")
+    done = threading.Event()
+    runner = EffectRunner(lambda event: done.set())
+    runner.submit(Effect("worker", 1, "alive record", lambda: 42))
+    assert done.wait(10)
+    runner.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "role worker: effect queued: alive record" in messages
+    assert any(m.startswith("role worker: effect done in ") and m.endswith("alive record -> 42") for m in messages)
+
+
+def test_without_debug_no_effect_line_is_formatted(caplog):
+    import threading
+
+    from etcdvisor.events import Effect
+    from etcdvisor.runtime import effects
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    done = threading.Event()
+    calls = []
+    real = effects._short
+    effects._short = lambda value: calls.append(value) or real(value)
+    try:
+        runner = effects.EffectRunner(lambda event: done.set())
+        runner.submit(Effect("worker", 1, "alive record", lambda: 42))
+        assert done.wait(10)
+        runner.close()
+    finally:
+        effects._short = real
+    assert not calls and not caplog.records

@@ -95,6 +95,7 @@ class ShardedRunner(RoleRunner):
         self.write_failures = 0  # failed alive-record writes in a row
         self.fence_failed_rev = -1
         self.waits: list[Wait] = []
+        self._fence_logged: tuple[list[str], list[str]] | None = None  # debug: the last fence decision logged
         self._due = False
         keys = self.ctx.keys
         self.alive_prefix = keys.role(self.name) + "alive/"
@@ -203,6 +204,9 @@ class ShardedRunner(RoleRunner):
         self._due = False
         target = self._compute_target(now)
         if target != self.target:  # Child equality: same key and partitions
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("role %s: assignment computed: %s (membership %s of %s, epoch %s)", self.name,
+                          _short(sorted(target)), self.latest.index, self.latest.count, self.latest.epoch)
             self.target_at = now
             self.ctx.session.request_keepalive()
             self._log_target(target)
@@ -253,7 +257,17 @@ class ShardedRunner(RoleRunner):
                 self.waits.extend(waits)
             else:
                 free.append(child)
+        if log.isEnabledFor(logging.DEBUG):
+            self._debug_fence(free)
         self._sync_record(now, free)
+
+    def _debug_fence(self, free: list[Child]) -> None:
+        """``--log-level debug``: each fence decision that changed (waits, children free to start)."""
+        decision = ([w.describe() for w in self.waits], [c.key for c in free])
+        if decision != self._fence_logged:
+            self._fence_logged = decision
+            log.debug("role %s: fence at revision %d: free to start %s; waits: %s", self.name,
+                      self.cluster.revision, _short(decision[1]), "; ".join(decision[0][:8]) or "none")
 
     def _record_parts(self, extra=()) -> frozenset:
         children = [*self.running.values(), *self.stopping.values(), *(c for c, _ in self.approved.values()), *extra]
@@ -299,8 +313,13 @@ class ShardedRunner(RoleRunner):
             log.info("role %s: alive record written after %d failed attempts", self.name, self.write_failures)
         self.retry_at, self.write_failures = None, 0
         if not revision:
+            log.debug("role %s: fence moved since the snapshot at revision %d: deciding again on a newer one",
+                      self.name, cluster.revision)
             self.fence_failed_rev = cluster.revision
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("role %s: alive record written at revision %d: %s", self.name, revision,
+                      _short(sorted(str(p) for p in want)))
         self.record, self.record_rev = want, revision
         for child in free:
             if self.target.get(child.key) is child:

@@ -34,7 +34,7 @@ class EffectRunner:
         self.clock = clock
         self.max_workers = workers
         self._lock = threading.Condition()
-        self._lanes: dict[str, collections.deque[Effect]] = {}
+        self._lanes: dict[str, collections.deque[tuple[Effect, float]]] = {}  # (effect, queued at)
         self._busy: set[str] = set()  # lanes with an effect in progress
         self._threads: list[threading.Thread] = []
         self._idle_workers = 0
@@ -45,7 +45,9 @@ class EffectRunner:
             if self._closed:
                 log.warning("role %s: %s dropped: shutting down", effect.role, effect.what)
                 return
-            self._lanes.setdefault(effect.role, collections.deque()).append(effect)
+            self._lanes.setdefault(effect.role, collections.deque()).append((effect, self.clock()))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: effect queued: %s", _lane(effect.role), effect.what)
             if self._idle_workers == 0 and len(self._threads) < self.max_workers:
                 thread = threading.Thread(target=self._work, daemon=True,
                                           name=f"effects-{len(self._threads) + 1}")
@@ -57,32 +59,40 @@ class EffectRunner:
         with self._lock:
             return sum(len(q) for q in self._lanes.values()) + len(self._busy)
 
-    def _next(self) -> Effect | None:
+    def _next(self) -> tuple[Effect, float] | None:
         """Under the lock: the first effect of a lane that is not busy."""
         for lane, queue in self._lanes.items():
             if queue and lane not in self._busy:
                 self._busy.add(lane)
-                effect = queue.popleft()
+                item = queue.popleft()
                 if not queue:
                     del self._lanes[lane]
-                return effect
+                return item
         return None
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                effect = self._next()
-                while effect is None:
+                item = self._next()
+                while item is None:
                     if self._closed:
                         return
                     self._idle_workers += 1
                     self._lock.wait()
                     self._idle_workers -= 1
-                    effect = self._next()
+                    item = self._next()
+            effect, queued = item
+            began = self.clock()
             try:
                 outcome = EffectDone(effect, effect.call())
             except BaseException as exc:  # noqa: BLE001 - reported to the runner that asked
                 outcome = EffectDone(effect, None, exc)
+            if log.isEnabledFor(logging.DEBUG):
+                ended = self.clock()
+                result = (f"failed: {type(outcome.error).__name__}: {outcome.error}" if outcome.error is not None
+                          else f"-> {_short(outcome.result)}")
+                log.debug("%s: effect done in %.1f ms (queued %.1f ms before): %s %s", _lane(effect.role),
+                          1000 * (ended - began), 1000 * (began - queued), effect.what, result)
             with self._lock:
                 self._busy.discard(effect.role)
                 self._lock.notify_all()
@@ -103,3 +113,12 @@ class EffectRunner:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+
+
+def _lane(role: str) -> str:
+    return role if role.startswith("(") else f"role {role}"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

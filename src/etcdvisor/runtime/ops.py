@@ -140,6 +140,8 @@ class Operations:
             if role in self.sup.runners:
                 log.info("role %s: resumed", role, extra={"role": role})
         for command in commands:
+            log.debug("control record: %s %s (%s)%s", command.verb, command.role, command.describe(),
+                      "" if command.role in self.sup.runners else ": no such role here, ignored")
             if command.role not in self.sup.runners:
                 continue
             try:

@@ -406,12 +406,17 @@ class Supervisor:
             self._reload_again = True
             return
         self._reload_running = True
+        log.debug("reload: checking %s off the loop", self.config.source_path)
         config, environ = self.config, dict(self.environ)
         self._effect("check the config file for reload", lambda: plan_reload(config, environ),
                      self._reload_checked)
 
     def _reload_checked(self, plan: ReloadPlan | None, error: BaseException | None) -> None:
         self._reload_running = False
+        if plan is not None:
+            log.debug("reload check done: retire %s, start %s", list(plan.retire), list(plan.start))
+        elif error is None:
+            log.debug("reload check done: nothing to apply")
         if error is not None:
             log.error("reload refused, keeping the running config: %s", describe(error))
         elif plan is not None and not self.stopping:
