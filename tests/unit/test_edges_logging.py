@@ -306,3 +306,29 @@ def test_without_debug_no_effect_line_is_formatted(caplog):
     finally:
         effects._short = real
     assert not calls and not caplog.records
+
+
+def test_at_start_dead_members_are_revoked_and_stale_ones_named_once(caplog, monkeypatch):
+    from etcdvisor.coord.memory import FakeClock, MemoryBackend
+    from etcdvisor.coord.records import dumps
+    from etcdvisor.runtime import stale
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock)
+    here = stale.identity()
+    monkeypatch.setattr(stale.socket, "gethostname", lambda: "vm")
+    dead, quiet, live = (store.lease_grant(10).id for _ in range(3))
+    base = {"host": "vm", "boot": here["boot"], "pidns": here["pidns"], "ttl": 10, "roles": {}}
+    store.put("/m/dead", dumps({**base, "pid": 2 ** 22 + 7, "pid_start": 1}).encode(), lease=dead)
+    store.put("/m/quiet", dumps({**base, "host": "other", "pid": 5, "pid_start": 1}).encode(), lease=quiet)
+    clock.advance(6)  # 'quiet' stops renewing; 'live' keeps alive
+    store.lease_keepalive(live)
+    store.put("/m/live", dumps({**base, "host": "other", "pid": 6, "pid_start": 1}).encode(), lease=live)
+    assert stale.clear_dead_members(store, "/m/") == ["dead"]
+    assert store.get("/m/dead") is None and store.get("/m/quiet") is not None and store.get("/m/live") is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("member dead of a previous run (host vm, pid 4194311) is gone: revoked its lease")
+    assert len(lines) == 2 and lines[1].startswith(
+        "waiting on members that stopped renewing their lease (a previous run?): quiet (host other, pid 5, "
+        "not renewed for 6s, expires in 4s)"), lines

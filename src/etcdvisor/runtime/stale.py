@@ -98,6 +98,9 @@ def known_dead(doc: dict[str, Any], here: dict[str, Any],
     return True
 
 
+MAX_TTL_CHECKS = 32  # lease look-ups at start for the stale-member line (a big fleet: the first 32)
+
+
 def clear_dead_members(backend: Backend, members_prefix: str, *, stale_after: float = 3.0) -> list[str]:
     """(Start-up, before joining) Revoke the leases of member records known dead;
     say once which other members look stale. Returns the ids whose lease was revoked.
@@ -109,6 +112,7 @@ def clear_dead_members(backend: Backend, members_prefix: str, *, stale_after: fl
         log.warning("cannot read the member records to find members of a previous run: %s", exc)
         return []
     revoked, stale = [], []
+    checks = MAX_TTL_CHECKS
     for kv in kvs:
         member = kv.key[len(members_prefix):]
         try:
@@ -126,8 +130,11 @@ def clear_dead_members(backend: Backend, members_prefix: str, *, stale_after: fl
                          kv.lease)
                 continue
             ttl = doc.get("ttl")
+            if not isinstance(ttl, int) or checks <= 0:
+                continue
+            checks -= 1
             remaining = backend.lease_ttl(kv.lease)
-            if isinstance(ttl, int) and 0 < remaining < ttl - stale_after:
+            if 0 < remaining < ttl - stale_after:
                 stale.append(f"{member} (host {doc.get('host')}, pid {doc.get('pid')}, "
                              f"not renewed for {ttl - remaining}s, expires in {remaining}s)")
         except CoordError as exc:
