@@ -90,3 +90,24 @@ def test_a_restart_with_the_same_member_id_after_a_crash_does_not_wait_for_the_o
         assert "revoked its lease" in again.output()
     finally:
         fleet.close()
+
+
+def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out(private_etcd, tmp_path):
+    """Issue 19, 1.2: after a member is lost (here frozen: a SIGKILLed one on this host would be
+    known dead and its lease revoked at once), a new member is assigned 1/2 and waits for the
+    lost member's child until its lease expires: it says so (one line when the wait has
+    lasted a second, one when it ends), instead of several silent seconds."""
+    fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
+    try:
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=6)
+        first = fleet.start("vm-a", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
+        first.pause()  # its watchdog kills the child at the lease deadline; the lease runs out
+        new = fleet.start("vm-b", config)
+        began = re.compile(r"role shard: \d/2 waits for vm-a's (child|lease|kill bound) \(0/1\) \(1\.\ds so far\)")
+        wait_for(lambda: began.search(new.output()), 20, "the wait line")
+        wait_for(lambda: "role shard: done waiting after" in new.output(), 20, "the end of the wait")
+        wait_for(lambda: [(i.index, i.count) for i in fleet.history().live("shard")] == [(0, 1)], 20,
+                 "the new member runs 0/1")
+    finally:
+        fleet.close()
