@@ -332,3 +332,23 @@ def test_at_start_dead_members_are_revoked_and_stale_ones_named_once(caplog, mon
     assert len(lines) == 2 and lines[1].startswith(
         "waiting on members that stopped renewing their lease (a previous run?): quiet (host other, pid 5, "
         "not renewed for 6s, expires in 4s)"), lines
+
+
+def test_debug_shows_a_topic_message_claimed(caplog):
+    from etcdvisor.recipes.topic import Message
+    from etcdvisor.roles.topic import Delivered
+
+    caplog.set_level(logging.DEBUG, logger="etcdvisor")
+    h = _harness("""
+  thumbs:
+    type: topic
+    topic: images
+    command: ["thumb"]
+""")
+    h.sup.runners["thumbs"].source = type("Source", (), {"ack": lambda self, m: None,
+                                                         "release": lambda self, m: None,
+                                                         "close": lambda self: None})()
+    h.tell("thumbs", Delivered(Message(id=7, data=b"payload", published_at=0.0)))
+    h.turn()
+    assert "role thumbs: message 7 claimed (7 bytes): waiting for a run slot (1 waiting)" in [
+        r.getMessage() for r in caplog.records]

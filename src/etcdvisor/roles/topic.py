@@ -172,6 +172,8 @@ class TopicRunner(RoleRunner):
                 return
             self.runs[key] = _Run(message, delivered_at=at)
             self._waiting.append(key)
+            log.debug("role %s: message %d claimed (%d bytes): waiting for a run slot (%d waiting)",
+                      self.name, message.id, len(message.data), len(self._waiting))
 
     def _assign_slots(self, now: float) -> None:
         """Give free run slots to waiting runs, oldest first; release those
