@@ -325,7 +325,7 @@ def test_at_start_dead_members_are_revoked_and_stale_ones_named_once(caplog, mon
     clock.advance(6)  # 'quiet' stops renewing; 'live' keeps alive
     store.lease_keepalive(live)
     store.put("/m/live", dumps({**base, "host": "other", "pid": 6, "pid_start": 1}).encode(), lease=live)
-    assert stale.clear_dead_members(store, "/m/") == ["dead"]
+    assert stale.clear_dead_members(store, "/m/", "c1") == ["dead"]
     assert store.get("/m/dead") is None and store.get("/m/quiet") is not None and store.get("/m/live") is not None
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("member dead of a previous run (host vm, pid 4194311) is gone: revoked its lease")
@@ -352,3 +352,32 @@ def test_debug_shows_a_topic_message_claimed(caplog):
     h.turn()
     assert "role thumbs: message 7 claimed (7 bytes): waiting for a run slot (1 waiting)" in [
         r.getMessage() for r in caplog.records]
+
+
+def test_a_dead_member_whose_child_still_runs_keeps_its_lease(caplog, monkeypatch):
+    import subprocess
+    import sys
+
+    from etcdvisor.coord.memory import MemoryBackend
+    from etcdvisor.coord.records import dumps
+    from etcdvisor.runtime import stale
+
+    caplog.set_level(logging.INFO, logger="etcdvisor")
+    store = MemoryBackend()
+    here = stale.identity()
+    monkeypatch.setattr(stale.socket, "gethostname", lambda: "vm")
+    lease = store.lease_grant(10).id
+    store.put("/m/ghost", dumps({"host": "vm", "boot": here["boot"], "pidns": here["pidns"], "ttl": 10,
+                                 "pid": 2 ** 22 + 9, "pid_start": 1}).encode(), lease=lease)
+    env = {"ETCDVISOR_CHILD_TAG": "t1", "ETCDVISOR_MEMBER_ID": "ghost", "ETCDVISOR_CLUSTER": "c1"}
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    try:
+        assert stale.children_left("c1", "ghost") == [child.pid]
+        assert stale.children_left("c2", "ghost") == [] and stale.children_left("c1", "ghos") == []
+        assert stale.clear_dead_members(store, "/m/", "c1") == []
+        assert store.get("/m/ghost") is not None, "an escaped child of the dead member still runs"
+        assert f"1 of its children still run (pids {child.pid})" in caplog.text
+    finally:
+        child.kill()
+        child.wait()
+    assert stale.clear_dead_members(store, "/m/", "c1") == ["ghost"]

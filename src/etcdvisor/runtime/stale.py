@@ -16,7 +16,9 @@ revoked, its lease runs out as usual):
 * its supervisor's pid is not running, or runs a process that started at another
   time (``pid_start``, clock ticks since boot: the pid was reused);
 * the same for its watchdog (``watchdog``, ``watchdog_start``), which kills the
-  dead supervisor's children: once it is gone too, no child of that member is left.
+  dead supervisor's children: once it is gone too, no child of that member is left;
+* and, to be sure, no process readable here carries the marker of one of its children
+  (``ETCDVISOR_CHILD_TAG`` with its ``ETCDVISOR_MEMBER_ID`` and ``ETCDVISOR_CLUSTER``).
 
 A frozen (SIGSTOPped) or still-exiting member is a running pid: never revoked. A
 record of this member's own id on another lease is handled the same way (a restart
@@ -101,7 +103,29 @@ def known_dead(doc: dict[str, Any], here: dict[str, Any],
 MAX_TTL_CHECKS = 32  # lease look-ups at start for the stale-member line (a big fleet: the first 32)
 
 
-def clear_dead_members(backend: Backend, members_prefix: str, *, stale_after: float = 3.0) -> list[str]:
+def children_left(cluster: str, member: str, proc: str = "/proc") -> list[int]:
+    """Pids on this host (readable here) of children a supervisor of ``member`` in
+    ``cluster`` started: their environment has the tracking marker and those ids."""
+    marks = (b"\0ETCDVISOR_CHILD_TAG=", f"\0ETCDVISOR_MEMBER_ID={member}\0".encode(),
+             f"\0ETCDVISOR_CLUSTER={cluster}\0".encode())
+    found = []
+    try:
+        names = [n for n in os.listdir(proc) if n.isdigit()]
+    except OSError:
+        return []
+    for name in names:
+        try:
+            with open(os.path.join(proc, name, "environ"), "rb") as fh:
+                env = b"\0" + fh.read(1 << 20) + b"\0"
+        except OSError:
+            continue
+        if all(mark in env for mark in marks):
+            found.append(int(name))
+    return found
+
+
+def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "", *,
+                       stale_after: float = 3.0) -> list[str]:
     """(Start-up, before joining) Revoke the leases of member records known dead;
     say once which other members look stale. Returns the ids whose lease was revoked.
     Store errors are warnings: the start goes on (those leases then expire as usual)."""
@@ -122,7 +146,11 @@ def clear_dead_members(backend: Backend, members_prefix: str, *, stale_after: fl
         if not kv.lease:
             continue
         try:
-            if known_dead(doc, here):
+            left = children_left(cluster, member) if cluster and known_dead(doc, here) else []
+            if left:
+                log.info("member %s of a previous run is gone but %d of its children still run (pids %s): "
+                         "its lease is left to expire", member, len(left), ", ".join(map(str, left[:8])))
+            elif known_dead(doc, here):
                 backend.lease_revoke(kv.lease)
                 revoked.append(member)
                 log.info("member %s of a previous run (host %s, pid %s) is gone: revoked its lease %x, "

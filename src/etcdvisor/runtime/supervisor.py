@@ -207,7 +207,7 @@ class Supervisor:
         runners = build_runners(self.config, self.ctx, list(self.config.roles))
         # members of a previous run known dead (same host, boot and pid namespace, pids gone):
         # revoke their leases before joining, so nothing waits for them or counts them
-        clear_dead_members(self.backend, self.keys.members)
+        clear_dead_members(self.backend, self.keys.members, self.config.cluster)
         try:
             self.session = Session(self.backend, member.ttl, name=member.id).start()
         except CoordError as exc:
