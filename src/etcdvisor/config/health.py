@@ -98,7 +98,8 @@ def _probe(raw: Mapping, path: tuple, problems: Problems) -> ProbeSpec | None:
     kind = kinds[0]
     read = _Reader(raw, path, problems)
     before = len(problems)
-    target, argv = "", ()
+    target: str = ""
+    argv: tuple[str, ...] = ()
     if kind == "exec":
         argv = tuple(raw["exec"])
         for i, arg in enumerate(argv):

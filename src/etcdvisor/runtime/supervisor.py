@@ -45,6 +45,8 @@ from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
 from .ops import Operations
+from .probes import ProbeDone, ProbeRunner
+from .readiness import NotifyMessage, Readiness
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .roster import Roster
@@ -53,6 +55,7 @@ from .wiring import WIRING_LANE, SeedWiring
 log = logging.getLogger("etcdvisor")
 
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
+NEEDS_LEADER_GRACE = 5.0  # a needed leader role without a child here: wait this long for its election
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
 
@@ -126,6 +129,11 @@ class Supervisor:
         self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
+        self.probes = ProbeRunner(self.inbox.put, None)  # the manager is set by start()
+        self.readiness = Readiness(self.probes, member=config.member.id, metrics=self.ops.metrics)
+        self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
+        self._needs_wake: float | None = None
+        self._needs_seen: dict[int, float] = {}  # runner serial -> first asked (needs of leader roles)
         self._reload_again = False  # another SIGHUP came meanwhile
 
     @property
@@ -210,6 +218,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
+        self.probes.manager = self.manager
         if self.embedded is not None and self.embedded.proc is not None:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
@@ -281,15 +290,18 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
+        self._check_on_failed()
         self.roster.flush_effects()
         after = self.clock()
+        self.ops.health.unready = tuple(self.readiness.unready_checked(after))
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
-                     self.wiring.next_deadline() if self.wiring is not None else None]
+                     self.wiring.next_deadline() if self.wiring is not None else None,
+                     self.readiness.next_deadline(), self._needs_wake]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -302,6 +314,10 @@ class Supervisor:
             self.gate.update(event)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
+        elif isinstance(event, ProbeDone):
+            self.readiness.on_probe(event, self.clock())
+        elif isinstance(event, NotifyMessage):
+            self.readiness.on_notify(event, self.clock())
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
@@ -388,6 +404,7 @@ class Supervisor:
     # --- reconcile ---------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
+        self._needs_wake = None
         self.roster.settle()
         wiring = self.wiring  # None: a loop built without start() (tests)
         if wiring is not None:
@@ -400,6 +417,8 @@ class Supervisor:
                     self.roster.call(runner, "while_paused", functools.partial(runner.while_paused, now))
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
+                if desired and runner.spec.needs:
+                    desired = self._needs_gate(runner, desired, now)
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.roster.apply(runner, wiring.gate(runner, desired) if wiring else desired)
@@ -409,7 +428,9 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
-        self._last_status = self._roles_status()
+        self.readiness.sync(((runner.spec, slot) for runner, _key, slot in self.reconciler.children()), now)
+        self.readiness.run_due(now)
+        self._last_status = self._roles_status(now)
         self._update_record(now if lease_ok else None)
 
     def _update_record(self, now: float | None) -> None:
@@ -424,7 +445,8 @@ class Supervisor:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
 
-    def _roles_status(self) -> dict[str, Any]:
+    def _roles_status(self, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
         status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
         for name in status:
             waiting = self.gate.waiting_on(name)
@@ -444,8 +466,70 @@ class Supervisor:
             index = spec.env.get("INDEX", "") if spec is not None else ""
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
-                          "index": int(index) if index.isdigit() else None}
+                          "index": int(index) if index.isdigit() else None,
+                          "restarts_by_reason": dict(slot.restarts_by_reason),
+                          **self.readiness.status(slot.name, now)}
         return status
+
+    # --- readiness -------------------------------------------------------------------
+    def child_ready_since(self, role: str, key: str) -> float | None:
+        """Since when (monotonic) the child in slot ``key`` of ``role`` has been
+        ready on this member, or None when it is not ready (not running, stopping,
+        not started, probes failing). For rollouts: a replacement is done once
+        ``now - child_ready_since(role, key) >= min_ready``."""
+        return self.readiness.ready_since(f"{role}/{key}", self.clock())
+
+    def child_ready(self, role: str, key: str) -> bool:
+        """True while the child in slot ``key`` of ``role`` is ready (see
+        :meth:`child_ready_since`)."""
+        return self.child_ready_since(role, key) is not None
+
+    def _needs_gate(self, runner: RoleRunner, desired: dict[str, Any], now: float) -> dict[str, Any]:
+        """``needs:``: children of ``runner`` not running yet start only once every
+        child of the needed roles on this member is ready (and there is one)."""
+        if self._needs_met(runner.spec.needs, now):
+            return desired
+        current = self.reconciler.slots_of(runner)
+        return {k: spec for k, spec in desired.items() if k in current and current[k].child is not None}
+
+    def _needs_met(self, needs: Iterable[str], now: float) -> bool:
+        """Every child of the roles ``needs`` on this member is ready. A needed
+        sharded role must have a child here; a leader role (singleton, cron, job)
+        led elsewhere has none, which is fine once another leader is known or the
+        role has campaigned here for ``NEEDS_LEADER_GRACE`` without winning."""
+        seen = set()
+        for owner, _key, slot in self.reconciler.children():
+            if owner.name in needs and self.runners.get(owner.name) is owner and slot.desired is not None:
+                if not self.readiness.ready(slot.name, now):
+                    return False
+                seen.add(owner.name)
+        for name in needs:
+            runner = self.runners.get(name)
+            if name in seen or runner is None:
+                continue
+            if runner.spec.type is RoleType.SHARDED:
+                return False
+            since = self._needs_seen.setdefault(runner.serial, now)
+            leader = getattr(runner, "leader_member", None)
+            if runner.status().get("leader"):
+                return False
+            if leader in (None, self.config.member.id) and now - since < NEEDS_LEADER_GRACE:
+                self._needs_wake = since + NEEDS_LEADER_GRACE
+                return False
+        return True
+
+    def _check_on_failed(self) -> None:
+        """``on_failed: exit``: a FAILED role stops the member (exit status 3)."""
+        if self.stopping:
+            return
+        for name, status in self._last_status.items():
+            role = self.config.roles.get(name)
+            if status.get("failed") and role is not None and role.on_failed == "exit":
+                log.error("role %s FAILED (%s) and has on_failed: exit: stopping every child, "
+                          "leaving the cluster, exit status 3", name, status["failed"], extra={"role": name})
+                self.stopping = True
+                self.exit_status = 3
+                return
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
@@ -470,7 +554,7 @@ class Supervisor:
             log.warning("some writes to the store did not finish before leaving")
         self.roster.stop_all()
         self.close()
-        return 1 if self.escalated else 0
+        return 1 if self.escalated else self.exit_status
 
     def close(self) -> None:
         self.ops.stop()
