@@ -74,6 +74,10 @@ class FakeChild:
     def tag(self) -> str:
         return f"fake-{self.pid}"
 
+    @property
+    def alive(self) -> bool:
+        return True
+
 
 class FakeSlot:
     def __init__(self, name, spec):

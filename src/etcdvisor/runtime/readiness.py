@@ -101,23 +101,29 @@ class Readiness:
         self.runs: dict[str, ChildRun] = {}  # slot name -> current run
         self.last_failure: dict[str, dict[str, Any]] = {}  # slot name -> {probe, at, message}
         self.notify_status: dict[str, str] = {}  # slot name -> last STATUS=
+        self.wanted: set[str] = set()  # slots of readiness-checked roles that should run a child
 
     # --- following children ------------------------------------------------------------
     def sync(self, children: Iterable[tuple[RoleSpec, Slot]], now: float) -> None:
         """Start a run for each newly started child; forget the ones gone."""
-        seen, known = set(), set()
+        seen, known, wanted = set(), set(), set()
         for role, slot in children:
             child = slot.child
             known.add(slot.name)
-            if child is None or child.state is not ChildState.RUNNING or child.pid is None:
+            if role.health.readiness_checked and slot.desired is not None:
+                wanted.add(slot.name)
+            if child is None or child.pid is None or not child.alive:
                 continue
-            seen.add(slot.name)
             run = self.runs.get(slot.name)
-            if run is None or run.tag != child.tag:
+            if run is not None and run.tag == child.tag:
+                seen.add(slot.name)  # running, or stopping: kept until gone (not ready)
+            elif child.state is ChildState.RUNNING:
+                seen.add(slot.name)
                 self.runs[slot.name] = self._new_run(role, slot, child.tag, child.pid,
                                                      child.started_at or now)
         for name in [n for n in self.runs if n not in seen]:
             del self.runs[name]
+        self.wanted = wanted
         self.forget([n for n in {*self.last_failure, *self.notify_status} if n not in known])
 
     def forget(self, names: Iterable[str]) -> None:
@@ -162,9 +168,10 @@ class Readiness:
         return self.ready_since(slot_name, now) is not None
 
     def unready_checked(self, now: float) -> list[str]:
-        """Slot names of running children with a readiness check that are not ready."""
-        return sorted(name for name, run in self.runs.items()
-                      if run.checked and self.ready_since(name, now) is None)
+        """Slot names of wanted children with a readiness check (probe or notify)
+        that are not ready (starting, failing, stopping, in backoff)."""
+        return sorted(name for name in self.wanted | {n for n, r in self.runs.items() if r.checked}
+                      if self.ready_since(name, now) is None)
 
     def status(self, slot_name: str, now: float) -> dict[str, Any]:
         """Fields of one child in the member record: ready, probe_failure, notify_status."""
@@ -187,7 +194,8 @@ class Readiness:
     def next_deadline(self) -> float | None:
         times: list[float] = []
         for run in self.runs.values():
-            if run.failing:
+            child = run.slot.child
+            if run.failing or child is None or child.state is not ChildState.RUNNING:
                 continue
             if not run.checked and run.startup_done:
                 times.append(run.started_at + run.role.min_ready)
@@ -205,7 +213,8 @@ class Readiness:
         """Start every probe that is due; act on an expired watchdog."""
         self.runner.tick(now)
         for name, run in list(self.runs.items()):
-            if run.failing:
+            child = run.slot.child
+            if run.failing or child is None or child.state is not ChildState.RUNNING:
                 continue
             if run.watchdog_at is not None and now >= run.watchdog_at:
                 self._fail(run, "watchdog", f"no WATCHDOG=1 for {run.role.health.watchdog:g}s", now)

@@ -44,6 +44,7 @@ from .effects import EffectRunner
 from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
+from .notify import NotifyHub
 from .ops import Operations
 from .probes import ProbeDone, ProbeRunner
 from .readiness import NotifyMessage, Readiness
@@ -132,6 +133,7 @@ class Supervisor:
         self.probes = ProbeRunner(self.inbox.put, None)  # the manager is set by start()
         self.readiness = Readiness(self.probes, member=config.member.id, metrics=self.ops.metrics)
         self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
+        self.notify: NotifyHub | None = None  # made when the first notify child is specified
         self._needs_wake: float | None = None
         self._needs_seen: dict[int, float] = {}  # runner serial -> first asked (needs of leader roles)
         self._reload_again = False  # another SIGHUP came meanwhile
@@ -232,6 +234,7 @@ class Supervisor:
                                  lambda what, call, done=None: self.effects.submit(
                                      Effect(WIRING_LANE, 0, what, call, done)))
         self.ctx.config_env = self.wiring.child_env
+        self.ctx.notify_socket = self._notify_socket
         self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
@@ -428,8 +431,11 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
-        self.readiness.sync(((runner.spec, slot) for runner, _key, slot in self.reconciler.children()), now)
+        children = self.reconciler.children()
+        self.readiness.sync(((runner.spec, slot) for runner, _key, slot in children), now)
         self.readiness.run_due(now)
+        if self.notify is not None:
+            self._follow_notify(children)
         self._last_status = self._roles_status(now)
         self._update_record(now if lease_ok else None)
 
@@ -483,6 +489,30 @@ class Supervisor:
         """True while the child in slot ``key`` of ``role`` is ready (see
         :meth:`child_ready_since`)."""
         return self.child_ready_since(role, key) is not None
+
+    def _notify_socket(self, child_name: str) -> str:
+        if self.notify is None:
+            self.notify = NotifyHub(self.inbox.put)
+        return self.notify.path_for(child_name)
+
+    def _follow_notify(self, children: list[tuple[RoleRunner, str, Any]]) -> None:
+        """Tell the sd_notify reader which child owns which socket; close the others."""
+        assert self.notify is not None
+        owners, names = {}, []
+        for runner, _key, slot in children:
+            if not runner.spec.health.notify:
+                continue
+            spec = slot.child.spec if slot.child is not None else slot.desired
+            if spec is None or "NOTIFY_SOCKET" not in spec.env:
+                continue
+            names.append(spec.name)
+            if slot.desired is not None and slot.desired.name != spec.name:
+                names.append(slot.desired.name)
+            child = slot.child
+            if child is not None and child.pid is not None:
+                owners[spec.env["NOTIFY_SOCKET"]] = (slot.name, child.pid, child.tag)
+        self.notify.set_owners(owners)
+        self.notify.retain(names)
 
     def _needs_gate(self, runner: RoleRunner, desired: dict[str, Any], now: float) -> dict[str, Any]:
         """``needs:``: children of ``runner`` not running yet start only once every
@@ -558,6 +588,9 @@ class Supervisor:
 
     def close(self) -> None:
         self.ops.stop()
+        self.probes.close()
+        if self.notify is not None:
+            self.notify.close()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
