@@ -37,6 +37,7 @@ from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
+from ..process.slot import SlotState
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
 from .child_health import ChildHealth
@@ -53,6 +54,7 @@ from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
 
+JUDGED_STATES = (SlotState.RUNNING, SlotState.STOPPING, SlotState.BACKOFF)  # readiness applies
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
@@ -230,6 +232,7 @@ class Supervisor:
                                      Effect(WIRING_LANE, 0, what, call, done)))
         self.ctx.config_env = self.wiring.child_env
         self.ctx.notify_socket = self.child_health.notify_socket
+        self.ctx.children_health = self._children_health
         self.wiring.start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
@@ -479,6 +482,16 @@ class Supervisor:
         """True while the child in slot ``key`` of ``role`` is ready (see
         :meth:`child_ready_since`)."""
         return self.child_ready_since(role, key) is not None
+
+    def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
+        """(RuntimeContext.children_health) slot key -> (child alive, ready or None)."""
+        now = self.clock()
+        health = {}
+        for runner, key, slot in self.reconciler.children():
+            if runner.name == role and self.runners.get(role) is runner:
+                judged = slot.state in JUDGED_STATES or (slot.state is SlotState.STOPPED and slot.desired is not None)
+                health[key] = (slot.child is not None, self.readiness.ready(slot.name, now) if judged else None)
+        return health
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
