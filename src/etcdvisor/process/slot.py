@@ -31,8 +31,9 @@ Guarantees:
 - An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure,
   except after ``fail_child(now, reason, quick)`` (a failed health check): that exit
   counts like a crash (backoff, ``start_retries``, FAILED) and its ``Exited`` carries
-  ``reason``; ``quick`` makes it a quick exit whatever the uptime (a child that never
-  became healthy must end FAILED like a crash loop).
+  ``reason``; ``quick`` (the child never became healthy) makes it a quick exit whatever
+  the uptime, so such a child ends FAILED like a crash loop; without ``quick`` (it had
+  been healthy) the count resets and the child restarts at once.
 - Restarts are counted by reason (``restarts_by_reason``): ``exit`` and the health
   reasons for automatic ones, ``restart_child``'s ``reason`` (``control`` by default)
   and ``config`` (a new spec replaced a running child) for requested ones; a requested
@@ -264,8 +265,10 @@ class Slot:
             self.state = SlotState.EXITED  # RUNNING | STOPPING -> EXITED
             events.append(Exited(self.name, code, uptime, None, reason))
             return
-        quick = health is not None and health[1]
-        self._failures = self.backoff.next_failures(self._failures, 0.0 if quick else uptime)
+        if health is None:
+            self._failures = self.backoff.next_failures(self._failures, uptime)
+        else:  # never healthy: a quick exit whatever the uptime; healthy before: restart at once
+            self._failures = self._failures + 1 if health[1] else 0
         if self._failures > self.start_retries:
             self.state = SlotState.FAILED  # RUNNING | STOPPING -> FAILED
             events.append(Exited(self.name, code, uptime, None, reason))

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..process.manager import ProcessManager
-from ..process.slot import Exited, RestartPolicy, Slot, SlotEvent, SpawnFailed, Stopped
+from ..process.slot import Exited, RestartPolicy, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 
 log = logging.getLogger("etcdvisor")
@@ -119,6 +119,7 @@ class ProbeRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._execs: dict[Slot, tuple[ProbeDone, float, float]] = {}  # slot -> (run, deadline, timeout)
         self._finished: list[Slot] = []  # exec probe slots to drop once idle
+        self._tags: dict[Slot, str] = {}  # exec probe slot -> its run's marker
 
     def _submit(self, done: ProbeDone, call: Callable[[], tuple[bool, str]]) -> None:
         if self._pool is None:
@@ -159,6 +160,10 @@ class ProbeRunner:
         if entry is None:
             return
         done, _deadline, timeout = entry
+        if isinstance(event, Started):
+            if slot.child is not None:
+                self._tags[slot] = slot.child.tag
+            return
         if isinstance(event, Exited):
             ok = event.code == 0
             outcome = (True, "exit status 0") if ok else (False, f"exit status {event.code}")
@@ -169,6 +174,10 @@ class ProbeRunner:
         else:
             return
         del self._execs[slot]
+        tag = self._tags.pop(slot, None)
+        if tag is not None and self.manager is not None:
+            # whatever the probe left (a daemon) goes now, not at the next census
+            self.manager.tracker.kill_tree(tag, None, None)
         slot.set_desired(None)
         self._finished.append(slot)
         self.post(ProbeDone(done.slot, done.tag, done.probe, *outcome))
