@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import STOP_TIMEOUT, pid_alive, read_records, wait_for, wait_pids_gone
 from .harness_ops import free_port
-from .harness_roles import poll_status
+from .harness_roles import cli, poll_status
 from .test_run_singleton import assert_one_leader_at_a_time, current_leader
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
@@ -76,6 +76,8 @@ def test_a_child_that_hangs_is_restarted_by_its_liveness_probe(fleet, kind):
         and s, 20, "status to show the replacement ready and a liveness restart")
     child = children_of(status, "api")[0]
     assert child["probe_failure"]["probe"] == "liveness" and child["probe_failure"]["message"]
+    text = cli("status", "-c", str(config)).stdout.decode()
+    assert "restarts (liveness 1)" in text and "last probe failure on m0" in text, text
 
 
 def _connect_nowait(port: int) -> socket.socket:
@@ -136,6 +138,8 @@ def test_needs_starts_after_and_stops_before(fleet):
     status = wait_for(lambda: (s := poll_status(config)) and all(
         c.get("ready") for c in children_of(s, "db")) and children_of(s, "db") and s, 20, "db ready")
     assert children_of(status, "db")[0]["notify_status"] == "serving"
+    text = cli("status", "-c", str(config)).stdout.decode()
+    assert "STATUS= on m0 0/1: serving" in text and "running pid" in text and " ready" in text, text
     member.term()
     assert member.wait(30) == 0
     records = read_records(fleet.record_path)
