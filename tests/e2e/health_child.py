@@ -7,7 +7,7 @@ this port: 200 for every path), HC_NOTIFY_AFTER (seconds, then READY=1 and
 STATUS=serving), HC_WATCHDOG_EVERY (seconds between WATCHDOG=1), HC_HANG_AFTER
 (seconds, then SIGSTOP itself, only if HC_HANG_ONCE names a file that does not
 exist yet: it is created, so the replacement runs normally), HC_NEVER_READY=1
-(never send READY=1), HC_BACKLOG (listen backlog, default 16).
+(never send READY=1), HC_ALLOCATE_MB (hold this much resident memory), HC_BACKLOG (listen backlog, default 16).
 """
 
 import http.server
@@ -66,6 +66,8 @@ def main() -> None:
     if hang_at is not None and os.path.exists(env.get("HC_HANG_ONCE", "")):
         hang_at = None
     every = float(env.get("HC_WATCHDOG_EVERY", "0"))
+    ballast = bytearray(int(float(env.get("HC_ALLOCATE_MB", "0")) * 1024 * 1024))
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page: resident, not just reserved
     next_dog = started
     ready_sent = env.get("HC_NEVER_READY") == "1"
     while not stop.is_set():

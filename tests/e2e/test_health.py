@@ -161,3 +161,18 @@ def test_on_failed_exit_stops_every_child_and_exits_3(fleet):
     assert pids and not [p for p in pids if pid_alive(p)], "a child outlived the member"
     assert not member.descendants()
     assert fleet.backend().get(fleet.member_key("m0")) is None, "the member did not leave the cluster"
+
+
+def test_a_child_over_its_memory_limit_is_restarted(fleet):
+    role = health_role(fleet, "sharded", health={"memory": "40MiB"}, env={"HC_ALLOCATE_MB": "80"},
+                       start_retries=1, backoff={"initial": "0.2s"})
+    config = fleet.write_config({"api": role})
+    fleet.start("m0", config)
+    status = wait_for(lambda: (s := poll_status(config)) and any(
+        (c.get("restarts_by_reason") or {}).get("memory") for c in children_of(s, "api")) and s, 30,
+        "a restart for memory")
+    child = children_of(status, "api")[0]
+    assert child["probe_failure"]["probe"] == "memory" and "above the limit" in child["probe_failure"]["message"]
+    # never healthy: counts toward start_retries like a crash loop
+    wait_for(lambda: any(m["roles"]["api"].get("failed") for m in poll_status(config)["members"]), 30,
+             "the role to go FAILED")

@@ -32,7 +32,7 @@ from ..process.spawn import ChildSpec
 
 log = logging.getLogger("etcdvisor")
 
-POOL_SIZE = 4
+POOL_SIZE = 8
 MESSAGE_MAX = 200  # characters of a failure message kept for status
 
 

@@ -7,7 +7,8 @@ child's tag). Semantics, as Kubernetes defines them:
   ``min_ready`` (and passed its ``startup`` probe, if any) without exiting;
 - with them, it is ready while its readiness probe passes (``success_threshold``
   successes in a row make it ready, ``failure_threshold`` failures unready) and,
-  with ``notify``, once it sent ``READY=1``;
+  with ``notify``, once it sent ``READY=1`` (``STOPPING=1`` and ``RELOADING=1`` make it
+  unready until the next ``READY=1``);
 - ``liveness`` and ``readiness`` probes start after ``startup`` succeeded (each after
   its ``initial_delay``); ``startup`` failing ``failure_threshold`` times in a row,
   ``liveness`` failing ``failure_threshold`` times in a row, no ``WATCHDOG=1`` for
@@ -298,6 +299,8 @@ class Readiness:
                 continue
             if key == "READY" and value == "1":
                 run.notify_ready = True
+            elif key in ("STOPPING", "RELOADING") and value == "1":
+                run.notify_ready = False  # ready again with the next READY=1
             elif key == "WATCHDOG" and value == "1" and run.role.health.watchdog is not None:
                 run.watchdog_at = now + run.role.health.watchdog
             elif key == "WATCHDOG" and value == "trigger":
