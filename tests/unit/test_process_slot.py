@@ -168,7 +168,7 @@ def test_a_failed_health_check_restarts_like_a_crash_and_ends_failed():
     never healthy (quick), with the check as the Exited reason."""
     slot = Slot(_spec(SLEEP), "always", RestartBackoff(initial=0.05, maximum=0.1), start_retries=1,
                 rand=lambda: 0.5)
-    for round_ in range(2):
+    for _round in range(2):
         _drive(slot, lambda events: slot.child is not None and slot.state is SlotState.RUNNING)
         assert slot.fail_child(time.monotonic(), "startup", True)
         seen = _drive(slot, _count(Exited, 1))
