@@ -186,6 +186,9 @@ class FakeRunner:
     def tick(self, now):
         pass
 
+    def cancel(self, slot_name):
+        self.launched.append(("cancel", slot_name))
+
     def next_deadline(self):
         return None
 
@@ -298,3 +301,20 @@ def test_memory_is_sampled_and_a_breach_restarts():
     assert runner.launched == [("memory", "1024")]
     ready.on_probe(done("memory", False), 100.1)
     assert slot.failed and slot.failed[0][0] == "memory"
+
+
+def test_exec_probes_of_a_stopping_child_are_killed(runner):
+    probes, manager, inbox = runner
+    child = ChildSpec(name="api[0]", argv=("true",), env=dict(os.environ))
+    probes.exec(ProbeDone("api/0", "tag", "liveness", False), ("sleep", "30"), child, 20.0, time.monotonic())
+    manager.tick(time.monotonic())
+    started = time.monotonic()
+    probes.cancel("api/0")
+    while True:
+        manager.tick(time.monotonic())
+        try:
+            outcome = inbox.get(timeout=0.02)
+            break
+        except queue.Empty:
+            assert time.monotonic() - started < 3, "the probe was not killed"
+    assert not outcome.ok and time.monotonic() - started < 3

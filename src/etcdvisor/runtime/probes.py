@@ -182,6 +182,12 @@ class ProbeRunner:
         self._finished.append(slot)
         self.post(ProbeDone(done.slot, done.tag, done.probe, *outcome))
 
+    def cancel(self, slot_name: str) -> None:
+        """The child of ``slot_name`` stops: kill its exec probes now (loop thread)."""
+        for slot, (done, _deadline, _timeout) in self._execs.items():
+            if done.slot == slot_name and slot.desired is not None:
+                slot.set_desired(None)
+
     def tick(self, now: float) -> None:
         """Kill exec probes past their timeout; drop finished ones (loop thread)."""
         for slot, (_done, deadline, _timeout) in list(self._execs.items()):

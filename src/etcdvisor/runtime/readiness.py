@@ -124,6 +124,7 @@ class Readiness:
                                                      child.started_at or now)
         for name in [n for n in self.runs if n not in seen]:
             del self.runs[name]
+            self.runner.cancel(name)
         self.wanted = wanted
         self.forget([n for n in {*self.last_failure, *self.notify_status} if n not in known])
 
@@ -323,6 +324,7 @@ class Readiness:
         quick = not (was_ready and (liveness is None or liveness.ever_passed))
         run.failing = True
         run.ready_since = None
+        self.runner.cancel(run.slot.name)
         log.warning("%s: %s check failed (%s): restarting it", run.slot.name, reason, message,
                     extra={"role": run.role.name})
         run.slot.fail_child(now, reason, quick)
