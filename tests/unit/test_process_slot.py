@@ -192,3 +192,17 @@ def test_a_healthy_child_that_fails_liveness_restarts_at_once_and_requested_rest
     assert any(isinstance(e, Stopped) for _, e in seen)  # a requested restart is not a crash
     assert slot.restarts_by_reason == {"liveness": 1, "rollout": 1}
     _stop(slot)
+
+
+def test_only_a_noted_spec_change_counts_as_a_config_restart():
+    slot = Slot(_spec(SLEEP), "always", RestartBackoff(initial=0.05), start_retries=0)
+    _drive(slot, _count(Started, 1))
+    slot.set_desired(_spec(SLEEP, "new-index"))  # a new assignment: not a restart
+    seen = _drive(slot, _count(Started, 1))
+    assert [e.reason for _, e in seen if isinstance(e, Started)] == [None]
+    slot.note_restart_reason("config")
+    slot.set_desired(_spec(SLEEP, "new-config"))
+    seen = _drive(slot, _count(Started, 1))
+    assert [e.reason for _, e in seen if isinstance(e, Started)] == ["config"]
+    assert slot.restarts_by_reason == {"config": 1}
+    _stop(slot)
