@@ -10,9 +10,10 @@ SIGCHLD; nothing here waits on the loop thread. Every outcome comes back as one
 :class:`ProbeDone` on the inbox.
 
 Contract of each kind: ``http`` GET, success on a 2xx or 3xx status (redirects are
-not followed; no proxy; an https certificate is not verified, as Kubernetes does); ``tcp`` a connect within ``timeout``; ``exec`` exit status 0 within
-``timeout`` (then the probe's group and tree get SIGKILL); ``memory`` the resident
-set of the child's process tree (psutil) at most the limit.
+not followed; no proxy; an https certificate is not verified, as Kubernetes does);
+``tcp`` a connect within ``timeout``; ``exec`` exit status 0 within ``timeout`` (then
+the probe's group and tree get SIGKILL); ``memory`` the resident set of the child's
+process tree (psutil) at most the limit.
 """
 
 from __future__ import annotations
