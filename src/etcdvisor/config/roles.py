@@ -15,6 +15,7 @@ from typing import TypedDict, overload
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
+from .health import health_fields
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
@@ -127,6 +128,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
     fields.update(_type_fields(check, role_type))
     fields.update(wiring_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
     fields.update(output_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
+    fields.update(health_fields(check.raw, check.path, role_type.value, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:

@@ -47,7 +47,6 @@ class Operations:
         # more routes (the dashboard, added by the CLI): each is called with the server before it starts
         self.http_routes: list[Callable[[OpsServer], None]] = []
         self.watch: control.ControlWatch | None = None
-        self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
         self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -97,12 +96,11 @@ class Operations:
         if isinstance(event, Exited) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
             if event.restart_at is not None:
-                self.metrics.restarts.labels(role).inc()
+                self.metrics.restarts.labels(role, event.reason).inc()
         elif isinstance(event, Stopped) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
-        elif isinstance(event, Started) and event.slot in self._restart_pending:
-            self._restart_pending.discard(event.slot)
-            self.metrics.restarts.labels(role).inc()
+        elif isinstance(event, Started) and event.reason is not None:
+            self.metrics.restarts.labels(role, event.reason).inc()
 
     def paused(self, role: str) -> bool:
         return self.control.is_paused(role)
@@ -164,8 +162,7 @@ class Operations:
             # per child: with ``processes: k`` or fixed shards a member runs several indexes
             if index is not None and index not in _child_indexes(slot):
                 continue
-            if slot.restart_child(now):
-                self._restart_pending.add(slot.name)
+            if slot.restart_child(now, "control"):
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
                  ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})

@@ -341,6 +341,9 @@ class RoleConfig:
             if restartable(role) and any(a.action is ChangeAction.RESTART for a in actions):
                 log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)),
                          extra={"role": role_name})
+                for runner, _key, slot in children:
+                    if runner.name == role_name:
+                        slot.note_restart_reason("config")  # counted as such when the spec changes
                 continue  # the spec changed: the slot restarts the child once its file is written
             # one-shot runs: a restart entry is only a file rewrite for the running ones
             signals = sorted({a.signal for a in actions if a.signal is not None})
