@@ -15,7 +15,7 @@ from typing import TypedDict, overload
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
-from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
 from .wiring import wiring_fields
@@ -124,6 +124,8 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
+    if "rollout" in raw:
+        fields["rollout"] = _rollout(check)
     fields.update(wiring_fields(check.raw, check.path, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
@@ -180,6 +182,24 @@ def _backoff(check: _RoleChecker) -> BackoffSettings:
     if initial is not None and maximum is not None and maximum < initial:
         sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
     return BackoffSettings(initial=initial, max=maximum)
+
+
+def _rollout(check: _RoleChecker) -> RolloutSettings:
+    """``rollout: {max_unavailable, min_ready, deadline}`` (schema-valid here)."""
+    sub = _RoleChecker(check.name, check.raw.get("rollout") or {}, check.problems)
+    sub.path = check.path + ("rollout",)
+    amount, percent = 25.0, True
+    raw = sub.raw.get("max_unavailable")
+    if isinstance(raw, str):
+        amount = float(raw.rstrip("%"))
+        if not 0 < amount <= 100:
+            sub.fail("max_unavailable", f"must be a percentage above 0% and at most 100%, got {raw!r}")
+    elif isinstance(raw, int):
+        amount, percent = float(raw), False
+    min_ready = sub.duration("min_ready", None, positive=False)
+    deadline = sub.duration("deadline", 600.0)
+    return RolloutSettings(max_unavailable=amount, percent=percent, min_ready=min_ready,
+                           deadline=deadline if deadline is not None else 600.0)
 
 
 def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "shards": ("sharded",),
     "children": ("sharded",),
     "standby": ("singleton",),
+    "rollout": ("sharded", "singleton"),
     "schedule": ("cron",),
     "timezone": ("cron",),
     "starting_deadline": ("cron",),

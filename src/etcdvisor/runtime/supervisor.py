@@ -37,6 +37,7 @@ from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
+from ..process.slot import SlotEvent
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
 from .control import ControlChanged
@@ -47,6 +48,7 @@ from .member import MemberRecord
 from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
+from .rollouts import ROLLOUT_LANE, MembersChanged, Rollouts, RolloutsChanged, RolloutWatch
 from .roster import Roster
 from .wiring import WIRING_LANE, SeedWiring
 
@@ -127,6 +129,8 @@ class Supervisor:
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
         self._reload_again = False  # another SIGHUP came meanwhile
+        self.rollouts: Rollouts | None = None  # rolling restarts (runtime/rollouts.py)
+        self.rollout_watch: RolloutWatch | None = None
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
@@ -215,7 +219,7 @@ class Supervisor:
             if self.manager.watchdog is not None:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
-        self.reconciler.observer = self.ops.on_slot_event
+        self.reconciler.observer = self._on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
         self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
@@ -223,7 +227,9 @@ class Supervisor:
                                  lambda what, call, done=None: self.effects.submit(
                                      Effect(WIRING_LANE, 0, what, call, done)))
         self.ctx.config_env = self.wiring.child_env
+        self.attach_rollouts()
         self.wiring.start()
+        self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
@@ -241,6 +247,24 @@ class Supervisor:
         if self.watch_config:
             self.file_watcher = ConfigFileWatcher(self.config.source_path, self.inbox.put,
                                                   signal.SIGHUP).start()
+
+    def attach_rollouts(self) -> Rollouts:
+        """Make the rolling-restart controller (after the session, reconciler and wiring)."""
+        session = self.session
+        self.rollouts = Rollouts(
+            self.config, self.backend, self.keys, self.config.member.id,
+            lambda what, call, done=None: self.effects.submit(Effect(ROLLOUT_LANE, 0, what, call, done)),
+            self.reconciler.children, lambda: session.lease_id, self.clock, time.time)
+        self.rollouts.on_rollout_restart = self.ops.rollout_restart
+        if self.wiring is not None:
+            self.wiring.config.rolling = True
+            self.rollouts.gate = self.wiring.config
+        return self.rollouts
+
+    def _on_slot_event(self, role: str, event: SlotEvent) -> None:
+        self.ops.on_slot_event(role, event)
+        if self.rollouts is not None:
+            self.rollouts.observe(role, event, self.clock())
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -289,7 +313,8 @@ class Supervisor:
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
-                     self.wiring.next_deadline() if self.wiring is not None else None]
+                     self.wiring.next_deadline() if self.wiring is not None else None,
+                     self.rollouts.next_deadline() if self.rollouts is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -302,10 +327,13 @@ class Supervisor:
             self.gate.update(event)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
+        elif isinstance(event, (RolloutsChanged, MembersChanged)):
+            if self.rollouts is not None:
+                self.rollouts.handle(event)
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
-            if event.role in (SUPERVISOR_LANE, WIRING_LANE):
+            if event.role in (SUPERVISOR_LANE, WIRING_LANE, ROLLOUT_LANE):
                 self._supervisor_effect_done(event.payload)
             else:
                 self.roster.deliver(event)
@@ -381,6 +409,8 @@ class Supervisor:
         self.config = self.ctx.config = plan.config
         if self.wiring is not None:
             self.wiring.reconfigure(plan.config)
+        if self.rollouts is not None:
+            self.rollouts.config = plan.config
         self.roster.retire(plan.retire)
         self.roster.queue(fresh)
         self.gate = self.gate.rebuild(self.config)
@@ -409,6 +439,8 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
+        if self.rollouts is not None:
+            self.rollouts.tick(now)
         self._last_status = self._roles_status()
         self._update_record(now if lease_ok else None)
 
@@ -435,6 +467,9 @@ class Supervisor:
             registered = self.wiring.status(name) if self.wiring is not None else None
             if registered:
                 status[name]["registered"] = registered
+            rollout = self.rollouts.status(name) if self.rollouts is not None else None
+            if rollout:
+                status[name]["rollout"] = rollout
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -445,6 +480,8 @@ class Supervisor:
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
                           "index": int(index) if index.isdigit() else None}
+            if self.rollouts is not None:
+                entry[key]["ready"] = self.rollouts.ready(runner.spec, slot, self.clock())
         return status
 
     # --- shutdown ------------------------------------------------------------
@@ -474,6 +511,8 @@ class Supervisor:
 
     def close(self) -> None:
         self.ops.stop()
+        if self.rollout_watch is not None:
+            self.rollout_watch.stop()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
