@@ -97,7 +97,7 @@ class RolloutRecord:
             "child": self.failed.child, "member": self.failed.member, "reason": self.failed.reason,
             "at": self.failed.at}
         return {"id": self.id, "role": self.role, "trigger": self.trigger, "who": self.who,
-                "started": self.started, "at": _iso(self.started), "target": self.target,
+                "started": self.started, "at": to_iso(self.started), "target": self.target,
                 "state": self.state, "done": list(self.done), "failed": failed,
                 "finished": self.finished, "resumed": self.resumed}
 
@@ -119,7 +119,7 @@ class SlotHold:
     lease: int
 
 
-def _iso(when: float) -> str:
+def to_iso(when: float) -> str:
     return datetime.fromtimestamp(when, tz=UTC).isoformat(timespec="milliseconds")
 
 

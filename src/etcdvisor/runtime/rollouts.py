@@ -362,7 +362,8 @@ class Rollouts:
                 if hold.ready_since is None:
                     hold.ready_since = now
                 release_at = hold.ready_since + rollout_min_ready(role)
-                if now >= release_at:
+                # and only once our member record says so: others count unready children from it
+                if now >= release_at and self._published_ready(role.name, key):
                     self._release(role, state, hold, done=True)
                     continue
                 self._wake(release_at, now)
@@ -381,6 +382,12 @@ class Rollouts:
             started = self.started_at.get(slot.name)
             if started is not None:
                 self._wake(started + role_min_ready(role), now)
+
+    def _published_ready(self, role: str, key: str) -> bool:
+        """Our member record, as the watch last saw it, shows child ``key`` ready."""
+        children = (self.members.get(self.member_id, {}).get(role) or {}).get("children") or {}
+        entry = children.get(key) if isinstance(children, Mapping) else None
+        return isinstance(entry, Mapping) and entry.get("ready") is True
 
     def _release(self, role: RoleSpec, state: _RoleState, hold: Hold, *, done: bool) -> None:
         hold.releasing = True
