@@ -48,6 +48,9 @@ def start_rollout(args, target: Target) -> int:
     record = rollout_store.new_record(args.role, "restart", who)
     written = rollout_store.start(target.backend, target.keys, record)
     assert written is not None
+    # the control record too: status shows who restarted the role when (members leave it to the rollout)
+    control.issue(target.backend, target.keys, {**control.make_record(control.RESTART, args.role),
+                                                "rollout": record.id})
     print(f"role {args.role}: rolling restart {record.id} (by {who} at {rollout_store.to_iso(record.started)}, "
           f"revision {written.revision})")
     if target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:

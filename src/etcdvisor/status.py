@@ -130,9 +130,9 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     for name, role in roles.items():
         role["control"] = control.get(name)  # the same records, next to the role
         record = rollouts.records.get(name)
+        holds = [{"slot": h.number, "member": h.member, "child": h.child} for h in rollouts.slots.get(name, ())]
         role["rollout"] = None if record is None else {
-            **record.to_json(), "summary": f"rollout {record.state}", "slots": [{"slot": h.number, "member": h.member, "child": h.child}
-                                          for h in rollouts.slots.get(name, ())]}
+            **record.to_json(), "summary": f"rollout {record.state}", "slots": holds}
     return {
         "cluster": keys.cluster,
         "revision": revision,

@@ -173,9 +173,12 @@ class Operations:
                  ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})
 
     def _restart_as_rollout(self, command: control.Command) -> None:
-        """A whole-role restart record (written by an older CLI): one rollout, written once
+        """A whole-role restart: the CLI wrote its rollout next to the record (``rollout``:
+        its id). A record without one (an older CLI) becomes one rollout, written once
         whichever member sees it first (its target is the record's id)."""
         sup, role = self.sup, command.role
+        if command.record.get("rollout"):
+            return
         record = rollout_store.new_record(role, "restart", str(command.record.get("who") or "control record"),
                                           f"control:{command.record.get('id')}")
         log.info("role %s: %s: as a rolling restart", role, command.describe(), extra={"role": role})
