@@ -230,7 +230,8 @@ def decode(prefix: str, kvs: Iterable[KeyValue]) -> RolloutView:
             if not sep:
                 records[role] = parse_record(role, kv.value, kv.mod_revision)
             elif tail.startswith("slots/") and tail[6:].isdigit() and len(tail) < 20:
-                slots.setdefault(role, []).append(parse_slot(role, int(tail[6:]), kv.value, kv.lease))
+                hold = parse_slot(role, int(tail[6:]), kv.value, kv.lease)
+                slots.setdefault(role, []).append(hold)
             else:
                 raise BadRecord("unexpected key under rollouts/")
         except BadRecord as exc:
