@@ -393,7 +393,10 @@ class Rollouts:
         hold.releasing = True
         lease = self.lease()
         record = state.record
-        mark = done and record is not None and record.state in (store.RUNNING, store.FAILED)
+        # listed in the current rollout unless that one still wants it restarted (it was
+        # restarted for a rollout the current one superseded)
+        mark = done and record is not None and record.state in (store.RUNNING, store.FAILED) and \
+            hold.key not in state.marked
         rollout_id = record.id if record is not None else hold.rollout
 
         def call() -> None:
