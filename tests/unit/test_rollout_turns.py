@@ -92,9 +92,8 @@ class Cluster:
         """Children of the cluster not ready now (dead members' children are gone)."""
         count = 0
         for h in self.live():
-            role = h.sup.config.roles["worker"]
             for runner, _key, slot in h.sup.reconciler.children():
-                if runner.name == "worker" and not h.sup.rollouts.ready(role, slot, self.clock()):
+                if runner.name == "worker" and not h.sup.rollouts.ready(slot, self.clock()):
                     count += 1
         return count + len(self.dead)
 

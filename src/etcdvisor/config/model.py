@@ -207,6 +207,41 @@ class PeersFile:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of ``health:`` (startup, readiness or liveness). ``kind`` is
+    ``http`` (``target``: URL template), ``tcp`` (``"HOST:PORT"`` template) or
+    ``exec`` (``argv``); templates use the ``register`` placeholders
+    (``{index}``, ``{8000 + index}``, ``{member}``, ``{host}``, see
+    :mod:`.health`). Durations in seconds."""
+
+    kind: str
+    target: str = ""
+    argv: tuple[str, ...] = ()
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    initial_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """A role's ``health:`` keys. ``memory`` in bytes, ``watchdog`` in seconds."""
+
+    startup: ProbeSpec | None = None
+    readiness: ProbeSpec | None = None
+    liveness: ProbeSpec | None = None
+    notify: bool = False
+    watchdog: float | None = None
+    memory: int | None = None
+
+    @property
+    def readiness_checked(self) -> bool:
+        """True when readiness comes from a probe or sd_notify (not ``min_ready``)."""
+        return self.readiness is not None or self.notify
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """One role, with every default filled in.
 
@@ -252,6 +287,12 @@ class RoleSpec:
     config: Mapping[str, ConfigItem] = field(default_factory=lambda: _frozen_map({}))
     register: Registration | None = None
     peers: Mapping[str, PeersFile] = field(default_factory=lambda: _frozen_map({}))
+    # health and ordering (any type; step_down_after: singleton)
+    health: HealthSpec = HealthSpec()
+    min_ready: float = 2.0
+    needs: tuple[str, ...] = ()
+    on_failed: str = "stay"  # "stay" | "exit"
+    step_down_after: float | None = None  # singleton: 30s by default
     # rolling restarts (sharded, singleton)
     rollout: RolloutSettings = RolloutSettings()
 

@@ -15,6 +15,7 @@ from typing import TypedDict, overload
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
+from .health import health_fields
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
@@ -127,6 +128,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
     if "rollout" in raw:
         fields["rollout"] = _rollout(check)
     fields.update(wiring_fields(check.raw, check.path, problems))
+    fields.update(health_fields(check.raw, check.path, role_type.value, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:

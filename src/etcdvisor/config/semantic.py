@@ -20,6 +20,7 @@ from ..coord.errors import InvalidURL
 from ..coord.url import TLSOptions, parse_url
 from .durations import parse_duration
 from .errors import Problems
+from .health import check_needs
 from .model import Config, EtcdKind, EtcdSettings, MemberSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .ops import ops_settings
 from .roles import build_role
@@ -49,6 +50,7 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
         if not problems.has_under(("roles", name)):
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
     _check_after(roles, problems)
+    check_needs(roles, problems, find_cycle)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
     http, log = ops_settings(document, problems)
     if problems:

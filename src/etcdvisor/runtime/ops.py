@@ -44,7 +44,6 @@ class Operations:
         self.control = control.ControlState()
         self.server: OpsServer | None = None  # runtime.http, imported only with http.listen
         self.watch: control.ControlWatch | None = None
-        self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
         self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -91,16 +90,11 @@ class Operations:
         if isinstance(event, Exited) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
             if event.restart_at is not None:
-                self.metrics.restarts.labels(role).inc()
+                self.metrics.restarts.labels(role, event.reason).inc()
         elif isinstance(event, Stopped) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
-        elif isinstance(event, Started) and event.slot in self._restart_pending:
-            self._restart_pending.discard(event.slot)
-            self.metrics.restarts.labels(role).inc()
-
-    def rollout_restart(self, role: str) -> None:
-        """A child restarted by a rollout has started again."""
-        self.metrics.restarts.labels(role).inc()
+        elif isinstance(event, Started) and event.reason is not None:
+            self.metrics.restarts.labels(role, event.reason).inc()
 
     def paused(self, role: str) -> bool:
         return self.control.is_paused(role)
@@ -166,8 +160,7 @@ class Operations:
             # per child: with ``processes: k`` or fixed shards a member runs several indexes
             if index is not None and index not in _child_indexes(slot):
                 continue
-            if slot.restart_child(now):
-                self._restart_pending.add(slot.name)
+            if slot.restart_child(now, "control"):
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
                  ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})

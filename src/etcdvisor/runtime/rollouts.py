@@ -44,7 +44,7 @@ from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
 from ..coord.types import KeyValue
 from ..coord.watcher import PrefixWatcher
-from ..process.slot import Exited, Slot, SlotEvent, SlotState, Started, Stopped
+from ..process.slot import Slot, SlotEvent, SlotState, Started
 from ..roles.base import RoleRunner
 from . import rollout_store as store
 from .role_config import QueueEffect
@@ -53,18 +53,12 @@ log = logging.getLogger("etcdvisor")
 
 ROLLOUT_LANE = "(rollouts)"  # effect lane of the rollout records and slots
 CONFIG_SETTLE = 1.0  # seconds a changed config must stay unchanged before children restart
-DEFAULT_MIN_READY = 2.0
 ROLLOUT_TYPES = (RoleType.SHARDED, RoleType.SINGLETON)
 
 
-def role_min_ready(role: RoleSpec) -> float:
-    """The role's ``min_ready`` (a child without readiness checks is ready once it ran this long)."""
-    value = getattr(role, "min_ready", None)
-    return float(value) if isinstance(value, (int, float)) else DEFAULT_MIN_READY
-
-
 def rollout_min_ready(role: RoleSpec) -> float:
-    return role.rollout.min_ready if role.rollout.min_ready is not None else role_min_ready(role)
+    """How long a replacement must stay ready before its slot is released."""
+    return role.rollout.min_ready if role.rollout.min_ready is not None else role.min_ready
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,6 @@ class Hold:
     rollout: str
     acquired_at: float
     restarted: bool = False
-    ready_since: float | None = None
     failed_reported: bool = False
     releasing: bool = False
 
@@ -121,7 +114,10 @@ class ConfigGate(Protocol):
 class Rollouts:
     def __init__(self, config: Config, backend: Backend, keys: ClusterKeys, member_id: str,
                  effect: QueueEffect, children: Callable[[], Iterable[tuple[RoleRunner, str, Slot]]],
-                 lease: Callable[[], int], clock: Callable[[], float], wall: Callable[[], float]):
+                 lease: Callable[[], int], clock: Callable[[], float], wall: Callable[[], float],
+                 ready_since: Callable[[str, float], float | None]):
+        """``ready_since(slot name, now)``: since when the slot's child is ready (None:
+        not ready), from :class:`~.readiness.Readiness`."""
         self.config = config
         self.backend = backend
         self.keys = keys
@@ -131,13 +127,11 @@ class Rollouts:
         self.lease = lease
         self.clock = clock
         self.wall = wall
+        self.ready_since = ready_since
         self.gate: ConfigGate | None = None
         self.view = store.RolloutView({}, {})
         self.members: Mapping[str, Mapping[str, Any]] = {}
         self.roles: dict[str, _RoleState] = {}
-        self.started_at: dict[str, float] = {}  # slot name -> when its child started
-        self.rollout_restarts: set[str] = set()  # slot names restarted by a rollout
-        self.on_rollout_restart: Callable[[str], None] | None = None  # metrics (role)
         self._deadline: float | None = None
 
     # --- facts ---------------------------------------------------------------------------
@@ -147,9 +141,8 @@ class Rollouts:
         elif isinstance(event, MembersChanged):
             self.members = event.roles
 
-    def observe(self, role: str, event: SlotEvent, now: float) -> None:
+    def observe(self, role: str, event: SlotEvent) -> None:
         if isinstance(event, Started):
-            self.started_at[event.slot] = now
             state = self.roles.get(role)
             if state is not None:
                 key = event.slot.partition("/")[2]
@@ -157,20 +150,9 @@ class Rollouts:
                 hold = state.holds.get(key)
                 if hold is not None:
                     hold.restarted = True
-            if event.slot in self.rollout_restarts:
-                self.rollout_restarts.discard(event.slot)
-                if self.on_rollout_restart is not None:
-                    self.on_rollout_restart(role)
-        elif isinstance(event, (Exited, Stopped)):
-            self.started_at.pop(event.slot, None)
 
-    def ready(self, role: RoleSpec, slot: Slot, now: float) -> bool:
-        """A child is ready once it has run ``min_ready`` without exiting."""
-        started = self.started_at.get(slot.name)
-        if started is None and slot.child is not None:
-            started = getattr(slot.child, "started_at", None)
-        return slot.state is SlotState.RUNNING and slot.child is not None and started is not None \
-            and now - started >= role_min_ready(role)
+    def ready(self, slot: Slot, now: float) -> bool:
+        return self.ready_since(slot.name, now) is not None
 
     # --- the turn ------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -182,10 +164,6 @@ class Rollouts:
             if role.type not in ROLLOUT_TYPES:
                 continue
             self._role_turn(role, self.roles.setdefault(name, _RoleState()), mine.get(name, []), now)
-        for slot_name, started in self.started_at.items():  # children becoming ready
-            spec = self.config.roles.get(slot_name.partition("/")[0])
-            if spec is not None:
-                self._wake(started + role_min_ready(spec), now)
 
     def _wake(self, at: float, now: float) -> None:
         if at > now and (self._deadline is None or at < self._deadline):
@@ -293,7 +271,7 @@ class Rollouts:
                         unready += 1
         for key, slot in slots.items():
             total += 1
-            if not self.ready(role, slot, now) and key not in state.holds:
+            if not self.ready(slot, now) and key not in state.holds:
                 unready += 1
         return role.rollout.limit(total), unready
 
@@ -335,16 +313,12 @@ class Rollouts:
             hold.restarted = True  # nothing runs: the hold ends once it is ready (or goes)
             return
         gate = self.gate
-        if gate is not None and gate.outdated(role, name):
-            gate.admit(role, name)  # the spec changes: the slot restarts it with the new values
-            self.rollout_restarts.add(slot.name)
-            log.info("%s: restarting with the new config (rollout %s, slot %d)", name, rollout_id, number,
-                     extra={"role": role.name})
-        elif slot.restart_child(now):
+        new_config = gate is not None and gate.outdated(role, name)
+        if slot.restart_child(now, "rollout"):
             if gate is not None:
-                gate.admit(role, name)
-            self.rollout_restarts.add(slot.name)
-            log.info("%s: restarting (rollout %s, slot %d)", name, rollout_id, number, extra={"role": role.name})
+                gate.admit(role, name)  # it starts again with the current values
+            log.info("%s: restarting%s (rollout %s, slot %d)", name, " with the new config" if new_config else "",
+                     rollout_id, number, extra={"role": role.name})
         else:
             hold.restarted = True
 
@@ -358,17 +332,15 @@ class Rollouts:
             if slot is None or aborted:
                 self._release(role, state, hold, done=False)
                 continue
-            if hold.restarted and self.ready(role, slot, now):
-                if hold.ready_since is None:
-                    hold.ready_since = now
-                release_at = hold.ready_since + rollout_min_ready(role)
+            since = self.ready_since(slot.name, now) if hold.restarted else None
+            if since is not None:
+                release_at = since + rollout_min_ready(role)
                 # and only once our member record says so: others count unready children from it
                 if now >= release_at and self._published_ready(role.name, key):
                     self._release(role, state, hold, done=True)
                     continue
                 self._wake(release_at, now)
                 continue
-            hold.ready_since = None
             fail_at = hold.acquired_at + role.rollout.deadline
             if record is not None and record.state == store.RUNNING and record.id == hold.rollout \
                     and not hold.failed_reported:
@@ -378,10 +350,6 @@ class Rollouts:
                                            f"of its restart")
                 else:
                     self._wake(fail_at, now)
-            # still starting: wait for it to become ready
-            started = self.started_at.get(slot.name)
-            if started is not None:
-                self._wake(started + role_min_ready(role), now)
 
     def _published_ready(self, role: str, key: str) -> bool:
         """Our member record, as the watch last saw it, shows child ``key`` ready."""

@@ -45,7 +45,10 @@ from .effects import EffectRunner
 from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
+from .notify import NotifyHub
 from .ops import Operations
+from .probes import ProbeDone, ProbeRunner
+from .readiness import NotifyMessage, Readiness
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .rollouts import ROLLOUT_LANE, MembersChanged, Rollouts, RolloutsChanged, RolloutWatch
@@ -55,6 +58,7 @@ from .wiring import WIRING_LANE, SeedWiring
 log = logging.getLogger("etcdvisor")
 
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
+NEEDS_LEADER_GRACE = 5.0  # a needed leader role without a child here: wait this long for its election
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
 
@@ -128,6 +132,12 @@ class Supervisor:
         self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
+        self.probes = ProbeRunner(self.inbox.put, None)  # the manager is set by start()
+        self.readiness = Readiness(self.probes, member=config.member.id, metrics=self.ops.metrics)
+        self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
+        self.notify: NotifyHub | None = None  # made when the first notify child is specified
+        self._needs_wake: float | None = None
+        self._needs_seen: dict[int, float] = {}  # runner serial -> first asked (needs of leader roles)
         self._reload_again = False  # another SIGHUP came meanwhile
         self.rollouts: Rollouts | None = None  # rolling restarts (runtime/rollouts.py)
         self.rollout_watch: RolloutWatch | None = None
@@ -214,6 +224,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
+        self.probes.manager = self.manager
         if self.embedded is not None and self.embedded.proc is not None:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
@@ -227,6 +238,7 @@ class Supervisor:
                                  lambda what, call, done=None: self.effects.submit(
                                      Effect(WIRING_LANE, 0, what, call, done)))
         self.ctx.config_env = self.wiring.child_env
+        self.ctx.notify_socket = self._notify_socket
         self.attach_rollouts()
         self.wiring.start()
         self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
@@ -254,8 +266,7 @@ class Supervisor:
         self.rollouts = Rollouts(
             self.config, self.backend, self.keys, self.config.member.id,
             lambda what, call, done=None: self.effects.submit(Effect(ROLLOUT_LANE, 0, what, call, done)),
-            self.reconciler.children, lambda: session.lease_id, self.clock, time.time)
-        self.rollouts.on_rollout_restart = self.ops.rollout_restart
+            self.reconciler.children, lambda: session.lease_id, self.clock, time.time, self.readiness.ready_since)
         if self.wiring is not None:
             self.wiring.config.rolling = True
             self.rollouts.gate = self.wiring.config
@@ -264,7 +275,7 @@ class Supervisor:
     def _on_slot_event(self, role: str, event: SlotEvent) -> None:
         self.ops.on_slot_event(role, event)
         if self.rollouts is not None:
-            self.rollouts.observe(role, event, self.clock())
+            self.rollouts.observe(role, event)
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -305,8 +316,10 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
+        self._check_on_failed()
         self.roster.flush_effects()
         after = self.clock()
+        self.ops.health.unready = tuple(self.readiness.unready_checked(after))
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
@@ -314,6 +327,7 @@ class Supervisor:
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None,
+                     self.readiness.next_deadline(), self._needs_wake,
                      self.rollouts.next_deadline() if self.rollouts is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
@@ -330,6 +344,10 @@ class Supervisor:
         elif isinstance(event, (RolloutsChanged, MembersChanged)):
             if self.rollouts is not None:
                 self.rollouts.handle(event)
+        elif isinstance(event, ProbeDone):
+            self.readiness.on_probe(event, self.clock())
+        elif isinstance(event, NotifyMessage):
+            self.readiness.on_notify(event, self.clock())
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
@@ -418,6 +436,7 @@ class Supervisor:
     # --- reconcile ---------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
+        self._needs_wake = None
         self.roster.settle()
         wiring = self.wiring  # None: a loop built without start() (tests)
         if wiring is not None:
@@ -430,6 +449,8 @@ class Supervisor:
                     self.roster.call(runner, "while_paused", functools.partial(runner.while_paused, now))
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
+                if desired and runner.spec.needs:
+                    desired = self._needs_gate(runner, desired, now)
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.roster.apply(runner, wiring.gate(runner, desired) if wiring else desired)
@@ -439,9 +460,14 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
+        children = self.reconciler.children()
+        self.readiness.sync(((runner.spec, slot) for runner, _key, slot in children), now)
+        self.readiness.run_due(now)
+        if self.notify is not None:
+            self._follow_notify(children)
         if self.rollouts is not None:
             self.rollouts.tick(now)
-        self._last_status = self._roles_status()
+        self._last_status = self._roles_status(now)
         self._update_record(now if lease_ok else None)
 
     def _update_record(self, now: float | None) -> None:
@@ -456,7 +482,8 @@ class Supervisor:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
 
-    def _roles_status(self) -> dict[str, Any]:
+    def _roles_status(self, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
         status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
         for name in status:
             waiting = self.gate.waiting_on(name)
@@ -479,10 +506,94 @@ class Supervisor:
             index = spec.env.get("INDEX", "") if spec is not None else ""
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
-                          "index": int(index) if index.isdigit() else None}
-            if self.rollouts is not None:
-                entry[key]["ready"] = self.rollouts.ready(runner.spec, slot, self.clock())
+                          "index": int(index) if index.isdigit() else None,
+                          "restarts_by_reason": dict(slot.restarts_by_reason),
+                          **self.readiness.status(slot.name, now)}
         return status
+
+    # --- readiness -------------------------------------------------------------------
+    def child_ready_since(self, role: str, key: str) -> float | None:
+        """Since when (monotonic) the child in slot ``key`` of ``role`` has been
+        ready on this member, or None when it is not ready (not running, stopping,
+        not started, probes failing). For rollouts: a replacement is done once
+        ``now - child_ready_since(role, key) >= min_ready``."""
+        return self.readiness.ready_since(f"{role}/{key}", self.clock())
+
+    def child_ready(self, role: str, key: str) -> bool:
+        """True while the child in slot ``key`` of ``role`` is ready (see
+        :meth:`child_ready_since`)."""
+        return self.child_ready_since(role, key) is not None
+
+    def _notify_socket(self, child_name: str) -> str:
+        if self.notify is None:
+            self.notify = NotifyHub(self.inbox.put)
+        return self.notify.path_for(child_name)
+
+    def _follow_notify(self, children: list[tuple[RoleRunner, str, Any]]) -> None:
+        """Tell the sd_notify reader which child owns which socket; close the others."""
+        assert self.notify is not None
+        owners, names = {}, []
+        for runner, _key, slot in children:
+            if not runner.spec.health.notify:
+                continue
+            spec = slot.child.spec if slot.child is not None else slot.desired
+            if spec is None or "NOTIFY_SOCKET" not in spec.env:
+                continue
+            names.append(spec.name)
+            if slot.desired is not None and slot.desired.name != spec.name:
+                names.append(slot.desired.name)
+            child = slot.child
+            if child is not None and child.pid is not None:
+                owners[spec.env["NOTIFY_SOCKET"]] = (slot.name, child.pid, child.tag)
+        self.notify.set_owners(owners)
+        self.notify.retain(names)
+
+    def _needs_gate(self, runner: RoleRunner, desired: dict[str, Any], now: float) -> dict[str, Any]:
+        """``needs:``: children of ``runner`` not running yet start only once every
+        child of the needed roles on this member is ready (and there is one)."""
+        if self._needs_met(runner.spec.needs, now):
+            return desired
+        current = self.reconciler.slots_of(runner)
+        return {k: spec for k, spec in desired.items() if k in current and current[k].child is not None}
+
+    def _needs_met(self, needs: Iterable[str], now: float) -> bool:
+        """Every child of the roles ``needs`` on this member is ready. A needed
+        sharded role must have a child here; a leader role (singleton, cron, job)
+        led elsewhere has none, which is fine once another leader is known or the
+        role has campaigned here for ``NEEDS_LEADER_GRACE`` without winning."""
+        seen = set()
+        for owner, _key, slot in self.reconciler.children():
+            if owner.name in needs and self.runners.get(owner.name) is owner and slot.desired is not None:
+                if not self.readiness.ready(slot.name, now):
+                    return False
+                seen.add(owner.name)
+        for name in needs:
+            runner = self.runners.get(name)
+            if name in seen or runner is None:
+                continue
+            if runner.spec.type is RoleType.SHARDED:
+                return False
+            since = self._needs_seen.setdefault(runner.serial, now)
+            leader = getattr(runner, "leader_member", None)
+            if runner.status().get("leader"):
+                return False
+            if leader in (None, self.config.member.id) and now - since < NEEDS_LEADER_GRACE:
+                self._needs_wake = since + NEEDS_LEADER_GRACE
+                return False
+        return True
+
+    def _check_on_failed(self) -> None:
+        """``on_failed: exit``: a FAILED role stops the member (exit status 3)."""
+        if self.stopping:
+            return
+        for name, status in self._last_status.items():
+            role = self.config.roles.get(name)
+            if status.get("failed") and role is not None and role.on_failed == "exit":
+                log.error("role %s FAILED (%s) and has on_failed: exit: stopping every child, "
+                          "leaving the cluster, exit status 3", name, status["failed"], extra={"role": name})
+                self.stopping = True
+                self.exit_status = 3
+                return
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
@@ -507,12 +618,15 @@ class Supervisor:
             log.warning("some writes to the store did not finish before leaving")
         self.roster.stop_all()
         self.close()
-        return 1 if self.escalated else 0
+        return 1 if self.escalated else self.exit_status
 
     def close(self) -> None:
         self.ops.stop()
         if self.rollout_watch is not None:
             self.rollout_watch.stop()
+        self.probes.close()
+        if self.notify is not None:
+            self.notify.close()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
