@@ -133,6 +133,7 @@ class Rollouts:
         self.members: Mapping[str, Mapping[str, Any]] = {}
         self.roles: dict[str, _RoleState] = {}
         self._deadline: float | None = None
+        self.record_wanted = False  # a slot waits for our member record to show its child ready
 
     # --- facts ---------------------------------------------------------------------------
     def handle(self, event: object) -> None:
@@ -157,6 +158,7 @@ class Rollouts:
     # --- the turn ------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         self._deadline = None
+        self.record_wanted = False
         mine: dict[str, list[tuple[str, Slot]]] = {}
         for runner, key, slot in self.children():
             mine.setdefault(runner.name, []).append((key, slot))
@@ -339,6 +341,8 @@ class Rollouts:
                 if now >= release_at and self._published_ready(role.name, key):
                     self._release(role, state, hold, done=True)
                     continue
+                if now >= release_at:
+                    self.record_wanted = True  # write it now, not after the record's rate limit
                 self._wake(release_at, now)
                 continue
             fail_at = hold.acquired_at + role.rollout.deadline

@@ -477,7 +477,8 @@ class Supervisor:
             self._record_retry = None
             return
         roles = self._last_status
-        body, self._record_retry = self.record.plan_update(roles, now)
+        urgent = self.rollouts is not None and self.rollouts.record_wanted
+        body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent)
         if body is not None:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
