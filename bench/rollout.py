@@ -1,15 +1,15 @@
 """Rolling restarts: how long `restart ROLE` takes and how many children stay ready.
 
 Starts a private etcd and ``--members`` supervisors (default 10) running one sharded
-role whose child (``bench/sh_worker.sh``: no interpreter start-up) is ready
-``--ready`` s after its start (role ``min_ready``: no probe). For each
+role whose child sends sd_notify ``READY=1`` ``--ready`` s after its start (``health:
+{notify: true}``). For each
 ``max_unavailable`` in ``--max-unavailable`` (default ``1,3,100%``) it issues one
 rolling restart (the library call the CLI makes: no CLI start-up in the figure),
 samples the status document (what `status --json` prints) every 50 ms, and reports:
 
 * ``time``: from the trigger to the record's ``done``;
-* ``expected``: ``ceil(N / max_unavailable) * (stop + start + ready)``, with stop and
-  start measured from the children's own records of this run (means);
+* ``expected``: ``ceil(N / max_unavailable) * (stop + start + ready)``, with stop + start
+  the mean time from a child's "stop" line to its replacement's "start" line in this run;
 * ``lowest_ready``: the lowest number of ready children, from the children's own start/stop
   lines (target: >= N - max_unavailable); ``lowest_ready_in_status``: the lowest seen in
   the status samples (member records: they may miss dips shorter than their ~1 s rate limit).
@@ -40,7 +40,23 @@ from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.runtime import rollout_store
 from etcdvisor.status import gather
 
-SH_WORKER = Path(__file__).resolve().parent / "sh_worker.sh"
+NOTIFY_CHILD = (
+    "import json, os, signal, socket, sys, time\n"
+    "def rec(event):\n"
+    "    line = json.dumps({'event': event, 'pid': os.getpid(), 't': time.time(),"
+    " 'member_id': os.environ.get('MEMBER_ID')})\n"
+    "    fd = os.open(os.environ['WORK_RECORD'], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n"
+    "    os.write(fd, (line + '\\n').encode()); os.close(fd)\n"
+    "def stop(*_):\n"
+    "    rec('stop'); sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "rec('start')\n"
+    "time.sleep(float(os.environ['READY_AFTER']))\n"
+    "rec('ready')\n"  # before READY=1: the supervisor can only learn it later
+    "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "while True:\n"
+    "    time.sleep(3600)\n"
+)
 HTTP_CHILD = (
     "import http.server, os, json, time\n"
     "port = 18000 + int(os.environ.get('INDEX', '0')) + int(os.environ['BENCH_PORT_BASE'])\n"
@@ -95,14 +111,15 @@ def stop_to_start(records: list[dict], since: float) -> float:
     return sum(gaps) / len(gaps) if gaps else float("nan")
 
 
-def lowest_ready_recorded(records: list[dict], start: float, end: float, ready: float) -> int:
+def lowest_ready_recorded(records: list[dict], start: float, end: float) -> int:
     """The lowest number of ready children between ``start`` and ``end`` by the children's
-    own records (a child is ready from ``ready`` s after its "start" line to its "stop"
-    line): exact, where the status sample only sees what the member records say."""
+    own records (a child is ready from its "ready" line, written just before it sends
+    READY=1, to its "stop" line): exact, where the status samples only see what the
+    member records say."""
     intervals: dict[int, list[float]] = {}
     for rec in records:
-        if rec["event"] == "start":
-            intervals[rec["pid"]] = [rec["t"] + ready, math.inf]
+        if rec["event"] == "ready":
+            intervals[rec["pid"]] = [rec["t"], math.inf]
         elif rec["event"] == "stop" and rec["pid"] in intervals:
             intervals[rec["pid"]][1] = rec["t"]
     points = {start, end} | {t for a, b in intervals.values() for t in (a, b) if start <= t <= end}
@@ -126,7 +143,7 @@ def one_rollout(fleet: BenchFleet, keys: ClusterKeys, members: int, limit: str, 
             break
         time.sleep(0.05)
     gap = stop_to_start(fleet.records(), began_wall)
-    exact = lowest_ready_recorded(fleet.records(), began_wall, began_wall + (finished or 0.0), ready)
+    exact = lowest_ready_recorded(fleet.records(), began_wall, began_wall + (finished or 0.0))
     per_wave = (gap if math.isfinite(gap) else 0.0) + ready
     amount = members if limit.endswith("%") and float(limit[:-1]) >= 100 else \
         max(1, int(members * float(limit[:-1]) // 100)) if limit.endswith("%") else int(limit)
@@ -143,9 +160,9 @@ def rollouts(args) -> list[dict]:
     for limit in args.max_unavailable.split(","):  # a fresh fleet each (a reload would restart the role)
         fleet = BenchFleet("rollout")
         try:
-            role = {"type": "sharded", "command": ["sh", str(SH_WORKER)], "settle": "0.2s",
-                    "stop_timeout": "2s", "min_ready": f"{args.ready}s",
-                    "env": {"WORK_RECORD": str(fleet.record_path)},
+            role = {"type": "sharded", "command": [sys.executable, "-S", "-c", NOTIFY_CHILD], "settle": "0.2s",
+                    "stop_timeout": "2s", "health": {"notify": True},
+                    "env": {"WORK_RECORD": str(fleet.record_path), "READY_AFTER": str(args.ready)},
                     "rollout": {"max_unavailable": int(limit) if limit.isdigit() else limit,
                                 "min_ready": "0s", "deadline": "60s"}}
             fleet.start(args.members, fleet.write_config({"api": role}, ttl=6))

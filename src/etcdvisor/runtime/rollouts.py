@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -200,6 +201,8 @@ class Rollouts:
         if pending and may_restart and not state.acquiring:
             self._acquire(role, state, pending, slots, now)
         if record.state == store.RUNNING and not pending and not state.holds:
+            if not self._reported_idle(role.name, record.id):
+                self.record_wanted = True  # the others wait for our report to call it done
             self._maybe_finish(role, state, record)
 
     # --- config changes ------------------------------------------------------------------
@@ -285,6 +288,8 @@ class Rollouts:
         numbers = [n for n in range(max(0, limit - unready)) if n not in held]
         if not numbers:
             return
+        turn = zlib.crc32(self.member_id.encode()) % len(numbers)
+        numbers = numbers[turn:] + numbers[:turn]  # members start at different slots: fewer lost races
         record = state.record
         assert record is not None
         wanted = [(f"{self.member_id}:{key}", record.id) for key in pending[:len(numbers)]]
@@ -354,6 +359,12 @@ class Rollouts:
                                            f"of its restart")
                 else:
                     self._wake(fail_at, now)
+
+    def _reported_idle(self, role: str, rollout_id: str) -> bool:
+        """Our member record, as the watch last saw it, reports nothing left of ``rollout_id``."""
+        report = (self.members.get(self.member_id, {}).get(role) or {}).get("rollout")
+        return isinstance(report, Mapping) and report.get("id") == rollout_id and \
+            report.get("pending") == 0 and report.get("holding") == 0
 
     def _published_ready(self, role: str, key: str) -> bool:
         """Our member record, as the watch last saw it, shows child ``key`` ready."""
