@@ -14,6 +14,7 @@ import time
 from etcdvisor import status
 from etcdvisor.runtime import rollout_store
 from tests.e2e.conftest import wait_for
+from tests.e2e.harness_ops import free_port, metric, scrape
 from tests.e2e.harness_roles import cli
 
 ROLE_MIN_READY = {"min_ready": "0.5s"}  # the role's min_ready (default 2s): keeps the tests short
@@ -57,7 +58,7 @@ def all_ready(fleet, role: str, total: int) -> bool:
     assignments = doc["roles"].get(role, {}).get("assignments", [])
     children = [c for a in assignments for c in a["children"].values()]
     return len(children) == total and all(c.get("state") == "running" and c.get("ready") for c in children) \
-        and all(a.get("count") == total and not a.get("stopping") for a in assignments)
+        and all(a.get("count") in (total, None) and not a.get("stopping") for a in assignments)
 
 
 def rollout_config(fleet, **rollout):
@@ -76,9 +77,12 @@ def starts_per_member(fleet) -> dict[str, int]:
 
 def test_restart_role_rolls_two_at_a_time_and_wait_exits_0(fleet):
     config = rollout_config(fleet, max_unavailable=2)
-    fleet.start_many(6, config)
+    ports = {f"m{i}": free_port() for i in range(6)}
+    for member, port in ports.items():
+        fleet.start(member, config, env={"ETCDVISOR_HTTP": f"127.0.0.1:{port}"})
     assert wait_for(lambda: all_ready(fleet, "api", 6), timeout=30), fleet.logs()
     before = starts_per_member(fleet)
+    indexes = {r["member_id"]: r["index"] for r in fleet.records() if r["event"] == "start"}  # the last ones
     sampler = Sampler(fleet, "api", 6)
     sampler.start()
     result = cli("restart", "api", "--wait", "-c", str(config), timeout=90)
@@ -92,6 +96,36 @@ def test_restart_role_rolls_two_at_a_time_and_wait_exits_0(fleet):
     assert all(after[m] == before[m] + 1 for m in before), (before, after)  # each restarted once
     record = rollout_store.read_record(fleet.backend(), _keys(fleet), "api")
     assert record is not None and record.state == "done" and len(record.done) == 6
+    last = {r["member_id"]: r["index"] for r in fleet.records() if r["event"] == "start"}
+    assert last == indexes, "a child restarted by a rollout keeps its partition"
+    for port in ports.values():
+        scraped = scrape(port)
+        assert scraped is not None
+        assert scraped.value("etcdvisor_child_restarts_total", role="api", reason="rollout") == 1
+        assert scraped.value("etcdvisor_rollout_in_progress", None, role="api") == 0
+        assert scraped.value("etcdvisor_rollout_failed", None, role="api") == 0
+    assert wait_for(lambda: all(metric(p, "etcdvisor_rollout_restarted", None, role="api") == 6
+                                for p in ports.values()), timeout=10)
+
+
+def test_singleton_rollout_restarts_the_leaders_child_with_its_token(fleet):
+    role = fleet.worker_role("singleton", **ROLE_MIN_READY, rollout={"min_ready": "0.2s", "deadline": "20s"})
+    config = fleet.write_config({"lead": role})
+    fleet.start_many(3, config)
+
+    def leader_children():
+        return [iv for iv in fleet.history().live("lead") if iv.leader]
+
+    assert wait_for(lambda: len(leader_children()) == 1 and all_ready(fleet, "lead", 1), timeout=30), fleet.logs()
+    (first,) = leader_children()
+    result = cli("restart", "lead", "--wait", "-c", str(config), timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert wait_for(lambda: len(leader_children()) == 1 and leader_children()[0].pid != first.pid, timeout=10)
+    (second,) = leader_children()
+    assert second.member == first.member and second.token == first.token, "same leader, same LEADER_TOKEN"
+    history = fleet.history().of("lead")
+    leaders = [iv for iv in history if iv.leader]
+    assert not any(a.overlaps(b) for i, a in enumerate(leaders) for b in leaders[i + 1:]), "two leader children"
 
 
 def _keys(fleet):
