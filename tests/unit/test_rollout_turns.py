@@ -235,3 +235,23 @@ def test_bad_rollout_records_are_skipped_with_one_warning(caplog):
     assert len(warnings) == 3 and all("/rollouts/" in w for w in warnings)
     store.read(backend, keys)
     assert len([r for r in caplog.records if "skipping a bad record" in r.getMessage()]) == 3, "once per record"
+
+
+def test_a_slot_of_ours_that_no_child_holds_is_released():
+    cluster = Cluster(2, "{max_unavailable: 1, min_ready: 0.5s}")
+    m0 = cluster.members[0]
+    key = store.slot_key(cluster.keys, "worker", 0)  # taken, but the reply was lost
+    cluster.store.put(key, b'{"member": "m0", "child": "m0:p0", "rollout": "x"}', lease=m0.session.lease_id)
+    assert cluster.run_until(lambda: cluster.store.get(key) is None, 5)
+
+
+def test_a_failed_slot_write_is_tried_again_without_any_other_event():
+    cluster = Cluster(2, "{max_unavailable: 1, min_ready: 0.5s}")
+    cluster.restart()
+    cluster.sync()
+    for h in cluster.live():
+        h.turn()
+        h.run_effects(fail=ConnectionError("etcd unreachable"))
+        h.turn()  # the failure is handled: a retry is due in a second, not now
+        assert h.sup.rollouts.next_deadline() is not None
+    assert cluster.run_until(lambda: cluster.record().state == store.DONE, 30)

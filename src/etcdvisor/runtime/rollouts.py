@@ -32,6 +32,7 @@ I/O is queued with ``effect`` and comes back on the loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import zlib
@@ -53,6 +54,8 @@ from .role_config import QueueEffect
 log = logging.getLogger("etcdvisor")
 
 ROLLOUT_LANE = "(rollouts)"  # effect lane of the rollout records and slots
+RETRY = 1.0  # seconds before a failed store write is tried again
+ORPHAN_GRACE = 5.0  # a slot of ours that no hold knows is released after this (a lost reply)
 CONFIG_SETTLE = 1.0  # seconds a changed config must stay unchanged before children restart
 ROLLOUT_TYPES = (RoleType.SHARDED, RoleType.SINGLETON)
 
@@ -102,6 +105,7 @@ class _RoleState:
     digest: str | None = None  # restart values of the config seen last
     changed_at: float | None = None  # when ``digest`` last changed
     pending: int = 0
+    released: dict[int, float] = field(default_factory=dict)  # slot number -> when we let it go
 
 
 class ConfigGate(Protocol):
@@ -135,6 +139,7 @@ class Rollouts:
         self.roles: dict[str, _RoleState] = {}
         self._deadline: float | None = None
         self.record_wanted = False  # a slot waits for our member record to show its child ready
+        self.retry_at: float | None = None  # a failed write: a turn is due then
 
     # --- facts ---------------------------------------------------------------------------
     def handle(self, event: object) -> None:
@@ -160,6 +165,11 @@ class Rollouts:
     def tick(self, now: float) -> None:
         self._deadline = None
         self.record_wanted = False
+        if self.retry_at is not None:
+            if self.retry_at <= now:
+                self.retry_at = None
+            else:
+                self._wake(self.retry_at, now)
         mine: dict[str, list[tuple[str, Slot]]] = {}
         for runner, key, slot in self.children():
             mine.setdefault(runner.name, []).append((key, slot))
@@ -174,6 +184,10 @@ class Rollouts:
 
     def next_deadline(self) -> float | None:
         return self._deadline
+
+    def _retry_soon(self) -> None:
+        at = self.clock() + RETRY
+        self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
 
     def _role_turn(self, role: RoleSpec, state: _RoleState, mine: list[tuple[str, Slot]], now: float) -> None:
         record = self.view.records.get(role.name)
@@ -193,6 +207,7 @@ class Rollouts:
         state.marked &= set(slots)
         outdated = self._outdated(role, state, mine, now)
         self._progress_holds(role, state, slots, now)
+        self._release_orphans(role, state, now)
         pending = [k for k in sorted(state.marked | outdated, key=_natural) if k not in state.holds]
         state.pending = len(pending)
         if record is None or record.state == store.ABORTED:
@@ -254,6 +269,7 @@ class Rollouts:
                 state.writing = None
             if error is not None:
                 log.warning("role %s: cannot record the config rollout: %s", role.name, error)
+                self._retry_soon()
 
         self.effect(f"start the config rollout of {role.name}",
                     lambda: store.start(self.backend, self.keys, record, unless_target=True), done)
@@ -300,6 +316,7 @@ class Rollouts:
             state.acquiring = False
             if error is not None:
                 log.warning("role %s: cannot take a rollout slot: %s", role.name, error)
+                self._retry_soon()
                 return
             for number, child in result or []:
                 self._restart(role, state, number, child.partition(":")[2], record.id)
@@ -391,7 +408,9 @@ class Rollouts:
             if error is not None:
                 log.warning("role %s: cannot release rollout slot %d: %s", role.name, hold.number, error)
                 hold.releasing = False
+                self._retry_soon()
                 return
+            state.released[hold.number] = self.clock()
             if state.holds.get(hold.key) is hold:
                 del state.holds[hold.key]
 
@@ -403,9 +422,15 @@ class Rollouts:
     def _fail(self, role: RoleSpec, hold: Hold, reason: str) -> None:
         log.error("role %s: rollout %s failed: %s; no more children are restarted", role.name, hold.rollout,
                   reason, extra={"role": role.name})
+        def done(_result: object, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("role %s: cannot record the failed rollout: %s", role.name, error)
+                hold.failed_reported = False
+                self._retry_soon()
+
         self.effect(f"mark rollout {hold.rollout} of {role.name} failed",
                     lambda: store.mark_failed(self.backend, self.keys, role.name, hold.rollout, hold.child,
-                                              self.member_id, reason), None)
+                                              self.member_id, reason), done)
 
     def _maybe_finish(self, role: RoleSpec, state: _RoleState, record: store.RolloutRecord) -> None:
         if state.finishing == record.id or self.view.slots.get(role.name):
@@ -420,8 +445,34 @@ class Rollouts:
         state.finishing = record.id
         log.info("role %s: rollout %s done (%d children restarted)", role.name, record.id, len(record.done),
                  extra={"role": role.name})
+        def done(_result: object, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("role %s: cannot record the finished rollout: %s", role.name, error)
+                if state.finishing == record.id:
+                    state.finishing = None
+                self._retry_soon()
+
         self.effect(f"finish rollout {record.id} of {role.name}",
-                    lambda: store.finish(self.backend, self.keys, role.name, record.id), None)
+                    lambda: store.finish(self.backend, self.keys, role.name, record.id), done)
+
+    def _release_orphans(self, role: RoleSpec, state: _RoleState, now: float) -> None:
+        """Free slots on our lease that no hold knows (a take whose reply was lost)."""
+        if state.acquiring:
+            return
+        lease = self.lease()
+        known = {h.number for h in state.holds.values()}
+        for number, when in list(state.released.items()):
+            if now - when > ORPHAN_GRACE:
+                del state.released[number]
+        for slot in self.view.slots.get(role.name, ()):
+            if slot.lease != lease or slot.number in known or slot.number in state.released:
+                continue
+            log.warning("role %s: rollout slot %d is ours but no child holds it: releasing it", role.name,
+                        slot.number, extra={"role": role.name})
+            state.released[slot.number] = now
+            self.effect(f"release rollout slot {slot.number} of {role.name}",
+                        functools.partial(store.release, self.backend, self.keys, role.name, slot.number, lease),
+                        None)
 
     # --- status --------------------------------------------------------------------------
     def status(self, role: str) -> dict[str, Any] | None:
