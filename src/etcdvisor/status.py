@@ -33,7 +33,13 @@ when unknown or not applicable)::
              "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
                              "address": "web-1:8000", "port": 8000}],    # (else null)
              "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
-                                     "last_exit": null}}}
+                                     "last_exit": null, "index": 0,
+                                     "ready": true,               # probes / sd_notify / min_ready
+                                     "restarts_by_reason": {"liveness": 1},  # exit, liveness, startup,
+                                     # watchdog, memory, control, config, rollout
+                                     "probe_failure": {"probe": "liveness", "at": 1714000000.1,
+                                                       "message": "GET ...: timed out"},  # or null
+                                     "notify_status": "serving"}}}  # last sd_notify STATUS=, or null
           ],
           "shard": ["web-1", "web-2"],       # roles/<role>/shard/ in join order, or null
           "alive": {"web-1": ["0/2"]},       # fenced sharded: partitions alive per member, or null
@@ -400,6 +406,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
             rows.append([a["member"], state] + fields + [_children(a["children"])])
         lines += _table(headers + ["CHILDREN"], rows, indent=2)
         for a in role["assignments"]:
+            lines += _child_health(a)
             for inst in a.get("registered") or ():
                 lines.append(f"  registered: {inst.get('service')} {inst.get('id')} at {inst.get('address')}")
     elif not (role["ticks"] or role["job"]):
@@ -481,6 +488,21 @@ def _render_handoff(role: dict) -> list[str]:
     return lines
 
 
+def _child_health(a: dict) -> list[str]:
+    """One line per child with a last probe failure or an sd_notify STATUS= text."""
+    lines = []
+    for key, child in (a.get("children") or {}).items():
+        if not isinstance(child, dict):
+            continue
+        failure = child.get("probe_failure")
+        if isinstance(failure, dict):
+            lines.append(f"  last probe failure on {a['member']} {key}: {failure.get('probe')} at "
+                         f"{_when(failure.get('at'))}: {failure.get('message')}")
+        if child.get("notify_status"):
+            lines.append(f"  STATUS= on {a['member']} {key}: {child['notify_status']}")
+    return lines
+
+
 def _children(children: dict) -> str:
     parts = []
     for key, child in children.items():
@@ -489,9 +511,13 @@ def _children(children: dict) -> str:
         text = f"{key}: {child.get('state')}"
         if child.get("pid"):
             text += f" pid {child['pid']}"
-        if child.get("ready") is False and child.get("state") == "running":
-            text += " (not ready)"
-        if child.get("restarts"):
+        if child.get("ready") is not None:
+            text += " ready" if child["ready"] else " not ready"
+        by_reason = child.get("restarts_by_reason")
+        if isinstance(by_reason, dict) and by_reason:
+            total = sum(n for n in by_reason.values() if isinstance(n, int))
+            text += f", {total} restarts (" + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())) + ")"
+        elif child.get("restarts"):
             text += f", {child['restarts']} restarts"
         if child.get("last_exit") is not None:
             text += f", last exit {child['last_exit']}"

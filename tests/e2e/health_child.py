@@ -1,12 +1,13 @@
 """A child for health tests: serves HTTP, speaks sd_notify (its own datagram
 client, as a library would), hangs itself with SIGSTOP when asked.
 
-Environment: HC_RECORD (file: one JSON line per start), HC_PORT (serve GET on
+Environment: WORK_RECORD (file: JSON lines start/hang/stop, as examples/worker.py
+writes them), HC_PORT (serve GET on
 this port: 200 for every path), HC_NOTIFY_AFTER (seconds, then READY=1 and
 STATUS=serving), HC_WATCHDOG_EVERY (seconds between WATCHDOG=1), HC_HANG_AFTER
 (seconds, then SIGSTOP itself, only if HC_HANG_ONCE names a file that does not
 exist yet: it is created, so the replacement runs normally), HC_NEVER_READY=1
-(never send READY=1).
+(never send READY=1), HC_ALLOCATE_MB (hold this much resident memory), HC_BACKLOG (listen backlog, default 16).
 """
 
 import http.server
@@ -38,13 +39,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+FIELDS = ("ROLE", "MEMBER_ID", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN")
+
+
+def record(event: str) -> None:
+    path = os.environ.get("WORK_RECORD")
+    if path:
+        entry = {"event": event, "pid": os.getpid(), "t": time.time(),
+                 **{k.lower(): os.environ.get(k) for k in FIELDS}}
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
 def main() -> None:
     env = os.environ
-    if env.get("HC_RECORD"):
-        with open(env["HC_RECORD"], "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "t": time.time(), "role": env.get("ROLE"),
-                                 "member": env.get("MEMBER_ID"), "index": env.get("INDEX")}) + "\n")
+    record("start")
     if env.get("HC_PORT"):
+        http.server.ThreadingHTTPServer.request_queue_size = int(env.get("HC_BACKLOG") or 16)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", int(env["HC_PORT"])), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()
@@ -55,6 +66,8 @@ def main() -> None:
     if hang_at is not None and os.path.exists(env.get("HC_HANG_ONCE", "")):
         hang_at = None
     every = float(env.get("HC_WATCHDOG_EVERY", "0"))
+    ballast = bytearray(int(float(env.get("HC_ALLOCATE_MB", "0")) * 1024 * 1024))
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page: resident, not just reserved
     next_dog = started
     ready_sent = env.get("HC_NEVER_READY") == "1"
     while not stop.is_set():
@@ -67,8 +80,12 @@ def main() -> None:
             next_dog = now + every
         if hang_at is not None and now >= hang_at:
             open(env["HC_HANG_ONCE"], "w").close()
+            record("hang")
             os.kill(os.getpid(), signal.SIGSTOP)
+            hang_at = None
         stop.wait(0.05)
+    notify("STOPPING=1")
+    record("stop")
 
 
 if __name__ == "__main__":

@@ -179,3 +179,16 @@ def check_needs(roles: Mapping[str, RoleSpec | None], problems: Problems,
     cycle = find_cycle({n: [a for a in s.needs if a in roles and a != n] for n, s in roles.items() if s})
     if cycle:
         problems.add(("roles", cycle[0], "needs"), "cycle in needs: " + " -> ".join(cycle))
+
+
+def stop_waves(needs: Mapping[str, tuple[str, ...]]) -> list[set[str]]:
+    """Roles in shutdown order (``needs``: role -> roles it needs): each wave holds
+    the roles no remaining role needs, so dependents stop before what they need."""
+    remaining = set(needs)
+    waves = []
+    while remaining:
+        needed = {n for r in remaining for n in needs[r] if n in remaining and n != r}
+        wave = (remaining - needed) or set(remaining)  # a cycle (refused at load) stops at once
+        waves.append(wave)
+        remaining -= wave
+    return waves

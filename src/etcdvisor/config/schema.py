@@ -32,6 +32,7 @@ TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "children": ("sharded",),
     "standby": ("singleton",),
     "rollout": ("sharded", "singleton"),
+    "step_down_after": ("singleton",),
     "schedule": ("cron",),
     "timezone": ("cron",),
     "starting_deadline": ("cron",),

@@ -31,12 +31,14 @@ Guarantees:
 - An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure,
   except after ``fail_child(now, reason, quick)`` (a failed health check): that exit
   counts like a crash (backoff, ``start_retries``, FAILED) and its ``Exited`` carries
-  ``reason``; ``quick`` makes it a quick exit whatever the uptime (a child that never
-  became healthy must end FAILED like a crash loop).
+  ``reason``; ``quick`` (the child never became healthy) makes it a quick exit whatever
+  the uptime, so such a child ends FAILED like a crash loop; without ``quick`` (it had
+  been healthy) the count resets and the child restarts at once.
 - Restarts are counted by reason (``restarts_by_reason``): ``exit`` and the health
   reasons for automatic ones, ``restart_child``'s ``reason`` (``control`` by default)
-  and ``config`` (a new spec replaced a running child) for requested ones; a requested
-  restart's ``Started`` carries its reason.
+  and, after ``note_restart_reason(reason)``, that reason when the next new spec replaces
+  the running child (``config``); a requested restart's ``Started`` carries its reason.
+  Other spec changes (a new assignment) are not counted as restarts.
 - Lease-bound specs: ``set_lease_deadlines(term_at, kill_at)`` is passed to the child,
   which is stopped at ``term_at`` and killed at ``kill_at``; while ``term_at`` (or the
   earlier ``start_by``, when given) has passed no new lease-bound child is started (the
@@ -133,6 +135,7 @@ class Slot:
         self.restarts = 0                 # automatic restarts after unrequested exits
         self.restarts_by_reason: dict[str, int] = {}  # every restart, automatic or requested
         self._restart_reason: str | None = None  # a requested restart in progress
+        self._spec_change_reason: str | None = None  # why the next new spec will come (config)
         self._health_failure: tuple[str, bool] | None = None  # (reason, quick) of fail_child
         self.last_exit: int | None = None
         self.restart_at: float | None = None
@@ -189,6 +192,12 @@ class Slot:
         self._child.stop(now)
         self._dirty = True
         return True
+
+    def note_restart_reason(self, reason: str) -> None:
+        """The next new spec replaces the running child for ``reason`` (``config``:
+        a config item changed); other spec changes (a new INDEX) are not restarts."""
+        self._spec_change_reason = reason
+        self._dirty = True
 
     def fail_child(self, now: float, reason: str, quick: bool) -> bool:
         """A health check failed (``reason``: liveness, startup, watchdog, memory):
@@ -264,8 +273,10 @@ class Slot:
             self.state = SlotState.EXITED  # RUNNING | STOPPING -> EXITED
             events.append(Exited(self.name, code, uptime, None, reason))
             return
-        quick = health is not None and health[1]
-        self._failures = self.backoff.next_failures(self._failures, 0.0 if quick else uptime)
+        if health is None:
+            self._failures = self.backoff.next_failures(self._failures, uptime)
+        else:  # never healthy: a quick exit whatever the uptime; healthy before: restart at once
+            self._failures = self._failures + 1 if health[1] else 0
         if self._failures > self.start_retries:
             self.state = SlotState.FAILED  # RUNNING | STOPPING -> FAILED
             events.append(Exited(self.name, code, uptime, None, reason))
@@ -284,7 +295,8 @@ class Slot:
         if self._child is not None:
             if desired != self._spec and self._child.state is ChildState.RUNNING:
                 self.state = SlotState.STOPPING  # RUNNING -> STOPPING
-                self._restart_reason = "config" if desired is not None else None
+                self._restart_reason = self._spec_change_reason if desired is not None else None
+                self._spec_change_reason = None
                 self._child.stop(now)
             elif self._child.stop_requested:
                 self.state = SlotState.STOPPING  # RUNNING -> STOPPING (lease term)
@@ -297,6 +309,7 @@ class Slot:
             self._failures, self.restart_at = 0, None
             return
         if desired != self._spec:
+            self._spec_change_reason = None
             self._spec, self._failures, self.restart_at = desired, 0, None
             self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
         if self.state in (SlotState.EXITED, SlotState.FAILED):

@@ -56,6 +56,9 @@ class RuntimeContext:
     metrics: Any = None  # runtime.metrics.Metrics when the supervisor runs (counters only)
     config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
     notify_socket: Callable[[str], str] | None = None  # child name -> its sd_notify socket path
+    # role name -> {slot key: (child alive, ready)}; ready None: nothing to judge (no child
+    # running, starting or in backoff). Set by the supervisor (runtime/child_health.py).
+    children_health: Callable[[str], dict[str, tuple[bool, bool | None]]] | None = None
 
     @property
     def cluster(self) -> str:

@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..process.manager import ProcessManager
-from ..process.slot import Exited, RestartPolicy, Slot, SlotEvent, SpawnFailed, Stopped
+from ..process.slot import Exited, RestartPolicy, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 
 log = logging.getLogger("etcdvisor")
 
-POOL_SIZE = 4
+POOL_SIZE = 8
 MESSAGE_MAX = 200  # characters of a failure message kept for status
 
 
@@ -119,6 +119,7 @@ class ProbeRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._execs: dict[Slot, tuple[ProbeDone, float, float]] = {}  # slot -> (run, deadline, timeout)
         self._finished: list[Slot] = []  # exec probe slots to drop once idle
+        self._tags: dict[Slot, str] = {}  # exec probe slot -> its run's marker
 
     def _submit(self, done: ProbeDone, call: Callable[[], tuple[bool, str]]) -> None:
         if self._pool is None:
@@ -159,6 +160,10 @@ class ProbeRunner:
         if entry is None:
             return
         done, _deadline, timeout = entry
+        if isinstance(event, Started):
+            if slot.child is not None:
+                self._tags[slot] = slot.child.tag
+            return
         if isinstance(event, Exited):
             ok = event.code == 0
             outcome = (True, "exit status 0") if ok else (False, f"exit status {event.code}")
@@ -169,9 +174,19 @@ class ProbeRunner:
         else:
             return
         del self._execs[slot]
+        tag = self._tags.pop(slot, None)
+        if tag is not None and self.manager is not None:
+            # whatever the probe left (a daemon) goes now, not at the next census
+            self.manager.tracker.kill_tree(tag, None, None)
         slot.set_desired(None)
         self._finished.append(slot)
         self.post(ProbeDone(done.slot, done.tag, done.probe, *outcome))
+
+    def cancel(self, slot_name: str) -> None:
+        """The child of ``slot_name`` stops: kill its exec probes now (loop thread)."""
+        for slot, (done, _deadline, _timeout) in self._execs.items():
+            if done.slot == slot_name and slot.desired is not None:
+                slot.set_desired(None)
 
     def tick(self, now: float) -> None:
         """Kill exec probes past their timeout; drop finished ones (loop thread)."""

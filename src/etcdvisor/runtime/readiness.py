@@ -7,7 +7,8 @@ child's tag). Semantics, as Kubernetes defines them:
   ``min_ready`` (and passed its ``startup`` probe, if any) without exiting;
 - with them, it is ready while its readiness probe passes (``success_threshold``
   successes in a row make it ready, ``failure_threshold`` failures unready) and,
-  with ``notify``, once it sent ``READY=1``;
+  with ``notify``, once it sent ``READY=1`` (``STOPPING=1`` and ``RELOADING=1`` make it
+  unready until the next ``READY=1``);
 - ``liveness`` and ``readiness`` probes start after ``startup`` succeeded (each after
   its ``initial_delay``); ``startup`` failing ``failure_threshold`` times in a row,
   ``liveness`` failing ``failure_threshold`` times in a row, no ``WATCHDOG=1`` for
@@ -123,6 +124,7 @@ class Readiness:
                                                      child.started_at or now)
         for name in [n for n in self.runs if n not in seen]:
             del self.runs[name]
+            self.runner.cancel(name)
         self.wanted = wanted
         self.forget([n for n in {*self.last_failure, *self.notify_status} if n not in known])
 
@@ -298,6 +300,8 @@ class Readiness:
                 continue
             if key == "READY" and value == "1":
                 run.notify_ready = True
+            elif key in ("STOPPING", "RELOADING") and value == "1":
+                run.notify_ready = False  # ready again with the next READY=1
             elif key == "WATCHDOG" and value == "1" and run.role.health.watchdog is not None:
                 run.watchdog_at = now + run.role.health.watchdog
             elif key == "WATCHDOG" and value == "trigger":
@@ -320,6 +324,7 @@ class Readiness:
         quick = not (was_ready and (liveness is None or liveness.ever_passed))
         run.failing = True
         run.ready_since = None
+        self.runner.cancel(run.slot.name)
         log.warning("%s: %s check failed (%s): restarting it", run.slot.name, reason, message,
                     extra={"role": run.role.name})
         run.slot.fail_child(now, reason, quick)

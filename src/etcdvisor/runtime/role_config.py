@@ -374,6 +374,10 @@ class RoleConfig:
             if restartable(role) and any(a.action is ChangeAction.RESTART for a in actions):
                 log.info("role %s: restarting its children for %s%s", role_name, ", ".join(sorted(envs)),
                          " (rolling, see its rollout)" if self.rolling else "", extra={"role": role_name})
+                if not self.rolling:
+                    for runner, _key, slot in children:
+                        if runner.name == role_name:
+                            slot.note_restart_reason("config")  # counted as such when the spec changes
                 continue  # the spec changes: the slot restarts the child once its file is written
             # one-shot runs: a restart entry is only a file rewrite for the running ones
             signals = sorted({a.signal for a in actions if a.signal is not None})

@@ -37,18 +37,16 @@ from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
-from ..process.slot import SlotEvent
+from ..process.slot import SlotEvent, SlotState
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
+from .child_health import ChildHealth
 from .control import ControlChanged
 from .effects import EffectRunner
 from .health import HttpError
 from .joined import Joined, present
 from .member import MemberRecord
-from .notify import NotifyHub
 from .ops import Operations
-from .probes import ProbeDone, ProbeRunner
-from .readiness import NotifyMessage, Readiness
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
 from .rollouts import ROLLOUT_LANE, MembersChanged, Rollouts, RolloutsChanged, RolloutWatch
@@ -57,8 +55,8 @@ from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
 
+JUDGED_STATES = (SlotState.RUNNING, SlotState.STOPPING, SlotState.BACKOFF)  # readiness applies
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
-NEEDS_LEADER_GRACE = 5.0  # a needed leader role without a child here: wait this long for its election
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
 
@@ -132,12 +130,10 @@ class Supervisor:
         self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
-        self.probes = ProbeRunner(self.inbox.put, None)  # the manager is set by start()
-        self.readiness = Readiness(self.probes, member=config.member.id, metrics=self.ops.metrics)
+        # probes, sd_notify, readiness, needs (runtime/child_health.py)
+        self.child_health = ChildHealth(self.inbox.put, config.member.id, self.ops.metrics, clock)
+        self.readiness = self.child_health.readiness
         self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
-        self.notify: NotifyHub | None = None  # made when the first notify child is specified
-        self._needs_wake: float | None = None
-        self._needs_seen: dict[int, float] = {}  # runner serial -> first asked (needs of leader roles)
         self._reload_again = False  # another SIGHUP came meanwhile
         self.rollouts: Rollouts | None = None  # rolling restarts (runtime/rollouts.py)
         self.rollout_watch: RolloutWatch | None = None
@@ -224,7 +220,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
-        self.probes.manager = self.manager
+        self.child_health.attach(self.manager)
         if self.embedded is not None and self.embedded.proc is not None:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
@@ -238,7 +234,8 @@ class Supervisor:
                                  lambda what, call, done=None: self.effects.submit(
                                      Effect(WIRING_LANE, 0, what, call, done)))
         self.ctx.config_env = self.wiring.child_env
-        self.ctx.notify_socket = self._notify_socket
+        self.ctx.notify_socket = self.child_health.notify_socket
+        self.ctx.children_health = self._children_health
         self.attach_rollouts()
         self.wiring.start()
         self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
@@ -316,7 +313,8 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
-        self._check_on_failed()
+        if not self.stopping and self.child_health.failed_exit(self.config, self._last_status):
+            self.stopping, self.exit_status = True, 3
         self.roster.flush_effects()
         after = self.clock()
         self.ops.health.unready = tuple(self.readiness.unready_checked(after))
@@ -327,7 +325,7 @@ class Supervisor:
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None,
-                     self.readiness.next_deadline(), self._needs_wake,
+                     self.child_health.next_deadline(),
                      self.rollouts.next_deadline() if self.rollouts is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
@@ -344,10 +342,8 @@ class Supervisor:
         elif isinstance(event, (RolloutsChanged, MembersChanged)):
             if self.rollouts is not None:
                 self.rollouts.handle(event)
-        elif isinstance(event, ProbeDone):
-            self.readiness.on_probe(event, self.clock())
-        elif isinstance(event, NotifyMessage):
-            self.readiness.on_notify(event, self.clock())
+        elif self.child_health.handles(event):
+            pass
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
@@ -436,7 +432,7 @@ class Supervisor:
     # --- reconcile ---------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
-        self._needs_wake = None
+        self.child_health.needs_wake = None
         self.roster.settle()
         wiring = self.wiring  # None: a loop built without start() (tests)
         if wiring is not None:
@@ -449,8 +445,8 @@ class Supervisor:
                     self.roster.call(runner, "while_paused", functools.partial(runner.while_paused, now))
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
-                if desired and runner.spec.needs:
-                    desired = self._needs_gate(runner, desired, now)
+                desired = self.child_health.gate(runner, desired, self.reconciler, self.runners,
+                                           self.config.member.id, now)
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.roster.apply(runner, wiring.gate(runner, desired) if wiring else desired)
@@ -460,11 +456,7 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
-        children = self.reconciler.children()
-        self.readiness.sync(((runner.spec, slot) for runner, _key, slot in children), now)
-        self.readiness.run_due(now)
-        if self.notify is not None:
-            self._follow_notify(children)
+        self.child_health.after_reconcile(self.reconciler.children(), now)
         if self.rollouts is not None:
             self.rollouts.tick(now)
         self._last_status = self._roles_status(now)
@@ -525,95 +517,34 @@ class Supervisor:
         :meth:`child_ready_since`)."""
         return self.child_ready_since(role, key) is not None
 
-    def _notify_socket(self, child_name: str) -> str:
-        if self.notify is None:
-            self.notify = NotifyHub(self.inbox.put)
-        return self.notify.path_for(child_name)
-
-    def _follow_notify(self, children: list[tuple[RoleRunner, str, Any]]) -> None:
-        """Tell the sd_notify reader which child owns which socket; close the others."""
-        assert self.notify is not None
-        owners, names = {}, []
-        for runner, _key, slot in children:
-            if not runner.spec.health.notify:
-                continue
-            spec = slot.child.spec if slot.child is not None else slot.desired
-            if spec is None or "NOTIFY_SOCKET" not in spec.env:
-                continue
-            names.append(spec.name)
-            if slot.desired is not None and slot.desired.name != spec.name:
-                names.append(slot.desired.name)
-            child = slot.child
-            if child is not None and child.pid is not None:
-                owners[spec.env["NOTIFY_SOCKET"]] = (slot.name, child.pid, child.tag)
-        self.notify.set_owners(owners)
-        self.notify.retain(names)
-
-    def _needs_gate(self, runner: RoleRunner, desired: dict[str, Any], now: float) -> dict[str, Any]:
-        """``needs:``: children of ``runner`` not running yet start only once every
-        child of the needed roles on this member is ready (and there is one)."""
-        if self._needs_met(runner.spec.needs, now):
-            return desired
-        current = self.reconciler.slots_of(runner)
-        return {k: spec for k, spec in desired.items() if k in current and current[k].child is not None}
-
-    def _needs_met(self, needs: Iterable[str], now: float) -> bool:
-        """Every child of the roles ``needs`` on this member is ready. A needed
-        sharded role must have a child here; a leader role (singleton, cron, job)
-        led elsewhere has none, which is fine once another leader is known or the
-        role has campaigned here for ``NEEDS_LEADER_GRACE`` without winning."""
-        seen = set()
-        for owner, _key, slot in self.reconciler.children():
-            if owner.name in needs and self.runners.get(owner.name) is owner and slot.desired is not None:
-                if not self.readiness.ready(slot.name, now):
-                    return False
-                seen.add(owner.name)
-        for name in needs:
-            runner = self.runners.get(name)
-            if name in seen or runner is None:
-                continue
-            if runner.spec.type is RoleType.SHARDED:
-                return False
-            since = self._needs_seen.setdefault(runner.serial, now)
-            leader = getattr(runner, "leader_member", None)
-            if runner.status().get("leader"):
-                return False
-            if leader in (None, self.config.member.id) and now - since < NEEDS_LEADER_GRACE:
-                self._needs_wake = since + NEEDS_LEADER_GRACE
-                return False
-        return True
-
-    def _check_on_failed(self) -> None:
-        """``on_failed: exit``: a FAILED role stops the member (exit status 3)."""
-        if self.stopping:
-            return
-        for name, status in self._last_status.items():
-            role = self.config.roles.get(name)
-            if status.get("failed") and role is not None and role.on_failed == "exit":
-                log.error("role %s FAILED (%s) and has on_failed: exit: stopping every child, "
-                          "leaving the cluster, exit status 3", name, status["failed"], extra={"role": name})
-                self.stopping = True
-                self.exit_status = 3
-                return
+    def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
+        """(RuntimeContext.children_health) slot key -> (child alive, ready or None)."""
+        now = self.clock()
+        health = {}
+        for runner, key, slot in self.reconciler.children():
+            if runner.name == role and self.runners.get(role) is runner:
+                judged = slot.state in JUDGED_STATES or (slot.state is SlotState.STOPPED and slot.desired is not None)
+                health[key] = (slot.child is not None, self.readiness.ready(slot.name, now) if judged else None)
+        return health
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
-        self.manager.stop_all(self.clock())
-        for runner in list(self.runners.values()):
-            self.roster.call(runner, "leaving", runner.leaving)
-        self.roster.flush_effects()
-        while not self.manager.all_stopped():
-            deadline = self.reconciler.next_deadline()
-            timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.clock()))
-            try:
-                event = self.inbox.get(timeout=timeout)
-                if isinstance(event, Signalled):
-                    self._on_signal(event.signum)
-            except queue.Empty:
-                pass
-            self.reconciler.tick(self.clock())
-            self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
-            self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
+        """Stop every child (roles with ``needs`` before the roles they need), then leave."""
+        runners = list(self.runners.values())
+        waves = self.child_health.stop_waves(runners)
+        for number, wave in enumerate(waves):
+            if len(waves) > 1:
+                log.info("stopping %s (%s)", ", ".join(sorted(wave)) or "nothing",
+                         "dependents first" if number == 0 else "the roles that need them have stopped")
+            for runner, _key, slot in self.reconciler.children():
+                if runner.name in wave or (number == 0 and runner not in runners):
+                    slot.set_desired(None)
+            for runner in runners:
+                if runner.name in wave:
+                    self.roster.call(runner, "leaving", runner.leaving)
+            self._wait_stopped(functools.partial(self._stopped, wave))
+        self.manager.stop_all(self.clock())  # whatever is left (probes, a retiring runner)
+        self._wait_stopped(self.manager.all_stopped)
         log.info("all children stopped; leaving cluster %s", self.config.cluster)
         if not self.effects.drain(timeout=2 * self.config.etcd.timeout):
             log.warning("some writes to the store did not finish before leaving")
@@ -621,13 +552,35 @@ class Supervisor:
         self.close()
         return 1 if self.escalated else self.exit_status
 
+    def _stopped(self, roles: set[str]) -> bool:
+        return not any(slot.child is not None for runner, _k, slot in self.reconciler.children()
+                       if runner.name in roles)
+
+    def _wait_stopped(self, done: Callable[[], bool]) -> None:
+        """Turn the process layer (not the roles) until ``done()``; signals and
+        keepalives are still acted on (lease deadlines keep moving)."""
+        self.roster.flush_effects()
+        self.reconciler.tick(self.clock())
+        while not done():
+            deadline = self.reconciler.next_deadline()
+            timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.clock()))
+            try:
+                event = self.inbox.get(timeout=timeout)
+                if isinstance(event, Signalled):
+                    self._on_signal(event.signum)
+                elif isinstance(event, SessionChanged) and event.event.kind is SessionEventKind.KEEPALIVE:
+                    self.reconciler.lease_confirmed(event.event.last_alive_sent, event.event.ttl)
+            except queue.Empty:
+                pass
+            self.reconciler.tick(self.clock())
+            self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
+            self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
+
     def close(self) -> None:
         self.ops.stop()
         if self.rollout_watch is not None:
             self.rollout_watch.stop()
-        self.probes.close()
-        if self.notify is not None:
-            self.notify.close()
+        self.child_health.close()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
