@@ -21,16 +21,24 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import TYPE_CHECKING, cast
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
 
+if TYPE_CHECKING:
+    from .coord.base import Backend
+
 POLL = 0.2  # seconds between two reads of the record while waiting
+
+
+def _backend(target: Target) -> Backend:
+    return cast("Backend", target.backend)  # open_target() made it
 
 
 def _children(target: Target, role: str) -> int:
     """Children of ``role`` in the live member records."""
     total = 0
-    for kv in target.backend.get_prefix(target.keys.members).kvs:
+    for kv in _backend(target).get_prefix(target.keys.members).kvs:
         try:
             children = ((json.loads(kv.value).get("roles") or {}).get(role) or {}).get("children") or {}
         except (ValueError, AttributeError):
@@ -46,14 +54,14 @@ def start_rollout(args, target: Target) -> int:
 
     who, _host = control.operator()
     record = rollout_store.new_record(args.role, "restart", who)
-    written = rollout_store.start(target.backend, target.keys, record)
+    written = rollout_store.start(_backend(target), target.keys, record)
     assert written is not None
     # the control record too: status shows who restarted the role when (members leave it to the rollout)
-    control.issue(target.backend, target.keys, {**control.make_record(control.RESTART, args.role),
+    control.issue(_backend(target), target.keys, {**control.make_record(control.RESTART, args.role),
                                                 "rollout": record.id})
     print(f"role {args.role}: rolling restart {record.id} (by {who} at {rollout_store.to_iso(record.started)}, "
           f"revision {written.revision})")
-    if target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
+    if _backend(target).get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
         print(f"role {args.role}: note: the role is paused; its children start after "
               f"'supervisor resume {args.role}'")
     if not getattr(args, "wait", False):
@@ -69,7 +77,7 @@ def wait_for(target: Target, role: str, rollout_id: str) -> int:
     last: tuple[str, str, int] | None = None
     started = time.monotonic()
     while True:
-        record = rollout_store.read_record(target.backend, target.keys, role)
+        record = rollout_store.read_record(_backend(target), target.keys, role)
         if record is None:
             raise Failure(f"role {role}: the rollout record is gone")
         if record.id != rollout_id:
@@ -114,7 +122,7 @@ def cmd_rollout(args, target: Target) -> int:
     if kind not in ("sharded", "singleton", None):
         raise UsageError(f"role {args.role} is a {kind} role; rollouts apply to sharded and singleton roles")
     if args.action == "status":
-        record = rollout_store.read_record(target.backend, target.keys, args.role)
+        record = rollout_store.read_record(_backend(target), target.keys, args.role)
         if args.json:
             print(json.dumps({"role": args.role, "rollout": record.to_json() if record else None,
                               "children": _children(target, args.role)}, allow_nan=False))
@@ -124,9 +132,9 @@ def cmd_rollout(args, target: Target) -> int:
             print(f"role {args.role}: {describe(record)} of {_children(target, args.role)}")
         return EXIT_OK
     change = rollout_store.resume if args.action == "resume" else rollout_store.abort
-    written = change(target.backend, target.keys, args.role)
+    written = change(_backend(target), target.keys, args.role)
     if written is None:
-        record = rollout_store.read_record(target.backend, target.keys, args.role)
+        record = rollout_store.read_record(_backend(target), target.keys, args.role)
         now = f"it is {record.state}" if record is not None else "there is none"
         raise Failure(f"role {args.role}: no rollout to {args.action} ({now})")
     print(f"role {args.role}: {describe(written)}")
