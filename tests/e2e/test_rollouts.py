@@ -230,3 +230,29 @@ def _set(fleet, i: int) -> None:
     from etcdvisor.runtime.role_config import layered_config
 
     layered_config(fleet.backend(), fleet.cluster, None, "etcdvisor").set("setting", f"v{i}")
+
+
+def test_rollout_verbs_answer_in_one_line_with_their_exit_codes(fleet):
+    config = fleet.write_config({"api": fleet.worker_role("sharded"),
+                                 "tick": fleet.worker_role("cron", schedule="@every 10s")})
+    fleet.backend().put(f"/etcdvisor/{fleet.cluster}/waitgroups/known", b"0")  # the cluster exists
+    status_out = cli("rollout", "status", "api", "-c", str(config))
+    assert status_out.returncode == 0 and b"no rollout" in status_out.stdout
+    assert json.loads(cli("rollout", "status", "api", "--json", "-c", str(config)).stdout)["rollout"] is None
+    for action in ("resume", "abort"):
+        result = cli("rollout", action, "api", "-c", str(config))
+        assert result.returncode == 1 and result.stderr.decode().count("\n") == 1, result.stderr
+        assert f"no rollout to {action}" in result.stderr.decode()
+    for argv in (["rollout", "status", "tick"], ["restart", "api", "--wait", "--index", "0"],
+                 ["restart", "tick", "--wait"], ["rollout", "abort", "ghost"]):
+        result = cli(*argv, "-c", str(config))
+        assert result.returncode == 2 and result.stderr.decode().count("\n") == 1, (argv, result.stderr)
+        assert b"Traceback" not in result.stderr
+    # restart without --wait writes the rollout; abort then stops it (no member runs it)
+    assert cli("restart", "api", "-c", str(config)).returncode == 0
+    assert json.loads(cli("rollout", "status", "api", "--json", "-c", str(config)).stdout)["rollout"]["state"] \
+        == "running"
+    aborted = cli("rollout", "abort", "api", "-c", str(config))
+    assert aborted.returncode == 0 and b"aborted" in aborted.stdout
+    resumed = cli("rollout", "resume", "api", "-c", str(config))
+    assert resumed.returncode == 0 and b"running" in resumed.stdout
