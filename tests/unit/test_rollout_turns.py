@@ -11,7 +11,7 @@ from __future__ import annotations
 from etcdvisor.coord.memory import FakeClock, MemoryBackend
 from etcdvisor.recipes.sequence import Info
 from etcdvisor.runtime import rollout_store as store
-from etcdvisor.runtime.rollouts import MembersChanged, RolloutsChanged, decode_members
+from etcdvisor.runtime.rollout_watch import MembersChanged, RolloutsChanged, decode_members
 
 from .loop_harness import LoopHarness
 

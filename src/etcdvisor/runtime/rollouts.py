@@ -33,7 +33,6 @@ I/O is queued with ``effect`` and comes back on the loop.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -44,12 +43,11 @@ from ..config import Config, RoleSpec
 from ..config.model import RoleType
 from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
-from ..coord.types import KeyValue
-from ..coord.watcher import PrefixWatcher
 from ..process.slot import Slot, SlotEvent, SlotState, Started
 from ..roles.base import RoleRunner
 from . import rollout_store as store
 from .role_config import QueueEffect
+from .rollout_watch import MembersChanged, RolloutsChanged, others_unready
 
 log = logging.getLogger("etcdvisor")
 
@@ -63,20 +61,6 @@ ROLLOUT_TYPES = (RoleType.SHARDED, RoleType.SINGLETON)
 def rollout_min_ready(role: RoleSpec) -> float:
     """How long a replacement must stay ready before its slot is released."""
     return role.rollout.min_ready if role.rollout.min_ready is not None else role.min_ready
-
-
-@dataclass(frozen=True)
-class RolloutsChanged:
-    """Posted by the watch thread: everything under ``rollouts/``."""
-
-    view: store.RolloutView
-
-
-@dataclass(frozen=True)
-class MembersChanged:
-    """Posted by the watch thread: member id -> its record's ``roles`` (decoded)."""
-
-    roles: Mapping[str, Mapping[str, Any]]
 
 
 @dataclass
@@ -278,18 +262,7 @@ class Rollouts:
     def _budget(self, role: RoleSpec, state: _RoleState, slots: Mapping[str, Slot], now: float) -> tuple[int, int]:
         """(max_unavailable, children unready without holding a slot), cluster-wide."""
         holders = {h.child for h in self.view.slots.get(role.name, ())}
-        total, unready = 0, 0
-        for member, roles in self.members.items():
-            if member == self.member_id:
-                continue
-            children = (roles.get(role.name) or {}).get("children") or {}
-            if not isinstance(children, Mapping):
-                continue
-            for key, entry in children.items():
-                total += 1
-                if not isinstance(entry, Mapping) or entry.get("ready") is not True:
-                    if f"{member}:{key}" not in holders:
-                        unready += 1
+        total, unready = others_unready(self.members, self.member_id, role.name, holders)
         for key, slot in slots.items():
             total += 1
             if not self.ready(slot, now) and key not in state.holds:
@@ -502,48 +475,3 @@ def _child_name(slot: Slot | None) -> str | None:
 def _natural(key: str) -> tuple[int, str]:
     digits = "".join(c for c in key if c.isdigit())
     return (int(digits) if digits else -1, key)
-
-
-MEMBER_RECORD_LIMIT = 1024 * 1024
-
-
-def decode_members(prefix: str, kvs: Iterable[KeyValue]) -> dict[str, Mapping[str, Any]]:
-    """member id -> the ``roles`` of its record; a bad record is skipped with one warning."""
-    out: dict[str, Mapping[str, Any]] = {}
-    for kv in kvs:
-        member = kv.key[len(prefix):]
-        try:
-            if len(kv.value) > MEMBER_RECORD_LIMIT:
-                raise ValueError(f"larger than {MEMBER_RECORD_LIMIT} bytes")
-            doc = json.loads(kv.value)
-            roles = doc.get("roles") if isinstance(doc, dict) else None
-            if not isinstance(roles, dict):
-                raise ValueError("no roles object")
-        except ValueError as exc:
-            store.warn_once(kv.key, kv.mod_revision, f"bad member record: {exc}")
-            continue
-        out[member] = roles
-    return out
-
-
-class RolloutWatch:
-    """The two watch threads (``rollouts/`` and ``members/``); they only post."""
-
-    def __init__(self, backend: Backend, keys: ClusterKeys, post: Callable[[object], None]):
-        self.post = post
-        prefix, members = store.rollouts_prefix(keys), keys.members
-        self.watchers = [
-            PrefixWatcher(backend, prefix, lambda change: post(RolloutsChanged(
-                store.decode(prefix, change.snapshot.values()))), name="rollouts"),
-            PrefixWatcher(backend, members, lambda change: post(MembersChanged(
-                decode_members(members, change.snapshot.values()))), name="members"),
-        ]
-
-    def start(self, wait: float = 5.0) -> RolloutWatch:
-        for watcher in self.watchers:
-            watcher.start(wait=wait)
-        return self
-
-    def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.stop(2.0)

@@ -49,7 +49,8 @@ from .member import MemberRecord
 from .ops import Operations
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
-from .rollouts import ROLLOUT_LANE, MembersChanged, Rollouts, RolloutsChanged, RolloutWatch
+from .rollout_watch import MembersChanged, RolloutsChanged, RolloutWatch
+from .rollouts import ROLLOUT_LANE, Rollouts
 from .roster import Roster
 from .wiring import WIRING_LANE, SeedWiring
 
