@@ -255,3 +255,24 @@ def test_a_failed_slot_write_is_tried_again_without_any_other_event():
         h.turn()  # the failure is handled: a retry is due in a second, not now
         assert h.sup.rollouts.next_deadline() is not None
     assert cluster.run_until(lambda: cluster.record().state == store.DONE, 30)
+
+
+def test_a_whole_role_restart_record_from_an_older_cli_becomes_one_rollout():
+    from etcdvisor.runtime import control
+
+    cluster = Cluster(2, "{max_unavailable: 1, min_ready: 0.5s}")
+    record = {**control.make_record(control.RESTART, "worker"), "revision": 99}
+    for h in cluster.live():
+        h.post(control.ControlChanged({}, initial=True))
+        h.post(control.ControlChanged({"worker": {"restart": record}}, initial=False))
+    assert cluster.run_until(lambda: cluster.record() is not None and cluster.record().state == store.DONE, 30)
+    assert cluster.record().target == f"control:{record['id']}", "written once, whichever member saw it first"
+    assert cluster.restarted() == {child: 1 for child in cluster.starts}
+    assert cluster.worst == 1
+    # a record the new CLI wrote next to its rollout is left to that rollout
+    fresh = {**control.make_record(control.RESTART, "worker"), "revision": 120, "rollout": "abc"}
+    before = cluster.record()
+    for h in cluster.live():
+        h.post(control.ControlChanged({"worker": {"restart": fresh}}, initial=False))
+    cluster.run_until(lambda: False, 2)
+    assert cluster.record() == before
