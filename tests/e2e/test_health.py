@@ -165,7 +165,7 @@ def test_on_failed_exit_stops_every_child_and_exits_3(fleet):
 
 def test_a_child_over_its_memory_limit_is_restarted(fleet):
     role = health_role(fleet, "sharded", health={"memory": "40MiB"}, env={"HC_ALLOCATE_MB": "80"},
-                       start_retries=1, backoff={"initial": "0.2s"})
+                       start_retries=2, backoff={"initial": "2s"})
     config = fleet.write_config({"api": role})
     fleet.start("m0", config)
     status = wait_for(lambda: (s := poll_status(config)) and any(
@@ -174,5 +174,5 @@ def test_a_child_over_its_memory_limit_is_restarted(fleet):
     child = children_of(status, "api")[0]
     assert child["probe_failure"]["probe"] == "memory" and "above the limit" in child["probe_failure"]["message"]
     # never healthy: counts toward start_retries like a crash loop
-    wait_for(lambda: any(m["roles"]["api"].get("failed") for m in poll_status(config)["members"]), 30,
-             "the role to go FAILED")
+    wait_for(lambda: (s := poll_status(config)) and any(m["roles"]["api"].get("failed") for m in s["members"]),
+             30, "the role to go FAILED")

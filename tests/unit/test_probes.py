@@ -318,3 +318,12 @@ def test_exec_probes_of_a_stopping_child_are_killed(runner):
         except queue.Empty:
             assert time.monotonic() - started < 3, "the probe was not killed"
     assert not outcome.ok and time.monotonic() - started < 3
+
+
+def test_no_deadline_in_the_past_once_min_ready_passed():
+    """A passed min_ready must not keep the loop spinning (deadline 'now' forever)."""
+    ready = Readiness(FakeRunner(), member="m0")
+    ready.sync([(role(min_ready=2.0), FakeSlot())], 100.0)
+    assert ready.next_deadline() == 102.0
+    ready.run_due(102.0)
+    assert ready.next_deadline() is None

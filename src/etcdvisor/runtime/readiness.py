@@ -82,6 +82,7 @@ class ChildRun:
     memory_in_flight: bool = False
     ready_since: float | None = None  # readiness-checked runs: since when ready
     healthy: bool = False  # passed startup and was ready once: a later failure is not "quick"
+    min_ready_passed: bool = False  # (without readiness checks) the loop woke up for min_ready
     failing: bool = False  # fail_child was asked
 
     @property
@@ -199,7 +200,7 @@ class Readiness:
             child = run.slot.child
             if run.failing or child is None or child.state is not ChildState.RUNNING:
                 continue
-            if not run.checked and run.startup_done:
+            if not run.checked and run.startup_done and not run.min_ready_passed:
                 times.append(run.started_at + run.role.min_ready)
             times.extend(c.next_at for c in run.checks.values() if c.next_at is not None and not c.in_flight)
             if run.watchdog_at is not None:
@@ -218,6 +219,8 @@ class Readiness:
             child = run.slot.child
             if run.failing or child is None or child.state is not ChildState.RUNNING:
                 continue
+            if not run.min_ready_passed and now >= run.started_at + run.role.min_ready:
+                run.min_ready_passed = True  # its readiness changed: no more wake-ups for it
             if run.watchdog_at is not None and now >= run.watchdog_at:
                 self._fail(run, "watchdog", f"no WATCHDOG=1 for {run.role.health.watchdog:g}s", now)
                 continue
