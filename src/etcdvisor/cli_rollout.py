@@ -64,6 +64,9 @@ def start_rollout(args, target: Target) -> int:
     if _backend(target).get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
         print(f"role {args.role}: note: the role is paused; its children start after "
               f"'supervisor resume {args.role}'")
+    if _children(target, args.role) == 0:
+        print(f"role {args.role}: note: no live member runs a child of it; members that start "
+              f"later finish the rollout (nothing of theirs needs a restart)")
     if not getattr(args, "wait", False):
         return EXIT_OK
     return wait_for(target, args.role, record.id)
