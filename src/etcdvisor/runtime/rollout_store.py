@@ -48,7 +48,7 @@ TRIGGERS = ("restart", "config")
 RECORD_LIMIT = 1024 * 1024  # bytes of one record (``done`` grows with the role)
 DONE_LIMIT = 20000  # children listed in ``done``
 TEXT_LIMIT = 512  # any string field
-CAS_TRIES = 8
+CAS_TRIES = 64  # every round one writer wins: enough for a fleet's members at once
 
 _warned: set[tuple[str, int]] = set()  # (key, mod revision) already reported
 

@@ -374,7 +374,11 @@ class Rollouts:
 
         def call() -> None:
             if mark:
-                store.mark_done(self.backend, self.keys, role.name, rollout_id, [hold.child])
+                try:
+                    store.mark_done(self.backend, self.keys, role.name, rollout_id, [hold.child])
+                except Exception as exc:  # noqa: BLE001 - progress display only: the slot goes anyway
+                    log.warning("role %s: cannot list %s as done in rollout %s: %s", role.name, hold.child,
+                                rollout_id, exc)
             store.release(self.backend, self.keys, role.name, hold.number, lease)
 
         def finished(_result: object, error: BaseException | None) -> None:
