@@ -36,7 +36,7 @@ def test_needs_holds_a_role_until_the_needed_children_are_ready():
     elect(h, "db")
     elect(h, "api")
     assert set(h.turn()) == {"db"}  # db runs, not ready yet: api waits
-    h.clock.advance(60)
+    h.clock.advance(3)  # (within the lease: the harness sends no keepalives)
     assert set(h.turn()) == {"db"}
     h.post(NotifyMessage("db/db", (("READY", "1"),)))
     assert set(h.turn()) == {"db", "api"}
@@ -74,7 +74,7 @@ def test_a_ready_leader_keeps_the_role():
     h.turn()
     h.post(NotifyMessage("lead/lead", (("READY", "1"), ("STATUS", "leading"))))
     h.turn()
-    h.clock.advance(60)
+    h.clock.advance(6)
     assert set(h.turn()) == {"lead"}
     assert h.sup._last_status["lead"]["children"]["lead"]["notify_status"] == "leading"
 
