@@ -192,12 +192,14 @@ def _rollout(check: _RoleChecker) -> RolloutSettings:
     sub.path = check.path + ("rollout",)
     amount, percent = 25.0, True
     raw = sub.raw.get("max_unavailable")
-    if isinstance(raw, str):
-        amount = float(raw.rstrip("%"))
+    if isinstance(raw, str) and raw.endswith("%"):
+        amount = float(raw[:-1])
         if not 0 < amount <= 100:
             sub.fail("max_unavailable", f"must be a percentage above 0% and at most 100%, got {raw!r}")
-    elif isinstance(raw, int):
+    elif isinstance(raw, (int, str)):  # a count ("2" as well: the schema allows only digits)
         amount, percent = float(raw), False
+        if amount < 1 or amount != int(amount):
+            sub.fail("max_unavailable", f"must be a whole number of children >= 1, got {raw!r}")
     min_ready = sub.duration("min_ready", None, positive=False)
     deadline = sub.duration("deadline", 600.0)
     return RolloutSettings(max_unavailable=amount, percent=percent, min_ready=min_ready,
