@@ -412,7 +412,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     elif not (role["ticks"] or role["job"]):
         lines.append("  no member runs it")
     lines += _render_handoff(role)
-    lines += _render_rollout(role.get("rollout"), now)
+    lines += _render_rollout(name, role.get("rollout"), now)
     if role["ticks"]:
         ticks, last = role["ticks"], role["ticks"]["last"]
         ran = "never" if last is None else (
@@ -438,18 +438,18 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     return lines
 
 
-def _render_rollout(rollout: dict | None, now: float) -> list[str]:
+def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
     if not rollout:
         return []
     state = "rollout failed" if rollout["state"] == "failed" else f"rollout {rollout['state']}"
     line = (f"  {state}: {rollout['id']} ({rollout['trigger']} by {rollout['who']}, "
             f"{_age(rollout['started'], now)} ago), {len(rollout['done'])} children restarted")
     if rollout["slots"]:
-        line += "; restarting " + ", ".join(h["child"] for h in rollout["slots"])
+        line += "; slots held by " + ", ".join(h["child"] for h in rollout["slots"])
     lines = [line]
     if rollout.get("failed"):
         lines.append(f"  rollout failed: {rollout['failed']['reason']} "
-                     f"(supervisor rollout resume|abort ROLE)")
+                     f"(supervisor rollout resume|abort {name})")
     return lines
 
 
