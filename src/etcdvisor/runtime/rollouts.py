@@ -292,7 +292,15 @@ class Rollouts:
                 self._retry_soon()
                 return
             for number, child in result or []:
-                self._restart(role, state, number, child.partition(":")[2], record.id)
+                key = child.partition(":")[2]
+                current = self.view.records.get(role.name)  # the freshest we know
+                if current is None or current.state in (store.FAILED, store.ABORTED):
+                    # stopped meanwhile: restart no more children, give the slot back
+                    hold = Hold(number, child, key, record.id, self.clock(), restarted=True)
+                    state.holds[key] = hold
+                    self._release(role, state, hold, done=False)
+                    continue
+                self._restart(role, state, number, key, record.id)
 
         self.effect(f"take rollout slots of {role.name}",
                     lambda: store.acquire(self.backend, self.keys, role.name, numbers, len(wanted), wanted, lease),
