@@ -349,12 +349,12 @@ class Rollouts:
                 self._wake(release_at, now)
                 continue
             fail_at = hold.acquired_at + role.rollout.deadline
-            if record is not None and record.state == store.RUNNING and record.id == hold.rollout \
-                    and not hold.failed_reported:
+            # (the current rollout fails, also when it superseded the one the child restarted for)
+            if record is not None and record.state == store.RUNNING and not hold.failed_reported:
                 if now >= fail_at:
                     hold.failed_reported = True
-                    self._fail(role, hold, f"{hold.child} not ready within {role.rollout.deadline:g}s "
-                                           f"of its restart")
+                    self._fail(role, hold, record.id, f"{hold.child} not ready within "
+                                                      f"{role.rollout.deadline:g}s of its restart")
                 else:
                     self._wake(fail_at, now)
 
@@ -404,8 +404,8 @@ class Rollouts:
                      extra={"role": role.name})
         self.effect(f"release rollout slot {hold.number} of {role.name}", call, finished)
 
-    def _fail(self, role: RoleSpec, hold: Hold, reason: str) -> None:
-        log.error("role %s: rollout %s failed: %s; no more children are restarted", role.name, hold.rollout,
+    def _fail(self, role: RoleSpec, hold: Hold, rollout_id: str, reason: str) -> None:
+        log.error("role %s: rollout %s failed: %s; no more children are restarted", role.name, rollout_id,
                   reason, extra={"role": role.name})
         def done(_result: object, error: BaseException | None) -> None:
             if error is not None:
@@ -413,8 +413,8 @@ class Rollouts:
                 hold.failed_reported = False
                 self._retry_soon()
 
-        self.effect(f"mark rollout {hold.rollout} of {role.name} failed",
-                    lambda: store.mark_failed(self.backend, self.keys, role.name, hold.rollout, hold.child,
+        self.effect(f"mark rollout {rollout_id} of {role.name} failed",
+                    lambda: store.mark_failed(self.backend, self.keys, role.name, rollout_id, hold.child,
                                               self.member_id, reason), done)
 
     def _maybe_finish(self, role: RoleSpec, state: _RoleState, record: store.RolloutRecord) -> None:
