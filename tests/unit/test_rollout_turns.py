@@ -276,3 +276,22 @@ def test_a_whole_role_restart_record_from_an_older_cli_becomes_one_rollout():
         h.post(control.ControlChanged({"worker": {"restart": fresh}}, initial=False))
     cluster.run_until(lambda: False, 2)
     assert cluster.record() == before
+
+
+def test_a_replacement_past_its_deadline_fails_the_rollout_that_superseded_its_own():
+    cluster = Cluster(3, "{max_unavailable: 1, min_ready: 0.5s, deadline: 5s}")
+    cluster.restart()
+    cluster.run_until(lambda: any(h.sup.rollouts.roles["worker"].holds for h in cluster.members), 10)
+    holder = next(h for h in cluster.members if h.sup.rollouts.roles["worker"].holds)
+    (key,) = holder.sup.rollouts.roles["worker"].holds
+
+    def crash_loop() -> bool:
+        holder.exit("worker", key, 1)
+        return False
+
+    cluster.run_until(crash_loop, 1)
+    newer = cluster.restart("bob@laptop")
+    assert cluster.run_until(lambda: crash_loop() or cluster.record().state == store.FAILED, 10)
+    failed = cluster.record()
+    assert failed.id == newer.id and failed.failed.child.endswith(key)
+    assert cluster.worst == 1
