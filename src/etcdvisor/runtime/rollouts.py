@@ -54,6 +54,7 @@ log = logging.getLogger("etcdvisor")
 ROLLOUT_LANE = "(rollouts)"  # effect lane of the rollout records and slots
 RETRY = 1.0  # seconds before a failed store write is tried again
 ORPHAN_GRACE = 5.0  # a slot of ours that no hold knows is released after this (a lost reply)
+SILENT_GRACE = 15.0  # s: a member that never reports rollouts (an older version) is not waited for
 CONFIG_SETTLE = 1.0  # seconds a changed config must stay unchanged before children restart
 ROLLOUT_TYPES = (RoleType.SHARDED, RoleType.SINGLETON)
 
@@ -423,7 +424,11 @@ class Rollouts:
         for member, roles in self.members.items():
             if member == self.member_id or role.name not in roles:
                 continue
-            report = (roles.get(role.name) or {}).get("rollout")
+            status = roles.get(role.name) or {}
+            if isinstance(status, Mapping) and "rollout" not in status and \
+                    self.wall() - record.started > SILENT_GRACE:
+                continue  # a member of a version without rollouts: nothing to wait for
+            report = status.get("rollout") if isinstance(status, Mapping) else None
             if not isinstance(report, Mapping) or report.get("id") != record.id or \
                     report.get("pending") != 0 or report.get("holding") != 0:
                 return
