@@ -56,7 +56,6 @@ from .wiring import WIRING_LANE, SeedWiring
 
 log = logging.getLogger("etcdvisor")
 
-JUDGED_STATES = (SlotState.RUNNING, SlotState.STOPPING, SlotState.BACKOFF)  # readiness applies
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
@@ -519,12 +518,14 @@ class Supervisor:
         return self.child_ready_since(role, key) is not None
 
     def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
-        """(RuntimeContext.children_health) slot key -> (child alive, ready or None)."""
+        """(RuntimeContext.children_health) slot key -> (child alive, ready or None).
+        Readiness is judged for a running child only: a crash-looping one (in backoff)
+        ends FAILED through ``start_retries``, it does not make its leader step down."""
         now = self.clock()
         health = {}
         for runner, key, slot in self.reconciler.children():
             if runner.name == role and self.runners.get(role) is runner:
-                judged = slot.state in JUDGED_STATES or (slot.state is SlotState.STOPPED and slot.desired is not None)
+                judged = slot.state is SlotState.RUNNING and slot.child is not None
                 health[key] = (slot.child is not None, self.readiness.ready(slot.name, now) if judged else None)
         return health
 
