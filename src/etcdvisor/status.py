@@ -55,7 +55,13 @@ when unknown or not applicable)::
                      "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
           "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
                   "token": 1201, "exit_code": 0, "finished": ...},  # roles/<role>/job, or null
-          "control": {"pause": {...}}        # this role's control records (below), or null
+          "control": {"pause": {...}},       # this role's control records (below), or null
+          "rollout": {                       # rollouts/<role>: its current or last rollout, or null
+            "id": "18c3...-a1b2c3", "trigger": "restart", "who": "ann@laptop", "started": ...,
+            "at": "<ISO 8601>", "target": "...", "state": "running",  # running|done|failed|aborted
+            "done": ["web-1:0"], "failed": null, "finished": null, "resumed": null,
+            "summary": "rollout running",    # "rollout failed" while failed
+            "slots": [{"slot": 0, "member": "web-2", "child": "web-2:0"}]}  # slots held now
         }
       },
       "waitgroups": {"warmup.done": 3},      # name -> count
@@ -90,6 +96,7 @@ from .coord.errors import Compacted
 from .coord.keys import ClusterKeys
 from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, dumps, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
+from .runtime import rollout_store
 from .runtime.control import read_records as read_control
 
 SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
@@ -121,11 +128,17 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
     control_read = backend.get_prefix(keys.base + "control/", revision=revision)
+    rollouts_read = backend.get_prefix(rollout_store.rollouts_prefix(keys), revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
     control = read_control(control_read.kvs, keys.base + "control/", errors=True)
     roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
+    rollouts = rollout_store.decode(rollout_store.rollouts_prefix(keys), rollouts_read.kvs)
     for name, role in roles.items():
         role["control"] = control.get(name)  # the same records, next to the role
+        record = rollouts.records.get(name)
+        holds = [{"slot": h.number, "member": h.member, "child": h.child} for h in rollouts.slots.get(name, ())]
+        role["rollout"] = None if record is None else {
+            **record.to_json(), "summary": f"rollout {record.state}", "slots": holds}
     return {
         "cluster": keys.cluster,
         "revision": revision,
@@ -401,6 +414,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     elif not (role["ticks"] or role["job"]):
         lines.append("  no member runs it")
     lines += _render_handoff(role)
+    lines += _render_rollout(name, role.get("rollout"), now)
     if role["ticks"]:
         ticks, last = role["ticks"], role["ticks"]["last"]
         ran = "never" if last is None else (
@@ -423,6 +437,21 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
         lines.append(text + f", spec {job['spec_hash']}")
     elif role["type"] == "job":
         lines.append("  job: no record (not run yet, or rerun requested)")
+    return lines
+
+
+def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
+    if not rollout:
+        return []
+    state = "rollout failed" if rollout["state"] == "failed" else f"rollout {rollout['state']}"
+    line = (f"  {state}: {rollout['id']} ({rollout['trigger']} by {rollout['who']}, "
+            f"{_age(rollout['started'], now)} ago), {len(rollout['done'])} children restarted")
+    if rollout["slots"]:
+        line += "; slots held by " + ", ".join(h["child"] for h in rollout["slots"])
+    lines = [line]
+    if rollout.get("failed"):
+        lines.append(f"  rollout failed: {rollout['failed']['reason']} "
+                     f"(supervisor rollout resume|abort {name})")
     return lines
 
 

@@ -54,7 +54,9 @@ def wait_sharded(recorder, role: str, timeout: float = 45) -> list[dict]:
 
 
 def test_restart_all_then_one_member_then_one_index(fleet, recorder):
-    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0)})
+    # max_unavailable 100%: the whole-role restart is a rollout that takes every child at once
+    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0,
+                                                         rollout={"max_unavailable": "100%"})})
     start_three(fleet, config)
     first = wait_sharded(recorder, "worker")
     issued = issue(config, "restart", "worker")

@@ -130,6 +130,28 @@ class BackoffSettings:
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    """A role's ``rollout:`` keys. ``max_unavailable`` is an absolute count or, with
+    ``percent`` True, a percentage of the role's children cluster-wide (rounded down,
+    at least 1); ``min_ready`` None means the role's own ``min_ready``."""
+
+    max_unavailable: float = 25.0
+    percent: bool = True
+    min_ready: float | None = None
+    deadline: float = 600.0
+
+    def limit(self, children: int) -> int:
+        """Children that may be down at once out of ``children`` (at least 1)."""
+        if not self.percent:
+            return max(1, int(self.max_unavailable))
+        return max(1, int(children * self.max_unavailable // 100))
+
+    def __str__(self) -> str:
+        amount = f"{self.max_unavailable:g}%" if self.percent else f"{int(self.max_unavailable)}"
+        return f"max_unavailable {amount}"
+
+
+@dataclass(frozen=True)
 class ChangeAction(enum.StrEnum):
     RESTART = "restart"  # restart the child (its role's usual stop rules)
     SIGNAL = "signal"    # rewrite the file, then send ``OnChange.signal``
@@ -300,6 +322,8 @@ class RoleSpec:
     needs: tuple[str, ...] = ()
     on_failed: str = "stay"  # "stay" | "exit"
     step_down_after: float | None = None  # singleton: 30s by default
+    # rolling restarts (sharded, singleton)
+    rollout: RolloutSettings = RolloutSettings()
 
     @property
     def lease_bound(self) -> bool:

@@ -21,7 +21,9 @@ Metric names and labels (docs/config-reference.md, ``http``):
 ``etcdvisor_cron_last_success_timestamp_seconds{role}``,
 ``etcdvisor_topic_messages_total{role,outcome}``, ``etcdvisor_topic_backlog{role}``,
 ``etcdvisor_lease_keepalive_rtt_seconds`` (histogram),
-``etcdvisor_lease_deadline_seconds``, ``etcdvisor_etcd_errors_total{kind}``.
+``etcdvisor_lease_deadline_seconds``, ``etcdvisor_etcd_errors_total{kind}``,
+``etcdvisor_rollout_in_progress{role}``, ``etcdvisor_rollout_restarted{role}``,
+``etcdvisor_rollout_failed{role}`` (sharded and singleton roles, from the rollout record).
 """
 
 from __future__ import annotations
@@ -238,6 +240,7 @@ class _SnapshotCollector:
             paused.add_metric([role], 1.0 if role in snap.paused else 0.0)
             failed.add_metric([role], 1.0 if status.get("failed") else 0.0)
         yield from (up, ready, leader, paused, failed, index, count)
+        yield from _rollout_gauges(snap)
         last = GaugeMetricFamily("etcdvisor_cron_last_success_timestamp_seconds", "Unix time of "
                                  "the last successful cron run on this member", labels=["role"])
         for role, when in list(self.metrics.cron_last_success.items()):
@@ -258,3 +261,23 @@ class _SnapshotCollector:
             return 0.0
         deadline = timing.term_deadline(snap.lease_alive_sent, snap.lease_ttl, snap.max_stop_timeout)
         return round(deadline - self.metrics.clock(), 3)
+
+
+def _rollout_gauges(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """The role's current rollout as this member last read it (runtime/rollouts.py)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    running = GaugeMetricFamily("etcdvisor_rollout_in_progress", "1 while a rolling restart of the "
+                                "role runs", labels=["role"])
+    restarted = GaugeMetricFamily("etcdvisor_rollout_restarted", "Children restarted and ready in "
+                                  "the role's current rollout", labels=["role"])
+    failed = GaugeMetricFamily("etcdvisor_rollout_failed", "1 while the role's rollout is failed "
+                               "(a child not ready within rollout.deadline)", labels=["role"])
+    for role, status in snap.roles.items():
+        if status.get("type") not in ("sharded", "singleton"):
+            continue
+        rollout = status.get("rollout") or {}
+        running.add_metric([role], 1.0 if rollout.get("state") == "running" else 0.0)
+        restarted.add_metric([role], float(rollout.get("restarted") or 0))
+        failed.add_metric([role], 1.0 if rollout.get("state") == "failed" else 0.0)
+    yield from (running, restarted, failed)

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from ..coord.records import decimal
 from ..coord.session import SessionEvent, SessionEventKind
 from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
-from . import control
+from . import control, rollout_store
 from .health import Health
 from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
+from .rollouts import ROLLOUT_TYPES
 
 if TYPE_CHECKING:
     from .http import OpsServer
@@ -153,6 +154,10 @@ class Operations:
         if not self._mine(command):
             return
         runner = self.sup.runners[command.role]
+        if command.record.get("member") is None and command.record.get("index") is None and \
+                self.sup.rollouts is not None and runner.spec.type in ROLLOUT_TYPES:
+            self._restart_as_rollout(command)
+            return
         index = command.record.get("index")
         now = self.sup.clock()
         restarted = []
@@ -166,6 +171,19 @@ class Operations:
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
                  ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})
+
+    def _restart_as_rollout(self, command: control.Command) -> None:
+        """A whole-role restart: the CLI wrote its rollout next to the record (``rollout``:
+        its id). A record without one (an older CLI) becomes one rollout, written once
+        whichever member sees it first (its target is the record's id)."""
+        sup, role = self.sup, command.role
+        if command.record.get("rollout"):
+            return
+        record = rollout_store.new_record(role, "restart", str(command.record.get("who") or "control record"),
+                                          f"control:{command.record.get('id')}")
+        log.info("role %s: %s: as a rolling restart", role, command.describe(), extra={"role": role})
+        sup._effect(f"start a rollout of {role}",
+                    lambda: rollout_store.start(sup.backend, sup.keys, record, unless_target=True))
 
     def _reset(self, command: control.Command) -> None:
         if not self._mine(command):

@@ -37,7 +37,7 @@ from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
-from ..process.slot import SlotState
+from ..process.slot import SlotEvent, SlotState
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
 from .child_health import ChildHealth
@@ -50,6 +50,8 @@ from .ops import Operations
 from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
+from .rollout_watch import MembersChanged, RolloutsChanged, RolloutWatch
+from .rollouts import ROLLOUT_LANE, Rollouts
 from .roster import Roster
 from .wiring import WIRING_LANE, SeedWiring
 
@@ -134,6 +136,8 @@ class Supervisor:
         self.readiness = self.child_health.readiness
         self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
         self._reload_again = False  # another SIGHUP came meanwhile
+        self.rollouts: Rollouts | None = None  # rolling restarts (runtime/rollouts.py)
+        self.rollout_watch: RolloutWatch | None = None
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
@@ -223,7 +227,7 @@ class Supervisor:
             if self.manager.watchdog is not None:
                 self.manager.watchdog.register(self.embedded.proc.pid)
         self.reconciler = Reconciler(self.manager)
-        self.reconciler.observer = self.ops.on_slot_event
+        self.reconciler.observer = self._on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
         remove_stale_config_dirs(self.config.cluster, member.id)
@@ -237,7 +241,9 @@ class Supervisor:
         self.ctx.config_env = self.wiring.child_env
         self.ctx.notify_socket = self.child_health.notify_socket
         self.ctx.children_health = self._children_health
+        self.attach_rollouts()
         self.wiring.start()
+        self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
@@ -264,6 +270,23 @@ class Supervisor:
         hint = " (the grants each feature needs: docs/etcd-auth.md)" if isinstance(error, PermissionDenied) else ""
         text = " ".join(str(error).split()) or describe(error)  # our own errors: the message says it all
         self.roster.refuse(runner, f"{what}: {text}{hint}")
+
+    def attach_rollouts(self) -> Rollouts:
+        """Make the rolling-restart controller (after the session, reconciler and wiring)."""
+        session = self.session
+        self.rollouts = Rollouts(
+            self.config, self.backend, self.keys, self.config.member.id,
+            lambda what, call, done=None: self.effects.submit(Effect(ROLLOUT_LANE, 0, what, call, done)),
+            self.reconciler.children, lambda: session.lease_id, self.clock, time.time, self.readiness.ready_since)
+        if self.wiring is not None:
+            self.wiring.config.rolling = True
+            self.rollouts.gate = self.wiring.config
+        return self.rollouts
+
+    def _on_slot_event(self, role: str, event: SlotEvent) -> None:
+        self.ops.on_slot_event(role, event)
+        if self.rollouts is not None:
+            self.rollouts.observe(role, event)
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -316,7 +339,8 @@ class Supervisor:
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None,
-                     self.child_health.next_deadline()]
+                     self.child_health.next_deadline(),
+                     self.rollouts.next_deadline() if self.rollouts is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -332,12 +356,15 @@ class Supervisor:
                     self._fail_role(role, f"barrier {event.name}", event.denied)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
+        elif isinstance(event, (RolloutsChanged, MembersChanged)):
+            if self.rollouts is not None:
+                self.rollouts.handle(event)
         elif self.child_health.handles(event):
             pass
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
-            if event.role in (SUPERVISOR_LANE, WIRING_LANE):
+            if event.role in (SUPERVISOR_LANE, WIRING_LANE, ROLLOUT_LANE):
                 self._supervisor_effect_done(event.payload)
             else:
                 self.roster.deliver(event)
@@ -424,6 +451,8 @@ class Supervisor:
         self.config = self.ctx.config = plan.config
         if self.wiring is not None:
             self.wiring.reconfigure(plan.config)
+        if self.rollouts is not None:
+            self.rollouts.config = plan.config
         self.roster.retire(plan.retire)
         self.roster.queue(fresh)
         self.gate = self.gate.rebuild(self.config)
@@ -456,6 +485,8 @@ class Supervisor:
                 break
             now = self.clock()
         self.child_health.after_reconcile(self.reconciler.children(), now)
+        if self.rollouts is not None:
+            self.rollouts.tick(now)
         self._last_status = self._roles_status(now)
         self._update_record(now if lease_ok else None)
 
@@ -466,7 +497,8 @@ class Supervisor:
             self._record_retry = None
             return
         roles = self._last_status
-        body, self._record_retry = self.record.plan_update(roles, now)
+        urgent = self.rollouts is not None and self.rollouts.record_wanted
+        body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent)
         if body is not None:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
@@ -483,6 +515,9 @@ class Supervisor:
             registered = self.wiring.status(name) if self.wiring is not None else None
             if registered:
                 status[name]["registered"] = registered
+            rollout = self.rollouts.status(name) if self.rollouts is not None else None
+            if rollout:
+                status[name]["rollout"] = rollout
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -573,6 +608,8 @@ class Supervisor:
 
     def close(self) -> None:
         self.ops.stop()
+        if self.rollout_watch is not None:
+            self.rollout_watch.stop()
         self.child_health.close()
         if self.file_watcher is not None:
             self.file_watcher.stop()
