@@ -137,6 +137,7 @@ def health_fields(raw: Mapping, path: tuple, role_type: str, problems: Problems)
     }
     health = raw.get("health")
     if health is None:
+        _check_step_down(raw, path, fields, problems)
         return fields
     where = path + ("health",)
     probes = {name: _probe(health[name], where + (name,), problems)
@@ -158,7 +159,21 @@ def health_fields(raw: Mapping, path: tuple, role_type: str, problems: Problems)
     fields["health"] = HealthSpec(startup=probes.get("startup"), readiness=probes.get("readiness"),
                                   liveness=probes.get("liveness"), notify=notify, watchdog=watchdog,
                                   memory=memory)
+    if probes.get("readiness") is None and not notify:
+        _check_step_down(raw, path, fields, problems)
     return fields
+
+
+def _check_step_down(raw: Mapping, path: tuple, fields: dict, problems: Problems) -> None:
+    """Without a readiness probe or notify, a singleton's child counts as ready only after
+    ``min_ready``: a ``step_down_after`` not longer than that would resign every term."""
+    limit, min_ready = fields["step_down_after"], fields["min_ready"]
+    if limit is None or min_ready is None or limit > min_ready:
+        return
+    key = "step_down_after" if "step_down_after" in raw else "min_ready"
+    problems.add(path + (key,), f"step_down_after ({limit:g}s) must be longer than min_ready ({min_ready:g}s): "
+                 "without a readiness probe or notify the child counts as ready only after min_ready, so "
+                 "the leader would resign every term")
 
 
 def check_needs(roles: Mapping[str, RoleSpec | None], problems: Problems,

@@ -135,7 +135,7 @@ class RolloutSettings:
     ``percent`` True, a percentage of the role's children cluster-wide (rounded down,
     at least 1); ``min_ready`` None means the role's own ``min_ready``."""
 
-    max_unavailable: float = 25.0
+    max_unavailable: float | int = 25.0  # a count is an int; a percentage a float
     percent: bool = True
     min_ready: float | None = None
     deadline: float = 600.0

@@ -199,9 +199,10 @@ def _rollout(check: _RoleChecker) -> RolloutSettings:
         if not 0 < amount <= 100:
             sub.fail("max_unavailable", f"must be a percentage above 0% and at most 100%, got {raw!r}")
     elif isinstance(raw, (int, str)):  # a count ("2" as well: the schema allows only digits)
-        amount, percent = float(raw), False
-        if amount < 1 or amount != int(amount):
+        count, percent = float(raw), False
+        if count < 1 or count != int(count):
             sub.fail("max_unavailable", f"must be a whole number of children >= 1, got {raw!r}")
+        amount = int(raw) if isinstance(raw, int) else int(count) if count == int(count) else count
     min_ready = sub.duration("min_ready", None, positive=False)
     deadline = sub.duration("deadline", 600.0)
     return RolloutSettings(max_unavailable=amount, percent=percent, min_ready=min_ready,
