@@ -38,6 +38,16 @@ from typing import Any
 
 from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
+from ..coord.records import (
+    ROLLOUT,
+    ROLLOUT_DONE,
+    ROLLOUT_FAILED_FIELDS,
+    ROLLOUT_SLOT,
+    ROLLOUT_TEXT,
+    RecordError,
+    check_fields,
+    warn_skipped,
+)
 from ..coord.types import Compare, Delete, KeyValue, Put, missing, mod_revision
 
 log = logging.getLogger("etcdvisor")
@@ -45,12 +55,10 @@ log = logging.getLogger("etcdvisor")
 RUNNING, DONE, FAILED, ABORTED = "running", "done", "failed", "aborted"
 STATES = (RUNNING, DONE, FAILED, ABORTED)
 TRIGGERS = ("restart", "config")
-RECORD_LIMIT = 1024 * 1024  # bytes of one record (``done`` grows with the role)
-DONE_LIMIT = 20000  # children listed in ``done``
-TEXT_LIMIT = 512  # any string field
+DONE_LIMIT = ROLLOUT_DONE  # children listed in ``done``
+TEXT_LIMIT = ROLLOUT_TEXT  # any string field
 CAS_TRIES = 64  # every round one writer wins: enough for a fleet's members at once
 
-_warned: set[tuple[str, int]] = set()  # (key, mod revision) already reported
 
 
 def rollouts_prefix(keys: ClusterKeys) -> str:
@@ -136,79 +144,45 @@ def new_record(role: str, trigger: str, who: str, target: str | None = None, *,
                          done=(), failed=None, finished=None, resumed=None)
 
 
-# --- decoding (bounded, typed; a bad record is skipped with one warning) -----------------
-class BadRecord(ValueError):
+# --- decoding: the one decoder (coord/records.py, kinds ROLLOUT and ROLLOUT_SLOT) ----------
+class BadRecord(RecordError):
     pass
 
 
 def warn_once(key: str, revision: int, reason: str) -> None:
-    if (key, revision) not in _warned:
-        if len(_warned) > 4096:
-            _warned.clear()
-        _warned.add((key, revision))
-        log.warning("%s: skipping a bad record: %s", key, reason)
-
-
-def _text(doc: Mapping[str, Any], name: str, *, optional: bool = False) -> str:
-    value = doc.get(name)
-    if value is None and optional:
-        return ""
-    if not isinstance(value, str) or len(value) > TEXT_LIMIT:
-        raise BadRecord(f"{name}: expected a string of at most {TEXT_LIMIT} characters")
-    return value
-
-
-def _number(doc: Mapping[str, Any], name: str, *, optional: bool = False) -> float | None:
-    value = doc.get(name)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise BadRecord(f"{name}: expected a number")
-    return float(value)
-
-
-def _object(raw: bytes, limit: int) -> dict[str, Any]:
-    if len(raw) > limit:
-        raise BadRecord(f"larger than {limit} bytes")
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise BadRecord("not JSON") from None
-    if not isinstance(doc, dict):
-        raise BadRecord("not a JSON object")
-    return doc
+    """One warning per key and revision (records.warn_skipped's rule)."""
+    warn_skipped("rollout", key, revision, reason, log)
 
 
 def parse_record(role: str, raw: bytes, revision: int = 0) -> RolloutRecord:
     """The record of ``role`` from its stored bytes; BadRecord says why not."""
-    doc = _object(raw, RECORD_LIMIT)
-    trigger, state = _text(doc, "trigger"), _text(doc, "state")
-    if trigger not in TRIGGERS:
-        raise BadRecord(f"trigger: expected one of {', '.join(TRIGGERS)}")
-    if state not in STATES:
-        raise BadRecord(f"state: expected one of {', '.join(STATES)}")
-    done = doc.get("done", [])
-    if not isinstance(done, list) or len(done) > DONE_LIMIT or \
-            not all(isinstance(c, str) and len(c) <= TEXT_LIMIT for c in done):
-        raise BadRecord(f"done: expected a list of at most {DONE_LIMIT} child names")
-    failed_doc = doc.get("failed")
-    failed = None
-    if failed_doc is not None:
-        if not isinstance(failed_doc, dict):
-            raise BadRecord("failed: expected an object or null")
-        failed = FailedInfo(child=_text(failed_doc, "child"), member=_text(failed_doc, "member"),
-                            reason=_text(failed_doc, "reason"), at=_number(failed_doc, "at") or 0.0)
-    return RolloutRecord(id=_text(doc, "id"), role=role, trigger=trigger, who=_text(doc, "who", optional=True),
-                         started=_number(doc, "started") or 0.0, target=_text(doc, "target"), state=state,
-                         done=tuple(dict.fromkeys(done)), failed=failed,
-                         finished=_number(doc, "finished", optional=True),
-                         resumed=_number(doc, "resumed", optional=True), revision=revision)
+    try:
+        doc = ROLLOUT.decode(raw)
+        failed_doc = doc["failed"]
+        failed = None
+        if failed_doc is not None:
+            check_fields(ROLLOUT_FAILED_FIELDS, failed_doc, where="failed.")
+            failed = FailedInfo(child=failed_doc["child"], member=failed_doc["member"],
+                                reason=failed_doc["reason"], at=float(failed_doc["at"]))
+    except RecordError as exc:
+        raise BadRecord(str(exc)) from None
+    return RolloutRecord(id=doc["id"], role=role, trigger=doc["trigger"], who=doc["who"] or "",
+                         started=float(doc["started"]), target=doc["target"], state=doc["state"],
+                         done=tuple(dict.fromkeys(doc["done"])), failed=failed,
+                         finished=_seconds(doc["finished"]), resumed=_seconds(doc["resumed"]), revision=revision)
+
+
+def _seconds(value: float | int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def parse_slot(role: str, number: int, raw: bytes, lease: int) -> SlotHold:
-    doc = _object(raw, 4096)
-    return SlotHold(role=role, number=number, member=_text(doc, "member"), child=_text(doc, "child"),
-                    rollout=_text(doc, "rollout"), lease=lease)
+    try:
+        doc = ROLLOUT_SLOT.decode(raw)
+    except RecordError as exc:
+        raise BadRecord(str(exc)) from None
+    return SlotHold(role=role, number=number, member=doc["member"], child=doc["child"],
+                    rollout=doc["rollout"], lease=lease)
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,19 @@ Member records are decoded here, bounded and typed like rollout records
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
+from ..coord.records import MEMBER
 from ..coord.types import KeyValue
 from ..coord.watcher import PrefixWatcher
 from . import rollout_store as store
+
+log = logging.getLogger("etcdvisor")
 
 
 @dataclass(frozen=True)
@@ -52,25 +55,16 @@ def others_unready(members: Mapping[str, Mapping[str, Any]], me: str, role: str,
     return total, unready
 
 
-MEMBER_RECORD_LIMIT = 1024 * 1024
 
 
 def decode_members(prefix: str, kvs: Iterable[KeyValue]) -> dict[str, Mapping[str, Any]]:
-    """member id -> the ``roles`` of its record; a bad record is skipped with one warning."""
+    """member id -> the ``roles`` of its record; a bad record is skipped with one warning
+    (the one decoder: coord/records.py, kind MEMBER)."""
     out: dict[str, Mapping[str, Any]] = {}
     for kv in kvs:
-        member = kv.key[len(prefix):]
-        try:
-            if len(kv.value) > MEMBER_RECORD_LIMIT:
-                raise ValueError(f"larger than {MEMBER_RECORD_LIMIT} bytes")
-            doc = json.loads(kv.value)
-            roles = doc.get("roles") if isinstance(doc, dict) else None
-            if not isinstance(roles, dict):
-                raise ValueError("no roles object")
-        except ValueError as exc:
-            store.warn_once(kv.key, kv.mod_revision, f"bad member record: {exc}")
-            continue
-        out[member] = roles
+        doc = MEMBER.read(kv, log)
+        if doc is not None:
+            out[kv.key[len(prefix):]] = doc["roles"]
     return out
 
 
