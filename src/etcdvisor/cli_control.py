@@ -99,6 +99,19 @@ def require_role(target: Target, role: str) -> str | None:
 
 
 # --- control verbs ---------------------------------------------------------------------------
+def role_count(target: Target, role: str) -> int | None:
+    """The sharded role's COUNT as live members report it (None: nobody reports one)."""
+    from .coord.records import MEMBER
+
+    counts = set()
+    for kv in target.backend.get_prefix(target.keys.members).kvs:
+        record = MEMBER.read(kv)
+        status = (record or {}).get("roles", {}).get(role)
+        if isinstance(status, dict) and isinstance(status.get("count"), int) and status["count"] > 0:
+            counts.add(status["count"])
+    return max(counts) if counts else None  # during a reshard: the larger, not a false refusal
+
+
 def issue_control(target: Target, verb: str, role: str, *, member: str | None = None,
                   index: int | None = None, who: str | None = None) -> tuple[dict, int]:
     """Check and write one control record (what ``supervisor VERB ROLE`` and the
@@ -114,6 +127,10 @@ def issue_control(target: Target, verb: str, role: str, *, member: str | None = 
         raise UsageError(f"role {role} is a {kind} role; --index applies to sharded roles only")
     if index is not None and index < 0:
         raise UsageError("--index must be >= 0")
+    if index is not None:
+        count = role_count(target, role)
+        if count is not None and index >= count:
+            raise UsageError(f"role {role} has COUNT={count}: --index {index} names no child (0..{count - 1})")
     if member is not None:
         _check_name("member", member)
         if target.backend.get(target.keys.member(member)) is None:

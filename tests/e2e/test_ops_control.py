@@ -200,6 +200,7 @@ def test_control_verb_errors_are_one_line_non_zero(fleet, recorder):
         (["trigger", "worker", "-c", str(config)], "cron roles only"),
         (["restart", "tick", "--index", "1", "-c", str(config)], "sharded roles only"),
         (["restart", "worker", "--member", "ghost", "-c", str(config)], "'ghost'"),
+        (["restart", "worker", "--index", "7", "-c", str(config)], "COUNT=1"),  # one member: only index 0
         (["pause", "worker"], "no cluster 'no-such-cluster'"),
         (["status"], "'no-such-cluster' has no members"),
         (["rerun", "nope", "-c", str(config)], "'nope'"),
