@@ -13,12 +13,11 @@ the ``needs`` graph has no cycle.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Mapping
 
 from .durations import parse_duration, parse_size
-from .errors import Problems
+from .errors import Problems, unknown_role
 from .model import HealthSpec, ProbeSpec, RoleSpec
 
 PROBE_KINDS = ("http", "tcp", "exec")
@@ -188,9 +187,7 @@ def check_needs(roles: Mapping[str, RoleSpec | None], problems: Problems,
             if other == name:
                 problems.add(where, f"role {name!r} cannot need itself")
             elif other not in roles:
-                close = difflib.get_close_matches(other, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (roles: {', '.join(names)})"
-                problems.add(where, f"unknown role {other!r}{hint}")
+                problems.add(where, unknown_role(other, names))
     cycle = find_cycle({n: [a for a in s.needs if a in roles and a != n] for n, s in roles.items() if s})
     if cycle:
         problems.add(("roles", cycle[0], "needs"), "cycle in needs: " + " -> ".join(cycle))
