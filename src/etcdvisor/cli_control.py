@@ -3,6 +3,8 @@
 ::
 
     supervisor restart ROLE [--member M] [--index I]   restart the role's children
+    supervisor restart ROLE --wait                      ... as a rollout, and follow it
+    supervisor rollout status|resume|abort ROLE         see cli_rollout.py
     supervisor pause ROLE                               stop its children everywhere, start none
     supervisor resume ROLE                              undo pause
     supervisor reset ROLE [--member M]                  clear a FAILED role: it starts again
@@ -32,6 +34,7 @@ import socket
 import time
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Failure, Target, UsageError, _check_name, _error, operator_verb
+from .cli_rollout import add_rollout_verbs, start_rollout
 from .coord.keys import ROOT
 
 
@@ -96,6 +99,19 @@ def require_role(target: Target, role: str) -> str | None:
 
 
 # --- control verbs ---------------------------------------------------------------------------
+def role_count(target: Target, role: str) -> int | None:
+    """The sharded role's COUNT as live members report it (None: nobody reports one)."""
+    from .coord.records import MEMBER
+
+    counts = set()
+    for kv in target.backend.get_prefix(target.keys.members).kvs:
+        record = MEMBER.read(kv)
+        status = (record or {}).get("roles", {}).get(role)
+        if isinstance(status, dict) and isinstance(status.get("count"), int) and status["count"] > 0:
+            counts.add(status["count"])
+    return max(counts) if counts else None  # during a reshard: the larger, not a false refusal
+
+
 def issue_control(target: Target, verb: str, role: str, *, member: str | None = None,
                   index: int | None = None, who: str | None = None) -> tuple[dict, int]:
     """Check and write one control record (what ``supervisor VERB ROLE`` and the
@@ -111,6 +127,10 @@ def issue_control(target: Target, verb: str, role: str, *, member: str | None = 
         raise UsageError(f"role {role} is a {kind} role; --index applies to sharded roles only")
     if index is not None and index < 0:
         raise UsageError("--index must be >= 0")
+    if index is not None:
+        count = role_count(target, role)
+        if count is not None and index >= count:
+            raise UsageError(f"role {role} has COUNT={count}: --index {index} names no child (0..{count - 1})")
     if member is not None:
         _check_name("member", member)
         if target.backend.get(target.keys.member(member)) is None:
@@ -126,6 +146,12 @@ def cmd_control(args, target: Target) -> int:
     require_known_cluster(target)
     index = getattr(args, "index", None)
     member = getattr(args, "member", None)
+    if args.verb == control.RESTART and member is None and index is None \
+            and require_role(target, args.role) in ("sharded", "singleton"):
+        return start_rollout(args, target)
+    if getattr(args, "wait", False):
+        raise UsageError("--wait follows a rolling restart: restart ROLE of a sharded or singleton role, "
+                         "without --member/--index")
     record, revision = issue_control(target, args.verb, args.role, member=member, index=index)
     scope = "".join([f" on member {member}" if member else " on every member",
                      f", index {index}" if index is not None else ""])
@@ -302,7 +328,7 @@ def add_control_verbs(subparsers) -> None:
                         help="use this config's cluster and etcd settings (default: "
                              "ETCDVISOR_ENDPOINTS and ETCDVISOR_CLUSTER)")
     helps = {
-        "restart": "restart the children of ROLE (every member, or --member / --index)",
+        "restart": "restart the children of ROLE (a rolling restart, or only --member / --index)",
         "pause": "stop ROLE's children everywhere and start none until resume",
         "resume": "undo pause: ROLE runs again",
         "reset": "clear a FAILED ROLE so it starts again (every member, or --member)",
@@ -315,7 +341,10 @@ def add_control_verbs(subparsers) -> None:
             parser.add_argument("--member", metavar="M", help="only on member M")
         if verb == "restart":
             parser.add_argument("--index", metavar="I", type=int, help="only the shard with INDEX I")
+            parser.add_argument("--wait", action="store_true",
+                                help="follow the rolling restart: exit 0 when done, 1 when it failed")
         parser.set_defaults(func=cmd_control, verb=verb)
+    add_rollout_verbs(subparsers, common)
     health = subparsers.add_parser("health", help="probe a running member's /healthz and /readyz "
                                    "(exit 0 ok, 1 not)")
     health.add_argument("-c", "--config", metavar="CONFIG", help="take the address from http.listen")

@@ -33,7 +33,13 @@ when unknown or not applicable)::
              "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
                              "address": "web-1:8000", "port": 8000}],    # (else null)
              "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
-                                     "last_exit": null}}}
+                                     "last_exit": null, "index": 0,
+                                     "ready": true,               # probes / sd_notify / min_ready
+                                     "restarts_by_reason": {"liveness": 1},  # exit, liveness, startup,
+                                     # watchdog, memory, control, config, rollout
+                                     "probe_failure": {"probe": "liveness", "at": 1714000000.1,
+                                                       "message": "GET ...: timed out"},  # or null
+                                     "notify_status": "serving"}}}  # last sd_notify STATUS=, or null
           ],
           "shard": ["web-1", "web-2"],       # roles/<role>/shard/ in join order, or null
           "alive": {"web-1": ["0/2"]},       # fenced sharded: partitions alive per member, or null
@@ -49,7 +55,13 @@ when unknown or not applicable)::
                      "exit_code": 0}},       # the latest tick that ran (not missed/skipped)
           "job": {"spec_hash": "ab12", "state": "succeeded", "member": "web-1",
                   "token": 1201, "exit_code": 0, "finished": ...},  # roles/<role>/job, or null
-          "control": {"pause": {...}}        # this role's control records (below), or null
+          "control": {"pause": {...}},       # this role's control records (below), or null
+          "rollout": {                       # rollouts/<role>: its current or last rollout, or null
+            "id": "18c3...-a1b2c3", "trigger": "restart", "who": "ann@laptop", "started": ...,
+            "at": "<ISO 8601>", "target": "...", "state": "running",  # running|done|failed|aborted
+            "done": ["web-1:0"], "failed": null, "finished": null, "resumed": null,
+            "summary": "rollout running",    # "rollout failed" while failed
+            "slots": [{"slot": 0, "member": "web-2", "child": "web-2:0"}]}  # slots held now
         }
       },
       "waitgroups": {"warmup.done": 3},      # name -> count
@@ -84,6 +96,7 @@ from .coord.errors import Compacted
 from .coord.keys import ClusterKeys
 from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, dumps, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
+from .runtime import rollout_store
 from .runtime.control import read_records as read_control
 
 SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
@@ -115,11 +128,17 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
     topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
     control_read = backend.get_prefix(keys.base + "control/", revision=revision)
+    rollouts_read = backend.get_prefix(rollout_store.rollouts_prefix(keys), revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
     control = read_control(control_read.kvs, keys.base + "control/", errors=True)
     roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
+    rollouts = rollout_store.decode(rollout_store.rollouts_prefix(keys), rollouts_read.kvs)
     for name, role in roles.items():
         role["control"] = control.get(name)  # the same records, next to the role
+        record = rollouts.records.get(name)
+        holds = [{"slot": h.number, "member": h.member, "child": h.child} for h in rollouts.slots.get(name, ())]
+        role["rollout"] = None if record is None else {
+            **record.to_json(), "summary": f"rollout {record.state}", "slots": holds}
     return {
         "cluster": keys.cluster,
         "revision": revision,
@@ -389,11 +408,13 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
             rows.append([a["member"], state] + fields + [_children(a["children"])])
         lines += _table(headers + ["CHILDREN"], rows, indent=2)
         for a in role["assignments"]:
+            lines += _child_health(a)
             for inst in a.get("registered") or ():
                 lines.append(f"  registered: {inst.get('service')} {inst.get('id')} at {inst.get('address')}")
     elif not (role["ticks"] or role["job"]):
         lines.append("  no member runs it")
     lines += _render_handoff(role)
+    lines += _render_rollout(name, role.get("rollout"), now)
     if role["ticks"]:
         ticks, last = role["ticks"], role["ticks"]["last"]
         ran = "never" if last is None else (
@@ -416,6 +437,21 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
         lines.append(text + f", spec {job['spec_hash']}")
     elif role["type"] == "job":
         lines.append("  job: no record (not run yet, or rerun requested)")
+    return lines
+
+
+def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
+    if not rollout:
+        return []
+    state = "rollout failed" if rollout["state"] == "failed" else f"rollout {rollout['state']}"
+    line = (f"  {state}: {rollout['id']} ({rollout['trigger']} by {rollout['who']}, "
+            f"{_age(rollout['started'], now)} ago), {len(rollout['done'])} children restarted")
+    if rollout["slots"]:
+        line += "; slots held by " + ", ".join(h["child"] for h in rollout["slots"])
+    lines = [line]
+    if rollout.get("failed"):
+        lines.append(f"  rollout failed: {rollout['failed']['reason']} "
+                     f"(supervisor rollout resume|abort {name})")
     return lines
 
 
@@ -454,6 +490,21 @@ def _render_handoff(role: dict) -> list[str]:
     return lines
 
 
+def _child_health(a: dict) -> list[str]:
+    """One line per child with a last probe failure or an sd_notify STATUS= text."""
+    lines = []
+    for key, child in (a.get("children") or {}).items():
+        if not isinstance(child, dict):
+            continue
+        failure = child.get("probe_failure")
+        if isinstance(failure, dict):
+            lines.append(f"  last probe failure on {a['member']} {key}: {failure.get('probe')} at "
+                         f"{_when(failure.get('at'))}: {failure.get('message')}")
+        if child.get("notify_status"):
+            lines.append(f"  STATUS= on {a['member']} {key}: {child['notify_status']}")
+    return lines
+
+
 def _children(children: dict) -> str:
     parts = []
     for key, child in children.items():
@@ -462,7 +513,13 @@ def _children(children: dict) -> str:
         text = f"{key}: {child.get('state')}"
         if child.get("pid"):
             text += f" pid {child['pid']}"
-        if child.get("restarts"):
+        if child.get("ready") is not None:
+            text += " ready" if child["ready"] else " not ready"
+        by_reason = child.get("restarts_by_reason")
+        if isinstance(by_reason, dict) and by_reason:
+            total = sum(n for n in by_reason.values() if isinstance(n, int))
+            text += f", {total} restarts (" + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())) + ")"
+        elif child.get("restarts"):
             text += f", {child['restarts']} restarts"
         if child.get("last_exit") is not None:
             text += f", last exit {child['last_exit']}"

@@ -239,7 +239,7 @@ def test_status_with_config_lists_configured_roles(capsys, config_file, store, k
     assert sorted(doc["roles"]) == ["migrate", "thumbs", "worker"]  # --json sorts keys
     assert doc["roles"]["migrate"] == {"type": "job", "configured": True, "assignments": [],
                                        "shard": None, "alive": None, "published": None, "election": None,
-                                       "ticks": None, "job": None, "control": None}
+                                       "ticks": None, "job": None, "control": None, "rollout": None}
     assert doc["topics"]["images"] == {"messages": 0, "oldest_id": None, "newest_id": None, "groups": {}}
 
 

@@ -54,7 +54,9 @@ def wait_sharded(recorder, role: str, timeout: float = 45) -> list[dict]:
 
 
 def test_restart_all_then_one_member_then_one_index(fleet, recorder):
-    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0)})
+    # max_unavailable 100%: the whole-role restart is a rollout that takes every child at once
+    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0,
+                                                         rollout={"max_unavailable": "100%"})})
     start_three(fleet, config)
     first = wait_sharded(recorder, "worker")
     issued = issue(config, "restart", "worker")
@@ -198,6 +200,7 @@ def test_control_verb_errors_are_one_line_non_zero(fleet, recorder):
         (["trigger", "worker", "-c", str(config)], "cron roles only"),
         (["restart", "tick", "--index", "1", "-c", str(config)], "sharded roles only"),
         (["restart", "worker", "--member", "ghost", "-c", str(config)], "'ghost'"),
+        (["restart", "worker", "--index", "7", "-c", str(config)], "COUNT=1"),  # one member: only index 0
         (["pause", "worker"], "no cluster 'no-such-cluster'"),
         (["status"], "'no-such-cluster' has no members"),
         (["rerun", "nope", "-c", str(config)], "'nope'"),

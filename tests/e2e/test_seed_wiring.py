@@ -248,8 +248,9 @@ def test_config_verb_errors_unset_and_watch(fleet):
     try:
         assert b"watching" in watcher.stderr.readline()  # the baseline is read: changes from here on
         config_cli(config, "set", item, "int:5")
-        config_cli(config, "set", item, "true", "--type", "bool", "--member", "m9")
-        config_cli(config, "set", item, "7", "--type", "int", "--member", "m8")  # not m9: not reported
+        config_cli(config, "set", item, "true", "--type", "bool", "--member", "m9", "--allow-unknown-member")
+        # not m9: not reported
+        config_cli(config, "set", item, "7", "--type", "int", "--member", "m8", "--allow-unknown-member")
         config_cli(config, "unset", item, "--member", "m9")
         config_cli(config, "unset", item)
         out, err = watcher.communicate(timeout=30)

@@ -27,6 +27,7 @@ from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.memory import FakeClock, MemoryBackend
 from etcdvisor.coord.session import Session
 from etcdvisor.events import Effect, EffectDone, RoleEvent
+from etcdvisor.process.child import ChildState
 from etcdvisor.process.slot import Exited, SlotState, Started, Stopped
 from etcdvisor.roles.base import RuntimeContext
 from etcdvisor.runtime.barriers import BarrierGate
@@ -66,6 +67,16 @@ class TripwireBackend:
 class FakeChild:
     spec: object
     pid: int = field(default_factory=lambda: next(_PIDS))
+    state: ChildState = ChildState.RUNNING
+    started_at: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        return f"fake-{self.pid}"
+
+    @property
+    def alive(self) -> bool:
+        return True
 
 
 class FakeSlot:
@@ -74,8 +85,10 @@ class FakeSlot:
         self.desired = spec
         self.child: FakeChild | None = None
         self.restarts = 0
+        self.restarts_by_reason: dict[str, int] = {}
         self.last_exit = None
         self.signals: list[int] = []
+        self.restart_requested = False
 
     @property
     def state(self):
@@ -84,6 +97,13 @@ class FakeSlot:
     @property
     def idle(self) -> bool:
         return self.child is None
+
+    def restart_child(self, now, reason="control") -> bool:
+        """Stop the child and start it again with the same spec (at the next tick)."""
+        if self.child is None:
+            return False
+        self.restart_requested = True
+        return True
 
     def set_desired(self, spec) -> None:
         if spec is not None and self.child is not None and spec != self.child.spec:
@@ -124,6 +144,10 @@ class FakeManager:
             if slot.desired is None and slot.child is not None:
                 slot.child = None
                 events.append(Stopped(name, -15))
+            elif slot.child is not None and slot.restart_requested:
+                slot.restart_requested = False
+                slot.child = FakeChild(slot.desired)  # restarted: stop then start
+                events += [Stopped(name, -15), Started(name, slot.child.pid)]
             elif slot.desired is not None and slot.child is not None and slot.child.spec != slot.desired:
                 slot.child = FakeChild(slot.desired)  # replaced: stop then start
                 events += [Stopped(name, -15), Started(name, slot.child.pid)]

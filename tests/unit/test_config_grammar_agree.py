@@ -27,6 +27,8 @@ import os
 import pickle
 import re
 import signal
+import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -238,7 +240,36 @@ ROLE_OF_KEY = {
     # the role of RUN_ROLES (below) that a role key is tried on
     "settle": "j", "processes": "j", "shards": "f", "starting_deadline": "c",
     "concurrency": "t", "max_payload": "t", "max_attempts": "t",
+    # probes answer from PROBE_TARGET on the job role (no step-down for readiness there);
+    # step_down_after on the singleton (longer than its default min_ready of 2s: below)
+    "health": "b", "step_down_after": "s", "rollout": "j", "min_ready": "j",
 }
+
+
+class _Listener:
+    """A TCP port that accepts every connection: what the properties' probes check."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True, name="probe-target").start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+
+_PROBE_TARGET: list[_Listener] = []
+
+
+def probe_target() -> str:
+    if not _PROBE_TARGET:
+        _PROBE_TARGET.append(_Listener())
+    return f"127.0.0.1:{_PROBE_TARGET[0].port}"
 RUN_ROLES = {  # one role of each kind; every child is `sleep`
     "j": {"type": "sharded"},                           # join order (processes)
     "f": {"type": "sharded", "shards": 2},              # fixed shards
@@ -258,6 +289,10 @@ def _put(doc: dict, dotted: str, value, role: str) -> None:
     node[parts[-1]] = value
     if parts[-2:] == ["register", "port"]:
         node.setdefault("service", "num")  # register needs both
+    if len(parts) >= 3 and parts[-3] == "health" and parts[-2] in ("startup", "readiness", "liveness"):
+        node.setdefault("tcp", probe_target())  # a probe needs a target: one that always answers
+    if parts[-2:] == ["health", "watchdog"]:
+        node.setdefault("notify", True)  # watchdog needs notify
 
 
 def _get(obj, dotted: str, role: str):
@@ -301,7 +336,8 @@ def test_an_integer_key_refuses_anything_but_a_yaml_integer(tmp_path, key, value
     where = key.replace("*", _role_for(key))
     assert len(caught.value.errors) == 1 and f": {where}: " in caught.value.errors[0], caught.value.errors
     if isinstance(value, float) and value.is_integer():
-        assert f"expected an integer{' or a string' if key.endswith('port') else ''}, got {value!r} (an integer " \
+        assert f"expected an integer{' or a string' if key.endswith(('port', 'max_unavailable')) else ''}, " \
+               f"got {value!r} (an integer " \
                f"is written without a decimal point: {int(value)})" in caught.value.errors[0]
 
 
@@ -362,6 +398,16 @@ ACCEPTED = {
     "roles.*.max_attempts": integers(1, HUGE),
     "roles.*.register.port": ports(),
     "roles.*.concurrency": integers(1, MAX_CHILDREN),
+    **{f"roles.*.health.{probe}.{key}": strategy for probe in ("startup", "readiness", "liveness")
+       for key, strategy in (("period", durations(1)), ("timeout", durations(1)), ("initial_delay", durations(0)),
+                             ("failure_threshold", integers(1, HUGE)), ("success_threshold", integers(1, HUGE)))},
+    "roles.*.health.watchdog": durations(1),
+    "roles.*.health.memory": sizes(1, 2**40),
+    "roles.*.min_ready": durations(0),
+    "roles.*.step_down_after": durations(2001),  # > the singleton's min_ready (2s), or validate refuses it
+    "roles.*.rollout.max_unavailable": integers(1, HUGE),
+    "roles.*.rollout.min_ready": durations(0),
+    "roles.*.rollout.deadline": durations(1),
 }
 
 
@@ -372,7 +418,9 @@ _ODD_COMMON = [True, None, "", "2", math.inf, math.nan, -1, [1], {"a": 1}]
 INTEGER_RANGES = {"member.ttl": (2, 366 * 86_400), "roles.*.processes": (1, MAX_CHILDREN),
                   "roles.*.shards": (1, MAX_SHARDS), "roles.*.start_retries": (0, HUGE),
                   "roles.*.max_attempts": (1, HUGE), "roles.*.concurrency": (1, MAX_CHILDREN),
-                  "roles.*.register.port": (1, 65535)}
+                  "roles.*.register.port": (1, 65535), "roles.*.rollout.max_unavailable": (1, HUGE),
+                  **{f"roles.*.health.{probe}.{key}": (1, HUGE) for probe in ("startup", "readiness", "liveness")
+                     for key in ("failure_threshold", "success_threshold")}}
 
 
 def near_misses(key: str):
@@ -444,6 +492,8 @@ def _expected_children(config) -> dict[str, int | None]:
             expected[name] = count if spec.settle <= 2 else None
         elif spec.type is RoleType.CRON and spec.starting_deadline is not None and spec.starting_deadline < 2:
             expected[name] = None
+        if spec.health.watchdog is not None:  # a simulated child never sends WATCHDOG=1: it is restarted
+            expected[name] = None
     return expected
 
 
@@ -510,7 +560,8 @@ def run_until_running(config, expected: dict[str, int | None], budget: float = 6
         while True:
             sup._turn()
             status = sup._last_status
-            failed = {name: entry.get("failed") for name, entry in status.items() if entry.get("failed")}
+            failed = {name: entry.get("failed") for name, entry in status.items() if entry.get("failed")
+                      and config.roles[name].health.watchdog is None}  # (a silent child fails its watchdog)
             assert not failed, f"validate accepted the config, run failed: {failed}"
             running = {name: sum(child["state"] == "running" for child in entry.get("children", {}).values())
                        for name, entry in status.items()}
@@ -577,7 +628,8 @@ def test_every_numeric_value_validate_accepts_runs(tmp_path, case):
         assert type(got) is wanted, f"{key}: {written!r} loaded as {type(got).__name__}, not {wanted.__name__}"
         if expected is not None:
             assert got == expected, (key, written, got)
-        elif NUMERIC_KEYS[key] == "integer" and not key.endswith(".port"):
+        elif NUMERIC_KEYS[key] == "integer" and not key.endswith((".port", ".max_unavailable")):
+            # (a port may be "BASE + {index}"; max_unavailable "2" or "25%": strings by design)
             assert got == written and type(written) is int, f"{key}: {written!r} accepted as {got!r}"
     assert pickle.loads(pickle.dumps(config)) == config  # the trip to run / reload
     with simulated_fork():

@@ -74,7 +74,8 @@ def _role(role_type: str, **extra) -> dict:
 
 SAMPLES = {"settle": 1, "standby": True, "schedule": "@daily", "timezone": "UTC", "starting_deadline": 5,
            "topic": "t", "delivery": "queue", "max_payload": 10, "max_attempts": 2,
-           "handoff": "fenced", "children": "per-shard", "processes": 2, "shards": 2}
+           "handoff": "fenced", "children": "per-shard", "processes": 2, "shards": 2,
+           "rollout": {"max_unavailable": 1}}
 
 
 @pytest.mark.parametrize("key", sorted(TYPE_ONLY_KEYS))

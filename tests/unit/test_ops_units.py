@@ -180,12 +180,13 @@ def test_metrics_exposition_from_a_snapshot_and_counters():
     metrics = Metrics(backlog=lambda: {"thumbs": 4}, clock=clock)
     metrics.publish(Snapshot(roles={
         "worker": {"type": "sharded", "failed": None, "index": 1, "count": 3,
-                   "children": {"1/3": {"state": "running"}}},
+                   "children": {"1/3": {"state": "running", "ready": True}}},
         "api": {"type": "singleton", "failed": "crash loop", "leader": False,
                 "children": {"api": {"state": "backoff"}}},
     }, paused=frozenset({"api"}), lease_alive_sent=99.0, lease_ttl=10, max_stop_timeout=1.0))
     metrics.exits.labels("worker", exit_code_label(-9)).inc()
-    metrics.restarts.labels("worker").inc()
+    metrics.restarts.labels("worker", "liveness").inc()
+    metrics.probe_failures.labels("worker", "liveness").inc()
     metrics.cron_outcome("tick", "succeeded")
     metrics.cron_outcome("tick", "failed", manual=True)
     metrics.keepalive_rtt.observe(0.003)
@@ -198,7 +199,10 @@ def test_metrics_exposition_from_a_snapshot_and_counters():
     assert values[("etcdvisor_role_paused", (("role", "api"),))] == 1
     assert values[("etcdvisor_role_failed", (("role", "api"),))] == 1
     assert values[("etcdvisor_child_exits_total", (("code", "SIGKILL"), ("role", "worker")))] == 1
-    assert values[("etcdvisor_child_restarts_total", (("role", "worker"),))] == 1
+    assert values[("etcdvisor_child_restarts_total", (("reason", "liveness"), ("role", "worker")))] == 1
+    assert values[("etcdvisor_probe_failures_total", (("probe", "liveness"), ("role", "worker")))] == 1
+    assert values[("etcdvisor_child_ready", (("role", "worker"), ("slot", "1")))] == 1
+    assert values[("etcdvisor_child_ready", (("role", "api"), ("slot", "api")))] == 0
     assert values[("etcdvisor_cron_runs_total", (("outcome", "succeeded"), ("role", "tick")))] == 1
     assert values[("etcdvisor_cron_runs_total", (("outcome", "manual-failed"), ("role", "tick")))] == 1
     assert values[("etcdvisor_cron_last_success_timestamp_seconds", (("role", "tick"),))] > 0
@@ -317,7 +321,7 @@ def test_child_up_has_one_series_per_child_and_fixed_shards_report_count():
     assert values[("etcdvisor_shard_count", (("role", "shards"),))] == 64
     assert ("etcdvisor_shard_index", (("role", "shards"),)) not in values
     for role in ("worker", "shards", "tick", "q"):
-        assert values[("etcdvisor_child_restarts_total", (("role", role),))] == 0
+        assert values[("etcdvisor_child_restarts_total", (("reason", "exit"), ("role", role)))] == 0
     assert values[("etcdvisor_cron_runs_total", (("outcome", "succeeded"), ("role", "tick")))] == 0
     assert values[("etcdvisor_topic_messages_total", (("outcome", "done"), ("role", "q")))] == 0
 

@@ -203,3 +203,24 @@ def test_grandchildren_get_the_grace_period_after_the_leader_exits(tmp_path):
         time.sleep(0.05)
     assert child.returncode is not None
     assert rec.read_text() == "graceful"
+
+
+def test_a_stopped_child_gets_its_stop_signal_continued(tmp_path):
+    """A hung child that SIGSTOPped itself runs its stop handler (SIGCONT follows the
+    stop signal, as systemd does) instead of waiting for SIGKILL."""
+    code = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+            "os.kill(os.getpid(), signal.SIGSTOP)\n"
+            "signal.pause()\n")
+    child = ChildProcess(_spec(sys.executable, "-c", code, stop_timeout=10.0))
+    pid = child.start(time.monotonic())
+    deadline = time.monotonic() + 5
+    while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, "the child did not stop itself"
+        time.sleep(0.01)
+    child.stop(time.monotonic())
+    deadline = time.monotonic() + 3
+    while child.poll(time.monotonic()) is None:
+        assert time.monotonic() < deadline, "the stopped child did not act on its stop signal"
+        time.sleep(0.01)
+    assert child.returncode == 7

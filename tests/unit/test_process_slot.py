@@ -161,3 +161,48 @@ def test_no_lease_bound_start_past_start_by_even_before_the_term():
     slot.set_lease_deadlines(now + 30, now + 35, start_by=now - 0.01)  # a running child keeps running
     assert slot.tick(time.monotonic()) == [] and slot.state is SlotState.RUNNING
     _stop(slot)
+
+
+def test_a_failed_health_check_restarts_like_a_crash_and_ends_failed():
+    """fail_child: stop_signal, then counted toward start_retries when the child was
+    never healthy (quick), with the check as the Exited reason."""
+    slot = Slot(_spec(SLEEP), "always", RestartBackoff(initial=0.05, maximum=0.1), start_retries=1,
+                rand=lambda: 0.5)
+    for _round in range(2):
+        _drive(slot, lambda events: slot.child is not None and slot.state is SlotState.RUNNING)
+        assert slot.fail_child(time.monotonic(), "startup", True)
+        seen = _drive(slot, _count(Exited, 1))
+        exited = [e for _, e in seen if isinstance(e, Exited)][0]
+        assert exited.reason == "startup" and exited.code == -15
+        assert not any(isinstance(e, Stopped) for _, e in seen)
+    assert slot.state is SlotState.FAILED
+    assert slot.restarts_by_reason == {"startup": 1}
+
+
+def test_a_healthy_child_that_fails_liveness_restarts_at_once_and_requested_restarts_carry_a_reason():
+    slot = Slot(_spec(SLEEP), "always", RestartBackoff(initial=5.0, maximum=10.0), start_retries=0)
+    _drive(slot, _count(Started, 1))
+    assert slot.fail_child(time.monotonic(), "liveness", False)
+    seen = _drive(slot, _count(Started, 1))
+    exited = [e for _, e in seen if isinstance(e, Exited)][0]
+    assert exited.reason == "liveness" and exited.restart_at - seen[0][0] < 0.5  # no backoff
+    assert slot.restart_child(time.monotonic(), "rollout")
+    seen = _drive(slot, _count(Started, 1))
+    assert [e.reason for _, e in seen if isinstance(e, Started)] == ["rollout"]
+    assert any(isinstance(e, Stopped) for _, e in seen)  # a requested restart is not a crash
+    assert slot.restarts_by_reason == {"liveness": 1, "rollout": 1}
+    _stop(slot)
+
+
+def test_only_a_noted_spec_change_counts_as_a_config_restart():
+    slot = Slot(_spec(SLEEP), "always", RestartBackoff(initial=0.05), start_retries=0)
+    _drive(slot, _count(Started, 1))
+    slot.set_desired(_spec(SLEEP, "new-index"))  # a new assignment: not a restart
+    seen = _drive(slot, _count(Started, 1))
+    assert [e.reason for _, e in seen if isinstance(e, Started)] == [None]
+    slot.note_restart_reason("config")
+    slot.set_desired(_spec(SLEEP, "new-config"))
+    seen = _drive(slot, _count(Started, 1))
+    assert [e.reason for _, e in seen if isinstance(e, Started)] == ["config"]
+    assert slot.restarts_by_reason == {"config": 1}
+    _stop(slot)

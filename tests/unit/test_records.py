@@ -43,6 +43,9 @@ VALID = {
     "job": {"spec_hash": "ab12", "state": "succeeded", "member": "m1", "token": 7, "updated": NOW,
             "finished": NOW, "exit_code": 0},
     "done": {"exit_code": 0, "member": "m1", "finished": NOW},
+    "rollout": {"id": "r1", "trigger": "restart", "who": "ann@laptop", "started": NOW, "target": "r1",
+                "state": "running", "done": ["m1:worker[0]"], "failed": None, "finished": None, "resumed": None},
+    "rollout slot": {"member": "m1", "child": "worker[0]", "rollout": "r1"},
 }
 
 WRONG = {"string": 5, "integer": "5", "number": "1.5", "boolean": 1, "time": "now", "object": [1],

@@ -34,6 +34,10 @@ class FakeSlot:
     def __init__(self, name, spec):
         self.name, self.desired, self.child, self.signals = name, spec, FakeChild(spec), []
 
+    def restart_child(self, now, reason="control"):
+        self.child.stop(now)
+        return True
+
     def signal(self, signum):
         self.signals.append(signum)
         return True

@@ -45,6 +45,10 @@ class FakeSlot:
         self.desired = spec
         self.child = SimpleNamespace(spec=spec, alive=True)
         self.signals = []  # (signum, file content at that moment)
+        self.reasons = []
+
+    def note_restart_reason(self, reason):
+        self.reasons.append(reason)
 
     def signal(self, signum):
         self.signals.append((signum, json.loads(Path(self.child.spec.env[CONFIG_FILE_ENV]).read_text())))

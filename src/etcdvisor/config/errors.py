@@ -8,6 +8,7 @@ the problem is the file as a whole, or ``FILE:LINE:COL: invalid YAML: ...``).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 
 KeyPath = tuple  # of str (mapping keys) and int (list indices)
@@ -22,6 +23,13 @@ def format_key_path(path: Iterable) -> str:
         else:
             text += ("." if text else "") + str(part)
     return text
+
+
+def unknown_role(other: str, names: Sequence[str]) -> str:
+    """The problem text for a reference to a role that does not exist (after:, needs:)."""
+    close = difflib.get_close_matches(other, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (roles: {', '.join(names)})"
+    return f"unknown role {other!r}{hint}"
 
 
 def one_line(text: str) -> str:

@@ -130,6 +130,28 @@ class BackoffSettings:
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    """A role's ``rollout:`` keys. ``max_unavailable`` is an absolute count or, with
+    ``percent`` True, a percentage of the role's children cluster-wide (rounded down,
+    at least 1); ``min_ready`` None means the role's own ``min_ready``."""
+
+    max_unavailable: float | int = 25.0  # a count is an int; a percentage a float
+    percent: bool = True
+    min_ready: float | None = None
+    deadline: float = 600.0
+
+    def limit(self, children: int) -> int:
+        """Children that may be down at once out of ``children`` (at least 1)."""
+        if not self.percent:
+            return max(1, int(self.max_unavailable))
+        return max(1, int(children * self.max_unavailable // 100))
+
+    def __str__(self) -> str:
+        amount = f"{self.max_unavailable:g}%" if self.percent else f"{int(self.max_unavailable)}"
+        return f"max_unavailable {amount}"
+
+
+@dataclass(frozen=True)
 class ChangeAction(enum.StrEnum):
     RESTART = "restart"  # restart the child (its role's usual stop rules)
     SIGNAL = "signal"    # rewrite the file, then send ``OnChange.signal``
@@ -211,6 +233,41 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """One probe of ``health:`` (startup, readiness or liveness). ``kind`` is
+    ``http`` (``target``: URL template), ``tcp`` (``"HOST:PORT"`` template) or
+    ``exec`` (``argv``); templates use the ``register`` placeholders
+    (``{index}``, ``{8000 + index}``, ``{member}``, ``{host}``, see
+    :mod:`.health`). Durations in seconds."""
+
+    kind: str
+    target: str = ""
+    argv: tuple[str, ...] = ()
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    initial_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """A role's ``health:`` keys. ``memory`` in bytes, ``watchdog`` in seconds."""
+
+    startup: ProbeSpec | None = None
+    readiness: ProbeSpec | None = None
+    liveness: ProbeSpec | None = None
+    notify: bool = False
+    watchdog: float | None = None
+    memory: int | None = None
+
+    @property
+    def readiness_checked(self) -> bool:
+        """True when readiness comes from a probe or sd_notify (not ``min_ready``)."""
+        return self.readiness is not None or self.notify
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     """One role, with every default filled in.
 
@@ -259,6 +316,14 @@ class RoleSpec:
     # child output (any type): None is ``inherit`` (the supervisor's stdout/stderr)
     stdout: OutputFile | None = None
     stderr: OutputFile | None = None
+    # health and ordering (any type; step_down_after: singleton)
+    health: HealthSpec = HealthSpec()
+    min_ready: float = 2.0
+    needs: tuple[str, ...] = ()
+    on_failed: str = "stay"  # "stay" | "exit"
+    step_down_after: float | None = None  # singleton: 30s by default
+    # rolling restarts (sharded, singleton)
+    rollout: RolloutSettings = RolloutSettings()
 
     @property
     def lease_bound(self) -> bool:

@@ -15,7 +15,8 @@ from typing import TypedDict, overload
 from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
-from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
+from .health import health_fields
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
 from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
@@ -125,8 +126,11 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         after=tuple(raw.get("after", ())), wait_for=_wait_groups(check),
     )
     fields.update(_type_fields(check, role_type))
+    if "rollout" in raw:
+        fields["rollout"] = _rollout(check)
     fields.update(wiring_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
     fields.update(output_fields(check.raw, check.path, problems, fields["cwd"] or base_dir))
+    fields.update(health_fields(check.raw, check.path, role_type.value, problems))
     if role_type.lease_bound and ttl is not None and stop_timeout is not None:
         problem = timing.slack_problem(ttl, stop_timeout)
         if problem:
@@ -182,6 +186,27 @@ def _backoff(check: _RoleChecker) -> BackoffSettings:
     if initial is not None and maximum is not None and maximum < initial:
         sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
     return BackoffSettings(initial=initial, max=maximum)
+
+
+def _rollout(check: _RoleChecker) -> RolloutSettings:
+    """``rollout: {max_unavailable, min_ready, deadline}`` (schema-valid here)."""
+    sub = _RoleChecker(check.name, check.raw.get("rollout") or {}, check.problems)
+    sub.path = check.path + ("rollout",)
+    amount, percent = 25.0, True
+    raw = sub.raw.get("max_unavailable")
+    if isinstance(raw, str) and raw.endswith("%"):
+        amount = float(raw[:-1])
+        if not 0 < amount <= 100:
+            sub.fail("max_unavailable", f"must be a percentage above 0% and at most 100%, got {raw!r}")
+    elif isinstance(raw, (int, str)):  # a count ("2" as well: the schema allows only digits)
+        count, percent = float(raw), False
+        if count < 1 or count != int(count):
+            sub.fail("max_unavailable", f"must be a whole number of children >= 1, got {raw!r}")
+        amount = int(raw) if isinstance(raw, int) else int(count) if count == int(count) else count
+    min_ready = sub.duration("min_ready", None, positive=False)
+    deadline = sub.duration("deadline", 600.0)
+    return RolloutSettings(max_unavailable=amount, percent=percent, min_ready=min_ready,
+                           deadline=deadline if deadline is not None else 600.0)
 
 
 def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:

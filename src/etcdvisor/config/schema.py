@@ -31,6 +31,8 @@ TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "shards": ("sharded",),
     "children": ("sharded",),
     "standby": ("singleton",),
+    "rollout": ("sharded", "singleton"),
+    "step_down_after": ("singleton",),
     "schedule": ("cron",),
     "timezone": ("cron",),
     "starting_deadline": ("cron",),

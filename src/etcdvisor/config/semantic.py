@@ -10,7 +10,6 @@ are in :mod:`.roles`.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import secrets
@@ -19,7 +18,8 @@ import socket
 from ..coord.errors import InvalidURL
 from ..coord.url import TLSOptions, parse_url
 from .durations import parse_duration
-from .errors import Problems
+from .errors import Problems, unknown_role
+from .health import check_needs
 from .model import Config, EtcdKind, EtcdSettings, MemberSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .ops import ops_settings
 from .roles import build_role
@@ -49,6 +49,7 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
         if not problems.has_under(("roles", name)):
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
     _check_after(roles, problems)
+    check_needs(roles, problems, find_cycle)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
     http, log = ops_settings(document, problems, base_dir)
     if problems:
@@ -169,9 +170,7 @@ def _check_after(roles: dict[str, RoleSpec | None], problems: Problems) -> None:
             if other == name:
                 problems.add(where, f"role {name!r} cannot wait for itself")
             elif other not in roles:
-                close = difflib.get_close_matches(other, names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (roles: {', '.join(names)})"
-                problems.add(where, f"unknown role {other!r}{hint}")
+                problems.add(where, unknown_role(other, names))
             elif roles[other] is not None and (reason := _never_completes(roles[other])):
                 problems.add(where, f"role {other!r} never completes ({reason})")
     cycle = find_cycle({n: [a for a in s.after if a in roles and a != n] for n, s in roles.items() if s})

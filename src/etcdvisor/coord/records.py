@@ -445,6 +445,37 @@ MEMBER = RecordKind("member", {
     "ttl": Field(INT, nullable=True, minimum=0),
 }, check=_role_statuses)
 
+#: ``rollouts/<role>`` (runtime/rollout_store.py): one rolling restart of a role
+ROLLOUT_TEXT = 512  # characters of any string field of a rollout record
+ROLLOUT_DONE = 20000  # children listed in ``done``
+ROLLOUT = RecordKind("rollout", {
+    "id": Field(STR, required=True, nonempty=True, max_len=ROLLOUT_TEXT),
+    "trigger": Field(STR, required=True, choices=("restart", "config")),
+    "who": Field(STR, nullable=True, max_len=ROLLOUT_TEXT),
+    "started": Field(TIME, required=True),
+    "target": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "state": Field(STR, required=True, choices=("running", "done", "failed", "aborted")),
+    "done": Field(LIST, default=list, max_len=ROLLOUT_DONE, items=STR),
+    "failed": Field(OBJECT, nullable=True),
+    "finished": Field(TIME, nullable=True),
+    "resumed": Field(TIME, nullable=True),
+})
+
+#: the ``failed`` object of a rollout record
+ROLLOUT_FAILED_FIELDS = {
+    "child": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "member": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "reason": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "at": Field(TIME, required=True),
+}
+
+#: ``rollouts/<role>/slots/<n>`` (runtime/rollout_store.py): a slot held on its holder's lease
+ROLLOUT_SLOT = RecordKind("rollout slot", {
+    "member": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "child": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+    "rollout": Field(STR, required=True, max_len=ROLLOUT_TEXT),
+}, max_bytes=4096)
+
 #: ``roles/<role>/ticks/<tick id>`` (roles/cron.py): a cron run's claim and outcome
 TICK = RecordKind("cron tick", {
     "state": Field(STR, required=True, nonempty=True),
@@ -481,4 +512,4 @@ DONE = RecordKind("done", {
 
 #: every kind above, by name (the unit test's table runs over these)
 KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
-    CONTROL, SERVICE_INSTANCE, APPLICATION_ROUTE, MEMBER, TICK, JOB, DONE)}
+    CONTROL, SERVICE_INSTANCE, APPLICATION_ROUTE, MEMBER, TICK, JOB, DONE, ROLLOUT, ROLLOUT_SLOT)}

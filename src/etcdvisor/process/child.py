@@ -11,8 +11,9 @@ Guarantees:
 
 - every method returns promptly; ``poll(now)`` never blocks (WNOHANG) and is the only
   place that reaps, through ``Popen.poll`` so ``subprocess`` keeps the exit status;
-- ``stop(now)`` sends ``stop_signal`` to the whole process group and remembers the kill
-  deadline ``now + stop_timeout``; ``poll(now)`` escalates to ``kill()`` once it passed;
+- ``stop(now)`` sends ``stop_signal`` to the whole process group, then SIGCONT (so that
+  a stopped process gets it, as systemd does), and remembers the kill deadline
+  ``now + stop_timeout``; ``poll(now)`` escalates to ``kill()`` once it passed;
 - every run carries a random tag (``ETCDVISOR_CHILD_TAG`` in its environment) and, where
   possible, its own cgroup (``tracking.TreeTracker``): ``stop`` sends ``stop_signal`` to
   the group *and* to every tracked process outside it (setsid daemons, re-parented
@@ -158,7 +159,13 @@ class ChildProcess:
         self._stop_sent_at = now
         self.state = ChildState.STOPPING  # RUNNING -> STOPPING
         self._signal_group(self.spec.stop_signal)
-        signal_pids(self._outside_group(), self.spec.stop_signal)
+        outside = self._outside_group()
+        signal_pids(outside, self.spec.stop_signal)
+        if self.spec.stop_signal not in (signal.SIGKILL, signal.SIGCONT):
+            # as systemd does: a stopped (SIGSTOP) process gets the signal only once
+            # continued; without this, a hung child that stopped itself waits for SIGKILL
+            self._signal_group(signal.SIGCONT)
+            signal_pids(outside, signal.SIGCONT)
         self._sync_watchdog()
         grace = self.spec.stop_timeout if self._stop_kill_at is None else max(0.0, self._stop_kill_at - now)
         log.info("%s: sent %s to pid %s; waiting up to %.1fs before SIGKILL", self.spec.name,

@@ -28,7 +28,17 @@ Guarantees:
   After ``start_retries`` restarts that all exited quickly (that is, start_retries + 1
   quick exits in a row) the slot becomes FAILED and emits ``Failed`` -- the caller gives
   up a lease-bound role. A command that cannot be executed fails at once (no crash loop).
-- An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure.
+- An exit we asked for (stop, kill, lease term) is ``Stopped``, never a failure,
+  except after ``fail_child(now, reason, quick)`` (a failed health check): that exit
+  counts like a crash (backoff, ``start_retries``, FAILED) and its ``Exited`` carries
+  ``reason``; ``quick`` (the child never became healthy) makes it a quick exit whatever
+  the uptime, so such a child ends FAILED like a crash loop; without ``quick`` (it had
+  been healthy) the count resets and the child restarts at once.
+- Restarts are counted by reason (``restarts_by_reason``): ``exit`` and the health
+  reasons for automatic ones, ``restart_child``'s ``reason`` (``control`` by default)
+  and, after ``note_restart_reason(reason)``, that reason when the next new spec replaces
+  the running child (``config``); a requested restart's ``Started`` carries its reason.
+  Other spec changes (a new assignment) are not counted as restarts.
 - Lease-bound specs: ``set_lease_deadlines(term_at, kill_at)`` is passed to the child,
   which is stopped at ``term_at`` and killed at ``kill_at``; while ``term_at`` (or the
   earlier ``start_by``, when given) has passed no new lease-bound child is started (the
@@ -80,6 +90,7 @@ class SlotEvent:
 @dataclass(frozen=True)
 class Started(SlotEvent):
     pid: int
+    reason: str | None = None     # a requested restart: control, config, rollout...
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class Exited(SlotEvent):
     code: int | None              # exit status; negative = killed by that signal
     uptime: float
     restart_at: float | None      # when the slot will restart it, None = it will not
+    reason: str = "exit"          # exit, or the failed check (liveness, startup, watchdog, memory)
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,10 @@ class Slot:
         self.start_retries = start_retries
         self.state = SlotState.STOPPED
         self.restarts = 0                 # automatic restarts after unrequested exits
+        self.restarts_by_reason: dict[str, int] = {}  # every restart, automatic or requested
+        self._restart_reason: str | None = None  # a requested restart in progress
+        self._spec_change_reason: str | None = None  # why the next new spec will come (config)
+        self._health_failure: tuple[str, bool] | None = None  # (reason, quick) of fail_child
         self.last_exit: int | None = None
         self.restart_at: float | None = None
         self._on_event = on_event
@@ -164,13 +180,34 @@ class Slot:
             self._child.set_lease_deadlines(term_at, kill_at, sync_watchdog=False)
         self._dirty = True
 
-    def restart_child(self, now: float) -> bool:
+    def restart_child(self, now: float, reason: str = "control") -> bool:
         """Stop the running child (its stop signal, then SIGKILL after stop_timeout);
         it starts again with the same desired spec once gone, like after any
-        requested stop. False when no child runs."""
+        requested stop; its ``Started`` carries ``reason`` (control, config,
+        rollout). False when no child runs."""
         if self._child is None or self._child.state is not ChildState.RUNNING:
             return False
         self.state = SlotState.STOPPING  # RUNNING -> STOPPING (restart requested)
+        self._restart_reason = reason
+        self._child.stop(now)
+        self._dirty = True
+        return True
+
+    def note_restart_reason(self, reason: str) -> None:
+        """The next new spec replaces the running child for ``reason`` (``config``:
+        a config item changed); other spec changes (a new INDEX) are not restarts."""
+        self._spec_change_reason = reason
+        self._dirty = True
+
+    def fail_child(self, now: float, reason: str, quick: bool) -> bool:
+        """A health check failed (``reason``: liveness, startup, watchdog, memory):
+        stop the child like ``restart_child``, but count its exit as a crash
+        (backoff, ``start_retries``); ``quick``: whatever its uptime. False when
+        no child runs."""
+        if self._child is None or self._child.state is not ChildState.RUNNING:
+            return False
+        self.state = SlotState.STOPPING  # RUNNING -> STOPPING (health check failed)
+        self._health_failure = (reason, quick)
         self._child.stop(now)
         self._dirty = True
         return True
@@ -223,44 +260,56 @@ class Slot:
         child, self._child = self._child, None
         assert child is not None and child.started_at is not None
         self.last_exit = code
-        if child.stop_requested:
+        health, self._health_failure = self._health_failure, None
+        if child.stop_requested and health is None:
             self.state = SlotState.STOPPED  # STOPPING -> STOPPED
             events.append(Stopped(self.name, code))
             return
+        self._restart_reason = None
         uptime = now - child.started_at
+        reason = health[0] if health is not None else "exit"
         if self.restart is RestartPolicy.NEVER or (
-                self.restart is RestartPolicy.ON_FAILURE and code == 0):
-            self.state = SlotState.EXITED  # RUNNING -> EXITED
-            events.append(Exited(self.name, code, uptime, None))
+                health is None and self.restart is RestartPolicy.ON_FAILURE and code == 0):
+            self.state = SlotState.EXITED  # RUNNING | STOPPING -> EXITED
+            events.append(Exited(self.name, code, uptime, None, reason))
             return
-        self._failures = self.backoff.next_failures(self._failures, uptime)
+        if health is None:
+            self._failures = self.backoff.next_failures(self._failures, uptime)
+        else:  # never healthy: a quick exit whatever the uptime; healthy before: restart at once
+            self._failures = self._failures + 1 if health[1] else 0
         if self._failures > self.start_retries:
-            self.state = SlotState.FAILED  # RUNNING -> FAILED
-            events.append(Exited(self.name, code, uptime, None))
+            self.state = SlotState.FAILED  # RUNNING | STOPPING -> FAILED
+            events.append(Exited(self.name, code, uptime, None, reason))
+            what = "exited" if health is None else f"failed its {reason} check"
             events.append(Failed(self.name, (
-                f"{self.name}: exited {self._failures} times in a row within "
+                f"{self.name}: {what} {self._failures} times in a row within "
                 f"{self.backoff.reset_after:g}s of starting (last exit code {code})")))
             return
         self.restart_at = now + self.backoff.delay(self._failures, self._rand)
-        self.state = SlotState.BACKOFF  # RUNNING -> BACKOFF
-        events.append(Exited(self.name, code, uptime, self.restart_at))
+        self.state = SlotState.BACKOFF  # RUNNING | STOPPING -> BACKOFF
+        self._restart_reason = reason
+        events.append(Exited(self.name, code, uptime, self.restart_at, reason))
 
     def _reconcile(self, now: float, events: list[SlotEvent]) -> None:
         desired = self._desired
         if self._child is not None:
             if desired != self._spec and self._child.state is ChildState.RUNNING:
                 self.state = SlotState.STOPPING  # RUNNING -> STOPPING
+                self._restart_reason = self._spec_change_reason if desired is not None else None
+                self._spec_change_reason = None
                 self._child.stop(now)
             elif self._child.stop_requested:
                 self.state = SlotState.STOPPING  # RUNNING -> STOPPING (lease term)
             return
         if desired is None:
+            self._restart_reason = None
             if self.state is SlotState.BACKOFF:
                 events.append(Stopped(self.name, None))
             self.state = SlotState.STOPPED  # BACKOFF | EXITED | FAILED -> STOPPED
             self._failures, self.restart_at = 0, None
             return
         if desired != self._spec:
+            self._spec_change_reason = None
             self._spec, self._failures, self.restart_at = desired, 0, None
             self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
         if self.state in (SlotState.EXITED, SlotState.FAILED):
@@ -291,9 +340,12 @@ class Slot:
             return
         if restarting:
             self.restarts += 1
+        reason, self._restart_reason = self._restart_reason, None
+        if reason is not None:
+            self.restarts_by_reason[reason] = self.restarts_by_reason.get(reason, 0) + 1
         self._child, self.restart_at = child, None
         self.state = SlotState.RUNNING  # STOPPED | BACKOFF -> RUNNING
-        events.append(Started(self.name, pid))
+        events.append(Started(self.name, pid, None if restarting else reason))
 
     def _spawn_failed(self, now: float, exc: SpawnError, events: list[SlotEvent]) -> None:
         events.append(SpawnFailed(self.name, str(exc)))

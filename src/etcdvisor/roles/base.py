@@ -40,6 +40,7 @@ from ..process.spawn import ChildSpec
 
 log = logging.getLogger("etcdvisor")
 _SERIALS = itertools.count(1)
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass
@@ -56,6 +57,10 @@ class RuntimeContext:
     wall: Callable[[], float] = time.time  # wall clock (schedules, records)
     metrics: Any = None  # runtime.metrics.Metrics when the supervisor runs (counters only)
     config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
+    notify_socket: Callable[[str], str] | None = None  # child name -> its sd_notify socket path
+    # role name -> {slot key: (child alive, ready)}; ready None: nothing to judge (no child
+    # running, starting or in backoff). Set by the supervisor (runtime/child_health.py).
+    children_health: Callable[[str], dict[str, tuple[bool, bool | None]]] | None = None
 
     @property
     def cluster(self) -> str:
@@ -66,9 +71,17 @@ class RuntimeContext:
         """The ChildSpec of one child of ``role``: the supervisor's environment,
         the etcdvisor variables, the role's ``env`` and ``extra_env`` (in that
         order of precedence, last wins, except that the etcdvisor variables
-        cannot be overridden by the role env)."""
+        cannot be overridden by the role env). With ``health.notify`` the child
+        gets its own ``NOTIFY_SOCKET`` (and ``WATCHDOG_USEC`` with ``health.watchdog``);
+        the supervisor's own sd_notify variables are never passed on."""
         env = dict(self.base_env)
+        for name_ in NOTIFY_ENV:  # the supervisor's own (under systemd) is not the child's
+            env.pop(name_, None)
         env.update(role.env)
+        if role.health.notify and self.notify_socket is not None:
+            env["NOTIFY_SOCKET"] = self.notify_socket(name)
+            if role.health.watchdog is not None:
+                env["WATCHDOG_USEC"] = str(int(role.health.watchdog * 1_000_000))
         env.update({
             "ROLE": role.name,
             "MEMBER_ID": self.member_id,

@@ -150,6 +150,7 @@ class CronRunner(LeaderRunner):
 
     # --- the schedule ------------------------------------------------------------
     def desired(self, now: float) -> dict[str, ChildSpec]:
+        self.leader_turn(now)
         if not self.leading or self.failed_reason or self.cursor is None:
             return {}
         if self.claiming is None and (self.retry_at is None or now >= self.retry_at):
@@ -313,6 +314,7 @@ class CronRunner(LeaderRunner):
 
     # --- runs ------------------------------------------------------------------------
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        self.run_health(event)
         run = self.runs.get(key)
         if key in self._retries_ended:  # recorded when its retries ended; only its stop is left
             if isinstance(event, (Stopped, Exited, Failed)):
@@ -373,8 +375,15 @@ class CronRunner(LeaderRunner):
                 return
 
     def next_deadline(self) -> float | None:
+        leader = self.leader_deadline(self.ctx.clock())
         if not self.leading or self.cursor is None or self.claiming is not None:
-            return None
+            return leader
+        if leader is not None:
+            return min(leader, self._schedule_deadline())
+        return self._schedule_deadline()
+
+    def _schedule_deadline(self) -> float:
+        assert self.cursor is not None  # next_deadline asks only while leading with a cursor
         if self.retry_at is not None:
             return self.retry_at
         now = self._now()

@@ -86,6 +86,7 @@ class JobRunner(LeaderRunner):
             self.running = False
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
+        self.leader_turn(now)
         if not self.leading or self.failed_reason or not self.record_known:
             return {}
         if self.running:
@@ -108,7 +109,8 @@ class JobRunner(LeaderRunner):
         return {}
 
     def next_deadline(self) -> float | None:
-        return self.retry_at
+        times = [t for t in (self.retry_at, self.leader_deadline(self.ctx.clock())) if t is not None]
+        return min(times) if times else None
 
     def _write(self, fields: dict, done=None) -> None:
         """(Effect) Write the job record, fenced by our election key."""
@@ -132,6 +134,7 @@ class JobRunner(LeaderRunner):
         self.effect(f"write job record ({fields.get('state')})", write, written)
 
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        self.run_health(event)
         if isinstance(event, Exited) and event.restart_at is None:
             state = "succeeded" if event.code == 0 else "failed"
             self._finish(state, exit_code=event.code)

@@ -19,6 +19,11 @@ leader child a few milliseconds later.
 States: CAMPAIGNING -> LEADER -> (DEPOSED -> CAMPAIGNING)*, any -> FAILED
 (crash loop: resigned, stops campaigning), any -> STOPPED.
 
+Stepping down (``step_down_after``, singleton; a run that failed liveness, cron and
+job): LEADER -> (stepping down: ``leading`` is False, so the children stop) ->
+FOLLOWER once no child is alive: then it resigns and sits out ``backoff.max``
+before it campaigns again, so a healthy member takes over.
+
 :class:`LeaderRunner` is the shared base of singleton, cron and job roles.
 """
 
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 
 from ..coord.errors import CoordError
 from ..coord.records import member_name
-from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
+from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from .base import RoleRunner
@@ -78,6 +83,9 @@ class LeaderRunner(RoleRunner):
         self._stop = threading.Event()
         self._watch: LeadershipWatch | None = None
         self.election: Election | None = None
+        self.stepping_down: str | None = None  # why, while the children stop before resigning
+        self.hold_until: float | None = None  # no campaign before this (after a step-down)
+        self._unready_since: float | None = None
 
     def start(self) -> None:
         self.election = Election(self.ctx.backend, self.ctx.keys.election(self.name), self.ctx.session,
@@ -86,7 +94,60 @@ class LeaderRunner(RoleRunner):
 
     @property
     def leading(self) -> bool:
-        return self.state is LeaderState.LEADER
+        return self.state is LeaderState.LEADER and self.stepping_down is None
+
+    # --- stepping down ------------------------------------------------------------------
+    def step_down(self, reason: str) -> None:
+        """Stop this role's children, then resign and sit out ``backoff.max``."""
+        if self.state is not LeaderState.LEADER or self.stepping_down is not None:
+            return
+        self.stepping_down = reason
+        self.say(f"stepping down: {reason}; its children stop, then it resigns and does not "
+                 f"campaign for {self.spec.backoff.max:g}s")
+
+    def leader_turn(self, now: float) -> None:
+        """Each turn (from ``desired``): finish a step-down once no child is alive,
+        campaign again after the hold, and (``step_down_after``) watch readiness."""
+        health = self.ctx.children_health(self.name) if self.ctx.children_health is not None else {}
+        if self.stepping_down is not None:
+            if not any(alive for alive, _ready in health.values()):
+                self._finish_step_down(now)
+            return
+        if self.hold_until is not None and now >= self.hold_until:
+            self.hold_until = None
+            if self.state is LeaderState.FOLLOWER and not self._stop.is_set() and not self.failed_reason:
+                self.say("campaigning again after stepping down")
+                self.state = LeaderState.CAMPAIGNING
+                self.effect("campaign", self._campaign)
+        limit = self.spec.step_down_after
+        judged = [ready for _alive, ready in health.values() if ready is not None]
+        if limit is None or not self.leading or not judged or all(judged):
+            self._unready_since = None
+            return
+        if self._unready_since is None:
+            self._unready_since = now
+        elif now - self._unready_since >= limit:
+            self._unready_since = None
+            self.step_down(f"its child has not been ready for {limit:g}s (step_down_after)")
+
+    def _finish_step_down(self, now: float) -> None:
+        self.stepping_down = None
+        self._end_term()
+        self.hold_until = now + self.spec.backoff.max
+        if self.election is not None:
+            self.effect("resign", self.election.resign)
+
+    def leader_deadline(self, now: float) -> float | None:
+        """When ``leader_turn`` must run again without an event."""
+        times = [t for t in (self.hold_until,) if t is not None]
+        if self.stepping_down is not None:
+            times.append(now + 0.25)  # children stop: their events wake the loop too
+        if self._unready_since is not None and self.spec.step_down_after is not None:
+            times.append(self._unready_since + self.spec.step_down_after)
+        return min(times) if times else None
+
+    def next_deadline(self) -> float | None:
+        return self.leader_deadline(self.ctx.clock())
 
     def in_term(self, term: int) -> bool:
         """Is ``term`` (read from :attr:`term` when an effect was queued) still
@@ -135,8 +196,11 @@ class LeaderRunner(RoleRunner):
         elif (isinstance(payload, Deposed) and self.state is LeaderState.LEADER
               and payload.term in (None, self.term)):
             self.say(f"lost leadership: {payload.reason}")
+            stepping_down, self.stepping_down = self.stepping_down, None
             self._end_term()
-            if not self._stop.is_set() and not self.failed_reason:
+            if stepping_down is not None:
+                self.hold_until = at + self.spec.backoff.max
+            elif not self._stop.is_set() and not self.failed_reason:
                 self.state = LeaderState.CAMPAIGNING
                 self.effect("campaign", self._campaign)
         elif isinstance(payload, LeaderSeen) and self.state is not LeaderState.LEADER:
@@ -167,6 +231,13 @@ class LeaderRunner(RoleRunner):
             self.give_up(event.reason)
         elif isinstance(event, SpawnFailed):
             self.give_up(event.message)
+        else:
+            self.run_health(event)
+
+    def run_health(self, event: SlotEvent) -> None:
+        """Cron and job: a run that failed liveness makes the leader step down."""
+        if isinstance(event, Exited) and event.reason == "liveness" and self.spec.type.value in ("cron", "job"):
+            self.step_down("its run failed its liveness probe")
 
     def stop(self) -> None:
         self._stop.set()
@@ -185,11 +256,13 @@ class LeaderRunner(RoleRunner):
 
     def status(self) -> dict:
         return {**super().status(), "state": self.state.value, "leader": self.leading,
-                "token": self.token or None}
+                "token": self.token or None, "stepping_down": self.stepping_down}
 
 
 class SingletonRunner(LeaderRunner):
     def on_slot_event(self, key: str, event: SlotEvent, now: float) -> None:
+        if isinstance(event, Stopped) and self.stepping_down is not None:
+            self.leader_turn(now)
         if isinstance(event, Exited) and event.restart_at is None and self.leading:
             self.say(f"leader's child finished with status {event.code}")
             self.record_done(1, 0, event.code)
@@ -220,9 +293,11 @@ class SingletonRunner(LeaderRunner):
         return now < self._hold_from + STANDBY_HOLD
 
     def next_deadline(self) -> float | None:
+        leader = super().next_deadline()
         if self._hold_from is None or self.leading or not self.spec.standby:
-            return None
-        return self._hold_from + STANDBY_HOLD
+            return leader
+        hold = self._hold_from + STANDBY_HOLD
+        return hold if leader is None else min(leader, hold)
 
     def describe_waits(self, now: float) -> list[str]:
         if self._hold_from is not None and not self.leading and now < self._hold_from + STANDBY_HOLD:
@@ -240,7 +315,8 @@ class SingletonRunner(LeaderRunner):
         self.post(LeaderSeen(member))
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
-        if self.failed_reason:
+        self.leader_turn(now)
+        if self.failed_reason or self.stepping_down is not None:
             self._standby_on = False
             return {}
         if self.leading:

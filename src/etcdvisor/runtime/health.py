@@ -26,6 +26,7 @@ class Health:
     failed: str | None = None  # "role X failed: ..." while some role is FAILED
     lease_alive_sent: Callable[[], float | None] = lambda: None
     lease_fresh: float = 3.0
+    unready: tuple[str, ...] = ()  # children with a readiness check that are not ready
 
     def turn(self, ended: float, wake_by: float) -> None:
         self.turn_ended, self.wake_by = ended, wake_by
@@ -55,4 +56,8 @@ class Health:
             return False, f"lease not confirmed alive for {age:.1f}s (etcd unreachable?)"
         if self.failed:
             return False, self.failed
+        unready = self.unready
+        if unready:
+            more = f" (and {len(unready) - 5} more)" if len(unready) > 5 else ""
+            return False, f"child not ready: {', '.join(unready[:5])}{more}"
         return True, "ready"

@@ -73,13 +73,15 @@ class MemberRecord:
         self._written = doc["roles"]
         self._last_write = self.clock()
 
-    def plan_update(self, roles: dict[str, Any], now: float) -> tuple[str | None, float | None]:
+    def plan_update(self, roles: dict[str, Any], now: float, *,
+                    urgent: bool = False) -> tuple[str | None, float | None]:
         """Loop side: ``(body, None)`` when the record should be rewritten now
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
-        retry_at)`` when rate-limited, ``(None, None)`` when nothing changed."""
+        retry_at)`` when rate-limited, ``(None, None)`` when nothing changed.
+        ``urgent`` skips the rate limit (a rollout waits for the record)."""
         if roles == self._written or not self._lease or self._writing:
             return None, None
-        if now - self._last_write < self.min_interval:
+        if now - self._last_write < self.min_interval and not urgent:
             return None, self._last_write + self.min_interval
         self._writing = True
         self._last_write = now

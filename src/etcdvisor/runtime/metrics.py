@@ -12,7 +12,8 @@ Two kinds of series, chosen by what they cost:
   from etcd by the HTTP thread (at most once per ``BACKLOG_MAX_AGE``).
 
 Metric names and labels (docs/config-reference.md, ``http``):
-``etcdvisor_child_up{role,slot}``, ``etcdvisor_child_restarts_total{role}``,
+``etcdvisor_child_up{role,slot}``, ``etcdvisor_child_ready{role,slot}``,
+``etcdvisor_child_restarts_total{role,reason}``, ``etcdvisor_probe_failures_total{role,probe}``,
 ``etcdvisor_child_exits_total{role,code}``, ``etcdvisor_role_leader{role}``,
 ``etcdvisor_role_paused{role}``, ``etcdvisor_role_failed{role}``,
 ``etcdvisor_shard_index{role}``, ``etcdvisor_shard_count{role}``,
@@ -20,7 +21,9 @@ Metric names and labels (docs/config-reference.md, ``http``):
 ``etcdvisor_cron_last_success_timestamp_seconds{role}``,
 ``etcdvisor_topic_messages_total{role,outcome}``, ``etcdvisor_topic_backlog{role}``,
 ``etcdvisor_lease_keepalive_rtt_seconds`` (histogram),
-``etcdvisor_lease_deadline_seconds``, ``etcdvisor_etcd_errors_total{kind}``.
+``etcdvisor_lease_deadline_seconds``, ``etcdvisor_etcd_errors_total{kind}``,
+``etcdvisor_rollout_in_progress{role}``, ``etcdvisor_rollout_restarted{role}``,
+``etcdvisor_rollout_failed{role}`` (sharded and singleton roles, from the rollout record).
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class NullMetrics:
     """The member's metrics when nothing serves them (no ``http``): same calls
     from the loop and the runners, nothing recorded, nothing imported."""
 
-    restarts = exits = cron_runs = topic_messages = etcd_errors = keepalive_rtt = _NullFamily()
+    restarts = exits = cron_runs = topic_messages = etcd_errors = keepalive_rtt = probe_failures = _NullFamily()
 
     def publish(self, snapshot: Snapshot) -> None:
         pass
@@ -128,8 +131,12 @@ class Metrics:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the bytes per scrape
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
-        self.restarts = Counter("etcdvisor_child_restarts", "Children restarted (automatic or "
-                                "'supervisor restart'), by role", ["role"], registry=reg)
+        self.restarts = Counter("etcdvisor_child_restarts", "Children restarted, by role and reason "
+                                "(exit, liveness, startup, watchdog, memory, control, config, rollout)",
+                                ["role", "reason"], registry=reg)
+        self.probe_failures = Counter("etcdvisor_probe_failures", "Failed health checks of children, by "
+                                      "role and probe (startup, readiness, liveness, watchdog, memory)",
+                                      ["role", "probe"], registry=reg)
         self.exits = Counter("etcdvisor_child_exits", "Child exits by role and exit code (or "
                              "signal name)", ["role", "code"], registry=reg)
         self.cron_runs = Counter("etcdvisor_cron_runs", "Cron ticks recorded by this member, by "
@@ -161,7 +168,7 @@ class Metrics:
         ``etcdvisor_child_restarts_total{role="x"} 0`` before the first restart: rate()
         and absent() alerts need the series to exist. Called when the role set changes."""
         for role, kind in roles.items():
-            self.restarts.labels(role)
+            self.restarts.labels(role, "exit")
             if kind == "cron":
                 for outcome in ("succeeded", "failed"):
                     self.cron_runs.labels(role, outcome)
@@ -205,6 +212,8 @@ class _SnapshotCollector:
 
         snap = self.metrics.snapshot
         up = GaugeMetricFamily("etcdvisor_child_up", "1 while the child runs", labels=["role", "slot"])
+        ready = GaugeMetricFamily("etcdvisor_child_ready", "1 while the child is ready (probes, "
+                                  "sd_notify, or min_ready without them)", labels=["role", "slot"])
         leader = GaugeMetricFamily("etcdvisor_role_leader", "1 while this member leads the role",
                                    labels=["role"])
         paused = GaugeMetricFamily("etcdvisor_role_paused", "1 while the role is paused "
@@ -219,6 +228,7 @@ class _SnapshotCollector:
             for key, child in (status.get("children") or {}).items():
                 up.add_metric([role, slot_label(key, status)],
                               1.0 if child.get("state") == "running" else 0.0)
+                ready.add_metric([role, slot_label(key, status)], 1.0 if child.get("ready") else 0.0)
             if status.get("type") in ("singleton", "cron", "job"):
                 leader.add_metric([role], 1.0 if status.get("leader") else 0.0)
             if status.get("type") == "sharded" and status.get("index") is not None:
@@ -229,7 +239,8 @@ class _SnapshotCollector:
                 count.add_metric([role], float(status["count"]))
             paused.add_metric([role], 1.0 if role in snap.paused else 0.0)
             failed.add_metric([role], 1.0 if status.get("failed") else 0.0)
-        yield from (up, leader, paused, failed, index, count)
+        yield from (up, ready, leader, paused, failed, index, count)
+        yield from _rollout_gauges(snap)
         last = GaugeMetricFamily("etcdvisor_cron_last_success_timestamp_seconds", "Unix time of "
                                  "the last successful cron run on this member", labels=["role"])
         for role, when in list(self.metrics.cron_last_success.items()):
@@ -250,3 +261,23 @@ class _SnapshotCollector:
             return 0.0
         deadline = timing.term_deadline(snap.lease_alive_sent, snap.lease_ttl, snap.max_stop_timeout)
         return round(deadline - self.metrics.clock(), 3)
+
+
+def _rollout_gauges(snap: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """The role's current rollout as this member last read it (runtime/rollouts.py)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    running = GaugeMetricFamily("etcdvisor_rollout_in_progress", "1 while a rolling restart of the "
+                                "role runs", labels=["role"])
+    restarted = GaugeMetricFamily("etcdvisor_rollout_restarted", "Children restarted and ready in "
+                                  "the role's current rollout", labels=["role"])
+    failed = GaugeMetricFamily("etcdvisor_rollout_failed", "1 while the role's rollout is failed "
+                               "(a child not ready within rollout.deadline)", labels=["role"])
+    for role, status in snap.roles.items():
+        if status.get("type") not in ("sharded", "singleton"):
+            continue
+        rollout = status.get("rollout") or {}
+        running.add_metric([role], 1.0 if rollout.get("state") == "running" else 0.0)
+        restarted.add_metric([role], float(rollout.get("restarted") or 0))
+        failed.add_metric([role], 1.0 if rollout.get("state") == "failed" else 0.0)
+    yield from (running, restarted, failed)

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from ..coord.records import decimal
 from ..coord.session import SessionEvent, SessionEventKind
 from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
-from . import control
+from . import control, rollout_store
 from .health import Health
 from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
+from .rollouts import ROLLOUT_TYPES
 
 if TYPE_CHECKING:
     from .http import OpsServer
@@ -47,7 +48,6 @@ class Operations:
         # more routes (the dashboard, added by the CLI): each is called with the server before it starts
         self.http_routes: list[Callable[[OpsServer], None]] = []
         self.watch: control.ControlWatch | None = None
-        self._restart_pending: set[str] = set()  # slot names stopped by 'restart'
         self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -97,12 +97,11 @@ class Operations:
         if isinstance(event, Exited) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
             if event.restart_at is not None:
-                self.metrics.restarts.labels(role).inc()
+                self.metrics.restarts.labels(role, event.reason).inc()
         elif isinstance(event, Stopped) and event.code is not None:
             self.metrics.exits.labels(role, exit_code_label(event.code)).inc()
-        elif isinstance(event, Started) and event.slot in self._restart_pending:
-            self._restart_pending.discard(event.slot)
-            self.metrics.restarts.labels(role).inc()
+        elif isinstance(event, Started) and event.reason is not None:
+            self.metrics.restarts.labels(role, event.reason).inc()
 
     def paused(self, role: str) -> bool:
         return self.control.is_paused(role)
@@ -157,6 +156,10 @@ class Operations:
         if not self._mine(command):
             return
         runner = self.sup.runners[command.role]
+        if command.record.get("member") is None and command.record.get("index") is None and \
+                self.sup.rollouts is not None and runner.spec.type in ROLLOUT_TYPES:
+            self._restart_as_rollout(command)
+            return
         index = command.record.get("index")
         now = self.sup.clock()
         restarted = []
@@ -166,11 +169,23 @@ class Operations:
             # per child: with ``processes: k`` or fixed shards a member runs several indexes
             if index is not None and index not in _child_indexes(slot):
                 continue
-            if slot.restart_child(now):
-                self._restart_pending.add(slot.name)
+            if slot.restart_child(now, "control"):
                 restarted.append(key)
         log.info("role %s: %s: restarting %s", command.role, command.describe(),
                  ", ".join(restarted) or "nothing (no child runs here)", extra={"role": command.role})
+
+    def _restart_as_rollout(self, command: control.Command) -> None:
+        """A whole-role restart: the CLI wrote its rollout next to the record (``rollout``:
+        its id). A record without one (an older CLI) becomes one rollout, written once
+        whichever member sees it first (its target is the record's id)."""
+        sup, role = self.sup, command.role
+        if command.record.get("rollout"):
+            return
+        record = rollout_store.new_record(role, "restart", str(command.record.get("who") or "control record"),
+                                          f"control:{command.record.get('id')}")
+        log.info("role %s: %s: as a rolling restart", role, command.describe(), extra={"role": role})
+        sup._effect(f"start a rollout of {role}",
+                    lambda: rollout_store.start(sup.backend, sup.keys, record, unless_target=True))
 
     def _reset(self, command: control.Command) -> None:
         if not self._mine(command):

@@ -268,7 +268,7 @@ class Registration:
                          extra=_where(role.name, slot))
             elif on_change.action is ChangeAction.RESTART and restartable(role):
                 log.info("%s: peers of %s changed; restarting", slot.name, service, extra=_where(role.name, slot))
-                slot.child.stop(self.clock())  # the slot starts it again (same spec)
+                slot.restart_child(self.clock(), "config")  # the slot starts it again (same spec)
 
     def gate(self, role: RoleSpec, desired: dict[str, ChildSpec],
              current: Mapping[str, Slot]) -> dict[str, ChildSpec]:

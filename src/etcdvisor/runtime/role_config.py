@@ -150,6 +150,8 @@ class RoleConfig:
         self.writing: dict[str, bytes] = {}  # child name -> content being written
         self.changed: dict[str, set[str]] = {}  # role -> ENV names changed since the last flush
         self.seen: set[str] = set()  # child names gated this turn (their files are wanted)
+        self.rolling = False  # restart values change through rollouts (runtime/rollouts.py)
+        self.admitted: dict[str, dict[str, Any]] = {}  # child -> restart values it may run with
         self.directory: str | None = None
         self.watchers: list[PrefixWatcher] = []
         self._posted: dict[str, dict[str, str]] = {}  # watcher threads: last posted per root
@@ -275,14 +277,21 @@ class RoleConfig:
 
     # --- loop: children ----------------------------------------------------------------------
     def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
-        """Variables for child ``name`` of ``role`` (see module docstring)."""
+        """Variables for child ``name`` of ``role`` (see module docstring). With
+        ``rolling``, a running child keeps the restart values it was admitted with
+        until the rollout admits the current ones (:meth:`admit`)."""
         if not role.config or self.directory is None:
             return {}
         values = self.values.get(role.name, {env: spec.default for env, spec in role.config.items()})
         restarts = restartable(role)
-        restart_part = (tuple(sorted(extra_env.items())),
-                        tuple((env, _typed(values.get(env))) for env, spec in role.config.items()
-                              if restarts and spec.on_change.action is ChangeAction.RESTART))
+        current = self._restart_values(role, values)
+        if self.rolling and restarts:
+            admitted = self.admitted.get(name)
+            if admitted is None:
+                admitted = self.admitted[name] = current
+        else:
+            admitted = current
+        restart_part = (tuple(sorted(extra_env.items())), tuple((e, _typed(v)) for e, v in admitted.items()))
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
             texts = {env: env_text(v) for env, v in values.items() if v is not None}
@@ -292,15 +301,46 @@ class RoleConfig:
                             "it is in the config file", role.name, env_name, ENV_VALUE_LIMIT)
             self.frozen[name] = kept
         env = {CONFIG_FILE_ENV: self.file_path(name)}
-        for env_name, spec in role.config.items():
-            value = values.get(env_name)
-            if restarts and spec.on_change.action is ChangeAction.RESTART:
+        for env_name in role.config:
+            if env_name in admitted:
+                value = admitted[env_name]
                 text = env_text(value) if value is not None else None
                 if text is not None:
                     env[env_name] = text
             elif env_name in kept[1]:
                 env[env_name] = kept[1][env_name]
         return env
+
+    @staticmethod
+    def _restart_values(role: RoleSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of the role's ``on_change: restart`` items (empty: none restart)."""
+        if not restartable(role):
+            return {}
+        return {env: values.get(env) for env, spec in role.config.items()
+                if spec.on_change.action is ChangeAction.RESTART}
+
+    # --- loop: rollouts (runtime/rollouts.py) ------------------------------------------------
+    def restart_digest(self, role: RoleSpec) -> str | None:
+        """A digest of the role's current restart values (None: it has none, or they are not
+        known yet): the target of a config rollout."""
+        if not self.ready or not self._restart_values(role, {}):
+            return None
+        current = self._restart_values(role, self.values.get(role.name, {}))
+        text = json.dumps([[env, _typed(v)] for env, v in sorted(current.items())])
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def outdated(self, role: RoleSpec, name: str) -> bool:
+        """Child ``name`` runs with other restart values than the current ones."""
+        admitted = self.admitted.get(name)
+        if admitted is None or not self.ready:
+            return False
+        current = self._restart_values(role, self.values.get(role.name, {}))
+        return [(e, _typed(v)) for e, v in admitted.items()] != [(e, _typed(v)) for e, v in current.items()]
+
+    def admit(self, role: RoleSpec, name: str) -> None:
+        """Child ``name`` may take the current restart values (its spec changes: the slot
+        restarts it)."""
+        self.admitted[name] = self._restart_values(role, self.values.get(role.name, {}))
 
     def file_path(self, name: str) -> str:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
@@ -339,9 +379,13 @@ class RoleConfig:
                 continue
             actions = {role.config[e].on_change for e in envs if e in role.config}
             if restartable(role) and any(a.action is ChangeAction.RESTART for a in actions):
-                log.info("role %s: restarting its children for %s", role_name, ", ".join(sorted(envs)),
-                         extra={"role": role_name})
-                continue  # the spec changed: the slot restarts the child once its file is written
+                log.info("role %s: restarting its children for %s%s", role_name, ", ".join(sorted(envs)),
+                         " (rolling, see its rollout)" if self.rolling else "", extra={"role": role_name})
+                if not self.rolling:
+                    for runner, _key, slot in children:
+                        if runner.name == role_name:
+                            slot.note_restart_reason("config")  # counted as such when the spec changes
+                continue  # the spec changes: the slot restarts the child once its file is written
             # one-shot runs: a restart entry is only a file rewrite for the running ones
             signals = sorted({a.signal for a in actions if a.signal is not None})
             for runner, _key, slot in children:
@@ -376,6 +420,7 @@ class RoleConfig:
             path = self.file_path(name)
             del self.files[name]
             self.frozen.pop(name, None)
+            self.admitted.pop(name, None)
             self.effect(f"remove config file of {name}", functools.partial(_unlink, path), None)
 
 

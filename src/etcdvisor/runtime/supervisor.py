@@ -37,8 +37,10 @@ from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
+from ..process.slot import SlotEvent, SlotState
 from ..roles.base import RoleRunner, RuntimeContext, describe
 from .barriers import BarrierFact, BarrierGate
+from .child_health import ChildHealth
 from .control import ControlChanged
 from .effects import EffectRunner
 from .health import HttpError
@@ -48,6 +50,8 @@ from .ops import Operations
 from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
 from .reload import ConfigFileWatcher, ReloadPlan, plan_reload
+from .rollout_watch import MembersChanged, RolloutsChanged, RolloutWatch
+from .rollouts import ROLLOUT_LANE, Rollouts
 from .roster import Roster
 from .stale import clear_dead_members
 from .store_health import StoreHealth
@@ -130,7 +134,13 @@ class Supervisor:
         self._reload_running = False  # a reload is being checked off the loop
         self._last_status: dict[str, Any] = {}
         self.ops = Operations(self)  # metrics, probes, control verbs (runtime/ops.py)
+        # probes, sd_notify, readiness, needs (runtime/child_health.py)
+        self.child_health = ChildHealth(self.inbox.put, config.member.id, self.ops.metrics, clock)
+        self.readiness = self.child_health.readiness
+        self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
         self._reload_again = False  # another SIGHUP came meanwhile
+        self.rollouts: Rollouts | None = None  # rolling restarts (runtime/rollouts.py)
+        self.rollout_watch: RolloutWatch | None = None
         # etcd unreachable: one line per backoff step (the url is known once connected)
         self.wait_log = WaitLog()  # waits over a second: one line when they begin, one when they end
         self.store_health = StoreHealth(config.etcd.url or "etcd", timing.KEEPALIVE_INTERVAL, clock=clock)
@@ -222,6 +232,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
         self.manager.start()
+        self.child_health.attach(self.manager)
         if self.embedded is not None and self.embedded.proc is not None:
             self.manager.protect_pid(self.embedded.proc.pid)
             if self.manager.watchdog is not None:
@@ -229,7 +240,7 @@ class Supervisor:
         if self.manager.watchdog is not None:
             self.record.set_watchdog(self.manager.watchdog.pid)
         self.reconciler = Reconciler(self.manager)
-        self.reconciler.observer = self.ops.on_slot_event
+        self.reconciler.observer = self._on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
         remove_stale_config_dirs(self.config.cluster, member.id)
@@ -241,7 +252,11 @@ class Supervisor:
                                  fail_role=self._fail_role,
                                  on_directory=watchdog.remove_on_exit if watchdog is not None else None)
         self.ctx.config_env = self.wiring.child_env
+        self.ctx.notify_socket = self.child_health.notify_socket
+        self.ctx.children_health = self._children_health
+        self.attach_rollouts()
         self.wiring.start()
+        self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
@@ -268,6 +283,23 @@ class Supervisor:
         hint = " (the grants each feature needs: docs/etcd-auth.md)" if isinstance(error, PermissionDenied) else ""
         text = " ".join(str(error).split()) or describe(error)  # our own errors: the message says it all
         self.roster.refuse(runner, f"{what}: {text}{hint}")
+
+    def attach_rollouts(self) -> Rollouts:
+        """Make the rolling-restart controller (after the session, reconciler and wiring)."""
+        session = self.session
+        self.rollouts = Rollouts(
+            self.config, self.backend, self.keys, self.config.member.id,
+            lambda what, call, done=None: self.effects.submit(Effect(ROLLOUT_LANE, 0, what, call, done)),
+            self.reconciler.children, lambda: session.lease_id, self.clock, time.time, self.readiness.ready_since)
+        if self.wiring is not None:
+            self.wiring.config.rolling = True
+            self.rollouts.gate = self.wiring.config
+        return self.rollouts
+
+    def _on_slot_event(self, role: str, event: SlotEvent) -> None:
+        self.ops.on_slot_event(role, event)
+        if self.rollouts is not None:
+            self.rollouts.observe(role, event)
 
     # --- the loop ------------------------------------------------------------
     def install_signals(self) -> None:
@@ -308,9 +340,12 @@ class Supervisor:
         for event in events:
             self._dispatch(event)
         self._reconcile(self.clock())
+        if not self.stopping and self.child_health.failed_exit(self.config, self._last_status):
+            self.stopping, self.exit_status = True, 3
         self.roster.flush_effects()
         self._tick_store_health(self.clock())
         after = self.clock()
+        self.ops.health.unready = tuple(self.readiness.unready_checked(after))
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
@@ -318,7 +353,9 @@ class Supervisor:
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
                      self.store_health.next_deadline(), self.wait_log.next_deadline(),
-                     self.wiring.next_deadline() if self.wiring is not None else None]
+                     self.wiring.next_deadline() if self.wiring is not None else None,
+                     self.child_health.next_deadline(),
+                     self.rollouts.next_deadline() if self.rollouts is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -334,10 +371,15 @@ class Supervisor:
                     self._fail_role(role, f"barrier {event.name}", event.denied)
         elif isinstance(event, ControlChanged):
             self.ops.on_control(event)
+        elif isinstance(event, (RolloutsChanged, MembersChanged)):
+            if self.rollouts is not None:
+                self.rollouts.handle(event)
+        elif self.child_health.handles(event):
+            pass
         elif self.wiring is not None and self.wiring.owns(event):
             self.wiring.handle(event)
         elif isinstance(event, RoleEvent):
-            if event.role in (SUPERVISOR_LANE, WIRING_LANE):
+            if event.role in (SUPERVISOR_LANE, WIRING_LANE, ROLLOUT_LANE):
                 self._supervisor_effect_done(event.payload)
             else:
                 self.roster.deliver(event)
@@ -434,6 +476,8 @@ class Supervisor:
         self.config = self.ctx.config = plan.config
         if self.wiring is not None:
             self.wiring.reconfigure(plan.config)
+        if self.rollouts is not None:
+            self.rollouts.config = plan.config
         self.roster.retire(plan.retire)
         self.roster.queue(fresh)
         self.gate = self.gate.rebuild(self.config)
@@ -441,6 +485,7 @@ class Supervisor:
     # --- reconcile ---------------------------------------------------------------
     def _reconcile(self, now: float) -> None:
         lease_ok = self.session.alive
+        self.child_health.needs_wake = None
         self.roster.settle()
         wiring = self.wiring  # None: a loop built without start() (tests)
         if wiring is not None:
@@ -453,6 +498,8 @@ class Supervisor:
                     self.roster.call(runner, "while_paused", functools.partial(runner.while_paused, now))
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
+                desired = self.child_health.gate(runner, desired, self.reconciler, self.runners,
+                                           self.config.member.id, now)
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.roster.apply(runner, wiring.gate(runner, desired) if wiring else desired)
@@ -462,7 +509,10 @@ class Supervisor:
             if not events:
                 break
             now = self.clock()
-        self._last_status = self._roles_status()
+        self.child_health.after_reconcile(self.reconciler.children(), now)
+        if self.rollouts is not None:
+            self.rollouts.tick(now)
+        self._last_status = self._roles_status(now)
         self._log_waits(now)
         self._update_record(now if lease_ok else None)
 
@@ -486,12 +536,14 @@ class Supervisor:
             self._record_retry = None
             return
         roles = self._last_status
-        body, self._record_retry = self.record.plan_update(roles, now)
+        urgent = self.rollouts is not None and self.rollouts.record_wanted
+        body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent)
         if body is not None:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
 
-    def _roles_status(self) -> dict[str, Any]:
+    def _roles_status(self, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
         status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
         for name in status:
             waiting = self.gate.waiting_on(name)
@@ -502,6 +554,9 @@ class Supervisor:
             registered = self.wiring.status(name) if self.wiring is not None else None
             if registered:
                 status[name]["registered"] = registered
+            rollout = self.rollouts.status(name) if self.rollouts is not None else None
+            if rollout:
+                status[name]["rollout"] = rollout
         for runner, key, slot in self.reconciler.children():
             if runner.name not in status or self.runners.get(runner.name) is not runner:
                 continue  # a runner retiring after a reload
@@ -511,16 +566,71 @@ class Supervisor:
             index = spec.env.get("INDEX", "") if spec is not None else ""
             entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
-                          "index": int(index) if index.isdigit() else None}
+                          "index": int(index) if index.isdigit() else None,
+                          "restarts_by_reason": dict(slot.restarts_by_reason),
+                          **self.readiness.status(slot.name, now)}
         return status
+
+    # --- readiness -------------------------------------------------------------------
+    def child_ready_since(self, role: str, key: str) -> float | None:
+        """Since when (monotonic) the child in slot ``key`` of ``role`` has been
+        ready on this member, or None when it is not ready (not running, stopping,
+        not started, probes failing). For rollouts: a replacement is done once
+        ``now - child_ready_since(role, key) >= min_ready``."""
+        return self.readiness.ready_since(f"{role}/{key}", self.clock())
+
+    def child_ready(self, role: str, key: str) -> bool:
+        """True while the child in slot ``key`` of ``role`` is ready (see
+        :meth:`child_ready_since`)."""
+        return self.child_ready_since(role, key) is not None
+
+    def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
+        """(RuntimeContext.children_health) slot key -> (child alive, ready or None).
+        Readiness is judged for a running child only: a crash-looping one (in backoff)
+        ends FAILED through ``start_retries``, it does not make its leader step down."""
+        now = self.clock()
+        health = {}
+        for runner, key, slot in self.reconciler.children():
+            if runner.name == role and self.runners.get(role) is runner:
+                judged = slot.state is SlotState.RUNNING and slot.child is not None
+                health[key] = (slot.child is not None, self.readiness.ready(slot.name, now) if judged else None)
+        return health
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
-        self.manager.stop_all(self.clock())
-        for runner in list(self.runners.values()):
-            self.roster.call(runner, "leaving", runner.leaving)
+        """Stop every child (roles with ``needs`` before the roles they need), then leave."""
+        runners = list(self.runners.values())
+        waves = self.child_health.stop_waves(runners)
+        for number, wave in enumerate(waves):
+            if len(waves) > 1:
+                log.info("stopping %s (%s)", ", ".join(sorted(wave)) or "nothing",
+                         "dependents first" if number == 0 else "the roles that need them have stopped")
+            for runner, _key, slot in self.reconciler.children():
+                if runner.name in wave or (number == 0 and runner not in runners):
+                    slot.set_desired(None)
+            for runner in runners:
+                if runner.name in wave:
+                    self.roster.call(runner, "leaving", runner.leaving)
+            self._wait_stopped(functools.partial(self._stopped, wave))
+        self.manager.stop_all(self.clock())  # whatever is left (probes, a retiring runner)
+        self._wait_stopped(self.manager.all_stopped)
+        log.info("all children stopped; leaving cluster %s", self.config.cluster)
+        if not self.effects.drain(timeout=2 * self.config.etcd.timeout):
+            log.warning("some writes to the store did not finish before leaving")
+        self.roster.stop_all()
+        self.close()
+        return 1 if self.escalated else self.exit_status
+
+    def _stopped(self, roles: set[str]) -> bool:
+        return not any(slot.child is not None for runner, _k, slot in self.reconciler.children()
+                       if runner.name in roles)
+
+    def _wait_stopped(self, done: Callable[[], bool]) -> None:
+        """Turn the process layer (not the roles) until ``done()``; signals and
+        keepalives are still acted on (lease deadlines keep moving)."""
         self.roster.flush_effects()
-        while not self.manager.all_stopped():
+        self.reconciler.tick(self.clock())
+        while not done():
             deadline = self.reconciler.next_deadline()
             timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - self.clock()))
             try:
@@ -534,15 +644,12 @@ class Supervisor:
             self.reconciler.tick(self.clock())
             self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
             self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
-        log.info("all children stopped; leaving cluster %s", self.config.cluster)
-        if not self.effects.drain(timeout=2 * self.config.etcd.timeout):
-            log.warning("some writes to the store did not finish before leaving")
-        self.roster.stop_all()
-        self.close()
-        return 1 if self.escalated else 0
 
     def close(self) -> None:
         self.ops.stop()
+        if self.rollout_watch is not None:
+            self.rollout_watch.stop()
+        self.child_health.close()
         if self.file_watcher is not None:
             self.file_watcher.stop()
         if self.wiring is not None:
