@@ -435,6 +435,7 @@ MEMBER = RecordKind("member", {
     "host": Field(STR, nullable=True),
     "pid": Field(INT, nullable=True, minimum=0),
     "started": Field(TIME, nullable=True),
+    "ttl": Field(INT, nullable=True, minimum=1),
     "roles": Field(OBJECT, default=dict, items=OBJECT),
 }, check=_role_statuses)
 

@@ -30,12 +30,13 @@ class MemberIdInUse(CoordError):
 
 class MemberRecord:
     def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, ttl: int | None = None):
         self.backend = backend
         self.key = key
         self.member_id = member_id
         self.min_interval = min_interval
         self.clock = clock
+        self.ttl = ttl  # the lease TTL asked for: status tells a member that stopped keeping alive
         self.started = time.time()
         self._written: dict[str, Any] | None = None
         self._last_write = 0.0
@@ -43,8 +44,11 @@ class MemberRecord:
         self._writing = False  # a write is in flight
 
     def _document(self, roles: dict[str, Any]) -> dict[str, Any]:
-        return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "roles": roles}
+        doc = {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
+               "started": self.started, "roles": roles}
+        if self.ttl is not None:
+            doc["ttl"] = self.ttl
+        return doc
 
     def register(self, lease_id: int, roles: dict[str, Any]) -> None:
         """Create the record on ``lease_id``; raise MemberIdInUse when another
