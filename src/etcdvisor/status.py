@@ -87,12 +87,14 @@ store does not answer.
 
 from __future__ import annotations
 
+import signal
+import textwrap
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from .coord.base import Backend
-from .coord.errors import Compacted
+from .coord.errors import Compacted, CoordError
 from .coord.keys import ClusterKeys
 from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, dumps, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
@@ -130,6 +132,7 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     control_read = backend.get_prefix(keys.base + "control/", revision=revision)
     rollouts_read = backend.get_prefix(rollout_store.rollouts_prefix(keys), revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
+    _lease_health(backend, members)
     control = read_control(control_read.kvs, keys.base + "control/", errors=True)
     roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
     rollouts = rollout_store.decode(rollout_store.rollouts_prefix(keys), rollouts_read.kvs)
@@ -164,10 +167,33 @@ def _member(kv: KeyValue, prefix: str) -> dict:
     roles = doc.get("roles") or {}
     entry = {"member": doc.get("member") or kv.key[len(prefix):], "host": doc.get("host"),
              "pid": doc.get("pid"), "started": doc.get("started"), "lease": kv.lease or None,
-             "roles": roles}
+             "ttl": doc.get("ttl"), "roles": roles}
     if error:
         entry["error"] = error
     return entry
+
+
+WIDTH = 100  # columns of the text view
+LEASE_LOOKUPS = 256  # members whose lease is asked about (one request each); more: not judged
+KEEPALIVE_SLACK = 3  # seconds a lease may run down before its member counts as not keeping it alive
+
+
+def _lease_health(backend: Backend, members: list[dict]) -> None:
+    """``lease_expires_in`` (seconds left) and ``lease_expiring`` for each member: a member
+    keeps its lease renewed to the full TTL every second, so a lease that ran down by more
+    than KEEPALIVE_SLACK seconds belongs to a member that stopped (SIGKILL, paused, cut
+    off): its record and children look alive until the lease expires."""
+    for member in members[:LEASE_LOOKUPS]:
+        lease, ttl = member.get("lease"), member.get("ttl")
+        if not lease:
+            continue
+        try:
+            left = backend.lease_ttl(lease)
+        except CoordError:  # e.g. a user without lease permissions: not judged
+            continue
+        member["lease_expires_in"] = left if left >= 0 else 0
+        if isinstance(ttl, int):
+            member["lease_expiring"] = left < ttl - KEEPALIVE_SLACK
 
 
 def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
@@ -357,9 +383,9 @@ def render_text(doc: dict, now: float | None = None) -> str:
     lines = [f"cluster {doc['cluster']} (revision {doc['revision']}): "
              f"{_plural(len(doc['members']), 'member')}"]
     if doc["members"]:
-        rows = [[m["member"], m["host"], m["pid"], _age(m["started"], now), ", ".join(m["roles"]) or "-"]
-                for m in doc["members"]]
-        lines += [""] + _table(["MEMBER", "HOST", "PID", "UP", "ROLES"], rows)
+        rows = [[m["member"], m["host"], m["pid"], _age(m["started"], now), _lease_text(m),
+                 _fit(", ".join(m["roles"]) or "-", 40)] for m in doc["members"]]
+        lines += [""] + _table(["MEMBER", "HOST", "PID", "UP", "LEASE", "ROLES"], rows)
     for name, role in doc["roles"].items():
         lines += [""] + _render_role(name, role, now)
     if doc["waitgroups"]:
@@ -387,9 +413,27 @@ def render_text(doc: dict, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _lease_text(member: dict) -> str:
+    if member.get("lease_expiring"):
+        return f"expiring in {member.get('lease_expires_in')}s (no keepalive)"
+    return "ok" if "lease_expires_in" in member else "-"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _wrap(text: str, first: str, rest: str = "      ") -> list[str]:
+    """``text`` as lines of at most WIDTH columns, after ``first`` (then ``rest``)."""
+    return textwrap.wrap(" ".join(str(text).split()), WIDTH, initial_indent=first, subsequent_indent=rest) or [first]
+
+
 def _render_role(name: str, role: dict, now: float) -> list[str]:
     kind = role["type"] or "unknown type"
+    pause = (role.get("control") or {}).get("pause")
     lines = [f"role {name} ({kind})"]
+    if pause:
+        lines[0] += f": paused by {pause.get('who')} {_age(pause.get('when'), now)} ago"
     if role["election"]:
         election = role["election"]
         lines.append(f"  election: leader {election['leader']}, token {election['token']}, "
@@ -399,15 +443,28 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     if role["assignments"]:
         leader_like = role["type"] in ("singleton", "cron", "job")
         headers = ["MEMBER", "STATE"] + (["LEADER", "TOKEN"] if leader_like else ["INDEX", "COUNT", "EPOCH"])
-        rows = []
+        rows, below = [], {}
         for a in role["assignments"]:
             fields = [a["leader"], a["token"]] if leader_like else [_indexes(a), a["count"], a["epoch"]]
-            state = a["state"] if not a["failed"] else f"{a['state']} (failed: {a['failed']})"
+            state = _state(role, a, pause)
             if a.get("waiting_for"):
                 state += f" (waiting for {', '.join(a['waiting_for'])})"
-            rows.append([a["member"], state] + fields + [_children(a["children"])])
-        lines += _table(headers + ["CHILDREN"], rows, indent=2)
+            children = _children(a["children"])
+            rows.append([a["member"], state] + fields + [children])
+            below[a["member"]] = children
+        table = _table(headers + ["CHILDREN"], rows, indent=2)
+        if max(len(line) for line in table) > WIDTH:  # children on lines of their own
+            table = _table(headers, [row[:-1] for row in rows], indent=2)
+            by_member = dict(zip([a["member"] for a in role["assignments"]], table[1:]))
+            table = table[:1]
+            for member, line in by_member.items():
+                table.append(line)
+                for child in below[member].split("; "):
+                    table += _wrap(child, "      ", "        ")
+        lines += table
         for a in role["assignments"]:
+            if a["failed"]:
+                lines += _wrap(f"failed on {a['member']}: {a['failed']}", "  ", "    ")
             lines += _child_health(a)
             for inst in a.get("registered") or ():
                 lines.append(f"  registered: {inst.get('service')} {inst.get('id')} at {inst.get('address')}")
@@ -438,6 +495,18 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     elif role["type"] == "job":
         lines.append("  job: no record (not run yet, or rerun requested)")
     return lines
+
+
+def _state(role: dict, a: dict, pause: dict | None) -> str:
+    """What a member's runner of the role is doing, as an operator names it."""
+    if a["failed"]:
+        return "failed"
+    if pause:
+        return "paused"
+    running = any(isinstance(c, dict) and c.get("state") == "running" for c in (a.get("children") or {}).values())
+    if role["type"] == "singleton" and not a.get("leader") and running:
+        return "standby"  # a follower's standby child (LEADER=0) while another member leads
+    return str(a["state"])
 
 
 def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
@@ -522,9 +591,19 @@ def _children(children: dict) -> str:
         elif child.get("restarts"):
             text += f", {child['restarts']} restarts"
         if child.get("last_exit") is not None:
-            text += f", last exit {child['last_exit']}"
+            text += f", last exit {_exit_text(child['last_exit'])}"
         parts.append(text)
     return "; ".join(parts) or "-"
+
+
+def _exit_text(code) -> str:
+    """-15 -> "signal SIGTERM" (as the log says), 3 -> "status 3"."""
+    if isinstance(code, int) and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 def _table(headers: list[str], rows: list[list], indent: int = 0) -> list[str]:

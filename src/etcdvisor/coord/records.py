@@ -435,6 +435,7 @@ MEMBER = RecordKind("member", {
     "host": Field(STR, nullable=True),
     "pid": Field(INT, nullable=True, minimum=0),
     "started": Field(TIME, nullable=True),
+    "ttl": Field(INT, nullable=True, minimum=1),
     "roles": Field(OBJECT, default=dict, items=OBJECT),
     # who wrote it, to tell a member of a previous run that is gone (runtime/stale.py)
     "boot": Field(STR, nullable=True),
@@ -442,7 +443,6 @@ MEMBER = RecordKind("member", {
     "pid_start": Field(INT, nullable=True, minimum=0),
     "watchdog": Field(INT, nullable=True, minimum=0),
     "watchdog_start": Field(INT, nullable=True, minimum=0),
-    "ttl": Field(INT, nullable=True, minimum=0),
 }, check=_role_statuses)
 
 #: ``rollouts/<role>`` (runtime/rollout_store.py): one rolling restart of a role

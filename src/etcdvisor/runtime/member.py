@@ -31,19 +31,19 @@ class MemberIdInUse(CoordError):
 
 class MemberRecord:
     def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, ttl: int | None = None):
         self.backend = backend
         self.key = key
         self.member_id = member_id
         self.min_interval = min_interval
         self.clock = clock
+        self.ttl = ttl  # the lease TTL asked for: status tells a member that stopped keeping alive
         self.started = time.time()
         self._written: dict[str, Any] | None = None
         self._last_write = 0.0
         self._lease = 0
         self._writing = False  # a write is in flight
         self._who = identity()  # boot id, pid namespace, start time (runtime/stale.py)
-        self.ttl: int | None = None  # the lease TTL (shown; tells a stale record at start)
 
     def set_watchdog(self, pid: int | None) -> None:
         """The watchdog that kills our children if we die: a later start on this host
@@ -52,8 +52,12 @@ class MemberRecord:
         self._written = None
 
     def _document(self, roles: dict[str, Any]) -> dict[str, Any]:
-        return {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "roles": roles, "ttl": self.ttl, **self._who}
+        doc = {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
+               "started": self.started, "roles": roles}
+        if self.ttl is not None:
+            doc["ttl"] = self.ttl
+        doc.update(self._who)
+        return doc
 
     def register(self, lease_id: int, roles: dict[str, Any]) -> None:
         """Create the record on ``lease_id``; raise MemberIdInUse when another

@@ -224,8 +224,8 @@ class Supervisor:
             raise StartupError(f"cannot create the member lease: {exc}") from None
         self.ctx.session = self.session
         self.session.add_listener(lambda ev: self.inbox.put(SessionChanged(ev)))
-        self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id, clock=self.clock)
-        self.record.ttl = self.session.ttl
+        self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id, clock=self.clock,
+                                   ttl=member.ttl)
         try:
             self.record.register(self.session.lease_id, {})
         except CoordError as exc:
