@@ -153,6 +153,25 @@ def test_a_child_unready_for_another_reason_takes_a_slot_of_the_budget():
     assert cluster.worst <= 2, "the crashed child counts against max_unavailable"
 
 
+def test_a_rollout_starts_even_when_max_unavailable_children_are_already_unready():
+    """With max_unavailable 1 and one running child already unready (its readiness probe
+    fails), the budget is used up: that child is restarted first (restarting it makes
+    nothing less available), instead of the rollout waiting for ever."""
+    cluster = Cluster(2, "{max_unavailable: 1, min_ready: 0.5s}")
+    m0, m1 = cluster.members
+
+    def never_ready(name, now):
+        return None
+
+    m1.sup.readiness.ready_since = never_ready  # what a failing readiness probe gives
+    m1.sup.rollouts.ready_since = never_ready
+    cluster.step(1.5)  # m1's record says so
+    cluster.restart()
+    assert cluster.run_until(lambda: "p0" in m1.sup.rollouts.roles["worker"].holds, 10), \
+        "the unready child gets the slot"
+    assert not m0.sup.rollouts.roles["worker"].holds, "and only it: max_unavailable 1"
+
+
 def test_a_second_trigger_supersedes_the_running_rollout():
     cluster = Cluster(4, "{max_unavailable: 1, min_ready: 0.5s}")
     first = cluster.restart()

@@ -273,9 +273,15 @@ class Rollouts:
     def _acquire(self, role: RoleSpec, state: _RoleState, pending: list[str], slots: Mapping[str, Slot],
                  now: float) -> None:
         limit, unready = self._budget(role, state, slots, now)
+        # A child of ours that is already unready (crashed, failing its readiness probe) goes
+        # first, and restarting it costs no availability: its slot replaces its count in
+        # ``unready`` (as Kubernetes replaces unhealthy old pods first). Without this a
+        # rollout could never start while max_unavailable children are unready.
+        stuck = [key for key in pending if key in slots and not self.ready(slots[key], now)]
+        pending = stuck + [key for key in pending if key not in stuck]
         held = {h.number for h in self.view.slots.get(role.name, ())} | \
             {h.number for h in state.holds.values()}
-        numbers = [n for n in range(max(0, limit - unready)) if n not in held]
+        numbers = [n for n in range(max(0, min(limit, limit - unready + len(stuck)))) if n not in held]
         if not numbers:
             return
         turn = zlib.crc32(self.member_id.encode()) % len(numbers)
