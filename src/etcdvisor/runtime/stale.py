@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.errors import CoordError, PermissionDenied
 from ..coord.records import MEMBER, RecordError
 
 log = logging.getLogger("etcdvisor")
@@ -132,6 +132,8 @@ def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "",
     here = {**identity(), "host": socket.gethostname(), "pid": os.getpid()}
     try:
         kvs = backend.get_prefix(members_prefix).kvs
+    except PermissionDenied:  # joining fails next, with the one error line that names the key
+        return []
     except CoordError as exc:
         log.warning("cannot read the member records to find members of a previous run: %s", exc)
         return []
