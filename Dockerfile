@@ -2,8 +2,10 @@
 #   docker build -t etcdvisor .                          # client only: talks to an external etcd
 #   docker build -t etcdvisor --build-arg EMBEDDED=1 .   # plus etcd binaries (etcd.endpoints: embedded)
 #   docker run -e ETCDVISOR_ENDPOINTS=http://etcd:2379 -v $PWD/app.yaml:/etc/etcdvisor.yaml:ro etcdvisor
-# (Not built in CI: the CI machine has no Docker engine; tests/unit/test_container_files.py
-# checks this file's shape and examples/docker-compose.yaml.)
+# Built and run by tests/container/ (in CI too: .ci/run starts a local engine with
+# ../shared/tools/docker-engine, which also builds the stand-in base image; there
+#   docker build --network=host --build-arg PYTHON_IMAGE=local/python:3.11-bookworm -t etcdvisor .
+# ); tests/unit/test_container_files.py checks this file's shape without an engine.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -27,11 +29,13 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- 3. the runtime image ----------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+# the user first (a layer that never changes); its group has the same id 10001
+RUN groupadd --system --gid 10001 etcdvisor \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /app --create-home etcdvisor \
+ && mkdir -p /app/state && chown 10001:10001 /app/state
 COPY --from=deps /install /usr/local
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels \
- && useradd --system --uid 10001 --user-group --home-dir /app --create-home etcdvisor \
- && mkdir -p /app/state && chown etcdvisor:etcdvisor /app/state
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY examples ./examples
 # Runs as a non-root user. Writable: /app/state (point member.state_dir or etcd.data_dir
