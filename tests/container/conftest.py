@@ -33,6 +33,7 @@ LABEL = "etcdvisor-test"
 # what the Dockerfile copies (.dockerignore keeps the rest out): a change here rebuilds
 CONTEXT = ["Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "schemas", "src", "examples"]
 BUILD_TIMEOUT = 1200.0  # the first build on vfs storage (full layer copies) under load
+SESSION_STARTED = int(time.time())
 KEEP_IMAGES = 4  # older etcdvisor-test tags are removed after a build (vfs layers are large)
 
 
@@ -84,12 +85,17 @@ def _context_digest(build_args: dict[str, str]) -> str:
 
 
 def _prune_old_images(keep: str) -> None:
+    """Disk: the newest KEEP_IMAGES tags stay (removing an older one frees its last layer,
+    the code); the Dockerfile's build stage of earlier sessions goes (intermediate images
+    labelled etcdvisor.stage=build; a build running elsewhere since we started is spared)."""
     listed = docker("image", "ls", REPOSITORY, "--format", "{{.Tag}} {{.CreatedAt}}", check=False)
     tags = [line.split(" ", 1) for line in listed.stdout.splitlines() if " " in line]
     tags.sort(key=lambda tag: tag[1], reverse=True)
     for tag, _ in tags[KEEP_IMAGES:]:
         if tag != keep:  # one in use by a container stays (docker refuses, which is fine)
             docker("image", "rm", f"{REPOSITORY}:{tag}", check=False)
+    docker("image", "prune", "-f", "--filter", "label=etcdvisor.stage=build",
+           "--filter", f"until={SESSION_STARTED}", check=False, timeout=300)
 
 
 def build_image(base: str, embedded: bool) -> str:
