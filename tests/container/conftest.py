@@ -11,6 +11,7 @@ one line saying why.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,7 +46,8 @@ def docker(*args: str, timeout: float = 60.0, check: bool = True) -> subprocess.
     return result
 
 
-def _engine_problem() -> str | None:
+@functools.cache
+def engine_problem() -> str | None:
     """None when an engine answers and the base image is there; else why not (one line)."""
     hint = "start one with ../shared/tools/docker-engine start"
     if shutil.which("docker") is None:
@@ -64,7 +66,7 @@ def _engine_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def docker_engine() -> str:
-    problem = _engine_problem()
+    problem = engine_problem()
     if problem:
         pytest.skip(problem)
     return BASE_IMAGE

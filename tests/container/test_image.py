@@ -12,9 +12,11 @@ import uuid
 import psutil
 import pytest
 
-from .conftest import Container, docker
+from .conftest import Container, docker, engine_problem
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1500)]
+if engine_problem():  # one line for the whole module, rather than one per test
+    pytest.skip(engine_problem(), allow_module_level=True)
 
 STOP_TIMEOUT = 3.0  # the largest stop_timeout in CONFIG
 START = 90.0  # a container's first start on vfs storage, on a loaded machine
