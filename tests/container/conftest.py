@@ -20,7 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -137,7 +137,6 @@ class Container:
     member: str
     data: Path
     http_port: int
-    started: list[str] = field(default_factory=list)
 
     def inspect(self, template: str) -> str:
         return docker("inspect", "--format", template, self.name).stdout.strip()

@@ -6,6 +6,7 @@ EMBEDDED=1 image with `etcd.endpoints: embedded`. See conftest.py for the engine
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -93,7 +94,8 @@ def test_healthcheck_becomes_healthy_and_docker_stop_exits_0(run_container, imag
     box.wait(lambda: box.read("daemon") and box.read("shard"), 30, "the worker and its daemon")
     procs = processes(box)
     daemon = [p for p in procs if "while :; do date" in " ".join(p.cmdline())]
-    assert daemon and daemon[0].ppid() != 0, [p.cmdline() for p in procs]
+    assert daemon, [p.cmdline() for p in procs]
+    assert os.getsid(daemon[0].pid) == daemon[0].pid, "the daemon leads a session of its own"
 
     started = time.monotonic()
     # a PID 1 that ignored SIGTERM would be killed after the 30 s, exiting 137
