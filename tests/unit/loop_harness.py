@@ -98,6 +98,11 @@ class FakeSlot:
     def idle(self) -> bool:
         return self.child is None
 
+    @property
+    def child_name(self) -> str:
+        spec = self.child.spec if self.child is not None else self.desired
+        return spec.name if spec is not None else self.name
+
     def restart_child(self, now, reason="control") -> bool:
         """Stop the child and start it again with the same spec (at the next tick)."""
         if self.child is None:

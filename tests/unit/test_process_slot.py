@@ -72,13 +72,15 @@ def test_backoff_resets_after_the_child_stayed_up(tmp_path):
 def test_crash_loop_marks_the_slot_failed_and_stops_restarting():
     received = []
     slot = Slot(_spec("raise SystemExit(2)"), "always", RestartBackoff(initial=0.05),
-                start_retries=2, on_event=received.append)
+                start_retries=2, on_event=received.append, name="worker/2")  # the manager's key path
     seen = _drive(slot, _count(Failed, 1))
     events = [e for _, e in seen]
     assert [type(e) for e in events] == [Started, Exited, Started, Exited, Started, Exited,
                                          Failed]
     assert events[-2].restart_at is None
     assert "3 times in a row" in events[-1].reason
+    # one name per child (issue 19, 1.3): the reason names the child, not the slot's key path
+    assert events[-1].reason.startswith("worker[2]: ") and slot.child_name == "worker[2]"
     assert slot.state is SlotState.FAILED and slot.next_deadline() is None
     assert received == events  # on_event sees the same events, in order
     time.sleep(0.2)

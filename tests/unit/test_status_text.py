@@ -47,11 +47,11 @@ def test_a_paused_role_reads_paused_not_running():
 
 def test_a_failed_role_names_its_reason_on_lines_of_at_most_100_columns():
     store = MemoryBackend()
-    reason = "worker/0/2: exited 6 times in a row within 10s of starting (last exit code 1) " * 3
+    reason = "worker[0]: exited 6 times in a row within 10s of starting (last exit code 1) " * 3
     member(store, "m0", {"worker": sharded({"0/2": {"state": "failed", "last_exit": 1}}, failed=reason)})
     text = text_of(store)
     assert all(len(line) <= 100 for line in text.splitlines()), max(text.splitlines(), key=len)
-    assert "failed on m0: worker/0/2: exited 6 times" in text
+    assert "failed on m0: worker[0]: exited 6 times" in text
 
 
 def test_many_children_go_under_their_member_within_100_columns():

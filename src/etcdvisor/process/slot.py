@@ -282,7 +282,7 @@ class Slot:
             events.append(Exited(self.name, code, uptime, None, reason))
             what = "exited" if health is None else f"failed its {reason} check"
             events.append(Failed(self.name, (
-                f"{self.name}: {what} {self._failures} times in a row within "
+                f"{self.child_name}: {what} {self._failures} times in a row within "
                 f"{self.backoff.reset_after:g}s of starting (last exit code {code})")))
             return
         self.restart_at = now + self.backoff.delay(self._failures, self._rand)
@@ -356,6 +356,13 @@ class Slot:
             return
         self.restart_at = now + self.backoff.delay(self._failures, self._rand)
         self.state = SlotState.BACKOFF  # STOPPED -> BACKOFF (transient spawn error)
+
+    @property
+    def child_name(self) -> str:
+        """The child's one name (``worker[0]``, ``api``, ``report@T``, ``thumbs#7``: its spec's
+        name), also after it is gone; the slot's own key path before any spec."""
+        spec = self._spec if self._spec is not None else self._desired
+        return spec.name if spec is not None else self.name
 
     def __repr__(self) -> str:
         return f"<Slot {self.name} {self.state.name} restarts={self.restarts}>"

@@ -178,8 +178,7 @@ class Reconciler:
 
 
 def _log_event(owned: _Owned, event: SlotEvent) -> None:
-    spec = owned.slot.child.spec if owned.slot.child else owned.slot.desired
-    who = spec.name if spec else owned.slot.name
+    who = owned.slot.child.spec.name if owned.slot.child else owned.slot.child_name
     log = logging.LoggerAdapter(logging.getLogger("etcdvisor"), {"role": owned.runner.name, "slot": _slot_of(who)})
     if isinstance(event, Started):
         log.info("%s: started pid %d", who, event.pid)
