@@ -566,11 +566,12 @@ def _child_health(a: dict) -> list[str]:
         if not isinstance(child, dict):
             continue
         failure = child.get("probe_failure")
+        name = child.get("name") or key
         if isinstance(failure, dict):
-            lines.append(f"  last probe failure on {a['member']} {key}: {failure.get('probe')} at "
+            lines.append(f"  last probe failure on {a['member']} {name}: {failure.get('probe')} at "
                          f"{_when(failure.get('at'))}: {failure.get('message')}")
         if child.get("notify_status"):
-            lines.append(f"  STATUS= on {a['member']} {key}: {child['notify_status']}")
+            lines.append(f"  STATUS= on {a['member']} {name}: {child['notify_status']}")
     return lines
 
 
@@ -579,7 +580,7 @@ def _children(children: dict) -> str:
     for key, child in children.items():
         if not isinstance(child, dict):
             continue
-        text = f"{key}: {child.get('state')}"
+        text = f"{child.get('name') or key}: {child.get('state')}"
         if child.get("pid"):
             text += f" pid {child['pid']}"
         if child.get("ready") is not None:

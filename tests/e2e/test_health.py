@@ -139,7 +139,7 @@ def test_needs_starts_after_and_stops_before(fleet):
         c.get("ready") for c in children_of(s, "db")) and children_of(s, "db") and s, 20, "db ready")
     assert children_of(status, "db")[0]["notify_status"] == "serving"
     text = cli("status", "-c", str(config)).stdout.decode()
-    assert "STATUS= on m0 0/1: serving" in text and "running pid" in text and " ready" in text, text
+    assert "STATUS= on m0 db[0]: serving" in text and "db[0]: running pid" in text and " ready" in text, text
     member.term()
     assert member.wait(30) == 0
     records = read_records(fleet.record_path)

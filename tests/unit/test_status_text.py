@@ -97,3 +97,14 @@ def test_a_member_that_stopped_keeping_its_lease_alive_is_marked():
     dead = next(line for line in text.splitlines() if line.startswith("dead "))
     live = next(line for line in text.splitlines() if line.startswith("live "))
     assert "(no keepalive)" in dead and " ok " in live, text
+
+
+def test_children_are_named_as_in_the_logs():
+    """One name per child (issue 19, 1.3): the member record carries each child's name
+    (worker[0]), and the text view uses it, not the slot key (0/2)."""
+    store = MemoryBackend()
+    member(store, "m0", {"worker": sharded({"0/2": {"name": "worker[0]", "state": "running", "pid": 5,
+                                                    "notify_status": "serving"}})})
+    text = text_of(store)
+    assert "worker[0]: running pid 5" in text and "STATUS= on m0 worker[0]: serving" in text
+    assert "0/2:" not in text

@@ -345,7 +345,11 @@ class Supervisor:
         self.roster.flush_effects()
         self._tick_store_health(self.clock())
         after = self.clock()
-        self.ops.health.unready = tuple(self.readiness.unready_checked(after))
+        unready = self.readiness.unready_checked(after)
+        if unready:  # named as everywhere else (worker[0], api), not by slot key path
+            names = {slot.name: slot.child_name for _r, _k, slot in self.reconciler.children()}
+            unready = [names.get(name, name) for name in unready]
+        self.ops.health.unready = tuple(unready)
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
@@ -564,7 +568,7 @@ class Supervisor:
             entry = status[runner.name].setdefault("children", {})
             spec = child.spec if child else slot.desired
             index = spec.env.get("INDEX", "") if spec is not None else ""
-            entry[key] = {"state": slot.state.value, "pid": child.pid if child else None,
+            entry[key] = {"name": slot.child_name, "state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
                           "index": int(index) if index.isdigit() else None,
                           "restarts_by_reason": dict(slot.restarts_by_reason),
