@@ -52,10 +52,11 @@ class AttachState(enum.Enum):
 class Attachment:
     """One child's place in the pool (see the module docstring for the states)."""
 
-    __slots__ = ("lock", "path", "pid", "state")
+    __slots__ = ("lock", "memory_max", "path", "pid", "state")
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, memory_max: int | None = None):
         self.pid = pid
+        self.memory_max = memory_max  # bytes for the leaf's memory.max (None: no limit)
         self.path: str | None = None
         self.state = AttachState.PENDING
         self.lock = threading.Lock()
@@ -107,6 +108,37 @@ def _write(path: str, text: str) -> bool:
         os.close(fd)
 
 
+def _enable_memory(base: str) -> None:
+    """Best effort: turn the memory controller on for the leaves (``health.memory`` then
+    also sets each child's ``memory.max``); without it the supervisor samples RSS only."""
+    try:
+        with open(os.path.join(base, "cgroup.controllers"), encoding="ascii") as fh:
+            available = fh.read().split()
+    except OSError:
+        return
+    if "memory" in available:
+        _write(os.path.join(base, "cgroup.subtree_control"), "+memory")
+
+
+def set_memory_max(leaf: str, limit: int | None) -> bool:
+    """Write the leaf's ``memory.max`` (``max`` for no limit); False where there is no
+    memory controller (the file is missing) or the write was refused."""
+    path = os.path.join(leaf, "memory.max")
+    if not os.path.exists(path):
+        return False
+    try:  # O_TRUNC as a shell's `echo max > memory.max` (cgroupfs ignores it; a plain file needs it)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, (str(limit) if limit else "max").encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_tree(base: str) -> None:
     """Best effort: rmdir the leaves, then ``base`` (fails quietly while populated)."""
     try:
@@ -149,22 +181,27 @@ class CgroupPool:
         if not os.access(os.path.join(base, "cgroup.procs"), os.W_OK):
             remove_tree(base)
             return None
+        _enable_memory(base)
         return cls(base)
 
     # -- loop-thread API (never blocks on the kernel's cgroup locks) -----------------
 
-    def reserve(self) -> str | None:
+    def reserve(self, memory_max: int | None = None) -> str | None:
         """A leaf for the next child (its path), chosen before the spawn so that the
-        child can move itself into it before exec; pass it to ``attach``."""
-        return self._leaf()
+        child can move itself into it before exec; pass it to ``attach``. Its
+        ``memory.max`` is set (or reset to ``max``) first, where the controller is on."""
+        leaf = self._leaf()
+        if leaf is not None:
+            set_memory_max(leaf, memory_max)
+        return leaf
 
     def unreserve(self, leaf: str) -> None:
         """The spawn a leaf was reserved for failed: hand it back."""
         with self._lock:
             self._free.append(leaf)
 
-    def attach(self, pid: int, leaf: str | None = None) -> Attachment:
-        att = Attachment(pid)
+    def attach(self, pid: int, leaf: str | None = None, memory_max: int | None = None) -> Attachment:
+        att = Attachment(pid, memory_max)
         att.path = leaf
         self._queue.put(("attach", att))
         return att
@@ -221,6 +258,8 @@ class CgroupPool:
                 return  # cancelled: the child is already gone
             att.state = AttachState.WRITING  # PENDING -> WRITING
         path = att.path or self._leaf()
+        if path is not None and att.path is None:
+            set_memory_max(path, att.memory_max)  # a reserved leaf has it already
         ok = path is not None and _write(os.path.join(path, "cgroup.procs"), str(att.pid))
         with att.lock:
             if ok:

@@ -117,7 +117,7 @@ class ChildProcess:
         fork_path = self._watchdog is None or self.spec.lease_bound
         # only the fork path can use a leaf before exec; a vfork child's leaf is chosen
         # by the cgroup thread, off the loop (reserving may mkdir)
-        leaf = self._tracker.reserve_leaf() if fork_path else None
+        leaf = self._tracker.reserve_leaf(self.spec.memory_max) if fork_path else None
         if self._watchdog is not None and self.spec.lease_bound:
             # the helper knows the child's deadlines before it exists (by its marker):
             # a supervisor frozen right after the fork cannot leave it unguarded
@@ -137,7 +137,7 @@ class ChildProcess:
         self.pid = self.pgid = proc.pid
         self.started_at = time.monotonic() if now is None else now
         self.state = ChildState.RUNNING  # STARTING -> RUNNING
-        self._attachment = self._tracker.child_started(self.tag, proc.pid, leaf)
+        self._attachment = self._tracker.child_started(self.tag, proc.pid, leaf, self.spec.memory_max)
         if self._output is not None:
             self._output.add(self.spec.name, proc.stdout, proc.stderr,  # type: ignore[arg-type]
                              files=(self.spec.stdout_file, self.spec.stderr_file))

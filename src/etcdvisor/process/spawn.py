@@ -72,6 +72,8 @@ class ChildSpec:
     is ``stdin_data``. ``stop_timeout`` is the grace period between ``stop_signal`` and
     SIGKILL. ``lease_bound`` marks a child whose right to run depends on the lease.
     ``stdout_file``/``stderr_file``: the file a stream goes to (None: the supervisor's own).
+    ``memory_max``: the child's cgroup leaf gets this ``memory.max`` where the memory
+    controller is on (``health.memory``; the supervisor samples RSS as well).
     """
 
     name: str
@@ -84,6 +86,7 @@ class ChildSpec:
     lease_bound: bool = False
     stdout_file: LogFileSpec | None = None  # None: the supervisor's stdout (process/output.py)
     stderr_file: LogFileSpec | None = None
+    memory_max: int | None = None  # bytes: the cgroup leaf's memory.max, where there is one (health.memory)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))

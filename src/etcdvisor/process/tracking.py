@@ -141,17 +141,18 @@ class TreeTracker:
 
     # -- child lifecycle -----------------------------------------------------------
 
-    def reserve_leaf(self) -> str | None:
+    def reserve_leaf(self, memory_max: int | None = None) -> str | None:
         """The cgroup leaf the next child goes to (None without cgroups)."""
-        return self.cgroups.reserve() if self.cgroups is not None else None
+        return self.cgroups.reserve(memory_max) if self.cgroups is not None else None
 
     def unreserve_leaf(self, leaf: str | None) -> None:
         if leaf is not None and self.cgroups is not None:
             self.cgroups.unreserve(leaf)
 
-    def child_started(self, tag: str, pid: int, leaf: str | None = None) -> Attachment | None:
+    def child_started(self, tag: str, pid: int, leaf: str | None = None,
+                      memory_max: int | None = None) -> Attachment | None:
         self._live.add(tag)
-        return self.cgroups.attach(pid, leaf) if self.cgroups is not None else None
+        return self.cgroups.attach(pid, leaf, memory_max) if self.cgroups is not None else None
 
     def child_reaped(self, tag: str) -> None:
         """The leader is gone; escapees found later by ``census`` are killed."""

@@ -98,7 +98,8 @@ class RuntimeContext:
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
                          stdin_data=stdin_data, lease_bound=role.lease_bound,
                          stdout_file=self._log_file(role, role.stdout, cwd, env),
-                         stderr_file=self._log_file(role, role.stderr, cwd, env))
+                         stderr_file=self._log_file(role, role.stderr, cwd, env),
+                         memory_max=role.health.memory)
 
     def _log_file(self, role: RoleSpec, output: OutputFile | None, cwd: str,
                   env: Mapping[str, str]) -> LogFileSpec | None:
