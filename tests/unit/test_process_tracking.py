@@ -135,7 +135,15 @@ def test_lineage_recognises_a_recorded_process_after_it_wipes_its_environment(tm
     try:
         tracker = TreeTracker(lambda pid: pid != proc.pid, subreaper=True)
         tracker.child_started("t1", 999999)
+        # until its exec, the new process shows the parent's environment (no marker yet):
+        # poll the census for it, never assume the exec is done
+        deadline = time.monotonic() + 10
         tracker.census(time.monotonic())
+        while True:
+            if tracker._lineage or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+            tracker._census()  # (census() runs at most every CENSUS_INTERVAL)
         assert tracker._lineage and set(tracker._lineage.values()) == {"t1"}
         # the process execs with a clean environment (simulated: the marker reads as
         # absent); the lineage recorded while it lived still names its owner
