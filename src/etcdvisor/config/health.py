@@ -7,8 +7,8 @@ child's INDEX plus a base, for one port per child). :func:`expand` is the one
 function that fills them in; :func:`template_problem` is what ``validate`` checks,
 so what validates is what runs.
 
-Across roles (:func:`check_needs`): every ``needs`` entry names another role, and
-the ``needs`` graph has no cycle.
+Across roles (``needs`` names known roles, no cycle): ``config/semantic.py``, with
+``after``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable, Mapping
 
 from .durations import parse_duration, parse_size
-from .errors import Problems, unknown_role
-from .model import HealthSpec, ProbeSpec, RoleSpec
+from .errors import Problems
+from .model import HealthSpec, ProbeSpec
 
 PROBE_KINDS = ("http", "tcp", "exec")
 PROBE_NAMES = ("startup", "readiness", "liveness")
@@ -173,24 +173,6 @@ def _check_step_down(raw: Mapping, path: tuple, fields: dict, problems: Problems
     problems.add(path + (key,), f"step_down_after ({limit:g}s) must be longer than min_ready ({min_ready:g}s): "
                  "without a readiness probe or notify the child counts as ready only after min_ready, so "
                  "the leader would resign every term")
-
-
-def check_needs(roles: Mapping[str, RoleSpec | None], problems: Problems,
-                find_cycle: Callable[[dict[str, list[str]]], list[str] | None]) -> None:
-    """Every ``needs`` entry names another role; the graph has no cycle."""
-    names = list(roles)
-    for name, spec in roles.items():
-        if spec is None:
-            continue
-        for index, other in enumerate(spec.needs):
-            where = ("roles", name, "needs", index)
-            if other == name:
-                problems.add(where, f"role {name!r} cannot need itself")
-            elif other not in roles:
-                problems.add(where, unknown_role(other, names))
-    cycle = find_cycle({n: [a for a in s.needs if a in roles and a != n] for n, s in roles.items() if s})
-    if cycle:
-        problems.add(("roles", cycle[0], "needs"), "cycle in needs: " + " -> ".join(cycle))
 
 
 def stop_waves(needs: Mapping[str, tuple[str, ...]]) -> list[set[str]]:

@@ -14,12 +14,12 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Callable
 
 from ..coord.errors import InvalidURL
 from ..coord.url import TLSOptions, parse_url
 from .durations import parse_duration
 from .errors import Problems, unknown_role
-from .health import check_needs
 from .model import Config, EtcdKind, EtcdSettings, MemberSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .ops import ops_settings
 from .roles import build_role
@@ -49,7 +49,7 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
         if not problems.has_under(("roles", name)):
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
     _check_after(roles, problems)
-    check_needs(roles, problems, find_cycle)
+    _check_needs(roles, problems)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
     http, log = ops_settings(document, problems, base_dir)
     if problems:
@@ -161,21 +161,35 @@ def _absolute(value: str | None, base_dir: str) -> str | None:
 
 def _check_after(roles: dict[str, RoleSpec | None], problems: Problems) -> None:
     """Every ``after`` entry names another role that can complete; no cycles."""
+    _check_references(roles, problems, "after", "role {name!r} cannot wait for itself",
+                      lambda other: f"role {other.name!r} never completes ({reason})"
+                      if (reason := _never_completes(other)) else None)
+
+
+def _check_needs(roles: dict[str, RoleSpec | None], problems: Problems) -> None:
+    """Every ``needs`` entry names another role; the graph has no cycle."""
+    _check_references(roles, problems, "needs", "role {name!r} cannot need itself")
+
+
+def _check_references(roles: dict[str, RoleSpec | None], problems: Problems, key: str, itself: str,
+                      check: Callable[[RoleSpec], str | None] | None = None) -> None:
+    """The role names in each role's ``key`` list (``after``, ``needs``): not the role
+    itself (``itself``), known roles, ``check(other)`` passed; and no cycle among them."""
     names = list(roles)
     for name, spec in roles.items():
         if spec is None:
             continue
-        for index, other in enumerate(spec.after):
-            where = ("roles", name, "after", index)
+        for index, other in enumerate(getattr(spec, key)):
+            where = ("roles", name, key, index)
             if other == name:
-                problems.add(where, f"role {name!r} cannot wait for itself")
+                problems.add(where, itself.format(name=name))
             elif other not in roles:
                 problems.add(where, unknown_role(other, names))
-            elif roles[other] is not None and (reason := _never_completes(roles[other])):
-                problems.add(where, f"role {other!r} never completes ({reason})")
-    cycle = find_cycle({n: [a for a in s.after if a in roles and a != n] for n, s in roles.items() if s})
+            elif check is not None and (target := roles[other]) is not None and (problem := check(target)):
+                problems.add(where, problem)
+    cycle = find_cycle({n: [a for a in getattr(s, key) if a in roles and a != n] for n, s in roles.items() if s})
     if cycle:
-        problems.add(("roles", cycle[0], "after"), "cycle in after: " + " -> ".join(cycle))
+        problems.add(("roles", cycle[0], key), f"cycle in {key}: " + " -> ".join(cycle))
 
 
 def _never_completes(spec: RoleSpec) -> str | None:
