@@ -30,10 +30,10 @@ import time
 from .config.model import LogFormat, LogLevel
 from .coord.records import dumps
 from .process import output
+from .process.output import child_role_slot  # the child-name parser, re-exported here
 
 # "role worker: ..." (runner decisions), "api:election: ..." (recipes named after the role)
 _ROLE_IN_MESSAGE = re.compile(r"role ([a-z][a-z0-9_-]*)[: ]|([a-z][a-z0-9_-]*):(?:election|shard|job):")
-_CHILD_NAME = re.compile(r"([a-z][a-z0-9_-]*)(?:\[([^\]]+)\]|@(.+)|#(.+))?\Z")
 
 
 class LogSettingError(ValueError):
@@ -60,15 +60,6 @@ def timestamp(when: float | None = None) -> str:
     when = time.time() if when is None else when
     seconds = int(when)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((when - seconds) * 1000):03d}Z"
-
-
-def child_role_slot(name: str) -> tuple[str | None, str | None]:
-    """``worker[0/2]`` -> (worker, 0/2); ``report@T`` -> (report, T); ``api`` -> (api, None)."""
-    match = _CHILD_NAME.match(name)
-    if match is None:
-        return None, None
-    slot = next((group for group in match.groups()[1:] if group is not None), None)
-    return match.group(1), slot
 
 
 class TextFormatter(logging.Formatter):

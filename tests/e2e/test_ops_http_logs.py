@@ -224,3 +224,21 @@ def test_token_file_guards_metrics_of_a_running_member_and_probes_stay_open(flee
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_json_stop_lines_of_sharded_children_carry_role_and_slot(fleet, recorder):
+    """The supervisor's lines about stopping a child (SIGTERM sent, SIGKILL after the grace)
+    carry the child's role and slot (its INDEX) as its start and exit lines do: they were
+    null (issue 18, 5)."""
+    config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0, processes=2)},
+                                log={"format": "json"})
+    member = fleet.start("m0", config)
+    wait_for(lambda: len(recorder.starts("worker")) == 2, 30, "both worker children")
+    member.term()
+    assert member.wait(30) == 0
+    about = [d for d in json_lines(member.output()) if "stream" not in d and d["msg"].startswith("worker[")]
+    stops = [d for d in about if "sent SIGTERM" in d["msg"]]
+    assert len(stops) == 2, about
+    for doc in about:
+        index = doc["msg"][len("worker["):doc["msg"].index("]")]
+        assert (doc["role"], doc["slot"]) == ("worker", index), doc

@@ -47,6 +47,7 @@ import time
 from typing import TYPE_CHECKING
 
 from etcdvisor.process.cgroup import AttachState
+from etcdvisor.process.output import child_role_slot
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
 from etcdvisor.process.tracking import TAG_ENV, TreeTracker, new_tag, signal_pids
 
@@ -169,7 +170,12 @@ class ChildProcess:
         self._sync_watchdog()
         grace = self.spec.stop_timeout if self._stop_kill_at is None else max(0.0, self._stop_kill_at - now)
         log.info("%s: sent %s to pid %s; waiting up to %.1fs before SIGKILL", self.spec.name,
-                 signal_name(self.spec.stop_signal), self.pid, grace)
+                 signal_name(self.spec.stop_signal), self.pid, grace, extra=self._log_fields())
+
+    def _log_fields(self) -> dict[str, str | None]:
+        """``role`` and ``slot`` of this child's stop lines, as on its other lines (JSON log)."""
+        role, slot = child_role_slot(self.spec.name)
+        return {"role": role, "slot": slot}
 
     def send_signal(self, signum: int) -> bool:
         """Send ``signum`` to the child's group (a config change, not a stop);
@@ -249,9 +255,10 @@ class ChildProcess:
         if kill_at is not None and now >= kill_at:
             if self.state is ChildState.STOPPING and self._stop_sent_at is not None:
                 log.warning("%s: pid %s still running %.1fs after %s; sending SIGKILL", self.spec.name, self.pid,
-                            now - self._stop_sent_at, signal_name(self.spec.stop_signal))
+                            now - self._stop_sent_at, signal_name(self.spec.stop_signal), extra=self._log_fields())
             else:
-                log.warning("%s: lease kill deadline reached; sending SIGKILL to pid %s", self.spec.name, self.pid)
+                log.warning("%s: lease kill deadline reached; sending SIGKILL to pid %s", self.spec.name, self.pid,
+                            extra=self._log_fields())
             self.kill()  # STOPPING | RUNNING -> KILLED (via kill)
         elif self._lease_term_at is not None and now >= self._lease_term_at:
             self.stop(now)  # RUNNING -> STOPPING (lease term reached)

@@ -38,6 +38,7 @@ the order in which the pump saw them, not necessarily the order they were writte
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import sys
 import threading
@@ -46,6 +47,21 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from etcdvisor.process.logfile import FileSink, LogFileSpec, RotatingFile
+
+# a child's name: ``worker[0]`` (sharded: its INDEX or shard), ``report@<tick>`` (cron),
+# ``thumbs#<message id>`` (topic), ``api`` (singleton, job)
+_CHILD_NAME = re.compile(r"([a-z][a-z0-9_-]*)(?:\[([^\]]+)\]|@(.+)|#(.+))?\Z")
+
+
+def child_role_slot(name: str) -> tuple[str | None, str | None]:
+    """``worker[0/2]`` -> (worker, 0/2); ``report@T`` -> (report, T); ``api`` -> (api, None):
+    the ``role`` and ``slot`` of a child's log lines (JSON keys, metric labels)."""
+    match = _CHILD_NAME.match(name)
+    if match is None:
+        return None, None
+    slot = next((group for group in match.groups()[1:] if group is not None), None)
+    return match.group(1), slot
+
 
 MAX_LINE = 64 * 1024
 _READ_SIZE = 64 * 1024
