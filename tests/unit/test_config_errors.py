@@ -154,6 +154,25 @@ def test_all_problems_are_collected_in_file_order(tmp_path):
     assert all("\n" not in line for line in caught.value.errors)
 
 
+def test_references_of_a_role_with_another_problem_are_reported_in_the_same_run(tmp_path):
+    """validate lists an unknown after:/needs: entry of a role that fails another check
+    (its slack here) in the same run, not once the other problem is fixed (issue 18, 5)."""
+    path = tmp_path / "refs.yaml"
+    path.write_text(
+        "cluster: orders\n"
+        "member: {ttl: 10}\n"
+        "roles:\n"
+        "  api: {type: singleton, command: [a], stop_timeout: 20s, after: [nosuch], needs: [api]}\n"
+        "  b: {type: sharded, command: [b], needs: [c]}\n"
+        "  c: {type: sharded, command: [c], stop_timeout: 1h, needs: [b]}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, {})
+    keys = [line.removeprefix(f"{path}: ").split(": ", 1)[0] for line in caught.value.errors]
+    assert sorted(keys) == sorted(["roles.api.stop_timeout", "roles.c.stop_timeout", "roles.api.after[0]",
+                                   "roles.api.needs[0]", "roles.b.needs"]), caught.value.errors
+
+
 def test_bad_type_does_not_pile_on_type_only_key_errors(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("cluster: x\nroles:\n  w: {type: shard, command: [w], settle: 1, schedule: '@daily'}\n")

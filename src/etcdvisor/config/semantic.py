@@ -42,14 +42,18 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
     roles = {}
     raw_roles = document.get("roles", {}) if isinstance(document.get("roles"), dict) else {}
     ttl = member.ttl if member is not None else None
+    listed: dict[str, dict[str, list[str]]] = {}  # role -> after/needs names, where the schema passed
     for name, raw in raw_roles.items():
         # a role that failed the schema stays in the dict as None so that
         # references to it are not reported as unknown
         roles[name] = None
         if not problems.has_under(("roles", name)):
+            listed[name] = {key: list(raw.get(key, ())) for key in ("after", "needs")}
             roles[name] = build_role(name, raw, ttl=ttl, base_dir=base_dir, problems=problems)
-    _check_after(roles, problems)
-    _check_needs(roles, problems)
+    # references are checked from the (schema-valid) lists, also of a role that failed a
+    # per-role check, so that validate reports them in the same run
+    _check_after(roles, listed, problems)
+    _check_needs(roles, listed, problems)
     warnings = check_wiring(roles, problems, source_path, document.get("config_layout", "etcdvisor"))
     http, log = ops_settings(document, problems, base_dir)
     if problems:
@@ -159,27 +163,29 @@ def _absolute(value: str | None, base_dir: str) -> str | None:
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
 
 
-def _check_after(roles: dict[str, RoleSpec | None], problems: Problems) -> None:
+def _check_after(roles: dict[str, RoleSpec | None], listed: dict[str, dict[str, list[str]]],
+                 problems: Problems) -> None:
     """Every ``after`` entry names another role that can complete; no cycles."""
-    _check_references(roles, problems, "after", "role {name!r} cannot wait for itself",
+    _check_references(roles, listed, problems, "after", "role {name!r} cannot wait for itself",
                       lambda other: f"role {other.name!r} never completes ({reason})"
                       if (reason := _never_completes(other)) else None)
 
 
-def _check_needs(roles: dict[str, RoleSpec | None], problems: Problems) -> None:
+def _check_needs(roles: dict[str, RoleSpec | None], listed: dict[str, dict[str, list[str]]],
+                 problems: Problems) -> None:
     """Every ``needs`` entry names another role; the graph has no cycle."""
-    _check_references(roles, problems, "needs", "role {name!r} cannot need itself")
+    _check_references(roles, listed, problems, "needs", "role {name!r} cannot need itself")
 
 
-def _check_references(roles: dict[str, RoleSpec | None], problems: Problems, key: str, itself: str,
+def _check_references(roles: dict[str, RoleSpec | None], listed: dict[str, dict[str, list[str]]],
+                      problems: Problems, key: str, itself: str,
                       check: Callable[[RoleSpec], str | None] | None = None) -> None:
-    """The role names in each role's ``key`` list (``after``, ``needs``): not the role
-    itself (``itself``), known roles, ``check(other)`` passed; and no cycle among them."""
+    """The role names in each role's ``key`` list (``after``, ``needs``; ``listed``: the
+    lists of the roles that passed the schema): not the role itself (``itself``), known
+    roles, ``check(other)`` passed where ``other`` was built; and no cycle among them."""
     names = list(roles)
-    for name, spec in roles.items():
-        if spec is None:
-            continue
-        for index, other in enumerate(getattr(spec, key)):
+    for name, lists in listed.items():
+        for index, other in enumerate(lists[key]):
             where = ("roles", name, key, index)
             if other == name:
                 problems.add(where, itself.format(name=name))
@@ -187,7 +193,7 @@ def _check_references(roles: dict[str, RoleSpec | None], problems: Problems, key
                 problems.add(where, unknown_role(other, names))
             elif check is not None and (target := roles[other]) is not None and (problem := check(target)):
                 problems.add(where, problem)
-    cycle = find_cycle({n: [a for a in getattr(s, key) if a in roles and a != n] for n, s in roles.items() if s})
+    cycle = find_cycle({n: [a for a in lists[key] if a in roles and a != n] for n, lists in listed.items()})
     if cycle:
         problems.add(("roles", cycle[0], key), f"cycle in {key}: " + " -> ".join(cycle))
 
