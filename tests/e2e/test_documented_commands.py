@@ -224,6 +224,7 @@ class DocCluster:
     substitutions: dict[str, str] = dataclasses.field(default_factory=dict)
     ready: Callable[[Callable[..., subprocess.CompletedProcess], str], None] | None = None
     seed: Callable[[str, str], Callable[[], None]] | None = None  # (etcd url, cluster) -> undo
+    check: Callable[[DocRun], list[str]] | None = None  # after the blocks: more problems
 
 
 SLEEPER = '["sh", "-c", "exec sleep 3600"]'
@@ -332,12 +333,31 @@ def _reference_ready(cli, member: str) -> None:
     wait_for(up, 60, f"{member}'s worker children")
 
 
+def _status_sample_check(run: DocRun) -> list[str]:
+    """cli.md's status sample is from a bigger cluster (sample-output), but its children's
+    names, section titles and table headers are what `status` prints."""
+    sample = next(command for block in read_blocks(run.doc) if "sample-output" in block.notes
+                  for command in block.commands() if command.text == "supervisor status")
+    printed = run.shell("supervisor status", {}).stdout.decode(errors="replace")
+    problems = []
+    shown_names = re.findall(r"(\S+): running pid \d+", "\n".join(sample.output or []))
+    names = set(re.findall(r"(\S+): running pid \d+", printed))
+    problems += [f"{run.doc}:{sample.line}: the status sample names a child {name!r}; status names them "
+                 f"{sorted(names)}" for name in shown_names if name not in names]
+    fixed = [line for line in sample.output or []
+             if line.endswith(":") and not line.startswith(" ") or re.fullmatch(r"\s*(?:[A-Z]+ +)+[A-Z]+", line)]
+    printed_lines = {skeleton(line) for line in printed.splitlines()}
+    problems += [f"{run.doc}:{sample.line}: the status sample shows {line!r}; status printed:\n{_indent(printed)}"
+                 for line in fixed if skeleton(line) not in printed_lines]
+    return problems
+
+
 CLUSTERS: dict[str, DocCluster] = {
     "docs/cli.md": DocCluster(
         member="web-2", config=CLI_FLEET, config_names=("fleet.yaml", "etcdvisor.yaml"),
         files={"report.csv": "day,orders\n2026-05-01,42\n"},
         substitutions={"/etc/etcdvisor.yaml": "etcdvisor.yaml"},
-        ready=_cli_ready, seed=_seed_cli),
+        ready=_cli_ready, seed=_seed_cli, check=_status_sample_check),
     "docs/config-reference.md": DocCluster(
         member="web-2", config=REFERENCE_FLEET, config_names=("etcdvisor.yaml",),
         files={"secrets/metrics-token": "doc-token\n"},
@@ -452,6 +472,8 @@ def runnable(doc: str) -> list[Block]:
     return [b for b in read_blocks(doc) if b.lang in SHELL_LANGS and "not-run" not in b.notes]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # about 40 CLI processes for cli.md: 30 s on a quiet machine, minutes on a loaded one
 @pytest.mark.parametrize("doc", DOCS)
 def test_documented_commands_run_as_shown(doc, tmp_path):
     """Every command of the doc's shell examples exits as the doc implies and prints what
@@ -463,6 +485,8 @@ def test_documented_commands_run_as_shown(doc, tmp_path):
     try:
         run.start()
         problems = [problem for block in blocks for problem in run.check(block)]
+        if run.setup.check is not None:
+            problems += run.setup.check(run)
     finally:
         run.stop()
     slowest = "".join(f"  {seconds:5.1f}s {what}\n" for seconds, what in sorted(run.times, reverse=True)[:5])
