@@ -32,12 +32,14 @@ rollout ids are compared by shape, runs of spaces as one, ``...`` matches anythi
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -222,7 +224,7 @@ class DocCluster:
     config_names: tuple[str, ...] = ()
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     substitutions: dict[str, str] = dataclasses.field(default_factory=dict)
-    ready: Callable[[Callable[..., subprocess.CompletedProcess], str], None] | None = None
+    ready: Callable[[dict], bool] | None = None  # on the member's /api/status roles: its children are up
     seed: Callable[[str, str], Callable[[], None]] | None = None  # (etcd url, cluster) -> undo
     check: Callable[[DocRun], list[str]] | None = None  # after the blocks: more problems
 
@@ -290,21 +292,16 @@ roles:
 """
 
 
-def _cli_ready(cli, member: str) -> None:
-    """The cli.md cluster is up: every worker and api child running, the job done."""
-    def up() -> bool:
-        done = cli(["status", "--json"])
-        if done.returncode != 0:
-            return False
-        import json
-        roles = json.loads(done.stdout)["roles"]
+def _running(roles: dict, role: str) -> int:
+    """How many children of ``role`` run (a `status --json` document's ``roles``)."""
+    return sum(child["state"] == "running" for a in roles.get(role, {}).get("assignments", [])
+               for child in (a.get("children") or {}).values())
 
-        def running(role: str) -> int:
-            return sum(child["state"] == "running" for a in roles.get(role, {}).get("assignments", [])
-                       for child in (a.get("children") or {}).values())
-        job = roles.get("migrate", {}).get("job") or {}
-        return running("worker") == 3 and running("api") == 6 and job.get("state") == "succeeded"
-    wait_for(up, 60, f"{member}'s children and the migrate job")
+
+def _cli_ready(roles: dict) -> bool:
+    """The cli.md cluster is up: every worker and api child running, the job done."""
+    job = roles.get("migrate", {}).get("job") or {}
+    return _running(roles, "worker") == 3 and _running(roles, "api") == 6 and job.get("state") == "succeeded"
 
 
 def _seed_cli(url: str, cluster: str) -> Callable[[], None]:
@@ -326,11 +323,8 @@ def _seed_cli(url: str, cluster: str) -> Callable[[], None]:
     return undo
 
 
-def _reference_ready(cli, member: str) -> None:
-    def up() -> bool:
-        done = cli(["status"])
-        return done.returncode == 0 and done.stdout.count(b": running pid") == 3
-    wait_for(up, 60, f"{member}'s worker children")
+def _reference_ready(roles: dict) -> bool:
+    return _running(roles, "worker") == 3
 
 
 def _status_sample_check(run: DocRun) -> list[str]:
@@ -405,7 +399,8 @@ class DocRun:
                     env=dict(self.env, ETCDVISOR_MEMBER_ID=self.setup.member, ETCDVISOR_HTTP=self.http),
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if self.setup.ready is not None:
-                self.setup.ready(self.cli, self.setup.member)
+                ready = self.setup.ready
+                wait_for(lambda: ready(self.api_status()["roles"]), 60, f"{self.setup.member}'s children")
 
     def stop(self) -> None:
         if self.member is not None and self.member.poll() is None:
@@ -425,9 +420,16 @@ class DocRun:
             text = text.replace(doc_text, local_text.replace("{http}", self.http))
         return text
 
-    def cli(self, args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "etcdvisor.cli", *args], cwd=self.dir, env=self.env,
-                              capture_output=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+    def api_status(self) -> dict:
+        """The member's `status --json` document, from its /api/status ({} while it does not answer)."""
+        token = self.dir / "secrets" / "metrics-token"
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://{self.http}/api/status", headers=headers),
+                                        timeout=5) as reply:
+                return json.loads(reply.read())
+        except (OSError, ValueError):
+            return {"roles": {}}
 
     def shell(self, text: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         full = dict(self.env)
