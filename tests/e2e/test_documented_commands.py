@@ -508,6 +508,10 @@ def test_shell_examples_follow_the_convention(doc):
         if block.lang in ("sh", "bash"):
             assert not any(line.startswith("$ ") for line in block.body), \
                 f"{block.where()}: `$ ` prompts belong in a ```console block"
+        if block.lang == "console":
+            assert any(line.startswith("$ ") for line in block.body), f"{block.where()}: a transcript without `$ `"
+        if block.notes and block.lang not in SHELL_LANGS:
+            pytest.fail(f"{block.where()}: a note on a block that is not a shell example")
 
 
 def test_the_convention_reads_what_it_says():
