@@ -400,7 +400,7 @@ class DocRun:
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if self.setup.ready is not None:
                 ready = self.setup.ready
-                wait_for(lambda: ready(self.api_status()["roles"]), 60, f"{self.setup.member}'s children")
+                wait_for(lambda: ready(self.api_status()["roles"]), 150, f"{self.setup.member}'s children")
 
     def stop(self) -> None:
         if self.member is not None and self.member.poll() is None:

@@ -233,7 +233,7 @@ def test_json_stop_lines_of_sharded_children_carry_role_and_slot(fleet, recorder
     config = fleet.write_config({"worker": recorder.role("sharded", sleep=600, settle=0, processes=2)},
                                 log={"format": "json"})
     member = fleet.start("m0", config)
-    wait_for(lambda: len(recorder.starts("worker")) == 2, 30, "both worker children")
+    wait_for(lambda: len(recorder.starts("worker")) == 2, 60, "both worker children")
     member.term()
     assert member.wait(30) == 0
     about = [d for d in json_lines(member.output()) if "stream" not in d and d["msg"].startswith("worker[")]
