@@ -475,7 +475,7 @@ def runnable(doc: str) -> list[Block]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # about 40 CLI processes for cli.md: 30 s on a quiet machine, minutes on a loaded one
+@pytest.mark.timeout(600)  # about 40 CLI processes for cli.md: 30 s on a quiet machine, minutes on a loaded one
 @pytest.mark.parametrize("doc", DOCS)
 def test_documented_commands_run_as_shown(doc, tmp_path):
     """Every command of the doc's shell examples exits as the doc implies and prints what
