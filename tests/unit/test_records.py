@@ -46,6 +46,8 @@ VALID = {
     "rollout": {"id": "r1", "trigger": "restart", "who": "ann@laptop", "started": NOW, "target": "r1",
                 "state": "running", "done": ["m1:worker[0]"], "failed": None, "finished": None, "resumed": None},
     "rollout slot": {"member": "m1", "child": "worker[0]", "rollout": "r1"},
+    "shard alive": {"parts": {"4": [0, 3], "2": [1]}},
+    "shard grant": {"epoch": 12, "record": 15, "parts": {"4": [0, 3]}, "coordinator": "m1"},
 }
 
 WRONG = {"string": 5, "integer": "5", "number": "1.5", "boolean": 1, "time": "now", "object": [1],
