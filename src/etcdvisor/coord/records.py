@@ -420,6 +420,7 @@ ROLE_STATUS_FIELDS = {
     "leader": Field(BOOL, nullable=True), "token": Field(INT, nullable=True), "next": Field(STR, nullable=True),
     "waiting_for": Field(LIST, nullable=True), "registered": Field(LIST, nullable=True, items=OBJECT),
     "paused": Field(BOOL, nullable=True), "children": Field(OBJECT, nullable=True, items=OBJECT),
+    "coordinator": Field(OBJECT, nullable=True),
 }
 
 

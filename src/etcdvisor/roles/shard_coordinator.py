@@ -236,9 +236,11 @@ class Coordinator:
             old = self.written.get(member)
             if old is None or old.record != record or not ok <= old.parts:
                 new[member] = Grant(epoch, record, ok, me)
-        stale = [m for m in self.written if m not in parts and m not in cluster.records]
-        if not new and not stale:
+        if not new:
             return
+        # grants of members gone from the plan go in the same write (they cover nothing a
+        # rejoining member announces: its announcements come later than their record)
+        stale = [m for m in self.written if m not in parts and m not in cluster.records]
         self._write(new, stale)
 
     def _write(self, new: dict[str, Grant], stale: list[str]) -> None:
