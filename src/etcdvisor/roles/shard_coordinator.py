@@ -97,7 +97,8 @@ class Coordinator:
         self.sent: tuple[tuple[str, ...], float] | None = None  # members published, until when to trust it
         # granting (fenced hand-off)
         self.alive_prefix = runner.ctx.keys.role(runner.name) + "alive/"
-        self.watcher: PrefixWatcher | None = None
+        self.watching = False  # granting: we are first and follow the alive records
+        self.watcher: PrefixWatcher | None = None  # (None in turn tests: they post the snapshots)
         self.gen = 0
         self.cluster: ClusterAlive | None = None
         self.graveyard: dict[str, tuple[frozenset[Part], float]] = {}
@@ -197,10 +198,10 @@ class Coordinator:
 
     def _grant_tick(self, now: float, active: bool) -> None:
         if not active:
-            if self.watcher is not None:
+            if self.watching:
                 self._stop_watching()
             return
-        if self.watcher is None:
+        if not self.watching:
             self._start_watching()
             return
         if self.cluster is None or self.grant_from is None:
@@ -284,6 +285,10 @@ class Coordinator:
         gen = self.gen
         self.cluster, self.grant_from, self.graveyard, self.written = None, None, {}, {}
         self.dirty, self.waits, self.plan_seen, self.waited = True, [], None, False
+        self.watching = True
+        runner.say("coordinator: first in join order; following the alive records to grant starts")
+        if not runner.started:
+            return  # driven by a test that posts the snapshots itself
 
         def on_change(change: Change) -> None:
             runner.post(AliveSnapshot(gen, parse_snapshot(self.alive_prefix, change.snapshot.values(),
@@ -292,10 +297,9 @@ class Coordinator:
         self.watcher = PrefixWatcher(runner.ctx.backend, self.alive_prefix, on_change,
                                      name=f"{runner.name}:alive")
         self.watcher.start()  # a thread start: no store call on the loop thread
-        runner.say("coordinator: first in join order; watching the alive records to grant starts")
 
     def _stop_watching(self) -> None:
-        watcher, self.watcher = self.watcher, None
+        watcher, self.watcher, self.watching = self.watcher, None, False
         self.gen += 1
         self.cluster, self.grant_from, self.graveyard, self.written, self.waits = None, None, {}, {}, []
         self.plan_seen, self.waited = None, False
@@ -318,7 +322,7 @@ class Coordinator:
 
     def close(self) -> None:
         """Stop the alive watcher (runner stop, off the loop)."""
-        watcher, self.watcher = self.watcher, None
+        watcher, self.watcher, self.watching = self.watcher, None, False
         self.gen += 1
         if watcher is not None:
             watcher.stop()
@@ -326,13 +330,13 @@ class Coordinator:
     def next_deadline(self) -> float | None:
         times = [x for x in (self.due_at, self.grant_retry_at) if x is not None]
         times += [until for _, until in self.graveyard.values()]
-        if self.grant_from is not None and self.watcher is not None and not self.waited:
+        if self.grant_from is not None and self.watching and not self.waited:
             times.append(self.grant_from)
         return min(times) if times else None
 
     def status(self) -> dict:
         return {"state": self.state.value, "due_at": self.due_at,
-                "granting": self.watcher is not None, "grants": len(self.written),
+                "granting": self.watching, "grants": len(self.written),
                 "waiting": [w.describe() for w in self.waits[:20]]}
 
 

@@ -103,8 +103,10 @@ class ShardedRunner(RoleRunner):
         self.coordinator = Coordinator(self) if self.shards or self.fenced else None
         self.watchers: list[PrefixWatcher] = []
         self.sequence: Sequence | None = None
+        self.started = False  # start() ran: coordination threads may be started
 
     def start(self) -> None:
+        self.started = True
         keys = self.ctx.keys
         if self.fenced:  # our own start grant, nothing else (the coordinator alone watches alive/)
             self.watchers.append(PrefixWatcher(self.ctx.backend, self.grant_key.rsplit("/", 1)[0] + "/",
@@ -252,9 +254,9 @@ class ShardedRunner(RoleRunner):
                 self.approved[key] = (child, now)
                 session.request_keepalive()
             else:
-                what = "start grant" if record is not None and child.parts <= record else \
-                    "start grant (once our alive record announces it)"
-                self.waits.append(Wait(key, "the coordinator", what, tuple(sorted(child.parts))))
+                # (announced in our alive record or about to be: one reason, so that the
+                # wait log sees one wait, not two)
+                self.waits.append(Wait(key, "the coordinator", "start grant", tuple(sorted(child.parts))))
         if log.isEnabledFor(logging.DEBUG):
             self._debug_fence()
         self._sync_record(now)
