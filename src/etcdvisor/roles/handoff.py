@@ -1,28 +1,33 @@
-"""Fenced hand-off for ``sharded`` roles: who may start which child, purely.
+"""Fenced hand-off for ``sharded`` roles: records and decisions, purely.
 
 Cluster-wide knowledge of living children comes from *alive records*: each
 member keeps ``roles/<role>/alive/<member>`` on its lease, listing the
 partitions (:class:`~etcdvisor.roles.assignment.Part`) of every child it is
-running, about to start, or still stopping. A partition is added to the record
-(and the write has come back) BEFORE its child starts, and removed only AFTER
-the child was reaped.
+running, still stopping, or wants to start (its *announced* target). A
+partition is in the record (and the write has come back) BEFORE its child
+starts, and leaves it only AFTER the child was reaped (or, never started,
+when it left the target).
 
-Writes that add partitions are serialized by a *fence* key
-(``roles/<role>/alive``, no trailing slash, inside the watched range): the
-write is a transaction ``mod(fence) == F`` -> put fence, put record, where
-``F`` is the fence's mod revision in the snapshot the decision was made on.
-Every snapshot at revision ``R`` with fence ``F`` shows every addition up to
-``R``; success proves none was made after it. So two members can never both
-decide, from snapshots that did not see each other, to start intersecting
-children. Removals are plain puts (they can only unblock others).
+Starts are granted by the role's coordinator (:mod:`.shard_coordinator`, the
+member first in join order), which alone watches the alive records:
+:func:`decide_grants` grants a member's announced partition when no other
+alive partition intersects it, and the grant (:class:`Grant`) names the mod
+revision of the member's record it decided on. A member starts a child only
+for partitions announced continuously since that revision
+(:meth:`Grant.covers`). Of two intersecting announcements the later one is
+written after any snapshot that granted the earlier, so a snapshot that
+grants the later shows the earlier until its child is reaped: no fence key,
+no per-member rounds, and a stale grant covers nothing announced after it.
 
 A member that dies leaves its record until its lease expires. Its children are
 gone before that (docs/safety.md, rule 1: the watchdog kills lease-bound children at
-``t_k + ttl*(1-rho) - margin - kill_bound`` at the latest), and we still wait
-``KILL_BOUND`` after seeing a non-empty record vanish (the *graveyard*) as the
-margin for a kill that took long.
+``t_k + ttl*(1-rho) - margin - kill_bound`` at the latest), and the
+coordinator still waits ``KILL_BOUND`` after seeing a non-empty record vanish
+(the *graveyard*) as the margin for a kill that took long.
 
-Everything here is pure: the runner feeds snapshots and clocks in.
+Records are decoded strictly (coord/records.py ``SHARD_ALIVE``,
+``SHARD_GRANT``). Everything here is pure: the runner feeds snapshots and
+clocks in.
 """
 
 from __future__ import annotations

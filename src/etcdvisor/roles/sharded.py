@@ -10,20 +10,25 @@ member publishes (sticky, balanced, see :mod:`.assignment`).
 Hand-off (``handoff``):
 
 * ``fenced`` (default): a child starts only when no child whose partition
-  intersects it is alive anywhere in the cluster (:mod:`.handoff`: alive
-  records written before a start and cleared after the reap, a fence key
-  serializing additions, a dead member counting as gone when its lease expired
-  plus the kill bound), and a keepalive sent after its alive record was written
-  came back alive (docs/safety.md, rule 2). Guarantee: no two intersecting children are
-  ever alive at once, cluster-wide, as long as children obey the lease
-  deadlines (the watchdog enforces them). Deadlock freedom: a member's own
-  target never conflicts with itself, every member stops the children that
-  left its target without waiting for anything, and records of dead members
-  vanish at lease expiry, so every wait ends. No-owner gap per partition:
-  clean leave or move: stop time of the old child + ``settle`` (join order:
-  + a second stop time, since every COUNT changes) + two etcd round trips and a
-  keepalive round trip; crash: lease TTL + ``KILL_BOUND`` + ``settle`` + the
-  same round trips.
+  intersects it is alive anywhere in the cluster. One coordinator per role,
+  the member first in join order (:mod:`.shard_coordinator`), grants starts;
+  each member (:meth:`ShardedRunner._fenced_step`) stops the children that
+  left its target at once, announces its target in its alive record
+  (``roles/<role>/alive/<member>``, on its lease: one write, once its stopping
+  children were reaped), watches only its own grant
+  (``roles/<role>/grants/<member>/grant``), and starts a child once the grant
+  covers the child's partitions as announced (:meth:`.handoff.Grant.covers`)
+  and a keepalive sent after that came back alive (docs/safety.md, rule 2).
+  Guarantee: no two intersecting children are ever alive at once,
+  cluster-wide, as long as children obey the lease deadlines (the watchdog
+  enforces them). Deadlock freedom: a member's own target never conflicts
+  with itself, every member stops the children that left its target without
+  waiting for anything, records of dead members vanish at lease expiry, and a
+  dead coordinator's place passes to the next member in join order, so every
+  wait ends. No-owner gap per partition: clean leave or move: stop time of
+  the old child + ``settle`` (join order: + a second stop time, since every
+  COUNT changes) + a few etcd round trips and a keepalive round trip; crash:
+  lease TTL + ``KILL_BOUND`` + ``settle`` + the same round trips.
 * ``overlap``: start at once; an old child may run next to a new one for up to
   ``settle`` + ``stop_timeout`` (faster, for children that tolerate it).
 
