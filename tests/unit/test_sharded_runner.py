@@ -303,3 +303,16 @@ def test_coordinator_decision_is_linear_and_honours_every_holder():
     assert decide_grants(plan, ClusterAlive({**announced.records, "bad": EVERYTHING}), {})[0] == {}
     # nothing is granted that the member did not announce, nor what is outside its plan
     assert decide_grants(plan, ClusterAlive({"m0": frozenset({four[0], four[1]})}), {})[0] == {"m0": {four[0]}}
+
+
+def test_a_leave_and_a_join_within_settle_are_one_change_even_where_the_coordinators_place_stays(make):
+    a, b, c = (make(m, settle="1s") for m in "abc")
+    drive([a, b, c], lambda: keys_alive([a, b, c]) == ["0/3", "1/3", "2/3"], what="three run", timeout=10)
+    started = a.starts
+    b.alive.clear()
+    b.close()
+    d = make("d", settle="1s")  # within settle: a is 0 of 3 before and after, c and d move
+    drive([a, c, d], lambda: reap_old([a, c, d], 3) or (set(a.alive), set(c.alive), set(d.alive))
+          == ({"0/3"}, {"1/3"}, {"2/3"}), what="c and d take 1/3 and 2/3", timeout=10)
+    assert a.starts == started, "the coordinator's own child was restarted"
+    assert grant_of(make.backend, "d").coordinator == "a"

@@ -111,6 +111,7 @@ class Coordinator:
         self._plan: tuple[tuple, tuple[int, dict[str, frozenset[Part]]]] | None = None
         self.waits: list[Wait] = []
         self.waited = False  # the kill bound after the first snapshot has passed
+        self.settle_at: float | None = None  # join order: when the membership will have settled
 
     def grant_key(self, member: str) -> str:
         return grant_key(self.runner, member)
@@ -172,7 +173,7 @@ class Coordinator:
             self.retry_at = None
 
     # --- granting -----------------------------------------------------------------
-    def plan(self) -> tuple[int, dict[str, frozenset[Part]]] | None:
+    def plan(self, now: float) -> tuple[int, dict[str, frozenset[Part]]] | None:
         """The settled plan (epoch, member -> partitions), or None while settling
         (computed once per plan: a thousand members' partitions are not rebuilt every turn)."""
         runner = self.runner
@@ -186,14 +187,15 @@ class Coordinator:
                 self._plan = (key, (pub.epoch, {m: frozenset(Part(s, pub.shards) for s in pub.owners.get(m, ()))
                                                 for m in pub.members}))
             return self._plan[1]
-        applied = runner.applied
-        if applied is None or applied.members != latest.members:
+        # join order: the membership itself, once it stayed unchanged for ``settle`` (our own
+        # INDEX/COUNT may be unchanged while others moved: the runner's applied Info is not it)
+        if latest.invalid() or now < runner.latest_at + (runner.spec.settle or 0.0):
             return None
-        key = ("join", applied.epoch, runner.processes)
+        key = ("join", latest.epoch, runner.processes)
         if self._plan is None or self._plan[0] != key:
-            members, k = applied.members, runner.processes
-            self._plan = (key, (applied.epoch, {m: frozenset(join_order_parts(i, len(members), k))
-                                                for i, m in enumerate(members)}))
+            members, k = latest.members, runner.processes
+            self._plan = (key, (latest.epoch, {m: frozenset(join_order_parts(i, len(members), k))
+                                               for i, m in enumerate(members)}))
         return self._plan[1]
 
     def _grant_tick(self, now: float, active: bool) -> None:
@@ -217,10 +219,12 @@ class Coordinator:
         self.waited = True
         if self.granting or self.grant_retry_at is not None:
             return
-        plan = self.plan()
+        plan = self.plan(now)
         if plan is None:
             self.waits = []
+            self.settle_at = self.runner.latest_at + (self.runner.spec.settle or 0.0)
             return
+        self.settle_at = None
         seen = self._plan[0] if self._plan else None
         if seen != self.plan_seen:
             self.plan_seen, self.dirty = seen, True
@@ -329,6 +333,8 @@ class Coordinator:
 
     def next_deadline(self) -> float | None:
         times = [x for x in (self.due_at, self.grant_retry_at) if x is not None]
+        if self.watching and self.settle_at is not None and not self.runner.shards:
+            times.append(self.settle_at)
         times += [until for _, until in self.graveyard.values()]
         if self.grant_from is not None and self.watching and not self.waited:
             times.append(self.grant_from)
