@@ -338,3 +338,15 @@ def test_a_leader_name_is_bounded_printable_text(caplog):
         for raw in (b"", b"a\x00b", b"\xff\xfe", b"x" * 254, b"line\nbreak"):
             assert member_name("/e/1", raw, 6 + len(raw)) is None
     assert len([r for r in caplog.records if "skipping member name record /e/1" in r.getMessage()]) == 5
+
+
+@pytest.mark.parametrize("kind", ["shard alive", "shard grant"])
+@pytest.mark.parametrize("parts", [
+    {"x": [1]}, {"0": []}, {"-4": [1]}, {"4": [4]}, {"4": [-1]}, {"4": [True]}, {"4": [1.0]}, {"4": "1"},
+    {"4": {"1": 1}}, {"1" * 23: [0]}, {"٤": [1]},
+])
+def test_partition_maps_are_decoded_strictly(kind, parts):
+    """Alive records and start grants name partitions ``{"<COUNT>": [INDEX, ...]}``: a count
+    is a short ASCII decimal > 0, an index an integer in ``0..COUNT-1``; nothing is converted."""
+    with pytest.raises(RecordError):
+        KINDS[kind].decode(json.dumps({**VALID[kind], "parts": parts}))
