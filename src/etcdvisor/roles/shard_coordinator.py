@@ -294,9 +294,23 @@ class Coordinator:
         if not runner.started:
             return  # driven by a test that posts the snapshots itself
 
+        decoded: dict[str, tuple[int, ClusterAlive]] = {}  # key -> (mod revision, its one-record parse)
+
         def on_change(change: Change) -> None:
-            runner.post(AliveSnapshot(gen, parse_snapshot(self.alive_prefix, change.snapshot.values(),
-                                                          change.revision)))
+            # decode only the records that changed: a reshard brings one event per member, and
+            # re-decoding a thousand records for each would be quadratic
+            records: dict[str, frozenset[Part]] = {}
+            mods: dict[str, int] = {}
+            for key, kv in change.snapshot.items():
+                cached = decoded.get(key)
+                if cached is None or cached[0] != kv.mod_revision:
+                    cached = (kv.mod_revision, parse_snapshot(self.alive_prefix, (kv,), change.revision))
+                    decoded[key] = cached
+                records.update(cached[1].records)
+                mods.update(cached[1].mods)
+            for key in [k for k in decoded if k not in change.snapshot]:
+                del decoded[key]
+            runner.post(AliveSnapshot(gen, ClusterAlive(records, mods, change.revision)))
 
         self.watcher = PrefixWatcher(runner.ctx.backend, self.alive_prefix, on_change,
                                      name=f"{runner.name}:alive")

@@ -297,11 +297,14 @@ class ShardedRunner(RoleRunner):
             return backend.put(self.record_key, body, lease=lease)
 
         self.writing = True
-        self.effect("alive record", call, lambda rev, err: self._written(want, rev, err))
+        self.effect("alive record", call, lambda rev, err: self._written(want, lease, rev, err))
 
-    def _written(self, want: frozenset, revision, error) -> None:
+    def _written(self, want: frozenset, lease: int, revision, error) -> None:
         now = self.ctx.clock()
         self.writing, self._due = False, True
+        if lease != self.ctx.session.lease_id:
+            self.record, self.since = None, {}  # written on a lease that is gone: write again
+            return
         if error is not None:
             # once per outage: the member's 'etcd ... unreachable' line tells the rest
             level = logging.WARNING if not self.write_failures else logging.DEBUG
