@@ -176,32 +176,42 @@ def decide_grants(plan: Mapping[str, frozenset[Part]], cluster: ClusterAlive,
     ago (``graveyard``). Returns member -> granted partitions (members with
     none left out) and, for status, up to ``max_waits`` reasons why announced
     partitions are not granted yet."""
-    by_count: dict[int, int] = {}
-    example: dict[int, tuple[str, str, Part]] = {}  # count -> one holder of it, for the reasons
-    holders: dict[Part, list[tuple[str, str]]] = {}
-    total = 0
     sources = [(m, "child", parts) for m, parts in cluster.records.items()]
     sources += [(m, "kill bound after lease expiry", parts) for m, parts in graveyard.items()]
+    by_count: dict[int, int] = {}
+    example: dict[int, tuple[str, str, Part]] = {}  # count -> one holder of it, for the reasons
     for member, what, parts in sources:
         for part in parts:
-            total += 1
             by_count[part.count] = by_count.get(part.count, 0) + 1
-            example.setdefault(part.count, (member, what, part))
-            holders.setdefault(part, []).append((member, what))
+            if part.count not in example:
+                example[part.count] = (member, what, part)
+    total = sum(by_count.values())
+    planned_counts = {p.count for parts in plan.values() for p in parts}
+    free_counts = {c for c in planned_counts if total - by_count.get(c, 0) == 0}
+    # who holds each partition of a count that nothing else blocks (the same partition twice)
+    holders: dict[Part, list[tuple[str, str]]] = {}
+    if free_counts:
+        for member, what, parts in sources:
+            for part in parts:
+                if part.count in free_counts:
+                    holders.setdefault(part, []).append((member, what))
     granted: dict[str, frozenset[Part]] = {}
     waits: list[Wait] = []
     for member, planned in plan.items():
+        if not free_counts and len(waits) >= max_waits:
+            break  # nothing can be granted (an old COUNT is alive): the reasons are enough
         announced = cluster.records.get(member, frozenset()) & planned
         ok = []
         for part in sorted(announced):
-            others = [h for h in holders.get(part, ()) if h != (member, "child")]
-            if total - by_count.get(part.count, 0) == 0 and not others:
-                ok.append(part)
+            if part.count in free_counts:
+                others = [h for h in holders.get(part, ()) if h != (member, "child")]
+                if not others:
+                    ok.append(part)
+                    continue
+                if len(waits) < max_waits:
+                    waits.append(Wait(f"{member}:{part}", others[0][0], others[0][1], (part,)))
             elif len(waits) < max_waits:
-                if others:
-                    holder, what, held = others[0][0], others[0][1], part
-                else:
-                    holder, what, held = next(e for c, e in sorted(example.items()) if c != part.count)
+                holder, what, held = next(e for c, e in sorted(example.items()) if c != part.count)
                 waits.append(Wait(f"{member}:{part}", holder, what, (held,)))
         if ok:
             granted[member] = frozenset(ok)

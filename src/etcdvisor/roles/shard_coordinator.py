@@ -71,6 +71,7 @@ log = logging.getLogger("etcdvisor")
 RETRY = 1.0
 WATCH_GRACE = 2.0  # after a successful publish, wait this long for the watch to show it
 BATCH = 100  # puts per grant transaction (etcd's --max-txn-ops defaults to 128)
+DECIDE_EVERY = 0.05  # seconds between two grant decisions (each is linear in the alive partitions)
 
 
 class CoordinatorState(enum.Enum):
@@ -112,6 +113,8 @@ class Coordinator:
         self.waits: list[Wait] = []
         self.waited = False  # the kill bound after the first snapshot has passed
         self.settle_at: float | None = None  # join order: when the membership will have settled
+        self.decided_at = float("-inf")
+        self.decide_at: float | None = None  # the next decision, held back by DECIDE_EVERY
 
     def grant_key(self, member: str) -> str:
         return grant_key(self.runner, member)
@@ -206,6 +209,8 @@ class Coordinator:
         if not self.watching:
             self._start_watching()
             return
+        if self.decide_at is not None and now >= self.decide_at:
+            self.decide_at = None  # (set again below if the decision is still held back)
         if self.cluster is None or self.grant_from is None:
             return
         expired = [m for m, (_, until) in self.graveyard.items() if until <= now]
@@ -230,7 +235,10 @@ class Coordinator:
             self.plan_seen, self.dirty = seen, True
         if not self.dirty:
             return
-        self.dirty = False
+        if now < self.decided_at + DECIDE_EVERY:  # a burst of alive records: one decision per 50 ms
+            self.decide_at = self.decided_at + DECIDE_EVERY
+            return
+        self.dirty, self.decided_at, self.decide_at = False, now, None
         epoch, parts = plan
         cluster = self.cluster
         granted, self.waits = decide_grants(parts, cluster, {m: g[0] for m, g in self.graveyard.items()})
@@ -346,7 +354,7 @@ class Coordinator:
             watcher.stop()
 
     def next_deadline(self) -> float | None:
-        times = [x for x in (self.due_at, self.grant_retry_at) if x is not None]
+        times = [x for x in (self.due_at, self.grant_retry_at, self.decide_at) if x is not None]
         if self.watching and self.settle_at is not None and not self.runner.shards:
             times.append(self.settle_at)
         times += [until for _, until in self.graveyard.values()]
