@@ -316,3 +316,25 @@ def test_a_leave_and_a_join_within_settle_are_one_change_even_where_the_coordina
           == ({"0/3"}, {"1/3"}, {"2/3"}), what="c and d take 1/3 and 2/3", timeout=10)
     assert a.starts == started, "the coordinator's own child was restarted"
     assert grant_of(make.backend, "d").coordinator == "a"
+
+
+def test_fixed_shards_leave_moves_only_the_leavers_shards_with_few_writes(make):
+    members = [make(f"m{i}", shards=16) for i in range(4)]
+    drive(members, lambda: len(keys_alive(members)) == 16 and all(len(m.alive) == 4 for m in members),
+          what="four shards each")
+    started = {m.runner.ctx.member_id: m.starts for m in members}
+    leaver = members.pop(1)
+    moved = set(leaver.alive)
+    leaver.alive.clear()
+    leaver.close()
+    writes: list[str] = []
+    real_txn = make.backend.txn
+    make.backend.txn = lambda compares, ops, *a, **kw: (writes.append(",".join(sorted(
+        {"/".join(op.key[len(ROLE):].split("/")[:2]) for op in ops}))) or real_txn(compares, ops, *a, **kw))
+    drive(members, lambda: len(keys_alive(members)) == 16, what="the leaver's shards taken over")
+    assert sorted(keys_alive(members)) == sorted(f"shard-{s}" for s in range(16))
+    assert sum(m.starts - started[m.runner.ctx.member_id] for m in members) == len(moved), "only moved shards start"
+    receivers = [m.runner.ctx.member_id for m in members if m.starts > started[m.runner.ctx.member_id]]
+    # the plan, one announcement per receiver, one grant transaction: <= 3 x moved + 20 by far
+    assert sorted(writes) == sorted(["assignment", *(f"alive/{r}" for r in receivers),
+                                     ",".join(sorted([*(f"grants/{r}" for r in receivers), "grants/m1"]))]), writes
