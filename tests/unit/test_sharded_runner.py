@@ -294,6 +294,10 @@ def test_coordinator_decision_is_linear_and_honours_every_holder():
     old = ClusterAlive({**announced.records, "m1": frozenset({four[1], Part(1, 3)})}, announced.mods)
     granted, waits = decide_grants(plan, old, {})
     assert granted == {} and len(waits) == 4 and all(w.member == "m1" for w in waits)
+    # a member that left the group still holds its record until its children are reaped (or its lease goes)
+    left = ClusterAlive({**announced.records, "gone": frozenset({Part(0, 3)})}, announced.mods)
+    granted, waits = decide_grants(plan, left, {}, members=list(plan))
+    assert granted == {} and waits[0].describe() == "m0:0/4 waits for gone's child or lease (left the group) (0/3)"
     # the same partition held by someone else blocks it, and only it
     dup = ClusterAlive({**announced.records, "x": frozenset({four[2]})}, announced.mods)
     granted, waits = decide_grants(plan, dup, {})

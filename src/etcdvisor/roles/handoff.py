@@ -164,7 +164,7 @@ def parse_snapshot(prefix: str, kvs: Iterable, revision: int) -> ClusterAlive:
 
 
 def decide_grants(plan: Mapping[str, frozenset[Part]], cluster: ClusterAlive,
-                  graveyard: Mapping[str, frozenset[Part]], *,
+                  graveyard: Mapping[str, frozenset[Part]], *, members: Iterable[str] | None = None,
                   max_waits: int = 20) -> tuple[dict[str, frozenset[Part]], list[Wait]]:
     """The coordinator's decision (pure, linear in the number of alive partitions).
 
@@ -175,8 +175,11 @@ def decide_grants(plan: Mapping[str, frozenset[Part]], cluster: ClusterAlive,
     member, not one held by a record that vanished less than the kill bound
     ago (``graveyard``). Returns member -> granted partitions (members with
     none left out) and, for status, up to ``max_waits`` reasons why announced
-    partitions are not granted yet."""
-    sources = [(m, "child", parts) for m, parts in cluster.records.items()]
+    partitions are not granted yet (``members``: the current membership, to tell a
+    member that left the group, whose record waits for its children or its lease)."""
+    present = plan if members is None else set(members)
+    sources = [(m, "child" if m in present else "child or lease (left the group)", parts)
+               for m, parts in cluster.records.items()]
     sources += [(m, "kill bound after lease expiry", parts) for m, parts in graveyard.items()]
     by_count: dict[int, int] = {}
     example: dict[int, tuple[str, str, Part]] = {}  # count -> one holder of it, for the reasons
@@ -204,7 +207,7 @@ def decide_grants(plan: Mapping[str, frozenset[Part]], cluster: ClusterAlive,
         ok = []
         for part in sorted(announced):
             if part.count in free_counts:
-                others = [h for h in holders.get(part, ()) if h != (member, "child")]
+                others = [h for h in holders.get(part, ()) if h[0] != member or h[1].startswith("kill")]
                 if not others:
                     ok.append(part)
                     continue

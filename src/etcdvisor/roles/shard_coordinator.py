@@ -241,7 +241,8 @@ class Coordinator:
         self.dirty, self.decided_at, self.decide_at = False, now, None
         epoch, parts = plan
         cluster = self.cluster
-        granted, self.waits = decide_grants(parts, cluster, {m: g[0] for m, g in self.graveyard.items()})
+        granted, self.waits = decide_grants(parts, cluster, {m: g[0] for m, g in self.graveyard.items()},
+                                            members=self.runner.latest.members)
         me = self.runner.ctx.member_id
         new: dict[str, Grant] = {}
         for member, ok in granted.items():
