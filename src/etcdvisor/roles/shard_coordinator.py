@@ -121,10 +121,13 @@ class Coordinator:
 
     # --- loop thread --------------------------------------------------------------
     def active(self) -> bool:
+        # (not gated on a recent keepalive: a late keepalive under load would restart the
+        # coordination, with its kill-bound wait; grants are decided on snapshots, so a
+        # coordinator whose lease is in doubt is never unsafe, and its grant writes, on
+        # that lease, fail once it expired. Info turns invalid when the lease is lost.)
         runner = self.runner
         info = runner.latest
-        return (not info.invalid() and info.index == 0 and runner.ctx.session.alive
-                and not runner.failed_reason)
+        return not info.invalid() and info.index == 0 and not runner.failed_reason
 
     def tick(self, now: float) -> None:
         active = self.active()
