@@ -125,9 +125,18 @@ NO_GRANT = Grant(0, 0, frozenset())
 def decode_grant(raw: bytes) -> Grant | None:
     """A grant record (strict: coord/records.py ``SHARD_GRANT``), or None for garbage (no grant)."""
     try:
-        doc = SHARD_GRANT.decode(raw)
+        return grant_of(SHARD_GRANT.decode(raw))
     except RecordError:
         return None
+
+
+def read_grant(kv) -> Grant:
+    """The grant in ``kv``; a bad one is no grant, with one warning naming its key."""
+    doc = SHARD_GRANT.read(kv)
+    return NO_GRANT if doc is None else grant_of(doc)
+
+
+def grant_of(doc: dict) -> Grant:
     return Grant(doc["epoch"], doc["record"], _parts_of(doc), doc.get("coordinator") or "")
 
 

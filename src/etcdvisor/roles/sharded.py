@@ -52,7 +52,7 @@ from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from .assignment import Part
 from .base import RoleRunner
-from .handoff import NO_GRANT, Blockers, Child, ClusterAlive, Grant, Wait, decode_grant, encode_record
+from .handoff import NO_GRANT, Blockers, Child, ClusterAlive, Grant, Wait, encode_record, read_grant
 from .shard_coordinator import AliveSnapshot, Coordinator, grant_key
 from .shard_plan import Published, decode_published, join_order_children, shard_children
 
@@ -128,7 +128,7 @@ class ShardedRunner(RoleRunner):
     # --- edge threads: only post ------------------------------------------------
     def _on_grant(self, change: Change) -> None:
         kv = change.snapshot.get(self.grant_key)
-        self.post((decode_grant(kv.value) if kv is not None else None) or NO_GRANT)
+        self.post(read_grant(kv) if kv is not None else NO_GRANT)
 
     def _on_assignment(self, change: Change) -> None:
         kv = change.snapshot.get(self.ctx.keys.role(self.name) + "assignment")
