@@ -342,3 +342,14 @@ def test_fixed_shards_leave_moves_only_the_leavers_shards_with_few_writes(make):
     # the plan, one announcement per receiver, one grant transaction: <= 3 x moved + 20 by far
     assert sorted(writes) == sorted(["assignment", *(f"alive/{r}" for r in receivers),
                                      ",".join(sorted([*(f"grants/{r}" for r in receivers), "grants/m1"]))]), writes
+
+
+def test_overlap_handoff_needs_no_coordinator_record_or_grant(make):
+    a = make("a", handoff="overlap")
+    b = make("b", handoff="overlap")
+    for member in (a, b):
+        assert member.runner.coordinator is None
+    wait_for(lambda: [m.turn() for m in (a, b)] and set(a.alive) == {"p0"} and set(b.alive) == {"p0"}
+             and {a.runner.running["p0"].env["COUNT"], b.runner.running["p0"].env["COUNT"]} == {"2"},
+             5, "each runs its p0 child with COUNT=2")
+    assert not make.backend.get_prefix(ROLE + "alive/").kvs and not make.backend.get_prefix(ROLE + "grants/").kvs
