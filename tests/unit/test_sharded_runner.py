@@ -353,3 +353,38 @@ def test_overlap_handoff_needs_no_coordinator_record_or_grant(make):
              and {a.runner.running["p0"].env["COUNT"], b.runner.running["p0"].env["COUNT"]} == {"2"},
              5, "each runs its p0 child with COUNT=2")
     assert not make.backend.get_prefix(ROLE + "alive/").kvs and not make.backend.get_prefix(ROLE + "grants/").kvs
+
+
+@pytest.mark.parametrize("keys", [{}, {"shards": 6}], ids=["join-order", "fixed-shards"])
+def test_random_churn_never_runs_intersecting_children(make, keys):
+    """Joins, clean leaves and deaths (the coordinator's too) in random order, children
+    exiting after random delays; after every turn no two alive children intersect
+    (drive checks), and the survivors converge."""
+    import random
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    members = [make(f"n{i}", **keys) for i in range(3)]
+    serial = 3
+    for _ in range(12):
+        action = rng.choice(["join", "leave", "die", "wait"])
+        if action == "join" or len(members) < 2:
+            members.append(make(f"n{serial}", **keys))
+            serial += 1
+        elif action == "leave":
+            victim = members.pop(rng.randrange(len(members)))
+            victim.alive.clear()  # (its children are stopped before its record is cleared)
+            victim.close()
+        elif action == "die":
+            victim = members.pop(rng.randrange(len(members)))
+            freeze(victim)
+            victim.alive.clear()  # the watchdog killed them before the lease could expire
+            make.backend.lease_revoke(victim.session.lease_id)
+        for _ in range(rng.randrange(5, 40)):
+            drive(members, lambda: True)
+            for member in members:  # each stopping child exits after a random number of turns
+                for key in [k for k in member.alive if k in member.runner.stopping and rng.random() < 0.2]:
+                    member.reap(key)
+    count = keys.get("shards") or len(members)
+    drive(members, lambda: reap_old(members, 0) or len(keys_alive(members)) == count
+          and all(not m.runner.stopping and set(m.alive) == set(m.runner.target) for m in members),
+          what="the survivors converge", timeout=20)
