@@ -25,9 +25,9 @@ Hand-off (``handoff``):
   with itself, every member stops the children that left its target without
   waiting for anything, records of dead members vanish at lease expiry, and a
   dead coordinator's place passes to the next member in join order, so every
-  wait ends. No-owner gap per partition: clean leave or move: stop time of
-  the old child + ``settle`` (join order: + a second stop time, since every
-  COUNT changes) + a few etcd round trips and a keepalive round trip; crash:
+  wait ends. No-owner gap per partition: clean leave or move: ``settle`` +
+  the stop time of the old child (join order: of the slowest old child, since
+  every COUNT changes) + a few etcd round trips and a keepalive round trip; crash:
   lease TTL + ``KILL_BOUND`` + ``settle`` + the same round trips.
 * ``overlap``: start at once; an old child may run next to a new one for up to
   ``settle`` + ``stop_timeout`` (faster, for children that tolerate it).
