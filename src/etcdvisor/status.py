@@ -27,7 +27,10 @@ when unknown or not applicable)::
              "index": 0, "count": 2, "epoch": 1200,        # sharded (else null)
              "indexes": [0], "shards": null,               # sharded: join-order indexes / fixed shards
              "handoff": "fenced", "stopping": [],          # sharded: mode, own children still stopping
-             "waiting": ["3/4 waits for web-2's child or lease (1/3)"],  # hand-offs in progress
+             "waiting": ["3/4 waits for the coordinator's start grant (3/4)"],  # hand-offs in progress
+             "coordinator": null,                          # sharded, on the member at position 0:
+             # {"state": "idle", "granting": true, "grants": 2,
+             #  "waiting": ["web-2:3/4 waits for web-1's child (1/3)"]}  (why grants are held back)
              "leader": null, "token": null,                # singleton/cron/job (else null)
              "next": null, "waiting_for": null,      # cron leader: next tick; barriers still closed
              "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
@@ -101,7 +104,7 @@ from .coord.types import KeyValue, direct_children_by_create
 from .runtime import rollout_store
 from .runtime.control import read_records as read_control
 
-SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
+SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping", "coordinator")
 EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
 # open; the service instances its running children registered (role register:)
 LEADER_FIELDS = ("leader", "token")
@@ -552,6 +555,9 @@ def _render_handoff(role: dict) -> list[str]:
         lines.append(f"  published assignment (EPOCH {pub['epoch']}, {pub['shards']} shards): "
                      + "; ".join(f"{m}: {_ranges(s)}" for m, s in pub["owners"].items()))
     for a in role["assignments"]:
+        coordinator = a.get("coordinator") if isinstance(a.get("coordinator"), dict) else {}
+        for wait in (coordinator.get("waiting") or [])[:10]:
+            lines.append(f"  hand-off (coordinator {a['member']}): {wait}")
         for wait in (a.get("waiting") or [])[:10]:
             lines.append(f"  hand-off on {a['member']}: {wait}")
         if a.get("stopping"):

@@ -202,11 +202,19 @@ def test_status_shows_the_assignment_and_a_hand_off_in_progress(fleet):
 
     doc = wait_for(waiting, 60, "m1 waiting for m0's children in status")
     (m1,) = [a for a in doc["assignments"] if a["member"] == "m1"]
-    assert all("m0's child" in w for w in m1["waiting"]), m1["waiting"]
+    assert all("the coordinator's start grant" in w for w in m1["waiting"]), m1["waiting"]
+
+    def coordinator_says_why():  # m0 (first in join order) grants; its status says what holds m1 back
+        doc = status_json(config)["roles"]["worker"]
+        (m0,) = [a for a in doc["assignments"] if a["member"] == "m0"]
+        reasons = (m0["coordinator"] or {}).get("waiting") or []
+        return doc if any(w.startswith("m1:") and "waits for m0's child" in w for w in reasons) else None
+
+    doc = wait_for(coordinator_says_why, 60, "the coordinator m0 naming m0's children in status")
     assert doc["published"]["members"] == ["m0", "m1"] and doc["published"]["shards"] == 4
     assert doc["alive"]["m0"], doc["alive"]
     text = cli("status", "-c", str(config), timeout=90).stdout.decode()
-    assert "published assignment" in text and "hand-off on m1" in text, text
+    assert "published assignment" in text and "hand-off (coordinator m0): m1:" in text, text
     settled(fleet, "worker", 4, {"m0", "m1"}, timeout=90)
 
     def owned_in_status():  # member records are rewritten at most once a second, off the loop

@@ -70,33 +70,35 @@ def _messages(caplog, text):
 def test_a_fenced_handoff_wait_is_logged_once_when_it_lasts_a_second_and_when_it_ends(caplog):
     from etcdvisor.recipes.sequence import Info
     from etcdvisor.roles.assignment import Part
-    from etcdvisor.roles.handoff import ClusterAlive
+    from etcdvisor.roles.handoff import Grant
 
     caplog.set_level(logging.INFO, logger="etcdvisor")
     h = _harness(SHARDED)
-    h.tell("worker", ClusterAlive({"vm-3": frozenset({Part(0, 1)})}, fence_mod=1, revision=5))
     h.tell("worker", Info(index=1, count=2, epoch=5, members=("vm-3", "m1")))
     h.clock.advance(0.5)
     h.session._keepalive_once()
     assert h.turn() == {}
+    h.run_effects(only="alive record")  # 1/2 announced; vm-3, the coordinator, has not granted it
     for _ in range(5):  # 0.5 s more: not yet a line
         h.clock.advance(0.1)
         h.turn()
-    assert not _messages(caplog, "waits for vm-3"), "a wait under a second is not logged"
+    assert not _messages(caplog, "waits for the coordinator"), "a wait under a second is not logged"
     deadline = h.sup._next_deadline()
     assert deadline is not None and deadline <= h.clock() + 0.5, "the loop wakes up to log it on time"
     for _ in range(10):
         h.clock.advance(0.2)
         h.turn()
-    began = _messages(caplog, "waits for vm-3")
-    assert len(began) == 1 and began[0].startswith("role worker: 1/2 waits for vm-3's child (0/1) (1."), began
-    h.tell("worker", ClusterAlive({"vm-3": frozenset()}, fence_mod=1, revision=6))
+    began = _messages(caplog, "waits for the coordinator")
+    assert len(began) == 1 and began[0].startswith(
+        "role worker: 1/2 waits for the coordinator's start grant (1/2) (1."), began
+    record = h.backend.get("/etcdvisor/loop/roles/worker/alive/m1").mod_revision
+    h.tell("worker", Grant(5, record, frozenset({Part(1, 2)}), "vm-3"))
     h.clock.advance(0.3)
     h.turn()
     ended = _messages(caplog, "done waiting")
     assert len(ended) == 1 and ended[0].startswith("role worker: done waiting after 2.")
-    assert ended[0].endswith("1/2 waits for vm-3's child (0/1)")
-    assert len(_messages(caplog, "waits for vm-3")) == 2, "one line when it began, one when it ended"
+    assert ended[0].endswith("1/2 waits for the coordinator's start grant (1/2)")
+    assert len(_messages(caplog, "waits for the coordinator")) == 2, "one line when it began, one when it ended"
 
 
 def test_a_role_held_by_a_barrier_logs_what_it_waits_for_and_when_it_opens(caplog):
@@ -249,6 +251,8 @@ def test_the_member_record_carries_who_wrote_it():
 
 def test_debug_shows_assignment_fence_effects_and_control_records(caplog):
     from etcdvisor.recipes.sequence import Info
+    from etcdvisor.roles.assignment import Part
+    from etcdvisor.roles.handoff import Grant
     from etcdvisor.runtime.control import ControlChanged
 
     caplog.set_level(logging.DEBUG, logger="etcdvisor")
@@ -261,8 +265,14 @@ def test_debug_shows_assignment_fence_effects_and_control_records(caplog):
     h.turn()
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert "role worker: assignment computed: [0/1] (membership 0 of 1, epoch 3)" in debug, debug
-    assert any(m.startswith("role worker: fence at revision") and "free to start [0/1]" in m for m in debug)
-    assert any(m.startswith("role worker: alive record written at revision") for m in debug)
+    assert any(m.startswith("role worker: grant (record 0) covers []; waits: 0/1 waits for the coordinator")
+               for m in debug), debug
+    written = [m for m in debug if m.startswith("role worker: alive record written at revision")]
+    assert written, debug
+    h.tell("worker", Grant(3, int(written[0].split()[7].rstrip(":")), frozenset({Part(0, 1)}), "m1"))
+    h.turn()
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("role worker: grant (record ") and "covers [0/1]" in m for m in debug), debug
     caplog.clear()
     h.sup.ops.control.synced = True  # not the first look: a record is a command to act on
     h.sup.ops.on_control(ControlChanged({"worker": {"reset": {"revision": 9, "who": "ops@h", "at": "now"}}},

@@ -15,6 +15,7 @@ import pytest
 from etcdvisor.coord.errors import Unavailable
 from etcdvisor.recipes.sequence import Info
 from etcdvisor.recipes.topic import Message
+from etcdvisor.roles.handoff import Grant, decode_record
 from etcdvisor.roles.job import JobRecord
 from etcdvisor.roles.singleton import Deposed, Elected
 from etcdvisor.roles.topic import Delivered
@@ -219,14 +220,23 @@ SHARDED = """
 """
 
 
+def grant(h: LoopHarness, role: str = "worker") -> None:
+    """The coordinator's start grant for what this member's alive record announces
+    (as its grant watch would deliver it; turn tests start no watches)."""
+    kv = h.backend.get(f"/etcdvisor/{h.config.cluster}/roles/{role}/alive/{h.sup.ctx.member_id}")
+    h.tell(role, Grant(0, kv.mod_revision, decode_record(kv.value), "coordinator"))
+
+
 def start_sharded(h: LoopHarness, info: Info) -> dict:
     """Settle ``info``, then the fenced hand-off: alive record written (an
-    effect), a keepalive sent after it came back; return what runs."""
+    effect), the coordinator's grant, a keepalive sent after it; return what runs."""
     h.tell("worker", info)
     h.clock.advance(0.5)
     h.session._keepalive_once()
     h.turn()
     h.run_effects(only="alive record")
+    h.turn()
+    grant(h)
     h.turn()
     h.clock.advance(0.1)
     h.session._keepalive_once()
@@ -243,7 +253,9 @@ def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
     assert h.turn() == {}, "started before its alive record was written"
     assert h.effect_names() == ["alive record"]
     h.run_effects()
-    assert h.turn() == {}, "record written, but no keepalive sent after the write came back yet"
+    assert h.turn() == {}, "record written, but no grant from the coordinator yet"
+    grant(h)
+    assert h.turn() == {}, "granted, but no keepalive sent after the grant came yet"
     h.clock.advance(0.1)
     h.session._keepalive_once()
     running = h.turn()
@@ -264,7 +276,9 @@ def test_a_runner_that_raises_fails_its_role_only():
     h.tell("migrate", JobRecord(None))
     h.turn()
     h.run_effects()
-    h.turn()  # the worker's alive record came back: its start waits for one more keepalive
+    h.turn()  # the worker's alive record came back: its start waits for its grant
+    grant(h)
+    h.turn()  # and for one more keepalive
     h.clock.advance(0.1)
     h.session._keepalive_once()
     assert set(h.turn()) == {"worker", "migrate"}

@@ -46,6 +46,8 @@ VALID = {
     "rollout": {"id": "r1", "trigger": "restart", "who": "ann@laptop", "started": NOW, "target": "r1",
                 "state": "running", "done": ["m1:worker[0]"], "failed": None, "finished": None, "resumed": None},
     "rollout slot": {"member": "m1", "child": "worker[0]", "rollout": "r1"},
+    "shard alive": {"parts": {"4": [0, 3], "2": [1]}},
+    "shard grant": {"epoch": 12, "record": 15, "parts": {"4": [0, 3]}, "coordinator": "m1"},
 }
 
 WRONG = {"string": 5, "integer": "5", "number": "1.5", "boolean": 1, "time": "now", "object": [1],
@@ -336,3 +338,15 @@ def test_a_leader_name_is_bounded_printable_text(caplog):
         for raw in (b"", b"a\x00b", b"\xff\xfe", b"x" * 254, b"line\nbreak"):
             assert member_name("/e/1", raw, 6 + len(raw)) is None
     assert len([r for r in caplog.records if "skipping member name record /e/1" in r.getMessage()]) == 5
+
+
+@pytest.mark.parametrize("kind", ["shard alive", "shard grant"])
+@pytest.mark.parametrize("parts", [
+    {"x": [1]}, {"0": []}, {"-4": [1]}, {"4": [4]}, {"4": [-1]}, {"4": [True]}, {"4": [1.0]}, {"4": "1"},
+    {"4": {"1": 1}}, {"1" * 23: [0]}, {"٤": [1]},
+])
+def test_partition_maps_are_decoded_strictly(kind, parts):
+    """Alive records and start grants name partitions ``{"<COUNT>": [INDEX, ...]}``: a count
+    is a short ASCII decimal > 0, an index an integer in ``0..COUNT-1``; nothing is converted."""
+    with pytest.raises(RecordError):
+        KINDS[kind].decode(json.dumps({**VALID[kind], "parts": parts}))

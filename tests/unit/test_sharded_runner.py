@@ -19,7 +19,7 @@ from etcdvisor.events import RoleEvent
 from etcdvisor.process.slot import Started, Stopped
 from etcdvisor.roles.assignment import Part, intersects
 from etcdvisor.roles.base import RuntimeContext
-from etcdvisor.roles.handoff import decode_record
+from etcdvisor.roles.handoff import EVERYTHING, ClusterAlive, Grant, decide_grants, decode_grant, decode_record
 from etcdvisor.roles.sharded import ShardedRunner
 from etcdvisor.testing import wait_for
 
@@ -166,3 +166,225 @@ def test_a_dead_members_shards_wait_for_its_lease(make):
     drive([a], lambda: len(a.alive) == 2, what="a takes b's shard")
     assert time.monotonic() - took >= 0.45, "did not wait out the kill bound after the record vanished"
     b.alive.clear()
+
+
+# --- the coordinator protocol (one coordinator per role grants fenced starts) ------------------
+ROLE = "/etcdvisor/unit/roles/worker/"
+
+
+def freeze(member: Member) -> None:
+    """The member stops acting (SIGSTOP, or dead before its lease expired): its
+    threads stop, its lease stays until the test revokes it ("expiry")."""
+    member.runner.sequence.stop(leave=False)
+    for watcher in member.runner.watchers:
+        watcher.stop()
+    if member.runner.coordinator is not None:
+        member.runner.coordinator.close()
+    member.session.close(revoke=False)
+
+
+def grant_of(backend, member_id: str) -> Grant | None:
+    kv = backend.get(f"{ROLE}grants/{member_id}/grant")
+    return decode_grant(kv.value) if kv is not None else None
+
+
+def reap_old(members, count: int) -> None:
+    """The children that left their member's target exit (the test is their process layer)."""
+    for member in members:
+        for key in [k for k in member.alive if k in member.runner.stopping]:
+            member.reap(key)
+
+
+def keys_alive(members) -> list[str]:
+    return sorted(k for m in members for k in m.alive)
+
+
+def test_join_order_leave_costs_one_record_write_per_member_and_one_grant_batch(make):
+    members = [make(f"m{i}") for i in range(5)]
+    drive(members, lambda: keys_alive(members) == [f"{i}/5" for i in range(5)], what="five children")
+    assert members[0].runner.coordinator.active() and members[0].runner.coordinator.watcher is not None
+    for member in members[1:]:  # only the coordinator follows the alive records
+        assert member.runner.coordinator.watcher is None
+        assert {w.prefix for w in member.runner.watchers} == {f"{ROLE}grants/{member.runner.ctx.member_id}/"}
+    leaver = members.pop(2)
+    leaver.alive.clear()
+    leaver.close()
+    writes: list[str] = []  # every write is a transaction in the memory backend: one per revision
+    real_txn = make.backend.txn
+    make.backend.txn = lambda compares, ops, *a, **kw: (writes.append(",".join(sorted(
+        {"/".join(op.key[len(ROLE):].split("/")[:2]) for op in ops}))) or real_txn(compares, ops, *a, **kw))
+    drive(members, lambda: reap_old(members, 5) or keys_alive(members) == [f"{i}/4" for i in range(4)],
+          what="four children of x/4 after the leave")
+    # one alive-record write per remaining member, one transaction for the four grants (and the
+    # leaver's grant deleted), nothing else
+    assert sorted(writes) == ["alive/m0", "alive/m1", "alive/m3", "alive/m4",
+                              "grants/m0,grants/m1,grants/m2,grants/m3,grants/m4"], writes
+    assert grant_of(make.backend, "m2") is None
+    for member in members:
+        assert grant_of(make.backend, member.runner.ctx.member_id).coordinator == "m0"
+
+
+def test_new_children_wait_for_the_coordinators_grant(make):
+    a = make("a")
+    drive([a], lambda: set(a.alive) == {"0/1"}, what="a runs")
+    b = make("b")
+    drive([a, b], lambda: b.runner.record == {Part(1, 2)} and "0/1" in a.runner.stopping, what="b announces")
+    for _ in range(20):
+        drive([a, b], lambda: True)
+        assert not b.alive
+    assert any("the coordinator's start grant" in w for w in b.runner.status()["waiting"])
+    drive([a, b], lambda: any("b:1/2 waits for a's child" in w for w in a.runner.status()["coordinator"]["waiting"]),
+          what="the coordinator says why b waits")
+    assert not b.alive
+    a.reap("0/1")
+    drive([a, b], lambda: set(a.alive) == {"0/2"} and set(b.alive) == {"1/2"}, what="both run")
+    grant = grant_of(make.backend, "b")
+    assert grant.parts == {Part(1, 2)} and grant.coordinator == "a"
+    assert grant.record == make.backend.get(f"{ROLE}alive/b").mod_revision
+
+
+def test_coordinator_dies_mid_plan_and_the_next_one_takes_over(make):
+    a, b, c = make("a"), make("b"), make("c")
+    drive([a, b, c], lambda: keys_alive([a, b, c]) == ["0/3", "1/3", "2/3"], what="three run")
+    d = make("d")  # everybody stops x/3 and announces x/4
+    drive([a, b, c, d], lambda: reap_old([b, c], 3) or all(
+        m.runner.record is not None and {p.count for p in m.runner.record} == {4} for m in (b, c, d)),
+        what="b, c, d announced x/4")
+    assert "0/3" in a.alive  # the coordinator's own old child still runs: no x/4 grant possible
+    freeze(a)  # the coordinator stops mid-plan (SIGSTOP, then its lease runs out)
+    for _ in range(30):
+        drive([b, c, d], lambda: True)
+        assert not (b.alive or c.alive or d.alive)
+    a.alive.clear()  # the watchdog killed a's child before its lease could expire
+    make.backend.lease_revoke(a.session.lease_id)  # expiry: a's records and grants go with its lease
+    took = time.monotonic()
+    drive([b, c, d], lambda: reap_old([b, c, d], 4) or (set(b.alive), set(c.alive), set(d.alive))
+          == ({"0/3"}, {"1/3"}, {"2/3"}), what="b, c, d converge on x/3, b coordinating")
+    assert time.monotonic() - took >= 0.45, "granted within the kill bound after a's record vanished"
+    assert b.runner.coordinator.active() and grant_of(make.backend, "d").coordinator == "b"
+    assert grant_of(make.backend, "a") is None
+
+
+def test_a_stale_grant_covers_nothing_announced_after_it(make):
+    a, b = make("a"), make("b")
+    drive([a, b], lambda: keys_alive([a, b]) == ["0/2", "1/2"], what="two run")
+    c = make("c")
+    drive([a, b, c], lambda: c.runner.record == {Part(2, 3)}, what="c announces 2/3")
+    announced = c.runner.since[Part(2, 3)]
+    # a grant decided on c's record before this announcement (a coordinator that saw an
+    # earlier revision, delayed or deposed since) arrives: it must not start 2/3 while 0/2 lives
+    stale = Grant(1, announced - 1, frozenset({Part(2, 3)}), "ghost")
+    make.backend.put(f"{ROLE}grants/c/grant", stale.encode())
+    wait_for(lambda: c.turn() is not None and c.runner.grant == stale, 5, "c sees the stale grant")
+    for _ in range(30):
+        drive([a, b, c], lambda: True)  # drive() fails on any overlap
+        assert not c.alive
+    assert not stale.covers({Part(2, 3)}, c.runner.since)
+    drive([a, b, c], lambda: reap_old([a, b], 2) or keys_alive([a, b, c]) == ["0/3", "1/3", "2/3"],
+          what="the real grant starts the new assignment")
+
+
+def test_coordinator_decision_is_linear_and_honours_every_holder():
+    four = [Part(i, 4) for i in range(4)]
+    plan = {f"m{i}": frozenset({four[i]}) for i in range(4)}
+    announced = ClusterAlive({f"m{i}": frozenset({four[i]}) for i in range(4)}, {f"m{i}": 10 + i for i in range(4)})
+    granted, waits = decide_grants(plan, announced, {})
+    assert granted == plan and not waits
+    # one old child of another count anywhere blocks everything
+    old = ClusterAlive({**announced.records, "m1": frozenset({four[1], Part(1, 3)})}, announced.mods)
+    granted, waits = decide_grants(plan, old, {})
+    assert granted == {} and len(waits) == 4 and all(w.member == "m1" for w in waits)
+    # a member that left the group still holds its record until its children are reaped (or its lease goes)
+    left = ClusterAlive({**announced.records, "gone": frozenset({Part(0, 3)})}, announced.mods)
+    granted, waits = decide_grants(plan, left, {}, members=list(plan))
+    assert granted == {} and waits[0].describe() == "m0:0/4 waits for gone's child or lease (left the group) (0/3)"
+    # the same partition held by someone else blocks it, and only it
+    dup = ClusterAlive({**announced.records, "x": frozenset({four[2]})}, announced.mods)
+    granted, waits = decide_grants(plan, dup, {})
+    assert set(granted) == {"m0", "m1", "m3"} and waits[0].member == "x"
+    # a record that vanished less than the kill bound ago, and a garbage record, hold everything they held
+    assert decide_grants(plan, announced, {"gone": frozenset({Part(0, 8)})})[0] == {}
+    assert decide_grants(plan, ClusterAlive({**announced.records, "bad": EVERYTHING}), {})[0] == {}
+    # nothing is granted that the member did not announce, nor what is outside its plan
+    assert decide_grants(plan, ClusterAlive({"m0": frozenset({four[0], four[1]})}), {})[0] == {"m0": {four[0]}}
+
+
+def test_a_leave_and_a_join_within_settle_are_one_change_even_where_the_coordinators_place_stays(make):
+    a, b, c = (make(m, settle="1s") for m in "abc")
+    drive([a, b, c], lambda: keys_alive([a, b, c]) == ["0/3", "1/3", "2/3"], what="three run", timeout=10)
+    started = a.starts
+    b.alive.clear()
+    b.close()
+    d = make("d", settle="1s")  # within settle: a is 0 of 3 before and after, c and d move
+    drive([a, c, d], lambda: reap_old([a, c, d], 3) or (set(a.alive), set(c.alive), set(d.alive))
+          == ({"0/3"}, {"1/3"}, {"2/3"}), what="c and d take 1/3 and 2/3", timeout=10)
+    assert a.starts == started, "the coordinator's own child was restarted"
+    assert grant_of(make.backend, "d").coordinator == "a"
+
+
+def test_fixed_shards_leave_moves_only_the_leavers_shards_with_few_writes(make):
+    members = [make(f"m{i}", shards=16) for i in range(4)]
+    drive(members, lambda: len(keys_alive(members)) == 16 and all(len(m.alive) == 4 for m in members),
+          what="four shards each")
+    started = {m.runner.ctx.member_id: m.starts for m in members}
+    leaver = members.pop(1)
+    moved = set(leaver.alive)
+    leaver.alive.clear()
+    leaver.close()
+    writes: list[str] = []
+    real_txn = make.backend.txn
+    make.backend.txn = lambda compares, ops, *a, **kw: (writes.append(",".join(sorted(
+        {"/".join(op.key[len(ROLE):].split("/")[:2]) for op in ops}))) or real_txn(compares, ops, *a, **kw))
+    drive(members, lambda: len(keys_alive(members)) == 16, what="the leaver's shards taken over")
+    assert sorted(keys_alive(members)) == sorted(f"shard-{s}" for s in range(16))
+    assert sum(m.starts - started[m.runner.ctx.member_id] for m in members) == len(moved), "only moved shards start"
+    receivers = [m.runner.ctx.member_id for m in members if m.starts > started[m.runner.ctx.member_id]]
+    # the plan, one announcement per receiver, one grant transaction: <= 3 x moved + 20 by far
+    assert sorted(writes) == sorted(["assignment", *(f"alive/{r}" for r in receivers),
+                                     ",".join(sorted([*(f"grants/{r}" for r in receivers), "grants/m1"]))]), writes
+
+
+def test_overlap_handoff_needs_no_coordinator_record_or_grant(make):
+    a = make("a", handoff="overlap")
+    b = make("b", handoff="overlap")
+    for member in (a, b):
+        assert member.runner.coordinator is None
+    wait_for(lambda: [m.turn() for m in (a, b)] and set(a.alive) == {"p0"} and set(b.alive) == {"p0"}
+             and {a.runner.running["p0"].env["COUNT"], b.runner.running["p0"].env["COUNT"]} == {"2"},
+             5, "each runs its p0 child with COUNT=2")
+    assert not make.backend.get_prefix(ROLE + "alive/").kvs and not make.backend.get_prefix(ROLE + "grants/").kvs
+
+
+@pytest.mark.parametrize("keys", [{}, {"shards": 6}], ids=["join-order", "fixed-shards"])
+def test_random_churn_never_runs_intersecting_children(make, keys):
+    """Joins, clean leaves and deaths (the coordinator's too) in random order, children
+    exiting after random delays; after every turn no two alive children intersect
+    (drive checks), and the survivors converge."""
+    import random
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    members = [make(f"n{i}", **keys) for i in range(3)]
+    serial = 3
+    for _ in range(12):
+        action = rng.choice(["join", "leave", "die", "wait"])
+        if action == "join" or len(members) < 2:
+            members.append(make(f"n{serial}", **keys))
+            serial += 1
+        elif action == "leave":
+            victim = members.pop(rng.randrange(len(members)))
+            victim.alive.clear()  # (its children are stopped before its record is cleared)
+            victim.close()
+        elif action == "die":
+            victim = members.pop(rng.randrange(len(members)))
+            freeze(victim)
+            victim.alive.clear()  # the watchdog killed them before the lease could expire
+            make.backend.lease_revoke(victim.session.lease_id)
+        for _ in range(rng.randrange(5, 40)):
+            drive(members, lambda: True)
+            for member in members:  # each stopping child exits after a random number of turns
+                for key in [k for k in member.alive if k in member.runner.stopping and rng.random() < 0.2]:
+                    member.reap(key)
+    count = keys.get("shards") or len(members)
+    drive(members, lambda: reap_old(members, 0) or len(keys_alive(members)) == count
+          and all(not m.runner.stopping and set(m.alive) == set(m.runner.target) for m in members),
+          what="the survivors converge", timeout=20)

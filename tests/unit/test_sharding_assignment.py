@@ -122,8 +122,9 @@ def test_record_round_trip_and_garbage():
            KeyValue("/p/alive/b", encode_record(parts), 2, 2, 1, lease=6),
            KeyValue("/p/alive", b"", 3, 7, 1), KeyValue("/p/alive/x/deeper", b"", 4, 4, 1, lease=5),
            KeyValue("/p/alive/nolease", b"{not json", 5, 5, 1)]
-    snap = parse_snapshot("/p/alive/", "/p/alive", kvs, 9)
-    assert snap.fence_mod == 7 and snap.records["b"] == parts and snap.records["a"] is EVERYTHING
+    snap = parse_snapshot("/p/alive/", kvs, 9)
+    assert snap.records["b"] == parts and snap.records["a"] is EVERYTHING and snap.revision == 9
+    assert snap.mods == {"a": 1, "b": 2}
     assert set(snap.records) == {"a", "b"}, "deeper keys and records on no lease are not members' records"
     for bad in (b'{"parts": {"4": [9]}}', b'{"parts": {"x": [1]}}', b'[]', b'{"parts": {"4": [true]}}',
                 b"x" * (600 * 1024)):

@@ -4,6 +4,9 @@
 
     /etcdvisor/<cluster>/members/<member>                  member record (JSON, lease)
     /etcdvisor/<cluster>/roles/<role>/shard/<member>       sharded membership (lease)
+    /etcdvisor/<cluster>/roles/<role>/assignment           fixed shards: the coordinator's plan
+    /etcdvisor/<cluster>/roles/<role>/alive/<member>       fenced sharded: partitions alive or announced (lease)
+    /etcdvisor/<cluster>/roles/<role>/grants/<member>/grant  fenced sharded: start grant (coordinator's lease)
     /etcdvisor/<cluster>/roles/<role>/election/<lease>     singleton/cron/job election (lease)
     /etcdvisor/<cluster>/roles/<role>/status/<member>      a member's view of the role (JSON, lease)
     /etcdvisor/<cluster>/roles/<role>/ticks/<tick-id>      cron tick claims and results

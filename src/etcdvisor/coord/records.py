@@ -420,6 +420,7 @@ ROLE_STATUS_FIELDS = {
     "leader": Field(BOOL, nullable=True), "token": Field(INT, nullable=True), "next": Field(STR, nullable=True),
     "waiting_for": Field(LIST, nullable=True), "registered": Field(LIST, nullable=True, items=OBJECT),
     "paused": Field(BOOL, nullable=True), "children": Field(OBJECT, nullable=True, items=OBJECT),
+    "coordinator": Field(OBJECT, nullable=True),
 }
 
 
@@ -510,6 +511,48 @@ DONE = RecordKind("done", {
     "finished": Field(TIME, nullable=True),
 }, max_bytes=SMALL_RECORD_BYTES)
 
+#: a partition map ``{"<count>": [index, ...]}`` (sharded roles: alive records and grants)
+MAX_PARTITION_INDEXES = 1 << 20  # indexes listed in one map (4096 shards fit many times over)
+
+
+def partitions(doc: dict[str, Any], name: str = "parts") -> str | None:
+    """None when ``doc[name]`` is a partition map: decimal counts (1 to 22 digits, > 0) mapping
+    to lists of integer indexes ``0 <= index < count``; else the reason."""
+    value, seen = doc[name], 0
+    if not isinstance(value, dict):
+        return f"field {name!r} must be an object"
+    for count, indexes in value.items():
+        n = decimal(count)
+        if n is None or n < 1:
+            return f"field {name!r}: count {count!r:.40} is not a positive integer"
+        if not isinstance(indexes, list):
+            return f"field {name!r}: the indexes of count {n} must be a list, not {_json_type(indexes)}"
+        seen += len(indexes)
+        if seen > MAX_PARTITION_INDEXES:
+            return f"field {name!r} lists more than {MAX_PARTITION_INDEXES} indexes"
+        for index in indexes:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                return f"field {name!r}: index {index!r:.40} out of range for count {n}"
+    return None
+
+
+#: ``roles/<role>/alive/<member>`` (roles/handoff.py): the partitions of every child a member of a
+#: fenced sharded role runs, is about to start (its announced intents) or is still stopping; on its lease
+SHARD_ALIVE = RecordKind("shard alive", {
+    "parts": Field(OBJECT, required=True, items=LIST),
+}, max_bytes=512 * 1024, check=partitions)
+
+#: ``roles/<role>/grants/<member>/grant`` (roles/shard_coordinator.py): the coordinator's start grant
+#: for a member of a fenced sharded role: the partitions of that member's alive record at mod revision
+#: ``record`` that no other alive partition intersected; on the coordinator's lease
+SHARD_GRANT = RecordKind("shard grant", {
+    "epoch": Field(INT, required=True, minimum=0),
+    "record": Field(INT, required=True, minimum=1),
+    "parts": Field(OBJECT, required=True, items=LIST),
+    "coordinator": Field(STR, nullable=True, max_len=253),
+}, max_bytes=512 * 1024, check=partitions)
+
 #: every kind above, by name (the unit test's table runs over these)
 KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
-    CONTROL, SERVICE_INSTANCE, APPLICATION_ROUTE, MEMBER, TICK, JOB, DONE, ROLLOUT, ROLLOUT_SLOT)}
+    CONTROL, SERVICE_INSTANCE, APPLICATION_ROUTE, MEMBER, TICK, JOB, DONE, ROLLOUT, ROLLOUT_SLOT,
+    SHARD_ALIVE, SHARD_GRANT)}

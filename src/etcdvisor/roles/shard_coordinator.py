@@ -1,16 +1,54 @@
-"""The fixed-shard coordinator: the first member in join order publishes.
+"""The coordinator of a ``sharded`` role: the first member in join order.
 
-Whenever the settled membership (``settle`` without change) differs from the
-members of the published assignment, the coordinator computes
-:func:`~etcdvisor.roles.assignment.balance_shards` from the published
-assignment and the membership snapshot, and writes it to
-``roles/<role>/assignment`` with a compare-and-swap on the key's mod revision
-(a stale coordinator's write fails; it retries from the newer value). The key
-is not on a lease: it is the previous assignment the next coordinator starts
-from, so stickiness survives a coordinator's death. A wrong or stale
-publication is never unsafe: every start is fenced by the alive records.
+One member per role coordinates: the one at position 0 of the role's
+sequence (``roles/<role>/shard/``, join order). Why position 0 rather than an
+election: every member already follows the sequence, so no extra keys, watches
+or campaign writes; position 0 is the oldest member, so it changes only when
+that member goes; and nothing here needs a single coordinator for safety (two
+that briefly both believe they are first are only slower, see below).
 
-States: IDLE -> SETTLING (membership changed) -> PUBLISHING -> IDLE.
+It has two jobs:
+
+* **publish the plan** (fixed shards, ``shards: N``): whenever the settled
+  membership (``settle`` without change) differs from the members of the
+  published assignment, compute
+  :func:`~etcdvisor.roles.assignment.balance_shards` from the published
+  assignment and the membership snapshot and write it to
+  ``roles/<role>/assignment`` with a compare-and-swap on the key's mod revision
+  (a stale coordinator's write fails; it retries from the newer value). The
+  key is not on a lease: it is the previous assignment the next coordinator
+  starts from, so stickiness survives a coordinator's death. With join order
+  the plan is the settled membership itself (every member computes its
+  ``INDEX``/``COUNT`` from it), so nothing is published.
+
+* **grant starts** (``handoff: fenced``): it alone watches the alive records
+  (``roles/<role>/alive/``); after the plan settled, it writes each member's
+  start grant ``roles/<role>/grants/<member>/grant`` (:class:`~.handoff.Grant`:
+  the plan's ``epoch``, the mod revision of the member's alive record it
+  decided on, and the partitions granted) once the partitions that member
+  announced in its alive record intersect nothing else alive
+  (:func:`~.handoff.decide_grants`). All grants that became possible at once go
+  out in one transaction (batches of :data:`BATCH` puts), on the coordinator's
+  lease: a coordinator whose lease expired cannot write one, and its grants
+  vanish with it. A new coordinator (after a death mid-plan) starts from what
+  is published: the alive records and the published assignment; it grants
+  nothing until :data:`~etcdvisor.timing.KILL_BOUND` after its first snapshot
+  (a record that vanished just before it started watching is honoured that
+  long, as the graveyard would), and re-grants what is due.
+
+Safety does not rest on a single coordinator: a grant covers only partitions
+the member's record announced at or before the revision the grant names, and
+was decided on a snapshot showing that record and nothing intersecting; the
+member starts only partitions announced continuously since then
+(:meth:`~.handoff.Grant.covers`). Of two intersecting announcements, the later
+one is written after the snapshot that granted the earlier (or that snapshot
+would have shown it), so any snapshot that could grant the later shows the
+earlier until its child was reaped. A grant from a dead or deposed
+coordinator is therefore either still true or covers nothing.
+
+States: IDLE -> SETTLING (membership changed) -> PUBLISHING -> IDLE;
+granting: off (not first) -> WATCHING (waiting for the first snapshot and the
+kill bound) -> GRANTING.
 """
 
 from __future__ import annotations
@@ -19,8 +57,11 @@ import enum
 import logging
 from typing import TYPE_CHECKING
 
+from .. import timing
 from ..coord import types as t
-from .assignment import balance_shards, moved
+from ..coord.watcher import Change, PrefixWatcher
+from .assignment import Part, balance_shards, join_order_parts, moved
+from .handoff import ClusterAlive, Grant, Wait, decide_grants, parse_snapshot
 from .shard_plan import Published
 
 if TYPE_CHECKING:
@@ -29,12 +70,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("etcdvisor")
 RETRY = 1.0
 WATCH_GRACE = 2.0  # after a successful publish, wait this long for the watch to show it
+BATCH = 100  # puts per grant transaction (etcd's --max-txn-ops defaults to 128)
+DECIDE_EVERY = 0.05  # seconds between two grant decisions (each is linear in the alive partitions)
 
 
 class CoordinatorState(enum.Enum):
     IDLE = "idle"
     SETTLING = "settling"
     PUBLISHING = "publishing"
+
+
+class AliveSnapshot:
+    """What the coordinator's alive watcher posts (``gen``: which watcher)."""
+
+    def __init__(self, gen: int, cluster: ClusterAlive):
+        self.gen = gen
+        self.cluster = cluster
 
 
 class Coordinator:
@@ -45,12 +96,51 @@ class Coordinator:
         self.retry_at: float | None = None
         self.key = runner.ctx.keys.role(runner.name) + "assignment"
         self.sent: tuple[tuple[str, ...], float] | None = None  # members published, until when to trust it
+        # granting (fenced hand-off)
+        self.alive_prefix = runner.ctx.keys.role(runner.name) + "alive/"
+        self.watching = False  # granting: we are first and follow the alive records
+        self.watcher: PrefixWatcher | None = None  # (None in turn tests: they post the snapshots)
+        self.gen = 0
+        self.cluster: ClusterAlive | None = None
+        self.graveyard: dict[str, tuple[frozenset[Part], float]] = {}
+        self.grant_from: float | None = None  # first snapshot + kill bound
+        self.written: dict[str, Grant] = {}  # grants this coordinator wrote (and that came back)
+        self.granting = False  # a grant write is in flight
+        self.grant_retry_at: float | None = None
+        self.dirty = True
+        self.plan_seen: tuple | None = None
+        self._plan: tuple[tuple, tuple[int, dict[str, frozenset[Part]]]] | None = None
+        self.waits: list[Wait] = []
+        self.waited = False  # the kill bound after the first snapshot has passed
+        self.settle_at: float | None = None  # join order: when the membership will have settled
+        self.decided_at = float("-inf")
+        self.decide_at: float | None = None  # the next decision, held back by DECIDE_EVERY
+
+    def grant_key(self, member: str) -> str:
+        return grant_key(self.runner, member)
+
+    # --- loop thread --------------------------------------------------------------
+    def active(self) -> bool:
+        # (not gated on a recent keepalive: a late keepalive under load would restart the
+        # coordination, with its kill-bound wait; grants are decided on snapshots, so a
+        # coordinator whose lease is in doubt is never unsafe, and its grant writes, on
+        # that lease, fail once it expired. Info turns invalid when the lease is lost.)
+        runner = self.runner
+        info = runner.latest
+        return not info.invalid() and info.index == 0 and not runner.failed_reason
 
     def tick(self, now: float) -> None:
+        active = self.active()
+        if self.runner.shards:
+            self._publish_tick(now, active)
+        if self.runner.fenced:
+            self._grant_tick(now, active)
+
+    def _publish_tick(self, now: float, active: bool) -> None:
         """Publish if this member leads and the settled membership changed."""
         runner = self.runner
         info, pub = runner.latest, runner.published
-        if info.invalid() or info.index != 0 or self.state is CoordinatorState.PUBLISHING:
+        if not active or self.state is CoordinatorState.PUBLISHING:
             self.due_at = None
             return
         if pub is not None and pub.members == info.members and pub.shards == runner.shards:
@@ -88,8 +178,201 @@ class Coordinator:
         else:
             self.retry_at = None
 
+    # --- granting -----------------------------------------------------------------
+    def plan(self, now: float) -> tuple[int, dict[str, frozenset[Part]]] | None:
+        """The settled plan (epoch, member -> partitions), or None while settling
+        (computed once per plan: a thousand members' partitions are not rebuilt every turn)."""
+        runner = self.runner
+        latest = runner.latest
+        if runner.shards:
+            pub = runner.published
+            if pub is None or pub.shards != runner.shards or pub.members != latest.members:
+                return None
+            key: tuple = ("shards", pub.mod, pub.epoch)
+            if self._plan is None or self._plan[0] != key:
+                self._plan = (key, (pub.epoch, {m: frozenset(Part(s, pub.shards) for s in pub.owners.get(m, ()))
+                                                for m in pub.members}))
+            return self._plan[1]
+        # join order: the membership itself, once it stayed unchanged for ``settle`` (our own
+        # INDEX/COUNT may be unchanged while others moved: the runner's applied Info is not it)
+        if latest.invalid() or now < runner.latest_at + (runner.spec.settle or 0.0):
+            return None
+        key = ("join", latest.epoch, runner.processes)
+        if self._plan is None or self._plan[0] != key:
+            members, k = latest.members, runner.processes
+            self._plan = (key, (latest.epoch, {m: frozenset(join_order_parts(i, len(members), k))
+                                               for i, m in enumerate(members)}))
+        return self._plan[1]
+
+    def _grant_tick(self, now: float, active: bool) -> None:
+        if not active:
+            if self.watching:
+                self._stop_watching()
+            return
+        if not self.watching:
+            self._start_watching()
+            return
+        if self.decide_at is not None and now >= self.decide_at:
+            self.decide_at = None  # (set again below if the decision is still held back)
+        if self.cluster is None or self.grant_from is None:
+            return
+        expired = [m for m, (_, until) in self.graveyard.items() if until <= now]
+        for member in expired:
+            del self.graveyard[member]
+            self.dirty = True
+        if self.grant_retry_at is not None and now >= self.grant_retry_at:
+            self.grant_retry_at = None
+        if now < self.grant_from:
+            return
+        self.waited = True
+        if self.granting or self.grant_retry_at is not None:
+            return
+        plan = self.plan(now)
+        if plan is None:
+            self.waits = []
+            self.settle_at = self.runner.latest_at + (self.runner.spec.settle or 0.0)
+            return
+        self.settle_at = None
+        seen = self._plan[0] if self._plan else None
+        if seen != self.plan_seen:
+            self.plan_seen, self.dirty = seen, True
+        if not self.dirty:
+            return
+        if now < self.decided_at + DECIDE_EVERY:  # a burst of alive records: one decision per 50 ms
+            self.decide_at = self.decided_at + DECIDE_EVERY
+            return
+        self.dirty, self.decided_at, self.decide_at = False, now, None
+        epoch, parts = plan
+        cluster = self.cluster
+        granted, self.waits = decide_grants(parts, cluster, {m: g[0] for m, g in self.graveyard.items()},
+                                            members=self.runner.latest.members)
+        me = self.runner.ctx.member_id
+        new: dict[str, Grant] = {}
+        for member, ok in granted.items():
+            record = cluster.mods.get(member, 0)
+            old = self.written.get(member)
+            if old is None or old.record != record or not ok <= old.parts:
+                new[member] = Grant(epoch, record, ok, me)
+        if not new:
+            return
+        # grants of members gone from the plan go in the same write (they cover nothing a
+        # rejoining member announces: its announcements come later than their record)
+        stale = [m for m in self.written if m not in parts and m not in cluster.records]
+        self._write(new, stale)
+
+    def _write(self, new: dict[str, Grant], stale: list[str]) -> None:
+        runner = self.runner
+        backend, lease = runner.ctx.backend, runner.ctx.session.lease_id
+        ops: list = [t.Put(self.grant_key(m), g.encode(), lease=lease) for m, g in sorted(new.items())]
+        ops += [t.Delete(self.grant_key(m)) for m in stale]
+        if new:
+            runner.say(f"coordinator: granting starts to {len(new)} member(s) "
+                       f"(EPOCH={next(iter(new.values())).epoch})")
+
+        def call() -> int:
+            revision = 0
+            for at in range(0, len(ops), BATCH):
+                revision = backend.txn([], ops[at:at + BATCH]).revision
+            return revision
+
+        self.granting = True
+        gen = self.gen
+        runner.effect("grant starts", call, lambda rev, error: self._granted(gen, new, stale, error))
+
+    def _granted(self, gen: int, new: dict[str, Grant], stale: list[str], error) -> None:
+        self.granting = False
+        self.runner._due = True
+        if gen != self.gen:
+            return
+        if error is not None:
+            log.warning("role %s: coordinator: cannot write grants (retrying in %gs): %s",
+                        self.runner.name, RETRY, error)
+            self.grant_retry_at = self.runner.ctx.clock() + RETRY
+            self.dirty = True
+            return
+        self.grant_retry_at = None
+        self.written.update(new)
+        for member in stale:
+            self.written.pop(member, None)
+
+    def _start_watching(self) -> None:
+        runner = self.runner
+        self.gen += 1
+        gen = self.gen
+        self.cluster, self.grant_from, self.graveyard, self.written = None, None, {}, {}
+        self.dirty, self.waits, self.plan_seen, self.waited = True, [], None, False
+        self.watching = True
+        runner.say("coordinator: first in join order; following the alive records to grant starts")
+        if not runner.started:
+            return  # driven by a test that posts the snapshots itself
+
+        decoded: dict[str, tuple[int, ClusterAlive]] = {}  # key -> (mod revision, its one-record parse)
+
+        def on_change(change: Change) -> None:
+            # decode only the records that changed: a reshard brings one event per member, and
+            # re-decoding a thousand records for each would be quadratic
+            records: dict[str, frozenset[Part]] = {}
+            mods: dict[str, int] = {}
+            for key, kv in change.snapshot.items():
+                cached = decoded.get(key)
+                if cached is None or cached[0] != kv.mod_revision:
+                    cached = (kv.mod_revision, parse_snapshot(self.alive_prefix, (kv,), change.revision))
+                    decoded[key] = cached
+                records.update(cached[1].records)
+                mods.update(cached[1].mods)
+            for key in [k for k in decoded if k not in change.snapshot]:
+                del decoded[key]
+            runner.post(AliveSnapshot(gen, ClusterAlive(records, mods, change.revision)))
+
+        self.watcher = PrefixWatcher(runner.ctx.backend, self.alive_prefix, on_change,
+                                     name=f"{runner.name}:alive")
+        self.watcher.start()  # a thread start: no store call on the loop thread
+
+    def _stop_watching(self) -> None:
+        watcher, self.watcher, self.watching = self.watcher, None, False
+        self.gen += 1
+        self.cluster, self.grant_from, self.graveyard, self.written, self.waits = None, None, {}, {}, []
+        self.plan_seen, self.waited = None, False
+        if watcher is not None:
+            self.runner.effect("stop watching the alive records", watcher.stop)
+
+    def on_snapshot(self, snap: AliveSnapshot, at: float) -> None:
+        if snap.gen != self.gen:
+            return  # from a watcher we stopped
+        cluster = snap.cluster
+        if self.cluster is None:
+            self.grant_from = at + timing.KILL_BOUND
+        else:
+            for member, parts in self.cluster.records.items():
+                if member not in cluster.records and parts:
+                    self.graveyard[member] = (parts, at + timing.KILL_BOUND)
+        for member in cluster.records:
+            self.graveyard.pop(member, None)
+        self.cluster, self.dirty = cluster, True
+
+    def close(self) -> None:
+        """Stop the alive watcher (runner stop, off the loop)."""
+        watcher, self.watcher, self.watching = self.watcher, None, False
+        self.gen += 1
+        if watcher is not None:
+            watcher.stop()
+
     def next_deadline(self) -> float | None:
-        return self.due_at
+        times = [x for x in (self.due_at, self.grant_retry_at, self.decide_at) if x is not None]
+        if self.watching and self.settle_at is not None and not self.runner.shards:
+            times.append(self.settle_at)
+        times += [until for _, until in self.graveyard.values()]
+        if self.grant_from is not None and self.watching and not self.waited:
+            times.append(self.grant_from)
+        return min(times) if times else None
 
     def status(self) -> dict:
-        return {"state": self.state.value, "due_at": self.due_at}
+        return {"state": self.state.value, "due_at": self.due_at,
+                "granting": self.watching, "grants": len(self.written),
+                "waiting": [w.describe() for w in self.waits[:20]]}
+
+
+def grant_key(runner: ShardedRunner, member: str) -> str:
+    """``roles/<role>/grants/<member>/grant``: one key under a prefix of its own,
+    so that a member's watch on its prefix sees its grant and nothing else."""
+    return runner.ctx.keys.role(runner.name) + f"grants/{member}/grant"

@@ -10,20 +10,25 @@ member publishes (sticky, balanced, see :mod:`.assignment`).
 Hand-off (``handoff``):
 
 * ``fenced`` (default): a child starts only when no child whose partition
-  intersects it is alive anywhere in the cluster (:mod:`.handoff`: alive
-  records written before a start and cleared after the reap, a fence key
-  serializing additions, a dead member counting as gone when its lease expired
-  plus the kill bound), and a keepalive sent after its alive record was written
-  came back alive (docs/safety.md, rule 2). Guarantee: no two intersecting children are
-  ever alive at once, cluster-wide, as long as children obey the lease
-  deadlines (the watchdog enforces them). Deadlock freedom: a member's own
-  target never conflicts with itself, every member stops the children that
-  left its target without waiting for anything, and records of dead members
-  vanish at lease expiry, so every wait ends. No-owner gap per partition:
-  clean leave or move: stop time of the old child + ``settle`` (join order:
-  + a second stop time, since every COUNT changes) + two etcd round trips and a
-  keepalive round trip; crash: lease TTL + ``KILL_BOUND`` + ``settle`` + the
-  same round trips.
+  intersects it is alive anywhere in the cluster. One coordinator per role,
+  the member first in join order (:mod:`.shard_coordinator`), grants starts;
+  each member (:meth:`ShardedRunner._fenced_step`) stops the children that
+  left its target at once, announces its target in its alive record
+  (``roles/<role>/alive/<member>``, on its lease: one write, once its stopping
+  children were reaped), watches only its own grant
+  (``roles/<role>/grants/<member>/grant``), and starts a child once the grant
+  covers the child's partitions as announced (:meth:`.handoff.Grant.covers`)
+  and a keepalive sent after that came back alive (docs/safety.md, rule 2).
+  Guarantee: no two intersecting children are ever alive at once,
+  cluster-wide, as long as children obey the lease deadlines (the watchdog
+  enforces them). Deadlock freedom: a member's own target never conflicts
+  with itself, every member stops the children that left its target without
+  waiting for anything, records of dead members vanish at lease expiry, and a
+  dead coordinator's place passes to the next member in join order, so every
+  wait ends. No-owner gap per partition: clean leave or move: ``settle`` +
+  the stop time of the old child (join order: of the slowest old child, since
+  every COUNT changes) + a few etcd round trips and a keepalive round trip; crash:
+  lease TTL + ``KILL_BOUND`` + ``settle`` + the same round trips.
 * ``overlap``: start at once; an old child may run next to a new one for up to
   ``settle`` + ``stop_timeout`` (faster, for children that tolerate it).
 
@@ -39,17 +44,16 @@ from __future__ import annotations
 import enum
 import logging
 
-from .. import timing
-from ..coord import types as t
 from ..coord.errors import CoordError
 from ..coord.session import SessionEventKind
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
+from .assignment import Part
 from .base import RoleRunner
-from .handoff import Blockers, Child, ClusterAlive, Wait, encode_record, parse_snapshot
-from .shard_coordinator import Coordinator
+from .handoff import NO_GRANT, Blockers, Child, ClusterAlive, Grant, Wait, encode_record, read_grant
+from .shard_coordinator import AliveSnapshot, Coordinator, grant_key
 from .shard_plan import Published, decode_published, join_order_children, shard_children
 
 log = logging.getLogger("etcdvisor")
@@ -86,30 +90,32 @@ class ShardedRunner(RoleRunner):
         self.stopping: dict[str, Child] = {}  # left the target, child still alive
         self.live: set[str] = set()  # slot keys with a started, not yet reaped child
         self.approved: dict[str, tuple[Child, float]] = {}  # in the record, awaiting keepalive
-        self.cluster = ClusterAlive({})
-        self.graveyard: dict[str, tuple[frozenset, float]] = {}
         self.record: frozenset | None = None  # what our alive record holds (None: unknown)
         self.record_rev = 0  # store revision of our last record write
+        self.since: dict[Part, int] = {}  # part -> revision of the write that put it in our record
+        self.grant: Grant = NO_GRANT  # our start grant, as last seen on its watch
         self.writing = False
         self.retry_at: float | None = None
         self.write_failures = 0  # failed alive-record writes in a row
-        self.fence_failed_rev = -1
         self.waits: list[Wait] = []
         self._fence_logged: tuple[list[str], list[str]] | None = None  # debug: the last fence decision logged
         self._due = False
         keys = self.ctx.keys
         self.alive_prefix = keys.role(self.name) + "alive/"
-        self.fence_key = keys.role(self.name) + "alive"
         self.record_key = self.alive_prefix + self.ctx.member_id
-        self.coordinator = Coordinator(self) if self.shards else None
+        self.grant_key = grant_key(self, self.ctx.member_id)
+        # the first member in join order publishes fixed-shard plans and grants fenced starts
+        self.coordinator = Coordinator(self) if self.shards or self.fenced else None
         self.watchers: list[PrefixWatcher] = []
         self.sequence: Sequence | None = None
+        self.started = False  # start() ran: coordination threads may be started
 
     def start(self) -> None:
+        self.started = True
         keys = self.ctx.keys
-        if self.fenced:
-            self.watchers.append(PrefixWatcher(self.ctx.backend, self.fence_key, self._on_alive,
-                                               name=f"{self.name}:alive"))
+        if self.fenced:  # our own start grant, nothing else (the coordinator alone watches alive/)
+            self.watchers.append(PrefixWatcher(self.ctx.backend, self.grant_key.rsplit("/", 1)[0] + "/",
+                                               self._on_grant, name=f"{self.name}:grant"))
         if self.shards:
             self.watchers.append(PrefixWatcher(self.ctx.backend, keys.role(self.name) + "assignment",
                                                self._on_assignment, name=f"{self.name}:assignment"))
@@ -120,8 +126,9 @@ class ShardedRunner(RoleRunner):
         self.sequence.start(wait=0)
 
     # --- edge threads: only post ------------------------------------------------
-    def _on_alive(self, change: Change) -> None:
-        self.post(parse_snapshot(self.alive_prefix, self.fence_key, change.snapshot.values(), change.revision))
+    def _on_grant(self, change: Change) -> None:
+        kv = change.snapshot.get(self.grant_key)
+        self.post(read_grant(kv) if kv is not None else NO_GRANT)
 
     def _on_assignment(self, change: Change) -> None:
         kv = change.snapshot.get(self.ctx.keys.role(self.name) + "assignment")
@@ -132,26 +139,16 @@ class ShardedRunner(RoleRunner):
 
     # --- loop thread: pure decisions ----------------------------------------------
     def handle(self, payload, at: float) -> None:
-        if isinstance(payload, ClusterAlive):
-            self._on_cluster(payload, at)
+        if isinstance(payload, AliveSnapshot):
+            if self.coordinator is not None:
+                self.coordinator.on_snapshot(payload, at)
+        elif isinstance(payload, Grant):
+            self.grant = payload
         elif isinstance(payload, Published):
             self.published = payload if payload.members else None
             self.published_mod = payload.mod
         elif isinstance(payload, Info) and not self.failed_reason:
             self._on_info(payload, at)
-
-    def _on_cluster(self, cluster: ClusterAlive, at: float) -> None:
-        for member, parts in self.cluster.records.items():
-            if member not in cluster.records and parts and member != self.ctx.member_id:
-                self.graveyard[member] = (parts, at + timing.KILL_BOUND)
-        for member in cluster.records:
-            self.graveyard.pop(member, None)
-        self.cluster = cluster
-        mine = cluster.records.get(self.ctx.member_id)
-        if self.record and not self.writing and cluster.revision >= self.record_rev and mine != self.record:
-            log.warning("role %s: our alive record was changed or deleted by someone else; rewriting",
-                        self.name)
-            self.record = None
 
     def _on_info(self, info: Info, at: float) -> None:
         self.latest, self.latest_at = info, at
@@ -169,7 +166,7 @@ class ShardedRunner(RoleRunner):
 
     def on_session(self, event) -> None:
         if event.kind is SessionEventKind.NEW_LEASE:
-            self.record = None  # the old record went with the old lease
+            self.record, self.since = None, {}  # the old record went with the old lease
 
     def _settled(self, now: float) -> bool:
         """Join order: adopt the latest membership once settled and confirmed."""
@@ -189,8 +186,6 @@ class ShardedRunner(RoleRunner):
             return {}
         keep = {**self.running, **{k: c for k, (c, _) in self.approved.items()}, **self.target}
         if self.shards:
-            if self.coordinator is not None:
-                self.coordinator.tick(now)
             pub = self.published
             mine = pub.owners.get(self.ctx.member_id, ()) if pub and pub.shards == self.shards else ()
             return shard_children(mine, self.shards, self.spec.children == "per-member",
@@ -211,6 +206,8 @@ class ShardedRunner(RoleRunner):
             self.ctx.session.request_keepalive()
             self._log_target(target)
         self.target = target
+        if self.coordinator is not None:
+            self.coordinator.tick(now)
         if self.fenced:
             self._fenced_step(now)
         else:
@@ -233,6 +230,10 @@ class ShardedRunner(RoleRunner):
             self.running = {k: c for k, c in self.running.items() if k in self.target}
 
     def _fenced_step(self, now: float) -> None:
+        """Stop what left the target at once; announce the target in our alive
+        record (one write, once our stopping children are reaped); start a child
+        once the coordinator's grant covers its announced partitions and a
+        keepalive sent after that came back alive."""
         session = self.ctx.session
         for key in [k for k in self.running if k not in self.target]:
             child = self.running.pop(key)
@@ -244,63 +245,66 @@ class ShardedRunner(RoleRunner):
             elif session.alive and session.last_alive_sent > at:
                 del self.approved[key]
                 self.running[key] = child
-        self.graveyard = {m: g for m, g in self.graveyard.items() if g[1] > now}
-        busy = {k: c.parts for k, c in {**self.running, **self.stopping}.items()}
-        blockers = Blockers(self.ctx.member_id, self.cluster, {m: g[0] for m, g in self.graveyard.items()}, busy,
-                            members=self.latest.members or None)
-        free, self.waits = [], []
+        busy = {k: c.parts for k, c in self.stopping.items()}
+        own = Blockers(self.ctx.member_id, ClusterAlive({}), {}, busy) if busy else None
+        self.waits = []
+        grant, since, record = self.grant, self.since, self.record
         for key, child in sorted(self.target.items()):
             if key in self.running or key in self.approved:
                 continue
-            waits = blockers.waits_for(child)
+            waits = own.waits_for(child) if own is not None else []
             if waits:
                 self.waits.extend(waits)
+            elif record is not None and child.parts <= record and grant.covers(child.parts, since):
+                self.approved[key] = (child, now)
+                session.request_keepalive()
             else:
-                free.append(child)
+                # (announced in our alive record or about to be: one reason, so that the
+                # wait log sees one wait, not two)
+                self.waits.append(Wait(key, "the coordinator", "start grant", tuple(sorted(child.parts))))
         if log.isEnabledFor(logging.DEBUG):
-            self._debug_fence(free)
-        self._sync_record(now, free)
+            self._debug_fence()
+        self._sync_record(now)
 
-    def _debug_fence(self, free: list[Child]) -> None:
-        """``--log-level debug``: each fence decision that changed (waits, children free to start)."""
-        decision = ([w.describe() for w in self.waits], [c.key for c in free])
+    def _debug_fence(self) -> None:
+        """``--log-level debug``: each change of what our children wait for."""
+        decision = ([w.describe() for w in self.waits], sorted(self.approved))
         if decision != self._fence_logged:
             self._fence_logged = decision
-            log.debug("role %s: fence at revision %d: free to start %s; waits: %s", self.name,
-                      self.cluster.revision, _short(decision[1]), "; ".join(decision[0][:8]) or "none")
+            log.debug("role %s: grant (record %d) covers %s; waits: %s", self.name, self.grant.record,
+                      _short(decision[1]), "; ".join(decision[0][:8]) or "none")
 
-    def _record_parts(self, extra=()) -> frozenset:
-        children = [*self.running.values(), *self.stopping.values(), *(c for c, _ in self.approved.values()), *extra]
+    def _record_parts(self) -> frozenset:
+        children = [*self.running.values(), *self.stopping.values(), *(c for c, _ in self.approved.values()),
+                    *self.target.values()]
         return frozenset(p for c in children for p in c.parts)
 
-    def _sync_record(self, now: float, free: list[Child]) -> None:
-        """Queue at most one alive-record write: additions fenced, removals plain."""
+    def _sync_record(self, now: float) -> None:
+        """Queue at most one alive-record write: everything alive or stopping,
+        plus the target (announced, to be granted). While own children are
+        stopping the record stays as it is (it lists them, which is true), so a
+        reshard costs one write per member, made once they are reaped."""
         if self.writing or not self.ctx.session.alive or (self.retry_at and now < self.retry_at):
             return
-        if free and self.fence_failed_rev == self.cluster.revision:
-            free = []  # the fence moved since our snapshot: wait for the newer one
-        want = self._record_parts(free)
+        if self.stopping and self.record is not None:
+            return
+        want = self._record_parts()
         if want == self.record or (self.record is None and not want):
             return
-        adds = want - (self.record or frozenset())
-        lease, body, cluster = self.ctx.session.lease_id, encode_record(want), self.cluster
-        backend = self.ctx.backend
-        if adds:
-            compares = [t.mod_revision(self.fence_key, "=", cluster.fence_mod)]
-            ops = [t.Put(self.fence_key, b""), t.Put(self.record_key, body, lease=lease)]
+        lease, body, backend = self.ctx.session.lease_id, encode_record(want), self.ctx.backend
 
-            def call():
-                result = backend.txn(compares, ops)
-                return result.revision if result.succeeded else 0
-        else:
-            def call():
-                return backend.put(self.record_key, body, lease=lease)
+        def call() -> int:
+            return backend.put(self.record_key, body, lease=lease)
+
         self.writing = True
-        self.effect("alive record", call, lambda rev, err: self._written(want, free, cluster, rev, err))
+        self.effect("alive record", call, lambda rev, err: self._written(want, lease, rev, err))
 
-    def _written(self, want: frozenset, free: list[Child], cluster: ClusterAlive, revision, error) -> None:
+    def _written(self, want: frozenset, lease: int, revision, error) -> None:
         now = self.ctx.clock()
         self.writing, self._due = False, True
+        if lease != self.ctx.session.lease_id:
+            self.record, self.since = None, {}  # written on a lease that is gone: write again
+            return
         if error is not None:
             # once per outage: the member's 'etcd ... unreachable' line tells the rest
             level = logging.WARNING if not self.write_failures else logging.DEBUG
@@ -312,20 +316,12 @@ class ShardedRunner(RoleRunner):
         if self.write_failures > 1:
             log.info("role %s: alive record written after %d failed attempts", self.name, self.write_failures)
         self.retry_at, self.write_failures = None, 0
-        if not revision:
-            log.debug("role %s: fence moved since the snapshot at revision %d: deciding again on a newer one",
-                      self.name, cluster.revision)
-            self.fence_failed_rev = cluster.revision
-            return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("role %s: alive record written at revision %d: %s", self.name, revision,
                       _short(sorted(str(p) for p in want)))
+        old = self.record or frozenset()
+        self.since = {p: self.since[p] if p in old and p in self.since else revision for p in want}
         self.record, self.record_rev = want, revision
-        for child in free:
-            if self.target.get(child.key) is child:
-                self.approved[child.key] = (child, now)
-        if free:
-            self.ctx.session.request_keepalive()
 
     def _update_phase(self) -> None:
         if self.failed_reason or self.phase is Phase.STOPPED:
@@ -348,7 +344,7 @@ class ShardedRunner(RoleRunner):
         self.say(f"assignment: +{_short(added)} -{_short(removed)}; keeping {len(set(target) & set(self.target))}")
 
     def next_deadline(self) -> float | None:
-        times = [g[1] for g in self.graveyard.values()]
+        times: list[float | None] = []
         if self._due:
             times.append(0.0)
         if self.phase is Phase.SETTLING and not self.shards:
@@ -406,6 +402,8 @@ class ShardedRunner(RoleRunner):
             self.sequence.stop(leave=True)
         for watcher in self.watchers:
             watcher.stop()
+        if self.coordinator is not None:
+            self.coordinator.close()
         if self.fenced:
             try:  # our children are gone (the loop stops a role's children first)
                 self.ctx.backend.delete(self.record_key)
@@ -428,9 +426,10 @@ class ShardedRunner(RoleRunner):
                   "epoch": info.epoch if info else (self.published.epoch if self.published else None),
                   "waiting": [w.describe() for w in self.waits[:20]],
                   "stopping": sorted(self.stopping)}
+        if self.coordinator is not None and self.coordinator.active():
+            status["coordinator"] = self.coordinator.status()
         if self.shards:
-            status.update(shards=[p.index for p in parts], count=self.shards, index=None,
-                          coordinator=self.coordinator.status() if self.coordinator else None)
+            status.update(shards=[p.index for p in parts], count=self.shards, index=None)
         else:
             indexes = [p.index for p in parts]
             status.update(indexes=indexes, index=indexes[0] if indexes else None,
