@@ -47,6 +47,7 @@ leader survives the run).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -271,10 +272,9 @@ class CronRunner(LeaderRunner):
         if self.runs and self.policy == "replace" and not manual:
             self.say(f"tick {tick_id}: replacing the active run(s) {', '.join(self.runs)}")
             self.runs.clear()
-        env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
-        if manual:
-            env["MANUAL"] = "1"
-        spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
+        run_vars = dataclasses.replace(self.leader_vars(), scheduled_time=self.schedule.format_tick(tick),
+                                       manual=manual)
+        spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", run_vars)
         self.runs[tick_id] = _Run(tick, spec, manual)
         late = (claimed_at - tick).total_seconds()
         self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))

@@ -219,8 +219,8 @@ class ShardedRunner(RoleRunner):
         # named role[INDEX] (the log prefix ``worker[3]|``, the JSON ``slot``); the slot
         # key (``3/8``, ``p0``, ``shard-3``) stays the identity; a per-member child has
         # no INDEX and keeps its key
-        return {key: self.ctx.child_spec(self.spec, f"{self.name}[{child.env.get('INDEX', key)}]",
-                                         child.env)
+        return {key: self.ctx.child_spec(
+                    self.spec, f"{self.name}[{key if child.vars.index is None else child.vars.index}]", child.vars)
                 for key, child in self.running.items()}
 
     def _overlap_step(self) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ..coord.errors import CoordError
 from ..coord.records import member_name
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from .base import RoleRunner
 
@@ -251,8 +251,9 @@ class LeaderRunner(RoleRunner):
         except CoordError as exc:
             log.warning("role %s: resign failed: %s", self.name, exc)
 
-    def leader_env(self) -> dict[str, str]:
-        return {"LEADER": "1", "LEADER_TOKEN": str(self.token)}
+    def leader_vars(self) -> ChildVars:
+        """LEADER=1 and LEADER_TOKEN for the leader's children."""
+        return ChildVars(leader=True, leader_token=self.token)
 
     def status(self) -> dict:
         return {**super().status(), "state": self.state.value, "leader": self.leading,
@@ -321,13 +322,13 @@ class SingletonRunner(LeaderRunner):
             return {}
         if self.leading:
             self._standby_on, self._hold_from = False, None
-            return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+            return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_vars())}
         if self.spec.standby and self.state is not LeaderState.STOPPED:
             if self._standby_held(now):
                 return {}
             self._standby_on = True
-            env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member if self._follower_known() else ""}
-            spec = self.ctx.child_spec(self.spec, self.name, env)
+            standby = ChildVars(leader=False, leader_member=self.leader_member if self._follower_known() else "")
+            spec = self.ctx.child_spec(self.spec, self.name, standby)
             return {self.name: dataclasses.replace(spec, lease_bound=False)}
         self._standby_on = False
         return {}

@@ -240,10 +240,8 @@ class Operations:
 
 def _child_indexes(slot: Slot) -> set[int]:
     """The INDEX (join order, per-shard child) or SHARDS (per-member child) of the
-    child a slot runs, from its environment: what ``restart --index I`` matches."""
+    child a slot runs: what ``restart --index I`` matches."""
     spec = slot.child.spec if slot.child is not None else slot.desired
     if spec is None:
         return set()
-    found = {int(spec.env["INDEX"])} if spec.env.get("INDEX", "").isdigit() else set()
-    found.update(int(s) for s in spec.env.get("SHARDS", "").split(",") if s.isdigit())
-    return found
+    return set(spec.vars.indexes)

@@ -63,7 +63,7 @@ from ..coord.records import dumps
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
 from ..process.slot import Slot
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.layered_config import ConfigValueError, LayeredConfig
 from ..roles.base import RoleRunner
 from .private_files import make_config_dir, write_atomically
@@ -276,7 +276,7 @@ class RoleConfig:
         return value
 
     # --- loop: children ----------------------------------------------------------------------
-    def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
+    def child_env(self, role: RoleSpec, name: str, child_vars: ChildVars) -> dict[str, str]:
         """Variables for child ``name`` of ``role`` (see module docstring). With
         ``rolling``, a running child keeps the restart values it was admitted with
         until the rollout admits the current ones (:meth:`admit`)."""
@@ -291,7 +291,7 @@ class RoleConfig:
                 admitted = self.admitted[name] = current
         else:
             admitted = current
-        restart_part = (tuple(sorted(extra_env.items())), tuple((e, _typed(v)) for e, v in admitted.items()))
+        restart_part = (child_vars, tuple((e, _typed(v)) for e, v in admitted.items()))
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
             texts = {env: env_text(v) for env, v in values.items() if v is not None}
