@@ -202,7 +202,7 @@ class RoleRunner(abc.ABC):
     def record_done(self, count: int, index: int, code: int) -> None:
         """Record a final exit of a one-shot child for ``after:`` barriers
         (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
-        key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
+        key = self.ctx.keys.done_record(self.name, count, index)
         body = dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
         self.effect(f"record completion {count}/{index}", lambda: self.ctx.backend.put(key, body))
 

@@ -143,7 +143,7 @@ class CronRunner(LeaderRunner):
                 return parse_tick_id(tick_id)
             except ValueError:  # a key not written by a cron leader
                 log.warning("role %s: ignoring tick record %s: not a tick id", self.name,
-                            (self.ctx.keys.ticks(self.name) + tick_id)[:200])
+                            self.ctx.keys.tick(self.name, tick_id)[:200])
         return None
 
     def _now(self) -> datetime:
@@ -227,7 +227,7 @@ class CronRunner(LeaderRunner):
         """Claim ``tick`` (or the manual run of ``trigger``) with a transaction fenced
         by our token (an effect); the run starts when the claim comes back won."""
         tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
-        key = self.ctx.keys.ticks(self.name) + tick_id
+        key = self.ctx.keys.tick(self.name, tick_id)
         token, term = self.token, self.term
         extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
         record = {"state": "running", "member": self.ctx.member_id, "token": token,
@@ -282,7 +282,7 @@ class CronRunner(LeaderRunner):
     def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
                 tick_id: str | None = None) -> None:
         tick_id = tick_id or self.schedule.tick_id(tick)
-        key = self.ctx.keys.ticks(self.name) + tick_id
+        key = self.ctx.keys.tick(self.name, tick_id)
         record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
                   **fields}
         backend = self.ctx.backend

@@ -43,7 +43,7 @@ class Coordinator:
         self.state = CoordinatorState.IDLE
         self.due_at: float | None = None
         self.retry_at: float | None = None
-        self.key = runner.ctx.keys.role(runner.name) + "assignment"
+        self.key = runner.ctx.keys.assignment(runner.name)
         self.sent: tuple[tuple[str, ...], float] | None = None  # members published, until when to trust it
 
     def tick(self, now: float) -> None:

@@ -98,8 +98,8 @@ class ShardedRunner(RoleRunner):
         self._fence_logged: tuple[list[str], list[str]] | None = None  # debug: the last fence decision logged
         self._due = False
         keys = self.ctx.keys
-        self.alive_prefix = keys.role(self.name) + "alive/"
-        self.fence_key = keys.role(self.name) + "alive"
+        self.alive_prefix = keys.alive(self.name)
+        self.fence_key = keys.fence(self.name)
         self.record_key = self.alive_prefix + self.ctx.member_id
         self.coordinator = Coordinator(self) if self.shards else None
         self.watchers: list[PrefixWatcher] = []
@@ -111,7 +111,7 @@ class ShardedRunner(RoleRunner):
             self.watchers.append(PrefixWatcher(self.ctx.backend, self.fence_key, self._on_alive,
                                                name=f"{self.name}:alive"))
         if self.shards:
-            self.watchers.append(PrefixWatcher(self.ctx.backend, keys.role(self.name) + "assignment",
+            self.watchers.append(PrefixWatcher(self.ctx.backend, keys.assignment(self.name),
                                                self._on_assignment, name=f"{self.name}:assignment"))
         for watcher in self.watchers:
             watcher.start()
@@ -124,7 +124,7 @@ class ShardedRunner(RoleRunner):
         self.post(parse_snapshot(self.alive_prefix, self.fence_key, change.snapshot.values(), change.revision))
 
     def _on_assignment(self, change: Change) -> None:
-        kv = change.snapshot.get(self.ctx.keys.role(self.name) + "assignment")
+        kv = change.snapshot.get(self.ctx.keys.assignment(self.name))
         if kv is None:
             self.post(Published(0, ()))
         else:  # garbage decodes to None: keep its mod revision for the CAS

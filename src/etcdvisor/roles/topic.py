@@ -95,7 +95,7 @@ class TopicRunner(RoleRunner):
         self._waiting: collections.deque[str] = collections.deque()  # runs without a slot, oldest first
         self._stop = threading.Event()
         self.queue = self.spec.delivery != "broadcast"
-        self.cursor_key = f"{self.topic.prefix}cursors/{self.name}/{self.ctx.member_id}"
+        self.cursor_key = self.ctx.keys.topic_cursor(self.topic_name, self.name, self.ctx.member_id)
         self.source = None
         self._acks: list[Message] = []  # finished runs not yet in an ack write (loop thread)
         self._acking = False  # an ack effect is queued or running (loop thread)

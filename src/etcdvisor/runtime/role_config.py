@@ -58,7 +58,7 @@ from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
-from ..coord.keys import ROOT
+from ..coord.keys import SHARED_ROOT
 from ..coord.records import dumps
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
@@ -70,7 +70,7 @@ from .private_files import make_config_dir, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
-SHARED_PREFIX = ROOT + "_shared"  # etcdvisor layout: /etcdvisor/_shared/config/... (no cluster starts with _)
+SHARED_PREFIX = SHARED_ROOT  # etcdvisor layout: /etcdvisor/_shared/config/...
 CONFIG_FILE_ENV = "ETCDVISOR_CONFIG_FILE"
 ENV_VALUE_LIMIT = 32 * 1024  # Linux refuses a single env string over 128 KiB; stay well below
 
