@@ -319,12 +319,15 @@ def _job(kvs, key: str) -> dict | None:
 
 
 def _waitgroups(kvs, prefix: str) -> dict:
+    """Each wait group's count, read as the ``wait_for:`` barrier reads it."""
+    from .recipes.counter import parse_count
+
     groups = {}
     for kv in direct_children_by_create(prefix, kvs):
         try:
-            groups[kv.key[len(prefix):]] = int(kv.value.strip() or b"0")
+            groups[kv.key[len(prefix):]] = parse_count(kv)
         except ValueError:
-            groups[kv.key[len(prefix):]] = None  # not a counter: shown as unknown
+            groups[kv.key[len(prefix):]] = None  # not a counter (the barrier stays closed): shown as unknown
     return groups
 
 

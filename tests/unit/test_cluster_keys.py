@@ -71,3 +71,15 @@ def test_one_backlog_count_for_status_and_metrics():
     assert doc["jobs"]["groups"] == {"idle": {"unacked": 5, "claimed": 0}, "workers": {"unacked": 3, "claimed": 1}}
     assert (doc["jobs"]["messages"], doc["jobs"]["oldest_id"], doc["jobs"]["newest_id"]) == (5, min(ids), max(ids))
     backend.close()
+
+
+def test_status_reads_a_wait_group_as_its_barrier_does():
+    from etcdvisor.coord.types import KeyValue
+    from etcdvisor.recipes.counter import parse_count
+    from etcdvisor.status import _waitgroups
+
+    keys = ClusterKeys("c")
+    kvs = [KeyValue(keys.waitgroup(name), value, create_revision=n + 1, mod_revision=n + 1, version=1)
+           for n, (name, value) in enumerate([("ready", b"3"), ("empty", b""), ("junk", b"x")])]
+    assert _waitgroups(kvs, keys.waitgroups) == {"ready": 3, "empty": None, "junk": None}
+    assert parse_count(kvs[0]) == 3  # the barrier's reading (runtime/barriers.py)
