@@ -103,7 +103,7 @@ def test_spec_repr_hides_env_and_payload_and_spec_is_hashable():
 def test_child_vars_render_the_documented_variables_and_win_over_env():
     every = ChildVars(role="worker", member_id="m1", cluster="prod", endpoints="http://e:2379", index=3,
                       count=8, epoch=12, leader=True, leader_token=7, scheduled_time="2026-05-01T03:00:00+00:00",
-                      manual=True, topic="jobs", message_id="42", attempt=2)
+                      manual=True, topic="jobs", message_id=42, attempt=2)
     assert every.environ() == {
         "ROLE": "worker", "MEMBER_ID": "m1", "CLUSTER": "prod", "ETCDVISOR_ENDPOINTS": "http://e:2379",
         "ETCDVISOR_CLUSTER": "prod", "ETCDVISOR_MEMBER_ID": "m1", "INDEX": "3", "COUNT": "8", "EPOCH": "12",

@@ -95,7 +95,7 @@ class ChildVars:
     scheduled_time: str | None = None
     manual: bool = False
     topic: str | None = None
-    message_id: str | None = None
+    message_id: int | None = None
     attempt: int | None = None
 
     def __post_init__(self) -> None:
@@ -153,7 +153,7 @@ class ChildVars:
         if self.topic is not None:
             env["TOPIC"] = self.topic
         if self.message_id is not None:
-            env["MESSAGE_ID"] = self.message_id
+            env["MESSAGE_ID"] = str(self.message_id)
         if self.attempt is not None:
             env["ATTEMPT"] = str(self.attempt)
         return env

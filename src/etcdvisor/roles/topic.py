@@ -233,7 +233,7 @@ class TopicRunner(RoleRunner):
                 run.retry_at = None
                 run.attempt += 1
             if run.spec is None or run.spec.vars.attempt != run.attempt:
-                run_vars = ChildVars(topic=self.topic_name, message_id=str(run.message.id), attempt=run.attempt)
+                run_vars = ChildVars(topic=self.topic_name, message_id=run.message.id, attempt=run.attempt)
                 run.spec = self.ctx.child_spec(self.spec, f"{self.name}#{run.message.id}", run_vars,
                                                stdin_data=run.message.data)
             wanted[key] = run.spec
