@@ -7,7 +7,10 @@ import uuid
 import pytest
 
 from etcdvisor.coord import open_backend
+from etcdvisor.process import states
 from etcdvisor.testing import wait_for
+
+states.STRICT = True  # an invalid state transition is a bug: fail the test (production logs an error)
 
 
 @pytest.fixture(params=["memory", "etcd"])

@@ -82,7 +82,7 @@ def reported_roles(target: Target) -> dict[str, str | None]:
         for name, status in (doc["roles"] if doc is not None else {}).items():
             kind = status.get("type")
             roles[name] = roles.get(name) or (kind if isinstance(kind, str) else None)
-    prefix = target.keys.base + "roles/"
+    prefix = target.keys.roles
     for kv in target.backend.get_prefix(prefix, keys_only=True).kvs:
         roles.setdefault(kv.key[len(prefix):].split("/", 1)[0], None)
     return roles

@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
+from .coord.records import MEMBER
 
 if TYPE_CHECKING:
     from .coord.base import Backend
@@ -39,10 +40,10 @@ def _children(target: Target, role: str) -> int:
     """Children of ``role`` in the live member records."""
     total = 0
     for kv in _backend(target).get_prefix(target.keys.members).kvs:
-        try:
-            children = ((json.loads(kv.value).get("roles") or {}).get(role) or {}).get("children") or {}
-        except (ValueError, AttributeError):
+        doc = MEMBER.read(kv)  # the strict decoder: a bad record is skipped, one warning naming its key
+        if doc is None:
             continue
+        children = (doc["roles"].get(role) or {}).get("children") or {}
         total += len(children) if isinstance(children, dict) else 0
     return total
 

@@ -99,7 +99,7 @@ from typing import Any
 from .coord.base import Backend
 from .coord.errors import Compacted, CoordError
 from .coord.keys import ClusterKeys
-from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal, dumps, warn_skipped
+from .coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, dumps, warn_skipped
 from .coord.types import KeyValue, direct_children_by_create
 from .runtime import rollout_store
 from .runtime.control import read_records as read_control
@@ -129,16 +129,16 @@ def gather(backend: Backend, cluster: str, config=None) -> dict:
 def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     members_read = backend.get_prefix(keys.members)
     revision = members_read.revision
-    roles_read = backend.get_prefix(keys.base + "roles/", revision=revision)
-    groups_read = backend.get_prefix(keys.base + "waitgroups/", revision=revision)
-    topics_read = backend.get_prefix(keys.base + "topics/", revision=revision, keys_only=True)
-    control_read = backend.get_prefix(keys.base + "control/", revision=revision)
-    rollouts_read = backend.get_prefix(rollout_store.rollouts_prefix(keys), revision=revision)
+    roles_read = backend.get_prefix(keys.roles, revision=revision)
+    groups_read = backend.get_prefix(keys.waitgroups, revision=revision)
+    topics_read = backend.get_prefix(keys.topics, revision=revision, keys_only=True)
+    control_read = backend.get_prefix(keys.control, revision=revision)
+    rollouts_read = backend.get_prefix(keys.rollouts, revision=revision)
     members = [_member(kv, keys.members) for kv in direct_children_by_create(keys.members, members_read.kvs)]
     _lease_health(backend, members)
-    control = read_control(control_read.kvs, keys.base + "control/", errors=True)
-    roles = _roles(members, roles_read.kvs, keys.base + "roles/", config)
-    rollouts = rollout_store.decode(rollout_store.rollouts_prefix(keys), rollouts_read.kvs)
+    control = read_control(control_read.kvs, keys.control, errors=True)
+    roles = _roles(members, roles_read.kvs, keys, config)
+    rollouts = rollout_store.decode(keys.rollouts, rollouts_read.kvs)
     for name, role in roles.items():
         role["control"] = control.get(name)  # the same records, next to the role
         record = rollouts.records.get(name)
@@ -150,8 +150,8 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
         "revision": revision,
         "members": members,
         "roles": roles,
-        "waitgroups": _waitgroups(groups_read.kvs, keys.base + "waitgroups/"),
-        "topics": _topics(topics_read.kvs, keys.base + "topics/", config),
+        "waitgroups": _waitgroups(groups_read.kvs, keys.waitgroups),
+        "topics": _topics(topics_read.kvs, keys.topics, config),
         "control": control,
     }
 
@@ -199,10 +199,10 @@ def _lease_health(backend: Backend, members: list[dict]) -> None:
             member["lease_expiring"] = left < ttl - KEEPALIVE_SLACK
 
 
-def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
+def _roles(members: list[dict], kvs, keys: ClusterKeys, config) -> dict:
     by_role: dict[str, list[KeyValue]] = {}
     for kv in kvs:
-        name = kv.key[len(prefix):].split("/", 1)[0]
+        name = kv.key[len(keys.roles):].split("/", 1)[0]
         by_role.setdefault(name, []).append(kv)
     names = list(config.roles) if config is not None else []
     for member in members:
@@ -211,37 +211,33 @@ def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
     result = {}
     for name in names:
         role_kvs = by_role.get(name, [])
-        role_prefix = f"{prefix}{name}/"
         spec = config.roles.get(name) if config is not None else None
         assignments = [_assignment(m["member"], m["roles"][name]) for m in members
                        if isinstance(m["roles"].get(name), dict)]
         result[name] = {
-            "type": _role_type(spec, assignments, role_kvs, role_prefix),
+            "type": _role_type(spec, assignments, role_kvs, keys, name),
             "configured": spec is not None,
             "assignments": assignments,
-            "shard": _shard(role_kvs, role_prefix + "shard/"),
-            "alive": _alive(role_kvs, role_prefix + "alive/"),
-            "published": _published(role_kvs, role_prefix + "assignment"),
-            "election": _election(role_kvs, role_prefix + "election/"),
-            "ticks": _ticks(role_kvs, role_prefix + "ticks/"),
-            "job": _job(role_kvs, role_prefix + "job"),
+            "shard": _shard(role_kvs, keys.shard(name)),
+            "alive": _alive(role_kvs, keys.alive(name)),
+            "published": _published(role_kvs, keys.assignment(name)),
+            "election": _election(role_kvs, keys.election(name)),
+            "ticks": _ticks(role_kvs, keys.ticks(name)),
+            "job": _job(role_kvs, keys.job(name)),
         }
     return result
 
 
-def _role_type(spec, assignments: list[dict], kvs, prefix: str) -> str | None:
+def _role_type(spec, assignments: list[dict], kvs, keys: ClusterKeys, name: str) -> str | None:
     if spec is not None:
         return spec.type.value
     for assignment in assignments:
         if isinstance(assignment.get("type"), str):
             return assignment["type"]
-    parts = {kv.key[len(prefix):].split("/", 1)[0] for kv in kvs}
-    if "ticks" in parts:
-        return "cron"
-    if "job" in parts:
-        return "job"
-    if "shard" in parts:
-        return "sharded"
+    for kind, prefix in (("cron", keys.ticks(name)), ("job", keys.job(name)), ("sharded", keys.shard(name))):
+        segment = prefix.rstrip("/")  # the key itself or anything below it
+        if any(kv.key == segment or kv.key.startswith(segment + "/") for kv in kvs):
+            return kind
     return None
 
 
@@ -326,50 +322,38 @@ def _job(kvs, key: str) -> dict | None:
 
 
 def _waitgroups(kvs, prefix: str) -> dict:
+    """Each wait group's count, read as the ``wait_for:`` barrier reads it."""
+    from .recipes.counter import parse_count
+
     groups = {}
     for kv in direct_children_by_create(prefix, kvs):
         try:
-            groups[kv.key[len(prefix):]] = int(kv.value.strip() or b"0")
+            groups[kv.key[len(prefix):]] = parse_count(kv)
         except ValueError:
-            groups[kv.key[len(prefix):]] = None  # not a counter: shown as unknown
+            groups[kv.key[len(prefix):]] = None  # not a counter (the barrier stays closed): shown as unknown
     return groups
 
 
 def _topics(kvs, prefix: str, config) -> dict:
     """Backlog per topic from its keys (layout in :mod:`etcdvisor.recipes.topic`)."""
-    from .recipes.topic import message_id as id_of  # several messages share a revision: the id is in the key
+    from .recipes.topic_format import topic_backlog
 
-    parts: dict[str, dict[str, list]] = {}
+    by_topic: dict[str, list] = {}
     for kv in kvs:
-        name, _, rest = kv.key[len(prefix):].partition("/")
-        kind, _, tail = rest.partition("/")
-        parts.setdefault(name, {}).setdefault(kind, []).append((tail, kv))
+        by_topic.setdefault(kv.key[len(prefix):].partition("/")[0], []).append(kv)
     if config is not None:
         for spec in config.roles.values():
             if spec.topic:
-                parts.setdefault(spec.topic, {})
+                by_topic.setdefault(spec.topic, [])
     topics = {}
-    for name in sorted(parts):
-        found = parts[name]
-        ids = sorted(id_of(kv) for _, kv in found.get("msg", []))
-        retained = set(ids)
-        groups = {tail for tail, _ in found.get("groups", [])}
-        done: dict[str, set] = {}
-        claimed: dict[str, int] = {}
-        for tail, _ in found.get("done", []):
-            group, _, message_id = tail.partition("/")
-            groups.add(group)
-            if (number := decimal(message_id)) is not None:
-                done.setdefault(group, set()).add(number)
-        for tail, _ in found.get("claims", []):
-            group = tail.partition("/")[0]
-            groups.add(group)
-            claimed[group] = claimed.get(group, 0) + 1
+    for name in sorted(by_topic):
+        found = topic_backlog(by_topic[name], f"{prefix}{name}/")
+        ids = found.ids
         topics[name] = {
             "messages": len(ids), "oldest_id": ids[0] if ids else None,
             "newest_id": ids[-1] if ids else None,
-            "groups": {g: {"unacked": len(retained - done.get(g, set())), "claimed": claimed.get(g, 0)}
-                       for g in sorted(groups)},
+            "groups": {g: {"unacked": found.unacked(g), "claimed": found.claimed.get(g, 0)}
+                       for g in sorted(found.groups)},
         }
     return topics
 

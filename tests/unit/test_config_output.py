@@ -2,6 +2,7 @@
 
 from etcdvisor import config
 from etcdvisor.config.model import OutputFile
+from etcdvisor.process.spawn import ChildVars
 from etcdvisor.roles.base import RuntimeContext
 
 
@@ -35,10 +36,10 @@ def test_child_spec_resolves_the_path_in_the_role_cwd_with_the_child_index(tmp_p
     role = cfg.roles["worker"]
     ctx = RuntimeContext(config=cfg, backend=None, session=None, keys=None, member_id="m1",
                          endpoints="memory://o", post=lambda _e: None, clock=lambda: 0.0)
-    spec = ctx.child_spec(role, "worker[3]", {"INDEX": "3", "COUNT": "4"})
+    spec = ctx.child_spec(role, "worker[3]", ChildVars(index=3, count=4))
     assert spec.stdout_file is not None and spec.stderr_file is None
     assert spec.stdout_file.path == str(tmp_path / "work" / "logs" / "worker-m1-3.log")
     assert spec.stdout_file.root == str(tmp_path / "work")
     assert (spec.stdout_file.max_size, spec.stdout_file.backups) == (1024 * 1024, 2)
     # a child without INDEX (singleton, cron, topic, per-member) gets {index} = 0, as register.port
-    assert ctx.child_spec(role, "worker", {}).stdout_file.path.endswith("worker-m1-0.log")
+    assert ctx.child_spec(role, "worker").stdout_file.path.endswith("worker-m1-0.log")

@@ -60,6 +60,8 @@ def with_(role, **keys):
      "roles.api.config.X.on_change", "'BOGUS' is not a known signal"),
     ({"api": with_(API, config={"INDEX": {"item": "x"}})},
      "roles.api.config.INDEX", "set by the supervisor"),
+    ({"api": with_(API, config={"SHARDS": {"item": "x"}})},  # the one reserved list (config/model.py)
+     "roles.api.config.SHARDS", "set by the supervisor"),
     ({"api": with_(API, register={"service": "api", "port": "8000 + {idx}"})},
      "roles.api.register.port", "is not an integer or 'BASE + {index}'"),
     ({"api": with_(API, register={"service": "api", "port": 70000})},

@@ -149,7 +149,7 @@ def test_a_member_about_to_win_starts_no_standby_child(caplog):
     h.clock.advance(0.03)
     _elect(h, "db")
     (spec,) = h.turn()["db"].values()
-    assert spec.env["LEADER"] == "1"
+    assert spec.environ()["LEADER"] == "1"
     assert not any(slot.restarts for slot in h.manager.slots.values()), "no standby child was replaced"
     assert not _messages(caplog, "standby child replaced")
 
@@ -161,10 +161,10 @@ def test_a_follower_runs_its_standby_child_and_says_when_the_leader_child_replac
     h = _harness(STANDBY)
     h.tell("db", LeaderSeen("m2"))
     (spec,) = h.turn()["db"].values()
-    assert (spec.env["LEADER"], spec.env["LEADER_MEMBER"]) == ("0", "m2")
+    assert (spec.environ()["LEADER"], spec.environ()["LEADER_MEMBER"]) == ("0", "m2")
     _elect(h, "db")
     (spec,) = h.turn()["db"].values()
-    assert spec.env["LEADER"] == "1"
+    assert spec.environ()["LEADER"] == "1"
     assert _messages(caplog, "standby child replaced") == [
         "role db: standby child replaced by the leader child (LEADER=1)"]
 
@@ -177,7 +177,7 @@ def test_with_no_leader_in_sight_the_standby_child_starts_after_the_hold(caplog)
     assert h.sup.runners["db"].next_deadline() == h.clock() + STANDBY_HOLD
     h.clock.advance(STANDBY_HOLD)
     (spec,) = h.turn()["db"].values()
-    assert (spec.env["LEADER"], spec.env["LEADER_MEMBER"]) == ("0", "")
+    assert (spec.environ()["LEADER"], spec.environ()["LEADER_MEMBER"]) == ("0", "")
 
 
 # --- reset says what it does (1.9) --------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_cron_claims_a_tick_as_an_effect_and_starts_only_after_the_claim_won():
     running = h.turn()
     assert list(running) == ["report"]
     (spec,) = running["report"].values()
-    assert spec.env["LEADER_TOKEN"] == str(token) and "SCHEDULED_TIME" in spec.env
+    assert spec.environ()["LEADER_TOKEN"] == str(token) and "SCHEDULED_TIME" in spec.environ()
 
 
 def test_cron_claim_that_fails_runs_nothing_and_is_retried_later():
@@ -206,7 +206,7 @@ def test_topic_run_is_acknowledged_by_an_effect_after_it_exits():
     h.tell("thumbs", Delivered(Message(id=7, data=b"payload", published_at=0.0)))
     running = h.turn()
     (spec,) = running["thumbs"].values()
-    assert spec.stdin_data == b"payload" and spec.env["MESSAGE_ID"] == "7"
+    assert spec.stdin_data == b"payload" and spec.environ()["MESSAGE_ID"] == "7"
     h.exit("thumbs", "msg-7", 0)
     h.turn()
     assert h.effect_names() == ["acknowledge message 7"]
@@ -260,7 +260,7 @@ def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
     h.session._keepalive_once()
     running = h.turn()
     (spec,) = running["worker"].values()
-    assert (spec.env["INDEX"], spec.env["COUNT"], spec.env["EPOCH"]) == ("0", "2", "5")
+    assert (spec.environ()["INDEX"], spec.environ()["COUNT"], spec.environ()["EPOCH"]) == ("0", "2", "5")
 
 
 class Boom(RuntimeError):

@@ -18,7 +18,7 @@ from etcdvisor.config.health import expand, template_problem
 from etcdvisor.config.model import HealthSpec, ProbeSpec, RoleSpec, RoleType
 from etcdvisor.process.child import ChildState
 from etcdvisor.process.manager import ProcessManager
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, ChildVars
 from etcdvisor.process.tracking import alive
 from etcdvisor.runtime.probes import ProbeDone, ProbeRunner, check_http, check_memory, check_tcp
 from etcdvisor.runtime.readiness import NotifyMessage, Readiness
@@ -196,7 +196,7 @@ class FakeRunner:
 class FakeSlot:
     def __init__(self, name="api/0"):
         self.name = name
-        self.desired = ChildSpec(name="api[0]", argv=("x",), env={"INDEX": "2"})
+        self.desired = ChildSpec(name="api[0]", argv=("x",), env={}, vars=ChildVars(index=2))
         self.child = SimpleNamespace(tag="t1", pid=4242, state=ChildState.RUNNING, started_at=100.0,
                                      spec=self.desired, alive=True)
         self.failed: list[tuple[str, bool]] = []

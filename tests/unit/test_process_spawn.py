@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
+from etcdvisor.process.spawn import ChildSpec, ChildVars, SpawnError, spawn
 
 
 def _spec(*argv, **kwargs):
@@ -98,6 +98,29 @@ def test_spec_repr_hides_env_and_payload_and_spec_is_hashable():
     assert spec.argv == ("true",)
     assert hash(spec) == hash(ChildSpec(name="w", argv=("true",), env={}, stdin_data=b"secret"))
     assert spec != ChildSpec(name="w", argv=("true",), env={}, stdin_data=b"secret")
+
+
+def test_child_vars_render_the_documented_variables_and_win_over_env():
+    every = ChildVars(role="worker", member_id="m1", cluster="prod", endpoints="http://e:2379", index=3,
+                      count=8, epoch=12, leader=True, leader_token=7, scheduled_time="2026-05-01T03:00:00+00:00",
+                      manual=True, topic="jobs", message_id=42, attempt=2)
+    assert every.environ() == {
+        "ROLE": "worker", "MEMBER_ID": "m1", "CLUSTER": "prod", "ETCDVISOR_ENDPOINTS": "http://e:2379",
+        "ETCDVISOR_CLUSTER": "prod", "ETCDVISOR_MEMBER_ID": "m1", "INDEX": "3", "COUNT": "8", "EPOCH": "12",
+        "LEADER": "1", "LEADER_TOKEN": "7", "SCHEDULED_TIME": "2026-05-01T03:00:00+00:00", "MANUAL": "1",
+        "TOPIC": "jobs", "MESSAGE_ID": "42", "ATTEMPT": "2"}
+    per_member = ChildVars(shards=(42, 3, 17), count=64, epoch=5)
+    assert per_member.environ() == {"SHARDS": "3,17,42", "COUNT": "64", "EPOCH": "5"}
+    assert (per_member.indexes, per_member.first_index) == (frozenset({3, 17, 42}), 3)
+    assert ChildVars(leader=False, leader_member="").environ() == {"LEADER": "0", "LEADER_MEMBER": ""}
+    assert ChildVars().environ() == {} and ChildVars().first_index == 0
+    # the child sees env with the vars rendered over it (an inherited INDEX does not win)
+    spec = ChildSpec(name="w", argv=(sys.executable, "-c", "import os; print(os.environ['INDEX'], os.environ['X'])"),
+                     env={**os.environ, "INDEX": "99", "X": "y"}, vars=ChildVars(index=3))
+    proc = spawn(spec)
+    out, _ = proc.communicate(timeout=10)
+    assert out.split() == [b"3", b"y"]
+    assert spec != ChildSpec(name="w", argv=spec.argv, env=spec.env, vars=ChildVars(index=4))
 
 
 def _kill_quietly(pid):

@@ -15,7 +15,7 @@ import yaml
 from etcdvisor.config import load
 from etcdvisor.coord import open_backend
 from etcdvisor.process.slot import Exited, Started, Stopped
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, ChildVars
 from etcdvisor.recipes.registry import ServiceInfo
 from etcdvisor.runtime.registration import PeersSnapshot, Registration, cluster_registry
 
@@ -75,7 +75,7 @@ def make(tmp_path):
 
 
 def api_slot(index=2):
-    spec = ChildSpec(name=f"api[{index}]", argv=("true",), env={"INDEX": str(index)})
+    spec = ChildSpec(name=f"api[{index}]", argv=("true",), env={}, vars=ChildVars(index=index))
     return FakeSlot("api/api", spec)
 
 

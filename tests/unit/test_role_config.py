@@ -16,6 +16,7 @@ import yaml
 
 from etcdvisor.config import RestartPolicy, RoleType, load
 from etcdvisor.coord import open_backend
+from etcdvisor.process.spawn import ChildVars
 from etcdvisor.runtime.role_config import CONFIG_FILE_ENV, ConfigSnapshot, RoleConfig
 
 
@@ -83,7 +84,7 @@ def setup(tmp_path):
 def spec_of(s, extra=None):
     from etcdvisor.process.spawn import ChildSpec
 
-    env = s.wiring.child_env(s.role, "api", extra or {})
+    env = s.wiring.child_env(s.role, "api", extra or ChildVars())
     return ChildSpec(name="api", argv=("true",), env=env)
 
 
@@ -212,10 +213,10 @@ def test_a_one_shot_run_is_not_cut_short_by_a_restart_entry(setup, tmp_path):
     s = setup
     role = dataclasses.replace(s.role, type=RoleType.JOB, restart=RestartPolicy.ON_FAILURE)
     snapshot(s, port="int:8080")
-    first = s.wiring.child_env(role, "job-run", {})
+    first = s.wiring.child_env(role, "job-run", ChildVars())
     snapshot(s, port="int:9090")
-    assert s.wiring.child_env(role, "job-run", {})["PORT"] == first["PORT"] == "8080"  # same spec
-    assert s.wiring.child_env(role, "next-run", {})["PORT"] == "9090"  # later runs get the new value
+    assert s.wiring.child_env(role, "job-run", ChildVars())["PORT"] == first["PORT"] == "8080"  # same spec
+    assert s.wiring.child_env(role, "next-run", ChildVars())["PORT"] == "9090"  # later runs get the new value
 
 
 def test_yaml_values_that_are_not_json_do_not_break_the_loop(setup):

@@ -164,12 +164,12 @@ def test_blockers_scale_to_4096_shards():
 
 def test_shard_children_keep_their_env_and_per_member_set():
     first = shard_children((1, 3), 8, False, 10, {})
-    assert first["shard-1"].env == {"INDEX": "1", "COUNT": "8", "EPOCH": "10"}
+    assert first["shard-1"].vars.environ() == {"INDEX": "1", "COUNT": "8", "EPOCH": "10"}
     again = shard_children((1, 3, 5), 8, False, 11, first)
-    assert again["shard-1"] is first["shard-1"] and again["shard-5"].env["EPOCH"] == "11"
+    assert again["shard-1"] is first["shard-1"] and again["shard-5"].vars.environ()["EPOCH"] == "11"
     member = shard_children((17, 3, 42), 64, True, 5, {})
     (child,) = member.values()
-    assert child.env == {"SHARDS": "3,17,42", "COUNT": "64", "EPOCH": "5"}
+    assert child.vars.environ() == {"SHARDS": "3,17,42", "COUNT": "64", "EPOCH": "5"}
     assert shard_children((3, 17, 42), 64, True, 6, member) == member
     assert shard_children((), 64, True, 6, member) == {}
 

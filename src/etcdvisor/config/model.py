@@ -20,6 +20,14 @@ from types import MappingProxyType
 from ..coord.url import TLSOptions
 from .schedule import Schedule
 
+RESERVED_ENV = frozenset({
+    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
+    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
+})
+"""Variables the supervisor sets for children (process/spawn.py's ``ChildVars``), which a
+role's ``env`` or ``config`` may not name: the one list; plus every ``ETCDVISOR_*``."""
+RESERVED_ENV_PREFIX = "ETCDVISOR_"
+
 
 class RoleType(enum.StrEnum):
     SHARDED = "sharded"

@@ -16,7 +16,16 @@ from .. import timing
 from .durations import format_size, parse_duration, parse_size
 from .errors import Problems
 from .health import health_fields
-from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
+from .model import (
+    RESERVED_ENV,
+    RESERVED_ENV_PREFIX,
+    BackoffSettings,
+    RestartPolicy,
+    RoleSpec,
+    RoleType,
+    RolloutSettings,
+    _frozen_map,
+)
 from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
@@ -27,12 +36,6 @@ ROLE_NAME_MAX = 63
 WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-RESERVED_ENV = frozenset({
-    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
-    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
-})
-"""Variables the supervisor sets for children; a role may not override them."""
-RESERVED_ENV_PREFIX = "ETCDVISOR_"
 
 MAX_PAYLOAD_LIMIT = 1024 * 1024  # etcd's default request limit is 1.5MiB; keep room for keys
 

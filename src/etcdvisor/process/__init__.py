@@ -21,7 +21,7 @@ must stay small (no psutil, subprocess or threading). Names are resolved lazily.
 from importlib import import_module
 
 _EXPORTS = {
-    "ChildSpec": "spawn", "SpawnError": "spawn", "spawn": "spawn",
+    "ChildSpec": "spawn", "ChildVars": "spawn", "SpawnError": "spawn", "spawn": "spawn",
     "ChildProcess": "child", "ChildState": "child",
     "RestartBackoff": "backoff",
     "Slot": "slot", "SlotState": "slot", "RestartPolicy": "slot", "SlotEvent": "slot",

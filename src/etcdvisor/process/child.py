@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 from etcdvisor.process.cgroup import AttachState
 from etcdvisor.process.output import child_role_slot
 from etcdvisor.process.spawn import ChildSpec, SpawnError, spawn
+from etcdvisor.process.states import Transitions
 from etcdvisor.process.tracking import TAG_ENV, TreeTracker, new_tag, signal_pids
 
 log = logging.getLogger("etcdvisor")
@@ -71,6 +72,15 @@ class ChildState(enum.Enum):
     STOPPING = "stopping"  # stop_signal sent to the group, waiting for exit or deadline
     KILLED = "killed"      # SIGKILL sent, waiting to reap
     EXITED = "exited"      # reaped (returncode set) or never started (spawn failed)
+
+
+CHILD_STATES = Transitions("child", {
+    ChildState.STARTING: (ChildState.RUNNING, ChildState.EXITED),  # spawned, or the spawn failed
+    ChildState.RUNNING: (ChildState.STOPPING, ChildState.KILLED, ChildState.EXITED),
+    ChildState.STOPPING: (ChildState.KILLED, ChildState.EXITED),
+    ChildState.KILLED: (ChildState.EXITED,),
+    ChildState.EXITED: (),
+})
 
 
 def _min_deadline(*deadlines: float | None) -> float | None:
@@ -132,12 +142,12 @@ class ChildProcess:
             if self._watchdog is not None:
                 self._watchdog.spawn_failed(self.tag)
             self.spawn_error = str(exc)
-            self.state = ChildState.EXITED  # STARTING -> EXITED
+            self._set_state(ChildState.EXITED)
             raise
         self._proc = proc
         self.pid = self.pgid = proc.pid
         self.started_at = time.monotonic() if now is None else now
-        self.state = ChildState.RUNNING  # STARTING -> RUNNING
+        self._set_state(ChildState.RUNNING)
         self._attachment = self._tracker.child_started(self.tag, proc.pid, leaf, self.spec.memory_max)
         if self._output is not None:
             self._output.add(self.spec.name, proc.stdout, proc.stderr,  # type: ignore[arg-type]
@@ -147,6 +157,9 @@ class ChildProcess:
             self._watchdog.register(self.pgid, term_at, kill_at, self.spec.stop_signal,
                                     tag=self.tag)
         return proc.pid
+
+    def _set_state(self, new: ChildState) -> None:
+        self.state = CHILD_STATES.change(self.spec.name, self.state, new)
 
     def stop(self, now: float) -> None:
         """Send ``stop_signal`` to the group; SIGKILL follows at ``now + stop_timeout``.
@@ -158,7 +171,7 @@ class ChildProcess:
         self.stop_requested = True
         self._stop_kill_at = _min_deadline(now + self.spec.stop_timeout, self._lease_kill_at)
         self._stop_sent_at = now
-        self.state = ChildState.STOPPING  # RUNNING -> STOPPING
+        self._set_state(ChildState.STOPPING)
         self._signal_group(self.spec.stop_signal)
         outside = self._outside_group()
         signal_pids(outside, self.spec.stop_signal)
@@ -192,7 +205,7 @@ class ChildProcess:
         self.stop_requested = True
         self._signal_group(signal.SIGKILL)
         self._tracker.kill_tree(self.tag, self.pid, self._attachment)
-        self.state = ChildState.KILLED  # RUNNING | STOPPING -> KILLED
+        self._set_state(ChildState.KILLED)
 
     def poll(self, now: float) -> int | None:
         """Reap without blocking; return the exit code (negative = signal) or None.
@@ -231,7 +244,7 @@ class ChildProcess:
         if self._attachment is not None and cgroups is not None and self._in_cgroup():
             cgroups.release(self._attachment)
         self.exited_at = now
-        self.state = ChildState.EXITED  # RUNNING | STOPPING | KILLED -> EXITED
+        self._set_state(ChildState.EXITED)
         if self._watchdog is not None:
             self._watchdog.unregister(pid)
         return self.returncode

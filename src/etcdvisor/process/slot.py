@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING
 from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.child import ChildProcess, ChildState
 from etcdvisor.process.spawn import ChildSpec, SpawnError
+from etcdvisor.process.states import Transitions
 
 if TYPE_CHECKING:
     from etcdvisor.process.output import OutputPump
@@ -80,6 +81,19 @@ class SlotState(enum.Enum):
     BACKOFF = "backoff"    # waiting for restart_at
     EXITED = "exited"      # the policy says the run is complete (one-shot done)
     FAILED = "failed"      # crash loop or unexecutable command; needs a new desire
+
+
+SLOT_STATES = Transitions("slot", {
+    SlotState.STOPPED: (SlotState.RUNNING, SlotState.BACKOFF, SlotState.FAILED),  # started, spawn failed
+    # stop requested (desire, lease, restart, health check); the child exited: stopped
+    # as asked, complete, crash loop, restart later
+    SlotState.RUNNING: (SlotState.STOPPING, SlotState.STOPPED, SlotState.EXITED, SlotState.FAILED,
+                        SlotState.BACKOFF),
+    SlotState.STOPPING: (SlotState.STOPPED, SlotState.EXITED, SlotState.FAILED, SlotState.BACKOFF),
+    SlotState.BACKOFF: (SlotState.RUNNING, SlotState.FAILED, SlotState.STOPPED),
+    SlotState.EXITED: (SlotState.STOPPED,),  # a new desire (or none)
+    SlotState.FAILED: (SlotState.STOPPED,),
+})
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,9 @@ class Slot:
         self._start_by: float | None = None  # no lease-bound start at or after this
         self._dirty = True
 
+    def _set_state(self, new: SlotState) -> None:
+        self.state = SLOT_STATES.change(self.name, self.state, new)
+
     # -- inputs ------------------------------------------------------------------
 
     def set_desired(self, spec: ChildSpec | None) -> None:
@@ -187,7 +204,7 @@ class Slot:
         rollout). False when no child runs."""
         if self._child is None or self._child.state is not ChildState.RUNNING:
             return False
-        self.state = SlotState.STOPPING  # RUNNING -> STOPPING (restart requested)
+        self._set_state(SlotState.STOPPING)  # RUNNING -> STOPPING (restart requested)
         self._restart_reason = reason
         self._child.stop(now)
         self._dirty = True
@@ -206,7 +223,7 @@ class Slot:
         no child runs."""
         if self._child is None or self._child.state is not ChildState.RUNNING:
             return False
-        self.state = SlotState.STOPPING  # RUNNING -> STOPPING (health check failed)
+        self._set_state(SlotState.STOPPING)  # RUNNING -> STOPPING (health check failed)
         self._health_failure = (reason, quick)
         self._child.stop(now)
         self._dirty = True
@@ -262,7 +279,7 @@ class Slot:
         self.last_exit = code
         health, self._health_failure = self._health_failure, None
         if child.stop_requested and health is None:
-            self.state = SlotState.STOPPED  # STOPPING -> STOPPED
+            self._set_state(SlotState.STOPPED)  # STOPPING -> STOPPED
             events.append(Stopped(self.name, code))
             return
         self._restart_reason = None
@@ -270,7 +287,7 @@ class Slot:
         reason = health[0] if health is not None else "exit"
         if self.restart is RestartPolicy.NEVER or (
                 health is None and self.restart is RestartPolicy.ON_FAILURE and code == 0):
-            self.state = SlotState.EXITED  # RUNNING | STOPPING -> EXITED
+            self._set_state(SlotState.EXITED)  # RUNNING | STOPPING -> EXITED
             events.append(Exited(self.name, code, uptime, None, reason))
             return
         if health is None:
@@ -278,7 +295,7 @@ class Slot:
         else:  # never healthy: a quick exit whatever the uptime; healthy before: restart at once
             self._failures = self._failures + 1 if health[1] else 0
         if self._failures > self.start_retries:
-            self.state = SlotState.FAILED  # RUNNING | STOPPING -> FAILED
+            self._set_state(SlotState.FAILED)  # RUNNING | STOPPING -> FAILED
             events.append(Exited(self.name, code, uptime, None, reason))
             what = "exited" if health is None else f"failed its {reason} check"
             events.append(Failed(self.name, (
@@ -286,7 +303,7 @@ class Slot:
                 f"{self.backoff.reset_after:g}s of starting (last exit code {code})")))
             return
         self.restart_at = now + self.backoff.delay(self._failures, self._rand)
-        self.state = SlotState.BACKOFF  # RUNNING | STOPPING -> BACKOFF
+        self._set_state(SlotState.BACKOFF)  # RUNNING | STOPPING -> BACKOFF
         self._restart_reason = reason
         events.append(Exited(self.name, code, uptime, self.restart_at, reason))
 
@@ -294,24 +311,24 @@ class Slot:
         desired = self._desired
         if self._child is not None:
             if desired != self._spec and self._child.state is ChildState.RUNNING:
-                self.state = SlotState.STOPPING  # RUNNING -> STOPPING
+                self._set_state(SlotState.STOPPING)  # RUNNING -> STOPPING
                 self._restart_reason = self._spec_change_reason if desired is not None else None
                 self._spec_change_reason = None
                 self._child.stop(now)
             elif self._child.stop_requested:
-                self.state = SlotState.STOPPING  # RUNNING -> STOPPING (lease term)
+                self._set_state(SlotState.STOPPING)  # RUNNING -> STOPPING (lease term)
             return
         if desired is None:
             self._restart_reason = None
             if self.state is SlotState.BACKOFF:
                 events.append(Stopped(self.name, None))
-            self.state = SlotState.STOPPED  # BACKOFF | EXITED | FAILED -> STOPPED
+            self._set_state(SlotState.STOPPED)  # BACKOFF | EXITED | FAILED -> STOPPED
             self._failures, self.restart_at = 0, None
             return
         if desired != self._spec:
             self._spec_change_reason = None
             self._spec, self._failures, self.restart_at = desired, 0, None
-            self.state = SlotState.STOPPED  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
+            self._set_state(SlotState.STOPPED)  # EXITED | FAILED | BACKOFF -> STOPPED (new spec)
         if self.state in (SlotState.EXITED, SlotState.FAILED):
             return
         if self.state is SlotState.BACKOFF and self.restart_at is not None \
@@ -344,18 +361,18 @@ class Slot:
         if reason is not None:
             self.restarts_by_reason[reason] = self.restarts_by_reason.get(reason, 0) + 1
         self._child, self.restart_at = child, None
-        self.state = SlotState.RUNNING  # STOPPED | BACKOFF -> RUNNING
+        self._set_state(SlotState.RUNNING)  # STOPPED | BACKOFF -> RUNNING
         events.append(Started(self.name, pid, None if restarting else reason))
 
     def _spawn_failed(self, now: float, exc: SpawnError, events: list[SlotEvent]) -> None:
         events.append(SpawnFailed(self.name, str(exc)))
         self._failures += 1
         if exc.permanent or self._failures > self.start_retries:
-            self.state = SlotState.FAILED  # STOPPED | BACKOFF -> FAILED
+            self._set_state(SlotState.FAILED)  # STOPPED | BACKOFF -> FAILED
             events.append(Failed(self.name, str(exc)))
             return
         self.restart_at = now + self.backoff.delay(self._failures, self._rand)
-        self.state = SlotState.BACKOFF  # STOPPED -> BACKOFF (transient spawn error)
+        self._set_state(SlotState.BACKOFF)  # STOPPED -> BACKOFF (transient spawn error)
 
     @property
     def child_name(self) -> str:

@@ -2,8 +2,11 @@
 
 Guarantees of ``spawn()``:
 
+- the child's environment is ``spec.environ()``: ``spec.env`` plus the variables the
+  supervisor sets (``spec.vars``: ROLE, INDEX, COUNT, LEADER_TOKEN...), rendered here
+  and nowhere else;
 - argv is executed directly (never through a shell); argv[0] is looked up on the
-  ``PATH`` of ``spec.env`` (the child's environment, as execvpe would), relative paths
+  ``PATH`` of ``spec.environ()`` (the child's environment, as execvpe would), relative paths
   containing ``/`` are resolved against ``spec.cwd``;
 - a missing / non-executable command or working directory raises ``SpawnError`` with one
   line such as ``worker[0]: command not found: 'pyhton' (searched PATH=/usr/bin:/bin)``
@@ -11,7 +14,7 @@ Guarantees of ``spawn()``:
   ENOMEM) raises ``SpawnError`` with ``permanent=False``;
 - the child leads its own process group (pgid == pid), so a signal to the group reaches
   its descendants;
-- ``extra_env`` (the tracking marker ``ETCDVISOR_CHILD_TAG``) is added to ``spec.env``;
+- ``extra_env`` (the tracking marker ``ETCDVISOR_CHILD_TAG``) is added to ``spec.environ()``;
 - with ``parent_death=True`` (the default, for callers without a watchdog) the child
   gets a parent-death signal (PR_SET_PDEATHSIG = SIGKILL, set in a ``preexec_fn``) and an
   empty signal mask. Linux delivers it when the *thread* that forked exits, so call
@@ -64,13 +67,108 @@ class SpawnError(Exception):
 
 
 @dataclass(frozen=True)
+class ChildVars:
+    """The variables the supervisor sets for one child, as typed parts (the list is in
+    docs/config-reference.md, ``roles``). Code reads these fields, never the rendered
+    strings; :meth:`environ` renders them, only when a child is spawned. None (False
+    for ``manual``) leaves a variable out.
+
+    ``role``, ``member_id``, ``cluster``: ROLE, MEMBER_ID, CLUSTER and their
+    ``ETCDVISOR_`` twins (with ``endpoints``: ETCDVISOR_ENDPOINTS); sharded children:
+    ``index``/``shards`` (SHARDS="3,17,42", ascending), ``count``, ``epoch``; leaders:
+    ``leader`` (LEADER=1, a standby LEADER=0 with ``leader_member``), ``leader_token``;
+    cron runs ``scheduled_time`` and ``manual`` (MANUAL=1); topic runs ``topic``,
+    ``message_id``, ``attempt``.
+    """
+
+    role: str | None = None
+    member_id: str | None = None
+    cluster: str | None = None
+    endpoints: str | None = None
+    index: int | None = None
+    shards: tuple[int, ...] | None = None
+    count: int | None = None
+    epoch: int | None = None
+    leader: bool | None = None
+    leader_token: int | None = None
+    leader_member: str | None = None
+    scheduled_time: str | None = None
+    manual: bool = False
+    topic: str | None = None
+    message_id: int | None = None
+    attempt: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards is not None:
+            object.__setattr__(self, "shards", tuple(sorted(self.shards)))
+
+    @property
+    def indexes(self) -> frozenset[int]:
+        """The INDEX, or the SHARDS, this child covers (empty for other roles)."""
+        found = set(self.shards or ())
+        if self.index is not None:
+            found.add(self.index)
+        return frozenset(found)
+
+    @property
+    def first_index(self) -> int:
+        """INDEX, else the lowest of SHARDS, else 0 (a probe's ``{index}``)."""
+        if self.index is not None:
+            return self.index
+        return self.shards[0] if self.shards else 0
+
+    def environ(self) -> dict[str, str]:
+        """The variables as the child sees them (names as docs/config-reference.md lists)."""
+        env: dict[str, str] = {}
+        if self.role is not None:
+            env["ROLE"] = self.role
+        if self.member_id is not None:
+            env["MEMBER_ID"] = self.member_id
+        if self.cluster is not None:
+            env["CLUSTER"] = self.cluster
+        if self.endpoints is not None:
+            env["ETCDVISOR_ENDPOINTS"] = self.endpoints
+        if self.cluster is not None:
+            env["ETCDVISOR_CLUSTER"] = self.cluster
+        if self.member_id is not None:
+            env["ETCDVISOR_MEMBER_ID"] = self.member_id
+        if self.index is not None:
+            env["INDEX"] = str(self.index)
+        if self.shards is not None:
+            env["SHARDS"] = ",".join(str(shard) for shard in self.shards)
+        if self.count is not None:
+            env["COUNT"] = str(self.count)
+        if self.epoch is not None:
+            env["EPOCH"] = str(self.epoch)
+        if self.leader is not None:
+            env["LEADER"] = "1" if self.leader else "0"
+        if self.leader_token is not None:
+            env["LEADER_TOKEN"] = str(self.leader_token)
+        if self.leader_member is not None:
+            env["LEADER_MEMBER"] = self.leader_member
+        if self.scheduled_time is not None:
+            env["SCHEDULED_TIME"] = self.scheduled_time
+        if self.manual:
+            env["MANUAL"] = "1"
+        if self.topic is not None:
+            env["TOPIC"] = self.topic
+        if self.message_id is not None:
+            env["MESSAGE_ID"] = str(self.message_id)
+        if self.attempt is not None:
+            env["ATTEMPT"] = str(self.attempt)
+        return env
+
+
+@dataclass(frozen=True)
 class ChildSpec:
     """Everything needed to start one child. Immutable; compared by value.
 
-    ``env`` is the complete environment (nothing is inherited implicitly); it is copied
-    on construction, excluded from the hash and from ``repr`` (it may hold secrets), as
-    is ``stdin_data``. ``stop_timeout`` is the grace period between ``stop_signal`` and
-    SIGKILL. ``lease_bound`` marks a child whose right to run depends on the lease.
+    ``env`` is the environment besides the variables the supervisor sets, which
+    ``vars`` carries typed; the child gets ``environ()``, both together (``vars`` win;
+    nothing is inherited implicitly). ``env`` is copied on construction, excluded from
+    the hash and from ``repr`` (it may hold secrets), as is ``stdin_data``.
+    ``stop_timeout`` is the grace period between ``stop_signal`` and SIGKILL.
+    ``lease_bound`` marks a child whose right to run depends on the lease.
     ``stdout_file``/``stderr_file``: the file a stream goes to (None: the supervisor's own).
     ``memory_max``: the child's cgroup leaf gets this ``memory.max`` where the memory
     controller is on (``health.memory``; the supervisor samples RSS as well).
@@ -87,6 +185,7 @@ class ChildSpec:
     stdout_file: LogFileSpec | None = None  # None: the supervisor's stdout (process/output.py)
     stderr_file: LogFileSpec | None = None
     memory_max: int | None = None  # bytes: the cgroup leaf's memory.max, where there is one (health.memory)
+    vars: ChildVars = field(default_factory=ChildVars)  # ROLE, INDEX, COUNT, LEADER_TOKEN... typed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -97,6 +196,10 @@ class ChildSpec:
             raise ValueError(f"{self.name}: stop_timeout must be >= 0")
         if self.stdin_data is not None and not isinstance(self.stdin_data, bytes):
             raise TypeError(f"{self.name}: stdin_data must be bytes or None")
+
+    def environ(self) -> dict[str, str]:
+        """The child's complete environment: ``env`` with the ``vars`` rendered over it."""
+        return {**self.env, **self.vars.environ()}
 
 
 def resolve_command(spec: ChildSpec) -> str:
@@ -112,7 +215,7 @@ def resolve_command(spec: ChildSpec) -> str:
             raise SpawnError(f"{spec.name}: command not found: {command!r}")
         _check_executable(spec.name, command, path)
         return path
-    search = os.pathsep.join(os.get_exec_path(spec.env))
+    search = os.pathsep.join(os.get_exec_path(spec.environ()))
     found = shutil.which(command, path=search)
     if found is None:
         for directory in search.split(os.pathsep):
@@ -171,7 +274,7 @@ def spawn(spec: ChildSpec, *, capture_output: bool = True,
         proc = subprocess.Popen(
             list(spec.argv),
             executable=executable,
-            env=spec.env if not extra_env else {**spec.env, **extra_env},
+            env={**spec.environ(), **(extra_env or {})},
             cwd=spec.cwd,
             stdin=subprocess.DEVNULL if spec.stdin_data is None else subprocess.PIPE,
             stdout=output,

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..coord.base import Backend
+from ..coord.records import decimal
 from ..coord.types import Get, KeyValue, Put, missing, prefix_end
 from .counter import parse_count
 
@@ -124,3 +126,50 @@ def resolve_format(backend: Backend, prefix: str, *, batched: bool) -> tuple[IdF
         want = IdFormat.BATCHED if tail and tail[3] is not None else IdFormat.REVISION
         only_if_new = False
     raise RuntimeError(f"{format_key}: the topic format key keeps changing")
+
+
+@dataclass(frozen=True)
+class TopicBacklog:
+    """What a keys-only listing of one topic says about its backlog: the retained
+    message ids (ascending), each queue group's done markers and claims, and the
+    groups known (from ``groups/``, ``done/`` or ``claims/``). The one count of
+    unprocessed messages, for ``status`` and the ``etcdvisor_topic_backlog`` metric."""
+
+    ids: tuple[MessageId, ...]
+    done: dict[str, frozenset[int]]
+    claimed: dict[str, int]
+    groups: frozenset[str]
+
+    def unacked(self, group: str) -> int:
+        """Retained messages without ``group``'s done marker (a queue group's backlog)."""
+        done = self.done.get(group, frozenset())
+        return sum(1 for number in set(self.ids) if number not in done)
+
+    def after(self, cursor: int) -> int:
+        """Retained messages past a broadcast subscriber's cursor."""
+        return sum(1 for number in self.ids if number > cursor)
+
+
+def topic_backlog(kvs: Iterable[KeyValue], prefix: str) -> TopicBacklog:
+    """:class:`TopicBacklog` from the keys under one topic's ``prefix`` (values unused)."""
+    ids: list[MessageId] = []
+    done: dict[str, set[int]] = {}
+    claimed: dict[str, int] = {}
+    groups: set[str] = set()
+    for kv in kvs:
+        kind, _, tail = kv.key[len(prefix):].partition("/")
+        if kind == "msg":
+            ids.append(message_id(kv))
+        elif kind == "groups":
+            groups.add(tail)
+        elif kind == "done":
+            group, _, number_text = tail.partition("/")
+            groups.add(group)
+            if (number := decimal(number_text)) is not None:
+                done.setdefault(group, set()).add(number)
+        elif kind == "claims":
+            group = tail.partition("/")[0]
+            groups.add(group)
+            claimed[group] = claimed.get(group, 0) + 1
+    return TopicBacklog(tuple(sorted(ids)), {g: frozenset(n) for g, n in done.items()}, claimed,
+                        frozenset(groups))

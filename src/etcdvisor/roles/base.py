@@ -19,6 +19,7 @@ a reload); ``stop`` gives coordination up once the role's children are gone.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import itertools
 import logging
 import time
@@ -36,7 +37,7 @@ from ..coord.session import Session
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.logfile import LogFileSpec
 from ..process.slot import SlotEvent
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 
 log = logging.getLogger("etcdvisor")
 _SERIALS = itertools.count(1)
@@ -56,7 +57,7 @@ class RuntimeContext:
     base_env: Mapping[str, str] = field(default_factory=dict)
     wall: Callable[[], float] = time.time  # wall clock (schedules, records)
     metrics: Any = None  # runtime.metrics.Metrics when the supervisor runs (counters only)
-    config_env: Callable[[RoleSpec, str, Mapping[str, str]], dict[str, str]] | None = None  # role config:
+    config_env: Callable[[RoleSpec, str, ChildVars], dict[str, str]] | None = None  # role config:
     notify_socket: Callable[[str], str] | None = None  # child name -> its sd_notify socket path
     # role name -> {slot key: (child alive, ready)}; ready None: nothing to judge (no child
     # running, starting or in backoff). Set by the supervisor (runtime/child_health.py).
@@ -66,14 +67,15 @@ class RuntimeContext:
     def cluster(self) -> str:
         return self.config.cluster
 
-    def child_spec(self, role: RoleSpec, name: str, extra_env: Mapping[str, str],
+    def child_spec(self, role: RoleSpec, name: str, child_vars: ChildVars | None = None,
                    stdin_data: bytes | None = None) -> ChildSpec:
-        """The ChildSpec of one child of ``role``: the supervisor's environment,
-        the etcdvisor variables, the role's ``env`` and ``extra_env`` (in that
-        order of precedence, last wins, except that the etcdvisor variables
-        cannot be overridden by the role env). With ``health.notify`` the child
-        gets its own ``NOTIFY_SOCKET`` (and ``WATCHDOG_USEC`` with ``health.watchdog``);
-        the supervisor's own sd_notify variables are never passed on."""
+        """The ChildSpec of one child of ``role``: the supervisor's environment, the
+        role's ``env`` and its ``config`` variables, and the etcdvisor variables, typed
+        (``child_vars`` completed with ROLE, MEMBER_ID, CLUSTER, ETCDVISOR_ENDPOINTS),
+        which win: the role env cannot override them; they become strings only at
+        spawn. With ``health.notify`` the child gets its own ``NOTIFY_SOCKET`` (and
+        ``WATCHDOG_USEC`` with ``health.watchdog``); the supervisor's own sd_notify
+        variables are never passed on."""
         env = dict(self.base_env)
         for name_ in NOTIFY_ENV:  # the supervisor's own (under systemd) is not the child's
             env.pop(name_, None)
@@ -82,32 +84,26 @@ class RuntimeContext:
             env["NOTIFY_SOCKET"] = self.notify_socket(name)
             if role.health.watchdog is not None:
                 env["WATCHDOG_USEC"] = str(int(role.health.watchdog * 1_000_000))
-        env.update({
-            "ROLE": role.name,
-            "MEMBER_ID": self.member_id,
-            "CLUSTER": self.cluster,
-            "ETCDVISOR_ENDPOINTS": self.endpoints,
-            "ETCDVISOR_CLUSTER": self.cluster,
-            "ETCDVISOR_MEMBER_ID": self.member_id,
-        })
+        child_vars = dataclasses.replace(child_vars or ChildVars(), role=role.name, member_id=self.member_id,
+                                         cluster=self.cluster, endpoints=self.endpoints)
         if self.config_env is not None:
-            env.update(self.config_env(role, name, extra_env))
-        env.update(extra_env)
+            env.update(self.config_env(role, name, child_vars))
         cwd = self.config.role_cwd(role)
         return ChildSpec(name=name, argv=role.command, env=env, cwd=cwd,
                          stop_signal=int(role.stop_signal), stop_timeout=role.stop_timeout,
                          stdin_data=stdin_data, lease_bound=role.lease_bound,
-                         stdout_file=self._log_file(role, role.stdout, cwd, env),
-                         stderr_file=self._log_file(role, role.stderr, cwd, env),
-                         memory_max=role.health.memory)
+                         stdout_file=self._log_file(role, role.stdout, cwd, child_vars),
+                         stderr_file=self._log_file(role, role.stderr, cwd, child_vars),
+                         memory_max=role.health.memory, vars=child_vars)
 
     def _log_file(self, role: RoleSpec, output: OutputFile | None, cwd: str,
-                  env: Mapping[str, str]) -> LogFileSpec | None:
+                  child_vars: ChildVars) -> LogFileSpec | None:
         """Where one stream of a child goes (None: the supervisor's own); ``{index}``
         is the child's INDEX, 0 without one (as for ``register.port``)."""
         if output is None:
             return None
-        path = output.path(cwd, role=role.name, member=self.member_id, index=env.get("INDEX", "0"))
+        index = child_vars.index if child_vars.index is not None else 0
+        path = output.path(cwd, role=role.name, member=self.member_id, index=str(index))
         return LogFileSpec(path=path, root=cwd, max_size=output.max_size, backups=output.backups,
                            role=role.name)
 
@@ -206,7 +202,7 @@ class RoleRunner(abc.ABC):
     def record_done(self, count: int, index: int, code: int) -> None:
         """Record a final exit of a one-shot child for ``after:`` barriers
         (``roles/<role>/done/<count>/<index>``; permanent, not on the lease)."""
-        key = f"{self.ctx.keys.role(self.name)}done/{count}/{index}"
+        key = self.ctx.keys.done_record(self.name, count, index)
         body = dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
         self.effect(f"record completion {count}/{index}", lambda: self.ctx.backend.put(key, body))
 

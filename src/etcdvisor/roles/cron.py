@@ -47,6 +47,7 @@ leader survives the run).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -142,7 +143,7 @@ class CronRunner(LeaderRunner):
                 return parse_tick_id(tick_id)
             except ValueError:  # a key not written by a cron leader
                 log.warning("role %s: ignoring tick record %s: not a tick id", self.name,
-                            (self.ctx.keys.ticks(self.name) + tick_id)[:200])
+                            self.ctx.keys.tick(self.name, tick_id)[:200])
         return None
 
     def _now(self) -> datetime:
@@ -226,7 +227,7 @@ class CronRunner(LeaderRunner):
         """Claim ``tick`` (or the manual run of ``trigger``) with a transaction fenced
         by our token (an effect); the run starts when the claim comes back won."""
         tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
-        key = self.ctx.keys.ticks(self.name) + tick_id
+        key = self.ctx.keys.tick(self.name, tick_id)
         token, term = self.token, self.term
         extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
         record = {"state": "running", "member": self.ctx.member_id, "token": token,
@@ -271,10 +272,9 @@ class CronRunner(LeaderRunner):
         if self.runs and self.policy == "replace" and not manual:
             self.say(f"tick {tick_id}: replacing the active run(s) {', '.join(self.runs)}")
             self.runs.clear()
-        env = {**self.leader_env(), "SCHEDULED_TIME": self.schedule.format_tick(tick)}
-        if manual:
-            env["MANUAL"] = "1"
-        spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", env)
+        run_vars = dataclasses.replace(self.leader_vars(), scheduled_time=self.schedule.format_tick(tick),
+                                       manual=manual)
+        spec = self.ctx.child_spec(self.spec, f"{self.name}@{tick_id}", run_vars)
         self.runs[tick_id] = _Run(tick, spec, manual)
         late = (claimed_at - tick).total_seconds()
         self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
@@ -282,7 +282,7 @@ class CronRunner(LeaderRunner):
     def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
                 tick_id: str | None = None) -> None:
         tick_id = tick_id or self.schedule.tick_id(tick)
-        key = self.ctx.keys.ticks(self.name) + tick_id
+        key = self.ctx.keys.tick(self.name, tick_id)
         record = {"member": self.ctx.member_id, "token": self.token, "scheduled": tick.isoformat(),
                   **fields}
         backend = self.ctx.backend

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..coord.records import SHARD_ALIVE, SHARD_GRANT, RecordError
+from ..process.spawn import ChildVars
 from .assignment import Part
 
 MAX_RECORD_BYTES = 512 * 1024  # a record larger than this is garbage: treat it as "everything"
@@ -44,11 +45,11 @@ MAX_RECORD_BYTES = 512 * 1024  # a record larger than this is garbage: treat it 
 
 @dataclass(frozen=True)
 class Child:
-    """One desired child: its slot key, the partitions it covers, its env."""
+    """One desired child: its slot key, the partitions it covers, its variables."""
 
     key: str
     parts: frozenset[Part]
-    env: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    vars: ChildVars = field(default_factory=ChildVars, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

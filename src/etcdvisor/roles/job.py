@@ -90,7 +90,7 @@ class JobRunner(LeaderRunner):
         if not self.leading or self.failed_reason or not self.record_known:
             return {}
         if self.running:
-            return {"run": self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+            return {"run": self.ctx.child_spec(self.spec, self.name, self.leader_vars())}
         if self.retry_at is not None and now < self.retry_at:
             return {}
         if not job_done(self.record, self.hash) and not self.writing:

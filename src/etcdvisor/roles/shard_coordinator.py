@@ -94,10 +94,10 @@ class Coordinator:
         self.state = CoordinatorState.IDLE
         self.due_at: float | None = None
         self.retry_at: float | None = None
-        self.key = runner.ctx.keys.role(runner.name) + "assignment"
+        self.key = runner.ctx.keys.assignment(runner.name)
         self.sent: tuple[tuple[str, ...], float] | None = None  # members published, until when to trust it
         # granting (fenced hand-off)
-        self.alive_prefix = runner.ctx.keys.role(runner.name) + "alive/"
+        self.alive_prefix = runner.ctx.keys.alive(runner.name)
         self.watching = False  # granting: we are first and follow the alive records
         self.watcher: PrefixWatcher | None = None  # (None in turn tests: they post the snapshots)
         self.gen = 0
@@ -375,4 +375,4 @@ class Coordinator:
 def grant_key(runner: ShardedRunner, member: str) -> str:
     """``roles/<role>/grants/<member>/grant``: one key under a prefix of its own,
     so that a member's watch on its prefix sees its grant and nothing else."""
-    return runner.ctx.keys.role(runner.name) + f"grants/{member}/grant"
+    return runner.ctx.keys.grant(runner.name, member)

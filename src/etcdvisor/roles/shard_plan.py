@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..coord.records import RecordError, parse_json
+from ..process.spawn import ChildVars
 from .assignment import Part, join_order_parts
 from .handoff import Child
 
@@ -87,8 +88,7 @@ def join_order_children(position: int, members: int, processes: int, epoch: int,
         if old is not None and old.parts == frozenset({part}):
             children[key] = old
         else:
-            env = {"INDEX": str(part.index), "COUNT": str(part.count), "EPOCH": str(epoch)}
-            children[key] = Child(key, frozenset({part}), env)
+            children[key] = Child(key, frozenset({part}), ChildVars(index=part.index, count=part.count, epoch=epoch))
     return children
 
 
@@ -99,16 +99,16 @@ def shard_children(shards: tuple[int, ...], count: int, per_member: bool, epoch:
     if not shards:
         return {}
     if per_member:
-        listed = ",".join(str(s) for s in sorted(shards))
+        listed = ",".join(str(s) for s in sorted(shards))  # as in SHARDS
         key = f"shards-{len(shards)}-{zlib.crc32(listed.encode()):08x}"
         parts = frozenset(Part(s, count) for s in shards)
         old = keep.get(key)
         if old is not None and old.parts == parts:
             return {key: old}
-        return {key: Child(key, parts, {"SHARDS": listed, "COUNT": str(count), "EPOCH": str(epoch)})}
+        return {key: Child(key, parts, ChildVars(shards=tuple(shards), count=count, epoch=epoch))}
     children = {}
     for shard in sorted(shards):
         key = f"shard-{shard}"
-        env = {"INDEX": str(shard), "COUNT": str(count), "EPOCH": str(epoch)}
-        children[key] = keep.get(key) or Child(key, frozenset({Part(shard, count)}), env)
+        child_vars = ChildVars(index=shard, count=count, epoch=epoch)
+        children[key] = keep.get(key) or Child(key, frozenset({Part(shard, count)}), child_vars)
     return children

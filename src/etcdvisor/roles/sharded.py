@@ -101,7 +101,7 @@ class ShardedRunner(RoleRunner):
         self._fence_logged: tuple[list[str], list[str]] | None = None  # debug: the last fence decision logged
         self._due = False
         keys = self.ctx.keys
-        self.alive_prefix = keys.role(self.name) + "alive/"
+        self.alive_prefix = keys.alive(self.name)
         self.record_key = self.alive_prefix + self.ctx.member_id
         self.grant_key = grant_key(self, self.ctx.member_id)
         # the first member in join order publishes fixed-shard plans and grants fenced starts
@@ -117,7 +117,7 @@ class ShardedRunner(RoleRunner):
             self.watchers.append(PrefixWatcher(self.ctx.backend, self.grant_key.rsplit("/", 1)[0] + "/",
                                                self._on_grant, name=f"{self.name}:grant"))
         if self.shards:
-            self.watchers.append(PrefixWatcher(self.ctx.backend, keys.role(self.name) + "assignment",
+            self.watchers.append(PrefixWatcher(self.ctx.backend, keys.assignment(self.name),
                                                self._on_assignment, name=f"{self.name}:assignment"))
         for watcher in self.watchers:
             watcher.start()
@@ -131,7 +131,7 @@ class ShardedRunner(RoleRunner):
         self.post(read_grant(kv) if kv is not None else NO_GRANT)
 
     def _on_assignment(self, change: Change) -> None:
-        kv = change.snapshot.get(self.ctx.keys.role(self.name) + "assignment")
+        kv = change.snapshot.get(self.ctx.keys.assignment(self.name))
         if kv is None:
             self.post(Published(0, ()))
         else:  # garbage decodes to None: keep its mod revision for the CAS
@@ -216,8 +216,8 @@ class ShardedRunner(RoleRunner):
         # named role[INDEX] (the log prefix ``worker[3]|``, the JSON ``slot``); the slot
         # key (``3/8``, ``p0``, ``shard-3``) stays the identity; a per-member child has
         # no INDEX and keeps its key
-        return {key: self.ctx.child_spec(self.spec, f"{self.name}[{child.env.get('INDEX', key)}]",
-                                         child.env)
+        return {key: self.ctx.child_spec(
+                    self.spec, f"{self.name}[{key if child.vars.index is None else child.vars.index}]", child.vars)
                 for key, child in self.running.items()}
 
     def _overlap_step(self) -> None:

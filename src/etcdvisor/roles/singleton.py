@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from ..coord.errors import CoordError
 from ..coord.records import member_name
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
+from ..process.states import Transitions
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
 from .base import RoleRunner
 
@@ -53,6 +54,16 @@ class LeaderState(enum.Enum):
     FOLLOWER = "follower"  # between a lost term and the next campaign
     FAILED = "failed"
     STOPPED = "stopped"
+
+
+LEADER_STATES = Transitions("leader", {
+    LeaderState.CAMPAIGNING: (LeaderState.LEADER, LeaderState.FAILED, LeaderState.STOPPED),
+    # a lost term (FOLLOWER: campaigning again at once, or after a step-down's hold)
+    LeaderState.LEADER: (LeaderState.FOLLOWER, LeaderState.FAILED, LeaderState.STOPPED),
+    LeaderState.FOLLOWER: (LeaderState.CAMPAIGNING, LeaderState.LEADER, LeaderState.FAILED, LeaderState.STOPPED),
+    LeaderState.FAILED: (LeaderState.STOPPED,),  # resigned; only the role's stop follows
+    LeaderState.STOPPED: (),
+})
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,9 @@ class LeaderRunner(RoleRunner):
                                  self.ctx.member_id, name=f"{self.name}:election")
         self._campaign()
 
+    def _set_state(self, new: LeaderState) -> None:
+        self.state = LEADER_STATES.change(f"role {self.name}", self.state, new)
+
     @property
     def leading(self) -> bool:
         return self.state is LeaderState.LEADER and self.stepping_down is None
@@ -117,7 +131,7 @@ class LeaderRunner(RoleRunner):
             self.hold_until = None
             if self.state is LeaderState.FOLLOWER and not self._stop.is_set() and not self.failed_reason:
                 self.say("campaigning again after stepping down")
-                self.state = LeaderState.CAMPAIGNING
+                self._set_state(LeaderState.CAMPAIGNING)
                 self.effect("campaign", self._campaign)
         limit = self.spec.step_down_after
         judged = [ready for _alive, ready in health.values() if ready is not None]
@@ -187,7 +201,8 @@ class LeaderRunner(RoleRunner):
             if self._stop.is_set() or self.failed_reason:
                 self.effect("resign", self.election.resign)
                 return
-            self.state, self.token = LeaderState.LEADER, payload.token
+            self._set_state(LeaderState.LEADER)
+            self.token = payload.token
             self.term += 1
             self.leader_member = self.ctx.member_id
             self.say(f"elected leader (LEADER_TOKEN={payload.token})")
@@ -201,14 +216,14 @@ class LeaderRunner(RoleRunner):
             if stepping_down is not None:
                 self.hold_until = at + self.spec.backoff.max
             elif not self._stop.is_set() and not self.failed_reason:
-                self.state = LeaderState.CAMPAIGNING
+                self._set_state(LeaderState.CAMPAIGNING)
                 self.effect("campaign", self._campaign)
         elif isinstance(payload, LeaderSeen) and self.state is not LeaderState.LEADER:
             self.leader_member = payload.member
 
     def _end_term(self) -> None:
         self._stop_watch()
-        self.state = LeaderState.FOLLOWER
+        self._set_state(LeaderState.FOLLOWER)
         self.token = 0
         self.term += 1
 
@@ -220,7 +235,7 @@ class LeaderRunner(RoleRunner):
         self.say(f"failed ({reason}); resigning so another member takes over")
         self._stop.set()
         self._stop_watch()
-        self.state = LeaderState.FAILED
+        self._set_state(LeaderState.FAILED)
         self.token = 0
         self.term += 1
         if self.election is not None:
@@ -243,7 +258,7 @@ class LeaderRunner(RoleRunner):
         self._stop.set()
         if self._watch:
             self._watch.stop()
-        self.state = LeaderState.STOPPED
+        self._set_state(LeaderState.STOPPED)
         if self.election is None:
             return
         try:
@@ -251,8 +266,9 @@ class LeaderRunner(RoleRunner):
         except CoordError as exc:
             log.warning("role %s: resign failed: %s", self.name, exc)
 
-    def leader_env(self) -> dict[str, str]:
-        return {"LEADER": "1", "LEADER_TOKEN": str(self.token)}
+    def leader_vars(self) -> ChildVars:
+        """LEADER=1 and LEADER_TOKEN for the leader's children."""
+        return ChildVars(leader=True, leader_token=self.token)
 
     def status(self) -> dict:
         return {**super().status(), "state": self.state.value, "leader": self.leading,
@@ -321,13 +337,13 @@ class SingletonRunner(LeaderRunner):
             return {}
         if self.leading:
             self._standby_on, self._hold_from = False, None
-            return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_env())}
+            return {self.name: self.ctx.child_spec(self.spec, self.name, self.leader_vars())}
         if self.spec.standby and self.state is not LeaderState.STOPPED:
             if self._standby_held(now):
                 return {}
             self._standby_on = True
-            env = {"LEADER": "0", "LEADER_MEMBER": self.leader_member if self._follower_known() else ""}
-            spec = self.ctx.child_spec(self.spec, self.name, env)
+            standby = ChildVars(leader=False, leader_member=self.leader_member if self._follower_known() else "")
+            spec = self.ctx.child_spec(self.spec, self.name, standby)
             return {self.name: dataclasses.replace(spec, lease_bound=False)}
         self._standby_on = False
         return {}

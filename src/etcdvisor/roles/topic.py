@@ -49,7 +49,7 @@ from ..coord.records import decimal
 from ..coord.session import SessionEventKind
 from ..process.backoff import RestartBackoff
 from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.topic import Message, Topic
 from ..recipes.topic_queue import QueueConsumer
 from .base import RoleRunner, describe
@@ -95,7 +95,7 @@ class TopicRunner(RoleRunner):
         self._waiting: collections.deque[str] = collections.deque()  # runs without a slot, oldest first
         self._stop = threading.Event()
         self.queue = self.spec.delivery != "broadcast"
-        self.cursor_key = f"{self.topic.prefix}cursors/{self.name}/{self.ctx.member_id}"
+        self.cursor_key = self.ctx.keys.topic_cursor(self.topic_name, self.name, self.ctx.member_id)
         self.source = None
         self._acks: list[Message] = []  # finished runs not yet in an ack write (loop thread)
         self._acking = False  # an ack effect is queued or running (loop thread)
@@ -232,10 +232,9 @@ class TopicRunner(RoleRunner):
                     continue
                 run.retry_at = None
                 run.attempt += 1
-            if run.spec is None or run.spec.env.get("ATTEMPT") != str(run.attempt):
-                env = {"TOPIC": self.topic_name, "MESSAGE_ID": str(run.message.id),
-                       "ATTEMPT": str(run.attempt)}
-                run.spec = self.ctx.child_spec(self.spec, f"{self.name}#{run.message.id}", env,
+            if run.spec is None or run.spec.vars.attempt != run.attempt:
+                run_vars = ChildVars(topic=self.topic_name, message_id=run.message.id, attempt=run.attempt)
+                run.spec = self.ctx.child_spec(self.spec, f"{self.name}#{run.message.id}", run_vars,
                                                stdin_data=run.message.data)
             wanted[key] = run.spec
         return wanted

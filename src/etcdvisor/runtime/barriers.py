@@ -48,7 +48,7 @@ class BarrierFact:
 
 
 def done_key(keys: ClusterKeys, role: str, count: int, index: int) -> str:
-    return f"{keys.role(role)}done/{count}/{index}"
+    return keys.done_record(role, count, index)
 
 
 def completed(dep: RoleSpec, keys: ClusterKeys, snapshot: Mapping[str, KeyValue]) -> bool:
@@ -60,7 +60,7 @@ def completed(dep: RoleSpec, keys: ClusterKeys, snapshot: Mapping[str, KeyValue]
         if record is None:
             return False
         return job_done(record, spec_hash(dep)) and record.get("state") == "succeeded"
-    prefix = f"{keys.role(dep.name)}done/"
+    prefix = keys.done(dep.name)
     by_count: dict[int, set[int]] = {}
     for key, kv in snapshot.items():
         if not key.startswith(prefix):

@@ -59,7 +59,7 @@ TRIGGER_MAX_AGE = 60.0  # seconds: an older trigger is history, never run
 
 
 def control_prefix(keys: ClusterKeys) -> str:
-    return keys.base + "control/"
+    return keys.control
 
 
 def control_key(keys: ClusterKeys, role: str, verb: str) -> str:

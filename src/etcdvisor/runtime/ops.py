@@ -214,7 +214,7 @@ class Operations:
     def _topic_backlog(self) -> dict[str, int]:
         """Unprocessed messages per topic role (queue: of its group; broadcast: after this
         member's cursor). Runs on the HTTP thread, so etcd reads are fine here."""
-        from ..recipes.topic import message_id  # several messages share a revision: the id is in the key
+        from ..recipes.topic_format import topic_backlog  # the count status shows too
 
         sup = self.sup
         roles = [r for r in sup.config.roles.values() if r.type.value == "topic"]
@@ -222,28 +222,19 @@ class Operations:
         for role in roles:
             topic = role.topic or role.name
             prefix = sup.keys.topic(topic)
-            kvs = sup.backend.get_prefix(prefix, keys_only=True).kvs  # CoordError: counted by Metrics
-            if role.delivery == "broadcast":
-                cursor = sup.backend.get(f"{prefix}cursors/{role.name}/{sup.config.member.id}")
-                after = (decimal(cursor.value) if cursor is not None else None) or 0
-                backlog[role.name] = sum(1 for kv in kvs if kv.key.startswith(prefix + "msg/")
-                                         and message_id(kv) > after)
-                continue
-            # queue: retained messages without the group's done marker (as status counts them)
-            retained = {message_id(kv) for kv in kvs if kv.key.startswith(prefix + "msg/")}
-            done_prefix = f"{prefix}done/{role.name}/"
-            done = {number for kv in kvs if kv.key.startswith(done_prefix)
-                    and (number := decimal(kv.key[len(done_prefix):])) is not None}
-            backlog[role.name] = len(retained - done)
+            found = topic_backlog(sup.backend.get_prefix(prefix, keys_only=True).kvs, prefix)  # CoordError:
+            if role.delivery == "broadcast":  # counted by Metrics
+                cursor = sup.backend.get(sup.keys.topic_cursor(topic, role.name, sup.config.member.id))
+                backlog[role.name] = found.after((decimal(cursor.value) if cursor is not None else None) or 0)
+            else:  # queue: retained messages without the group's done marker
+                backlog[role.name] = found.unacked(role.name)
         return backlog
 
 
 def _child_indexes(slot: Slot) -> set[int]:
     """The INDEX (join order, per-shard child) or SHARDS (per-member child) of the
-    child a slot runs, from its environment: what ``restart --index I`` matches."""
+    child a slot runs: what ``restart --index I`` matches."""
     spec = slot.child.spec if slot.child is not None else slot.desired
     if spec is None:
         return set()
-    found = {int(spec.env["INDEX"])} if spec.env.get("INDEX", "").isdigit() else set()
-    found.update(int(s) for s in spec.env.get("SHARDS", "").split(",") if s.isdigit())
-    return found
+    return set(spec.vars.indexes)

@@ -155,8 +155,8 @@ class ProbeRunner:
         if self.manager is None:
             self.post(ProbeDone(done.slot, done.tag, done.probe, False, "no process manager"))
             return
-        spec = ChildSpec(name=f"{done.slot}/{done.probe}-probe", argv=argv, env=child.env, cwd=child.cwd,
-                         stop_signal=int(signal.SIGKILL), stop_timeout=0.0)
+        spec = ChildSpec(name=f"{done.slot}/{done.probe}-probe", argv=argv, env=child.env, vars=child.vars,
+                         cwd=child.cwd, stop_signal=int(signal.SIGKILL), stop_timeout=0.0)
         slot = self.manager.new_slot(spec, RestartPolicy.NEVER, start_retries=0,
                                      on_event=lambda event: self._exec_event(slot, event))
         self._execs[slot] = (done, now + timeout, timeout)

@@ -244,7 +244,7 @@ class Readiness:
             if child is not None:
                 self.runner.exec(done, spec.argv, child.spec, spec.timeout, now)
             return
-        index = _index_of(child.spec.env if child is not None else {})
+        index = child.spec.vars.first_index if child is not None else 0
         target = expand(spec.target, index=index, member=self.member, host=self.host)
         if spec.kind == "http":
             self.runner.http(done, target, spec.timeout)
@@ -331,11 +331,3 @@ class Readiness:
         log.warning("%s: %s check failed (%s): restarting it", run.slot.name, reason, message,
                     extra={"role": run.role.name})
         run.slot.fail_child(now, reason, quick)
-
-
-def _index_of(env: dict[str, str]) -> int:
-    text = env.get("INDEX", "")
-    if text.isdigit():
-        return int(text)
-    shards = [s for s in env.get("SHARDS", "").split(",") if s.isdigit()]
-    return int(shards[0]) if shards else 0

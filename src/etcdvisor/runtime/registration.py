@@ -132,10 +132,7 @@ class Registration:
         """The ServiceInfo of a started child of ``role`` (``spec``: its ChildSpec)."""
         reg = role.register
         assert reg is not None  # only roles with register: get here
-        try:
-            index = int(spec.env.get("INDEX", "0"))
-        except ValueError:
-            index = 0
+        index = spec.vars.index if spec.vars.index is not None else 0
         port = reg.port_for(index)
         fill = {"host": self.host, "member": self.member_id, "index": index, "port": port}
         meta = {k: v.format(**fill) if isinstance(v, str) else v for k, v in reg.meta.items()}

@@ -58,19 +58,19 @@ from ..config import Config, RoleSpec
 from ..config.model import ChangeAction, RoleType
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
-from ..coord.keys import ROOT
+from ..coord.keys import SHARED_ROOT
 from ..coord.records import dumps
 from ..coord.watcher import Change, PrefixWatcher
 from ..logs import child_role_slot
 from ..process.slot import Slot
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.layered_config import ConfigValueError, LayeredConfig
 from ..roles.base import RoleRunner
 from .private_files import make_config_dir, write_atomically
 
 log = logging.getLogger("etcdvisor")
 
-SHARED_PREFIX = ROOT + "_shared"  # etcdvisor layout: /etcdvisor/_shared/config/... (no cluster starts with _)
+SHARED_PREFIX = SHARED_ROOT  # etcdvisor layout: /etcdvisor/_shared/config/...
 CONFIG_FILE_ENV = "ETCDVISOR_CONFIG_FILE"
 ENV_VALUE_LIMIT = 32 * 1024  # Linux refuses a single env string over 128 KiB; stay well below
 
@@ -276,7 +276,7 @@ class RoleConfig:
         return value
 
     # --- loop: children ----------------------------------------------------------------------
-    def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
+    def child_env(self, role: RoleSpec, name: str, child_vars: ChildVars) -> dict[str, str]:
         """Variables for child ``name`` of ``role`` (see module docstring). With
         ``rolling``, a running child keeps the restart values it was admitted with
         until the rollout admits the current ones (:meth:`admit`)."""
@@ -291,7 +291,7 @@ class RoleConfig:
                 admitted = self.admitted[name] = current
         else:
             admitted = current
-        restart_part = (tuple(sorted(extra_env.items())), tuple((e, _typed(v)) for e, v in admitted.items()))
+        restart_part = (child_vars, tuple((e, _typed(v)) for e, v in admitted.items()))
         kept = self.frozen.get(name)
         if kept is None or kept[0] != restart_part:
             texts = {env: env_text(v) for env, v in values.items() if v is not None}

@@ -62,11 +62,11 @@ CAS_TRIES = 64  # every round one writer wins: enough for a fleet's members at o
 
 
 def rollouts_prefix(keys: ClusterKeys) -> str:
-    return keys.base + "rollouts/"
+    return keys.rollouts
 
 
 def record_key(keys: ClusterKeys, role: str) -> str:
-    return f"{rollouts_prefix(keys)}{role}"
+    return keys.rollout(role)
 
 
 def slots_prefix(keys: ClusterKeys, role: str) -> str:

@@ -567,10 +567,9 @@ class Supervisor:
             child = slot.child
             entry = status[runner.name].setdefault("children", {})
             spec = child.spec if child else slot.desired
-            index = spec.env.get("INDEX", "") if spec is not None else ""
             entry[key] = {"name": slot.child_name, "state": slot.state.value, "pid": child.pid if child else None,
                           "restarts": slot.restarts, "last_exit": slot.last_exit,
-                          "index": int(index) if index.isdigit() else None,
+                          "index": spec.vars.index if spec is not None else None,
                           "restarts_by_reason": dict(slot.restarts_by_reason),
                           **self.readiness.status(slot.name, now)}
         return status

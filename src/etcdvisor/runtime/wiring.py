@@ -20,14 +20,14 @@ it if the supervisor dies).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import Config, RoleSpec
 from ..coord.base import Backend
 from ..coord.session import Session
 from ..process.slot import SlotEvent
-from ..process.spawn import ChildSpec
+from ..process.spawn import ChildSpec, ChildVars
 from ..roles.base import RoleRunner
 from .reconcile import Reconciler
 from .registration import PeersDenied, PeersSnapshot, Registration
@@ -83,8 +83,8 @@ class SeedWiring:
         elif isinstance(event, PeersDenied):
             self.registration.denied(event)
 
-    def child_env(self, role: RoleSpec, name: str, extra_env: Mapping[str, str]) -> dict[str, str]:
-        return self.config.child_env(role, name, extra_env)
+    def child_env(self, role: RoleSpec, name: str, child_vars: ChildVars) -> dict[str, str]:
+        return self.config.child_env(role, name, child_vars)
 
     def before_reconcile(self, now: float) -> None:
         self.registration.retry_due(now)
