@@ -34,8 +34,8 @@ def test_the_documented_layout():
                                                                base + "rollouts/w")
 
 
-SEGMENT = re.compile(r"""(["}])(roles|members|control|topics|waitgroups|rollouts|shard|election|ticks|done|alive|grants"""
-                     r"""|cursors)/""")
+SEGMENT = re.compile(r"""(["}])(roles|members|control|topics|waitgroups|rollouts|shard|election|ticks|done|alive"""
+                     r"""|grants|cursors)/""")
 
 
 def test_no_cluster_key_is_spelled_outside_coord_keys():

@@ -350,7 +350,7 @@ def test_overlap_handoff_needs_no_coordinator_record_or_grant(make):
     for member in (a, b):
         assert member.runner.coordinator is None
     wait_for(lambda: [m.turn() for m in (a, b)] and set(a.alive) == {"p0"} and set(b.alive) == {"p0"}
-             and {a.runner.running["p0"].env["COUNT"], b.runner.running["p0"].env["COUNT"]} == {"2"},
+             and {a.runner.running["p0"].vars.count, b.runner.running["p0"].vars.count} == {2},
              5, "each runs its p0 child with COUNT=2")
     assert not make.backend.get_prefix(ROLE + "alive/").kvs and not make.backend.get_prefix(ROLE + "grants/").kvs
 
