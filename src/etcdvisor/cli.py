@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_logs import add_logs_verb
 
     add_logs_verb(sub)
+    from .cli_upgrade import add_upgrade_verb
+
+    add_upgrade_verb(sub)
     return parser
 
 

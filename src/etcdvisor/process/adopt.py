@@ -31,7 +31,7 @@ import signal
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from etcdvisor.process.cgroup import AttachState, Attachment
+from etcdvisor.process.cgroup import Attachment, AttachState
 from etcdvisor.process.child import ChildProcess, ChildState
 from etcdvisor.process.slot import Slot, SlotState
 from etcdvisor.process.spawn import ChildSpec
@@ -71,9 +71,7 @@ class AdoptedProcess:
         while self.poll() is None:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
-            # a bounded, growing pause: only the watchdog's stop() waits here (2 s at most)
-            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-            _pause(pause)
+            _pause(pause)  # bounded and growing: only the watchdog's stop() waits here (2 s at most)
             pause = min(0.05, pause * 2)
         assert self.returncode is not None
         return self.returncode
@@ -232,7 +230,7 @@ def adopt_slot(manager: ProcessManager, slot: Slot, doc: dict[str, Any], spec: C
         for fd in (stdout_fd, stderr_fd):
             if fd is not None:
                 os.set_inheritable(fd, False)
-        manager.output.add(child_spec.name, pipes[0], pipes[1],  # type: ignore[arg-type]
+        manager.output.add(child_spec.name, pipes[0], pipes[1],
                            files=(child_spec.stdout_file, child_spec.stderr_file))
     slot._child = child
     slot._spec = child_spec

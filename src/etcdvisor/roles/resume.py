@@ -102,7 +102,8 @@ def _export_sharded(r: Any) -> dict[str, Any]:
     return {"phase": r.phase.value, "applied": _info(r.applied), "latest": _info(r.latest),
             "running": [_child(c) for c in r.running.values()],
             "target": [_child(c) for c in r.target.values()],
-            "live": sorted(r.live), "record": None if r.record is None else sorted([p.index, p.count] for p in r.record),
+            "live": sorted(r.live),
+            "record": None if r.record is None else sorted([p.index, p.count] for p in r.record),
             "record_rev": r.record_rev}
 
 
