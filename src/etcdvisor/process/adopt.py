@@ -90,18 +90,33 @@ def _pause(seconds: float) -> None:
     threading.Event().wait(seconds)
 
 
-def spec_digest(spec: ChildSpec) -> str:
-    """A digest of everything that makes two specs different children (the hand-over
-    compares the spec the new code wants with the one the child was started from)."""
-    parts = []
+def spec_digest(spec: ChildSpec) -> dict[str, str]:
+    """Field -> digest of its value, for every field that makes two specs different
+    children (the hand-over compares the spec the new code wants with the one the
+    child was started from; env variables one by one, so a difference can be named)."""
+    digests = {}
     for item in dataclasses.fields(spec):
         value = getattr(spec, item.name)
-        if isinstance(value, dict):
-            value = sorted(value.items())
-        elif isinstance(value, bytes):
-            value = hashlib.sha256(value).hexdigest()
-        parts.append(f"{item.name}={value!r}")
-    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+        if item.name == "env" and isinstance(value, dict):
+            for name, text in value.items():
+                digests[f"env.{name}"] = _digest(text)
+            continue
+        digests[item.name] = _digest(hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else value)
+    return digests
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(repr(value).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def spec_difference(spec: ChildSpec | None, digests: dict[str, str]) -> list[str]:
+    """The fields (``env.NAME`` for variables) in which ``spec`` differs from ``digests``."""
+    if spec is None:
+        return ["(no child wanted)"]
+    if not isinstance(digests, dict):
+        return ["(unreadable digest)"]
+    mine = spec_digest(spec)
+    return sorted(name for name in {*mine, *digests} if mine.get(name) != digests.get(name))
 
 
 # --- before the exec ----------------------------------------------------------------------
@@ -208,7 +223,7 @@ def adopt_slot(manager: ProcessManager, slot: Slot, doc: dict[str, Any], spec: C
             slot.state = SlotState(doc["state"])  # STOPPED -> BACKOFF | EXITED | FAILED (handed over)
             slot.restart_at = doc["restart_at"]
         return
-    matches = spec is not None and spec_digest(spec) == child_doc["digest"]
+    matches = spec is not None and not spec_difference(spec, child_doc["digest"])
     child_spec = spec if matches and spec is not None else minimal_spec(child_doc["spec"])
     child = ChildProcess(child_spec, output=manager.output, watchdog=manager.watchdog, tracker=manager.tracker)
     child.pid = child.pgid = int(child_doc["pid"])

@@ -37,6 +37,7 @@ server is a child the new image cannot take over): refused with one line.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
@@ -47,6 +48,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -71,43 +74,57 @@ ADOPT_GRACE = 10.0  # seconds a handed-over child waits for its runner to ask fo
 ABANDON_BOUND = 10.0  # seconds children get to stop when the state cannot be read
 
 CHECK_CODE = """\
-import sys
+import base64, pickle, sys
 try:
     import etcdvisor
     import etcdvisor.runtime.supervisor
+    import etcdvisor.config.isolated
     from etcdvisor.config import ConfigError
-    from etcdvisor.config.isolated import load_isolated
+    from etcdvisor.config.loader import load
 except BaseException as exc:
     print(f"cannot import the new code: {type(exc).__name__}: {exc}".replace("\\n", " "))
     sys.exit(1)
 try:
-    load_isolated(sys.argv[1])
+    config = load(sys.argv[1])
 except ConfigError as exc:
-    print(str(exc).splitlines()[0])
+    print(exc.errors[0] if exc.errors else str(exc))
     sys.exit(1)
 except BaseException as exc:
     print(f"{sys.argv[1]}: cannot load: {type(exc).__name__}: {exc}".replace("\\n", " "))
     sys.exit(1)
 print(etcdvisor.__version__)
+print(base64.b64encode(pickle.dumps(config)).decode("ascii"))
 """
 
 
-def check_new_code(config_path: str, python: str = sys.executable) -> str:
-    """(Effect) Import the package and load the config in a child process; the new
-    version, or UpgradeRefused (one line)."""
+@dataclass(frozen=True)
+class Checked:
+    """What the check of the new code found: its version and the config it loaded
+    (pickled by the new code, for the new code: the new image skips loading it again)."""
+
+    version: str
+    config: str
+
+
+def check_new_code(config_path: str, environ: Mapping[str, str], python: str = sys.executable) -> Checked:
+    """(Effect) Import the package and load the config in a child process that sees
+    only what a config check may see (never the etcd password); UpgradeRefused (one
+    line) if either fails."""
+    from ..config.isolated import check_environment
+
     try:
         done = subprocess.run([python, "-c", CHECK_CODE, config_path], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=CHECK_TIMEOUT, close_fds=True)
+                              env=check_environment(environ), capture_output=True, timeout=CHECK_TIMEOUT,
+                              close_fds=True)
     except subprocess.TimeoutExpired:
         raise UpgradeRefused(f"the check of the new code took over {CHECK_TIMEOUT:g}s") from None
     except OSError as exc:
         raise UpgradeRefused(f"cannot run {python}: {exc.strerror or exc}") from None
     lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
-    last = lines[-1].strip() if lines else ""
-    if done.returncode != 0:
-        detail = last or _last_line(done.stderr) or f"exit status {done.returncode}"
+    if done.returncode != 0 or len(lines) < 2:
+        detail = (lines[-1].strip() if lines else "") or _last_line(done.stderr) or f"exit status {done.returncode}"
         raise UpgradeRefused(detail[:400])
-    return last[:100] or "unknown"
+    return Checked(lines[-2].strip()[:100], lines[-1].strip())
 
 
 def _last_line(data: bytes) -> str:
@@ -127,6 +144,7 @@ class Upgrader:
         self.checking = False
         self.ready_since: float | None = None  # checked: hand over at the next quiet turn
         self.new_version: str | None = None
+        self.checked: Checked | None = None
         self._postponed: str | None = None
 
     def request(self, why: str) -> None:
@@ -142,16 +160,16 @@ class Upgrader:
             return
         log.info("upgrade requested (%s): checking the new code and %s", why, sup.config.source_path)
         self.checking = True
-        path = sup.config.source_path
-        sup._effect("check the new code for the upgrade", lambda: check_new_code(path), self._checked)
+        path, environ = sup.config.source_path, dict(sup.environ)
+        sup._effect("check the new code for the upgrade", lambda: check_new_code(path, environ), self._checked)
 
-    def _checked(self, version: str | None, error: BaseException | None) -> None:
+    def _checked(self, checked: Checked | None, error: BaseException | None) -> None:
         self.checking = False
-        if error is not None:
-            text = str(error) if isinstance(error, UpgradeRefused) else describe(error)
+        if error is not None or checked is None:
+            text = str(error) if isinstance(error, UpgradeRefused) else describe(error or ValueError("no answer"))
             log.error("upgrade refused, keeping the running code: %s", text)
             return
-        self.new_version = version
+        self.checked, self.new_version = checked, checked.version
         self.ready_since = self.sup.clock()
 
     def next_deadline(self) -> float | None:
@@ -221,6 +239,7 @@ class Upgrader:
         session = sup.session
         session._keepalive_once()  # a fresh t_k: the lease's whole TTL is ahead of the new image
         state = collect_state(sup, began)
+        state["config"] = {"path": sup.config.source_path, "pickle": self.checked.config if self.checked else None}
         slots = [doc for docs in state["slots"].values() for doc in [docs]]
         watchdog = state["watchdog"]
         fds = adopt.handed_fds(slots, watchdog)
@@ -236,13 +255,14 @@ class Upgrader:
         for handler in logging.getLogger().handlers + log.handlers:
             handler.flush()
         adopt.inherit_fds(fds)
-        os.environ[handover.ENV] = str(fd)
+        # the environment the member started with (not what imports added since, e.g. grpc's
+        # settings: children of the new image must get the environment the old ones got)
+        environ = {**sup.environ, handover.ENV: str(fd)}
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.execv(sys.executable, argv)
+            os.execve(sys.executable, argv, environ)
         except OSError as exc:
-            os.environ.pop(handover.ENV, None)
             for inherited in fds:
                 os.set_inheritable(inherited, False)
             os.close(fd)
@@ -282,18 +302,41 @@ def _export_probe(run: Any) -> dict[str, Any]:
 
 
 # --- the new image ----------------------------------------------------------------------------
+_taken: list[dict[str, Any] | None] = []  # the hand-over, once read (the descriptor is read once)
+
+
+def _handed() -> dict[str, Any] | None:
+    if not _taken:
+        try:
+            _taken.append(handover.take_from_environ(os.environ))
+        except handover.HandoverError as exc:
+            abandon(str(exc))
+    return _taken[0]
+
+
+def handed_config(path: str) -> Any:
+    """``supervisor run`` of a re-executed member: the config the pre-exec check loaded
+    (the new code read ``path`` moments ago), or None (a normal start: load it)."""
+    doc = _handed()
+    config = (doc or {}).get("state", {}).get("config") or {}
+    if not config.get("pickle") or config.get("path") != path:
+        return None
+    import pickle
+
+    from ..config import isolated  # noqa: F401 - registers the read-only mapping reducer
+
+    try:
+        return pickle.loads(base64.b64decode(config["pickle"]))
+    except Exception as exc:  # noqa: BLE001 - any failure: load the file as usual
+        log.warning("upgrade: the checked config cannot be used (%s); loading %s again", describe(exc), path)
+        return None
+
+
 def take(sup: Supervisor) -> dict[str, Any] | None:
     """The hand-over state of a re-executed member (None: a normal start). The
     variable is removed from every environment a child could inherit."""
     sup.environ.pop(handover.ENV, None)
-    if handover.ENV not in os.environ:
-        return None
-    try:
-        doc = handover.take_from_environ(os.environ)
-    except handover.HandoverError as exc:
-        abandon(str(exc))
-    assert doc is not None
-    return doc
+    return _handed()
 
 
 def abandon(reason: str) -> None:
@@ -434,8 +477,9 @@ class Resume:
             child.set_lease_deadlines(*slot._lease, sync_watchdog=True)
             manager.unprotect_pid(int(child.pid or 0))
             if child.spec is not spec:
-                log.info("%s: pid %s does not match what the new code wants here (a changed config or "
-                         "build): replacing it", child.spec.name, child.pid)
+                differs = adopt.spec_difference(spec, doc["child"]["digest"])
+                log.info("%s: pid %s differs from what the new code wants here (%s): replacing it",
+                         child.spec.name, child.pid, ", ".join(differs[:8]))
 
     # --- each turn ----------------------------------------------------------------------
     def after_turn(self, now: float) -> None:
