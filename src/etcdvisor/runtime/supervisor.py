@@ -246,6 +246,7 @@ class Supervisor:
         if resume is not None:
             self.record.started, self.record.upgraded = resume.started, time.time()
             self.upgrades = self.record.upgrades = resume.upgrades
+            self.ops.metrics.upgrades.inc(resume.upgrades)
         try:
             self.record.register(self.session.lease_id, {})
         except CoordError as exc:
