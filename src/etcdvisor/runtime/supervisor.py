@@ -248,7 +248,7 @@ class Supervisor:
             self.upgrades = self.record.upgrades = resume.upgrades
             self.ops.metrics.upgrades.inc(resume.upgrades)
         try:
-            self.record.register(self.session.lease_id, {})
+            self.record.register(self.session.lease_id, resume.state.get("status") or {} if resume else {})
         except CoordError as exc:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)

@@ -290,6 +290,7 @@ def collect_state(sup: Supervisor, began: float) -> dict[str, Any]:
         "roles": {name: export_state(runner) for name, runner in sup.runners.items()},
         "slots": slots,
         "probes": {name: _export_probe(run) for name, run in sup.readiness.runs.items()},
+        "status": sup._last_status,  # the member record keeps showing it until the new image rewrites it
     }
 
 
