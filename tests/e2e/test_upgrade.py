@@ -192,3 +192,33 @@ def test_a_build_that_cannot_read_the_state_stops_children_and_exits_1(fleet, tm
     assert stops == set(long_running(fleet)), "every worker stopped cleanly (SIGTERM)"
     assert wait_pids_gone(list(long_running(fleet)), 10) == []
     assert sys.executable  # the member ran this interpreter: nothing else is involved
+
+
+def test_upgrade_keeps_children_with_notify_config_items_registrations_and_peers(fleet, tmp_path):
+    """The paths a child got (NOTIFY_SOCKET, its config files) and its registration stay
+    valid across the upgrade: the children are adopted, not replaced; the wiring still
+    acts afterwards (a config item with on_change: restart restarts the child)."""
+    api = fleet.worker_role("sharded", health={"notify": True},
+                            config={"DB_PORT": {"item": "database.port", "default": 5432, "on_change": "restart"}},
+                            register={"service": "api", "address": "127.0.0.1", "port": "8000 + {index}"})
+    gateway = fleet.worker_role("singleton", peers={"api": {"file": "peers/api.json", "on_change": "none"}},
+                                cwd=str(tmp_path))
+    config = fleet.write_config({"api": api, "gw": gateway}, ttl=TTL)
+    member = fleet.start("m0", config)
+    wait_for(lambda: len(long_running_of(fleet, ("api", "gw"))) == 2, 60, "the workers to start")
+    wait_for(lambda: fleet.backend().get_prefix(f"/etcdvisor/{fleet.cluster}/services/api/").kvs, 30,
+             "the registration")
+    children = long_running_of(fleet, ("api", "gw"))
+    for n in range(2):
+        member.signal(signal.SIGUSR2)
+        wait_for(lambda n=n: upgrades_done(member) > n, 60, "the upgrade")
+    assert "differs from what the new code wants" not in member.output()
+    assert long_running_of(fleet, ("api", "gw")) == children
+    assert fleet.backend().get_prefix(f"/etcdvisor/{fleet.cluster}/services/api/").kvs
+    result = cli("config", "set", "database.port", "5433", "--type", "int", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: len(long_running_of(fleet, ("api",))) == 2, 30, "the config item to restart the api child")
+
+
+def long_running_of(fleet, roles) -> dict[int, dict]:
+    return {r["pid"]: r for r in fleet.records() if r["event"] == "start" and r["role"] in roles}

@@ -280,6 +280,8 @@ class Supervisor:
         self.ctx.notify_socket = self.child_health.notify_socket
         self.ctx.children_health = self._children_health
         self.attach_rollouts()
+        if resume is not None:
+            resume.reuse_directories()
         self.wiring.start()
         self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)

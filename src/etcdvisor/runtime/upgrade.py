@@ -61,6 +61,7 @@ from ..process.spawn import ChildSpec
 from ..roles.base import describe
 from ..roles.resume import ResumeError, export_state, restore_state
 from . import handover
+from .notify import NotifyHub
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -278,6 +279,7 @@ def collect_state(sup: Supervisor, began: float) -> dict[str, Any]:
              ((slot.name, slot) for _r, _k, slot in sup.reconciler.children())}
     password = sup._password if sup.config.etcd.password_env else None
     control = sup.ops.control
+    notify = sup.child_health.notify
     return {
         "member": {"id": sup.config.member.id, "lease": session.lease_id, "ttl": session.ttl,
                    "last_alive_sent": session.last_alive_sent, "started": sup.record.started,
@@ -290,6 +292,8 @@ def collect_state(sup: Supervisor, began: float) -> dict[str, Any]:
         "roles": {name: export_state(runner) for name, runner in sup.runners.items()},
         "slots": slots,
         "probes": {name: _export_probe(run) for name, run in sup.readiness.runs.items()},
+        "directories": {"notify": notify.directory if notify is not None else None,
+                        "config": sup.wiring.config.directory if sup.wiring is not None else None},
         "status": sup._last_status,  # the member record keeps showing it until the new image rewrites it
     }
 
@@ -444,6 +448,16 @@ class Resume:
             child = doc.get("child")
             if child:
                 manager.protect_pid(int(child["pid"]))
+
+    def reuse_directories(self) -> None:
+        """The children's NOTIFY_SOCKET and config file paths stay what they were."""
+        directories = self.state.get("directories") or {}
+        notify, config = directories.get("notify"), directories.get("config")
+        sup = self.sup
+        if notify and os.path.isdir(notify) and sup.child_health.notify is None:
+            sup.child_health.notify = NotifyHub(sup.child_health.post, directory=notify)
+        if config and os.path.isdir(config) and sup.wiring is not None:
+            sup.wiring.config.reuse_directory = config
 
     def restore_runners(self, runners: list[Any]) -> None:
         roles = self.state["roles"]
