@@ -222,3 +222,34 @@ def test_upgrade_keeps_children_with_notify_config_items_registrations_and_peers
 
 def long_running_of(fleet, roles) -> dict[int, dict]:
     return {r["pid"]: r for r in fleet.records() if r["event"] == "start" and r["role"] in roles}
+
+
+def test_upgrade_keeps_broadcast_topic_runs_exactly_once(fleet, tmp_path):
+    runs_file = tmp_path / "broadcast.txt"
+    role = {"type": "topic", "delivery": "broadcast", "concurrency": 2, "stop_timeout": "1s",
+            "command": ["sh", "-c", f'echo "$MESSAGE_ID" >> {runs_file}; sleep 0.4']}
+    config = fleet.write_config({"news": role}, ttl=TTL)
+    member = fleet.start("m0", config)
+    wait_for(lambda: "news" in member_record(fleet, "m0").get("roles", {}), 30, "the role to start")
+    topic = Topic(fleet.backend(), ClusterKeys(fleet.cluster).topic("news"))
+    published: list[int] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        n = 0
+        while not stop.wait(0.1):
+            published.append(topic.publish(b"%d" % n))
+            n += 1
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    for n in range(2):
+        member.signal(signal.SIGUSR2)
+        wait_for(lambda n=n: upgrades_done(member) > n, 60, "the upgrade")
+    stop.set()
+    publisher.join(5)
+    wait_for(lambda: runs_file.exists() and set(map(int, runs_file.read_text().split())) >= set(published),
+             30, "every message to run")
+    runs = [int(x) for x in runs_file.read_text().split()]
+    assert sorted(runs) == sorted(set(runs)), "a message ran twice"
+    assert set(runs) == set(published)

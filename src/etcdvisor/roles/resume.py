@@ -216,7 +216,17 @@ def _export_topic(r: Any) -> dict[str, Any]:
             for key, run in r.runs.items()}
     return {"runs": runs, "waiting": list(r._waiting), "processed": r.processed, "given_up": r.given_up,
             "run_time": r._run_time, "ahead": r._ahead,
-            "acks": [_message(m) for m in r._acks]}
+            "acks": [_message(m) for m in r._acks],
+            "next_seq": _next_seq(r.source) if not r.queue else None}
+
+
+def _next_seq(source: Any) -> int | None:
+    """Where a broadcast subscription stands: the first message it fetched but did not
+    hand out yet, else the next it would fetch."""
+    buffered = list(getattr(source, "_buffer", ()))
+    if buffered and buffered[0].seq:
+        return int(buffered[0].seq)
+    return getattr(source, "_next_seq", None)
 
 
 def _unmessage(d: dict[str, Any]) -> Message:
@@ -238,8 +248,11 @@ def _restore_topic(r: Any, d: dict[str, Any]) -> None:
 
 
 def _start_topic(r: Any, d: dict[str, Any]) -> None:
+    if not r.queue:
+        _start_broadcast(r)
+        return
     r.start()
-    if not r.queue or r.source is None:
+    if r.source is None:
         return
     lease = r.ctx.session.lease_id
     for run in r.runs.values():
@@ -260,6 +273,24 @@ def _start_topic(r: Any, d: dict[str, Any]) -> None:
     if stray:
         log.info("role %s: released %d message claim(s) the upgrade cut short", r.name, len(stray),
                  extra={"role": r.name})
+
+
+def _start_broadcast(r: Any) -> None:
+    """Subscribe after the newest message the old image's loop had (running, waiting or
+    done): the ones in flight are restored, none is delivered twice, none skipped
+    (the fetch thread hands messages over in id order)."""
+    import threading
+
+    from ..recipes.topic_subscribe import Subscription
+
+    cursor = r._broadcast_cursor() or 0
+    after = max([cursor, *(run.message.id for run in r.runs.values())])
+    handed = r._resumed.get("next_seq")
+    if after or not handed:
+        r.source = r.topic.subscribe(after or None)
+    else:  # nothing delivered yet: continue where the old subscription stood
+        r.source = Subscription(r.topic, next_seq=int(handed), after_id=0, watch_from=0)
+    threading.Thread(target=r._fetch_loop, daemon=True, name=f"topic:{r.name}").start()
 
 
 _EXPORTERS = {"sharded": _export_sharded, "singleton": _export_singleton, "cron": _export_cron,
