@@ -26,7 +26,7 @@ from etcdvisor.recipes.topic import Topic
 from .conftest import REPO, pid_alive, wait_for, wait_pids_gone
 from .harness_roles import cli
 
-TTL = 10  # the hand-over gap (a fresh interpreter on a loaded machine) stays well inside it
+TTL = 30  # the hand-over gap (a fresh interpreter: seconds, on a loaded machine) stays well inside it
 
 
 def roles(fleet, out: Path) -> dict:
@@ -253,3 +253,19 @@ def test_upgrade_keeps_broadcast_topic_runs_exactly_once(fleet, tmp_path):
     runs = [int(x) for x in runs_file.read_text().split()]
     assert sorted(runs) == sorted(set(runs)), "a message ran twice"
     assert set(runs) == set(published)
+
+
+def test_sigterm_during_the_hand_over_is_acted_on_by_the_new_image(fleet, tmp_path):
+    """SIGTERM, SIGINT, SIGHUP, SIGUSR2 and SIGCHLD stay blocked across the exec: a SIGTERM
+    sent while the new interpreter starts is a clean stop once it is up, not a kill."""
+    config = fleet.write_config({"shard": fleet.worker_role("sharded"), "single": fleet.worker_role("singleton")},
+                                ttl=TTL)
+    member = fleet.start("m0", config)
+    wait_for(lambda: len(long_running(fleet)) == 2, 60, "the workers to start")
+    member.signal(signal.SIGUSR2)
+    wait_for(lambda: "upgrading to" in member.output(), 30, "the exec")
+    member.term()
+    assert member.wait(30) == 0
+    assert "upgrade done" in member.output()
+    stops = {r["pid"] for r in fleet.records() if r["event"] == "stop"}
+    assert stops == set(long_running(fleet)), "every worker stopped cleanly (SIGTERM)"

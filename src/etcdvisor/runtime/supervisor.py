@@ -56,7 +56,7 @@ from .rollouts import ROLLOUT_LANE, Rollouts
 from .roster import Roster
 from .stale import clear_dead_members
 from .store_health import StoreHealth
-from .upgrade import Resume, Upgrader, take
+from .upgrade import HELD_SIGNALS, Resume, Upgrader, abandon, take
 from .waitlog import WaitLog
 from .wiring import WIRING_LANE, SeedWiring
 
@@ -337,12 +337,16 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda s, _f: self.inbox.put(Signalled(s)))
         signal.signal(signal.SIGUSR2, lambda s, _f: self.inbox.put(Signalled(s)))  # upgrade in place
         signal.signal(signal.SIGCHLD, lambda s, _f: self.inbox.put(Wake("SIGCHLD")))
+        # a re-executed member (upgrade) starts with these blocked: what came meanwhile is acted on now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
     def run(self) -> int:
         self.install_signals()
         try:
             self.start()
-        except StartupError:
+        except StartupError as exc:
+            if self.resume is not None:  # re-executed by an upgrade: never leave its children behind
+                abandon(f"cannot continue after the upgrade: {exc}")
             self.close()
             raise
         try:

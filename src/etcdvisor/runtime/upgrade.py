@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from ..config import EtcdKind
@@ -73,6 +73,9 @@ GIVE_UP_AFTER = 30.0  # seconds an upgrade waits for stopping children / a quiet
 CHECK_TIMEOUT = 60.0  # seconds the pre-exec check may take
 ADOPT_GRACE = 10.0  # seconds a handed-over child waits for its runner to ask for it
 ABANDON_BOUND = 10.0  # seconds children get to stop when the state cannot be read
+# blocked across the exec (the mask survives execve; pending signals wait): a SIGTERM while
+# the new image starts is acted on once its handlers are in place, never kills it unhandled
+HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD})
 
 CHECK_CODE = """\
 import base64, pickle, sys
@@ -259,11 +262,13 @@ class Upgrader:
         # the environment the member started with (not what imports added since, e.g. grpc's
         # settings: children of the new image must get the environment the old ones got)
         environ = {**sup.environ, handover.ENV: str(fd)}
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, argv, environ)
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
             for inherited in fds:
                 os.set_inheritable(inherited, False)
             os.close(fd)
@@ -344,7 +349,7 @@ def take(sup: Supervisor) -> dict[str, Any] | None:
     return _handed()
 
 
-def abandon(reason: str) -> None:
+def abandon(reason: str) -> NoReturn:
     """The new image cannot continue: stop every child cleanly, then exit 1. Children
     are found as this process's children (they stayed ours through the exec); the
     watchdog helper is left alone: it kills whatever is left when we are gone."""
