@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .cli_control import require_cluster
 from .cli_ops import EXIT_OK, Target, UsageError, _check_name, operator_verb
+from .coord.base import Backend
 
 
 @operator_verb
@@ -25,13 +26,15 @@ def cmd_upgrade(args, target: Target) -> int:
     from .runtime import control
 
     require_cluster(target)
+    backend = target.backend
+    assert isinstance(backend, Backend)  # opened by operator_verb
     member = args.member
     if member is not None:
         _check_name("member", member)
-        if target.backend.get(target.keys.member(member)) is None:
+        if backend.get(target.keys.member(member)) is None:
             raise UsageError(f"no live member {member!r} in cluster {target.cluster}")
     record = control.make_record(control.UPGRADE, control.SUPERVISOR_SCOPE, member=member)
-    revision = control.issue(target.backend, target.keys, record)
+    revision = control.issue(backend, target.keys, record)
     scope = f"member {member}" if member else "every member"
     print(f"upgrade of {scope} requested (by {record['who']} at {record['at']}, revision {revision}); "
           f"'supervisor status' shows each member's version and when it upgraded")

@@ -29,6 +29,7 @@ import base64
 import collections
 import functools
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -74,7 +75,7 @@ def start_restored(runner: RoleRunner) -> None:
     """``runner.start()``, resuming what the store still holds for a restored runner."""
     doc = getattr(runner, "_resumed", None)
     starter = _STARTERS.get(runner.spec.type.value) if doc is not None else None
-    if starter is None:
+    if starter is None or doc is None:
         runner.start()
     else:
         starter(runner, doc)
@@ -293,9 +294,11 @@ def _start_broadcast(r: Any) -> None:
     threading.Thread(target=r._fetch_loop, daemon=True, name=f"topic:{r.name}").start()
 
 
-_EXPORTERS = {"sharded": _export_sharded, "singleton": _export_singleton, "cron": _export_cron,
-              "topic": _export_topic}
-_RESTORERS = {"sharded": _restore_sharded, "singleton": _restore_leader, "cron": _restore_cron,
-              "topic": _restore_topic}
-_STARTERS = {"singleton": _start_leader, "cron": functools.partial(_start_leader, on_resumed=_cron_resumed),
-             "topic": _start_topic}
+Starter = Callable[[Any, dict[str, Any]], None]
+_EXPORTERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "sharded": _export_sharded, "singleton": _export_singleton, "cron": _export_cron, "topic": _export_topic}
+_RESTORERS: dict[str, Starter] = {
+    "sharded": _restore_sharded, "singleton": _restore_leader, "cron": _restore_cron, "topic": _restore_topic}
+_STARTERS: dict[str, Starter] = {
+    "singleton": _start_leader, "cron": functools.partial(_start_leader, on_resumed=_cron_resumed),
+    "topic": _start_topic}
