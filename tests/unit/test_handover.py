@@ -114,3 +114,16 @@ def test_the_upgrade_control_record_decodes_strictly():
     assert prefix  # the key: control/_supervisor/upgrade
     assert control.control_key(control.ClusterKeys("c"), "_supervisor", "upgrade") == \
         prefix + "_supervisor/upgrade"
+
+
+def test_build_info_and_upgrades_metrics():
+    from etcdvisor import __version__
+    from etcdvisor.runtime.metrics import Metrics, NullMetrics
+
+    metrics = Metrics()
+    text = metrics.render().decode()
+    assert f'etcdvisor_build_info{{version="{__version__}"}} 1.0' in text
+    assert "etcdvisor_upgrades_total 0.0" in text
+    metrics.upgrades.inc(2)  # a re-executed member: the count it was handed
+    assert "etcdvisor_upgrades_total 2.0" in metrics.render().decode()
+    NullMetrics().upgrades.inc(2)  # without http: absorbed
