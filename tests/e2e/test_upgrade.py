@@ -20,6 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.recipes.topic import Topic
 
@@ -55,20 +57,29 @@ def long_running(fleet) -> dict[int, dict]:
     return {r["pid"]: r for r in fleet.records() if r["event"] == "start" and r["role"] in ("shard", "single")}
 
 
+def live_workers(fleet) -> dict[int, dict]:
+    """pid -> start record of the sharded and singleton workers alive now."""
+    stopped = {r["pid"] for r in fleet.records() if r["event"] == "stop"}
+    return {pid: r for pid, r in long_running(fleet).items() if pid not in stopped and pid_alive(pid, r["t"])}
+
+
 def settled(fleet, ids) -> bool:
     records = {m: member_record(fleet, m) for m in ids}
     leaders = [m for m, r in records.items() if r.get("roles", {}).get("single", {}).get("leader")]
-    running = [r.get("roles", {}).get("shard", {}).get("state") == "running" for r in records.values()]
-    return len(leaders) == 1 and all(running) and len(long_running(fleet)) == len(ids) + 1
+    shards = [r.get("roles", {}).get("shard", {}) for r in records.values()]
+    running = [s.get("state") == "running" and s.get("count") == len(ids) for s in shards]
+    return len(leaders) == 1 and all(running) and len(live_workers(fleet)) == len(ids) + 1
 
 
+@pytest.mark.slow  # six upgrades in turn: ~40 s on an idle machine
+@pytest.mark.timeout(400)
 def test_upgrade_every_member_twice_keeps_children_epoch_tokens_ticks_and_messages(fleet, tmp_path):
     config = fleet.write_config(roles(fleet, tmp_path), ttl=TTL)
     members = fleet.start_many(3, config)
     ids = [m.id for m in members]
-    wait_for(lambda: settled(fleet, ids), 60, "three members with the roles running")
+    wait_for(lambda: settled(fleet, ids), 120, "three members with the roles running")
     before = {m: member_record(fleet, m) for m in ids}
-    children = long_running(fleet)
+    children, started = live_workers(fleet), long_running(fleet)
     epochs = {m: before[m]["roles"]["shard"]["epoch"] for m in ids}
     token = next(r["roles"]["single"]["token"] for r in before.values() if r["roles"]["single"]["leader"])
 
@@ -105,8 +116,8 @@ def test_upgrade_every_member_twice_keeps_children_epoch_tokens_ticks_and_messag
     wait_for(lambda: all(member_record(fleet, m).get("upgrades") == 2 for m in ids), 10, "the member records")
     after = {m: member_record(fleet, m) for m in ids}
     # no child restarted: the same workers, alive, and no new ones
-    assert long_running(fleet) == children
-    assert all(pid_alive(pid, r["t"]) for pid, r in children.items())
+    assert long_running(fleet) == started
+    assert live_workers(fleet) == children
     assert {m: after[m].get("roles", {}).get("shard", {}).get("epoch") for m in ids} == epochs, after
     assert [r["roles"]["single"]["token"] for r in after.values() if r["roles"]["single"]["leader"]] == [token]
     # status: version and when each member last upgraded (twice each)
@@ -214,6 +225,13 @@ def test_upgrade_keeps_children_with_notify_config_items_registrations_and_peers
         wait_for(lambda n=n: upgrades_done(member) > n, 60, "the upgrade")
     assert "differs from what the new code wants" not in member.output()
     assert long_running_of(fleet, ("api", "gw")) == children
+    status = cli("status", "-c", str(config))
+    assert status.returncode == 0, status.stderr
+    header, row = [line for line in status.stdout.decode().splitlines() if line.startswith(("MEMBER", "m0"))][:2]
+    assert header.split()[4:6] == ["VERSION", "UPGRADED"] and "ago" in row, status.stdout
+    wrong = cli("upgrade", "--member", "nosuch", "-c", str(config))
+    assert wrong.returncode == 2 and wrong.stderr.decode().count("\n") == 1, wrong.stderr
+    assert b"no live member 'nosuch'" in wrong.stderr
     assert fleet.backend().get_prefix(f"/etcdvisor/{fleet.cluster}/services/api/").kvs
     result = cli("config", "set", "database.port", "5433", "--type", "int", "-c", str(config))
     assert result.returncode == 0, result.stderr
