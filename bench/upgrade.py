@@ -6,6 +6,7 @@ Starts a private etcd and one supervisor with a sharded and a singleton role (ea
 
 * ``loop_gap``: how long the decision loop did not turn (from the start of the quiesce on
   the old image to the first turn of the new one), as the member logs it;
+  (``quiesce`` + ``interpreter``: exec -> the new image read its state + ``rejoin``: -> first turn);
 * ``keepalive_gap``: between the last keepalive confirmed before the exec and the first
   one after it (send times), as the member logs it;
 * ``lease_ttl_min``: the lowest remaining TTL of the member's lease that etcd reported
@@ -89,8 +90,11 @@ def run(upgrades: int) -> dict:
             execs = [t for t, line in fleet.log_lines() if "upgrading to" in line]
             figures = json.loads(done.split("upgrade done: ", 1)[1])
             rows.append({"loop_gap": figures["loop_gap"], "keepalive_gap": figures["keepalive_gap"],
+                         "quiesce": figures.get("quiesce"), "interpreter": figures.get("interpreter"),
+                         "rejoin": figures.get("rejoin"),
                          "lease_ttl_min": lowest[0], "check": execs[-1] - sent if execs else None})
-            print(f"upgrade {n + 1}: loop gap {figures['loop_gap']:.3f}s, keepalive gap "
+            print(f"upgrade {n + 1}: loop gap {figures['loop_gap']:.3f}s (quiesce {figures.get('quiesce')}s, "
+                  f"new interpreter {figures.get('interpreter')}s, rejoin {figures.get('rejoin')}s), keepalive gap "
                   f"{figures['keepalive_gap']:.3f}s, lease TTL never below {lowest[0]}s, "
                   f"SIGUSR2 -> exec {rows[-1]['check']:.2f}s")
         after = children(proc.pid)

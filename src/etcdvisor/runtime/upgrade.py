@@ -247,6 +247,7 @@ class Upgrader:
         slots = [doc for docs in state["slots"].values() for doc in [docs]]
         watchdog = state["watchdog"]
         fds = adopt.handed_fds(slots, watchdog)
+        state["exec_at"] = sup.clock()  # a few ms before the exec: the new interpreter's start-up is measured from it
         data = handover.encode(state, from_version=__version__, pid=os.getpid(), written=time.time())
         try:
             fd = handover.write_fd(data)
@@ -421,6 +422,7 @@ class Resume:
         self.grace_until: float | None = None
         self.probes: dict[str, dict[str, Any]] = dict(self.state.get("probes") or {})
         self.reported = False
+        self.read_at = time.monotonic()  # the new image has read its state (interpreter started, imports done)
         try:
             member = self.state["member"]
             self.lease, self.ttl = int(member["lease"]), int(member["ttl"])
@@ -549,8 +551,10 @@ class Resume:
     def _report(self, now: float) -> None:
         stopped = float(self.state.get("loop_stopped_at") or now)
         session = self.sup.session
+        exec_at = float(self.state.get("exec_at") or stopped)
         figures = {"from": self.from_version, "to": __version__,
-                   "loop_gap": round(now - stopped, 3),
+                   "loop_gap": round(now - stopped, 3), "quiesce": round(exec_at - stopped, 3),
+                   "interpreter": round(self.read_at - exec_at, 3), "rejoin": round(now - self.read_at, 3),
                    "keepalive_gap": round(session.last_alive_sent - self.last_alive_sent, 3),
                    "children": sum(1 for d in self.state["slots"].values() if d.get("child"))}
         self.sup.last_upgrade = figures
