@@ -105,7 +105,7 @@ def test_upgrade_every_member_twice_keeps_children_epoch_tokens_ticks_and_messag
                 result = cli("upgrade", "--member", member.id, env=env)
                 assert result.returncode == 0, result.stderr
                 assert b"upgrade of member" in result.stdout
-            wait_for(lambda m=member, d=done: upgrades_done(m) > d, 60, f"{member.id} to upgrade")
+            wait_for(lambda m=member, d=done: upgrades_done(m) > d, 120, f"{member.id} to upgrade")
             assert member.running()
     publishing.set()
     publisher.join(5)
@@ -179,7 +179,7 @@ def test_sigkill_during_the_hand_over_leaves_no_child(fleet, tmp_path):
     wait_for(lambda: settled(fleet, ["m0"]), 30, "the roles to run")
     watchdog = member.watchdog_pid()
     member.signal(signal.SIGUSR2)
-    wait_for(lambda: "upgrading to" in member.output(), 30, "the exec")
+    wait_for(lambda: "upgrading to" in member.output(), 120, "the exec")
     member.kill()  # the new image is still starting (a fresh interpreter takes a while)
     assert "upgrade done" not in member.output()
     pids = [r["pid"] for r in fleet.records() if r["event"] == "start"]
@@ -222,7 +222,7 @@ def test_upgrade_keeps_children_with_notify_config_items_registrations_and_peers
     children = long_running_of(fleet, ("api", "gw"))
     for n in range(2):
         member.signal(signal.SIGUSR2)
-        wait_for(lambda n=n: upgrades_done(member) > n, 60, "the upgrade")
+        wait_for(lambda n=n: upgrades_done(member) > n, 120, "the upgrade")
     assert "differs from what the new code wants" not in member.output()
     assert long_running_of(fleet, ("api", "gw")) == children
     status = cli("status", "-c", str(config))
@@ -263,7 +263,7 @@ def test_upgrade_keeps_broadcast_topic_runs_exactly_once(fleet, tmp_path):
     publisher.start()
     for n in range(2):
         member.signal(signal.SIGUSR2)
-        wait_for(lambda n=n: upgrades_done(member) > n, 60, "the upgrade")
+        wait_for(lambda n=n: upgrades_done(member) > n, 120, "the upgrade")
     stop.set()
     publisher.join(5)
     wait_for(lambda: runs_file.exists() and set(map(int, runs_file.read_text().split())) >= set(published),
@@ -281,7 +281,7 @@ def test_sigterm_during_the_hand_over_is_acted_on_by_the_new_image(fleet, tmp_pa
     member = fleet.start("m0", config)
     wait_for(lambda: len(long_running(fleet)) == 2, 60, "the workers to start")
     member.signal(signal.SIGUSR2)
-    wait_for(lambda: "upgrading to" in member.output(), 30, "the exec")
+    wait_for(lambda: "upgrading to" in member.output(), 120, "the exec")
     member.term()
     assert member.wait(30) == 0
     assert "upgrade done" in member.output()

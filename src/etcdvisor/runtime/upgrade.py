@@ -70,7 +70,7 @@ log = logging.getLogger("etcdvisor")
 
 QUIESCE_BOUND = 1.0  # seconds the loop may wait for effects in flight before the exec
 GIVE_UP_AFTER = 30.0  # seconds an upgrade waits for stopping children / a quiet moment
-CHECK_TIMEOUT = 60.0  # seconds the pre-exec check may take
+CHECK_TIMEOUT = 120.0  # seconds the pre-exec check may take (an import on an overloaded machine)
 ADOPT_GRACE = 10.0  # seconds a handed-over child waits for its runner to ask for it
 ABANDON_BOUND = 10.0  # seconds children get to stop when the state cannot be read
 # blocked across the exec (the mask survives execve; pending signals wait): a SIGTERM while
