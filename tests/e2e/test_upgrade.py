@@ -28,6 +28,7 @@ from etcdvisor.recipes.topic import Topic
 from .conftest import REPO, pid_alive, wait_for, wait_pids_gone
 from .harness_roles import cli
 
+pytestmark = [pytest.mark.timeout(300)]  # each upgrade starts a new interpreter: slow on a loaded machine
 TTL = 30  # the hand-over gap (a fresh interpreter: seconds, on a loaded machine) stays well inside it
 
 
