@@ -57,9 +57,11 @@ def cmd_run(args) -> int:
     from .config import ConfigError
     from .config.isolated import load_isolated
     from .runtime.supervisor import StartupError, Supervisor
+    from .runtime.upgrade import handed_config
 
     try:
-        config = load_isolated(args.config)  # the schema machinery stays out of PID 1
+        # re-executed by an upgrade: the config its check just loaded; else load it
+        config = handed_config(args.config) or load_isolated(args.config)  # the schema machinery stays out of PID 1
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)  # the first problem, plus "(+N more)"
         return EXIT_USAGE
@@ -157,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_logs import add_logs_verb
 
     add_logs_verb(sub)
+    from .cli_upgrade import add_upgrade_verb
+
+    add_upgrade_verb(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ when unknown or not applicable)::
       "revision": 1234,                      # store revision of the snapshot
       "members": [                           # in join order (create revision)
         {"member": "web-1", "host": "h1", "pid": 42, "started": 1714000000.5,
+         "version": "0.1.0", "upgraded": 1714000900.1, "upgrades": 1,  # build; last in-place upgrade
          "lease": 7587..., "roles": {...}}   # roles: the record's raw role status dicts
       ],
       "roles": {                             # union of config, member records and keys
@@ -170,7 +171,9 @@ def _member(kv: KeyValue, prefix: str) -> dict:
     roles = doc.get("roles") or {}
     entry = {"member": doc.get("member") or kv.key[len(prefix):], "host": doc.get("host"),
              "pid": doc.get("pid"), "started": doc.get("started"), "lease": kv.lease or None,
-             "ttl": doc.get("ttl"), "roles": roles}
+             "ttl": doc.get("ttl"), "roles": roles,
+             # the build it runs and its last in-place upgrade (supervisor upgrade, SIGUSR2)
+             "version": doc.get("version"), "upgraded": doc.get("upgraded"), "upgrades": doc.get("upgrades")}
     if error:
         entry["error"] = error
     return entry
@@ -370,9 +373,10 @@ def render_text(doc: dict, now: float | None = None) -> str:
     lines = [f"cluster {doc['cluster']} (revision {doc['revision']}): "
              f"{_plural(len(doc['members']), 'member')}"]
     if doc["members"]:
-        rows = [[m["member"], m["host"], m["pid"], _age(m["started"], now), _lease_text(m),
-                 _fit(", ".join(m["roles"]) or "-", 40)] for m in doc["members"]]
-        lines += [""] + _table(["MEMBER", "HOST", "PID", "UP", "LEASE", "ROLES"], rows)
+        rows = [[m["member"], m["host"], m["pid"], _age(m["started"], now), m.get("version") or "-",
+                 f"{_age(m['upgraded'], now)} ago" if m.get("upgraded") else "-", _lease_text(m),
+                 _fit(", ".join(m["roles"]) or "-", 32)] for m in doc["members"]]
+        lines += [""] + _table(["MEMBER", "HOST", "PID", "UP", "VERSION", "UPGRADED", "LEASE", "ROLES"], rows)
     for name, role in doc["roles"].items():
         lines += [""] + _render_role(name, role, now)
     if doc["waitgroups"]:

@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("roles",),
     ("runtime",),
     ("status",),
-    ("cli_ops", "cli_services", "cli_config", "cli_control", "cli_logs", "cli_rollout", "dashboard"),
+    ("cli_ops", "cli_services", "cli_config", "cli_control", "cli_logs", "cli_rollout", "cli_upgrade", "dashboard"),
     ("cli", "__main__"),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

@@ -374,7 +374,7 @@ def dumps_strict(value: Any, **options: Any) -> str:
 # by every reader of that kind: the watcher on the loop's side and the operator verbs alike.
 SMALL_RECORD_BYTES = 64 * 1024
 LONG_TEXT = 64 * 1024  # an error message kept in a record
-CONTROL_VERBS = ("pause", "resume", "restart", "reset", "trigger")
+CONTROL_VERBS = ("pause", "resume", "restart", "reset", "trigger", "upgrade")  # upgrade: role "_supervisor"
 APPLICATION_MODES = ("temporary", "permanent", "transient")
 APPLICATION_STATES = ("loaded", "running", "stopping")
 
@@ -444,6 +444,10 @@ MEMBER = RecordKind("member", {
     "pid_start": Field(INT, nullable=True, minimum=0),
     "watchdog": Field(INT, nullable=True, minimum=0),
     "watchdog_start": Field(INT, nullable=True, minimum=0),
+    # the build it runs and its last in-place upgrade (runtime/upgrade.py)
+    "version": Field(STR, nullable=True, max_len=100),
+    "upgraded": Field(TIME, nullable=True),
+    "upgrades": Field(INT, nullable=True, minimum=0),
 }, check=_role_statuses)
 
 #: ``rollouts/<role>`` (runtime/rollout_store.py): one rolling restart of a role

@@ -123,6 +123,21 @@ class Session:
         """Grant the lease (raises CoordError if the backend is down) and
         start the keepalive threads."""
         self._grant()
+        return self._start_threads()
+
+    def resume(self, lease_id: int, ttl: int, last_alive_sent: float) -> Session:
+        """Keep an existing lease alive instead of granting one (an in-place upgrade:
+        the previous image of this process held it; ``last_alive_sent`` is its last
+        confirmed send, on the same monotonic clock). One keepalive goes out at once;
+        raises CoordError if it does not come back alive."""
+        with self._changed:
+            self.lease_id, self.ttl, self.last_alive_sent = lease_id, ttl, last_alive_sent
+        self._set_state(SessionState.ALIVE)
+        if not self._keepalive_once(lease_id):
+            raise CoordError(f"{self.name}: lease {lease_id:x} is not alive any more")
+        return self._start_threads()
+
+    def _start_threads(self) -> Session:
         self._threads = [threading.Thread(target=self._pace, name=f"keepalive:{self.name}", daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"keepalive:{self.name}:{n}", daemon=True)
                           for n in range(self.workers)]

@@ -28,7 +28,9 @@ the tick fencing, so it never runs twice). The loop applies them (``supervisor.p
   are stopped and started again with the same spec (lease rules still apply);
 * ``reset``: a role FAILED here gets a fresh runner (it rejoins the sequence /
   campaigns again), like a reload of that role;
-* ``trigger``: handed to the cron runner, whose leader claims one manual run.
+* ``trigger``: handed to the cron runner, whose leader claims one manual run;
+* ``upgrade`` (``control/_supervisor/upgrade``, ``member`` or null for every member):
+  the member re-executes itself with the code on disk (runtime/upgrade.py).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from ..coord.watcher import Change, PrefixWatcher
 log = logging.getLogger("etcdvisor")
 
 PAUSE, RESUME, RESTART, RESET, TRIGGER = "pause", "resume", "restart", "reset", "trigger"
-VERBS = CONTROL_VERBS  # (PAUSE, RESUME, RESTART, RESET, TRIGGER)
-COMMANDS = (RESTART, RESET, TRIGGER)  # one-shot verbs; pause/resume are state
+UPGRADE = "upgrade"  # of the member itself, not of a role: control/_supervisor/upgrade (runtime/upgrade.py)
+SUPERVISOR_SCOPE = "_supervisor"  # the "role" of member-wide verbs: no role name starts with "_"
+VERBS = CONTROL_VERBS  # (PAUSE, RESUME, RESTART, RESET, TRIGGER, UPGRADE)
+COMMANDS = (RESTART, RESET, TRIGGER, UPGRADE)  # one-shot verbs; pause/resume are state
 TRIGGER_MAX_AGE = 60.0  # seconds: an older trigger is history, never run
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import __version__
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.records import MEMBER, RecordError, dumps
@@ -39,6 +40,8 @@ class MemberRecord:
         self.clock = clock
         self.ttl = ttl  # the lease TTL asked for: status tells a member that stopped keeping alive
         self.started = time.time()
+        self.upgraded: float | None = None  # the last in-place upgrade (runtime/upgrade.py)
+        self.upgrades = 0
         self._written: dict[str, Any] | None = None
         self._last_write = 0.0
         self._lease = 0
@@ -53,7 +56,8 @@ class MemberRecord:
 
     def _document(self, roles: dict[str, Any]) -> dict[str, Any]:
         doc = {"member": self.member_id, "host": socket.gethostname(), "pid": os.getpid(),
-               "started": self.started, "roles": roles}
+               "started": self.started, "roles": roles, "version": __version__,
+               "upgraded": self.upgraded, "upgrades": self.upgrades}
         if self.ttl is not None:
             doc["ttl"] = self.ttl
         doc.update(self._who)

@@ -110,6 +110,7 @@ class NullMetrics:
     from the loop and the runners, nothing recorded, nothing imported."""
 
     restarts = exits = cron_runs = topic_messages = etcd_errors = keepalive_rtt = probe_failures = _NullFamily()
+    upgrades = _NullFamily()
 
     def publish(self, snapshot: Snapshot) -> None:
         pass
@@ -151,6 +152,15 @@ class Metrics:
         self.keepalive_rtt = Histogram("etcdvisor_lease_keepalive_rtt_seconds", "Round trip of "
                                        "lease keepalives that came back alive", buckets=RTT_BUCKETS,
                                        registry=reg)
+        # the build this member runs, and its in-place upgrades since it joined (runtime/upgrade.py)
+        from prometheus_client import Gauge
+
+        from .. import __version__
+
+        Gauge("etcdvisor_build_info", "The etcdvisor version this member runs (always 1)", ["version"],
+              registry=reg).labels(__version__).set(1)
+        self.upgrades = Counter("etcdvisor_upgrades", "In-place upgrades of this member (supervisor upgrade, "
+                                "SIGUSR2) since it joined", registry=reg)
         self.snapshot = Snapshot()
         self.cron_last_success: dict[str, float] = {}
         self.clock = clock

@@ -80,9 +80,12 @@ def in_tree(sender: int, child_pid: int, tag: str) -> bool:
 class NotifyHub:
     """The sockets, and the reader thread that serves them."""
 
-    def __init__(self, post: Callable[[object], None], base_dir: str | None = None):
+    def __init__(self, post: Callable[[object], None], base_dir: str | None = None, *,
+                 directory: str | None = None):
         self.post = post
-        self.directory = tempfile.mkdtemp(prefix="etcdvisor-notify-", dir=base_dir)
+        # directory: the one of the previous image of this process (an in-place upgrade:
+        # the children's NOTIFY_SOCKET paths stay valid)
+        self.directory = directory or tempfile.mkdtemp(prefix="etcdvisor-notify-", dir=base_dir)
         os.chmod(self.directory, 0o700)
         self._sockets: dict[str, socket.socket] = {}  # path -> bound socket
         self._owners: dict[str, tuple[str, int, str]] = {}  # path -> (slot, pid, tag)

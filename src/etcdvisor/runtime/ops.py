@@ -139,6 +139,10 @@ class Operations:
             if role in self.sup.runners:
                 log.info("role %s: resumed", role, extra={"role": role})
         for command in commands:
+            if command.verb == control.UPGRADE:  # member-wide (runtime/upgrade.py)
+                if self._mine(command):
+                    self.sup.upgrader.request(f"supervisor upgrade by {command.record.get('who')}")
+                continue
             log.debug("control record: %s %s (%s)%s", command.verb, command.role, command.describe(),
                       "" if command.role in self.sup.runners else ": no such role here, ignored")
             if command.role not in self.sup.runners:

@@ -60,6 +60,9 @@ class Reconciler:
         self._held: set[str] = set()  # slots whose start the lease holds back (logged once)
         # called when a runner raises while told about its child (runtime.roster fences it)
         self.fault: Callable[[RoleRunner, str, BaseException], None] | None = None
+        # an in-place upgrade hands children over (runtime/upgrade.py): slot name ->
+        # adopt(slot, the spec the runner wants), called when the slot is created
+        self.adoptions: dict[str, Callable[[Slot, ChildSpec | None], None]] = {}
 
     def slots_of(self, runner: RoleRunner) -> dict[str, Slot]:
         return {o.key: o.slot for o in self._slots.values() if o.runner is runner}
@@ -77,13 +80,16 @@ class Reconciler:
             else:
                 existing.set_desired(spec)
 
-    def _new_slot(self, runner: RoleRunner, key: str, spec: ChildSpec) -> Slot:
+    def _new_slot(self, runner: RoleRunner, key: str, spec: ChildSpec | None) -> Slot:
         role = runner.spec
         name = f"{role.name}/{key}"
         slot = self.manager.new_slot(spec, restart=runner.restart_policy(key),
                                      backoff=RestartBackoff(initial=role.backoff.initial, maximum=role.backoff.max),
                                      start_retries=role.start_retries, name=name)
         self._slots[name] = _Owned(runner, key, slot)
+        adopt = self.adoptions.pop(name, None)
+        if adopt is not None:
+            adopt(slot, spec)
         return slot
 
     # --- safety ----------------------------------------------------------------

@@ -153,6 +153,7 @@ class RoleConfig:
         self.rolling = False  # restart values change through rollouts (runtime/rollouts.py)
         self.admitted: dict[str, dict[str, Any]] = {}  # child -> restart values it may run with
         self.directory: str | None = None
+        self.reuse_directory: str | None = None  # set by runtime/upgrade.py on a re-executed member
         self.watchers: list[PrefixWatcher] = []
         self._posted: dict[str, dict[str, str]] = {}  # watcher threads: last posted per root
         self._relevant: tuple[Config, frozenset[str]] | None = None
@@ -164,7 +165,8 @@ class RoleConfig:
     # --- edge ---------------------------------------------------------------------------
     def start(self) -> None:
         """Make the private directory and start one watcher per root."""
-        self.directory = make_config_dir(self.config.cluster, self.member_id)
+        # an in-place upgrade reuses the previous image's directory (the children's paths)
+        self.directory = self.reuse_directory or make_config_dir(self.config.cluster, self.member_id)
         if self.on_directory is not None:
             self.on_directory(self.directory)
         self._watch()

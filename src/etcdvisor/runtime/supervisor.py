@@ -39,6 +39,7 @@ from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
 from ..process.slot import SlotEvent, SlotState
 from ..roles.base import RoleRunner, RuntimeContext, describe
+from ..roles.resume import start_restored as start_runner
 from .barriers import BarrierFact, BarrierGate
 from .child_health import ChildHealth
 from .control import ControlChanged
@@ -55,6 +56,7 @@ from .rollouts import ROLLOUT_LANE, Rollouts
 from .roster import Roster
 from .stale import clear_dead_members
 from .store_health import StoreHealth
+from .upgrade import HELD_SIGNALS, Resume, Upgrader, abandon, take
 from .waitlog import WaitLog
 from .wiring import WIRING_LANE, SeedWiring
 
@@ -144,6 +146,12 @@ class Supervisor:
         # etcd unreachable: one line per backoff step (the url is known once connected)
         self.wait_log = WaitLog()  # waits over a second: one line when they begin, one when they end
         self.store_health = StoreHealth(config.etcd.url or "etcd", timing.KEEPALIVE_INTERVAL, clock=clock)
+        # in-place upgrade (runtime/upgrade.py): the old image's side, and the new image's
+        self.upgrader = Upgrader(self)
+        self.resume: Resume | None = None
+        self.upgrades = 0  # in-place upgrades of this member since it joined
+        self.last_upgrade: dict[str, Any] | None = None
+        self._password: str | None = None  # kept for re-authentication and an upgrade's hand-over
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
@@ -178,7 +186,9 @@ class Supervisor:
     def connect(self) -> str:
         etcd = self.config.etcd
         url = etcd.url
-        password = self._take_password()
+        resumed = self.resume is not None and etcd.password_env
+        password = self.resume.password if self.resume is not None and resumed else self._take_password()
+        self._password = password
         if etcd.kind is EtcdKind.EMBEDDED:
             from .embedded import EmbeddedEtcdError, start_embedded
 
@@ -201,6 +211,8 @@ class Supervisor:
     def start(self) -> None:
         """All or nothing: commands, etcd and every runner are checked before
         the member joins (lease, member record) or starts a child."""
+        handed = take(self)  # a re-executed member (upgrade): its hand-over state
+        self.resume = Resume(self, handed) if handed is not None else None
         self.check_commands()
         try:
             self.ops.listen()
@@ -215,22 +227,33 @@ class Supervisor:
                                   member_id=member.id, endpoints=url, post=self.inbox.put,
                                   clock=self.clock, base_env=self.environ, metrics=self.ops.metrics)
         runners = build_runners(self.config, self.ctx, list(self.config.roles))
-        # members of a previous run known dead (same host, boot and pid namespace, pids gone):
-        # revoke their leases before joining, so nothing waits for them or counts them
-        clear_dead_members(self.backend, self.keys.members, self.config.cluster)
+        resume = self.resume
+        if resume is None:
+            # members of a previous run known dead (same host, boot and pid namespace, pids gone):
+            # revoke their leases before joining, so nothing waits for them or counts them
+            clear_dead_members(self.backend, self.keys.members, self.config.cluster)
+        else:
+            resume.restore_runners(runners)
         try:
-            self.session = Session(self.backend, member.ttl, name=member.id).start()
+            session = Session(self.backend, member.ttl, name=member.id)
+            self.session = session.start() if resume is None else resume.resume_session(session)
         except CoordError as exc:
             raise StartupError(f"cannot create the member lease: {exc}") from None
         self.ctx.session = self.session
         self.session.add_listener(lambda ev: self.inbox.put(SessionChanged(ev)))
         self.record = MemberRecord(self.backend, self.keys.member(member.id), member.id, clock=self.clock,
                                    ttl=member.ttl)
+        if resume is not None:
+            self.record.started, self.record.upgraded = resume.started, time.time()
+            self.upgrades = self.record.upgrades = resume.upgrades
+            self.ops.metrics.upgrades.inc(resume.upgrades)
         try:
-            self.record.register(self.session.lease_id, {})
+            self.record.register(self.session.lease_id, resume.state.get("status") or {} if resume else {})
         except CoordError as exc:
             raise StartupError(str(exc)) from None
         self.manager = ProcessManager(subreaper=True)
+        if resume is not None:
+            resume.attach_manager()  # the old image's watchdog helper and cgroup base
         self.manager.start()
         self.child_health.attach(self.manager)
         if self.embedded is not None and self.embedded.proc is not None:
@@ -243,6 +266,8 @@ class Supervisor:
         self.reconciler.observer = self._on_slot_event
         self.reconciler.lease_confirmed(self.session.last_alive_sent, self.session.ttl)
         self.roster = Roster(self.reconciler, self.effects.submit)
+        if resume is not None:
+            resume.queue_adoptions()
         remove_stale_config_dirs(self.config.cluster, member.id)
         watchdog = self.manager.watchdog
         self.wiring = SeedWiring(self.config, self.backend, self.session, member.id, self.inbox.put,
@@ -255,11 +280,15 @@ class Supervisor:
         self.ctx.notify_socket = self.child_health.notify_socket
         self.ctx.children_health = self._children_health
         self.attach_rollouts()
+        if resume is not None:
+            resume.reuse_directories()
         self.wiring.start()
         self.rollout_watch = RolloutWatch(self.backend, self.keys, self.inbox.put).start()
         self.gate = BarrierGate(self.config, self.keys, self.backend, self.inbox.put)
         self.gate.start()
         self.ops.start()
+        if resume is not None:
+            resume.restore_control()
         log.info("member %s joined cluster %s at %s (lease %x, ttl %ds), roles: %s", member.id,
                  self.config.cluster, url, self.session.lease_id, self.session.ttl,
                  ", ".join(f"{r.name}({r.type.value})" for r in self.config.roles.values()) or "none")
@@ -267,7 +296,7 @@ class Supervisor:
         log.info("lease timing: %s", timing.config_tolerance_line(self.session.ttl, bound))
         for runner in runners:
             try:
-                runner.start()
+                start_runner(runner)
             except CoordError as exc:
                 raise StartupError(f"role {runner.name}: cannot start: {exc}") from None
             self.roster.add_started(runner)
@@ -306,13 +335,18 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
         signal.signal(signal.SIGHUP, lambda s, _f: self.inbox.put(Signalled(s)))
+        signal.signal(signal.SIGUSR2, lambda s, _f: self.inbox.put(Signalled(s)))  # upgrade in place
         signal.signal(signal.SIGCHLD, lambda s, _f: self.inbox.put(Wake("SIGCHLD")))
+        # a re-executed member (upgrade) starts with these blocked: what came meanwhile is acted on now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
     def run(self) -> int:
         self.install_signals()
         try:
             self.start()
-        except StartupError:
+        except StartupError as exc:
+            if self.resume is not None:  # re-executed by an upgrade: never leave its children behind
+                abandon(f"cannot continue after the upgrade: {exc}")
             self.close()
             raise
         try:
@@ -353,13 +387,17 @@ class Supervisor:
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
                           self._last_status)
+        if self.resume is not None:
+            self.resume.after_turn(after)
+        self.upgrader.tick()  # re-executes here when an upgrade is checked and the member quiet
 
     def _next_deadline(self) -> float | None:
         deadlines = [self.reconciler.next_deadline(), self._record_retry, self.roster.next_deadline(),
                      self.store_health.next_deadline(), self.wait_log.next_deadline(),
                      self.wiring.next_deadline() if self.wiring is not None else None,
                      self.child_health.next_deadline(),
-                     self.rollouts.next_deadline() if self.rollouts is not None else None]
+                     self.rollouts.next_deadline() if self.rollouts is not None else None,
+                     self.upgrader.next_deadline(), self.resume.next_deadline() if self.resume is not None else None]
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -404,6 +442,9 @@ class Supervisor:
         if signum == signal.SIGHUP:
             if not self.stopping:
                 self._request_reload()
+            return
+        if signum == signal.SIGUSR2:
+            self.upgrader.request("SIGUSR2")
             return
         if not self.stopping:
             log.info("received %s: stopping children, then leaving the cluster", name)

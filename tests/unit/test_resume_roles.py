@@ -1,0 +1,68 @@
+"""Role runners' decision state across an in-place upgrade (roles/resume.py): what the old
+image exports survives the JSON hand-over and comes back equal in a fresh runner; a state
+of another role type, or an unreadable one, is one line (ResumeError)."""
+
+import collections
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from etcdvisor.recipes.sequence import Info
+from etcdvisor.recipes.topic_format import Message
+from etcdvisor.roles import resume
+from etcdvisor.roles.assignment import Part
+from etcdvisor.roles.handoff import Child
+from etcdvisor.roles.sharded import Phase
+from etcdvisor.roles.topic import _Run
+
+
+def travel(doc):
+    return json.loads(json.dumps(doc, allow_nan=False))
+
+
+def fake(kind, **attrs):
+    return SimpleNamespace(name="r", spec=SimpleNamespace(type=SimpleNamespace(value=kind)),
+                           failed_reason=None, ctx=SimpleNamespace(clock=lambda: 5.0), **attrs)
+
+
+def test_sharded_state_round_trip():
+    child = Child("1/3", frozenset({Part(1, 3)}), {"INDEX": "1", "COUNT": "3", "EPOCH": "120"})
+    old = fake("sharded", phase=Phase.RUNNING, applied=Info(1, 3, 120, ("a", "b", "c")),
+               latest=Info(1, 3, 131, ("a", "b", "c")), running={"1/3": child}, target={"1/3": child},
+               live={"1/3"}, record=frozenset({Part(1, 3)}), record_rev=125)
+    doc = travel(resume.export_state(old))
+    new = fake("sharded", phase=Phase.JOINING, applied=None, latest=None, running={}, target={}, live=set(),
+               record=None, record_rev=0)
+    resume.restore_state(new, doc)
+    assert (new.phase, new.applied, new.latest, new.live, new.record, new.record_rev) == \
+        (Phase.RUNNING, old.applied, old.latest, {"1/3"}, old.record, 125)
+    assert new.running == old.running and new.running["1/3"].env["EPOCH"] == "120"  # env: same child spec
+
+
+def test_topic_state_round_trip_keeps_claims_in_flight():
+    message = Message(4711, b"\x00payload\xff", 1.5e9, 9)
+    run = _Run(message, attempt=2, retry_at=None, slot=True, delivered_at=3.0)
+    waiting = _Run(Message(4712, b"next", 1.5e9, 10), delivered_at=4.0)
+    old = fake("topic", runs={"msg-4711": run, "msg-4712": waiting}, _waiting=collections.deque(["msg-4712"]),
+               processed=7, given_up=1, _run_time=0.4, _ahead=True, _acks=[], queue=True, source=None)
+    doc = travel(resume.export_state(old))
+    new = fake("topic", runs={}, _waiting=collections.deque(), processed=0, given_up=0, _run_time=None,
+               _ahead=False, _acks=[], _held=0)
+    resume.restore_state(new, doc)
+    assert new.runs["msg-4711"].message == message and new.runs["msg-4711"].attempt == 2
+    assert new.runs["msg-4711"].slot and not new.runs["msg-4712"].slot
+    assert list(new._waiting) == ["msg-4712"] and (new.processed, new.given_up) == (7, 1)
+    assert new._held == 2  # both claims are still ours: the fetcher claims only the rest
+
+
+def test_a_state_of_another_role_type_is_refused():
+    with pytest.raises(resume.ResumeError, match="handed over as a 'cron' role, configured as 'sharded'"):
+        resume.restore_state(fake("sharded"), {"type": "cron"})
+
+
+def test_an_unreadable_state_is_one_line():
+    new = fake("topic", runs={}, _waiting=collections.deque())
+    with pytest.raises(resume.ResumeError) as err:
+        resume.restore_state(new, {"type": "topic", "failed": None, "runs": {"m": {"message": {"id": "x"}}}})
+    assert "unreadable hand-over state" in str(err.value) and "\n" not in str(err.value)
