@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from etcdvisor.process.spawn import ChildVars
 from etcdvisor.recipes.sequence import Info
 from etcdvisor.recipes.topic_format import Message
 from etcdvisor.roles import resume
@@ -27,7 +28,7 @@ def fake(kind, **attrs):
 
 
 def test_sharded_state_round_trip():
-    child = Child("1/3", frozenset({Part(1, 3)}), {"INDEX": "1", "COUNT": "3", "EPOCH": "120"})
+    child = Child("1/3", frozenset({Part(1, 3)}), ChildVars(index=1, count=3, epoch=120))
     old = fake("sharded", phase=Phase.RUNNING, applied=Info(1, 3, 120, ("a", "b", "c")),
                latest=Info(1, 3, 131, ("a", "b", "c")), running={"1/3": child}, target={"1/3": child},
                live={"1/3"}, record=frozenset({Part(1, 3)}), record_rev=125)
@@ -37,7 +38,7 @@ def test_sharded_state_round_trip():
     resume.restore_state(new, doc)
     assert (new.phase, new.applied, new.latest, new.live, new.record, new.record_rev) == \
         (Phase.RUNNING, old.applied, old.latest, {"1/3"}, old.record, 125)
-    assert new.running == old.running and new.running["1/3"].env["EPOCH"] == "120"  # env: same child spec
+    assert new.running == old.running and new.running["1/3"].vars == ChildVars(index=1, count=3, epoch=120)  # same child spec
 
 
 def test_topic_state_round_trip_keeps_claims_in_flight():

@@ -96,9 +96,11 @@ def spec_digest(spec: ChildSpec) -> dict[str, str]:
     child was started from; env variables one by one, so a difference can be named)."""
     digests = {}
     for item in dataclasses.fields(spec):
+        if item.name == "vars":  # rendered into the environment below: compared variable by variable
+            continue
         value = getattr(spec, item.name)
-        if item.name == "env" and isinstance(value, dict):
-            for name, text in value.items():
+        if item.name == "env":
+            for name, text in spec.environ().items():
                 digests[f"env.{name}"] = _digest(text)
             continue
         digests[item.name] = _digest(hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from ..coord import types as t
+from ..process.spawn import ChildVars
 from ..recipes.election import LeadershipWatch
 from ..recipes.sequence import Info
 from ..recipes.topic_format import Message
@@ -83,12 +85,23 @@ def start_restored(runner: RoleRunner) -> None:
 
 # --- sharded ----------------------------------------------------------------------------------
 def _child(c: Child) -> dict[str, Any]:
-    return {"key": c.key, "parts": sorted([p.index, p.count] for p in c.parts), "env": dict(c.env)}
+    return {"key": c.key, "parts": sorted([p.index, p.count] for p in c.parts),
+            "vars": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(c.vars).items()}}
+
+
+_VAR_FIELDS = {item.name for item in dataclasses.fields(ChildVars)}
 
 
 def _unchild(d: dict[str, Any]) -> Child:
-    return Child(str(d["key"]), frozenset(Part(int(i), int(n)) for i, n in d["parts"]),
-                 {str(k): str(v) for k, v in d["env"].items()})
+    given = d["vars"]
+    if not isinstance(given, dict):
+        raise TypeError(f"child {d.get('key')!r}: variables are not an object")
+    if not set(given) <= _VAR_FIELDS:
+        raise ValueError(f"child {d.get('key')!r}: unknown variables {sorted(set(given) - _VAR_FIELDS)}")
+    fields: dict[str, Any] = {k: tuple(int(x) for x in v) if k == "shards" and v is not None else v
+                              for k, v in given.items()}
+    child_vars = ChildVars(**fields)
+    return Child(str(d["key"]), frozenset(Part(int(i), int(n)) for i, n in d["parts"]), child_vars)
 
 
 def _info(info: Info | None) -> list[Any] | None:
