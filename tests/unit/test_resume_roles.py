@@ -38,7 +38,8 @@ def test_sharded_state_round_trip():
     resume.restore_state(new, doc)
     assert (new.phase, new.applied, new.latest, new.live, new.record, new.record_rev) == \
         (Phase.RUNNING, old.applied, old.latest, {"1/3"}, old.record, 125)
-    assert new.running == old.running and new.running["1/3"].vars == ChildVars(index=1, count=3, epoch=120)  # same child spec
+    assert new.running == old.running  # the same child spec
+    assert new.running["1/3"].vars == ChildVars(index=1, count=3, epoch=120)
 
 
 def test_topic_state_round_trip_keeps_claims_in_flight():
