@@ -4,7 +4,7 @@ Usage::
 
     python bench/fleet_sim.py --members N [--roles sharded,singleton,cron] [--shards S] [--procs P]
                               [--settle 1.0] [--ttl 10] [--leaves 5] [--crashes 2]
-                              [--rollout 0.1] [--quiet 10] [--etcd URL]
+                              [--rollout 0.1] [--quiet 10] [--etcd URL] [--budget 1140]
 
 Each simulated member is the real ``Supervisor`` (config, session and lease,
 runners, decision loop, effects, member record, control, status) with only the
@@ -27,6 +27,10 @@ each crash so the fleet stays at N; the joins are reported as ``join``):
   (a new member joins and converges, then an old one leaves); every join and every
   leave is one change.
 
+The run keeps to ``--budget`` seconds (default 19 min): when changes are slow,
+fewer leaves, crashes and replacements are made (the JSON says how many), and a
+change that does not converge in time is counted in ``timeouts``.
+
 A change has converged when the live children are exactly what the final
 membership asks for: join order, each live member runs one child and the INDEX
 values are 0..M-1 with COUNT = M; fixed shards, every shard is covered once by
@@ -41,7 +45,7 @@ and after): ``requests`` (gRPC messages received other than keepalives),
 ``keepalives``; ``starts``/``stops`` (children, summed over the scenario);
 ``etcd_cpu_peak_pct``, ``etcd_rss_peak_mb``. Invariants over the whole run:
 ``overlaps`` (two children of intersecting partitions alive at once),
-``uncovered`` (partitions left uncovered when a scenario ended), ``leaders_max``
+``uncovered`` (partitions, and the leader, no live child covers at the end), ``leaders_max``
 (most leader children alive at once). The last line is all of it as one JSON
 object; the exit status is 1 when an invariant failed or a change did not converge.
 """
@@ -436,7 +440,7 @@ class Scenario:
                   f"{sorted((r.member, r.role, r.parts, r.leader) for r in fleet.live())}", file=sys.stderr)
         else:
             self.converge.append(took)
-        self.uncovered += fleet.uncovered()
+            self.uncovered += fleet.uncovered()  # when it gave up waiting
         return took
 
     def result(self) -> dict:
@@ -464,7 +468,7 @@ class Scenario:
             "stops": self.stops,
             "etcd_cpu_peak_pct": cpu,
             "etcd_rss_peak_mb": rss,
-            "uncovered": self.uncovered,
+            "uncovered_at_timeout": self.uncovered,
             "writes_by_key": {k: round(v / n, 1) for k, v in sorted(self.keys.items(), key=lambda kv: -kv[1])},
         }
 
@@ -550,6 +554,8 @@ def parse_args(argv=None):
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of the quiet measurement")
     parser.add_argument("--etcd", default=None, help="use this etcd (its /metrics on the same URL)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=1140.0,
+                        help="seconds for the whole run (default 19 min): repetitions beyond it are left out")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.roles.split(",") if k.strip()]
     bad = [k for k in kinds if k not in ROLE_TYPES]
@@ -597,7 +603,7 @@ def main(argv=None) -> int:
     n = args.members
     scenarios: dict[str, dict] = {}
     extra: dict = {}
-    ok = True
+    final_uncovered = -1
     try:
         def log(text: str) -> None:
             print(f"[{time.monotonic() - started:7.1f}s] {text}", file=sys.stderr, flush=True)
@@ -641,13 +647,25 @@ def main(argv=None) -> int:
 
         join = Scenario("join", fleet, sampler, trace)
         settle_timeout = args.settle + 60.0
+        budget_end = started + args.budget
+
+        def within(timeout: float) -> float:
+            """A change's timeout, cut to what is left of the budget (30 s kept to close)."""
+            return max(5.0, min(timeout, budget_end - 30.0 - time.monotonic()))
+
+        phases_start = time.monotonic()
+        share = {"leave": 0.3, "crash": 0.3}  # of the time left; the rollout gets the rest
         for name, reps, verb, timeout in (("leave", args.leaves, "stop", settle_timeout),
                                           ("crash", args.crashes, "crash", args.ttl + settle_timeout)):
             scenario = Scenario(name, fleet, sampler, trace)
-            for _ in range(reps):
+            phase_end = time.monotonic() + share[name] * (budget_end - phases_start)
+            for rep in range(reps):
+                if rep and time.monotonic() > phase_end:
+                    log(f"{name}: {rep} of {reps} repetitions within the time budget")
+                    break
                 victim = rng.choice(sorted(fleet.alive))
-                scenario.change(lambda v=victim: fleet.stop(v, verb), timeout)
-                join.change(fleet.start, settle_timeout)
+                scenario.change(lambda v=victim: fleet.stop(v, verb), within(timeout))
+                join.change(fleet.start, within(settle_timeout))
             join.sampler.window()
             scenarios[name] = scenario.result()
             log(f"{name}: {scenarios[name]}")
@@ -657,12 +675,20 @@ def main(argv=None) -> int:
         old = sorted(fleet.alive)
         rng.shuffle(old)
         replaced = max(1, round(args.rollout * n))
+        done = 0
         for victim in old[:replaced]:
-            rollout.change(fleet.start, settle_timeout)
-            rollout.change(lambda v=victim: fleet.stop(v), settle_timeout)
+            if done and time.monotonic() > budget_end - 60.0:
+                log(f"rollout: {done} of {replaced} replacements within the time budget")
+                break
+            rollout.change(fleet.start, within(settle_timeout))
+            rollout.change(lambda v=victim: fleet.stop(v), within(settle_timeout))
+            done += 1
         scenarios["rollout"] = rollout.result()
-        scenarios["rollout"]["replaced"] = replaced
+        scenarios["rollout"]["replaced"] = done
+        scenarios["rollout"]["planned"] = replaced
         log(f"rollout: {scenarios['rollout']}")
+        fleet.wait_converged(time.monotonic(), max(10.0, min(120.0, budget_end - time.monotonic())))
+        final_uncovered = fleet.uncovered()
     finally:
         fleet.close()
         sampler.stop()
@@ -672,7 +698,7 @@ def main(argv=None) -> int:
     fleet.poll()
     inv = check_invariants(fleet)
     invariants = {"overlaps": inv["overlaps"],
-                  "uncovered": sum(s["uncovered"] for s in scenarios.values()),
+                  "uncovered": final_uncovered,
                   "leaders_max": inv["leaders_max"]}
     timeouts = sum(s["timeouts"] for s in scenarios.values())
     ok = (invariants["overlaps"] == 0 and invariants["uncovered"] == 0 and timeouts == 0

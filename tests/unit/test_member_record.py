@@ -64,3 +64,33 @@ def test_what_counts_as_a_transition():
     assert in_transition({"api": {"type": "singleton", "state": "leader", "stepping_down": 3.0}})
     assert in_transition({"api": {"type": "singleton", "phase": "retiring"}})
     assert not in_transition(_status("running")) and not in_transition({"api": {"failed": None}})
+
+
+def test_members_are_watched_only_while_a_rollout_is_under_way():
+    import time
+
+    from etcdvisor.coord.keys import ClusterKeys
+    from etcdvisor.runtime import rollout_store as store
+    from etcdvisor.runtime.rollout_watch import MembersChanged, RolloutsChanged, RolloutWatch
+
+    backend, keys, posted = MemoryBackend(), ClusterKeys("c"), []
+    backend.put(keys.member("m1"), b"{}")
+    watch = RolloutWatch(backend, keys, posted.append).start()
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    try:
+        wait_for(lambda: any(isinstance(e, RolloutsChanged) for e in posted))
+        assert watch.members is None and not any(isinstance(e, MembersChanged) for e in posted)
+        record = store.start(backend, keys, store.new_record("worker", "restart", "test"))
+        wait_for(lambda: any(isinstance(e, MembersChanged) and e.known for e in posted))
+        assert watch.members is not None
+        store.finish(backend, keys, "worker", record.id)
+        wait_for(lambda: isinstance(posted[-1], MembersChanged) and not posted[-1].known)
+        assert watch.members is None
+    finally:
+        watch.stop()
