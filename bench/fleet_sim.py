@@ -631,7 +631,10 @@ def main(argv=None) -> int:
         # quiet cost
         trace.take()
         before = _etcd_metrics.scrape(etcd_url)
+        procs = [psutil.Process(w.proc.pid) for w in fleet.workers]
+        cpu_before = sum(sum(p.cpu_times()[:2]) for p in procs)
         time.sleep(args.quiet)
+        member_cpu = (sum(sum(p.cpu_times()[:2]) for p in procs) - cpu_before) / args.quiet
         quiet = _etcd_metrics.delta(before, _etcd_metrics.scrape(etcd_url))
         cpu, rss = sampler.window()
         keepalives = quiet["by_method"].get("LeaseKeepAlive", 0.0)
@@ -642,7 +645,9 @@ def main(argv=None) -> int:
                           "keepalives_per_member_s": round(keepalives / args.quiet / n, 3),
                           "watch_events_per_s": round(quiet["watch_events"] / args.quiet, 3),
                           "watchers": quiet["watchers"], "watch_streams": quiet["watch_streams"],
-                          "etcd_cpu_peak_pct": cpu, "etcd_rss_peak_mb": rss, "writes_by_key": trace.take()}
+                          "etcd_cpu_peak_pct": cpu, "etcd_rss_peak_mb": rss, "writes_by_key": trace.take(),
+                          "member_cpu_pct": round(100 * member_cpu, 1),
+                          "member_cpu_pct_per_member": round(100 * member_cpu / n, 3)}
         log(f"quiet: {extra['quiet']}")
 
         join = Scenario("join", fleet, sampler, trace)
