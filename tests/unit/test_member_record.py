@@ -94,3 +94,15 @@ def test_members_are_watched_only_while_a_rollout_is_under_way():
         assert watch.members is None
     finally:
         watch.stop()
+
+
+def test_a_started_child_is_written_once_ready_not_before():
+    record = _record()
+    starting = _status("running", index=2)
+    starting["worker"]["children"]["0"].update(ready=False, probe_failure=None)
+    ready = _status("running", index=2)
+    ready["worker"]["children"]["0"].update(ready=True, probe_failure=None)
+    failing = _status("running", index=2)
+    failing["worker"]["children"]["0"].update(ready=False, probe_failure="http 500")
+    assert _writes(record, [(10.0, starting), (11.5, ready)]) == [11.5]
+    assert not in_transition(failing) and _writes(record, [(13.0, failing)]) == [13.0]

@@ -7,7 +7,8 @@ status`` shows and is rewritten when the state changes (at most once per
 ``min_interval``), so an idle member writes nothing.
 
 During a transition (:func:`in_transition`: a role joining, settling or
-handing off, a leader stepping down, a child stopping) the record is not
+handing off, a leader stepping down, a child stopping or started and not
+ready yet) the record is not
 rewritten at each step: the change waits until the transition is over, or
 ``transition_hold`` seconds after the first change not written (a long
 handoff still shows where it waits), so a reshard costs each member one
@@ -40,7 +41,8 @@ TRANSITION_HOLD = 10.0  # seconds a change made during a transition may wait to 
 def in_transition(roles: dict[str, Any]) -> bool:
     """True while some role of this status is between two stable states: joining,
     settling or handing off (sharded), stepping down (leader roles), retiring or
-    starting after a reload (``phase``), or one of its children is stopping."""
+    starting after a reload (``phase``), or one of its children is stopping or
+    has started and is not ready yet (no probe failing)."""
     for entry in roles.values():
         if not isinstance(entry, dict):
             continue
@@ -48,10 +50,18 @@ def in_transition(roles: dict[str, Any]) -> bool:
                 or entry.get("stepping_down") or entry.get("phase"):
             return True
         children = entry.get("children")
-        if isinstance(children, dict) and any(isinstance(child, dict) and child.get("state") in
-                                              TRANSIENT_CHILD_STATES for child in children.values()):
+        if isinstance(children, dict) and any(isinstance(child, dict) and _child_in_transition(child)
+                                              for child in children.values()):
             return True
     return False
+
+
+def _child_in_transition(child: dict[str, Any]) -> bool:
+    """Stopping, or running but not ready yet with no probe failing (``min_ready``,
+    a startup or readiness probe still to pass): the ready record follows soon."""
+    state = child.get("state")
+    return state in TRANSIENT_CHILD_STATES or (
+        state == "running" and child.get("ready") is False and child.get("probe_failure") is None)
 
 
 class MemberIdInUse(CoordError):
