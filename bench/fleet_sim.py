@@ -415,7 +415,7 @@ class Scenario:
         self.timeouts = 0
         self.uncovered = 0
         self.starts = self.stops = 0
-        sampler.window()
+        self.cpu_peak = self.rss_peak = 0.0
 
     def change(self, act, timeout: float) -> float | None:
         fleet = self.fleet
@@ -424,9 +424,12 @@ class Scenario:
         starts, stops = len(fleet.runs), sum(1 for r in fleet.runs.values() if r.end is not None)
         if self.trace is not None:
             self.trace.take()
+        self.sampler.window()
         since = time.monotonic()
         act()
         took = fleet.wait_converged(since, timeout)
+        cpu, rss = self.sampler.window()
+        self.cpu_peak, self.rss_peak = max(self.cpu_peak, cpu), max(self.rss_peak, rss)
         if self.trace is not None:
             for key, count in self.trace.take().items():
                 self.keys[key] = self.keys.get(key, 0) + count
@@ -446,7 +449,6 @@ class Scenario:
     def result(self) -> dict:
         fleet = self.fleet
         fleet.poll()
-        cpu, rss = self.sampler.window()
         n = max(1, len(self.deltas))
 
         def mean(key: str) -> float:
@@ -466,8 +468,8 @@ class Scenario:
             "keepalives": round(sum(keepalives) / n, 1),
             "starts": self.starts,
             "stops": self.stops,
-            "etcd_cpu_peak_pct": cpu,
-            "etcd_rss_peak_mb": rss,
+            "etcd_cpu_peak_pct": self.cpu_peak,
+            "etcd_rss_peak_mb": self.rss_peak,
             "uncovered_at_timeout": self.uncovered,
             "writes_by_key": {k: round(v / n, 1) for k, v in sorted(self.keys.items(), key=lambda kv: -kv[1])},
         }
@@ -671,7 +673,6 @@ def main(argv=None) -> int:
                 victim = rng.choice(sorted(fleet.alive))
                 scenario.change(lambda v=victim: fleet.stop(v, verb), within(timeout))
                 join.change(fleet.start, within(settle_timeout))
-            join.sampler.window()
             scenarios[name] = scenario.result()
             log(f"{name}: {scenarios[name]}")
         scenarios["join"] = join.result()
