@@ -65,3 +65,13 @@ def test_a_lease_bound_fake_run_stops_at_its_lease_term():
     assert slot.child is not None and slot.child.stop_requested
     manager.tick(105.1)
     assert slot.child is None and [e.event for e in events] == ["start", "stop"]
+
+
+def test_a_late_loop_records_the_lease_kill_at_its_deadline_as_the_watchdog_would():
+    events = []
+    manager = FakeProcessLayer(events.append).manager("m1")()
+    manager.set_lease_deadlines(105.0, 107.0)
+    slot = manager.new_slot(ChildSpec("api", ("sleep", "1"), {}, lease_bound=True))
+    manager.tick(100.0)
+    manager.tick(130.0)  # the loop was starved past term_at and kill_at
+    assert slot.child is None and [(e.event, e.t) for e in events][-1] == ("stop", 107.0)

@@ -8,7 +8,9 @@ restart policy, lease deadlines, roles, the decision loop) is the real code.
 
 A run starts at once and, once asked to stop (or at its lease's ``term_at``),
 is gone ``stop_delay`` seconds later (a worker's clean shutdown); ``kill()``
-ends it at once. ``exit_after(spec)`` lets a run end on its own (a cron run, a
+ends it at once. A run found alive past its lease's ``kill_at`` is recorded as
+ended at ``kill_at``: the watchdog helper (process/watchdog.py) kills a real
+child then even when the supervisor's loop is starved. ``exit_after(spec)`` lets a run end on its own (a cron run, a
 job): seconds after its start, or None to run until stopped. Every start and
 end is passed to ``record(event)``: a :class:`RunEvent` with a monotonic time
 (``time.monotonic`` is one clock for every process of the machine), so the
@@ -75,10 +77,10 @@ class FakeChild:
         self._end_code: int | None = None
         self._lease: tuple[float | None, float | None] = (None, None)
 
-    def _emit(self, event: str, code: int | None = None) -> None:
+    def _emit(self, event: str, code: int | None = None, at: float | None = None) -> None:
         assert self.pid is not None
         env = self.spec.env
-        self._record(RunEvent(event, self._clock(), self.pid, self._member, self.spec.name,
+        self._record(RunEvent(event, self._clock() if at is None else at, self.pid, self._member, self.spec.name,
                               {k: env[k] for k in RECORDED_ENV if k in env}, code))
 
     def start(self, now: float | None = None) -> int:
@@ -104,19 +106,19 @@ class FakeChild:
     def send_signal(self, signum: int) -> bool:
         return self.state is ChildState.RUNNING
 
-    def kill(self) -> None:
+    def kill(self, at: float | None = None) -> None:
         if not self.alive:
             return
         self.stop_requested = True
         self.state = ChildState.KILLED
         self._ends_at, self._end_code = self._clock(), -signal.SIGKILL
-        self._finish()  # a killed run is gone at once: record it now
+        self._finish(at)  # a killed run is gone at once: record it now
 
-    def _finish(self) -> None:
+    def _finish(self, at: float | None = None) -> None:
         if self.returncode is None and self.state is not ChildState.EXITED:
             self.returncode = self._end_code
             self.state = ChildState.EXITED
-            self._emit("stop", self.returncode)
+            self._emit("stop", self.returncode, at)
 
     def poll(self, now: float) -> int | None:
         if self.state is ChildState.EXITED:
@@ -125,7 +127,9 @@ class FakeChild:
             return None
         term_at, kill_at = self._lease
         if kill_at is not None and now >= kill_at:
-            self.kill()
+            # the watchdog helper kills a real child at its lease's kill_at even when
+            # the loop is late (starved): the run ended then, not when we looked
+            self.kill(at=kill_at)
         elif self.state is ChildState.RUNNING and term_at is not None and now >= term_at:
             self.stop(now)
         if self._ends_at is not None and now >= self._ends_at:
