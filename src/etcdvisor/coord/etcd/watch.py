@@ -46,11 +46,12 @@ _ENDED = object()  # the shared stream ended without an error
 class _Stream:
     """One open Watch call and what is on it."""
 
-    __slots__ = ("requests", "call", "pending", "watches")
+    __slots__ = ("requests", "call", "metadata", "pending", "watches")
 
-    def __init__(self, requests: queue.SimpleQueue[object], call: Message) -> None:
+    def __init__(self, requests: queue.SimpleQueue[object], call: Message, metadata: Metadata | None) -> None:
         self.requests = requests
         self.call = call
+        self.metadata = metadata  # the auth token it was opened with
         self.pending: collections.deque[EtcdWatchStream] = collections.deque()  # created not yet answered
         self.watches: dict[int, EtcdWatchStream] = {}  # by watch_id
 
@@ -79,10 +80,14 @@ class WatchMux:
             if self._closed:
                 raise Closed("watch: connection closed")
             stream = self._stream
-            if stream is None:
+            metadata = self._metadata()
+            if stream is None or stream.metadata != metadata:
+                # etcd checks a create against the token the stream was opened with: after
+                # a re-authentication new watches go on a fresh stream (the old one keeps
+                # serving the watches it has)
                 requests: queue.SimpleQueue[object] = queue.SimpleQueue()
-                call = self._stub.Watch(_request_iter(requests), metadata=self._metadata())
-                stream = self._stream = _Stream(requests, call)
+                call = self._stub.Watch(_request_iter(requests), metadata=metadata)
+                stream = self._stream = _Stream(requests, call, metadata)
                 threading.Thread(target=self._read, args=(stream,), daemon=True, name="etcd-watch").start()
             stream.pending.append(watch)
             stream.requests.put(request)
@@ -94,6 +99,10 @@ class WatchMux:
             if watch.watch_id is not None and stream.watches.get(watch.watch_id) is watch:
                 del stream.watches[watch.watch_id]
                 stream.requests.put(_cancel_request(watch.watch_id))
+            retired = stream is not self._stream and not stream.watches and not stream.pending
+        if retired:  # an old stream (before a re-authentication) with nothing left on it
+            stream.requests.put(_END)
+            stream.call.cancel()
 
     def reset(self, stream: _Stream) -> None:
         """Tear ``stream`` down (a create was not answered in time): every watch
