@@ -10,9 +10,9 @@ During a transition (:func:`in_transition`: a role joining, settling or
 handing off, a leader stepping down, a child stopping or started and not
 ready yet) the record is not
 rewritten at each step: the change waits until the transition is over, or
-``transition_hold`` seconds after the first change not written (a long
-handoff still shows where it waits), so a reshard costs each member one
-write, not one per step (issue 17: every member's record writes go to every
+``transition_hold`` seconds (2 s) after the first change not written (a long
+hand-off still shows where it waits, as ``supervisor status`` promises), so a
+short reshard costs each member one write, not one per step (issue 17: every member's record writes go to every
 member watching ``members/``).
 """
 
@@ -35,7 +35,11 @@ log = logging.getLogger("etcdvisor")
 
 TRANSIENT_ROLE_STATES = frozenset({"joining", "settling", "handoff"})
 TRANSIENT_CHILD_STATES = frozenset({"stopping"})
-TRANSITION_HOLD = 10.0  # seconds a change made during a transition may wait to be written
+TRANSITION_HOLD = 2.0
+"""Seconds a change made during a transition may wait to be written: a short transition
+(a reshard that settles, stops and starts within it) costs one write at its end; a
+longer one (a hand-off waiting for another member's child) shows in status within this
+time, then at most once per this time."""
 
 
 def in_transition(roles: dict[str, Any]) -> bool:
