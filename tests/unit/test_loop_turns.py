@@ -310,11 +310,19 @@ def test_a_runner_that_raises_on_a_slot_event_fails_its_role_only():
 
 
 def test_member_record_is_written_by_an_effect():
+    from etcdvisor.runtime.member import TRANSITION_HOLD
+
     h = harness(SHARDED)
     h.tell("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(1.5)
     h.session._keepalive_once()
     h.turn()
+    # the role waits in its handoff (no grant here): a transition, written after the hold
+    assert "update the member record" not in h.member_effect_names()
+    for _ in range(int(TRANSITION_HOLD / 2) + 1):  # keepalives keep the lease meanwhile
+        h.clock.advance(2.0)
+        h.session._keepalive_once()
+        h.turn()
     assert "update the member record" in h.member_effect_names()
 
 

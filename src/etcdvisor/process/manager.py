@@ -37,6 +37,7 @@ from typing import BinaryIO
 
 from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.cgroup import CgroupPool
+from etcdvisor.process.layer import ChildFactory
 from etcdvisor.process.output import OutputPump
 from etcdvisor.process.reaper import Reaper, become_subreaper
 from etcdvisor.process.slot import RestartPolicy, Slot, SlotEvent
@@ -58,7 +59,11 @@ class ProcessManager:
     def __init__(self, *, capture_output: bool = True, use_watchdog: bool = True,
                  reap_orphans: bool | None = None, subreaper: bool = False,
                  cgroups: bool | None = None,
-                 stdout: BinaryIO | None = None, stderr: BinaryIO | None = None):
+                 stdout: BinaryIO | None = None, stderr: BinaryIO | None = None,
+                 child_factory: ChildFactory | None = None):
+        """``child_factory``: how each slot makes a run (default: real processes;
+        see ``process/layer.py``; the fleet simulator passes records)."""
+        self.child_factory = child_factory
         self.output = OutputPump(stdout, stderr) if capture_output else None
         self.watchdog = Watchdog(batched=True) if use_watchdog else None
         self._subreaper = subreaper
@@ -103,7 +108,8 @@ class ProcessManager:
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None) -> Slot:
         slot = Slot(spec, restart, backoff, start_retries, on_event, name=name,
-                    output=self.output, watchdog=self.watchdog, tracker=self.tracker)
+                    output=self.output, watchdog=self.watchdog, tracker=self.tracker,
+                    child_factory=self.child_factory)
         slot.set_lease_deadlines(*self._lease_rule(slot))
         self._slots[slot] = None
         return slot

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 
 from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.child import ChildProcess, ChildState
+from etcdvisor.process.layer import Child, ChildFactory
 from etcdvisor.process.spawn import ChildSpec, SpawnError
 from etcdvisor.process.states import Transitions
 
@@ -138,7 +139,9 @@ class Slot:
                  on_event: Callable[[SlotEvent], None] | None = None, *,
                  name: str | None = None, output: OutputPump | None = None,
                  watchdog: Watchdog | None = None, tracker: TreeTracker | None = None,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random, child_factory: ChildFactory | None = None):
+        """``child_factory(spec)`` makes each run (default: a real ``ChildProcess``
+        with ``output``, ``watchdog`` and ``tracker``; see ``process/layer.py``)."""
         if spec is None and name is None:
             raise ValueError("Slot needs a spec or a name")
         self.name = name if name is not None else spec.name  # type: ignore[union-attr]
@@ -156,9 +159,10 @@ class Slot:
         self._on_event = on_event
         self._output, self._watchdog, self._rand = output, watchdog, rand
         self._tracker = tracker
+        self._child_factory = child_factory
         self._desired = spec
         self._spec: ChildSpec | None = None   # spec of the current / last child
-        self._child: ChildProcess | None = None
+        self._child: Child | None = None
         self._failures = 0                    # consecutive quick exits
         self._lease: tuple[float | None, float | None] = (None, None)
         self._lease_blocked = False   # a start is held back until new lease deadlines
@@ -232,7 +236,7 @@ class Slot:
     # -- outputs -----------------------------------------------------------------
 
     @property
-    def child(self) -> ChildProcess | None:
+    def child(self) -> Child | None:
         return self._child
 
     @property
@@ -346,8 +350,12 @@ class Slot:
 
     def _start(self, now: float, events: list[SlotEvent]) -> None:
         assert self._spec is not None  # _reconcile only starts a desired spec
-        child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog,
-                             tracker=self._tracker)
+        child: Child
+        if self._child_factory is not None:
+            child = self._child_factory(self._spec)
+        else:
+            child = ChildProcess(self._spec, output=self._output, watchdog=self._watchdog,
+                                 tracker=self._tracker)
         child.set_lease_deadlines(*self._lease, sync_watchdog=False)
         restarting = self.state is SlotState.BACKOFF
         try:

@@ -5,6 +5,15 @@ held by another live member (two supervisors must never share an id: their
 shard and election keys would collide). It carries what ``supervisor
 status`` shows and is rewritten when the state changes (at most once per
 ``min_interval``), so an idle member writes nothing.
+
+During a transition (:func:`in_transition`: a role joining, settling or
+handing off, a leader stepping down, a child stopping or started and not
+ready yet) the record is not
+rewritten at each step: the change waits until the transition is over, or
+``transition_hold`` seconds (2 s) after the first change not written (a long
+hand-off still shows where it waits, as ``supervisor status`` promises), so a
+short reshard costs each member one write, not one per step (issue 17: every member's record writes go to every
+member watching ``members/``).
 """
 
 from __future__ import annotations
@@ -25,6 +34,40 @@ from .stale import identity, process_start
 
 log = logging.getLogger("etcdvisor")
 
+TRANSIENT_ROLE_STATES = frozenset({"joining", "settling", "handoff"})
+TRANSIENT_CHILD_STATES = frozenset({"stopping"})
+TRANSITION_HOLD = 2.0
+"""Seconds a change made during a transition may wait to be written: a short transition
+(a reshard that settles, stops and starts within it) costs one write at its end; a
+longer one (a hand-off waiting for another member's child) shows in status within this
+time, then at most once per this time."""
+
+
+def in_transition(roles: dict[str, Any]) -> bool:
+    """True while some role of this status is between two stable states: joining,
+    settling or handing off (sharded), stepping down (leader roles), retiring or
+    starting after a reload (``phase``), or one of its children is stopping or
+    has started and is not ready yet (no probe failing)."""
+    for entry in roles.values():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("state") in TRANSIENT_ROLE_STATES or entry.get("stopping") \
+                or entry.get("stepping_down") or entry.get("phase"):
+            return True
+        children = entry.get("children")
+        if isinstance(children, dict) and any(isinstance(child, dict) and _child_in_transition(child)
+                                              for child in children.values()):
+            return True
+    return False
+
+
+def _child_in_transition(child: dict[str, Any]) -> bool:
+    """Stopping, or running but not ready yet with no probe failing (``min_ready``,
+    a startup or readiness probe still to pass): the ready record follows soon."""
+    state = child.get("state")
+    return state in TRANSIENT_CHILD_STATES or (
+        state == "running" and child.get("ready") is False and child.get("probe_failure") is None)
+
 
 class MemberIdInUse(CoordError):
     pass
@@ -32,8 +75,11 @@ class MemberIdInUse(CoordError):
 
 class MemberRecord:
     def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, ttl: int | None = None):
+                 clock: Callable[[], float] = time.monotonic, ttl: int | None = None,
+                 transition_hold: float = TRANSITION_HOLD):
         self.backend = backend
+        self.transition_hold = transition_hold
+        self._pending_since: float | None = None  # the first change not written yet
         self.key = key
         self.member_id = member_id
         self.min_interval = min_interval
@@ -86,13 +132,24 @@ class MemberRecord:
         """Loop side: ``(body, None)`` when the record should be rewritten now
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
         retry_at)`` when rate-limited, ``(None, None)`` when nothing changed.
-        ``urgent`` skips the rate limit (a rollout waits for the record)."""
-        if roles == self._written or not self._lease or self._writing:
+        ``urgent`` skips the rate limit and the transition hold (a rollout
+        waits for the record)."""
+        if roles == self._written or not self._lease:
+            self._pending_since = None
             return None, None
-        if now - self._last_write < self.min_interval and not urgent:
-            return None, self._last_write + self.min_interval
+        if self._writing:
+            return None, None
+        if self._pending_since is None:
+            self._pending_since = now
+        if not urgent:
+            if now - self._last_write < self.min_interval:
+                return None, self._last_write + self.min_interval
+            hold_until = self._pending_since + self.transition_hold
+            if now < hold_until and in_transition(roles):
+                return None, hold_until  # the end of the transition comes as a change too
         self._writing = True
         self._last_write = now
+        self._pending_since = None
         return dumps(self._document(roles), sort_keys=True), None
 
     def write(self, body: str) -> None:

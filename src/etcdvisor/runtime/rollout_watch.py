@@ -1,6 +1,13 @@
 """What a member knows of the others for its rollouts: the watch of ``rollouts/`` and
 ``members/`` (its threads only post) and the pure reading of the member records.
 
+``members/`` is watched only while a rollout is under way (a record under
+``rollouts/`` not finished): every member record write would otherwise reach
+every member, N events per write and N² per membership change (issue 17).
+When the watch stops, ``MembersChanged(known=False)`` says the records are no
+longer followed; a rollout then waits for the first snapshot of the next watch
+before it takes a slot or finishes.
+
 Member records are decoded here, bounded and typed like rollout records
 (:mod:`.rollout_store`): a bad record is skipped with one warning naming its key.
 """
@@ -8,6 +15,7 @@ Member records are decoded here, bounded and typed like rollout records
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +24,7 @@ from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
 from ..coord.records import MEMBER
 from ..coord.types import KeyValue
-from ..coord.watcher import PrefixWatcher
+from ..coord.watcher import Change, PrefixWatcher
 from . import rollout_store as store
 
 log = logging.getLogger("etcdvisor")
@@ -31,9 +39,11 @@ class RolloutsChanged:
 
 @dataclass(frozen=True)
 class MembersChanged:
-    """Posted by the watch thread: member id -> its record's ``roles`` (decoded)."""
+    """Posted by the watch thread: member id -> its record's ``roles`` (decoded);
+    ``known`` False: ``members/`` is not watched (no rollout under way)."""
 
     roles: Mapping[str, Mapping[str, Any]]
+    known: bool = True
 
 
 def others_unready(members: Mapping[str, Mapping[str, Any]], me: str, role: str,
@@ -68,24 +78,53 @@ def decode_members(prefix: str, kvs: Iterable[KeyValue]) -> dict[str, Mapping[st
     return out
 
 
+def under_way(view: store.RolloutView) -> bool:
+    """Some rollout is not finished (running, or failed and resumable... anything
+    without ``finished``), or a slot is held: the member records are needed."""
+    return any(record.finished is None for record in view.records.values()) or any(view.slots.values())
+
+
 class RolloutWatch:
-    """The two watch threads (``rollouts/`` and ``members/``); they only post."""
+    """The watch threads of ``rollouts/`` and, while a rollout is under way, of
+    ``members/``; they only post."""
 
     def __init__(self, backend: Backend, keys: ClusterKeys, post: Callable[[object], None]):
         self.post = post
-        prefix, members = store.rollouts_prefix(keys), keys.members
-        self.watchers = [
-            PrefixWatcher(backend, prefix, lambda change: post(RolloutsChanged(
-                store.decode(prefix, change.snapshot.values()))), name="rollouts"),
-            PrefixWatcher(backend, members, lambda change: post(MembersChanged(
-                decode_members(members, change.snapshot.values()))), name="members"),
-        ]
+        self.backend = backend
+        self.prefix, self.members_prefix = store.rollouts_prefix(keys), keys.members
+        self.rollouts = PrefixWatcher(backend, self.prefix, self._on_rollouts, name="rollouts")
+        self.members: PrefixWatcher | None = None  # only while a rollout is under way
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def _on_rollouts(self, change: Change) -> None:
+        view = store.decode(self.prefix, change.snapshot.values())
+        self.post(RolloutsChanged(view))
+        self._follow_members(under_way(view))
+
+    def _follow_members(self, wanted: bool) -> None:
+        """(The rollouts watch thread) start or stop the ``members/`` watch."""
+        members = self.members_prefix
+        with self._lock:
+            if self._stopped or wanted == (self.members is not None):
+                return
+            if wanted:
+                self.members = PrefixWatcher(self.backend, members, lambda change: self.post(MembersChanged(
+                    decode_members(members, change.snapshot.values()))), name="members").start()
+                return
+            watcher, self.members = self.members, None
+        assert watcher is not None
+        watcher.stop(2.0)
+        self.post(MembersChanged({}, known=False))
 
     def start(self, wait: float = 5.0) -> RolloutWatch:
-        for watcher in self.watchers:
-            watcher.start(wait=wait)
+        self.rollouts.start(wait=wait)
         return self
 
     def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.stop(2.0)
+        with self._lock:
+            self._stopped = True
+            members, self.members = self.members, None
+        self.rollouts.stop(2.0)
+        if members is not None:
+            members.stop(2.0)

@@ -121,6 +121,7 @@ class Rollouts:
         self.gate: ConfigGate | None = None
         self.view = store.RolloutView({}, {})
         self.members: Mapping[str, Mapping[str, Any]] = {}
+        self.members_known = False  # members/ is watched and its first snapshot came
         self.roles: dict[str, _RoleState] = {}
         self._deadline: float | None = None
         self.record_wanted = False  # a slot waits for our member record to show its child ready
@@ -131,7 +132,7 @@ class Rollouts:
         if isinstance(event, RolloutsChanged):
             self.view = event.view
         elif isinstance(event, MembersChanged):
-            self.members = event.roles
+            self.members, self.members_known = event.roles, event.known
 
     def observe(self, role: str, event: SlotEvent) -> None:
         if isinstance(event, Started):
@@ -272,6 +273,8 @@ class Rollouts:
 
     def _acquire(self, role: RoleSpec, state: _RoleState, pending: list[str], slots: Mapping[str, Slot],
                  now: float) -> None:
+        if not self.members_known:
+            return  # the budget needs the others' records: their watch's snapshot comes next
         limit, unready = self._budget(role, state, slots, now)
         # A child of ours that is already unready (crashed, failing its readiness probe) goes
         # first, and restarting it costs no availability: its slot replaces its count in
@@ -425,7 +428,7 @@ class Rollouts:
                                               self.member_id, reason), done)
 
     def _maybe_finish(self, role: RoleSpec, state: _RoleState, record: store.RolloutRecord) -> None:
-        if state.finishing == record.id or self.view.slots.get(role.name):
+        if state.finishing == record.id or self.view.slots.get(role.name) or not self.members_known:
             return
         for member, roles in self.members.items():
             if member == self.member_id or role.name not in roles:

@@ -118,8 +118,14 @@ class Supervisor:
 
     def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 watch_config: bool = False):
+                 watch_config: bool = False,
+                 process_layer: Callable[[], ProcessManager] | None = None):
+        """``process_layer()`` makes the member's process manager at start (default:
+        real children, the supervisor a subreaper); the fleet simulator passes a
+        manager whose runs are records (``etcdvisor.testing.fake_process``)."""
         self.config = config
+        self._process_layer = process_layer or functools.partial(ProcessManager, subreaper=True)
+        self._crashed = False  # crash(): leave as a killed supervisor would
         self.environ = dict(os.environ if environ is None else environ)
         self._own_environ = environ is None  # scrub secrets from os.environ too
         self.clock = clock
@@ -251,7 +257,7 @@ class Supervisor:
             self.record.register(self.session.lease_id, resume.state.get("status") or {} if resume else {})
         except CoordError as exc:
             raise StartupError(str(exc)) from None
-        self.manager = ProcessManager(subreaper=True)
+        self.manager = self._process_layer()
         if resume is not None:
             resume.attach_manager()  # the old image's watchdog helper and cgroup base
         self.manager.start()
@@ -340,8 +346,12 @@ class Supervisor:
         # a re-executed member (upgrade) starts with these blocked: what came meanwhile is acted on now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
-    def run(self) -> int:
-        self.install_signals()
+    def run(self, *, signals: bool = True) -> int:
+        """Start, turn the loop until a stop, stop the children, leave. ``signals``:
+        install the signal handlers (main thread only; the fleet simulator runs
+        members in threads and posts ``Signalled`` events itself)."""
+        if signals:
+            self.install_signals()
         try:
             self.start()
         except StartupError as exc:
@@ -350,12 +360,26 @@ class Supervisor:
             self.close()
             raise
         try:
-            while not self.stopping:
+            while not self.stopping and not self._crashed:
                 self._turn()
+            if self._crashed:
+                return self._abandon()
             return self.shutdown()
         except BaseException:
             self._emergency_stop()
             raise
+
+    def crash(self) -> None:
+        """(Any thread) end ``run`` as SIGKILL would: children killed at once, no
+        record or lease cleanup: the lease stays until it expires, so the others
+        see the member go only then. For the fleet simulator and tests."""
+        self._crashed = True
+        self.inbox.put(Wake("crash"))
+
+    def _abandon(self) -> int:
+        self._kill_children()  # no tick after: the slots would start them again
+        self.close(revoke=False)
+        return 137
 
     def _turn(self) -> None:
         now = self.clock()
@@ -689,7 +713,9 @@ class Supervisor:
             self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
             self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
 
-    def close(self) -> None:
+    def close(self, *, revoke: bool = True) -> None:
+        """Stop every edge thread and leave; ``revoke=False`` leaves the lease to
+        expire (``crash``)."""
         self.ops.stop()
         if self.rollout_watch is not None:
             self.rollout_watch.stop()
@@ -703,7 +729,7 @@ class Supervisor:
             gate.stop()
         self.effects.close()
         if session is not None:
-            session.close(revoke=True)
+            session.close(revoke=revoke)
         for name in ("manager", "backend"):  # whatever a partial start made
             part = present(self, name)
             if part is not None:

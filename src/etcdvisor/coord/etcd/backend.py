@@ -27,7 +27,7 @@ from ._grpc import (
 )
 from .keepalive import KeepAliveStream
 from .tls import tls_credentials
-from .watch import EtcdWatchStream
+from .watch import EtcdWatchStream, WatchMux
 
 
 class _Connection:
@@ -51,9 +51,11 @@ class _Connection:
         self.maintenance = etcdrpc.MaintenanceStub(self.channel)
         self.auth = etcdrpc.AuthStub(self.channel)
         self.keepalive = KeepAliveStream(self.lease, metadata)
+        self.watches = WatchMux(self.watch, metadata)  # every watch on one stream
 
     def close(self) -> None:
         self.keepalive.close()
+        self.watches.close()
         self.channel.close()
 
 

@@ -1,0 +1,108 @@
+"""The member record is written once per transition, not at each of its steps
+(runtime/member.py; issue 17: every write reaches every member watching members/)."""
+
+from etcdvisor.coord.memory import MemoryBackend
+from etcdvisor.runtime.member import MemberRecord, in_transition
+
+
+def _status(state, child="running", **extra):
+    return {"worker": {"type": "sharded", "state": state, "stopping": [], **extra,
+                       "children": {"0": {"name": "worker[0]", "state": child}}}}
+
+
+def _record():
+    store = MemoryBackend()
+    record = MemberRecord(store, "/m/x", "x", min_interval=1.0, transition_hold=10.0, clock=lambda: 0.0)
+    record.register(store.lease_grant(10).id, _status("running"))
+    return record
+
+
+def _writes(record, steps):
+    """Turn through ``steps`` of (now, roles); the times of the writes made."""
+    written = []
+    for now, roles in steps:
+        body, _retry = record.plan_update(roles, now)
+        if body is not None:
+            record.write(body)
+            record.written(roles, True)
+            written.append(now)
+    return written
+
+
+def test_a_reshard_is_one_write_once_it_is_over():
+    record = _record()
+    steps = [(10.0, _status("settling")), (11.1, _status("handoff", child="stopping")),
+             (12.2, _status("handoff", child="stopped")), (13.3, _status("handoff")),
+             (14.4, _status("running", index=1)), (15.5, _status("running", index=1))]
+    assert _writes(record, steps) == [14.4]
+
+
+def test_a_long_transition_still_shows_where_it_waits_after_the_hold():
+    record = _record()
+    steps = [(10.0, _status("handoff", waiting=["a"])), (15.0, _status("handoff", waiting=["b"])),
+             (20.0, _status("handoff", waiting=["c"])), (21.0, _status("handoff", waiting=["d"]))]
+    assert _writes(record, steps) == [20.0]
+
+
+def test_a_stable_change_is_written_at_once_and_rate_limited():
+    record = _record()
+    assert _writes(record, [(10.0, _status("running", index=3))]) == [10.0]
+    body, retry = record.plan_update(_status("running", index=4), 10.5)
+    assert body is None and retry == 11.0
+    assert _writes(record, [(11.0, _status("running", index=4))]) == [11.0]
+
+
+def test_urgent_skips_the_hold():
+    record = _record()
+    body, _ = record.plan_update(_status("handoff"), 10.0, urgent=True)
+    assert body is not None
+
+
+def test_what_counts_as_a_transition():
+    assert in_transition(_status("settling")) and in_transition(_status("joining"))
+    assert in_transition(_status("running", child="stopping"))
+    assert in_transition({"api": {"type": "singleton", "state": "leader", "stepping_down": 3.0}})
+    assert in_transition({"api": {"type": "singleton", "phase": "retiring"}})
+    assert not in_transition(_status("running")) and not in_transition({"api": {"failed": None}})
+
+
+def test_members_are_watched_only_while_a_rollout_is_under_way():
+    import time
+
+    from etcdvisor.coord.keys import ClusterKeys
+    from etcdvisor.runtime import rollout_store as store
+    from etcdvisor.runtime.rollout_watch import MembersChanged, RolloutsChanged, RolloutWatch
+
+    backend, keys, posted = MemoryBackend(), ClusterKeys("c"), []
+    backend.put(keys.member("m1"), b"{}")
+    watch = RolloutWatch(backend, keys, posted.append).start()
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    try:
+        wait_for(lambda: any(isinstance(e, RolloutsChanged) for e in posted))
+        assert watch.members is None and not any(isinstance(e, MembersChanged) for e in posted)
+        record = store.start(backend, keys, store.new_record("worker", "restart", "test"))
+        wait_for(lambda: any(isinstance(e, MembersChanged) and e.known for e in posted))
+        assert watch.members is not None
+        store.finish(backend, keys, "worker", record.id)
+        wait_for(lambda: isinstance(posted[-1], MembersChanged) and not posted[-1].known)
+        assert watch.members is None
+    finally:
+        watch.stop()
+
+
+def test_a_started_child_is_written_once_ready_not_before():
+    record = _record()
+    starting = _status("running", index=2)
+    starting["worker"]["children"]["0"].update(ready=False, probe_failure=None)
+    ready = _status("running", index=2)
+    ready["worker"]["children"]["0"].update(ready=True, probe_failure=None)
+    failing = _status("running", index=2)
+    failing["worker"]["children"]["0"].update(ready=False, probe_failure="http 500")
+    assert _writes(record, [(10.0, starting), (11.5, ready)]) == [11.5]
+    assert not in_transition(failing) and _writes(record, [(13.0, failing)]) == [13.0]
