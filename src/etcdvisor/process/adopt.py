@@ -140,7 +140,7 @@ def export_slot(slot: Slot) -> dict[str, Any]:
         "failures": slot._failures, "restart_at": slot.restart_at, "child": None,
     }
     child = slot.child
-    if child is None or child.pid is None:
+    if not isinstance(child, ChildProcess) or child.pid is None:  # no run, or a stand-in (process/layer.py)
         return doc
     proc = child._proc
     stdout = getattr(proc, "stdout", None)
