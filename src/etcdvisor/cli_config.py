@@ -27,9 +27,14 @@ import sys
 from typing import Any
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
-from .coord.records import dumps
 
 TYPES = ("int", "float", "bool", "json", "str")
+
+def dumps(value, **options) -> str:
+    """:func:`etcdvisor.coord.records.dumps`, imported when output is written (not to build the parser)."""
+    from .coord.records import dumps as records_dumps
+
+    return records_dumps(value, **options)
 
 
 def parse_value(text: str, kind: str | None, layout: str):

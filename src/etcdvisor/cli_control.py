@@ -35,7 +35,6 @@ import time
 
 from .cli_ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Failure, Target, UsageError, _check_name, _error, operator_verb
 from .cli_rollout import add_rollout_verbs, start_rollout
-from .coord.keys import ROOT
 
 
 # --- checks shared with status / rerun ----------------------------------------------------
@@ -43,6 +42,7 @@ def existing_clusters(backend) -> list[str]:
     """Names of the clusters that have any key under ``/etcdvisor/`` (not ``_shared``,
     the global config scope: no cluster name starts with ``_``)."""
     from .cli_ops import CLUSTER_NAME
+    from .coord.keys import ROOT
 
     names = set()
     for kv in backend.get_prefix(ROOT, keys_only=True).kvs:
@@ -52,6 +52,8 @@ def existing_clusters(backend) -> list[str]:
 
 def require_cluster(target: Target) -> None:
     """Failure unless the cluster has at least one live member."""
+    from .coord.keys import ROOT
+
     if target.backend.get_prefix(target.keys.members, keys_only=True).kvs:
         return
     others = [name for name in existing_clusters(target.backend) if name != target.cluster]
@@ -63,6 +65,8 @@ def require_cluster(target: Target) -> None:
 def require_known_cluster(target: Target) -> None:
     """Failure unless anything at all is stored under the cluster's prefix (a control
     record may be written before the members start, e.g. pause before a deploy)."""
+    from .coord.keys import ROOT
+
     if target.backend.get_prefix(target.keys.base, keys_only=True).kvs:
         return
     known = ", ".join(existing_clusters(target.backend)) or "none"

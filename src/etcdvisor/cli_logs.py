@@ -26,9 +26,6 @@ import threading
 import time
 from typing import BinaryIO
 
-from .config.output import MAX_BACKUPS
-from .process.logfile import backup_path
-
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIGS = ("etcdvisor.yaml", "/etc/etcdvisor.yaml")
 FOLLOW_INTERVAL = 0.1  # seconds between two looks at followed files
@@ -193,6 +190,9 @@ class Follower:
     def _newer_backups(self) -> list[str]:
         """Backups newer than the file being read, oldest first: the files rotated past
         while this reader was behind (none if it is not found among the backups)."""
+        from .config.output import MAX_BACKUPS
+        from .process.logfile import backup_path
+
         newer: list[str] = []
         for number in range(1, MAX_BACKUPS + 2):
             path = backup_path(self.path, number)
@@ -206,6 +206,9 @@ class Follower:
 
     def _backups_since(self, since: float) -> list[str]:
         """Backups last written at or after ``since``, oldest first."""
+        from .config.output import MAX_BACKUPS
+        from .process.logfile import backup_path
+
         found: list[str] = []
         for number in range(1, MAX_BACKUPS + 1):
             try:

@@ -34,8 +34,6 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .coord.errors import CoordError, InvalidURL
-
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # roles, topics, wait groups
@@ -100,6 +98,7 @@ def resolve_target(config_path: str | None, environ=None) -> Target:
 def open_target(target: Target) -> None:
     """Connect ``target.backend``: UsageError for a bad URL, Failure when unreachable."""
     from .coord import open_backend
+    from .coord.errors import CoordError, InvalidURL
 
     config = target.config
     try:
@@ -123,6 +122,8 @@ def operator_verb(func):
 
     @functools.wraps(func)
     def run(args) -> int:
+        from .coord.errors import CoordError
+
         target = None
         try:
             target = resolve_target(args.config)

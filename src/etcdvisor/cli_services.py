@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from .cli_ops import EXIT_OK, _check_name, operator_verb
-from .coord.records import dumps
+
+
+def dumps(value, **options) -> str:
+    """:func:`etcdvisor.coord.records.dumps`, imported when output is written (not to build the parser)."""
+    from .coord.records import dumps as records_dumps
+
+    return records_dumps(value, **options)
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
