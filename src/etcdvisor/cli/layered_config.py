@@ -21,26 +21,21 @@ Examples::
 
 from __future__ import annotations
 
+import argparse
 import math
 import queue
 import sys
 from typing import Any
 
-from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
+from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Target, UsageError, dumps, operator_verb
 
 TYPES = ("int", "float", "bool", "json", "str")
-
-def dumps(value, **options) -> str:
-    """:func:`etcdvisor.coord.records.dumps`, imported when output is written (not to build the parser)."""
-    from .coord.records import dumps as records_dumps
-
-    return records_dumps(value, **options)
 
 
 def parse_value(text: str, kind: str | None, layout: str):
     """VALUE as typed by ``--type`` (UsageError when it does not parse)."""
-    from .coord.records import parse_json
-    from .recipes.layered_config import ConfigValueError, decode_value
+    from ..coord.records import parse_json
+    from ..recipes.layered_config import ConfigValueError, decode_value
 
     try:
         if kind is None:
@@ -64,7 +59,7 @@ def parse_value(text: str, kind: str | None, layout: str):
 
 
 def _layered(args, target: Target):
-    from .runtime.role_config import layered_config
+    from ..runtime.role_config import layered_config
 
     config: Any = target.config
     layout = config.config_layout if config is not None else args.layout
@@ -100,7 +95,7 @@ def cmd_config(args, target: Target) -> int:
             return _watch(args, cfg)
         return _read(args, cfg, target)
     except ValueError as exc:  # bad item name, a value the layout cannot store
-        from .recipes.layered_config import ConfigValueError
+        from ..recipes.layered_config import ConfigValueError
 
         if isinstance(exc, ConfigValueError):
             raise
@@ -177,7 +172,7 @@ def _print_default(args, defaults: dict[str, Any]) -> int:
 def _decoded(cfg, raw) -> dict:
     """``list``: every item that decodes; a malformed one is left out with one
     ``warning:`` line naming its key on stderr (one bad item never hides the others)."""
-    from .recipes.layered_config import ConfigValueError
+    from ..recipes.layered_config import ConfigValueError
 
     rows = {}
     for item, (scope, text) in sorted(raw.items()):
@@ -214,7 +209,9 @@ def _watch(args, cfg) -> int:
     return EXIT_OK
 
 
-def add_config_verb(subparsers, common) -> None:
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """config set|get|list|unset|watch."""
     parser = subparsers.add_parser("config", parents=[common],
                                    help="set/get/list/unset/watch the layered config children see")
     parser.add_argument("action", choices=["set", "get", "list", "unset", "watch"])
@@ -239,9 +236,9 @@ def _checked(func):
         needs_item = args.action in ("set", "get", "unset")
         if needs_item and not args.item:
             print(f"error: config {args.action} needs ITEM", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not needs_item and args.item:
             print(f"error: config {args.action} takes no ITEM", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return func(args)
     return run

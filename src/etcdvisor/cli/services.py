@@ -9,7 +9,7 @@
 The registry read is :meth:`etcdvisor.recipes.registry.Registry.for_cluster`
 (``/etcdvisor/<cluster>/services/``), where ``register:`` roles put their
 children. Which cluster: ``-c CONFIG`` or ``ETCDVISOR_ENDPOINTS`` /
-``ETCDVISOR_CLUSTER``, as for the other operator verbs (:mod:`.cli_ops`).
+``ETCDVISOR_CLUSTER``, as for the other operator verbs (:mod:`.kit`).
 
 Output: a table on stdout (or ``--json``: an array of the stored documents,
 ``[]`` when empty); "no ... registered" goes to stderr, exit 0. Exit 1 when
@@ -18,18 +18,12 @@ etcd is unreachable, 2 for a bad name or usage, one line each.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .cli_ops import EXIT_OK, _check_name, operator_verb
-
-
-def dumps(value, **options) -> str:
-    """:func:`etcdvisor.coord.records.dumps`, imported when output is written (not to build the parser)."""
-    from .coord.records import dumps as records_dumps
-
-    return records_dumps(value, **options)
+from .kit import EXIT_OK, check_name, dumps, operator_verb
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
@@ -75,10 +69,10 @@ def _show_applications(registry, name: str | None, as_json: bool) -> None:
 
 @operator_verb
 def cmd_services(args, target) -> int:
-    from .recipes.registry import Registry
+    from ..recipes.registry import Registry
 
     kind = "application" if args.applications else "service"
-    name = _check_name(kind, args.name) if args.name is not None else None
+    name = check_name(kind, args.name) if args.name is not None else None
     registry = Registry.for_cluster(target.backend, target.cluster)
     if args.applications:
         _show_applications(registry, name, args.json)
@@ -87,7 +81,9 @@ def cmd_services(args, target) -> int:
     return EXIT_OK
 
 
-def add_services_verb(subparsers, common) -> None:
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """services."""
     services = subparsers.add_parser(
         "services", parents=[common],
         help="registered service instances (registration order), or --applications")
