@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..timing import format_duration
 from .cluster import issue_control, require_known_cluster, require_role
 from .kit import EXIT_OK, Target, UsageError, operator_verb
 from .rollout import start_rollout
@@ -50,7 +51,7 @@ def cmd_control(args, target: Target) -> int:
             target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
         # nothing of a paused role starts: say so rather than let the operator wait
         later = (f"it runs after 'supervisor resume {args.role}' if that comes within "
-                 f"{control.TRIGGER_MAX_AGE:g}s") if args.verb == control.TRIGGER else \
+                 f"{format_duration(control.TRIGGER_MAX_AGE)}") if args.verb == control.TRIGGER else \
             f"its children start after 'supervisor resume {args.role}'"
         print(f"role {args.role}: note: the role is paused; {later}")
     return EXIT_OK

@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 
+from ..timing import format_duration
 from .cluster import member_records, require_cluster, require_known_cluster, require_role
 from .kit import EXIT_OK, Failure, Target, UsageError, check_name, duration_argument, operator_verb
 
@@ -124,7 +125,7 @@ def cmd_waitgroup(args, target: Target) -> int:
             raise Failure(f"wait group {name}: 'done' with the count already at zero "
                           f"(more done than add)") from None
     elif not group.wait(timeout):
-        raise Failure(f"wait group {name}: still at {group.count()} after {timeout:g}s")
+        raise Failure(f"wait group {name}: still at {group.count()} after {format_duration(timeout or 0.0)}")
     return EXIT_OK
 
 

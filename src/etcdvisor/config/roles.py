@@ -13,7 +13,7 @@ import signal
 from typing import TypedDict, overload
 
 from .. import timing
-from .durations import format_size, parse_duration, parse_size
+from .durations import format_duration, format_size, parse_duration, parse_size
 from .errors import Problems
 from .health import health_fields
 from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
@@ -184,7 +184,7 @@ def _backoff(check: _RoleChecker) -> BackoffSettings:
     initial = sub.duration("initial", DEFAULTS["backoff_initial"])
     maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
     if initial is not None and maximum is not None and maximum < initial:
-        sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
+        sub.fail("max", f"must be >= backoff.initial ({format_duration(initial)}), got {format_duration(maximum)}")
     return BackoffSettings(initial=initial, max=maximum)
 
 

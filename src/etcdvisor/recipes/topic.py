@@ -89,8 +89,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..coord.base import Backend
+from ..coord.retry import CONFLICT_RETRY
 from ..coord.types import Delete, Get, Op, Put, missing, mod_revision, prefix_end
-from .counter import ConflictRetry, parse_count
+from .counter import parse_count
 from .topic_format import (  # noqa: F401  (the keys and ids are part of this module's API)
     ID_SCALE,
     BadTopicFormat,
@@ -310,7 +311,7 @@ class Topic:
         topic's format; return (its revision, the last sequence number it
         wrote, whether batched), or None (nothing written, format forgotten)
         if the ``format`` key changed since it was read."""
-        backoff = ConflictRetry(f"publish to {self.prefix!r}")
+        backoff = CONFLICT_RETRY.attempts(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         assert self._format is not None

@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..coord import types as t
+from ..coord.retry import STORE_RETRY
 from .assignment import balance_shards, moved
 from .shard_plan import Published
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from .sharded import ShardedRunner
 
 log = logging.getLogger("etcdvisor")
-RETRY = 1.0
 WATCH_GRACE = 2.0  # after a successful publish, wait this long for the watch to show it
 
 
@@ -84,7 +84,7 @@ class Coordinator:
         if error is not None or not ok:
             log.warning("role %s: coordinator: publish %s; retrying", self.runner.name,
                         f"failed: {error}" if error else "lost a race (the assignment changed)")
-            self.retry_at = self.runner.ctx.clock() + (RETRY if error else 0.2)
+            self.retry_at = self.runner.ctx.clock() + (STORE_RETRY.delay(1) if error else 0.2)
         else:
             self.retry_at = None
 

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 
 from ..coord.records import dumps
+from ..timing import format_elapsed
 
 WIDTH = 100  # columns of the text view
 
@@ -269,17 +270,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _age(started, now: float) -> str:
-    if not isinstance(started, (int, float)):
-        return "-"
-    seconds = max(0, int(now - started))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+    return format_elapsed(now - started) if isinstance(started, (int, float)) else "-"
 
 
 def _when(value) -> str:
