@@ -16,7 +16,7 @@ from .. import timing
 from .durations import format_duration, format_size, parse_duration, parse_size
 from .errors import Problems
 from .health import health_fields
-from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map, is_reserved_env
 from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
@@ -27,12 +27,6 @@ ROLE_NAME_MAX = 63
 WAIT_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-RESERVED_ENV = frozenset({
-    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
-    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
-})
-"""Variables the supervisor sets for children; a role may not override them."""
-RESERVED_ENV_PREFIX = "ETCDVISOR_"
 
 MAX_PAYLOAD_LIMIT = 1024 * 1024  # etcd's default request limit is 1.5MiB; keep room for keys
 
@@ -143,7 +137,7 @@ def _environment(check: _RoleChecker):
     for key, value in check.raw.get("env", {}).items():
         if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
             check.fail(("env", key), f"{key!r} is not a valid environment variable name")
-        elif key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIX):
+        elif is_reserved_env(key):
             check.fail(("env", key), f"{key} is set by the supervisor and cannot be overridden")
         elif isinstance(value, str) and "\0" in value:
             check.fail(("env", key), "contains a NUL byte")

@@ -29,6 +29,7 @@ from .model import (
     PeersFile,
     Registration,
     _frozen_map,
+    is_reserved_env,
 )
 from .signals import parse_signal
 
@@ -37,8 +38,6 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PORT_EXPR = re.compile(r"\s*(\d+)\s*\+\s*\{index\}\s*")
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 INDEX_SPAN = 1024  # "BASE + {index}" is taken to cover BASE .. BASE+1023 when checking collisions
-RESERVED = frozenset({"ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "LEADER", "LEADER_TOKEN",
-                      "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID"})
 
 
 NON_FINITE = "holds .nan or .inf, which JSON cannot carry (write a finite number, or quote it as a string)"
@@ -117,7 +116,7 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if not ENV_NAME.fullmatch(env):
             problems.add(where, f"{env!r} is not a valid environment variable name")
             continue
-        if env in RESERVED or env.startswith("ETCDVISOR_"):
+        if is_reserved_env(env):
             problems.add(where, f"{env} is set by the supervisor and cannot come from the config")
             continue
         try:
