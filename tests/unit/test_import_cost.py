@@ -44,3 +44,12 @@ def test_validate_needs_no_etcd_client():
     modules = imported_after(f"from etcdvisor.config import load\nload({str(FLEET)!r}, {{}})")
     assert [name for name in ("grpc", "etcd3", "prometheus_client", "etcdvisor.runtime")
             if loaded(modules, name)] == []
+
+
+def test_no_silent_import_fallback():
+    """An optional module is checked for (importlib.util.find_spec, yaml.__with_libyaml__), never
+    swallowed by ``except ImportError`` (issue 18: a missing module must not go unnoticed)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "etcdvisor"
+    offenders = [str(p.relative_to(src)) for p in src.rglob("*.py")
+                 if "except ImportError" in p.read_text() or "except ModuleNotFoundError" in p.read_text()]
+    assert offenders == []
