@@ -30,7 +30,7 @@ from .rollout import start_rollout
 
 
 @operator_verb
-def cmd_control(args, target: Target) -> int:
+def cmd_control(args: argparse.Namespace, target: Target) -> int:
     from ..runtime import control
 
     require_known_cluster(target)

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 
 from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, error
 
@@ -24,7 +25,7 @@ class NotOurAnswer(Exception):
     """What came back is not an etcdvisor member's probe answer; one line."""
 
 
-def cmd_health(args) -> int:
+def cmd_health(args: argparse.Namespace) -> int:
     from ..config.ops import ListenError, connect_address, format_listen, parse_listen
 
     try:
@@ -46,7 +47,7 @@ def cmd_health(args) -> int:
     return EXIT_OK
 
 
-def _health_address(args, parse_listen) -> tuple[str, int]:
+def _health_address(args: argparse.Namespace, parse_listen: Callable[[str], tuple[str, int]]) -> tuple[str, int]:
     if args.http:
         return parse_listen(args.http)
     if os.environ.get("ETCDVISOR_HTTP", "").strip():

@@ -26,15 +26,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..timing import format_duration
 from .cluster import member_records, require_cluster, require_known_cluster, require_role
 from .kit import EXIT_OK, Failure, Target, UsageError, check_name, duration_argument, operator_verb
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 
 # --- status ----------------------------------------------------------------------------
 @operator_verb
-def cmd_status(args, target: Target) -> int:
+def cmd_status(args: argparse.Namespace, target: Target) -> int:
     from ..status import gather, render_json, render_text
 
     require_cluster(target)
@@ -47,7 +51,7 @@ def cmd_status(args, target: Target) -> int:
 
 
 # --- publish ---------------------------------------------------------------------------
-def topic_payload_limit(config, topic: str) -> int | None:
+def topic_payload_limit(config: Config | None, topic: str) -> int | None:
     """The smallest ``max_payload`` of the config's topic roles consuming ``topic``
     (every consumer must accept the message), or None if none does."""
     if config is None:
@@ -72,7 +76,7 @@ def topic_consumers(target: Target, topic: str) -> list[str]:
 
 
 @operator_verb
-def cmd_publish(args, target: Target) -> int:
+def cmd_publish(args: argparse.Namespace, target: Target) -> int:
     from ..recipes.topic import PayloadTooLarge, Topic
 
     name = check_name("topic", args.topic)
@@ -103,7 +107,7 @@ def cmd_publish(args, target: Target) -> int:
 
 # --- waitgroup -------------------------------------------------------------------------
 @operator_verb
-def cmd_waitgroup(args, target: Target) -> int:
+def cmd_waitgroup(args: argparse.Namespace, target: Target) -> int:
     from ..recipes.waitgroup import WaitGroup, WaitGroupNegative
 
     name = check_name("wait group", args.name)
@@ -140,7 +144,7 @@ def _count_argument(raw: str | None) -> int:
 
 # --- rerun -----------------------------------------------------------------------------
 @operator_verb
-def cmd_rerun(args, target: Target) -> int:
+def cmd_rerun(args: argparse.Namespace, target: Target) -> int:
     from ..coord.types import Delete, Get
 
     role = check_name("role", args.role)

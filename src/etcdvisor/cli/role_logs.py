@@ -25,9 +25,12 @@ import re
 import sys
 import threading
 import time
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, error
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 DEFAULT_CONFIGS = ("etcdvisor.yaml", "/etc/etcdvisor.yaml")
 FOLLOW_INTERVAL = 0.1  # seconds between two looks at followed files
@@ -47,7 +50,7 @@ def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     logs.set_defaults(func=cmd_logs)
 
 
-def cmd_logs(args) -> int:
+def cmd_logs(args: argparse.Namespace) -> int:
     try:
         sources = role_log_sources(args.config, args.role, args.index)
     except UsageError as exc:
@@ -67,7 +70,7 @@ def cmd_logs(args) -> int:
         return EXIT_OK
 
 
-def _load(config_path: str | None):
+def _load(config_path: str | None) -> Config:
     from ..config import ConfigError, load
 
     if config_path is None:

@@ -22,9 +22,13 @@ import argparse
 import json
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .cluster import require_known_cluster, require_role
 from .kit import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
+
+if TYPE_CHECKING:
+    from ..runtime.rollout_store import RolloutRecord
 
 POLL = 0.2  # seconds between two reads of the record while waiting
 
@@ -41,7 +45,7 @@ def _children(target: Target, role: str) -> int:
     return total
 
 
-def start_rollout(args, target: Target) -> int:
+def start_rollout(args: argparse.Namespace, target: Target) -> int:
     """``restart ROLE`` of a sharded or singleton role: write the rollout (superseding
     any running one) and, with ``--wait``, follow it."""
     from ..runtime import control, rollout_store
@@ -99,7 +103,7 @@ def wait_for(target: Target, role: str, rollout_id: str) -> int:
         pause.wait(POLL)
 
 
-def describe(record) -> str:
+def describe(record: RolloutRecord) -> str:
     from ..runtime import rollout_store
 
     line = (f"rollout {record.id}: {record.state} ({record.trigger} by {record.who} at "
@@ -110,7 +114,7 @@ def describe(record) -> str:
 
 
 @operator_verb
-def cmd_rollout(args, target: Target) -> int:
+def cmd_rollout(args: argparse.Namespace, target: Target) -> int:
     from ..runtime import rollout_store
 
     require_known_cluster(target)

@@ -22,8 +22,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-from .kit import EXIT_OK, check_name, dumps, operator_verb
+from .kit import EXIT_OK, Target, check_name, dumps, operator_verb
+
+if TYPE_CHECKING:
+    from ..recipes.registry import Registry
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
@@ -33,14 +37,14 @@ def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metadata_text(metadata: dict) -> str:
+def _metadata_text(metadata: dict[str, Any]) -> str:
     if not metadata:
         return "-"
     return ",".join(f"{key}={dumps(value) if not isinstance(value, str) else value}"
                     for key, value in sorted(metadata.items()))
 
 
-def _show_instances(registry, name: str | None, as_json: bool) -> None:
+def _show_instances(registry: Registry, name: str | None, as_json: bool) -> None:
     instances = registry.discover(name) if name else registry.all_instances()
     if as_json:
         print(dumps([asdict(info) for info in instances], indent=2, sort_keys=True))
@@ -54,7 +58,7 @@ def _show_instances(registry, name: str | None, as_json: bool) -> None:
     sys.stdout.write(_table(("SERVICE", "ID", "ADDRESS", "PORT", "VERSION", "METADATA"), rows))
 
 
-def _show_applications(registry, name: str | None, as_json: bool) -> None:
+def _show_applications(registry: Registry, name: str | None, as_json: bool) -> None:
     routes = registry.applications(name)
     if as_json:
         print(dumps([route.to_dict() for route in routes], indent=2))
@@ -68,7 +72,7 @@ def _show_applications(registry, name: str | None, as_json: bool) -> None:
 
 
 @operator_verb
-def cmd_services(args, target) -> int:
+def cmd_services(args: argparse.Namespace, target: Target) -> int:
     from ..recipes.registry import Registry
 
     kind = "application" if args.applications else "service"
