@@ -60,7 +60,7 @@ def parse_count(kv: KeyValue | None) -> int:
         raise BadCounterValue(f"counter key {kv.key!r} holds {shown!r}, not a decimal integer") from None
 
 
-def _check_int(value, name: str) -> int:
+def _check_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value

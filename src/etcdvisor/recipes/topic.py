@@ -111,6 +111,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = [  # with the names of topic_format.py this module has always handed on (and, lazily,
+    # QueueConsumer and Subscription: see __getattr__)
+    "ID_SCALE", "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_PAYLOAD_LIMIT", "BadTopicFormat", "IdFormat", "Message",
+    "MessageId", "PayloadTooLarge", "Topic", "is_message_key", "message_from",
+    "message_id", "parse_message_key", "read_format", "resolve_format",
+]
+
 MAX_PAYLOAD_LIMIT = 1 << 20  # etcd's default request limit is 1.5 MiB
 MAX_BATCH = 100  # messages per transaction: etcd's --max-txn-ops defaults to 128 (head + deletes)
 MAX_BATCH_BYTES = MAX_PAYLOAD_LIMIT  # payload per transaction, under etcd's 1.5 MiB request limit
@@ -421,7 +428,7 @@ class Topic:
         return head.kvs[0].mod_revision * (ID_SCALE if batched else 1)  # the last write's first id
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # QueueConsumer and Subscription live in modules that import this one
     if name == "QueueConsumer":
         from .topic_queue import QueueConsumer
