@@ -87,7 +87,8 @@ store does not answer.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..coord.base import Backend
 from ..coord.errors import Compacted, CoordError
@@ -96,6 +97,9 @@ from ..coord.records import JOB, MEMBER, TICK, RecordError, RecordKind, decimal,
 from ..coord.types import KeyValue, direct_children_by_create
 from ..runtime import rollout_store
 from ..runtime.control import read_records as read_control
+
+if TYPE_CHECKING:
+    from ..config import Config, RoleSpec
 
 SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "waiting", "stopping")
 EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
@@ -107,7 +111,7 @@ RAN_STATES = ("running", "succeeded", "failed")
 
 
 # --- gathering -----------------------------------------------------------------------
-def gather(backend: Backend, cluster: str, config=None) -> dict:
+def gather(backend: Backend, cluster: str, config: Config | None = None) -> dict[str, Any]:
     """The status document of ``cluster`` (shape in the module docstring).
 
     ``config`` (an :class:`etcdvisor.config.Config`, optional) adds role types and
@@ -119,7 +123,7 @@ def gather(backend: Backend, cluster: str, config=None) -> dict:
         return _gather_once(backend, ClusterKeys(cluster), config)
 
 
-def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
+def _gather_once(backend: Backend, keys: ClusterKeys, config: Config | None) -> dict[str, Any]:
     members_read = backend.get_prefix(keys.members)
     revision = members_read.revision
     roles_read = backend.get_prefix(keys.base + "roles/", revision=revision)
@@ -149,7 +153,7 @@ def _gather_once(backend: Backend, keys: ClusterKeys, config) -> dict:
     }
 
 
-def _load(kind: RecordKind, kv: KeyValue) -> tuple[dict, str | None]:
+def _load(kind: RecordKind, kv: KeyValue) -> tuple[dict[str, Any], str | None]:
     """The record through the strict decoder, or ({}, why) for a bad one (warned once)."""
     try:
         return kind.decode(kv.value), None
@@ -158,7 +162,7 @@ def _load(kind: RecordKind, kv: KeyValue) -> tuple[dict, str | None]:
         return {}, f"unreadable record: {exc}"
 
 
-def _member(kv: KeyValue, prefix: str) -> dict:
+def _member(kv: KeyValue, prefix: str) -> dict[str, Any]:
     doc, error = _load(MEMBER, kv)
     roles = doc.get("roles") or {}
     entry = {"member": doc.get("member") or kv.key[len(prefix):], "host": doc.get("host"),
@@ -173,7 +177,7 @@ LEASE_LOOKUPS = 256  # members whose lease is asked about (one request each); mo
 KEEPALIVE_SLACK = 3  # seconds a lease may run down before its member counts as not keeping it alive
 
 
-def _lease_health(backend: Backend, members: list[dict]) -> None:
+def _lease_health(backend: Backend, members: list[dict[str, Any]]) -> None:
     """``lease_expires_in`` (seconds left) and ``lease_expiring`` for each member: a member
     keeps its lease renewed to the full TTL every second, so a lease that ran down by more
     than KEEPALIVE_SLACK seconds belongs to a member that stopped (SIGKILL, paused, cut
@@ -191,7 +195,8 @@ def _lease_health(backend: Backend, members: list[dict]) -> None:
             member["lease_expiring"] = left < ttl - KEEPALIVE_SLACK
 
 
-def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
+def _roles(members: list[dict[str, Any]], kvs: Sequence[KeyValue], prefix: str,
+           config: Config | None) -> dict[str, Any]:
     by_role: dict[str, list[KeyValue]] = {}
     for kv in kvs:
         name = kv.key[len(prefix):].split("/", 1)[0]
@@ -221,12 +226,14 @@ def _roles(members: list[dict], kvs, prefix: str, config) -> dict:
     return result
 
 
-def _role_type(spec, assignments: list[dict], kvs, prefix: str) -> str | None:
+def _role_type(spec: RoleSpec | None, assignments: list[dict[str, Any]], kvs: Sequence[KeyValue],
+               prefix: str) -> str | None:
     if spec is not None:
         return spec.type.value
     for assignment in assignments:
-        if isinstance(assignment.get("type"), str):
-            return assignment["type"]
+        kind = assignment.get("type")
+        if isinstance(kind, str):
+            return kind
     parts = {kv.key[len(prefix):].split("/", 1)[0] for kv in kvs}
     if "ticks" in parts:
         return "cron"
@@ -237,7 +244,7 @@ def _role_type(spec, assignments: list[dict], kvs, prefix: str) -> str | None:
     return None
 
 
-def _assignment(member: str, role_status: dict) -> dict:
+def _assignment(member: str, role_status: dict[str, Any]) -> dict[str, Any]:
     entry = {"member": member, "type": role_status.get("type"), "state": role_status.get("state"),
              "failed": role_status.get("failed")}
     for field in SHARDED_FIELDS + LEADER_FIELDS + EXTRA_FIELDS:
@@ -247,12 +254,12 @@ def _assignment(member: str, role_status: dict) -> dict:
     return entry
 
 
-def _shard(kvs, prefix: str) -> list[str] | None:
+def _shard(kvs: Sequence[KeyValue], prefix: str) -> list[str] | None:
     found = direct_children_by_create(prefix, kvs)
     return [kv.key[len(prefix):] for kv in found] if found else None
 
 
-def _alive(kvs, prefix: str) -> dict | None:
+def _alive(kvs: Sequence[KeyValue], prefix: str) -> dict[str, Any] | None:
     """Fenced sharded roles: member -> partitions its children hold ("i/N")."""
     from ..roles.handoff import BadRecord, decode_record
 
@@ -265,7 +272,7 @@ def _alive(kvs, prefix: str) -> dict | None:
     return found or None
 
 
-def _published(kvs, key: str) -> dict | None:
+def _published(kvs: Sequence[KeyValue], key: str) -> dict[str, Any] | None:
     """Fixed shards: the coordinator's published assignment."""
     from ..roles.shard_plan import decode_published
 
@@ -279,7 +286,7 @@ def _published(kvs, key: str) -> dict | None:
     return None
 
 
-def _election(kvs, prefix: str) -> dict | None:
+def _election(kvs: Sequence[KeyValue], prefix: str) -> dict[str, Any] | None:
     found = direct_children_by_create(prefix, kvs)
     if not found:
         return None
@@ -289,7 +296,7 @@ def _election(kvs, prefix: str) -> dict | None:
             "candidates": candidates}
 
 
-def _ticks(kvs, prefix: str) -> dict | None:
+def _ticks(kvs: Sequence[KeyValue], prefix: str) -> dict[str, Any] | None:
     found = direct_children_by_create(prefix, kvs)
     if not found:
         return None
@@ -307,7 +314,7 @@ def _ticks(kvs, prefix: str) -> dict | None:
     return {"retained": len(found), **counts, "last": last}
 
 
-def _job(kvs, key: str) -> dict | None:
+def _job(kvs: Sequence[KeyValue], key: str) -> dict[str, Any] | None:
     for kv in kvs:
         if kv.key == key:
             doc, error = _load(JOB, kv)
@@ -317,8 +324,8 @@ def _job(kvs, key: str) -> dict | None:
     return None
 
 
-def _waitgroups(kvs, prefix: str) -> dict:
-    groups = {}
+def _waitgroups(kvs: Sequence[KeyValue], prefix: str) -> dict[str, Any]:
+    groups: dict[str, int | None] = {}
     for kv in direct_children_by_create(prefix, kvs):
         try:
             groups[kv.key[len(prefix):]] = int(kv.value.strip() or b"0")
@@ -327,11 +334,11 @@ def _waitgroups(kvs, prefix: str) -> dict:
     return groups
 
 
-def _topics(kvs, prefix: str, config) -> dict:
+def _topics(kvs: Sequence[KeyValue], prefix: str, config: Config | None) -> dict[str, Any]:
     """Backlog per topic from its keys (layout in :mod:`etcdvisor.recipes.topic`)."""
     from ..recipes.topic import message_id as id_of  # several messages share a revision: the id is in the key
 
-    parts: dict[str, dict[str, list]] = {}
+    parts: dict[str, dict[str, list[Any]]] = {}
     for kv in kvs:
         name, _, rest = kv.key[len(prefix):].partition("/")
         kind, _, tail = rest.partition("/")
@@ -346,7 +353,7 @@ def _topics(kvs, prefix: str, config) -> dict:
         ids = sorted(id_of(kv) for _, kv in found.get("msg", []))
         retained = set(ids)
         groups = {tail for tail, _ in found.get("groups", [])}
-        done: dict[str, set] = {}
+        done: dict[str, set[Any]] = {}
         claimed: dict[str, int] = {}
         for tail, _ in found.get("done", []):
             group, _, message_id = tail.partition("/")

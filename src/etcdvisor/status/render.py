@@ -8,6 +8,7 @@ import signal
 import textwrap
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from ..coord.records import dumps
 from ..timing import format_elapsed
@@ -15,12 +16,12 @@ from ..timing import format_elapsed
 WIDTH = 100  # columns of the text view
 
 
-def render_json(doc: dict) -> str:
+def render_json(doc: dict[str, Any]) -> str:
     """What ``status --json`` prints and the dashboard's ``GET /api/status`` answers."""
     return dumps(doc, indent=2, sort_keys=True)
 
 
-def render_text(doc: dict, now: float | None = None) -> str:
+def render_text(doc: dict[str, Any], now: float | None = None) -> str:
     """A readable multi-section view of a :func:`gather` document."""
     now = time.time() if now is None else now
     lines = [f"cluster {doc['cluster']} (revision {doc['revision']}): "
@@ -56,7 +57,7 @@ def render_text(doc: dict, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lease_text(member: dict) -> str:
+def _lease_text(member: dict[str, Any]) -> str:
     if member.get("lease_expiring"):
         return f"expiring in {member.get('lease_expires_in')}s (no keepalive)"
     return "ok" if "lease_expires_in" in member else "-"
@@ -71,7 +72,7 @@ def _wrap(text: str, first: str, rest: str = "      ") -> list[str]:
     return textwrap.wrap(" ".join(str(text).split()), WIDTH, initial_indent=first, subsequent_indent=rest) or [first]
 
 
-def _render_role(name: str, role: dict, now: float) -> list[str]:
+def _render_role(name: str, role: dict[str, Any], now: float) -> list[str]:
     kind = role["type"] or "unknown type"
     pause = (role.get("control") or {}).get("pause")
     lines = [f"role {name} ({kind})"]
@@ -140,7 +141,7 @@ def _render_role(name: str, role: dict, now: float) -> list[str]:
     return lines
 
 
-def _state(role: dict, a: dict, pause: dict | None) -> str:
+def _state(role: dict[str, Any], a: dict[str, Any], pause: dict[str, Any] | None) -> str:
     """What a member's runner of the role is doing, as an operator names it."""
     if a["failed"]:
         return "failed"
@@ -152,7 +153,7 @@ def _state(role: dict, a: dict, pause: dict | None) -> str:
     return str(a["state"])
 
 
-def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
+def _render_rollout(name: str, rollout: dict[str, Any] | None, now: float) -> list[str]:
     if not rollout:
         return []
     state = "rollout failed" if rollout["state"] == "failed" else f"rollout {rollout['state']}"
@@ -167,14 +168,14 @@ def _render_rollout(name: str, rollout: dict | None, now: float) -> list[str]:
     return lines
 
 
-def _indexes(a: dict) -> str | None:
+def _indexes(a: dict[str, Any]) -> str | None:
     listed = a.get("shards") if a.get("shards") is not None else a.get("indexes")
     if isinstance(listed, list):
         return _ranges(listed) or "-"
     return a.get("index")
 
 
-def _ranges(values: list) -> str:
+def _ranges(values: list[Any]) -> str:
     """[0, 1, 2, 5] -> "0-2,5" (4096 shards stay readable)."""
     nums = sorted(v for v in values if isinstance(v, int))
     out, i = [], 0
@@ -187,7 +188,7 @@ def _ranges(values: list) -> str:
     return ",".join(out)
 
 
-def _render_handoff(role: dict) -> list[str]:
+def _render_handoff(role: dict[str, Any]) -> list[str]:
     """Fenced hand-offs in progress: who waits for which member's child or lease."""
     lines = []
     if role.get("published") and not role["published"].get("error"):
@@ -202,7 +203,7 @@ def _render_handoff(role: dict) -> list[str]:
     return lines
 
 
-def _child_health(a: dict) -> list[str]:
+def _child_health(a: dict[str, Any]) -> list[str]:
     """One line per child with a last probe failure or an sd_notify STATUS= text."""
     lines = []
     for key, child in (a.get("children") or {}).items():
@@ -218,7 +219,7 @@ def _child_health(a: dict) -> list[str]:
     return lines
 
 
-def _children(children: dict) -> str:
+def _children(children: dict[str, Any]) -> str:
     parts = []
     for key, child in children.items():
         if not isinstance(child, dict):
@@ -240,7 +241,7 @@ def _children(children: dict) -> str:
     return "; ".join(parts) or "-"
 
 
-def _exit_text(code) -> str:
+def _exit_text(code: object) -> str:
     """-15 -> "signal SIGTERM" (as the log says), 3 -> "status 3"."""
     if isinstance(code, int) and code < 0:
         try:
@@ -250,14 +251,14 @@ def _exit_text(code) -> str:
     return f"status {code}"
 
 
-def _table(headers: list[str], rows: list[list], indent: int = 0) -> list[str]:
+def _table(headers: list[str], rows: list[list[Any]], indent: int = 0) -> list[str]:
     cells = [headers] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     pad = " " * indent
     return [pad + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -269,11 +270,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _age(started, now: float) -> str:
+def _age(started: object, now: float) -> str:
     return format_elapsed(now - started) if isinstance(started, (int, float)) else "-"
 
 
-def _when(value) -> str:
+def _when(value: object) -> str:
     """Unix seconds as UTC ISO time; anything else as given."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
