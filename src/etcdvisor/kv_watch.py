@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .coord import Backend, KeyValue
 from .coord.follow import Follower
-from .coord.types import EventType
+from .coord.types import EventType, WatchBatch
 
 
 class KeyChange(enum.Flag):
@@ -98,7 +98,7 @@ class KeyFollower:
         return True
 
     # --- follower callbacks (follower thread) ------------------------------------------
-    def _on_batch(self, batch) -> bool:
+    def _on_batch(self, batch: WatchBatch) -> bool:
         for event in batch.events:
             if self._stopped.is_set():
                 return True

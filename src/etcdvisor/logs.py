@@ -26,11 +26,12 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from .config.model import LogFormat, LogLevel
 from .coord.records import dumps
 from .process import output
-from .process.output import child_role_slot  # the child-name parser, re-exported here
+from .process.output import child_role_slot as child_role_slot  # the child-name parser, re-exported here
 
 # "role worker: ..." (runner decisions), "api:election: ..." (recipes named after the role)
 _ROLE_IN_MESSAGE = re.compile(r"role ([a-z][a-z0-9_-]*)[: ]|([a-z][a-z0-9_-]*):(?:election|shard|job):")
@@ -111,19 +112,19 @@ def configure(member: str, level: LogLevel, fmt: LogFormat) -> None:
     threading.excepthook = _thread_crashed
 
 
-def _thread_crashed(args) -> None:
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread is not None else "?"
-    logging.getLogger("etcdvisor").error("thread %s crashed", name,
-                                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else False
+    logging.getLogger("etcdvisor").error("thread %s crashed", name, exc_info=exc_info)
 
 
 def _text_child_line(name: str, stream: str, text: str) -> bytes:
     return f"{timestamp()} {name}| {text}\n".encode()
 
 
-def _json_child_line(member: str):
+def _json_child_line(member: str) -> Callable[[str, str, str], bytes]:
     def line(name: str, stream: str, text: str) -> bytes:
         role, slot = child_role_slot(name)
         doc = {"ts": timestamp(), "level": "info", "member": member, "role": role, "slot": slot,

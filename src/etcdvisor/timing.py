@@ -97,11 +97,11 @@ def tolerance_line(ttl: float, stop_timeout: float | None) -> str:
     tolerates round trips up to 1.2s`` (``stop_timeout`` None: no lease-bound
     role, only the keepalive timeout limits the round trip)."""
     if stop_timeout is None:
-        return (f"ttl {_seconds(ttl)}, no lease-bound role: keepalives tolerate round trips "
-                f"up to {_seconds(keepalive_timeout(ttl))}")
+        return (f"ttl {format_duration(ttl)}, no lease-bound role: keepalives tolerate round trips "
+                f"up to {format_duration(keepalive_timeout(ttl))}")
     rtt = tolerated_round_trip(ttl, stop_timeout)
-    what = f"round trips up to {_seconds(rtt)}" if rtt > 0 else "no round trip at all"
-    return f"ttl {_seconds(ttl)}, stop_timeout {_seconds(stop_timeout)}: tolerates {what}"
+    what = f"round trips up to {format_duration(rtt)}" if rtt > 0 else "no round trip at all"
+    return f"ttl {format_duration(ttl)}, stop_timeout {format_duration(stop_timeout)}: tolerates {what}"
 
 
 def config_tolerance_line(ttl: float, lease_bound_stop_timeouts: dict[str, float]) -> str:
@@ -150,12 +150,29 @@ def slack_problem(ttl: float, stop_timeout: float) -> str | None:
     need = f"need member.ttl >= {min_ttl(stop_timeout)}s"
     bound = max_stop_timeout(ttl)
     if bound > _EPSILON:
-        need += f" or stop_timeout < {_seconds(bound)}"
+        need += f" or stop_timeout < {format_duration(bound)}"
     rtt = tolerated_round_trip(ttl, stop_timeout)
-    tolerates = f"tolerates round trips up to {_seconds(rtt)}" if rtt > 0 else "tolerates no round trip"
-    return (f"{_seconds(stop_timeout)} leaves no slack under member.ttl {_seconds(ttl)} ({need}; "
-            f"{tolerates}, needs more than {_seconds(MIN_TOLERATED_RTT)})")
+    tolerates = f"tolerates round trips up to {format_duration(rtt)}" if rtt > 0 else "tolerates no round trip"
+    return (f"{format_duration(stop_timeout)} leaves no slack under member.ttl {format_duration(ttl)} ({need}; "
+            f"{tolerates}, needs more than {format_duration(MIN_TOLERATED_RTT)})")
 
 
-def _seconds(value: float) -> str:
-    return f"{round(value, 3):g}s"
+# --- durations in words: the one formatter (the one parser is config/durations.py) ---------
+def format_duration(seconds: float) -> str:
+    """A duration for messages, in the config's grammar so it can be written back:
+    ``10.0`` -> ``10s``, ``6.5`` -> ``6.5s``, ``0.25`` -> ``0.25s`` (millisecond precision)."""
+    return f"{round(seconds, 3):g}s"
+
+
+def format_elapsed(seconds: float) -> str:
+    """A time span for tables, to the two largest units: ``42s``, ``3m12s``, ``1h5m``,
+    ``2d3h`` (whole seconds; a negative span is ``0s``)."""
+    rest = max(0, int(seconds))
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

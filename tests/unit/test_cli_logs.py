@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from etcdvisor.cli_logs import Follower, UsageError, follow, role_log_sources
+from etcdvisor.cli.role_logs import Follower, UsageError, follow, role_log_sources
 from etcdvisor.process.logfile import LogFileSpec, RotatingFile
 
 

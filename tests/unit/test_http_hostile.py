@@ -379,7 +379,7 @@ def test_schema_refuses_an_empty_token_file_name(tmp_path):
 def test_run_http_flag_keeps_the_token_file(tmp_path):
     import argparse
 
-    from etcdvisor.cli import _run_overrides
+    from etcdvisor.cli.run import _run_overrides
     from etcdvisor.config import load
 
     (tmp_path / "token").write_text("abc\n")

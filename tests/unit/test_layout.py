@@ -45,8 +45,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("roles",),
     ("runtime",),
     ("status",),
-    ("cli_ops", "cli_services", "cli_config", "cli_control", "cli_logs", "cli_rollout", "cli_upgrade", "dashboard"),
-    ("cli", "__main__"),
+    ("cli", "dashboard"),  # the dashboard's actions use the verbs' checks; `run` installs it
+    ("__main__",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 TESTING_MAY_IMPORT_BELOW = RANK["runtime"]

@@ -33,6 +33,8 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+from ..timing import format_duration as format_duration  # the one formatter, beside the one parser
+
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 DURATION_PATTERN = rf"^\s*(?:(?:{_NUMBER}(?:ms|h|m|s))+|{_NUMBER})\s*$"
 SIZE_PATTERN = r"^\s*[0-9]+(?:\.[0-9]+)?(?:[bB]|[kKmMgG][bB]|[kKmMgG][iI][bB])?\s*$"
@@ -115,11 +117,6 @@ def parse_size(value) -> int:
     if total != total.to_integral_value():
         raise ValueError(f"{_quote(value)} is not a whole number of bytes")
     return int(total)
-
-
-def format_duration(seconds: float) -> str:
-    """``10.0`` -> ``10s``, ``6.5`` -> ``6.5s``, ``0.25`` -> ``0.25s`` (for messages)."""
-    return f"{round(seconds, 3):g}s"
 
 
 def format_size(size: int) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from .durations import parse_duration, parse_size
+from .durations import format_duration, parse_duration, parse_size
 from .errors import Problems
 from .model import HealthSpec, ProbeSpec
 
@@ -170,7 +170,8 @@ def _check_step_down(raw: Mapping, path: tuple, fields: dict, problems: Problems
     if limit is None or min_ready is None or limit > min_ready:
         return
     key = "step_down_after" if "step_down_after" in raw else "min_ready"
-    problems.add(path + (key,), f"step_down_after ({limit:g}s) must be longer than min_ready ({min_ready:g}s): "
+    problems.add(path + (key,), f"step_down_after ({format_duration(limit)}) must be longer than "
+                 f"min_ready ({format_duration(min_ready)}): "
                  "without a readiness probe or notify the child counts as ready only after min_ready, so "
                  "the leader would resign every term")
 

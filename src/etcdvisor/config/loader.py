@@ -24,9 +24,6 @@ from collections.abc import Mapping
 
 from .errors import Problems
 from .model import Config
-from .schema import check_schema
-from .semantic import build_config
-from .source import config_dir, read_document
 
 ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ETCDVISOR_ENDPOINTS", ("etcd", "endpoints")),
@@ -50,6 +47,10 @@ def load(path, environ: Mapping[str, str] | None = None, *, default_member_id: s
 
     Raises :class:`ConfigError`: ``str()`` is one line (the first problem, plus
     ``(+N more)``), ``.errors`` has every problem, each ``FILE: KEY: reason``."""
+    from .schema import check_schema  # the schema machinery and the YAML reader: only when a file is read
+    from .semantic import build_config
+    from .source import config_dir, read_document
+
     source_path = os.fspath(path)
     environ = os.environ if environ is None else environ
     document = read_document(source_path)

@@ -20,14 +20,6 @@ from types import MappingProxyType
 from ..coord.url import TLSOptions
 from .schedule import Schedule
 
-RESERVED_ENV = frozenset({
-    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
-    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
-})
-"""Variables the supervisor sets for children (process/spawn.py's ``ChildVars``), which a
-role's ``env`` or ``config`` may not name: the one list; plus every ``ETCDVISOR_*``."""
-RESERVED_ENV_PREFIX = "ETCDVISOR_"
-
 
 class RoleType(enum.StrEnum):
     SHARDED = "sharded"
@@ -43,6 +35,20 @@ class RoleType(enum.StrEnum):
 
 
 LEASE_BOUND_TYPES = frozenset({RoleType.SHARDED, RoleType.SINGLETON, RoleType.CRON, RoleType.JOB})
+
+RESERVED_ENV = frozenset({
+    "ROLE", "MEMBER_ID", "CLUSTER", "INDEX", "COUNT", "EPOCH", "SHARDS", "LEADER", "LEADER_TOKEN",
+    "SCHEDULED_TIME", "TOPIC", "MESSAGE_ID",
+})
+"""Variables the supervisor sets for children (docs/config-reference.md; process/spawn.py's
+``ChildVars``): the one list; neither a role's
+``env:`` nor its ``config:`` items may set them, nor any name under :data:`RESERVED_ENV_PREFIX`."""
+RESERVED_ENV_PREFIX = "ETCDVISOR_"
+
+
+def is_reserved_env(name: str) -> bool:
+    """True for a variable only the supervisor sets (:data:`RESERVED_ENV`, ``ETCDVISOR_*``)."""
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX)
 
 
 class RestartPolicy(enum.StrEnum):

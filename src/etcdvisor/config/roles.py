@@ -13,19 +13,10 @@ import signal
 from typing import TypedDict, overload
 
 from .. import timing
-from .durations import format_size, parse_duration, parse_size
+from .durations import format_duration, format_size, parse_duration, parse_size
 from .errors import Problems
 from .health import health_fields
-from .model import (
-    RESERVED_ENV,
-    RESERVED_ENV_PREFIX,
-    BackoffSettings,
-    RestartPolicy,
-    RoleSpec,
-    RoleType,
-    RolloutSettings,
-    _frozen_map,
-)
+from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map, is_reserved_env
 from .output import output_fields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
@@ -146,7 +137,7 @@ def _environment(check: _RoleChecker):
     for key, value in check.raw.get("env", {}).items():
         if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
             check.fail(("env", key), f"{key!r} is not a valid environment variable name")
-        elif key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIX):
+        elif is_reserved_env(key):
             check.fail(("env", key), f"{key} is set by the supervisor and cannot be overridden")
         elif isinstance(value, str) and "\0" in value:
             check.fail(("env", key), "contains a NUL byte")
@@ -187,7 +178,7 @@ def _backoff(check: _RoleChecker) -> BackoffSettings:
     initial = sub.duration("initial", DEFAULTS["backoff_initial"])
     maximum = sub.duration("max", max(DEFAULTS["backoff_max"], initial or 0))
     if initial is not None and maximum is not None and maximum < initial:
-        sub.fail("max", f"must be >= backoff.initial ({initial:g}s), got {maximum:g}s")
+        sub.fail("max", f"must be >= backoff.initial ({format_duration(initial)}), got {format_duration(maximum)}")
     return BackoffSettings(initial=initial, max=maximum)
 
 

@@ -101,12 +101,10 @@ class _PyLoader(_BoundedComposer, yaml.SafeLoader):
         super().fetch_flow_collection_start(token_class)
 
 
-_StrictSafeLoader: type[yaml.SafeLoader] = _PyLoader
-try:
+_StrictSafeLoader: type[yaml.SafeLoader] = _PyLoader  # PyYAML built without libyaml: the Python parser
+if yaml.__with_libyaml__:
     from yaml._yaml import CParser
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    pass
-else:
+
     class _CLoader(_BoundedComposer, CParser, yaml.composer.Composer, yaml.constructor.SafeConstructor,
                    yaml.resolver.Resolver):
         """libyaml scans and parses (several times faster: a 1 MiB file is read in

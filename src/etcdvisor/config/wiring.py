@@ -23,14 +23,13 @@ import string
 
 from .errors import Problems, format_key_path
 from .model import (
-    RESERVED_ENV,
-    RESERVED_ENV_PREFIX,
     ChangeAction,
     ConfigItem,
     OnChange,
     PeersFile,
     Registration,
     _frozen_map,
+    is_reserved_env,
 )
 from .signals import parse_signal
 
@@ -117,7 +116,7 @@ def _config(raw: dict, path: tuple, problems: Problems):
         if not ENV_NAME.fullmatch(env):
             problems.add(where, f"{env!r} is not a valid environment variable name")
             continue
-        if env in RESERVED_ENV or env.startswith(RESERVED_ENV_PREFIX):
+        if is_reserved_env(env):
             problems.add(where, f"{env} is set by the supervisor and cannot come from the config")
             continue
         try:

@@ -2,39 +2,52 @@
 
 >>> backend = open_backend("memory://test")          # in-process
 >>> backend = open_backend("http://127.0.0.1:2379")  # real etcd
+
+Imports are lazy: ``from etcdvisor.coord.errors import CoordError`` loads no more
+than that module (the command line's quick verbs pay for nothing else).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from .base import Backend, WatchStream
-from .errors import (
-    AuthFailed,
-    Closed,
-    Compacted,
-    CoordError,
-    CoordTimeout,
-    InvalidURL,
-    LeaseNotFound,
-    Unavailable,
-)
-from .types import (
-    Compare,
-    Delete,
-    Event,
-    EventType,
-    Get,
-    KeyValue,
-    Lease,
-    Put,
-    RangeResult,
-    TxnResult,
-    WatchBatch,
-    prefix_end,
-)
-from .url import BackendSpec, TLSOptions, parse_url, read_password
+if TYPE_CHECKING:
+    from .base import Backend, WatchStream
+    from .errors import (
+        AuthFailed,
+        Closed,
+        Compacted,
+        CoordError,
+        CoordTimeout,
+        InvalidURL,
+        LeaseNotFound,
+        Unavailable,
+    )
+    from .types import (
+        Compare,
+        Delete,
+        Event,
+        EventType,
+        Get,
+        KeyValue,
+        Lease,
+        Put,
+        RangeResult,
+        TxnResult,
+        WatchBatch,
+        prefix_end,
+    )
+    from .url import BackendSpec, TLSOptions, parse_url, read_password
+
+_EXPORTS = {
+    **dict.fromkeys(("Backend", "WatchStream"), "base"),
+    **dict.fromkeys(("AuthFailed", "Closed", "Compacted", "CoordError", "CoordTimeout", "InvalidURL",
+                     "LeaseNotFound", "Unavailable"), "errors"),
+    **dict.fromkeys(("Compare", "Delete", "Event", "EventType", "Get", "KeyValue", "Lease", "Put",
+                     "RangeResult", "TxnResult", "WatchBatch", "prefix_end"), "types"),
+    **dict.fromkeys(("BackendSpec", "TLSOptions", "parse_url", "read_password"), "url"),
+}
 
 
 def open_backend(
@@ -54,6 +67,11 @@ def open_backend(
     endpoint answers (and that credentials work) before returning, raising
     ``Unavailable``/``AuthFailed`` with a one-line reason otherwise.
     """
+    from dataclasses import replace
+
+    from .errors import InvalidURL
+    from .url import parse_url, read_password
+
     spec = parse_url(url)
     if password is None:
         password = read_password(password_file=password_file, password_env=password_env)
@@ -80,3 +98,10 @@ __all__ = [
     "WatchBatch", "WatchStream", "open_backend", "open_spec", "parse_url", "prefix_end",
     "read_password",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

@@ -27,9 +27,14 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..coord.records import APPLICATION_ROUTE, RecordError, dumps, warn_skipped
+
+if TYPE_CHECKING:
+    from ..coord.types import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class ApplicationRoute:
         object.__setattr__(self, "mode", ApplicationMode(self.mode))
         object.__setattr__(self, "state", ApplicationState(self.state))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mode"], data["state"] = self.mode.value, self.state.value
         return data
@@ -137,7 +142,7 @@ def application_event(old: ApplicationRoute | None, new: ApplicationRoute | None
     return ApplicationEvent(kind=kind, route=route, previous=old)
 
 
-def routes_of(kvs) -> list[ApplicationRoute]:
+def routes_of(kvs: Iterable[KeyValue]) -> list[ApplicationRoute]:
     """The routes stored in ``kvs`` in registration (create revision) order;
     documents that are not routes are skipped and logged."""
     found = []

@@ -27,17 +27,17 @@ Limits:
 
 from __future__ import annotations
 
-import random
-import threading
+import dataclasses
 from collections.abc import Callable
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
+from ..coord.retry import CONFLICT_RETRY, RetriesExhausted
 from ..coord.types import Get, KeyValue, Put, missing, mod_revision
 
-
-class Contention(CoordError):
-    """An optimistic update lost too many races in a row."""
+Contention = RetriesExhausted
+"""An optimistic update lost too many races in a row (raised by the retry policy,
+:data:`etcdvisor.coord.retry.CONFLICT_RETRY`)."""
 
 
 class BadCounterValue(CoordError, ValueError):
@@ -47,37 +47,6 @@ class BadCounterValue(CoordError, ValueError):
 class Abort(Exception):
     """Raised by an :meth:`Counter.update` function to give up without
     writing; :meth:`Counter.update` then returns ``None``."""
-
-
-class ConflictRetry:
-    """Jittered exponential backoff for optimistic retry loops.
-
-    The first retry goes at once (the failed transaction returned the fresh
-    value); later ones wait on a private ``Event`` (never ``time.sleep``)
-    for a random time in ``[0, min(cap, base * 2**failures))`` ("full
-    jitter"). :meth:`wait` returns the seconds waited so the caller can
-    re-read a value that went stale meanwhile, and raises
-    :class:`Contention` once ``max_attempts`` attempts have failed.
-    """
-
-    def __init__(self, what: str, *, max_attempts: int = 200, base: float = 0.001,
-                 cap: float = 0.05):
-        self.what = what
-        self.max_attempts = max_attempts
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self._never = threading.Event()
-
-    def wait(self) -> float:
-        self.failures += 1
-        if self.failures >= self.max_attempts:
-            raise Contention(f"{self.what}: gave up after {self.failures} conflicting attempts")
-        if self.failures == 1:
-            return 0.0
-        pause = random.uniform(0, min(self.cap, self.base * (2 ** min(self.failures, 16))))
-        self._never.wait(pause)
-        return pause
 
 
 def parse_count(kv: KeyValue | None) -> int:
@@ -91,7 +60,7 @@ def parse_count(kv: KeyValue | None) -> int:
         raise BadCounterValue(f"counter key {kv.key!r} holds {shown!r}, not a decimal integer") from None
 
 
-def _check_int(value, name: str) -> int:
+def _check_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value
@@ -149,7 +118,7 @@ class Counter:
 
     def _update(self, change: Callable[[int], int]) -> int:
         """:meth:`update`, where :class:`Abort` propagates (typed for changes that never abort)."""
-        backoff = ConflictRetry(f"counter {self.key!r}", max_attempts=self.max_attempts)
+        backoff = dataclasses.replace(CONFLICT_RETRY, max_attempts=self.max_attempts).attempts(f"counter {self.key!r}")
         kv = self.backend.get(self.key)
         while True:
             new = _check_int(change(parse_count(kv)), "the new value")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..coord.base import Backend
@@ -46,6 +46,7 @@ from ..coord.types import (
     EventType,
     KeyValue,
     Put,
+    WatchBatch,
     create_revision,
     direct_children_by_create,
 )
@@ -205,8 +206,9 @@ class Election:
         self._observers.append(watcher)
         return watcher.start(wait=5)
 
-    def _fire_role(self, old, topo, on_elected, on_follower) -> None:
-        def leads(t):
+    def _fire_role(self, old: Topology | None, topo: Topology, on_elected: Callable[[Topology], None] | None,
+                   on_follower: Callable[[Topology], None] | None) -> None:
+        def leads(t: Topology | None) -> bool:
             return bool(t and t.leader and self._key and t.leader.key == self._key)
         if leads(topo) and not leads(old) and on_elected:
             on_elected(topo)
@@ -221,7 +223,7 @@ class Election:
             self.resign()
 
 
-def topology_of(prefix: str, kvs, revision: int) -> Topology:
+def topology_of(prefix: str, kvs: Iterable[KeyValue], revision: int) -> Topology:
     candidates = tuple(_candidate(kv) for kv in direct_children_by_create(prefix, kvs))
     return Topology(leader=candidates[0] if candidates else None, candidates=candidates, revision=revision)
 
@@ -267,7 +269,7 @@ class LeadershipWatch:
             self._fire("leader key deleted")
         return result.revision
 
-    def _on_batch(self, batch) -> bool:
+    def _on_batch(self, batch: WatchBatch) -> bool:
         if any(ev.type is EventType.DELETE for ev in batch.events):
             self._fire("leader key deleted")
             return True

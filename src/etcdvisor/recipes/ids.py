@@ -162,7 +162,7 @@ class IdGenerator:
     def __enter__(self) -> IdGenerator:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- time -----------------------------------------------------------------

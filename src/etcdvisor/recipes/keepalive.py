@@ -102,7 +102,7 @@ class KeepAliveNode:
             self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # --- lease changes ------------------------------------------------------

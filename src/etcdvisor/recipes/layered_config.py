@@ -299,7 +299,8 @@ class LayeredConfig:
             watchers.append(watcher.start(wait=self.backend.timeout))
         return ConfigWatch(tuple(watchers))
 
-    def _report(self, old_winners, new_winners, callback, on_error) -> None:
+    def _report(self, old_winners: Mapping[str, Any], new_winners: Mapping[str, Any],
+                callback: Callable[[str, Any], None], on_error: Callable[[ConfigValueError], None]) -> None:
         for item in sorted(set(old_winners) | set(new_winners)):
             old, new = old_winners.get(item), new_winners.get(item)
             if (old and old[1]) == (new and new[1]):  # same resolved value (any level)

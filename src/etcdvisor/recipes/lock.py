@@ -75,7 +75,7 @@ from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.follow import Follower
 from ..coord.session import Session
-from ..coord.types import EventType, KeyValue, Put, create_revision
+from ..coord.types import EventType, KeyValue, Put, WatchBatch, create_revision
 from .queue_wait import EntryLost, QueueEntry, WaitOutcome, WaitQueue
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class Lock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def __repr__(self) -> str:
@@ -349,7 +349,7 @@ class Lock:
                 self._mark_lost(hold, "lock key gone (lease expired or revoked)")
             return result.revision
 
-        def on_batch(batch) -> bool:
+        def on_batch(batch: WatchBatch) -> bool:
             if any(ev.type is EventType.DELETE for ev in batch.events):
                 self._mark_lost(hold, self._expiry_reason(hold))
                 return True

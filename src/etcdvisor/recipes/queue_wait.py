@@ -40,9 +40,10 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..coord.base import Backend
+from ..coord.base import Backend, WatchStream
 from ..coord.errors import Compacted, CoordError, Unavailable
 from ..coord.types import (
     Delete,
@@ -101,7 +102,7 @@ class WaitQueue:
             raise EntryLost(f"{self.name}: key {key} vanished at once (lease lost?)")
         return QueueEntry(key=key, token=found[0].create_revision, lease=lease_id)
 
-    def contenders(self, kvs) -> list[KeyValue]:
+    def contenders(self, kvs: Iterable[KeyValue]) -> list[KeyValue]:
         """Direct children of the prefix in line order (create revision)."""
         return direct_children_by_create(self.prefix, kvs)
 
@@ -209,7 +210,7 @@ def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-def _guard(stream, done: threading.Event, deadline: float | None,
+def _guard(stream: WatchStream, done: threading.Event, deadline: float | None,
            cancel: threading.Event | None) -> None:
     """Cancel ``stream`` at the deadline or when ``cancel`` is set; ends
     when ``done`` is set. Polls at 0.1 s: both events can't be waited on

@@ -49,9 +49,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError, LeaseNotFound
@@ -61,6 +61,9 @@ from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..coord.types import KeyValue
 from ..coord.watcher import Change, PrefixWatcher
 from .applications import ApplicationEvent, ApplicationRoute, ApplicationState, application_event, routes_of
+
+if TYPE_CHECKING:
+    from .election import Election
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class Registry:
         self._closed = False
 
     @classmethod
-    def for_cluster(cls, backend: Backend, cluster: str, **options) -> Registry:
+    def for_cluster(cls, backend: Backend, cluster: str, **options: Any) -> Registry:
         """The registry of a supervised cluster, under the cluster's prefix
         (``/etcdvisor/<cluster>/services``): what ``register:`` roles write
         and ``supervisor services`` reads."""
@@ -193,7 +196,7 @@ class Registry:
             self._watchers.append(watcher)
         return watcher.start(wait=self.backend.timeout)
 
-    def election(self, name: str, value: str | bytes = b""):
+    def election(self, name: str, value: str | bytes = b"") -> Election:
         """An :class:`~etcdvisor.recipes.election.Election` among instances of
         ``name``, on this registry's lease."""
         from .election import Election
@@ -323,7 +326,7 @@ class Registry:
     def __enter__(self) -> Registry:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- re-registration after a lease loss -----------------------------------------------
@@ -363,7 +366,7 @@ class Registry:
         return ok
 
 
-def _instances(kvs) -> list[ServiceInfo]:
+def _instances(kvs: Iterable[KeyValue]) -> list[ServiceInfo]:
     found = []
     for kv in sorted(kvs, key=lambda kv: kv.create_revision):
         info = _parse(kv)
@@ -372,7 +375,7 @@ def _instances(kvs) -> list[ServiceInfo]:
     return found
 
 
-def _deliver(callback, event: ApplicationEvent | None) -> None:
+def _deliver(callback: Callable[[ApplicationEvent], None], event: ApplicationEvent | None) -> None:
     if event is None:
         return
     try:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import direct_children_by_create
+from ..coord.types import KeyValue, direct_children_by_create
 from ..coord.watcher import Change, PrefixWatcher
 from ._mailbox import LatestMailbox
 
@@ -63,7 +63,7 @@ INVALID = Info(-1, 0, 0)
 members_in_order = direct_children_by_create  # member keys of a group, in join order
 
 
-def compute_info(prefix: str, member_id: str, kvs, epoch: int) -> Info:
+def compute_info(prefix: str, member_id: str, kvs: Iterable[KeyValue], epoch: int) -> Info:
     ordered = members_in_order(prefix, kvs)
     ids = tuple(kv.key[len(prefix):] for kv in ordered)
     if member_id in ids:

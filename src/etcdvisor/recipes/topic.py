@@ -89,8 +89,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..coord.base import Backend
+from ..coord.retry import CONFLICT_RETRY
 from ..coord.types import Delete, Get, Op, Put, missing, mod_revision, prefix_end
-from .counter import ConflictRetry, parse_count
+from .counter import parse_count
 from .topic_format import (  # noqa: F401  (the keys and ids are part of this module's API)
     ID_SCALE,
     BadTopicFormat,
@@ -109,6 +110,13 @@ if TYPE_CHECKING:
     from .topic_subscribe import Subscription
 
 log = logging.getLogger(__name__)
+
+__all__ = [  # with the names of topic_format.py this module has always handed on (and, lazily,
+    # QueueConsumer and Subscription: see __getattr__)
+    "ID_SCALE", "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_PAYLOAD_LIMIT", "BadTopicFormat", "IdFormat", "Message",
+    "MessageId", "PayloadTooLarge", "Topic", "is_message_key", "message_from",
+    "message_id", "parse_message_key", "read_format", "resolve_format",
+]
 
 MAX_PAYLOAD_LIMIT = 1 << 20  # etcd's default request limit is 1.5 MiB
 MAX_BATCH = 100  # messages per transaction: etcd's --max-txn-ops defaults to 128 (head + deletes)
@@ -310,7 +318,7 @@ class Topic:
         topic's format; return (its revision, the last sequence number it
         wrote, whether batched), or None (nothing written, format forgotten)
         if the ``format`` key changed since it was read."""
-        backoff = ConflictRetry(f"publish to {self.prefix!r}")
+        backoff = CONFLICT_RETRY.attempts(f"publish to {self.prefix!r}")
         with self._lock:
             head_mod, head_seq = self._head
         assert self._format is not None
@@ -420,7 +428,7 @@ class Topic:
         return head.kvs[0].mod_revision * (ID_SCALE if batched else 1)  # the last write's first id
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # QueueConsumer and Subscription live in modules that import this one
     if name == "QueueConsumer":
         from .topic_queue import QueueConsumer

@@ -55,8 +55,9 @@ from ..coord.follow import Follower
 from ..coord.records import decimal
 from ..coord.session import Session
 from ..coord.types import Compare, Delete, EventType, Get, Op, Put, WatchBatch, create_revision, missing, prefix_end
-from .topic import Message, Topic, is_message_key, message_from
-from .topic import message_id as id_of_message
+from .topic import Topic
+from .topic_format import Message, is_message_key, message_from
+from .topic_format import message_id as id_of_message
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class QueueConsumer:
     def __enter__(self) -> QueueConsumer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- claiming ---------------------------------------------------------------

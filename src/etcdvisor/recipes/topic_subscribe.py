@@ -6,11 +6,12 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..coord.follow import Follower
-from ..coord.types import EventType, WatchBatch
-from .topic import _PAGE, Message, Topic, is_message_key, message_from
+from ..coord.types import EventType, KeyValue, WatchBatch
+from .topic import _PAGE, Topic
+from .topic_format import Message, is_message_key, message_from
 
 log = logging.getLogger("etcdvisor.recipes.topic")
 
@@ -64,11 +65,11 @@ class Subscription:
     def __enter__(self) -> Subscription:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- follower thread ---------------------------------------------------------
-    def _queue_all(self, kvs) -> None:
+    def _queue_all(self, kvs: Iterable[KeyValue]) -> None:
         """Buffer the new messages among ``kvs`` (in id order) under one
         lock and wake the consumer once: a watch batch under load carries
         many messages, and a wake-up per message cost more than the copy."""

@@ -54,6 +54,7 @@ from datetime import UTC, datetime, timedelta
 
 from ..config.schedule import is_missed, parse_tick_id
 from ..coord.records import TICK, RecordError, check_time, dumps
+from ..coord.retry import STORE_RETRY
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
@@ -67,7 +68,7 @@ KEEP_RECORDS = 100
 MANUAL_SUFFIX = "-manual"
 TRIGGER_MAX_AGE = 60.0
 FINAL_STATES = ("succeeded", "failed", "stopped", "missed", "skipped", "paused")
-CLAIM_RETRY = 1.0  # seconds before a claim that failed (store error, fencing) is tried again
+CLAIM_RETRY = STORE_RETRY  # a claim that failed (store error, fencing) is tried again
 
 
 @dataclass
@@ -254,11 +255,11 @@ class CronRunner(LeaderRunner):
                 return
             if error is not None:
                 log.warning("role %s: cannot claim tick %s: %s", self.name, tick_id, error)
-                self.retry_at = self.ctx.clock() + CLAIM_RETRY
+                self.retry_at = self.ctx.clock() + CLAIM_RETRY.delay(1)
                 return
             if claimed is None:
                 self.say(f"tick {tick_id}: claim refused (no longer the leader)")
-                self.retry_at = self.ctx.clock() + CLAIM_RETRY
+                self.retry_at = self.ctx.clock() + CLAIM_RETRY.delay(1)
                 return
             if trigger is None:
                 self.cursor = tick

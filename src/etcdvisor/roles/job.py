@@ -26,6 +26,7 @@ import logging
 
 from ..config import RoleSpec
 from ..coord.records import JOB, dumps
+from ..coord.retry import STORE_RETRY
 from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
@@ -103,7 +104,7 @@ class JobRunner(LeaderRunner):
                     self.running = True
                     self.say(f"running job (spec {self.hash})")
                 elif error is not None:
-                    self.retry_at = self.ctx.clock() + 1.0
+                    self.retry_at = self.ctx.clock() + STORE_RETRY.delay(1)
 
             self._write({"state": "running"}, done)
         return {}

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 
 from .. import timing
 from ..coord import types as t
+from ..coord.retry import STORE_RETRY
 from ..coord.watcher import Change, PrefixWatcher
 from .assignment import Part, balance_shards, join_order_parts, moved
 from .handoff import ClusterAlive, Grant, Wait, decide_grants, parse_snapshot
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
     from .sharded import ShardedRunner
 
 log = logging.getLogger("etcdvisor")
-RETRY = 1.0
 WATCH_GRACE = 2.0  # after a successful publish, wait this long for the watch to show it
 BATCH = 100  # puts per grant transaction (etcd's --max-txn-ops defaults to 128)
 DECIDE_EVERY = 0.05  # seconds between two grant decisions (each is linear in the alive partitions)
@@ -174,7 +174,7 @@ class Coordinator:
         if error is not None or not ok:
             log.warning("role %s: coordinator: publish %s; retrying", self.runner.name,
                         f"failed: {error}" if error else "lost a race (the assignment changed)")
-            self.retry_at = self.runner.ctx.clock() + (RETRY if error else 0.2)
+            self.retry_at = self.runner.ctx.clock() + (STORE_RETRY.delay(1) if error else 0.2)
         else:
             self.retry_at = None
 
@@ -285,9 +285,10 @@ class Coordinator:
         if gen != self.gen:
             return
         if error is not None:
+            delay = STORE_RETRY.delay(1)
             log.warning("role %s: coordinator: cannot write grants (retrying in %gs): %s",
-                        self.runner.name, RETRY, error)
-            self.grant_retry_at = self.runner.ctx.clock() + RETRY
+                        self.runner.name, delay, error)
+            self.grant_retry_at = self.runner.ctx.clock() + delay
             self.dirty = True
             return
         self.grant_retry_at = None

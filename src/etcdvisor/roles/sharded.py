@@ -45,6 +45,7 @@ import enum
 import logging
 
 from ..coord.errors import CoordError
+from ..coord.retry import ALIVE_RECORD_RETRY
 from ..coord.session import SessionEventKind
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Started, Stopped
@@ -57,8 +58,7 @@ from .shard_coordinator import AliveSnapshot, Coordinator, grant_key
 from .shard_plan import Published, decode_published, join_order_children, shard_children
 
 log = logging.getLogger("etcdvisor")
-RETRY = 1.0  # seconds before retrying a failed alive-record write (doubling while it fails)
-MAX_RETRY = 8.0
+RETRY = ALIVE_RECORD_RETRY  # a failed alive-record write: 1 s, doubling while it fails, at most 8 s
 
 
 class Phase(enum.Enum):
@@ -308,7 +308,7 @@ class ShardedRunner(RoleRunner):
         if error is not None:
             # once per outage: the member's 'etcd ... unreachable' line tells the rest
             level = logging.WARNING if not self.write_failures else logging.DEBUG
-            delay = min(MAX_RETRY, RETRY * 2 ** self.write_failures)
+            delay = RETRY.delay(self.write_failures + 1)
             self.write_failures += 1
             log.log(level, "role %s: cannot write the alive record (retrying in %gs): %s", self.name, delay, error)
             self.retry_at = now + delay

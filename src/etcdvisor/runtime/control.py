@@ -1,6 +1,6 @@
 """Cluster-wide control verbs: records in etcd, watched by every member.
 
-``supervisor restart|pause|resume|reset|trigger ROLE`` (see :mod:`etcdvisor.cli_control`)
+``supervisor restart|pause|resume|reset|trigger ROLE`` (see :mod:`etcdvisor.cli.control`)
 writes one record per role and verb::
 
     /etcdvisor/<cluster>/control/<role>/<verb>   {"verb", "role", "id", "who", "host",

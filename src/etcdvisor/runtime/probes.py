@@ -21,9 +21,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +53,9 @@ def one_line(text: str) -> str:
 
 def check_http(url: str, timeout: float) -> tuple[bool, str]:
     """GET ``url``: (True, "HTTP 200") on 2xx/3xx, (False, why) otherwise."""
+    import ssl  # only members with an http probe pay for the HTTP client
+    import urllib.error
+    import urllib.request
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *_args: object, **_kwargs: object) -> None:

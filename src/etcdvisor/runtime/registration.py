@@ -40,9 +40,10 @@ from ..config.model import ChangeAction, OnChange
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.records import dumps
+from ..coord.retry import STORE_RETRY
 from ..coord.session import Session
 from ..coord.watcher import Change, PrefixWatcher
-from ..logs import child_role_slot
+from ..process.output import child_role_slot
 from ..process.slot import Exited, Failed, Slot, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.registry import Registry, ServiceInfo, _instances
@@ -51,7 +52,7 @@ from .role_config import Children, QueueEffect, restartable
 
 log = logging.getLogger("etcdvisor")
 
-RETRY_DELAY = 1.0  # seconds before a failed registry write is tried again
+RETRY_DELAY = STORE_RETRY.delay(1)  # seconds before a failed registry write is tried again
 
 def cluster_registry(backend: Backend, cluster: str) -> Registry:
     """Where a cluster's ``register:`` instances live (what ``supervisor

@@ -61,7 +61,7 @@ from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import SHARED_ROOT
 from ..coord.records import dumps
 from ..coord.watcher import Change, PrefixWatcher
-from ..logs import child_role_slot
+from ..process.output import child_role_slot
 from ..process.slot import Slot
 from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.layered_config import ConfigValueError, LayeredConfig

@@ -43,6 +43,7 @@ from ..config import Config, RoleSpec
 from ..config.model import RoleType
 from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
+from ..coord.retry import STORE_RETRY
 from ..process.slot import Slot, SlotEvent, SlotState, Started
 from ..roles.base import RoleRunner
 from . import rollout_store as store
@@ -52,7 +53,6 @@ from .rollout_watch import MembersChanged, RolloutsChanged, others_unready
 log = logging.getLogger("etcdvisor")
 
 ROLLOUT_LANE = "(rollouts)"  # effect lane of the rollout records and slots
-RETRY = 1.0  # seconds before a failed store write is tried again
 ORPHAN_GRACE = 5.0  # a slot of ours that no hold knows is released after this (a lost reply)
 SILENT_GRACE = 15.0  # s: a member that never reports rollouts (an older version) is not waited for
 CONFIG_SETTLE = 1.0  # seconds a changed config must stay unchanged before children restart
@@ -172,7 +172,7 @@ class Rollouts:
         return self._deadline
 
     def _retry_soon(self) -> None:
-        at = self.clock() + RETRY
+        at = self.clock() + STORE_RETRY.delay(1)
         self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
 
     def _role_turn(self, role: RoleSpec, state: _RoleState, mine: list[tuple[str, Slot]], now: float) -> None:

@@ -24,7 +24,7 @@ import queue
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import timing
 from ..config import Config, EtcdKind, RoleType, unresolved_command
@@ -33,7 +33,6 @@ from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.keys import ClusterKeys
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..etcd_server import EtcdServer
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
 from ..process._linux import scrub_initial_environ
 from ..process.manager import ProcessManager
@@ -59,6 +58,9 @@ from .store_health import StoreHealth
 from .upgrade import HELD_SIGNALS, Resume, Upgrader, abandon, take
 from .waitlog import WaitLog
 from .wiring import WIRING_LANE, SeedWiring
+
+if TYPE_CHECKING:  # only an embedded etcd needs the launcher (and its HTTP client)
+    from ..etcd_server import EtcdServer
 
 log = logging.getLogger("etcdvisor")
 
@@ -93,16 +95,10 @@ def runner_types() -> dict[RoleType, type[RoleRunner]]:
     from ..roles.job import JobRunner
     from ..roles.sharded import ShardedRunner
     from ..roles.singleton import SingletonRunner
+    from ..roles.topic import TopicRunner
 
-    types = {RoleType.SHARDED: ShardedRunner, RoleType.SINGLETON: SingletonRunner,
-             RoleType.CRON: CronRunner, RoleType.JOB: JobRunner}
-    try:
-        from ..roles.topic import TopicRunner
-
-        types[RoleType.TOPIC] = TopicRunner
-    except ImportError:  # pragma: no cover - topic roles land separately
-        pass
-    return types
+    return {RoleType.SHARDED: ShardedRunner, RoleType.SINGLETON: SingletonRunner,
+            RoleType.CRON: CronRunner, RoleType.JOB: JobRunner, RoleType.TOPIC: TopicRunner}
 
 
 class Supervisor:

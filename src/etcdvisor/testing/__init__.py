@@ -14,11 +14,16 @@ usable outside pytest too.
 """
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from .server import EtcdCluster, EtcdNotFound, EtcdServer, find_etcd_binary, free_port
 
+T = TypeVar("T")
 
-def wait_for(predicate, timeout: float = 5.0, message: str = "condition", interval: float = 0.02):
+
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0, message: str = "condition",
+             interval: float = 0.02) -> T:
     """Poll ``predicate`` until it returns a true value and return that value;
     raise ``AssertionError`` (a test failure) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

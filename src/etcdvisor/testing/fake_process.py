@@ -134,7 +134,8 @@ class FakeChild:
             self.stop(now)
         if self._ends_at is not None and now >= self._ends_at:
             self._finish()
-        return self.returncode if self.state is ChildState.EXITED else None
+        state: ChildState = self.state  # read again: kill() and _finish() change it
+        return self.returncode if state is ChildState.EXITED else None
 
     def set_lease_deadlines(self, term_at: float | None, kill_at: float | None, *,
                             sync_watchdog: bool = True) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -17,7 +18,7 @@ def _binary() -> str:
 
 
 @pytest.fixture(scope="session")
-def etcd_server():
+def etcd_server() -> Iterator[EtcdServer]:
     """One etcd server shared by the whole session."""
     server = EtcdServer(name="etcd-session", binary=_binary())
     server.start()
@@ -26,7 +27,7 @@ def etcd_server():
 
 
 @pytest.fixture
-def etcd_url(etcd_server) -> str:
+def etcd_url(etcd_server: EtcdServer) -> str:
     return etcd_server.url
 
 
@@ -37,7 +38,7 @@ def etcd_prefix() -> str:
 
 
 @pytest.fixture
-def private_etcd():
+def private_etcd() -> Iterator[EtcdServer]:
     """An etcd server owned by this test (free to stop, pause, restart)."""
     server = EtcdServer(name="etcd-private", binary=_binary())
     server.start()
@@ -46,9 +47,9 @@ def private_etcd():
 
 
 @pytest.fixture
-def etcd_cluster():
+def etcd_cluster() -> Iterator[Callable[..., EtcdCluster]]:
     """Factory: ``etcd_cluster(size=3)`` starts a cluster, cleaned up after."""
-    started = []
+    started: list[EtcdCluster] = []
 
     def start(size: int = 3) -> EtcdCluster:
         cluster = EtcdCluster(size=size, binary=_binary())

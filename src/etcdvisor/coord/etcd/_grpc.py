@@ -58,10 +58,7 @@ def _load_etcdrpc() -> types.ModuleType:
 
 etcdrpc = _load_etcdrpc()
 
-try:  # idle cost: see _quiet_blocked_streams
-    from grpc import _common as _grpc_common  # noqa: E402
-except ImportError:  # pragma: no cover - a gRPC without the private module
-    _grpc_common = None
+from grpc import _common as _grpc_common  # noqa: E402  # idle cost: see _quiet_blocked_streams
 
 
 def _quiet_blocked_streams() -> None:
@@ -71,7 +68,7 @@ def _quiet_blocked_streams() -> None:
     supervisor's CPU. Our streams are read on worker threads and cancelled
     by notification, so a long slice loses nothing; unary calls all carry
     their own deadlines."""
-    if _grpc_common is not None and getattr(_grpc_common, "MAXIMUM_WAIT_TIMEOUT", 0) < 30:
+    if getattr(_grpc_common, "MAXIMUM_WAIT_TIMEOUT", 0) < 30:
         _grpc_common.MAXIMUM_WAIT_TIMEOUT = 30.0
 
 

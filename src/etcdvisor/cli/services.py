@@ -9,7 +9,7 @@
 The registry read is :meth:`etcdvisor.recipes.registry.Registry.for_cluster`
 (``/etcdvisor/<cluster>/services/``), where ``register:`` roles put their
 children. Which cluster: ``-c CONFIG`` or ``ETCDVISOR_ENDPOINTS`` /
-``ETCDVISOR_CLUSTER``, as for the other operator verbs (:mod:`.cli_ops`).
+``ETCDVISOR_CLUSTER``, as for the other operator verbs (:mod:`.kit`).
 
 Output: a table on stdout (or ``--json``: an array of the stored documents,
 ``[]`` when empty); "no ... registered" goes to stderr, exit 0. Exit 1 when
@@ -18,12 +18,16 @@ etcd is unreachable, 2 for a bad name or usage, one line each.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-from .cli_ops import EXIT_OK, _check_name, operator_verb
-from .coord.records import dumps
+from .kit import EXIT_OK, Target, check_name, dumps, operator_verb
+
+if TYPE_CHECKING:
+    from ..recipes.registry import Registry
 
 
 def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
@@ -33,14 +37,14 @@ def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metadata_text(metadata: dict) -> str:
+def _metadata_text(metadata: dict[str, Any]) -> str:
     if not metadata:
         return "-"
     return ",".join(f"{key}={dumps(value) if not isinstance(value, str) else value}"
                     for key, value in sorted(metadata.items()))
 
 
-def _show_instances(registry, name: str | None, as_json: bool) -> None:
+def _show_instances(registry: Registry, name: str | None, as_json: bool) -> None:
     instances = registry.discover(name) if name else registry.all_instances()
     if as_json:
         print(dumps([asdict(info) for info in instances], indent=2, sort_keys=True))
@@ -54,7 +58,7 @@ def _show_instances(registry, name: str | None, as_json: bool) -> None:
     sys.stdout.write(_table(("SERVICE", "ID", "ADDRESS", "PORT", "VERSION", "METADATA"), rows))
 
 
-def _show_applications(registry, name: str | None, as_json: bool) -> None:
+def _show_applications(registry: Registry, name: str | None, as_json: bool) -> None:
     routes = registry.applications(name)
     if as_json:
         print(dumps([route.to_dict() for route in routes], indent=2))
@@ -68,11 +72,11 @@ def _show_applications(registry, name: str | None, as_json: bool) -> None:
 
 
 @operator_verb
-def cmd_services(args, target) -> int:
-    from .recipes.registry import Registry
+def cmd_services(args: argparse.Namespace, target: Target) -> int:
+    from ..recipes.registry import Registry
 
     kind = "application" if args.applications else "service"
-    name = _check_name(kind, args.name) if args.name is not None else None
+    name = check_name(kind, args.name) if args.name is not None else None
     registry = Registry.for_cluster(target.backend, target.cluster)
     if args.applications:
         _show_applications(registry, name, args.json)
@@ -81,7 +85,9 @@ def cmd_services(args, target) -> int:
     return EXIT_OK
 
 
-def add_services_verb(subparsers, common) -> None:
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """services."""
     services = subparsers.add_parser(
         "services", parents=[common],
         help="registered service instances (registration order), or --applications")

@@ -21,21 +21,25 @@ Examples::
 
 from __future__ import annotations
 
+import argparse
 import math
 import queue
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cli_ops import EXIT_FAIL, EXIT_OK, Target, UsageError, operator_verb
-from .coord.records import dumps
+from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Target, UsageError, Verb, dumps, operator_verb
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..recipes.layered_config import LayeredConfig
 
 TYPES = ("int", "float", "bool", "json", "str")
 
 
-def parse_value(text: str, kind: str | None, layout: str):
+def parse_value(text: str, kind: str | None, layout: str) -> Any:
     """VALUE as typed by ``--type`` (UsageError when it does not parse)."""
-    from .coord.records import parse_json
-    from .recipes.layered_config import ConfigValueError, decode_value
+    from ..coord.records import parse_json
+    from ..recipes.layered_config import ConfigValueError, decode_value
 
     try:
         if kind is None:
@@ -58,8 +62,8 @@ def parse_value(text: str, kind: str | None, layout: str):
         raise UsageError(f"VALUE {text!r} is not a valid {kind or 'stored'} value: {exc}") from None
 
 
-def _layered(args, target: Target):
-    from .runtime.role_config import layered_config
+def _layered(args: argparse.Namespace, target: Target) -> LayeredConfig:
+    from ..runtime.role_config import layered_config
 
     config: Any = target.config
     layout = config.config_layout if config is not None else args.layout
@@ -71,18 +75,18 @@ def _layered(args, target: Target):
         raise UsageError(str(exc)) from None
 
 
-def _scope(args) -> str:
+def _scope(args: argparse.Namespace) -> str:
     if args.member:
         return "member"
     return "global" if args.global_ else "cluster"
 
 
-def _show(value) -> str:
+def _show(value: Any) -> str:
     return dumps(value) if not isinstance(value, str) else value
 
 
 @operator_verb
-def cmd_config(args, target: Target) -> int:
+def cmd_config(args: argparse.Namespace, target: Target) -> int:
     cfg = _layered(args, target)
     try:
         if args.action == "set":
@@ -95,14 +99,14 @@ def cmd_config(args, target: Target) -> int:
             return _watch(args, cfg)
         return _read(args, cfg, target)
     except ValueError as exc:  # bad item name, a value the layout cannot store
-        from .recipes.layered_config import ConfigValueError
+        from ..recipes.layered_config import ConfigValueError
 
         if isinstance(exc, ConfigValueError):
             raise
         raise UsageError(str(exc)) from None
 
 
-def _set(args, cfg, target: Target) -> int:
+def _set(args: argparse.Namespace, cfg: LayeredConfig, target: Target) -> int:
     if args.value is None:
         raise UsageError("config set needs ITEM and VALUE")
     value = parse_value(args.value, args.type, cfg.layout)
@@ -115,7 +119,7 @@ def _set(args, cfg, target: Target) -> int:
     return EXIT_OK
 
 
-def _defaults(config, item: str) -> dict[str, Any]:
+def _defaults(config: Config | None, item: str) -> dict[str, Any]:
     """Role name -> the ``default`` its ``config:`` entry gives ``item`` (``-c``: what
     that role's children get when no scope sets it)."""
     found: dict[str, Any] = {}
@@ -126,7 +130,7 @@ def _defaults(config, item: str) -> dict[str, Any]:
     return found
 
 
-def _read(args, cfg, target: Target) -> int:
+def _read(args: argparse.Namespace, cfg: LayeredConfig, target: Target) -> int:
     raw = cfg.raw_items()
     if args.action == "get":
         if args.item not in raw:
@@ -151,7 +155,7 @@ def _read(args, cfg, target: Target) -> int:
     return EXIT_OK
 
 
-def _print_default(args, defaults: dict[str, Any]) -> int:
+def _print_default(args: argparse.Namespace, defaults: dict[str, Any]) -> int:
     """``get`` of an item set in no scope: the config file's default (scope ``default``).
     Roles that disagree are each named."""
     value = next(iter(defaults.values()))
@@ -169,10 +173,10 @@ def _print_default(args, defaults: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _decoded(cfg, raw) -> dict:
+def _decoded(cfg: LayeredConfig, raw: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """``list``: every item that decodes; a malformed one is left out with one
     ``warning:`` line naming its key on stderr (one bad item never hides the others)."""
-    from .recipes.layered_config import ConfigValueError
+    from ..recipes.layered_config import ConfigValueError
 
     rows = {}
     for item, (scope, text) in sorted(raw.items()):
@@ -183,8 +187,8 @@ def _decoded(cfg, raw) -> dict:
     return rows
 
 
-def _watch(args, cfg) -> int:
-    changes: queue.SimpleQueue = queue.SimpleQueue()
+def _watch(args: argparse.Namespace, cfg: LayeredConfig) -> int:
+    changes: queue.SimpleQueue[tuple[str | None, Any]] = queue.SimpleQueue()
     watch = cfg.watch(lambda item, value: changes.put((item, value)),
                       on_error=lambda exc: changes.put((None, str(exc))))
     who = f"member {cfg.node}" if cfg.node else "the cluster"
@@ -209,7 +213,9 @@ def _watch(args, cfg) -> int:
     return EXIT_OK
 
 
-def add_config_verb(subparsers, common) -> None:
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """config set|get|list|unset|watch."""
     parser = subparsers.add_parser("config", parents=[common],
                                    help="set/get/list/unset/watch the layered config children see")
     parser.add_argument("action", choices=["set", "get", "list", "unset", "watch"])
@@ -229,14 +235,14 @@ def add_config_verb(subparsers, common) -> None:
     parser.set_defaults(func=_checked(cmd_config))
 
 
-def _checked(func):
-    def run(args) -> int:
+def _checked(func: Verb) -> Verb:
+    def run(args: argparse.Namespace) -> int:
         needs_item = args.action in ("set", "get", "unset")
         if needs_item and not args.item:
             print(f"error: config {args.action} needs ITEM", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if not needs_item and args.item:
             print(f"error: config {args.action} takes no ITEM", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return func(args)
     return run

@@ -1,36 +1,30 @@
-"""``supervisor`` / ``etcdvisor`` command line: argument parsing and exit codes only.
-
-Exit codes: 0 success, 1 runtime failure (etcd unreachable, member id in
-use...), 2 bad usage or bad config. Every error is one line on stderr.
+"""``supervisor run CONFIG`` and ``supervisor validate CONFIG...``: a member's life, and
+the check of a file before it runs (what ``run`` accepts, ``validate`` accepts).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, error
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+if TYPE_CHECKING:
+    from ..config import Config
 
 
-def lease_tolerance(config) -> str:
+def lease_tolerance(config: Config) -> str:
     """The etcd round trip ``config`` tolerates, as one line (docs/safety.md rule 1)."""
-    from .timing import config_tolerance_line
+    from ..timing import config_tolerance_line
 
     bound = {r.name: r.stop_timeout for r in config.roles.values() if r.lease_bound}
     return config_tolerance_line(config.member.ttl, bound)
 
 
-def cmd_validate(args) -> int:
-    from .config import ConfigError, load
-    from .config.errors import unexpected_problem
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load
+    from ..config.errors import unexpected_problem
 
     status = EXIT_OK
     for path in args.config:
@@ -53,11 +47,11 @@ def cmd_validate(args) -> int:
     return status
 
 
-def cmd_run(args) -> int:
-    from .config import ConfigError
-    from .config.isolated import load_isolated
-    from .runtime.supervisor import StartupError, Supervisor
-    from .runtime.upgrade import handed_config
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..config.isolated import load_isolated
+    from ..runtime.supervisor import StartupError, Supervisor
+    from ..runtime.upgrade import handed_config
 
     try:
         # re-executed by an upgrade: the config its check just loaded; else load it
@@ -68,15 +62,16 @@ def cmd_run(args) -> int:
     try:
         config = _run_overrides(config, args)
     except ValueError as exc:
-        _error(str(exc))
+        error(exc)
         return EXIT_USAGE
-    from .logs import configure
+    from ..logs import configure
 
     configure(config.member.id, config.log.level, config.log.format)
     supervisor = Supervisor(config, watch_config=args.watch_config)
 
-    def add_dashboard(server) -> None:  # only with http.listen: the dashboard's imports stay out of PID 1 otherwise
-        from .dashboard import install
+    def add_dashboard(server: Any) -> None:
+        # only with http.listen: the dashboard's imports stay out of PID 1 otherwise
+        from ..dashboard import install
 
         install(server, supervisor)
 
@@ -84,17 +79,17 @@ def cmd_run(args) -> int:
     try:
         return supervisor.run()
     except StartupError as exc:
-        _error(str(exc))
+        error(exc)
         return EXIT_FAIL
 
 
-def _run_overrides(config, args):
+def _run_overrides(config: Config, args: argparse.Namespace) -> Config:
     """``--http``, ``--log-format`` and ``--log-level`` win over the file and the
     environment (already applied by the loader); ValueError (one line) if bad."""
     import dataclasses
 
-    from .config.ops import parse_listen
-    from .logs import parse_format, parse_level
+    from ..config.ops import parse_listen
+    from ..logs import parse_format, parse_level
 
     log, http = config.log, config.http
     if args.log_level is not None:
@@ -109,28 +104,10 @@ def _run_overrides(config, args):
     return dataclasses.replace(config, log=log, http=http)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr and exit 2, like every other error
-    (argparse prints the whole usage block first); ``--help`` still shows it."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
-
-
-def _program_name() -> str:
-    name = os.path.basename(sys.argv[0])
-    return "supervisor" if name in ("", "__main__.py", "cli.py", "-c") else name
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=_program_name(),
-        description="Declarative process supervisor for fleets of workers, coordinated through etcd.")
-    parser.add_argument("--version", action="version", version=f"etcdvisor {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    sub.required = True
-
-    run = sub.add_parser("run", help="join the cluster and supervise the roles of CONFIG")
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """run, validate (they read CONFIG themselves: no ``-c``)."""
+    run = subparsers.add_parser("run", help="join the cluster and supervise the roles of CONFIG")
     run.add_argument("config", metavar="CONFIG")
     run.add_argument("--log-level", metavar="LEVEL",
                      help="debug | info | warning | error (default: log.level, ETCDVISOR_LOG_LEVEL, info)")
@@ -143,36 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reload when CONFIG changes (as on SIGHUP)")
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check CONFIG files; one line per problem")
+    validate = subparsers.add_parser("validate", help="check CONFIG files; one line per problem")
     validate.add_argument("config", metavar="CONFIG", nargs="+")
     validate.set_defaults(func=cmd_validate)
-
-    try:
-        from .cli_ops import add_operator_verbs
-    except ImportError:
-        pass
-    else:
-        add_operator_verbs(sub)
-    from .cli_control import add_control_verbs
-
-    add_control_verbs(sub)
-    from .cli_logs import add_logs_verb
-
-    add_logs_verb(sub)
-    from .cli_upgrade import add_upgrade_verb
-
-    add_upgrade_verb(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

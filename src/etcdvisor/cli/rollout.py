@@ -18,28 +18,26 @@ nothing to resume or abort.
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from .cli_ops import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
-from .coord.records import MEMBER
+from ..coord.records import MEMBER
+from .cluster import require_known_cluster, require_role
+from .kit import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
 
 if TYPE_CHECKING:
-    from .coord.base import Backend
+    from ..runtime.rollout_store import RolloutRecord
 
 POLL = 0.2  # seconds between two reads of the record while waiting
-
-
-def _backend(target: Target) -> Backend:
-    return cast("Backend", target.backend)  # open_target() made it
 
 
 def _children(target: Target, role: str) -> int:
     """Children of ``role`` in the live member records."""
     total = 0
-    for kv in _backend(target).get_prefix(target.keys.members).kvs:
+    for kv in target.backend.get_prefix(target.keys.members).kvs:
         doc = MEMBER.read(kv)  # the strict decoder: a bad record is skipped, one warning naming its key
         if doc is None:
             continue
@@ -48,21 +46,21 @@ def _children(target: Target, role: str) -> int:
     return total
 
 
-def start_rollout(args, target: Target) -> int:
+def start_rollout(args: argparse.Namespace, target: Target) -> int:
     """``restart ROLE`` of a sharded or singleton role: write the rollout (superseding
     any running one) and, with ``--wait``, follow it."""
-    from .runtime import control, rollout_store
+    from ..runtime import control, rollout_store
 
     who, _host = control.operator()
     record = rollout_store.new_record(args.role, "restart", who)
-    written = rollout_store.start(_backend(target), target.keys, record)
+    written = rollout_store.start(target.backend, target.keys, record)
     assert written is not None
     # the control record too: status shows who restarted the role when (members leave it to the rollout)
-    control.issue(_backend(target), target.keys, {**control.make_record(control.RESTART, args.role),
+    control.issue(target.backend, target.keys, {**control.make_record(control.RESTART, args.role),
                                                 "rollout": record.id})
     print(f"role {args.role}: rolling restart {record.id} (by {who} at {rollout_store.to_iso(record.started)}, "
           f"revision {written.revision})")
-    if _backend(target).get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
+    if target.backend.get(control.control_key(target.keys, args.role, control.PAUSE)) is not None:
         print(f"role {args.role}: note: the role is paused; its children start after "
               f"'supervisor resume {args.role}'")
     if _children(target, args.role) == 0:
@@ -75,13 +73,13 @@ def start_rollout(args, target: Target) -> int:
 
 def wait_for(target: Target, role: str, rollout_id: str) -> int:
     """Print progress until the rollout (or the one that superseded it) ends."""
-    from .runtime import rollout_store
+    from ..runtime import rollout_store
 
     pause = threading.Event()
     last: tuple[str, str, int] | None = None
     started = time.monotonic()
     while True:
-        record = rollout_store.read_record(_backend(target), target.keys, role)
+        record = rollout_store.read_record(target.backend, target.keys, role)
         if record is None:
             raise Failure(f"role {role}: the rollout record is gone")
         if record.id != rollout_id:
@@ -106,8 +104,8 @@ def wait_for(target: Target, role: str, rollout_id: str) -> int:
         pause.wait(POLL)
 
 
-def describe(record) -> str:
-    from .runtime import rollout_store
+def describe(record: RolloutRecord) -> str:
+    from ..runtime import rollout_store
 
     line = (f"rollout {record.id}: {record.state} ({record.trigger} by {record.who} at "
             f"{rollout_store.to_iso(record.started)}), {len(record.done)} children restarted")
@@ -117,16 +115,15 @@ def describe(record) -> str:
 
 
 @operator_verb
-def cmd_rollout(args, target: Target) -> int:
-    from .cli_control import require_known_cluster, require_role
-    from .runtime import rollout_store
+def cmd_rollout(args: argparse.Namespace, target: Target) -> int:
+    from ..runtime import rollout_store
 
     require_known_cluster(target)
     kind = require_role(target, args.role)
     if kind not in ("sharded", "singleton", None):
         raise UsageError(f"role {args.role} is a {kind} role; rollouts apply to sharded and singleton roles")
     if args.action == "status":
-        record = rollout_store.read_record(_backend(target), target.keys, args.role)
+        record = rollout_store.read_record(target.backend, target.keys, args.role)
         if args.json:
             print(json.dumps({"role": args.role, "rollout": record.to_json() if record else None,
                               "children": _children(target, args.role)}, allow_nan=False))
@@ -136,9 +133,9 @@ def cmd_rollout(args, target: Target) -> int:
             print(f"role {args.role}: {describe(record)} of {_children(target, args.role)}")
         return EXIT_OK
     change = rollout_store.resume if args.action == "resume" else rollout_store.abort
-    written = change(_backend(target), target.keys, args.role)
+    written = change(target.backend, target.keys, args.role)
     if written is None:
-        record = rollout_store.read_record(_backend(target), target.keys, args.role)
+        record = rollout_store.read_record(target.backend, target.keys, args.role)
         now = f"it is {record.state}" if record is not None else "there is none"
         raise Failure(f"role {args.role}: no rollout to {args.action} ({now})")
     print(f"role {args.role}: {describe(written)}")
@@ -147,7 +144,9 @@ def cmd_rollout(args, target: Target) -> int:
     return EXIT_OK
 
 
-def add_rollout_verbs(subparsers, common) -> None:
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """rollout status|resume|abort (restart ROLE starts one: :mod:`.control`)."""
     rollout = subparsers.add_parser("rollout", help="show, resume or abort the rolling restart of a role")
     actions = rollout.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("status", "the role's current or last rollout"),

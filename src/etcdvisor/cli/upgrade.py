@@ -16,21 +16,23 @@ last upgraded. Errors (one line, non-zero exit): no such cluster (1), no live me
 
 from __future__ import annotations
 
-from .cli_control import require_cluster
-from .cli_ops import EXIT_OK, Target, UsageError, _check_name, operator_verb
-from .coord.base import Backend
+import argparse
+
+from ..coord.base import Backend
+from .cluster import require_cluster
+from .kit import EXIT_OK, Target, UsageError, check_name, operator_verb
 
 
 @operator_verb
-def cmd_upgrade(args, target: Target) -> int:
-    from .runtime import control
+def cmd_upgrade(args: argparse.Namespace, target: Target) -> int:
+    from ..runtime import control
 
     require_cluster(target)
     backend = target.backend
     assert isinstance(backend, Backend)  # opened by operator_verb
     member = args.member
     if member is not None:
-        _check_name("member", member)
+        check_name("member", member)
         if backend.get(target.keys.member(member)) is None:
             raise UsageError(f"no live member {member!r} in cluster {target.cluster}")
     record = control.make_record(control.UPGRADE, control.SUPERVISOR_SCOPE, member=member)
@@ -41,11 +43,11 @@ def cmd_upgrade(args, target: Target) -> int:
     return EXIT_OK
 
 
-def add_upgrade_verb(subparsers) -> None:
-    parser = subparsers.add_parser("upgrade", help="re-execute running members with the code on disk, "
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """upgrade."""
+    parser = subparsers.add_parser("upgrade", parents=[common],
+                                   help="re-execute running members with the code on disk, "
                                    "without stopping a child (as kill -USR2 does)")
-    parser.add_argument("-c", "--config", metavar="CONFIG",
-                        help="use this config's cluster and etcd settings (default: "
-                             "ETCDVISOR_ENDPOINTS and ETCDVISOR_CLUSTER)")
     parser.add_argument("--member", metavar="M", help="only member M (default: every member)")
     parser.set_defaults(func=cmd_upgrade)

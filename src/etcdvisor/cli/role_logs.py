@@ -18,30 +18,30 @@ no config, a bad config (one line each).
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import re
 import sys
 import threading
 import time
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from .config.output import MAX_BACKUPS
-from .process.logfile import backup_path
+from .kit import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, error
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    from ..config import Config
+
 DEFAULT_CONFIGS = ("etcdvisor.yaml", "/etc/etcdvisor.yaml")
 FOLLOW_INTERVAL = 0.1  # seconds between two looks at followed files
 RESCAN_EVERY = 10      # look for new per-index files every this many intervals
 _CHUNK = 1 << 20
 
 
-class UsageError(Exception):
-    """Exit 2, one line."""
-
-
-def add_logs_verb(sub) -> None:
-    logs = sub.add_parser("logs", help="print a role's log file(s) on this member (stdout/stderr: {file: ...})")
+def add_verbs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+              common: argparse.ArgumentParser) -> None:
+    """logs (it takes ``-c`` for the member's config, not a cluster)."""
+    logs = subparsers.add_parser("logs", help="print a role's log file(s) on this member (stdout/stderr: {file: ...})")
     logs.add_argument("role", metavar="ROLE")
     logs.add_argument("--index", type=int, metavar="I", help="the file of the child with INDEX I ({index} in file)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing, across rotations, until interrupted")
@@ -50,11 +50,11 @@ def add_logs_verb(sub) -> None:
     logs.set_defaults(func=cmd_logs)
 
 
-def cmd_logs(args) -> int:
+def cmd_logs(args: argparse.Namespace) -> int:
     try:
         sources = role_log_sources(args.config, args.role, args.index)
     except UsageError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        error(exc)
         return EXIT_USAGE
     out = sys.stdout.buffer
     try:
@@ -70,8 +70,8 @@ def cmd_logs(args) -> int:
         return EXIT_OK
 
 
-def _load(config_path: str | None):
-    from .config import ConfigError, load
+def _load(config_path: str | None) -> Config:
+    from ..config import ConfigError, load
 
     if config_path is None:
         config_path = next((p for p in DEFAULT_CONFIGS if os.path.isfile(p)), None)
@@ -193,6 +193,9 @@ class Follower:
     def _newer_backups(self) -> list[str]:
         """Backups newer than the file being read, oldest first: the files rotated past
         while this reader was behind (none if it is not found among the backups)."""
+        from ..config.output import MAX_BACKUPS
+        from ..process.logfile import backup_path
+
         newer: list[str] = []
         for number in range(1, MAX_BACKUPS + 2):
             path = backup_path(self.path, number)
@@ -206,6 +209,9 @@ class Follower:
 
     def _backups_since(self, since: float) -> list[str]:
         """Backups last written at or after ``since``, oldest first."""
+        from ..config.output import MAX_BACKUPS
+        from ..process.logfile import backup_path
+
         found: list[str] = []
         for number in range(1, MAX_BACKUPS + 1):
             try:

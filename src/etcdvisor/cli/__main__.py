@@ -1,0 +1,7 @@
+"""``python -m etcdvisor.cli``: the ``supervisor`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
