@@ -48,6 +48,9 @@ wait_until = wait_for
 
 # the tests mostly wait on etcd and on real processes, not on the CPU: 4 workers on 2 cores
 WORKERS = 4
+# real processes, faults and images: every test there is slow ("pytest -m 'not slow'" is the
+# unit and contract tests less the few marked slow one by one, under a minute)
+SLOW_DIRECTORIES = ("e2e", "integration", "container")
 TESTS = Path(__file__).resolve().parent
 
 
@@ -83,6 +86,8 @@ def _order(item) -> int:
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node id suffixes
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if _directory(item) in SLOW_DIRECTORIES:
+            item.add_marker(pytest.mark.slow)
         if _directory(item) == "container":
             # one worker builds the image (session fixtures) and runs every container test
             item.add_marker(pytest.mark.xdist_group("container"))

@@ -320,6 +320,11 @@ class Fleet:
     def member_key(self, member_id: str) -> str:
         return ClusterKeys(self.cluster).member(member_id)
 
+    def role_status(self, member_id: str, role: str) -> dict:
+        """What ``member_id``'s member record says about ``role`` ({} before it says anything)."""
+        kv = self.backend().get(self.member_key(member_id))
+        return json.loads(kv.value)["roles"].get(role, {}) if kv else {}
+
     def candidates(self, role: str) -> int:
         """How many members campaign in ``role``'s election (the leader included)."""
         return len(self.backend().get_prefix(ClusterKeys(self.cluster).election(role), keys_only=True).kvs)
