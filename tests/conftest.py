@@ -74,13 +74,15 @@ def _directory(item) -> str:
 
 def _order(item) -> int:
     """Longest first, so no worker is left with a long test at the end: the container tests
-    (an image build), then slow-marked tests, e2e, integration, contract, and unit last."""
+    (an image build), e2e, integration, the unit and contract tests marked slow, the other
+    contract tests, and the other unit tests last."""
     where = _directory(item)
-    if where == "container":
-        return 0
+    order = {"container": 0, "e2e": 1, "integration": 2}
+    if where in order:
+        return order[where]
     if item.get_closest_marker("slow") is not None:
-        return 1
-    return {"e2e": 2, "integration": 3, "contract": 4}.get(where, 5)
+        return 3
+    return 4 if where == "contract" else 5
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node id suffixes
