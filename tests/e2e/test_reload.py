@@ -31,7 +31,7 @@ def starts(rec):
     return [line.split() for line in rec.read_text().splitlines()]
 
 
-def wait_for(predicate, timeout=15):
+def wait_for(predicate, timeout=30):  # generous: a loaded machine starts a supervisor slowly
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
