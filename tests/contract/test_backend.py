@@ -128,6 +128,7 @@ def test_lease_lifecycle(backend, prefix):
     assert backend.get(prefix + "eph2") is None
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_lease_expires_without_keepalive(backend, prefix):
     lease = backend.lease_grant(2)
     backend.put(prefix + "eph", "x", lease=lease.id)
@@ -263,6 +264,7 @@ def test_prefix_watcher_resyncs_after_compaction(backend_url, prefix):
         proxy.close()
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_session_keepalive_and_revoke(backend, other_backend, prefix):
     events = queue.Queue()
     session = Session(backend, ttl=3, interval=0.2, name="t")

@@ -109,6 +109,7 @@ def test_temp_key_lives_with_the_handle(backend_url, other_store, prefix):
     owner.close()  # twice is fine
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_temp_keys_come_back_after_a_lease_loss(store, other_store, prefix):
     store.temp_key(prefix + "t", "v")
     store.temp_key(prefix + "gone", "v")
@@ -277,6 +278,7 @@ def test_watch_callback_reports_creation_even_of_an_empty_value(store, other_sto
     assert drain(seen) == []
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_blocking_watch_ignores_a_rewrite_unless_every_write(store, other_store, prefix):
     key = prefix + "blocking"
     other_store.store(key, "x")
@@ -297,6 +299,7 @@ def test_blocking_watch_ignores_a_rewrite_unless_every_write(store, other_store,
 
 
 # --- 004's timed lock: the store releases it, the holder learns it --------------------------
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_lock_max_hold_released_by_the_store(store, other_store):
     name = f"timed-{time.monotonic_ns()}"
     reasons = []

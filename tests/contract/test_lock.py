@@ -46,6 +46,7 @@ def test_own_session_is_revoked_on_release(backend, prefix):
     assert keys_under(backend, prefix) == []
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_mutual_exclusion_and_increasing_tokens(backend_url, prefix):
     shared = {"value": 0}
     tokens = []
@@ -275,6 +276,7 @@ def test_a_release_wakes_only_the_next_waiter_and_nobody_polls(backend_url, back
 MAX_HOLD = 2
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_max_hold_store_releases_next_waiter_acquires_holder_learns(backend, other_backend, prefix):
     name = prefix + "timed"
     losses = []

@@ -59,6 +59,7 @@ def test_counter_rejects_garbage(backend, prefix):
         counter.inc(1.5)
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_counter_is_atomic_under_contention(backend_url, backend, prefix):
     key = prefix + "hot"
     threads, per_thread = 8, 500
@@ -140,6 +141,7 @@ def test_waitgroup_returns_when_key_deleted(backend, other_backend, prefix):
 
 # --- keep-alive node -------------------------------------------------------------------
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_keepalive_node_lives_and_stops(backend, other_backend, prefix):
     key = prefix + "node"
     with KeepAliveNode(backend, key, b"here", ttl=2, interval=0.2) as node:

@@ -84,6 +84,7 @@ def test_watch_gives_the_full_list_on_every_change(backend, other_backend, prefi
     watching.close()
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_reregisters_after_lease_loss(backend, other_backend, prefix):
     registry = Registry(backend, prefix=prefix + "svc", ttl=5)
     registry.register(info("api", "stay"))

@@ -117,6 +117,7 @@ class Node:
         self.backend.close()
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_election_single_leader_and_succession(backend_url, prefix):
     nodes = [Node(backend_url, prefix + "e/", f"n{i}") for i in range(3)]
     history = []  # (event, node, token, time) recorded by the candidates themselves

@@ -73,6 +73,7 @@ def test_publish_many_splits_at_the_batch_limits(backend, prefix):
     assert topic.publish_many([]) == []
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 @pytest.mark.parametrize("seed", [1, 2])
 def test_resume_after_trim_delivers_exactly_the_retained_later_messages(backend, prefix, seed):
     rng = random.Random(seed)

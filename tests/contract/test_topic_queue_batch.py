@@ -4,11 +4,14 @@ nothing lost when batch claims collide."""
 
 import threading
 
+import pytest
+
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.topic import QueueConsumer, Topic
 from etcdvisor.recipes.topic_queue import CLAIM_BATCH
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_racing_batch_claims_take_each_message_exactly_once(backend, other_backend, prefix):
     sessions = [Session(b, ttl=5, interval=0.2, name=f"s{i}").start()
                 for i, b in enumerate((backend, other_backend, backend))]

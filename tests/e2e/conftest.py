@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from etcdvisor.coord import open_backend
+from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.process.watchdog import find_helper
 from etcdvisor.testing import wait_for  # noqa: F401  (re-exported for the e2e tests)
 
@@ -317,7 +318,16 @@ class Fleet:
         return self._backend
 
     def member_key(self, member_id: str) -> str:
-        return f"/etcdvisor/{self.cluster}/members/{member_id}"
+        return ClusterKeys(self.cluster).member(member_id)
+
+    def role_status(self, member_id: str, role: str) -> dict:
+        """What ``member_id``'s member record says about ``role`` ({} before it says anything)."""
+        kv = self.backend().get(self.member_key(member_id))
+        return json.loads(kv.value)["roles"].get(role, {}) if kv else {}
+
+    def candidates(self, role: str) -> int:
+        """How many members campaign in ``role``'s election (the leader included)."""
+        return len(self.backend().get_prefix(ClusterKeys(self.cluster).election(role), keys_only=True).kvs)
 
     def logs(self) -> str:
         return "\n".join(f"--- {m.id} (pid {m.pid}) ---\n{m.output()}" for m in self.members.values())

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from etcdvisor.cli import main
@@ -22,6 +23,7 @@ from etcdvisor.coord import open_backend
 from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.session import Session
 from etcdvisor.recipes.topic import QueueConsumer, Topic, message_id
+from etcdvisor.testing import wait_for
 
 
 @pytest.fixture
@@ -371,10 +373,14 @@ def test_waitgroup_wait_in_a_real_subprocess(capsys, env, etcd_url, cluster):
         env={**os.environ, "ETCDVISOR_ENDPOINTS": etcd_url, "ETCDVISOR_CLUSTER": cluster},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(1.0)  # let it start waiting; it must still be blocked at count 2
+        # it has started and talks to etcd; it must still be blocked at count 2
+        port = int(etcd_url.rsplit(":", 1)[1])
+        wait_for(lambda: proc.poll() is not None or any(
+            c.raddr and c.raddr.port == port for c in psutil.Process(proc.pid).net_connections("tcp")),
+            30, "the waiting process to connect to etcd")
         assert proc.poll() is None
         assert run_cli(capsys, "waitgroup", "done", "barrier")[0] == 0
-        time.sleep(0.3)
+        time.sleep(0.3)  # the contract is "not at 1": a short while in which it must not exit
         assert proc.poll() is None  # 1 left
         assert run_cli(capsys, "waitgroup", "done", "barrier")[0] == 0
         _, err = proc.communicate(timeout=30)

@@ -231,7 +231,7 @@ def test_reload_with_bad_values_or_hostile_files_keeps_children(fleet, hostile_d
                                     ttl=RELOAD_TTL, name="better.yaml"))
     member.signal(signal.SIGHUP)
     member.wait_output("reload: added tick", 60)
-    time.sleep(1.0)
+    time.sleep(0.5)  # the contract: the reload restarts nothing (a short while to show it)
     assert member.running()
     assert [r["pid"] for r in fleet.records() if r["event"] == "start"] == [pid]
     member.term()

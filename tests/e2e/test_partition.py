@@ -11,7 +11,7 @@ import pytest
 
 from etcdvisor.testing.proxy import TcpProxy
 
-from .conftest import TTL
+from .conftest import TTL, wait_for
 from .test_run_singleton import assert_one_leader_at_a_time, current_leader
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd]
@@ -26,7 +26,7 @@ def test_partitioned_leader_stops_before_lease_expiry_and_rejoins(fleet):
         assert leader.member == "m0"
         other = fleet.start("m1", config)
         other.wait_output("joined cluster", timeout=30)
-        time.sleep(1.0)
+        wait_for(lambda: fleet.candidates("lead") == 2, 15, "m1 to campaign behind m0")
 
         cut_at = time.time()
         proxy.blackhole()
@@ -44,7 +44,7 @@ def test_partitioned_leader_stops_before_lease_expiry_and_rejoins(fleet):
 
         proxy.restore()
         cut.wait_output("rejoin", timeout=20)
-        time.sleep(2.0)
+        wait_for(lambda: fleet.candidates("lead") == 2, 15, "the rejoined m0 to campaign behind m1")
         live = [i for i in fleet.history().of("lead") if i.end is None and i.leader]
         assert [i.member for i in live] == ["m1"], f"after rejoin the leaders are {live}"
         assert_one_leader_at_a_time(fleet)

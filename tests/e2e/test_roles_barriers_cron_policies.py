@@ -67,8 +67,7 @@ def waitgroup(fleet: Fleet, *args: str) -> str:
 
 
 def member_role_status(fleet: Fleet, member_id: str, role: str) -> dict:
-    kv = fleet.backend().get(fleet.member_key(member_id))
-    return json.loads(kv.value)["roles"].get(role, {}) if kv else {}
+    return fleet.role_status(member_id, role)
 
 
 def tick_records(fleet: Fleet, role: str) -> dict[str, dict]:
@@ -132,11 +131,11 @@ def test_wait_for_holds_singleton_until_waitgroup_reaches_zero(fleet, recorder):
     member.wait_output("role gated: elected leader", 30)
     wait_for(lambda: member_role_status(fleet, "m0", "gated").get("waiting_for") == ["waitgroup:batch"],
              15, "the member record to report waiting_for [waitgroup:batch]")
-    time.sleep(3.0)
+    time.sleep(1.0)  # the contract: held while the count is above 0 (a while to show it)
     assert recorder.starts("gated") == [], "the role started while wait group 'batch' was at 2"
 
     assert waitgroup(fleet, "done", "batch") == "1"
-    time.sleep(3.0)
+    time.sleep(1.0)  # the same at 1
     assert recorder.starts("gated") == [], "the role started while wait group 'batch' was at 1"
 
     before_last_done = time.time()
@@ -183,8 +182,11 @@ def test_after_sharded_waits_for_every_index_and_not_for_a_failed_one(fleet, rec
 
         bad = {r["index"]: r["exit"] for r in recorder.ends("shards-bad")}
         assert bad == {"0": 0, "1": 1}, bad
-        # the failed INDEX 1 keeps 'report-bad' held: give it a generous while
-        time.sleep(max(0.0, bad_ended + 8.0 - time.time()))
+        # the failed INDEX 1 keeps 'report-bad' held: its leader says so, and nothing starts
+        # for a while after the end of 'shards-bad' (the contract: never, shown for 3 s)
+        wait_for(lambda: any(member_role_status(fleet, m, "report-bad").get("waiting_for") == ["role:shards-bad"]
+                             for m in ("m0", "m1")), 15, "report-bad's leader waiting for role:shards-bad")
+        time.sleep(max(0.0, bad_ended + 3.0 - time.time()))
         assert recorder.starts("report-bad") == [], "'after: [shards-bad]' started although INDEX 1 exited 1"
         assert len(recorder.starts("report")) == 1, recorder.starts("report")
         leaders = [m for m in ("m0", "m1") if member_role_status(fleet, m, "report-bad").get("leader")]
@@ -240,8 +242,8 @@ def test_cron_replace_stops_previous_run_before_next(policy_fleet):
     fleet, rec = policy_fleet
     with logs_on_failure(fleet):
         wait_for(lambda: len(runs(rec, "cron-replace")) >= 4, 40, "4 replace runs")
-        time.sleep(0.5)
-        replace = runs(rec, "cron-replace")
+        replace = wait_for(lambda: (lambda found: found if all(r["end"] for r in found[:-1]) else None)(
+            runs(rec, "cron-replace")), 10, "every replaced run's last line")
         described = [(r["scheduled_time"], round(r["start"], 3), r["end"] and round(r["end"], 3), r["how"])
                      for r in replace]
         assert not duplicates(r["scheduled_time"] for r in replace), described
@@ -295,7 +297,7 @@ def test_cron_starting_deadline_misses_failover_ticks(fleet, recorder):
         survivor.wait_output("role tick: leader resumes after tick", TTL + 20)
         wait_for(lambda: len([r for r in runs(recorder, "tick") if r["start"] > killed_at]) >= 3,
                  20, "3 runs after the failover")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the contract: no tick twice (a short while for a racing duplicate to show)
 
         all_runs = runs(recorder, "tick")
         after = [r for r in all_runs if r["start"] > killed_at]

@@ -69,7 +69,7 @@ def test_frozen_leader_is_stopped_before_the_next_leader_starts(fleet):
     assert leader.member == "m0"
     second = fleet.start("m1", config)
     second.wait_output("joined cluster", timeout=30)
-    time.sleep(1.0)  # m1 campaigns behind m0
+    wait_for(lambda: fleet.candidates("lead") == 2, 15, "m1 to campaign behind m0")
 
     paused_at = first.pause()
     successor = current_leader(fleet, timeout=TTL + 10, newer_than=leader.token)
@@ -88,7 +88,7 @@ def test_frozen_leader_is_stopped_before_the_next_leader_starts(fleet):
     first.resume()
     first.wait_output("rejoining the cluster", timeout=10)
     wait_for(lambda: fleet.backend().get(fleet.member_key("m0")), 10, "m0's member key again")
-    time.sleep(2.0)
+    wait_for(lambda: fleet.candidates("lead") == 2, 15, "the thawed m0 to campaign behind m1 again")
     assert first.running()
     m0_leaders = [i for i in fleet.history().of("lead", member="m0") if i.leader]
     assert [i.pid for i in m0_leaders] == [leader.pid], "the thawed member started a second leader"

@@ -577,6 +577,7 @@ RUN_PROPERTY = settings(max_examples=25, deadline=None, database=None,
                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 @RUN_PROPERTY
 @example(case=_edges(high=False))
 @example(case=_edges(high=True, settle=0))  # 1,024 children of processes, of per-shard, ...

@@ -138,6 +138,7 @@ def control_characters(conn, stopped):
 @pytest.mark.parametrize("behave", [banner, headers_then_silence, ok_without_our_server_header, bare_200,
                                     binary, reset, close_at_once, silence, endless_headers, huge_body,
                                     endless_body, control_characters])
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_health_against_something_else_is_one_line_and_exit_1(behave, capsys):
     fake = FakeServer(behave)
     try:

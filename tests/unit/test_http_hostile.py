@@ -188,6 +188,7 @@ def test_connections_beyond_the_bound_are_refused_at_once(server, monkeypatch):
     assert timed_probe(server.port)[1] == 200
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_one_deadline_for_the_whole_request_not_per_read(server):
     """A client that sends a byte every 0.25 s (never silent for a read timeout) is
     cut off REQUEST_TIMEOUT after it connected."""
@@ -219,6 +220,7 @@ def test_one_deadline_for_the_whole_request_not_per_read(server):
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_idle_connection_is_closed_after_the_deadline_without_an_answer(server):
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=httpserve.REQUEST_TIMEOUT + 3)
     started = time.monotonic()
@@ -389,6 +391,7 @@ def test_run_http_flag_keeps_the_token_file(tmp_path):
     assert changed.http.listen == ("127.0.0.1", 9200) and changed.http.token_file == str(tmp_path / "token")
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_the_listener_does_not_spin_while_idle_or_holding_idle_connections(server):
     """Idle cost near zero: the selector thread sleeps (no timeout without connections,
     the nearest deadline with them); no worker exists until a route needs one."""

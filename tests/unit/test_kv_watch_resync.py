@@ -4,6 +4,8 @@ a change (every put, with every_write)."""
 
 import queue
 
+import pytest
+
 from etcdvisor.coord.memory import MemoryBackend
 from etcdvisor.kv_watch import KeyChange, KeyFollower
 
@@ -25,6 +27,7 @@ def rewrite_across_a_compacted_gap(backend, key, values):
     backend.compact(backend.revision())
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_same_value_after_a_compacted_gap_is_not_a_change():
     backend = MemoryBackend()
     key = "/kv/resync"

@@ -382,6 +382,7 @@ def test_real_clock_lease_expires_without_calls():
         backend.close()
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_real_clock_keepalive_keeps_lease():
     backend = MemoryBackend()
     try:

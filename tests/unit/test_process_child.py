@@ -6,6 +6,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from etcdvisor.process.child import ChildProcess, ChildState
 from etcdvisor.process.spawn import ChildSpec
@@ -176,6 +177,7 @@ def test_lease_deadlines_are_ignored_for_children_not_lease_bound():
         _wait_exit(child)
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_grandchildren_get_the_grace_period_after_the_leader_exits(tmp_path):
     """docs/safety.md, rule 4: stop signal, grace period, then SIGKILL -- also for the
     rest of the group when the group leader (a shell) dies at once."""

@@ -4,6 +4,8 @@ import os
 import sys
 import time
 
+import pytest
+
 from etcdvisor.process.backoff import RestartBackoff
 from etcdvisor.process.slot import Exited, Failed, Slot, SlotState, SpawnFailed, Started, Stopped
 from etcdvisor.process.spawn import ChildSpec
@@ -51,6 +53,7 @@ def test_backoff_grows_between_quick_crashes():
     _stop(slot)
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_backoff_resets_after_the_child_stayed_up(tmp_path):
     # Runs 1 and 2 crash at once, run 3 stays up longer than reset_after, then crashes.
     code = ("import os, sys, time\n"

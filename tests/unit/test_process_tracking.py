@@ -263,6 +263,7 @@ def test_watchdog_helper_gets_no_environment(monkeypatch):
         watchdog.stop()
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_watchdog_deadline_kills_marked_escapees_of_a_frozen_supervisor(tmp_path):
     # the supervisor stays alive but never acts (as if SIGSTOPped): kill_at passes
     supervisor = r'''

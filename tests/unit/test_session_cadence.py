@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session, SessionEventKind
 
@@ -34,6 +36,7 @@ class SlowKeepalives:
         return self._backend.lease_keepalive(lease_id, timeout=timeout)
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_slow_replies_do_not_delay_the_next_send():
     backend = SlowKeepalives(open_backend("memory://cadence-slow"), delay=0.5)
     session = Session(backend, ttl=4, interval=0.2, name="slow").start()
@@ -54,6 +57,7 @@ def test_slow_replies_do_not_delay_the_next_send():
     assert max(ages) < 0.2 + 0.5 + 0.25, max(ages)
 
 
+@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
 def test_replies_slower_than_the_timeout_expire_the_session():
     backend = SlowKeepalives(open_backend("memory://cadence-dead"), delay=10.0)
     session = Session(backend, ttl=2, interval=0.2, keepalive_timeout=0.3, name="dead")

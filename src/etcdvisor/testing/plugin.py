@@ -17,11 +17,26 @@ def _binary() -> str:
         pytest.fail(str(exc), pytrace=False)
 
 
+def _start(name: str, attempts: int = 3) -> EtcdServer:
+    """A started server on free ports. A port picked free can be taken by another process
+    before etcd binds it (tests run beside each other): then etcd exits at once, and the
+    server is started again on other ports."""
+    for attempt in range(1, attempts + 1):
+        server = EtcdServer(name=name, binary=_binary())
+        try:
+            return server.start()
+        except RuntimeError:
+            exited = server.proc is not None and server.proc.poll() is not None
+            server.cleanup()
+            if not exited or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
-    """One etcd server shared by the whole session."""
-    server = EtcdServer(name="etcd-session", binary=_binary())
-    server.start()
+    """One etcd server shared by the whole session (one per xdist worker)."""
+    server = _start("etcd-session")
     yield server
     server.cleanup()
 
@@ -40,8 +55,7 @@ def etcd_prefix() -> str:
 @pytest.fixture
 def private_etcd() -> Iterator[EtcdServer]:
     """An etcd server owned by this test (free to stop, pause, restart)."""
-    server = EtcdServer(name="etcd-private", binary=_binary())
-    server.start()
+    server = _start("etcd-private")
     yield server
     server.cleanup()
 
