@@ -7,7 +7,7 @@ from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.memory import MemoryBackend
 from etcdvisor.recipes.topic import Topic
 from etcdvisor.recipes.topic_format import topic_backlog
-from etcdvisor.status import _topics
+from etcdvisor.status.read import _topics
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "etcdvisor"
 
@@ -77,7 +77,7 @@ def test_one_backlog_count_for_status_and_metrics():
 def test_status_reads_a_wait_group_as_its_barrier_does():
     from etcdvisor.coord.types import KeyValue
     from etcdvisor.recipes.counter import parse_count
-    from etcdvisor.status import _waitgroups
+    from etcdvisor.status.read import _waitgroups
 
     keys = ClusterKeys("c")
     kvs = [KeyValue(keys.waitgroup(name), value, create_revision=n + 1, mod_revision=n + 1, version=1)
