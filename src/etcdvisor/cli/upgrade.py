@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..coord.base import Backend
 from .cluster import require_cluster
 from .kit import EXIT_OK, Target, UsageError, check_name, operator_verb
 
 
 @operator_verb
 def cmd_upgrade(args: argparse.Namespace, target: Target) -> int:
+    from ..coord.base import Backend
     from ..runtime import control
 
     require_cluster(target)
