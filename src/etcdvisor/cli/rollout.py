@@ -24,7 +24,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..coord.records import MEMBER
 from .cluster import require_known_cluster, require_role
 from .kit import EXIT_FAIL, EXIT_OK, Failure, Target, UsageError, operator_verb
 
@@ -36,6 +35,8 @@ POLL = 0.2  # seconds between two reads of the record while waiting
 
 def _children(target: Target, role: str) -> int:
     """Children of ``role`` in the live member records."""
+    from ..coord.records import MEMBER
+
     total = 0
     for kv in target.backend.get_prefix(target.keys.members).kvs:
         doc = MEMBER.read(kv)  # the strict decoder: a bad record is skipped, one warning naming its key
