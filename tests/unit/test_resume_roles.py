@@ -68,3 +68,39 @@ def test_an_unreadable_state_is_one_line():
     with pytest.raises(resume.ResumeError) as err:
         resume.restore_state(new, {"type": "topic", "failed": None, "runs": {"m": {"message": {"id": "x"}}}})
     assert "unreadable hand-over state" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_cron_run_in_flight_resumes_with_the_same_typed_variables():
+    """A tick whose child was running when the old image exec'd comes back with the child
+    spec CronRunner._run gave it (LEADER, LEADER_TOKEN, SCHEDULED_TIME, MANUAL), so the
+    adopted child's spec digest matches (the resume used to call a removed leader_env())."""
+    from datetime import UTC, datetime
+
+    from etcdvisor.config.schedule import Schedule
+    from etcdvisor.roles import cron
+    from etcdvisor.roles.singleton import LeaderState
+
+    def runner(token):
+        r = cron.CronRunner.__new__(cron.CronRunner)
+        r.schedule, r.policy, r.token = Schedule.parse("@every 1s"), "allow", token
+        r.spec = SimpleNamespace(name="c", type=SimpleNamespace(value="cron"))
+        r.ctx = SimpleNamespace(child_spec=lambda role, name, child_vars: (name, child_vars), clock=lambda: 5.0)
+        r.runs, r.say, r.failed_reason = {}, lambda message: None, None
+        return r
+
+    tick = datetime(2026, 12, 7, 15, 34, 50, tzinfo=UTC)
+    old = runner(321)
+    old.state, old.leader_member, old.stepping_down = LeaderState.LEADER, "m2", None
+    old.cursor, old.missed, old.last_outcome, old.triggers, old._retries_ended = tick, 0, None, {}, set()
+    old._run(tick, tick, "2026-12-07T15:34:50Z")
+    old._run(tick, tick, "2026-12-07T15:34:50.000Zm", manual=True)
+    doc = travel(resume.export_state(old))
+    new = runner(321)
+    resume.restore_state(new, doc)
+    resume._cron_resumed(new, doc)
+    assert new.runs == old.runs and new.cursor == tick
+    name, child_vars = new.runs["2026-12-07T15:34:50Z"].spec
+    assert name == "c@2026-12-07T15:34:50Z" and not child_vars.manual
+    assert (child_vars.leader, child_vars.leader_token, child_vars.scheduled_time) == \
+        (True, 321, old.schedule.format_tick(tick))
+    assert new.runs["2026-12-07T15:34:50.000Zm"].spec[1].manual

@@ -209,10 +209,10 @@ def _cron_resumed(r: Any, d: dict[str, Any]) -> None:
     r._retries_ended = set(d["retries_ended"])
     for tick_id, run in d["runs"].items():
         tick = datetime.fromisoformat(run["tick"])
-        env = {**r.leader_env(), "SCHEDULED_TIME": r.schedule.format_tick(tick)}
-        if run["manual"]:
-            env["MANUAL"] = "1"
-        spec = r.ctx.child_spec(r.spec, f"{r.name}@{tick_id}", env)
+        # the same typed variables CronRunner._run gave the run (its spec digest must match)
+        run_vars = dataclasses.replace(r.leader_vars(), scheduled_time=r.schedule.format_tick(tick),
+                                       manual=bool(run["manual"]))
+        spec = r.ctx.child_spec(r.spec, f"{r.name}@{tick_id}", run_vars)
         r.runs[tick_id] = _Run(tick, spec, bool(run["manual"]), run["last_exit"])
     if r.cursor is None:
         r._resume()  # it was reading its tick records: read them again
