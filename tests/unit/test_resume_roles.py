@@ -29,17 +29,54 @@ def fake(kind, **attrs):
 
 def test_sharded_state_round_trip():
     child = Child("1/3", frozenset({Part(1, 3)}), ChildVars(index=1, count=3, epoch=120))
-    old = fake("sharded", phase=Phase.RUNNING, applied=Info(1, 3, 120, ("a", "b", "c")),
-               latest=Info(1, 3, 131, ("a", "b", "c")), running={"1/3": child}, target={"1/3": child},
-               live={"1/3"}, record=frozenset({Part(1, 3)}), record_rev=125)
+    old = fenced(phase=Phase.RUNNING, applied=Info(1, 3, 120, ("a", "b", "c")),
+                 latest=Info(1, 3, 131, ("a", "b", "c")), running={"1/3": child}, target={"1/3": child},
+                 live={"1/3"}, record=frozenset({Part(1, 3)}), record_rev=125, since={Part(1, 3): 125})
     doc = travel(resume.export_state(old))
-    new = fake("sharded", phase=Phase.JOINING, applied=None, latest=None, running={}, target={}, live=set(),
-               record=None, record_rev=0)
+    new = fenced()
     resume.restore_state(new, doc)
     assert (new.phase, new.applied, new.latest, new.live, new.record, new.record_rev) == \
         (Phase.RUNNING, old.applied, old.latest, {"1/3"}, old.record, 125)
     assert new.running == old.running  # the same child spec
     assert new.running["1/3"].vars == ChildVars(index=1, count=3, epoch=120)
+
+
+def fenced(**attrs):
+    base = dict(phase=Phase.JOINING, applied=None, latest=None, running={}, target={}, live=set(), record=None,
+                record_rev=0, stopping={}, approved={}, since={})
+    return fake("sharded", **{**base, **attrs})
+
+
+def test_fenced_sharded_state_carries_stopping_approved_and_announcement_revisions():
+    """The coordinator protocol's member side survives the hand-over: a child being stopped
+    stays in the alive record until reaped (else the next record write would drop its
+    partition while it is alive and the coordinator could grant it elsewhere); an approved
+    child waits for a keepalive of the new image; ``since`` is what the grant is checked
+    against (without it a part already announced is never covered: the child never starts)."""
+    going = Child("0/2", frozenset({Part(0, 2)}), ChildVars(index=0, count=2, epoch=120))
+    coming = Child("1/3", frozenset({Part(1, 3)}), ChildVars(index=1, count=3, epoch=131))
+    old = fenced(phase=Phase.HANDOFF, applied=Info(1, 3, 131, ("a", "b", "c")), target={"1/3": coming},
+                 live={"0/2"}, stopping={"0/2": going}, approved={"1/3": (coming, 4.0)},
+                 record=frozenset({Part(0, 2), Part(1, 3)}), record_rev=140,
+                 since={Part(0, 2): 118, Part(1, 3): 140})
+    doc = travel(resume.export_state(old))
+    new = fenced()
+    resume.restore_state(new, doc)
+    assert new.stopping == {"0/2": going} and new.approved == {"1/3": (coming, 5.0)}
+    assert new.since == {Part(0, 2): 118, Part(1, 3): 140} and new.record == old.record
+    # a grant decided on the record write of revision 140 covers the announced child
+    from etcdvisor.roles.handoff import Grant
+    assert Grant(131, 140, frozenset({Part(1, 3)})).covers(coming.parts, new.since)
+
+
+def test_a_sharded_state_without_announcement_revisions_announces_the_record_again():
+    """From an image that did not carry ``since``: the record is written anew (a fresh
+    revision the coordinator grants on) instead of waiting for a grant nothing can match."""
+    doc = travel(resume.export_state(fenced(record=frozenset({Part(0, 1)}), record_rev=9, since={Part(0, 1): 9})))
+    del doc["since"], doc["stopping"], doc["approved"]
+    new = fenced()
+    resume.restore_state(new, doc)
+    assert (new.record, new.since, new.stopping, new.approved) == (None, {}, {}, {})
 
 
 def test_topic_state_round_trip_keeps_claims_in_flight():
