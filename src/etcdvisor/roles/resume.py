@@ -8,7 +8,11 @@ where the store still holds what the old image held on the same lease:
 * sharded: the sequence key (``roles/<r>/shard/<member>``, on the lease) keeps its create
   revision, so INDEX/COUNT do not change; the settled membership (EPOCH), the children
   in use and the alive record are restored, so ``desired`` asks for the very same
-  children (same env) at once;
+  children (same env) at once. Fenced hand-off: the children still being stopped, the
+  ones approved by a grant and the revision each part was announced at (``since``, what
+  the coordinator's grant is checked against) are carried too; the grants themselves are
+  on the kept lease and are read again by the grant watch, and the coordinator restarts
+  from the alive records (waiting out the kill bound before it grants anything);
 * singleton, cron (leaders): the election key is ``<prefix><lease hex>``; re-entering with
   the same lease finds it in place with the same create revision, i.e. the same
   ``LEADER_TOKEN``. If the key is gone or its token differs, leadership is *not* resumed
@@ -118,7 +122,14 @@ def _export_sharded(r: Any) -> dict[str, Any]:
             "target": [_child(c) for c in r.target.values()],
             "live": sorted(r.live),
             "record": None if r.record is None else sorted([p.index, p.count] for p in r.record),
-            "record_rev": r.record_rev}
+            "record_rev": r.record_rev,
+            # fenced hand-off (the coordinator protocol): children still being stopped stay in
+            # the alive record until reaped; a child approved by the grant waits for a fresh
+            # keepalive again; "since" (part -> revision that announced it) is what a grant is
+            # checked against, without it a part already announced would never be covered
+            "stopping": [_child(c) for c in r.stopping.values()],
+            "approved": [_child(c) for c, _ in r.approved.values()],
+            "since": sorted([p.index, p.count, rev] for p, rev in r.since.items())}
 
 
 def _restore_sharded(r: Any, d: dict[str, Any]) -> None:
@@ -133,6 +144,13 @@ def _restore_sharded(r: Any, d: dict[str, Any]) -> None:
     r.live = set(map(str, d["live"]))
     r.record = None if d["record"] is None else frozenset(Part(int(i), int(n)) for i, n in d["record"])
     r.record_rev = int(d["record_rev"])
+    r.stopping = {c.key: c for c in map(_unchild, d.get("stopping", ()))}
+    now = r.ctx.clock()  # an approved child starts after a keepalive sent by the new image
+    r.approved = {c.key: (c, now) for c in map(_unchild, d.get("approved", ()))}
+    if "since" in d:
+        r.since = {Part(int(i), int(n)): int(rev) for i, n, rev in d["since"]}
+    else:  # handed over by an image that did not carry it: announce the record again
+        r.record, r.since = None, {}
     r.phase = Phase(d["phase"])
 
 
@@ -209,10 +227,10 @@ def _cron_resumed(r: Any, d: dict[str, Any]) -> None:
     r._retries_ended = set(d["retries_ended"])
     for tick_id, run in d["runs"].items():
         tick = datetime.fromisoformat(run["tick"])
-        env = {**r.leader_env(), "SCHEDULED_TIME": r.schedule.format_tick(tick)}
-        if run["manual"]:
-            env["MANUAL"] = "1"
-        spec = r.ctx.child_spec(r.spec, f"{r.name}@{tick_id}", env)
+        # the same typed variables CronRunner._run gave the run (its spec digest must match)
+        run_vars = dataclasses.replace(r.leader_vars(), scheduled_time=r.schedule.format_tick(tick),
+                                       manual=bool(run["manual"]))
+        spec = r.ctx.child_spec(r.spec, f"{r.name}@{tick_id}", run_vars)
         r.runs[tick_id] = _Run(tick, spec, bool(run["manual"]), run["last_exit"])
     if r.cursor is None:
         r._resume()  # it was reading its tick records: read them again
