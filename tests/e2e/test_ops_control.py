@@ -204,6 +204,10 @@ def test_control_verb_errors_are_one_line_non_zero(fleet, recorder):
                                  "tick": recorder.role("cron", schedule="0 0 1 1 *")})
     fleet.start("m0", config)
     wait_for(lambda: live(recorder, "worker"), 30, "the worker")
+    # `--index` is checked against the COUNT in the member records, which wait out a
+    # transition (runtime/member.py TRANSITION_HOLD, 2 s): wait until m0's record shows it
+    wait_for(lambda: [m["roles"].get("worker", {}).get("count") for m in status_json(config)["members"]] == [1],
+             30, "m0's record to show the worker's COUNT=1")
     env = {"ETCDVISOR_ENDPOINTS": fleet.etcd_url}
     cases = [
         (["pause", "nope", "-c", str(config)], "'nope'"),
