@@ -92,11 +92,20 @@ def test_a_restart_with_the_same_member_id_after_a_crash_does_not_wait_for_the_o
         fleet.close()
 
 
+def _wait_lines(output: str, what: str) -> tuple[list[str], list[str]]:
+    """The lines of the wait log for the wait ``what`` (a regex): (begun, done)."""
+    begun = re.findall(r"role shard: (" + what + r") \(1\.\ds so far\)", output)
+    done = re.findall(r"role shard: done waiting after (\d+\.\d)s: (" + what + r")$", output, re.M)
+    return begun, done
+
+
 def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out(private_etcd, tmp_path):
     """Issue 19, 1.2: after a member is lost (here frozen: a SIGKILLed one on this host would be
-    known dead and its lease revoked at once), a new member is assigned 1/2 and waits for the
-    lost member's child until its lease expires: it says so (one line when the wait has
-    lasted a second, one when it ends), instead of several silent seconds."""
+    known dead and its lease revoked at once), a new member is assigned 1/2 and waits until the
+    lost member's lease expires. The lost member is the first in join order, the coordinator
+    that grants starts (roles/shard_coordinator.py), so the new member waits for the
+    coordinator's start grant: it says so (one line when the wait has lasted a second, one when
+    it ends), instead of several silent seconds."""
     fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
     try:
         config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=6)
@@ -104,10 +113,38 @@ def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out
         wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
         first.pause()  # its watchdog kills the child at the lease deadline; the lease runs out
         new = fleet.start("vm-b", config)
-        began = re.compile(r"role shard: \d/2 waits for vm-a's (child|lease|kill bound) \(0/1\) \(1\.\ds so far\)")
-        wait_for(lambda: began.search(new.output()), 20, "the wait line")
-        wait_for(lambda: "role shard: done waiting after" in new.output(), 20, "the end of the wait")
+        what = r"1/2 waits for the coordinator's start grant \(1/2\)"
+        wait_for(lambda: _wait_lines(new.output(), what)[0], 20, "the wait line")
+        wait_for(lambda: _wait_lines(new.output(), what)[1], 20, "the end of the wait")
         wait_for(lambda: [(i.index, i.count) for i in fleet.history().live("shard")] == [(0, 1)], 20,
                  "the new member runs 0/1")
+        begun, done = _wait_lines(new.output(), what)
+        assert len(begun) == 1 and len(done) == 1, new.output()  # one line each, not one per turn
+        assert float(done[0][0]) >= 1.0
+    finally:
+        fleet.close()
+
+
+def test_the_coordinator_says_what_it_waits_for_while_a_lost_members_lease_runs_out(private_etcd, tmp_path):
+    """Issue 19, 1.2 with the coordinator alive: a member (not the coordinator) is lost while a
+    third joins; the coordinator cannot grant the new plan's starts while the lost member's
+    alive record (on its lease) still holds its child's shard, and says so, one line when the
+    wait has lasted a second and one when it ends."""
+    fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
+    try:
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=6)
+        coordinator = fleet.start("vm-a", config)
+        wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
+        lost = fleet.start("vm-b", config)
+        wait_for(lambda: sorted((i.index, i.count) for i in fleet.history().live("shard")) == [(0, 2), (1, 2)],
+                 30, "two workers")
+        lost.pause()
+        fleet.start("vm-c", config)
+        what = r"vm-[ac]:\d/3 waits for vm-b's (?:child|lease|kill bound)[^(]*\(1/2\)"
+        wait_for(lambda: _wait_lines(coordinator.output(), what)[0], 20, "the coordinator's wait line")
+        wait_for(lambda: _wait_lines(coordinator.output(), what)[1], 20, "the end of the coordinator's wait")
+        wait_for(lambda: sorted((i.index, i.count) for i in fleet.history().live("shard")) == [(0, 2), (1, 2)]
+                 and {i.member for i in fleet.history().live("shard")} == {"vm-a", "vm-c"}, 20,
+                 "vm-a and vm-c run 0/2 and 1/2")
     finally:
         fleet.close()

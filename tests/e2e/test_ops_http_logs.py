@@ -91,6 +91,10 @@ def test_metrics_follow_restart_failover_and_cron_runs(fleet, recorder):
              "the follower to report leadership")
     wait_for(lambda: [r["member_id"] for r in recorder.starts("api")] == [leader, follower], 30,
              "the api child to start on the new leader")
+    # the worker reshards to 0/1 on the follower: its child starts when the coordinator (now the
+    # follower itself, after its kill bound) grants it; COUNT shows once the child runs
+    wait_for(lambda: metric(ports[follower], "etcdvisor_shard_count", None, role="worker") == 1, 30,
+             "the follower to report COUNT=1 for the worker")
     final = scrape(ports[follower])
     assert final.value("etcdvisor_child_up", role="api") == 1
     assert final.value("etcdvisor_shard_count", role="worker") == 1

@@ -412,6 +412,10 @@ class ShardedRunner(RoleRunner):
 
     def describe_waits(self, now: float) -> list[str]:
         found = [w.describe() for w in self.waits[:20]]
+        if self.coordinator is not None and self.coordinator.watching:
+            # the coordinator's own waits: another member's start held back by a lost or
+            # stopping member's child, lease or kill bound ("vm-c:2/3 waits for vm-b's child (1/2)")
+            found += [w.describe() for w in self.coordinator.waits[:20]]
         found += [f"{key} waits for a keepalive confirming its alive record" for key in sorted(self.approved)]
         latest = self.latest
         if (not self.shards and not latest.invalid() and now >= self.settle_until
