@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etcdvisor.process.child import ChildState
-from etcdvisor.process.spawn import ChildSpec
+from etcdvisor.process.spawn import ChildSpec, ChildVars
 from etcdvisor.testing.fake_process import FakeChild, FakeProcessLayer
 
 SIM = Path(__file__).resolve().parents[2] / "bench" / "fleet_sim.py"
@@ -52,6 +52,20 @@ def test_a_fake_run_is_a_record_that_stops_in_a_few_ms():
     assert child.alive and manager.next_deadline() == pytest.approx(100.005)
     manager.tick(100.005)
     assert slot.child is None and events[-1].event == "stop" and events[-1].pid == events[0].pid
+
+
+def test_a_fake_run_records_the_typed_variables_the_supervisor_sets():
+    # sharded and leader children carry ROLE/INDEX/COUNT/LEADER in ChildSpec.vars, not in
+    # env: without them the simulator sees no role and no partition and never converges
+    events = []
+    manager = FakeProcessLayer(events.append).manager("m1")()
+    manager.new_slot(ChildSpec("worker[2]", ("sleep", "1"), {"SECRET": "x"},
+                               vars=ChildVars(role="worker", member_id="m1", index=2, count=5, epoch=7)))
+    manager.new_slot(ChildSpec("leader", ("sleep", "1"), {}, vars=ChildVars(role="leader", leader=True)))
+    manager.tick(100.0)
+    assert sorted((e.name, tuple(sorted(e.env.items()))) for e in events) == [
+        ("leader", (("LEADER", "1"), ("ROLE", "leader"))),
+        ("worker[2]", (("COUNT", "5"), ("EPOCH", "7"), ("INDEX", "2"), ("MEMBER_ID", "m1"), ("ROLE", "worker")))]
 
 
 def test_a_lease_bound_fake_run_stops_at_its_lease_term():

@@ -79,7 +79,7 @@ class FakeChild:
 
     def _emit(self, event: str, code: int | None = None, at: float | None = None) -> None:
         assert self.pid is not None
-        env = self.spec.env
+        env = self.spec.environ()  # the typed vars (ROLE, INDEX, COUNT...) rendered over env
         self._record(RunEvent(event, self._clock() if at is None else at, self.pid, self._member, self.spec.name,
                               {k: env[k] for k in RECORDED_ENV if k in env}, code))
 
