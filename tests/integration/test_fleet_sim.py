@@ -19,12 +19,12 @@ SIM = Path(__file__).resolve().parents[2] / "bench" / "fleet_sim.py"
 def test_fleet_sim_runs_every_scenario_and_keeps_the_invariants(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SIM), "--members", "6", "--procs", "2", "--leaves", "1", "--crashes", "1",
-         "--ttl", "5", "--quiet", "1", "--rollout", "0.2", "--roles", "sharded,singleton"],
+         "--ttl", "5", "--settle", "0.5", "--quiet", "1", "--rollout", "0.2", "--roles", "sharded,singleton"],
         capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.stdout.strip(), proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, (result, proc.stderr[-3000:])
-    assert result["bench"] == "fleet_sim" and result["members"] == 6 and result["settle_s"] == 1.0
+    assert result["bench"] == "fleet_sim" and result["members"] == 6 and result["settle_s"] == 0.5
     assert result["invariants"] == {"overlaps": 0, "uncovered": 0, "leaders_max": 1}
     for name in ("leave", "crash", "rollout", "cold_start"):
         scenario = result["scenarios"][name]
