@@ -400,7 +400,13 @@ class DocRun:
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if self.setup.ready is not None:
                 ready = self.setup.ready
-                wait_for(lambda: ready(self.api_status()["roles"]), 150, f"{self.setup.member}'s children")
+                try:
+                    wait_for(lambda: ready(self.api_status()["roles"]), 150, f"{self.setup.member}'s children")
+                except AssertionError as exc:  # say what the member did and showed
+                    log = (self.dir / "member.out").read_text(errors="replace").splitlines()[-40:]
+                    roles = json.dumps(self.api_status()["roles"], sort_keys=True)[-3000:]
+                    raise AssertionError(f"{exc}\nmember output (last lines):\n" + "\n".join(log)
+                                         + f"\n/api/status roles: {roles}") from None
 
     def stop(self) -> None:
         if self.member is not None and self.member.poll() is None:
