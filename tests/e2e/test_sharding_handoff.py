@@ -181,44 +181,51 @@ def test_random_churn_keeps_partitions_exclusive(fleet):
 def test_status_shows_the_assignment_and_a_hand_off_in_progress(fleet):
     import json
 
+    from etcdvisor.config import load
+    from etcdvisor.status.read import gather
+    from etcdvisor.status.render import render_text
+
     from .harness_roles import cli
 
-    def status_json(config):
-        result = cli("status", "-c", str(config), "--json", timeout=90)
-        assert result.returncode == 0, result.stderr.decode(errors="replace")
-        return json.loads(result.stdout)
-
-    role = fleet.worker_role("sharded", settle=SETTLE, shards=4, stop_timeout="9s", env={
-        "WORK_RECORD": str(fleet.record_path), "WORK_INTERVAL": "1000", "WORK_STOP_DELAY": "8"})
-    config = fleet.write_config({"worker": role}, ttl=15)
+    # m0's children take 12 s to stop: the hand-off stays open long enough to be seen on a
+    # loaded machine (member records show a transition within their 2 s hold)
+    role = fleet.worker_role("sharded", settle=SETTLE, shards=4, stop_timeout="15s", env={
+        "WORK_RECORD": str(fleet.record_path), "WORK_INTERVAL": "1000", "WORK_STOP_DELAY": "12"})
+    config = fleet.write_config({"worker": role}, ttl=20)
+    loaded = load(str(config))
     fleet.start("m0", config)
     settled(fleet, "worker", 4, {"m0"}, timeout=90)
     fleet.start("m1", config)
 
-    def waiting():
-        doc = status_json(config)["roles"]["worker"]
-        on_m1 = [a for a in doc["assignments"] if a["member"] == "m1"]
-        return doc if on_m1 and on_m1[0]["waiting"] else None
-
-    doc = wait_for(waiting, 60, "m1 waiting for m0's children in status")
-    (m1,) = [a for a in doc["assignments"] if a["member"] == "m1"]
-    assert all("the coordinator's start grant" in w for w in m1["waiting"]), m1["waiting"]
-
-    def coordinator_says_why():  # m0 (first in join order) grants; its status says what holds m1 back
-        doc = status_json(config)["roles"]["worker"]
-        (m0,) = [a for a in doc["assignments"] if a["member"] == "m0"]
+    def handoff_in_status():
+        """One snapshot (what `supervisor status` reads and prints): m1 waits for the
+        coordinator's start grant, and m0 (first in join order: it grants) says why."""
+        doc = gather(fleet.backend(), fleet.cluster, loaded)
+        role_doc = doc["roles"]["worker"]
+        by_member = {a["member"]: a for a in role_doc["assignments"]}
+        m0, m1 = by_member.get("m0"), by_member.get("m1")
+        if not (m0 and m1 and m1["waiting"]):
+            return None
         reasons = (m0["coordinator"] or {}).get("waiting") or []
-        return doc if any(w.startswith("m1:") and "waits for m0's child" in w for w in reasons) else None
+        if not any(w.startswith("m1:") and "waits for m0's child" in w for w in reasons):
+            return None
+        return doc
 
-    doc = wait_for(coordinator_says_why, 60, "the coordinator m0 naming m0's children in status")
-    assert doc["published"]["members"] == ["m0", "m1"] and doc["published"]["shards"] == 4
-    assert doc["alive"]["m0"], doc["alive"]
-    text = cli("status", "-c", str(config), timeout=90).stdout.decode()
+    doc = wait_for(handoff_in_status, 60, "m1 waiting and the coordinator m0 naming m0's children in status")
+    role_doc = doc["roles"]["worker"]
+    (m1,) = [a for a in role_doc["assignments"] if a["member"] == "m1"]
+    assert all("the coordinator's start grant" in w for w in m1["waiting"]), m1["waiting"]
+    assert role_doc["published"]["members"] == ["m0", "m1"] and role_doc["published"]["shards"] == 4
+    assert role_doc["alive"]["m0"], role_doc["alive"]
+    text = render_text(doc)
     assert "published assignment" in text and "hand-off (coordinator m0): m1:" in text, text
+    result = cli("status", "-c", str(config), "--json", timeout=90)  # the verb prints the same document
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert json.loads(result.stdout)["roles"]["worker"]["published"]["members"] == ["m0", "m1"]
     settled(fleet, "worker", 4, {"m0", "m1"}, timeout=90)
 
     def owned_in_status():  # member records are rewritten at most once a second, off the loop
-        doc = status_json(config)["roles"]["worker"]
+        doc = gather(fleet.backend(), fleet.cluster, loaded)["roles"]["worker"]
         return sorted(s for a in doc["assignments"] for s in (a["shards"] or [])) == [0, 1, 2, 3]
 
     wait_for(owned_in_status, 30, "status showing shards 0..3 owned once each")

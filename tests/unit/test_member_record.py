@@ -58,6 +58,19 @@ def test_urgent_skips_the_hold():
     assert body is not None
 
 
+def test_a_role_the_record_does_not_show_is_written_at_once():
+    """At start the record is registered with no roles; the first status (a role still
+    joining) is written at once, not after the hold or the rate limit, so `supervisor
+    status` names every role of a member from its start. A reload that adds a role too."""
+    store = MemoryBackend()
+    record = MemberRecord(store, "/m/x", "x", min_interval=1.0, transition_hold=10.0, clock=lambda: 0.0)
+    record.register(store.lease_grant(10).id, {})
+    assert _writes(record, [(0.1, _status("joining"))]) == [0.1]
+    added = {**_status("settling"), "tick": {"type": "cron", "state": "follower"}}
+    assert _writes(record, [(0.2, added)]) == [0.2]
+    assert _writes(record, [(0.3, {**added, "tick": {"type": "cron", "state": "leader"}})]) == []
+
+
 def test_what_counts_as_a_transition():
     assert in_transition(_status("settling")) and in_transition(_status("joining"))
     assert in_transition(_status("running", child="stopping"))

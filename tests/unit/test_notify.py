@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -83,14 +85,50 @@ def test_oversized_and_malformed_datagrams_are_dropped_with_one_debug_line(hub, 
     notify, inbox = hub
     path = notify.path_for("api[0]")
     caplog.set_level(logging.DEBUG, logger="etcdvisor")
-    proc = subprocess.Popen(["sh", "-c", 'read _; "$1" -c "$0" "$2" "no equals sign" "STATUS=ok"', SEND,
-                             sys.executable, "STATUS=" + "x" * MAX_DATAGRAM],
+    # the sender stays alive until its good datagram is heard (the check of a sender that has
+    # exited is the next test's)
+    proc = subprocess.Popen(["sh", "-c", 'read _; "$1" -c "$0" "$2" "no equals sign" "STATUS=ok"',
+                             SEND + "sys.stdin.read()\n", sys.executable, "STATUS=" + "x" * MAX_DATAGRAM],
                             env={**os.environ, "NOTIFY_SOCKET": path}, stdin=subprocess.PIPE)
-    notify.set_owners({path: ("api/0", proc.pid, "t")})
-    proc.communicate(b"go\n", timeout=10)
-    assert next_message(inbox).fields == (("STATUS", "ok"),)  # the good one after the two bad ones
+    try:
+        notify.set_owners({path: ("api/0", proc.pid, "t")})
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert next_message(inbox).fields == (("STATUS", "ok"),)  # the good one after the two bad ones
+    finally:
+        proc.communicate(timeout=10)
     assert caplog.text.count("dropped") == 2
     assert "over 4096 bytes" in caplog.text and "malformed" in caplog.text
+
+
+def test_a_sender_checked_once_is_heard_after_it_has_exited(hub):
+    """`systemd-notify STATUS=..` style: send, exit at once. Once a pid was found in the
+    child's tree, its later datagrams are heard even if it is gone (and reaped) before the
+    reader thread looks at them; an unknown pid that is gone is still refused."""
+    notify, inbox = hub
+    path = notify.path_for("api[0]")
+    child = subprocess.Popen(["sh", "-c", '"$0" -c "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"',
+                              sys.executable], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    owner = ("api/0", child.pid, "t")
+    notify.set_owners({path: owner})
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+
+    def datagram(text: str, pid: int) -> None:  # as the reader thread gets it from the kernel
+        creds = socket.CMSG_SPACE(0), struct.pack("iII", pid, os.getuid(), os.getgid())
+        notify._one(path, text.encode(), [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds[1])], 0)
+
+    datagram("STATUS=first", grandchild)  # alive: its parent is the child
+    assert next_message(inbox).fields == (("STATUS", "first"),)
+    child.communicate(timeout=10)  # the grandchild exits and the child reaps it
+    assert not os.path.exists(f"/proc/{grandchild}")
+    datagram("STATUS=second", grandchild)
+    assert next_message(inbox).fields == (("STATUS", "second"),)
+    notify.set_owners({path: ("api/0", child.pid, "t2")})  # a new child on the socket
+    datagram("STATUS=third", grandchild)
+    with pytest.raises(queue.Empty):
+        next_message(inbox, timeout=0.2)
 
 
 def test_retain_closes_sockets_of_children_that_are_gone(hub):

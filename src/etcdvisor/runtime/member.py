@@ -133,7 +133,7 @@ class MemberRecord:
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
         retry_at)`` when rate-limited, ``(None, None)`` when nothing changed.
         ``urgent`` skips the rate limit and the transition hold (a rollout
-        waits for the record)."""
+        waits for the record), as does a change of the set of roles shown."""
         if roles == self._written or not self._lease:
             self._pending_since = None
             return None, None
@@ -141,7 +141,10 @@ class MemberRecord:
             return None, None
         if self._pending_since is None:
             self._pending_since = now
-        if not urgent:
+        # a role the record does not show yet (or still shows after a reload removed it) is
+        # written at once: status names every role a member runs from its start on
+        reshaped = self._written is None or roles.keys() != self._written.keys()
+        if not urgent and not reshaped:
             if now - self._last_write < self.min_interval:
                 return None, self._last_write + self.min_interval
             hold_until = self._pending_since + self.transition_hold

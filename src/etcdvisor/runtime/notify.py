@@ -38,6 +38,7 @@ log = logging.getLogger("etcdvisor")
 MAX_DATAGRAM = 4096
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 ANCESTRY_MAX = 64
+HEARD_MAX = 256  # senders remembered per socket
 
 
 def parse_datagram(data: bytes) -> tuple[tuple[str, str], ...] | None:
@@ -90,6 +91,10 @@ class NotifyHub:
         self._sockets: dict[str, socket.socket] = {}  # path -> bound socket
         self._owners: dict[str, tuple[str, int, str]] = {}  # path -> (slot, pid, tag)
         self._asked: set[str] = set()  # paths asked for since the last retain()
+        # path -> (owner, pids found in its tree): a sender checked once is heard even if it
+        # has exited by its next datagram (`systemd-notify` style: send, then exit at once;
+        # a reaped pid has no /proc entry left to check). The reader thread's own.
+        self._heard: dict[str, tuple[tuple[str, int, str], set[int]]] = {}
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()  # the selector's registrations
         self._wake_r, self._wake_w = os.pipe()
@@ -179,6 +184,20 @@ class NotifyHub:
                 return  # closed by retain()
             self._one(path, data, ancdata, flags)
 
+    def _sender_in_tree(self, path: str, owner: tuple[str, int, str], sender: int) -> bool:
+        owned, pids = self._heard.get(path, (None, set()))
+        if owned != owner:  # a new child on this socket: nothing it did not send is known
+            pids = set()
+            self._heard[path] = (owner, pids)
+        if sender in pids:
+            return True
+        if not in_tree(sender, owner[1], owner[2]):
+            return False
+        if len(pids) >= HEARD_MAX:
+            pids.clear()
+        pids.add(sender)
+        return True
+
     def _one(self, path: str, data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> None:
         owner = self._owners.get(path)
         if owner is None:
@@ -189,7 +208,7 @@ class NotifyHub:
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _CREDS.size:
                 sender = _CREDS.unpack(payload[:_CREDS.size])[0]
-        if sender is None or not in_tree(sender, child_pid, tag):
+        if sender is None or not self._sender_in_tree(path, owner, sender):
             log.debug("sd_notify: %s: datagram from pid %s, not of this child's tree: refused", slot, sender)
             return
         if len(data) > MAX_DATAGRAM or flags & socket.MSG_TRUNC:
