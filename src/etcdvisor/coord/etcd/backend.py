@@ -144,7 +144,7 @@ class EtcdBackend(Backend):
                 if isinstance(err, Unavailable):
                     self._rotate(conn)
                 raise err from None
-            except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+            except ValueError:  # grpc: "Cannot invoke RPC on closed channel!"
                 if self._closed:  # closed by another thread meanwhile (shutdown)
                     raise Closed(f"{what}: backend closed") from None
                 raise
