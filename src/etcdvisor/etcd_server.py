@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -215,9 +216,9 @@ class EtcdServer:
         machine a thread could otherwise still answer a request sent right after)."""
         self._signal(signal.SIGSTOP)
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
+        deadline, idle = time.monotonic() + timeout, threading.Event()
         while not _all_threads_stopped(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.005)
+            idle.wait(0.005)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
