@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..config import RoleSpec
 from ..coord.records import JOB, dumps
@@ -31,6 +33,7 @@ from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
+from .base import RuntimeContext
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -44,23 +47,23 @@ def spec_hash(spec: RoleSpec) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def job_done(record: dict | None, expected_hash: str) -> bool:
-    return bool(record) and record.get("spec_hash") == expected_hash and \
+def job_done(record: dict[str, Any] | None, expected_hash: str) -> bool:
+    return record is not None and record.get("spec_hash") == expected_hash and \
         record.get("state") in ("succeeded", "failed")
 
 
 class JobRecord:
     """Payload: the job record changed (None = deleted)."""
 
-    def __init__(self, record: dict | None):
+    def __init__(self, record: dict[str, Any] | None):
         self.record = record
 
 
 class JobRunner(LeaderRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.hash = spec_hash(self.spec)
-        self.record: dict | None = None
+        self.record: dict[str, Any] | None = None
         self.record_known = False
         self.running = False
         self.writing = False  # the 'running' record is being written
@@ -78,7 +81,7 @@ class JobRunner(LeaderRunner):
         # a bad record (skipped, one warning naming its key) counts as none: the job runs
         self.post(JobRecord(JOB.read(kv) if kv else None))
 
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, JobRecord):
             self.record, self.record_known = payload.record, True
             return
@@ -113,15 +116,16 @@ class JobRunner(LeaderRunner):
         times = [t for t in (self.retry_at, self.leader_deadline(self.ctx.clock())) if t is not None]
         return min(times) if times else None
 
-    def _write(self, fields: dict, done=None) -> None:
+    def _write(self, fields: dict[str, Any],
+               done: Callable[[bool, BaseException | None], None] | None = None) -> None:
         """(Effect) Write the job record, fenced by our election key."""
         record = {"spec_hash": self.hash, "member": self.ctx.member_id, "token": self.token,
                   "updated": self.ctx.wall(), **fields}
-        election_key, token, key = self.election.key, self.token, self.ctx.keys.job(self.name)
+        election_key, token, key = self.started_election.key, self.token, self.ctx.keys.job(self.name)
         backend = self.ctx.backend
 
         def write() -> bool:
-            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record))])
+            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record).encode())])
             return res.succeeded
 
         def written(ok: bool, error: BaseException | None) -> None:
@@ -145,7 +149,7 @@ class JobRunner(LeaderRunner):
             self._finish("failed", error=event.message)
             self.give_up(event.message)
 
-    def _finish(self, state: str, **fields) -> None:
+    def _finish(self, state: str, **fields: int | str) -> None:
         if not self.running:
             return
         self.running = False
@@ -165,5 +169,5 @@ class JobRunner(LeaderRunner):
             self._watcher.stop()
         super().stop()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {**super().status(), "spec_hash": self.hash, "record": self.record}
