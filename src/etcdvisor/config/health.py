@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from .durations import format_duration, parse_duration, parse_size
 from .errors import KeyPath, Problems
-from .model import HealthSpec, ProbeSpec, RoleFields
+from .model import HealthSpec, ProbeSpec
+from .role_fields import RoleFields
 
 PROBE_KINDS = ("http", "tcp", "exec")
 PROBE_NAMES = ("startup", "readiness", "liveness")
@@ -76,6 +77,11 @@ def template_problem(text: str) -> str | None:
 class _Reader:
     def __init__(self, raw: Mapping[str, Any], path: KeyPath, problems: Problems):
         self.raw, self.path, self.problems = raw, path, problems
+
+    @overload
+    def duration(self, key: str, default: float, *, positive: bool) -> float: ...
+    @overload
+    def duration(self, key: str, default: None, *, positive: bool) -> float | None: ...
 
     def duration(self, key: str, default: float | None, *, positive: bool) -> float | None:
         if key not in self.raw:

@@ -68,11 +68,6 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-RoleFields = dict[str, Any]
-"""Keyword arguments of :class:`RoleSpec` as the per-role checks gather them, one stage
-after the other (values from the file, checked): ``RoleSpec(**fields)`` takes them."""
-
-
 def _frozen_map(items: Mapping[_K, _V]) -> Mapping[_K, _V]:
     return MappingProxyType(dict(items))
 

@@ -20,7 +20,6 @@ from .health import health_fields
 from .model import (
     BackoffSettings,
     RestartPolicy,
-    RoleFields,
     RoleSpec,
     RoleType,
     RolloutSettings,
@@ -28,6 +27,7 @@ from .model import (
     is_reserved_env,
 )
 from .output import output_fields
+from .role_fields import RoleFields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
 from .wiring import wiring_fields

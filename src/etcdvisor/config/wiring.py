@@ -29,11 +29,11 @@ from .model import (
     OnChange,
     PeersFile,
     Registration,
-    RoleFields,
     RoleSpec,
     _frozen_map,
     is_reserved_env,
 )
+from .role_fields import RoleFields
 from .signals import parse_signal
 
 PLACEHOLDERS = ("host", "member", "index", "port")
