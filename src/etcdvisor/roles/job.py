@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..config import RoleSpec
 from ..coord.records import JOB, dumps
@@ -31,6 +33,7 @@ from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
+from .base import RuntimeContext
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -44,24 +47,24 @@ def spec_hash(spec: RoleSpec) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def job_done(record: dict | None, expected_hash: str) -> bool:
-    return bool(record) and record.get("spec_hash") == expected_hash and \
+def job_done(record: dict[str, Any] | None, expected_hash: str) -> bool:
+    return record is not None and record.get("spec_hash") == expected_hash and \
         record.get("state") in ("succeeded", "failed")
 
 
 class JobRecord:
     """Payload: the job record changed (None = deleted), as of store ``revision``."""
 
-    def __init__(self, record: dict | None, revision: int = 0):
+    def __init__(self, record: dict[str, Any] | None, revision: int = 0):
         self.record = record
         self.revision = revision
 
 
 class JobRunner(LeaderRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.hash = spec_hash(self.spec)
-        self.record: dict | None = None
+        self.record: dict[str, Any] | None = None
         self.record_known = False
         # the revision of the newest record this runner knows; a watch event older than
         # that is stale (our 'running' write seen after the run ended: never run again)
@@ -82,7 +85,7 @@ class JobRunner(LeaderRunner):
         # a bad record (skipped, one warning naming its key) counts as none: the job runs
         self.post(JobRecord(JOB.read(kv) if kv else None, change.revision))
 
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, JobRecord):
             self.record_known = True
             if payload.revision >= self.record_revision:
@@ -119,15 +122,16 @@ class JobRunner(LeaderRunner):
         times = [t for t in (self.retry_at, self.leader_deadline(self.ctx.clock())) if t is not None]
         return min(times) if times else None
 
-    def _write(self, fields: dict, done=None) -> None:
+    def _write(self, fields: dict[str, Any],
+               done: Callable[[bool, BaseException | None], None] | None = None) -> None:
         """(Effect) Write the job record, fenced by our election key."""
         record = {"spec_hash": self.hash, "member": self.ctx.member_id, "token": self.token,
                   "updated": self.ctx.wall(), **fields}
-        election_key, token, key = self.election.key, self.token, self.ctx.keys.job(self.name)
+        election_key, token, key = self.started_election.key, self.token, self.ctx.keys.job(self.name)
         backend = self.ctx.backend
 
         def write() -> int | None:
-            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record))])
+            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record).encode())])
             return res.revision if res.succeeded else None
 
         def written(revision: int | None, error: BaseException | None) -> None:
@@ -152,7 +156,7 @@ class JobRunner(LeaderRunner):
             self._finish("failed", error=event.message)
             self.give_up(event.message)
 
-    def _finish(self, state: str, **fields) -> None:
+    def _finish(self, state: str, **fields: int | str) -> None:
         if not self.running:
             return
         self.running = False
@@ -174,5 +178,5 @@ class JobRunner(LeaderRunner):
             self._watcher.stop()
         super().stop()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {**super().status(), "spec_hash": self.hash, "record": self.record}
