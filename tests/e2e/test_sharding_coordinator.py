@@ -14,7 +14,7 @@ from etcdvisor.roles.handoff import decode_grant
 from etcdvisor.roles.shard_plan import decode_published
 
 from .conftest import TTL, wait_for
-from .shard_history import assert_exact_cover, assert_no_intersecting_overlap, is_exact_cover
+from .shard_history import assert_exact_cover, assert_no_intersecting_overlap, is_exact_cover, parts_of
 
 pytestmark = [pytest.mark.etcd]
 
@@ -22,8 +22,19 @@ SETTLE = "0.3s"
 
 
 def settled(fleet, role: str, count: int, members: set[str], timeout: float) -> None:
-    wait_for(lambda: is_exact_cover(fleet.history(), role, count, members), timeout,
-             f"{role}: exact cover of {count} by {sorted(members)}")
+    """The final assignment runs: an exact cover by ``members`` with each member holding
+    floor or ceil of count/members partitions (an exact cover that is not balanced yet is
+    a hand-off still under way: a partition is about to move)."""
+    def balanced_cover() -> bool:
+        history = fleet.history()
+        if not is_exact_cover(history, role, count, members):
+            return False
+        held: dict[str, int] = {}
+        for instance in history.live(role):
+            held[instance.member] = held.get(instance.member, 0) + len(parts_of(instance))
+        low = count // len(members)
+        return all(n in (low, -(-count // len(members))) for n in held.values())
+    wait_for(balanced_cover, timeout, f"{role}: balanced exact cover of {count} by {sorted(members)}")
     time.sleep(0.2)
     assert_exact_cover(fleet.history(), role, count, time.time())
 

@@ -115,3 +115,26 @@ def test_one_thread_serves_many_children():
         assert out.writes == 8  # one write (and flush) per line
     finally:
         pump.stop()
+
+
+def test_held_pipes_stay_open_at_eof_until_released():
+    """An in-place upgrade reads the children's pipe numbers, then execs: a child that
+    exits in between must not have its pipe closed (the number would be stale or, worse,
+    reused). While held, a pipe at EOF is set aside open; released, it is closed."""
+    out = Sink()
+    pump = OutputPump(out, Sink())
+    pump.start()
+    try:
+        child = _run(pump, "w[0]", "print('bye')")
+        stdout_fd = child._proc.stdout.fileno()
+        pump.hold_pipes(True)
+        _wait(lambda: child.poll(time.monotonic()) is not None)
+        _wait(lambda: b"w[0]| bye" in out.data)
+        _wait(lambda: len(pump._held) == 2)  # both pipes at EOF, set aside
+        os.fstat(stdout_fd)  # still open: the number handed over is valid
+        assert pump.open_streams == 2
+        pump.hold_pipes(False)
+        _wait(lambda: pump.open_streams == 0)
+        assert child._proc.stdout.closed and not pump._held
+    finally:
+        pump.stop()

@@ -147,6 +147,10 @@ class OutputPump:
         self._retired: list[FileSink] = []  # closed sinks still writing out their queue
         self._file_clock = file_clock
         self._file_writer = file_writer
+        # while held (an upgrade hands the pipes' numbers to the next image), a pipe at EOF
+        # is set aside open, not closed: its number stays valid until the exec
+        self._holding = False
+        self._held: list[_Stream] = []  # at EOF while held (pump thread; under _lock)
 
     def start(self) -> None:
         """Start the pump thread (idempotent)."""
@@ -175,6 +179,15 @@ class OutputPump:
     def open_streams(self) -> int:
         """How many pipes are currently forwarded (for tests and status)."""
         return self._open_streams
+
+    def hold_pipes(self, hold: bool) -> None:
+        """``True``: from the return on, no pipe is closed (one at EOF is set aside open),
+        so descriptor numbers read now stay valid (an in-place upgrade hands them over).
+        ``False`` (the upgrade was abandoned): the pipes set aside meanwhile are closed."""
+        with self._lock:
+            self._holding = hold
+        if not hold:
+            self._wake()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread, flushing partial lines of still-open pipes (does not close them)."""
@@ -221,6 +234,9 @@ class OutputPump:
         with self._lock:
             incoming, self._incoming = self._incoming, []
             drained, self._drained = self._drained, []
+            released, self._held = ([], self._held) if self._holding else (self._held, [])
+        for stream in released:  # held through an upgrade that did not happen
+            self._close(stream, registered=False)
         for sink in drained:  # resume reading the streams held back for a slow file
             for stream in self._paused.pop(sink, []):
                 self._selector.register(stream.pipe.fileno(), selectors.EVENT_READ, stream)
@@ -284,11 +300,16 @@ class OutputPump:
             self._write_line(stream, stream.pending[:cut])
             stream.pending = stream.pending[cut:]
 
-    def _close(self, stream: _Stream) -> None:
-        self._flush_partial(stream)
-        self._selector.unregister(stream.pipe.fileno())
+    def _close(self, stream: _Stream, *, registered: bool = True) -> None:
+        self._flush_partial(stream)  # (a write: not under the lock)
+        if registered:
+            self._selector.unregister(stream.pipe.fileno())
+        with self._lock:  # hold_pipes(True) returns only once no close is under way
+            if self._holding:
+                self._held.append(stream)  # set aside open, unregistered
+                return
+            stream.pipe.close()
         self._open_streams -= 1
-        stream.pipe.close()
         if stream.file is not None:
             self._release(stream.file)
             stream.file = None

@@ -38,6 +38,7 @@ server is a child the new image cannot take over): refused with one line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -242,6 +243,17 @@ class Upgrader:
         sup = self.sup
         session = sup.session
         session._keepalive_once()  # a fresh t_k: the lease's whole TTL is ahead of the new image
+        pump = sup.manager.output
+        if pump is not None:  # a child exiting now must not close a pipe whose number is handed over
+            pump.hold_pipes(True)
+        try:
+            self._exec_new_image(began)
+        finally:  # still here: the upgrade was abandoned
+            if pump is not None:
+                pump.hold_pipes(False)
+
+    def _exec_new_image(self, began: float) -> None:
+        sup = self.sup
         state = collect_state(sup, began)
         state["config"] = {"path": sup.config.source_path, "pickle": self.checked.config if self.checked else None}
         slots = [doc for docs in state["slots"].values() for doc in [docs]]
@@ -259,7 +271,16 @@ class Upgrader:
                  self.new_version, " ".join(argv), os.getpid(), len(slots), len(data))
         for handler in logging.getLogger().handlers + log.handlers:
             handler.flush()
-        adopt.inherit_fds(fds)
+        try:
+            adopt.inherit_fds(fds)
+        except OSError as exc:  # never expected (the pipes are held open): never crash the member
+            for inherited in fds:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(inherited, False)
+            os.close(fd)
+            log.error("upgrade abandoned, keeping the running code: cannot hand over the children's "
+                      "descriptors: %s", exc.strerror or exc)
+            return
         # the environment the member started with (not what imports added since, e.g. grpc's
         # settings: children of the new image must get the environment the old ones got)
         environ = {**sup.environ, handover.ENV: str(fd)}
