@@ -86,9 +86,6 @@ class ShardedRunner(RoleRunner):
         self.published_mod = 0  # mod revision of the assignment key (0: absent)
         self.target: dict[str, Child] = {}
         self.target_at = 0.0  # overlap mode: confirm the target like a win
-        # fixed shards: the EPOCH of the assignment that last changed our shards (what status
-        # shows: a member whose shards stay does not rewrite its record for a new assignment)
-        self.target_epoch: int | None = None
         self.running: dict[str, Child] = {}  # slot key -> child, what desired() returns
         self.stopping: dict[str, Child] = {}  # left the target, child still alive
         self.live: set[str] = set()  # slot keys with a started, not yet reaped child
@@ -208,8 +205,6 @@ class ShardedRunner(RoleRunner):
             self.target_at = now
             self.ctx.session.request_keepalive()
             self._log_target(target)
-        if self.shards and self.published is not None and (target != self.target or self.target_epoch is None):
-            self.target_epoch = self.published.epoch
         self.target = target
         if self.coordinator is not None:
             self.coordinator.tick(now)
@@ -432,7 +427,10 @@ class ShardedRunner(RoleRunner):
         info = self.applied
         parts = sorted(p for c in self.running.values() for p in c.parts)
         status = {**super().status(), "state": self.phase.value, "handoff": "fenced" if self.fenced else "overlap",
-                  "epoch": info.epoch if info else self.target_epoch,
+                  # fixed shards: the EPOCH of our newest child, not the latest assignment's, so
+                  # that a member a new assignment leaves alone does not rewrite its record
+                  "epoch": info.epoch if info else max((c.vars.epoch for c in self.running.values()
+                                                        if c.vars.epoch is not None), default=None),
                   "waiting": [w.describe() for w in self.waits[:20]],
                   "stopping": sorted(self.stopping)}
         if self.coordinator is not None and self.coordinator.active():
