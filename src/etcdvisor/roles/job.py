@@ -50,10 +50,11 @@ def job_done(record: dict | None, expected_hash: str) -> bool:
 
 
 class JobRecord:
-    """Payload: the job record changed (None = deleted)."""
+    """Payload: the job record changed (None = deleted), as of store ``revision``."""
 
-    def __init__(self, record: dict | None):
+    def __init__(self, record: dict | None, revision: int = 0):
         self.record = record
+        self.revision = revision
 
 
 class JobRunner(LeaderRunner):
@@ -62,6 +63,9 @@ class JobRunner(LeaderRunner):
         self.hash = spec_hash(self.spec)
         self.record: dict | None = None
         self.record_known = False
+        # the revision of the newest record this runner knows; a watch event older than
+        # that is stale (our 'running' write seen after the run ended: never run again)
+        self.record_revision = 0
         self.running = False
         self.writing = False  # the 'running' record is being written
         self.retry_at: float | None = None  # a failed 'running' write is tried again then
@@ -76,11 +80,13 @@ class JobRunner(LeaderRunner):
     def _on_change(self, change: Change) -> None:  # watch thread: only post
         kv = change.snapshot.get(self.ctx.keys.job(self.name))
         # a bad record (skipped, one warning naming its key) counts as none: the job runs
-        self.post(JobRecord(JOB.read(kv) if kv else None))
+        self.post(JobRecord(JOB.read(kv) if kv else None, change.revision))
 
     def handle(self, payload, at: float) -> None:
         if isinstance(payload, JobRecord):
-            self.record, self.record_known = payload.record, True
+            self.record_known = True
+            if payload.revision >= self.record_revision:
+                self.record, self.record_revision = payload.record, payload.revision
             return
         super().handle(payload, at)
         if not self.leading:
@@ -120,17 +126,18 @@ class JobRunner(LeaderRunner):
         election_key, token, key = self.election.key, self.token, self.ctx.keys.job(self.name)
         backend = self.ctx.backend
 
-        def write() -> bool:
+        def write() -> int | None:
             res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record))])
-            return res.succeeded
+            return res.revision if res.succeeded else None
 
-        def written(ok: bool, error: BaseException | None) -> None:
+        def written(revision: int | None, error: BaseException | None) -> None:
+            ok = error is None and revision is not None
             if error is not None:
                 log.warning("role %s: cannot write job record: %s", self.name, error)
-            elif ok:
-                self.record = record
+            elif revision is not None and revision >= self.record_revision:
+                self.record, self.record_revision = record, revision
             if done is not None:
-                done(bool(ok) and error is None, error)
+                done(ok, error)
 
         self.effect(f"write job record ({fields.get('state')})", write, written)
 
@@ -150,8 +157,10 @@ class JobRunner(LeaderRunner):
             return
         self.running = False
         final = {"state": state, "finished": self.ctx.wall(), **fields}
-        # known done at once: the job must not start again while the record is written
+        # known done at once: the job must not start again while the record is written,
+        # nor on a late watch event of the 'running' record (older than what we know now)
         self.record = {"spec_hash": self.hash, **final}
+        self.record_revision += 1
 
         def retry(ok: bool, error: BaseException | None, attempt: int = 1) -> None:
             if error is not None and attempt < FINAL_WRITE_ATTEMPTS and self.leading:

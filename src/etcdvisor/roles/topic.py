@@ -334,6 +334,6 @@ class TopicRunner(RoleRunner):
             self.source.close()  # queue: releases claims of un-acked messages
 
     def status(self) -> dict:
-        return {**super().status(), "topic": self.topic_name, "delivery": self.spec.delivery,
+        return {**super().status(), "state": "consuming", "topic": self.topic_name, "delivery": self.spec.delivery,
                 "running": len([r for r in self.runs.values() if r.slot and r.retry_at is None]),
                 "processed": self.processed, "given_up": self.given_up}
