@@ -397,7 +397,7 @@ def test_fixed_shards_a_member_whose_shards_stay_keeps_its_status_epoch(make):
     moves a few shards, and every record rewrite is a write)."""
     members = [make(f"m{i}", shards=16) for i in range(4)]
     drive(members, lambda: len(keys_alive(members)) == 16 and all(len(m.alive) == 4 for m in members),
-          what="four shards each")
+          timeout=60, what="four shards each")
     before = {m.runner.ctx.member_id: (set(m.alive), m.runner.status()["epoch"]) for m in members}
     assert all(epoch is not None for _, epoch in before.values())
     old_pub = members[0].runner.published.epoch
@@ -405,12 +405,12 @@ def test_fixed_shards_a_member_whose_shards_stay_keeps_its_status_epoch(make):
     members.append(joiner)
     drive(members, lambda: len(joiner.runner.target) >= 3
           and all(m.runner.published is not None and m.runner.published.epoch != old_pub for m in members),
-          what="the joiner is given shards")
+          timeout=60, what="the joiner is given shards")
     for member in members[:4]:
         for key in [k for k in member.alive if k not in member.runner.target]:
             member.reap(key)  # the moved shards' old children exit
     drive(members, lambda: len(keys_alive(members)) == 16 and len(joiner.alive) >= 3,
-          what="the joiner runs its shards")
+          timeout=60, what="the joiner runs its shards")
     new_pub = joiner.runner.published.epoch
     untouched = [m for m in members[:4] if set(m.alive) == before[m.runner.ctx.member_id][0]]
     assert untouched, "a join takes shards from the most loaded members only"
