@@ -139,7 +139,7 @@ def _writes_ready_by(record, steps):
     """As _writes, with the children's known ready time: steps of (now, roles, ready_by)."""
     written = []
     for now, roles, ready_by in steps:
-        body, _retry = record.plan_update(roles, now, ready_by=ready_by)
+        body, _retry = record.plan_update(roles, now, ready_by=lambda _now, at=ready_by: at)
         if body is not None:
             record.write(body)
             record.written(roles, True)
@@ -155,7 +155,7 @@ def test_a_reshard_whose_children_are_ready_soon_after_the_hold_is_one_write():
     steps = [(10.0, _status("settling"), None), (11.1, _status("handoff", child="stopping"), None),
              (11.25, _starting(), 13.25), (12.0, _starting(), 13.25)]
     assert _writes_ready_by(record, steps) == []
-    body, retry = record.plan_update(_starting(), 12.0, ready_by=13.25)
+    body, retry = record.plan_update(_starting(), 12.0, ready_by=lambda now: 13.25)
     assert body is None and retry == 13.25  # the loop wakes up then
     written = _writes_ready_by(record, [(13.25, _starting(ready=True), None)])
     assert [(now, roles["worker"]["children"]["0"]["ready"]) for now, roles in written] == [(13.25, True)]

@@ -154,15 +154,16 @@ class MemberRecord:
         self._last_write = self.clock()
 
     def plan_update(self, roles: dict[str, Any], now: float, *, urgent: bool = False,
-                    ready_by: float | None = None) -> tuple[str | None, float | None]:
+                    ready_by: Callable[[float], float | None] | None = None) -> tuple[str | None, float | None]:
         """Loop side: ``(body, None)`` when the record should be rewritten now
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
         retry_at)`` when rate-limited, ``(None, None)`` when nothing changed.
         ``urgent`` skips the rate limit and the transition hold (a rollout
         waits for the record), as does a change of the set of roles shown.
-        ``ready_by``: when every started child that is not ready yet will be
+        ``ready_by(now)``: when every started child that is not ready yet will be
         ready on its ``min_ready`` timer alone (None: unknown, one waits for a probe
-        or ``notify``; :meth:`~.readiness.Readiness.ready_by`)."""
+        or ``notify``; :meth:`~.readiness.Readiness.ready_by`), asked only when the
+        hold ran out during a transition."""
         if roles == self._written or not self._lease:
             self._pending_since = None
             return None, None
@@ -180,9 +181,9 @@ class MemberRecord:
             if in_transition(roles):
                 if now < hold_until:
                     return None, hold_until  # the end of the transition comes as a change too
-                if ready_by is not None and now < ready_by <= hold_until + self.ready_hold \
-                        and only_starting(roles):
-                    return None, ready_by  # the children are ready then: one write, not two
+                ready_at = ready_by(now) if ready_by is not None and only_starting(roles) else None
+                if ready_at is not None and now < ready_at <= hold_until + self.ready_hold:
+                    return None, ready_at  # the children are ready then: one write, not two
         self._writing = True
         self._last_write = now
         self._pending_since = None
