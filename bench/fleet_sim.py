@@ -41,7 +41,9 @@ start or stop before that state held for ``settle`` + 1.5 s.
 Per scenario: ``converge_p50_s``, ``converge_p99_s``, ``converge_max_s``;
 per change (mean over the scenario's changes, from etcd's ``/metrics`` before
 and after): ``requests`` (gRPC messages received other than keepalives),
-``writes`` (revisions), ``watch_events`` (events sent to watchers),
+``writes`` (revisions), ``watch_events`` (events sent to the members' watchers:
+etcd's count minus the events of the simulator's own trace watch, which sees
+every write once; the raw count is ``watch_events_etcd``),
 ``keepalives``; ``starts``/``stops`` (children, summed over the scenario);
 ``etcd_cpu_peak_pct``, ``etcd_rss_peak_mb``. Invariants over the whole run:
 ``overlaps`` (two children of intersecting partitions alive at once),
@@ -59,6 +61,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -78,6 +81,16 @@ QUIET_AFTER = 1.5  # seconds (beyond settle) a converged state must hold
 
 
 # --- the member processes ----------------------------------------------------------
+
+_FOLD = re.compile(r"/(m\d{4}|[0-9a-f]{6,}|\d+)(?=/|$)")
+
+
+def fold_key(key: str) -> str:
+    """A key without its cluster prefix, member ids and numbers folded: ``members/*``."""
+    if key.startswith("/etcdvisor/"):
+        key = key.split("/", 3)[3] if key.count("/") >= 3 else key
+    return _FOLD.sub("/*", key)
+
 
 def _member_process(index: int, config_path: str, conn, record_path: str) -> None:  # pragma: no cover - child
     """Host members as threads; commands come on ``conn``: (verb, member_id)."""
@@ -102,6 +115,26 @@ def _member_process(index: int, config_path: str, conn, record_path: str) -> Non
     def record(ev: RunEvent) -> None:
         write({"event": ev.event, "t": ev.t, "pid": ev.pid, "member": ev.member, "name": ev.name,
                "env": ev.env})
+
+    # every watch event a member receives, by (watched key, event key), both folded: where the
+    # fleet's watch events go (the ``watch_events_by_key`` breakdown)
+    from etcdvisor.coord.etcd import watch as etcd_watch
+
+    watch_counts: dict[str, int] = {}
+    counts_lock = threading.Lock()
+    deliver = etcd_watch.EtcdWatchStream.deliver
+
+    def counting_deliver(self, item) -> None:
+        events = getattr(item, "events", None)
+        if events:
+            watched = fold_key(self._key)
+            with counts_lock:
+                for ev in events:
+                    kind = f"{'del' if ev.type == 1 else 'put'} {fold_key(ev.kv.key.decode())} (watch {watched})"
+                    watch_counts[kind] = watch_counts.get(kind, 0) + 1
+        deliver(self, item)
+
+    etcd_watch.EtcdWatchStream.deliver = counting_deliver
 
     # cron runs and other one-shots end by themselves after 50 ms
     layer = FakeProcessLayer(record, exit_after=lambda spec: 0.05 if "@" in spec.name else None)
@@ -133,6 +166,11 @@ def _member_process(index: int, config_path: str, conn, record_path: str) -> Non
         elif verb == "crash":
             members[member][0].crash()
             conn.send(("ok", member))
+        elif verb == "watch_counts":
+            with counts_lock:
+                taken = dict(watch_counts)
+                watch_counts.clear()
+            conn.send(("ok", taken))
         elif verb == "stats":
             proc = psutil.Process()
             conn.send(("ok", {"threads": threading.active_count(), "rss_mb": proc.memory_info().rss / 2**20,
@@ -226,6 +264,14 @@ class Fleet:
         worker = self.alive.pop(member)
         worker.members.discard(member)
         worker.call(verb, member)
+
+    def take_watch_counts(self) -> dict[str, int]:
+        """Watch events the members received since the last call, by watched and event key."""
+        out: dict[str, int] = {}
+        for worker in self.workers:
+            for kind, count in worker.call("watch_counts").items():
+                out[kind] = out.get(kind, 0) + count
+        return out
 
     # records
     def poll(self) -> None:
@@ -331,11 +377,8 @@ class KeyTrace:
     numbers folded: ``members/*``, ``roles/worker/shard/*``...), from one watch."""
 
     def __init__(self, etcd_url: str, cluster: str):
-        import re
-
         from etcdvisor.coord import open_backend
 
-        self._fold = re.compile(r"/(m\d{4}|[0-9a-f]{6,}|\d+)(?=/|$)")
         self.prefix = f"/etcdvisor/{cluster}/"
         self.backend = open_backend(etcd_url, timeout=10.0)
         self.counts: dict[str, int] = {}
@@ -348,8 +391,7 @@ class KeyTrace:
             for batch in self._stream:
                 with self._lock:
                     for ev in batch.events:
-                        kind = ("del " if ev.type.name == "DELETE" else "put ") + \
-                            self._fold.sub("/*", ev.kv.key[len(self.prefix):])
+                        kind = ("del " if ev.type.name == "DELETE" else "put ") + fold_key(ev.kv.key)
                         self.counts[kind] = self.counts.get(kind, 0) + 1
         except Exception:  # noqa: BLE001 - closed at the end
             return
@@ -410,6 +452,8 @@ class Scenario:
     def __init__(self, name: str, fleet: Fleet, sampler: EtcdSampler, trace: KeyTrace | None = None):
         self.name, self.fleet, self.sampler, self.trace = name, fleet, sampler, trace
         self.keys: dict[str, int] = {}
+        self.watch_keys: dict[str, int] = {}
+        self.trace_events: list[int] = []  # events of the simulator's own trace watch, per change
         self.converge: list[float] = []
         self.deltas: list[dict] = []
         self.timeouts = 0
@@ -424,15 +468,22 @@ class Scenario:
         starts, stops = len(fleet.runs), sum(1 for r in fleet.runs.values() if r.end is not None)
         if self.trace is not None:
             self.trace.take()
+        fleet.take_watch_counts()
         self.sampler.window()
         since = time.monotonic()
         act()
         took = fleet.wait_converged(since, timeout)
         cpu, rss = self.sampler.window()
         self.cpu_peak, self.rss_peak = max(self.cpu_peak, cpu), max(self.rss_peak, rss)
+        traced = 0
         if self.trace is not None:
+            time.sleep(0.2)  # the trace's last events (etcd counted them when it sent them)
             for key, count in self.trace.take().items():
                 self.keys[key] = self.keys.get(key, 0) + count
+                traced += count
+        self.trace_events.append(traced)
+        for key, count in fleet.take_watch_counts().items():
+            self.watch_keys[key] = self.watch_keys.get(key, 0) + count
         self.starts += len(fleet.runs) - starts
         self.stops += sum(1 for r in fleet.runs.values() if r.end is not None) - stops
         self.deltas.append(_etcd_metrics.delta(before, _etcd_metrics.scrape(fleet.etcd_url)))
@@ -464,7 +515,10 @@ class Scenario:
             "requests": round(sum(d["requests"] - d["by_method"].get("LeaseKeepAlive", 0.0)
                                   for d in self.deltas) / n, 1),
             "writes": mean("revisions"),
-            "watch_events": mean("watch_events"),
+            # the fleet's: etcd's count minus the events of the simulator's own trace watch
+            "watch_events": round((sum(d["watch_events"] for d in self.deltas) - sum(self.trace_events)) / n, 1),
+            "watch_events_etcd": mean("watch_events"),
+            "watch_events_received": round(sum(self.watch_keys.values()) / n, 1),
             "keepalives": round(sum(keepalives) / n, 1),
             "starts": self.starts,
             "stops": self.stops,
@@ -472,6 +526,8 @@ class Scenario:
             "etcd_rss_peak_mb": self.rss_peak,
             "uncovered_at_timeout": self.uncovered,
             "writes_by_key": {k: round(v / n, 1) for k, v in sorted(self.keys.items(), key=lambda kv: -kv[1])},
+            "watch_events_by_key": {k: round(v / n, 1)
+                                    for k, v in sorted(self.watch_keys.items(), key=lambda kv: -kv[1])},
         }
 
 
@@ -640,14 +696,17 @@ def main(argv=None) -> int:
         quiet = _etcd_metrics.delta(before, _etcd_metrics.scrape(etcd_url))
         cpu, rss = sampler.window()
         keepalives = quiet["by_method"].get("LeaseKeepAlive", 0.0)
+        time.sleep(0.2)
+        traced = trace.take()
         extra["quiet"] = {"seconds": args.quiet,
                           "writes_per_s": round(quiet["revisions"] / args.quiet, 3),
                           "requests_per_s": round((quiet["requests"] - keepalives
                                                    - quiet["by_method"].get("Watch", 0.0)) / args.quiet, 3),
                           "keepalives_per_member_s": round(keepalives / args.quiet / n, 3),
-                          "watch_events_per_s": round(quiet["watch_events"] / args.quiet, 3),
+                          "watch_events_per_s": round((quiet["watch_events"] - sum(traced.values()))
+                                                      / args.quiet, 3),
                           "watchers": quiet["watchers"], "watch_streams": quiet["watch_streams"],
-                          "etcd_cpu_peak_pct": cpu, "etcd_rss_peak_mb": rss, "writes_by_key": trace.take(),
+                          "etcd_cpu_peak_pct": cpu, "etcd_rss_peak_mb": rss, "writes_by_key": traced,
                           "member_cpu_pct": round(100 * member_cpu, 1),
                           "member_cpu_pct_per_member": round(100 * member_cpu / n, 3)}
         log(f"quiet: {extra['quiet']}")

@@ -32,6 +32,11 @@ def test_fleet_sim_runs_every_scenario_and_keeps_the_invariants(tmp_path):
             assert isinstance(scenario[key], (int, float)), (name, key, scenario)
         assert scenario["timeouts"] == 0
     assert result["scenarios"]["cold_start"]["starts"] >= 7  # 6 sharded children and a leader
+    # where the watch events go, as the members received them: every remaining member sees the
+    # leaver's shard key deleted; the simulator's own trace watch is not counted as the fleet's
+    leave = result["scenarios"]["leave"]
+    assert leave["watch_events_by_key"].get("del roles/worker/shard/* (watch roles/worker/shard/)", 0) >= 1, leave
+    assert isinstance(leave["watch_events_etcd"], (int, float)), leave
     # a crash is seen only when the lease expires (ttl 5 s), a clean leave at once
     assert result["scenarios"]["crash"]["converge_p50_s"] > 3.0
     assert result["quiet"]["keepalives_per_member_s"] > 0

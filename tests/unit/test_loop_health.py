@@ -92,3 +92,61 @@ def test_on_failed_exit_stops_the_member_with_status_3():
     h.turn()
     h.sup._last_status = h.sup._roles_status()
     assert h.sup.child_health.failed_exit(h.config, h.sup._last_status) == "a"
+
+
+def _record_writes(h) -> list[dict]:
+    """Run the member's queued record writes; the roles each one wrote."""
+    import json
+
+    bodies = []
+    for effect in [e for e in h.effects if e.what == "update the member record"]:
+        bodies.append(json.loads(h.store.get(h.sup.record.key).value) if effect.call() is None else None)
+    h.run_effects()  # their outcomes (and the role effects) go back to the loop
+    return [b["roles"] for b in bodies if b is not None]
+
+
+def test_a_restarted_child_with_a_known_ready_time_costs_the_record_one_write():
+    """Issue 17: a child restarted with min_ready 3 s (no probe) is ready 1 s after the
+    2 s transition hold; the record is written once, when it is ready, not once with
+    "not ready yet" at the hold and again a second later."""
+    h = harness("""
+  lead:
+    type: singleton
+    command: [lead]
+    min_ready: 3s
+""")
+    elect(h, "lead")
+    h.turn()
+    h.clock.advance(3.0)
+    h.turn()
+    _record_writes(h)
+    h.clock.advance(3.0)
+    h.turn()
+    _record_writes(h)
+    assert h.sup.child_ready("lead", "lead")
+    start = h.clock()
+    h.manager.slots["lead/lead"].restart_child(start)
+    h.turn()  # the new child: not ready until start + 3 s
+    assert not h.sup.child_ready("lead", "lead")
+    assert _record_writes(h) == []  # in transition: held
+    h.clock.advance(2.0)
+    h.turn()
+    assert _record_writes(h) == []  # the hold ran out, but the child is ready in 1 s
+    assert h.sup._record_retry == start + 3.0 and h.sup._next_deadline() <= start + 3.0  # woken then
+    h.clock.advance(1.0)
+    h.turn()
+    (roles,) = _record_writes(h)
+    assert roles["lead"]["children"]["lead"]["ready"] is True
+
+
+def test_a_child_waiting_for_notify_has_no_known_ready_time():
+    h = harness(NEEDS + STEP_DOWN)
+    elect(h, "db")
+    elect(h, "lead")
+    h.turn()
+    assert not h.sup.child_ready("db", "db")
+    assert h.sup.readiness.ready_by(h.clock()) is None  # db waits for READY=1: no time to wait for
+    h.post(NotifyMessage("db/db", (("READY", "1"),)))
+    h.post(NotifyMessage("lead/lead", (("READY", "1"),)))
+    h.turn()
+    assert h.sup.readiness.ready_by(h.clock()) is None  # nothing waits

@@ -119,3 +119,65 @@ def test_a_started_child_is_written_once_ready_not_before():
     failing["worker"]["children"]["0"].update(ready=False, probe_failure="http 500")
     assert _writes(record, [(10.0, starting), (11.5, ready)]) == [11.5]
     assert not in_transition(failing) and _writes(record, [(13.0, failing)]) == [13.0]
+
+
+def _starting(ready=False, **child):
+    status = _status("running", index=2)
+    status["worker"]["children"]["0"].update(ready=ready, probe_failure=None, **child)
+    return status
+
+
+def _hold2(roles=None):
+    store = MemoryBackend()
+    record = MemberRecord(store, "/m/x", "x", min_interval=1.0, transition_hold=2.0, ready_hold=2.0,
+                          clock=lambda: 0.0)
+    record.register(store.lease_grant(10).id, roles or _status("running"))
+    return record
+
+
+def _writes_ready_by(record, steps):
+    """As _writes, with the children's known ready time: steps of (now, roles, ready_by)."""
+    written = []
+    for now, roles, ready_by in steps:
+        body, _retry = record.plan_update(roles, now, ready_by=lambda _now, at=ready_by: at)
+        if body is not None:
+            record.write(body)
+            record.written(roles, True)
+            written.append((now, roles))
+    return written
+
+
+def test_a_reshard_whose_children_are_ready_soon_after_the_hold_is_one_write():
+    """Issue 17: settle (1 s), the hand-off, then the new child's min_ready (2 s) take
+    longer than the 2 s hold; the child's ready time is known (no probe), so the record
+    waits for it rather than show "started, not ready yet" and be written again."""
+    record = _hold2()
+    steps = [(10.0, _status("settling"), None), (11.1, _status("handoff", child="stopping"), None),
+             (11.25, _starting(), 13.25), (12.0, _starting(), 13.25)]
+    assert _writes_ready_by(record, steps) == []
+    body, retry = record.plan_update(_starting(), 12.0, ready_by=lambda now: 13.25)
+    assert body is None and retry == 13.25  # the loop wakes up then
+    written = _writes_ready_by(record, [(13.25, _starting(ready=True), None)])
+    assert [(now, roles["worker"]["children"]["0"]["ready"]) for now, roles in written] == [(13.25, True)]
+
+
+def test_the_record_does_not_wait_for_a_ready_time_too_far_or_unknown():
+    # too far beyond the hold (min_ready 30 s): "started, not ready" shows at the hold
+    assert [now for now, _ in _writes_ready_by(_hold2(), [(10.0, _status("settling"), None),
+                                                          (11.25, _starting(), 41.25),
+                                                          (12.0, _starting(), 41.25)])] == [12.0]
+    # unknown (a readiness probe to pass): as before
+    assert [now for now, _ in _writes_ready_by(_hold2(), [(10.0, _status("settling"), None),
+                                                          (11.25, _starting(), None),
+                                                          (12.0, _starting(), None)])] == [12.0]
+
+
+def test_the_record_waits_for_ready_children_only_when_nothing_else_is_in_transition():
+    # another role still hands off: where it waits shows at the hold
+    busy = {**_starting(), "other": {"type": "sharded", "state": "handoff", "stopping": []}}
+    shown = {**_status("running"), "other": {"type": "sharded", "state": "running", "stopping": []}}
+    assert [now for now, _ in _writes_ready_by(_hold2(shown), [(10.0, busy, 13.0), (12.0, busy, 13.0)])] == [12.0]
+    stopping = _starting()
+    stopping["worker"]["children"]["1"] = {"name": "worker[1]", "state": "stopping"}
+    assert [now for now, _ in _writes_ready_by(_hold2(), [(10.0, stopping, 13.0), (12.0, stopping, 13.0)])] \
+        == [12.0]

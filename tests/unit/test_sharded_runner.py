@@ -388,3 +388,32 @@ def test_random_churn_never_runs_intersecting_children(make, keys):
     drive(members, lambda: reap_old(members, 0) or len(keys_alive(members)) == count
           and all(not m.runner.stopping and set(m.alive) == set(m.runner.target) for m in members),
           what="the survivors converge", timeout=20)
+
+
+def test_fixed_shards_a_member_whose_shards_stay_keeps_its_status_epoch(make):
+    """Issue 17: with fixed shards, status (the member record) shows the EPOCH of the
+    member's newest child, not the latest assignment's: a member a new assignment leaves
+    alone does not rewrite its record for it (with 1,000 members and 1,024 shards a change
+    moves a few shards, and every record rewrite is a write)."""
+    members = [make(f"m{i}", shards=16) for i in range(4)]
+    drive(members, lambda: len(keys_alive(members)) == 16 and all(len(m.alive) == 4 for m in members),
+          timeout=60, what="four shards each")
+    before = {m.runner.ctx.member_id: (set(m.alive), m.runner.status()["epoch"]) for m in members}
+    assert all(epoch is not None for _, epoch in before.values())
+    old_pub = members[0].runner.published.epoch
+    joiner = make("m4", shards=16)
+    members.append(joiner)
+    drive(members, lambda: len(joiner.runner.target) >= 3
+          and all(m.runner.published is not None and m.runner.published.epoch != old_pub for m in members),
+          timeout=60, what="the joiner is given shards")
+    for member in members[:4]:
+        for key in [k for k in member.alive if k not in member.runner.target]:
+            member.reap(key)  # the moved shards' old children exit
+    drive(members, lambda: len(keys_alive(members)) == 16 and len(joiner.alive) >= 3,
+          timeout=60, what="the joiner runs its shards")
+    new_pub = joiner.runner.published.epoch
+    untouched = [m for m in members[:4] if set(m.alive) == before[m.runner.ctx.member_id][0]]
+    assert untouched, "a join takes shards from the most loaded members only"
+    for member in members[:4]:  # kept or gave away shards: their newest child is as old as before
+        assert member.runner.status()["epoch"] == before[member.runner.ctx.member_id][1]
+    assert joiner.runner.status()["epoch"] == new_pub != old_pub  # its children start under the new plan

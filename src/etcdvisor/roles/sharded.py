@@ -430,7 +430,10 @@ class ShardedRunner(RoleRunner):
         info = self.applied
         parts = sorted(p for c in self.running.values() for p in c.parts)
         status = {**super().status(), "state": self.phase.value, "handoff": "fenced" if self.fenced else "overlap",
-                  "epoch": info.epoch if info else (self.published.epoch if self.published else None),
+                  # fixed shards: the EPOCH of our newest child, not the latest assignment's, so
+                  # that a member a new assignment leaves alone does not rewrite its record
+                  "epoch": info.epoch if info else max((c.vars.epoch for c in self.running.values()
+                                                        if c.vars.epoch is not None), default=None),
                   "waiting": [w.describe() for w in self.waits[:20]],
                   "stopping": sorted(self.stopping)}
         if self.coordinator is not None and self.coordinator.active():

@@ -14,6 +14,13 @@ rewritten at each step: the change waits until the transition is over, or
 hand-off still shows where it waits, as ``supervisor status`` promises), so a
 short reshard costs each member one write, not one per step (issue 17: every member's record writes go to every
 member watching ``members/``).
+
+When the hold runs out and all that is left of the transition is children
+that started and become ready on a known timer (``min_ready``, no readiness or
+startup probe, no ``notify``), the record waits for that time too, if it is at
+most ``ready_hold`` (2 s) beyond the hold: a reshard (``settle`` 1 s, the hand-off,
+``min_ready`` 2 s) is then one write showing the new children ready, not one
+showing them "started, not ready yet" and one more two seconds later.
 """
 
 from __future__ import annotations
@@ -48,17 +55,35 @@ def in_transition(roles: dict[str, Any]) -> bool:
     settling or handing off (sharded), stepping down (leader roles), retiring or
     starting after a reload (``phase``), or one of its children is stopping or
     has started and is not ready yet (no probe failing)."""
-    for entry in roles.values():
-        if not isinstance(entry, dict):
-            continue
-        if entry.get("state") in TRANSIENT_ROLE_STATES or entry.get("stopping") \
-                or entry.get("stepping_down") or entry.get("phase"):
+    for entry in _entries(roles):
+        if _role_in_transition(entry):
             return True
-        children = entry.get("children")
-        if isinstance(children, dict) and any(isinstance(child, dict) and _child_in_transition(child)
-                                              for child in children.values()):
+        if any(_child_in_transition(child) for child in _children(entry)):
             return True
     return False
+
+
+def only_starting(roles: dict[str, Any]) -> bool:
+    """True when what keeps this status in transition is only children that started
+    and are not ready yet: no role joining, settling, handing off, stepping down or
+    retiring, no child stopping."""
+    return not any(_role_in_transition(entry)
+                   or any(child.get("state") in TRANSIENT_CHILD_STATES for child in _children(entry))
+                   for entry in _entries(roles))
+
+
+def _entries(roles: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry for entry in roles.values() if isinstance(entry, dict)]
+
+
+def _children(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    children = entry.get("children")
+    return [c for c in children.values() if isinstance(c, dict)] if isinstance(children, dict) else []
+
+
+def _role_in_transition(entry: dict[str, Any]) -> bool:
+    return bool(entry.get("state") in TRANSIENT_ROLE_STATES or entry.get("stopping")
+                or entry.get("stepping_down") or entry.get("phase"))
 
 
 def _child_in_transition(child: dict[str, Any]) -> bool:
@@ -76,9 +101,10 @@ class MemberIdInUse(CoordError):
 class MemberRecord:
     def __init__(self, backend: Backend, key: str, member_id: str, *, min_interval: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, ttl: int | None = None,
-                 transition_hold: float = TRANSITION_HOLD):
+                 transition_hold: float = TRANSITION_HOLD, ready_hold: float = TRANSITION_HOLD):
         self.backend = backend
         self.transition_hold = transition_hold
+        self.ready_hold = ready_hold  # how long past the hold a known ready time may be waited for
         self._pending_since: float | None = None  # the first change not written yet
         self.key = key
         self.member_id = member_id
@@ -127,13 +153,17 @@ class MemberRecord:
         self._written = doc["roles"]
         self._last_write = self.clock()
 
-    def plan_update(self, roles: dict[str, Any], now: float, *,
-                    urgent: bool = False) -> tuple[str | None, float | None]:
+    def plan_update(self, roles: dict[str, Any], now: float, *, urgent: bool = False,
+                    ready_by: Callable[[float], float | None] | None = None) -> tuple[str | None, float | None]:
         """Loop side: ``(body, None)`` when the record should be rewritten now
         (call :meth:`write` off the loop, then :meth:`written`), ``(None,
         retry_at)`` when rate-limited, ``(None, None)`` when nothing changed.
         ``urgent`` skips the rate limit and the transition hold (a rollout
-        waits for the record), as does a change of the set of roles shown."""
+        waits for the record), as does a change of the set of roles shown.
+        ``ready_by(now)``: when every started child that is not ready yet will be
+        ready on its ``min_ready`` timer alone (None: unknown, one waits for a probe
+        or ``notify``; :meth:`~.readiness.Readiness.ready_by`), asked only when the
+        hold ran out during a transition."""
         if roles == self._written or not self._lease:
             self._pending_since = None
             return None, None
@@ -148,8 +178,12 @@ class MemberRecord:
             if now - self._last_write < self.min_interval:
                 return None, self._last_write + self.min_interval
             hold_until = self._pending_since + self.transition_hold
-            if now < hold_until and in_transition(roles):
-                return None, hold_until  # the end of the transition comes as a change too
+            if in_transition(roles):
+                if now < hold_until:
+                    return None, hold_until  # the end of the transition comes as a change too
+                ready_at = ready_by(now) if ready_by is not None and only_starting(roles) else None
+                if ready_at is not None and now < ready_at <= hold_until + self.ready_hold:
+                    return None, ready_at  # the children are ready then: one write, not two
         self._writing = True
         self._last_write = now
         self._pending_since = None

@@ -167,6 +167,23 @@ class Readiness:
         at = run.started_at + run.role.min_ready
         return at if now >= at else None
 
+    def ready_by(self, now: float) -> float | None:
+        """When every running child that is not ready yet will be ready on its
+        ``min_ready`` timer alone (monotonic; the member record waits for it rather
+        than show "not ready" for a moment): None when none is waiting, or one waits
+        for a probe, ``notify`` or a startup probe (no known time)."""
+        latest: float | None = None
+        for name, run in self.runs.items():
+            child = run.slot.child
+            if run.failing or child is None or child.tag != run.tag or child.state is not ChildState.RUNNING \
+                    or self.ready_since(name, now) is not None:
+                continue
+            if run.checked or not run.startup_done:
+                return None
+            at = run.started_at + run.role.min_ready
+            latest = at if latest is None else max(latest, at)
+        return latest
+
     def ready(self, slot_name: str, now: float) -> bool:
         return self.ready_since(slot_name, now) is not None
 

@@ -602,7 +602,8 @@ class Supervisor:
             return
         roles = self._last_status
         urgent = self.rollouts is not None and self.rollouts.record_wanted
-        body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent)
+        body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent,
+                                                           ready_by=self.readiness.ready_by)
         if body is not None:
             self._effect("update the member record", lambda: self.record.write(body),
                          lambda _r, error: self.record.written(roles, error is None))
