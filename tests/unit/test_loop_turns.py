@@ -313,6 +313,10 @@ def test_member_record_is_written_by_an_effect():
     from etcdvisor.runtime.member import TRANSITION_HOLD
 
     h = harness(SHARDED)
+    h.turn()  # the first record names every role at once (status shows a role from the start)
+    assert h.member_effect_names() == ["update the member record"]
+    h.run_effects(only="update the member record")
+    h.turn()  # its outcome: the record shows the role now
     h.tell("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(1.5)
     h.session._keepalive_once()
