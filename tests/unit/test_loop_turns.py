@@ -361,13 +361,13 @@ def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_m
 def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypatch):
     from dataclasses import replace
 
-    from etcdvisor.runtime import supervisor as supervisor_module
+    from etcdvisor.runtime import runners as runners_module
     from etcdvisor.runtime.reload import ReloadPlan
 
     h = harness(SHARDED + JOB)
     before = h.sup.config
     runners_before = dict(h.sup.runners)
-    real = supervisor_module.runner_types
+    real = runners_module.runner_types
 
     def refusing():
         types = dict(real())
@@ -380,7 +380,7 @@ def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypa
         types[h.sup.config.roles["migrate"].type] = Refuses
         return types
 
-    monkeypatch.setattr(supervisor_module, "runner_types", refusing)
+    monkeypatch.setattr(runners_module, "runner_types", refusing)
     changed = replace(before.roles["migrate"], env={"NEW": "1"})
     plan = ReloadPlan(config=replace(before, roles={**before.roles, "migrate": changed}),
                       retire=("migrate",), start=("migrate",))
