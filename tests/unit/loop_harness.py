@@ -3,7 +3,7 @@
 The member is made by the real builder (:class:`~etcdvisor.runtime.build.Builder`:
 runners, lease, member record, reconciler, roster, seed wiring, rollouts, barrier
 gate, all wired as ``supervisor run`` wires them) and turned by the real
-:class:`~etcdvisor.runtime.loop.Loop` (``_dispatch``, ``_reconcile``), over the
+:class:`~etcdvisor.runtime.loop.Loop` (``dispatch``, ``_reconcile``), over the
 memory backend with a :class:`FakeClock`; only the edges are left out (no watch,
 campaign or keepalive thread: the test posts the facts and moves time), with two
 stand-ins:
@@ -243,7 +243,7 @@ class LoopHarness:
         self.backend.in_turn = True
         try:
             for event in events:
-                self.sup._dispatch(event)
+                self.sup.dispatch(event)
             self.sup._reconcile(self.clock())
             self.sup.roster.flush_effects()
         finally:

@@ -561,7 +561,7 @@ def run_until_running(config, expected: dict[str, int | None], budget: float = 6
         give_up = time.monotonic() + budget
         while True:
             loop._turn()
-            status = loop._last_status
+            status = loop.last_status
             failed = {name: entry.get("failed") for name, entry in status.items() if entry.get("failed")
                       and config.roles[name].health.watchdog is None}  # (a silent child fails its watchdog)
             assert not failed, f"validate accepted the config, run failed: {failed}"

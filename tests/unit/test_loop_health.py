@@ -76,7 +76,7 @@ def test_a_ready_leader_keeps_the_role():
     h.turn()
     h.clock.advance(6)
     assert set(h.turn()) == {"lead"}
-    assert h.sup._last_status["lead"]["children"]["lead"]["notify_status"] == "leading"
+    assert h.sup.last_status["lead"]["children"]["lead"]["notify_status"] == "leading"
 
 
 def test_on_failed_exit_stops_the_member_with_status_3():
@@ -90,5 +90,5 @@ def test_on_failed_exit_stops_the_member_with_status_3():
     h.turn()
     h.sup.runners["a"].on_slot_event("a", Failed("a/a", "crash loop"), h.clock())
     h.turn()
-    h.sup._last_status = h.sup._roles_status()
-    assert h.sup.child_health.failed_exit(h.config, h.sup._last_status) == "a"
+    h.sup.last_status = h.sup._roles_status()
+    assert h.sup.child_health.failed_exit(h.config, h.sup.last_status) == "a"

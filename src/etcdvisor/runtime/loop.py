@@ -25,16 +25,17 @@ from typing import Any
 
 from ..coord.session import SessionEvent, SessionEventKind
 from ..events import Effect, EffectDone, RoleEvent, SessionChanged, Signalled, Wake
-from ..process.slot import SlotEvent, SlotState
+from ..process.slot import SlotEvent
 from ..roles.base import RoleRunner, describe
 from .barriers import BarrierFact
 from .build import Parts, close_parts, make_rollouts
 from .control import ControlChanged
-from .reload import ReloadPlan, plan_reload
+from .member_status import children_health, roles_status, waits
+from .reload import ReloadPlan, Reloads
 from .rollout_watch import MembersChanged, RolloutsChanged
 from .rollouts import ROLLOUT_LANE, Rollouts
 from .runners import StartupError, build_runners
-from .upgrade import HELD_SIGNALS, Upgrader
+from .upgrade import Upgrader
 from .waitlog import WaitLog
 from .wiring import WIRING_LANE
 
@@ -42,17 +43,6 @@ log = logging.getLogger("etcdvisor")
 
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
-
-
-def install_signals(post: Callable[[object], None]) -> None:
-    """Signals become inbox events (main thread only)."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: post(Signalled(s)))
-    signal.signal(signal.SIGHUP, lambda s, _f: post(Signalled(s)))
-    signal.signal(signal.SIGUSR2, lambda s, _f: post(Signalled(s)))  # upgrade in place
-    signal.signal(signal.SIGCHLD, lambda s, _f: post(Wake("SIGCHLD")))
-    # a re-executed member (upgrade) starts with these blocked: what came meanwhile is acted on now
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 class Loop:
@@ -94,9 +84,9 @@ class Loop:
         self.wait_log = WaitLog()  # waits over a second: one line when they begin, one when they end
         self.upgrader = Upgrader(self)  # in-place upgrade, the old image's side (runtime/upgrade.py)
         self._record_retry: float | None = None
-        self._reload_running = False  # a reload is being checked off the loop
-        self._reload_again = False  # another SIGHUP came meanwhile
-        self._last_status: dict[str, Any] = {}
+        self.reloads = Reloads(lambda: (self.config, self.environ), self.effect, self._apply_reload,
+                               lambda: self.stopping)
+        self.last_status: dict[str, Any] = {}
 
     @property
     def runners(self) -> dict[str, RoleRunner]:
@@ -159,9 +149,9 @@ class Loop:
             except queue.Empty:
                 break
         for event in events:
-            self._dispatch(event)
+            self.dispatch(event)
         self._reconcile(self.clock())
-        if not self.stopping and self.child_health.failed_exit(self.config, self._last_status):
+        if not self.stopping and self.child_health.failed_exit(self.config, self.last_status):
             self.stopping, self.exit_status = True, 3
         self.roster.flush_effects()
         self._tick_store_health(self.clock())
@@ -173,7 +163,7 @@ class Loop:
         self.ops.health.unready = tuple(unready)
         deadline = self._next_deadline()
         self.ops.end_turn(after, IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - after)),
-                          self._last_status)
+                          self.last_status)
         if self.resume is not None:
             self.resume.after_turn(after, self.runners, self.readiness, self.session)
         self.upgrader.tick()  # re-executes here when an upgrade is checked and the member quiet
@@ -186,7 +176,7 @@ class Loop:
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
-    def _dispatch(self, event: object) -> None:
+    def dispatch(self, event: object) -> None:
         if isinstance(event, Signalled):
             self._on_signal(event.signum)
         elif isinstance(event, SessionChanged):
@@ -225,7 +215,7 @@ class Loop:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             if not self.stopping:
-                self._request_reload()
+                self.reloads.request()
             return
         if signum == signal.SIGUSR2:
             self.upgrader.request("SIGUSR2")
@@ -268,33 +258,7 @@ class Loop:
             log.warning("lease %x %s while stopping: killing lease-bound children by their deadlines",
                         event.lease_id, event.kind.value)
 
-    # --- reload ------------------------------------------------------------------
-    def _request_reload(self) -> None:
-        """Check the file off the loop (it may take seconds); children keep
-        running meanwhile and lease deadlines keep moving."""
-        if self._reload_running:
-            self._reload_again = True
-            return
-        self._reload_running = True
-        log.debug("reload: checking %s off the loop", self.config.source_path)
-        config, environ = self.config, dict(self.environ)
-        self.effect("check the config file for reload", lambda: plan_reload(config, environ),
-                     self._reload_checked)
-
-    def _reload_checked(self, plan: ReloadPlan | None, error: BaseException | None) -> None:
-        self._reload_running = False
-        if plan is not None:
-            log.debug("reload check done: retire %s, start %s", list(plan.retire), list(plan.start))
-        elif error is None:
-            log.debug("reload check done: nothing to apply")
-        if error is not None:
-            log.error("reload refused, keeping the running config: %s", describe(error))
-        elif plan is not None and not self.stopping:
-            self._apply_reload(plan)
-        if self._reload_again and not self.stopping:
-            self._reload_again = False
-            self._request_reload()
-
+    # --- reload (checked off the loop: runtime/reload.py) -----------------------------------
     def _apply_reload(self, plan: ReloadPlan) -> None:
         try:
             fresh = build_runners(plan.config, self.ctx, plan.start)
@@ -335,22 +299,12 @@ class Loop:
             now = self.clock()
         self.child_health.after_reconcile(self.reconciler.children(), now)
         self.rollouts.tick(now)
-        self._last_status = self._roles_status(now)
+        self.last_status = self._roles_status(now)
         self._log_waits(now)
         self._update_record(now if lease_ok else None)
 
     def _log_waits(self, now: float) -> None:
-        waits = []
-        for name, runner in self.runners.items():
-            held = self.gate.waiting_on(name)
-            if held:
-                waits.append((name, "start held back by barriers: waits for " + ", ".join(held)))
-            if self.ops.paused(name):
-                continue
-            found: list[str] = self.roster.call(runner, "describe_waits",
-                                                   functools.partial(runner.describe_waits, now), [])
-            waits += [(name, what) for what in found]
-        self.wait_log.update(waits, now)
+        self.wait_log.update(waits(self.roster, self.gate, self.ops.paused, now), now)
 
     def _update_record(self, now: float | None) -> None:
         """Rewrite the member record when the roles' status changed (rate-
@@ -358,7 +312,7 @@ class Loop:
         if now is None:
             self._record_retry = None
             return
-        roles = self._last_status
+        roles = self.last_status
         urgent = self.rollouts.record_wanted
         body, self._record_retry = self.record.plan_update(roles, now, urgent=urgent)
         if body is not None:
@@ -366,32 +320,8 @@ class Loop:
                          lambda _r, error: self.record.written(roles, error is None))
 
     def _roles_status(self, now: float | None = None) -> dict[str, Any]:
-        now = self.clock() if now is None else now
-        status = {name: self.roster.status(runner) for name, runner in self.runners.items()}
-        for name in status:
-            waiting = self.gate.waiting_on(name)
-            if waiting:
-                status[name]["waiting_for"] = waiting
-            if self.ops.paused(name):
-                status[name]["paused"] = True
-            registered = self.wiring.status(name)
-            if registered:
-                status[name]["registered"] = registered
-            rollout = self.rollouts.status(name)
-            if rollout:
-                status[name]["rollout"] = rollout
-        for runner, key, slot in self.reconciler.children():
-            if runner.name not in status or self.runners.get(runner.name) is not runner:
-                continue  # a runner retiring after a reload
-            child = slot.child
-            entry = status[runner.name].setdefault("children", {})
-            spec = child.spec if child else slot.desired
-            entry[key] = {"name": slot.child_name, "state": slot.state.value, "pid": child.pid if child else None,
-                          "restarts": slot.restarts, "last_exit": slot.last_exit,
-                          "index": spec.vars.index if spec is not None else None,
-                          "restarts_by_reason": dict(slot.restarts_by_reason),
-                          **self.readiness.status(slot.name, now)}
-        return status
+        return roles_status(self.roster, self.gate, self.ops.paused, self.wiring, self.rollouts,
+                            self.reconciler.children(), self.readiness, self.clock() if now is None else now)
 
     # --- readiness -------------------------------------------------------------------
     def child_ready_since(self, role: str, key: str) -> float | None:
@@ -407,16 +337,8 @@ class Loop:
         return self.child_ready_since(role, key) is not None
 
     def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
-        """(RuntimeContext.children_health) slot key -> (child alive, ready or None).
-        Readiness is judged for a running child only: a crash-looping one (in backoff)
-        ends FAILED through ``start_retries``, it does not make its leader step down."""
-        now = self.clock()
-        health = {}
-        for runner, key, slot in self.reconciler.children():
-            if runner.name == role and self.runners.get(role) is runner:
-                judged = slot.state is SlotState.RUNNING and slot.child is not None
-                health[key] = (slot.child is not None, self.readiness.ready(slot.name, now) if judged else None)
-        return health
+        """(RuntimeContext.children_health) see :func:`.member_status.children_health`."""
+        return children_health(role, self.runners, self.reconciler.children(), self.readiness, self.clock())
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
@@ -465,7 +387,7 @@ class Loop:
                 pass
             self.reconciler.tick(self.clock())
             self.roster.flush_effects()  # e.g. a cron run's 'stopped' record
-            self.ops.end_turn(self.clock(), 0.5, self._last_status)  # still alive while stopping
+            self.ops.end_turn(self.clock(), 0.5, self.last_status)  # still alive while stopping
 
     def close(self, *, revoke: bool = True) -> None:
         """Stop every edge thread and leave; ``revoke=False`` leaves the lease to

@@ -16,6 +16,7 @@ orphaned grandchildren without stealing its own children's statuses.
 from __future__ import annotations
 
 import queue
+import signal
 import time
 from collections.abc import Callable, Mapping
 
@@ -23,19 +24,32 @@ from ..config import Config
 from ..coord.base import Backend
 from ..coord.keys import ClusterKeys
 from ..coord.session import Session
-from ..events import Wake
+from ..events import Signalled, Wake
 from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner
 from .build import Builder
 from .child_health import ChildHealth
-from .loop import IDLE_WAKEUP, SUPERVISOR_LANE, Loop, install_signals
+from .loop import IDLE_WAKEUP, SUPERVISOR_LANE, Loop
 from .ops import Operations
 from .readiness import Readiness
 from .rollouts import Rollouts
 from .runners import StartupError, build_runners, runner_types
+from .upgrade import HELD_SIGNALS
 from .upgraded import abandon
 
-__all__ = ["IDLE_WAKEUP", "SUPERVISOR_LANE", "StartupError", "Supervisor", "build_runners", "runner_types"]
+__all__ = ["IDLE_WAKEUP", "SUPERVISOR_LANE", "StartupError", "Supervisor", "build_runners", "install_signals",
+           "runner_types"]
+
+
+def install_signals(post: Callable[[object], None]) -> None:
+    """Signals become inbox events (main thread only)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: post(Signalled(s)))
+    signal.signal(signal.SIGHUP, lambda s, _f: post(Signalled(s)))
+    signal.signal(signal.SIGUSR2, lambda s, _f: post(Signalled(s)))  # upgrade in place
+    signal.signal(signal.SIGCHLD, lambda s, _f: post(Wake("SIGCHLD")))
+    # a re-executed member (upgrade) starts with these blocked: what came meanwhile is acted on now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 class Supervisor:

@@ -44,9 +44,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..config import EtcdKind
@@ -56,9 +56,53 @@ from ..roles.resume import export_state
 from . import handover
 
 if TYPE_CHECKING:
-    from .loop import Loop
+    from ..config import Config
+    from ..coord.session import Session
+    from ..process.manager import ProcessManager
+    from ..roles.base import RoleRunner
+    from .child_health import ChildHealth
+    from .effects import EffectRunner
+    from .member import MemberRecord
+    from .ops import Operations
+    from .readiness import Readiness
+    from .reconcile import Reconciler
+    from .reload import Reloads
+    from .roster import Roster
+    from .wiring import SeedWiring
 
 log = logging.getLogger("etcdvisor")
+
+
+class Member(Protocol):
+    """What an upgrade reads and drives of the running member (the loop)."""
+
+    config: Config
+    environ: dict[str, str]
+    clock: Callable[[], float]
+    inbox: queue.SimpleQueue[object]
+    stopping: bool
+    reloads: Reloads
+    effects: EffectRunner
+    session: Session
+    password: str | None
+    record: MemberRecord
+    upgrades: int
+    manager: ProcessManager
+    reconciler: Reconciler
+    roster: Roster
+    ops: Operations
+    child_health: ChildHealth
+    readiness: Readiness
+    wiring: SeedWiring
+    last_status: dict[str, Any]
+
+    @property
+    def runners(self) -> dict[str, RoleRunner]: ...
+
+    def dispatch(self, event: object) -> None: ...
+
+    def effect(self, what: str, call: Callable[[], Any],
+               done: Callable[[Any, BaseException | None], None] | None = None) -> None: ...
 
 QUIESCE_BOUND = 1.0  # seconds the loop may wait for effects in flight before the exec
 GIVE_UP_AFTER = 30.0  # seconds an upgrade waits for stopping children / a quiet moment
@@ -133,7 +177,7 @@ class UpgradeRefused(Exception):
 class Upgrader:
     """The old image's side: request, check, quiesce, exec (loop thread only)."""
 
-    def __init__(self, sup: Loop):
+    def __init__(self, sup: Member):
         self.sup = sup
         self.checking = False
         self.ready_since: float | None = None  # checked: hand over at the next quiet turn
@@ -192,7 +236,7 @@ class Upgrader:
 
     def _blocker(self) -> str | None:
         sup = self.sup
-        if sup._reload_running:
+        if sup.reloads.running:
             return "a reload is being checked"
         for _runner, _key, slot in sup.reconciler.children():
             why = adopt.handover_blocker(slot)
@@ -219,7 +263,7 @@ class Upgrader:
                 except queue.Empty:
                     break
                 busy = True
-                sup._dispatch(event)
+                sup.dispatch(event)
             if sup.stopping:
                 return "the member is stopping"
             sup.roster.flush_effects()
@@ -266,7 +310,7 @@ class Upgrader:
             log.error("upgrade abandoned, keeping the running code: exec failed: %s", exc.strerror or exc)
 
 
-def collect_state(sup: Loop, began: float) -> dict[str, Any]:
+def collect_state(sup: Member, began: float) -> dict[str, Any]:
     session = sup.session
     manager = sup.manager
     watchdog = adopt.export_watchdog(manager.watchdog) if manager.watchdog is not None else None
@@ -290,7 +334,7 @@ def collect_state(sup: Loop, began: float) -> dict[str, Any]:
         "probes": {name: _export_probe(run) for name, run in sup.readiness.runs.items()},
         "directories": {"notify": notify.directory if notify is not None else None,
                         "config": sup.wiring.config.directory},
-        "status": sup._last_status,  # the member record keeps showing it until the new image rewrites it
+        "status": sup.last_status,  # the member record keeps showing it until the new image rewrites it
     }
 
 
