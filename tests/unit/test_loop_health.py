@@ -45,7 +45,6 @@ def test_needs_holds_a_role_until_the_needed_children_are_ready():
 
 def test_an_unready_singleton_leader_steps_down_after_its_child_stopped():
     h = harness(STEP_DOWN)
-    h.sup.ctx.children_health = h.sup._children_health
     elect(h, "lead")
     assert set(h.turn()) == {"lead"}
     runner = h.sup.runners["lead"]
@@ -69,7 +68,6 @@ def test_an_unready_singleton_leader_steps_down_after_its_child_stopped():
 
 def test_a_ready_leader_keeps_the_role():
     h = harness(STEP_DOWN)
-    h.sup.ctx.children_health = h.sup._children_health
     elect(h, "lead")
     h.turn()
     h.post(NotifyMessage("lead/lead", (("READY", "1"), ("STATUS", "leading"))))

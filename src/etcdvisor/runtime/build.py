@@ -45,6 +45,7 @@ from .child_health import ChildHealth
 from .effects import EffectRunner
 from .health import HttpError
 from .member import MemberRecord
+from .member_status import children_health
 from .ops import Operations
 from .private_files import remove_stale_config_dirs
 from .reconcile import Reconciler
@@ -265,6 +266,9 @@ class Builder:
             fail_role=roster.fail_role, on_directory=watchdog.remove_on_exit if watchdog is not None else None)
         ctx.config_env = wiring.child_env
         ctx.notify_socket = self.child_health.notify_socket
+        readiness = self.child_health.readiness
+        ctx.children_health = lambda role: children_health(role, roster.runners, reconciler.children(),
+                                                           readiness, clock())
         rollouts = make_rollouts(config, backend, keys, session, reconciler, wiring, self.child_health,
                                  effects, clock)
         if resume is not None:

@@ -30,7 +30,7 @@ from ..roles.base import RoleRunner, describe
 from .barriers import BarrierFact
 from .build import Parts, close_parts, make_rollouts
 from .control import ControlChanged
-from .member_status import children_health, roles_status, waits
+from .member_status import roles_status, waits
 from .reload import ReloadPlan, Reloads
 from .rollout_watch import MembersChanged, RolloutsChanged
 from .rollouts import ROLLOUT_LANE, Rollouts
@@ -75,7 +75,6 @@ class Loop:
         self.upgrades = parts.record.upgrades  # in-place upgrades of this member since it joined
         # the loop's own handlers on the parts
         self.reconciler.observer = self._on_slot_event
-        self.ctx.children_health = self._children_health
         self.ops.attach(self)
         self.stopping = False
         self.escalated = False
@@ -335,10 +334,6 @@ class Loop:
         """True while the child in slot ``key`` of ``role`` is ready (see
         :meth:`child_ready_since`)."""
         return self.child_ready_since(role, key) is not None
-
-    def _children_health(self, role: str) -> dict[str, tuple[bool, bool | None]]:
-        """(RuntimeContext.children_health) see :func:`.member_status.children_health`."""
-        return children_health(role, self.runners, self.reconciler.children(), self.readiness, self.clock())
 
     # --- shutdown ------------------------------------------------------------
     def shutdown(self) -> int:
