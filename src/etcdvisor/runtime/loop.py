@@ -200,7 +200,7 @@ class Loop:
                 self.roster.deliver(event)
 
     def effect(self, what: str, call: Callable[[], Any],
-                done: Callable[[Any, BaseException | None], None] | None = None) -> None:
+               done: Callable[[Any, BaseException | None], None] | None = None) -> None:
         """The member's own I/O (its record, reload checks), off the loop."""
         self.effects.submit(Effect(SUPERVISOR_LANE, 0, what, call, done))
 
@@ -287,7 +287,7 @@ class Loop:
                     allowed = False
                 desired = self.roster.desired(runner, now) if allowed else {}
                 desired = self.child_health.gate(runner, desired, self.reconciler, self.runners,
-                                           self.config.member.id, now)
+                                                 self.config.member.id, now)
                 if not lease_ok:
                     desired = {k: spec for k, spec in desired.items() if not spec.lease_bound}
                 self.roster.apply(runner, wiring.gate(runner, desired))

@@ -29,16 +29,15 @@ from ..process.manager import ProcessManager
 from ..roles.base import RoleRunner
 from .build import Builder
 from .child_health import ChildHealth
-from .loop import IDLE_WAKEUP, SUPERVISOR_LANE, Loop
+from .loop import Loop
 from .ops import Operations
 from .readiness import Readiness
 from .rollouts import Rollouts
-from .runners import StartupError, build_runners, runner_types
+from .runners import StartupError
 from .upgrade import HELD_SIGNALS
 from .upgraded import abandon
 
-__all__ = ["IDLE_WAKEUP", "SUPERVISOR_LANE", "StartupError", "Supervisor", "build_runners", "install_signals",
-           "runner_types"]
+__all__ = ["StartupError", "Supervisor", "install_signals"]
 
 
 def install_signals(post: Callable[[object], None]) -> None:
