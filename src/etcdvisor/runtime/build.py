@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import timing
 from ..config import Config, EtcdKind, unresolved_command
@@ -314,7 +314,7 @@ class Builder:
                     manager=self.manager, backend=self.backend, embedded=self.embedded, revoke=revoke)
 
 
-def close_parts(ops: Operations, child_health: ChildHealth, effects: Any, *,
+def close_parts(ops: Operations, child_health: ChildHealth, effects: EffectRunner, *,
                 rollout_watch: RolloutWatch | None, file_watcher: ConfigFileWatcher | None,
                 wiring: SeedWiring | None, gate: BarrierGate | None, session: Session | None,
                 manager: ProcessManager | None, backend: Backend | None, embedded: EtcdServer | None,
