@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -209,9 +210,15 @@ class EtcdServer:
             self.proc.kill()
             self.proc.wait()
 
-    def pause(self) -> None:
-        """SIGSTOP: the server stops answering but keeps its sockets open."""
+    def pause(self, timeout: float = 10.0) -> None:
+        """SIGSTOP: the server stops answering but keeps its sockets open. Returns once
+        every thread of it is stopped (a signal is delivered asynchronously: on a loaded
+        machine a thread could otherwise still answer a request sent right after)."""
         self._signal(signal.SIGSTOP)
+        assert self.proc is not None
+        deadline, idle = time.monotonic() + timeout, threading.Event()
+        while not _all_threads_stopped(self.proc.pid) and time.monotonic() < deadline:
+            idle.wait(0.005)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
@@ -230,3 +237,21 @@ class EtcdServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self._base_dir, ignore_errors=True)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """True when every thread of ``pid`` is in state T (stopped) or gone (Linux /proc;
+    elsewhere True: nothing to wait on)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True

@@ -108,14 +108,16 @@ def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out
     it ends), instead of several silent seconds."""
     fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
     try:
-        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=6)
+        # ttl 12: the new member must join and wait while the lost one's lease still runs
+        # (a member's start takes seconds on a loaded machine)
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=12)
         first = fleet.start("vm-a", config)
         wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
         first.pause()  # its watchdog kills the child at the lease deadline; the lease runs out
         new = fleet.start("vm-b", config)
         what = r"1/2 waits for the coordinator's start grant \(1/2\)"
-        wait_for(lambda: _wait_lines(new.output(), what)[0], 20, "the wait line")
-        wait_for(lambda: _wait_lines(new.output(), what)[1], 20, "the end of the wait")
+        wait_for(lambda: _wait_lines(new.output(), what)[0], 30, "the wait line", on_timeout=new.output)
+        wait_for(lambda: _wait_lines(new.output(), what)[1], 40, "the end of the wait", on_timeout=new.output)
         wait_for(lambda: [(i.index, i.count) for i in fleet.history().live("shard")] == [(0, 1)], 20,
                  "the new member runs 0/1")
         begun, done = _wait_lines(new.output(), what)
@@ -132,7 +134,9 @@ def test_the_coordinator_says_what_it_waits_for_while_a_lost_members_lease_runs_
     wait has lasted a second and one when it ends."""
     fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
     try:
-        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=6)
+        # ttl 12: the new member must join and wait while the lost one's lease still runs
+        # (a member's start takes seconds on a loaded machine)
+        config = fleet.write_config({"shard": fleet.worker_role("sharded", settle="0.2s")}, ttl=12)
         coordinator = fleet.start("vm-a", config)
         wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
         lost = fleet.start("vm-b", config)
@@ -141,8 +145,10 @@ def test_the_coordinator_says_what_it_waits_for_while_a_lost_members_lease_runs_
         lost.pause()
         fleet.start("vm-c", config)
         what = r"vm-[ac]:\d/3 waits for vm-b's (?:child|lease|kill bound)[^(]*\(1/2\)"
-        wait_for(lambda: _wait_lines(coordinator.output(), what)[0], 20, "the coordinator's wait line")
-        wait_for(lambda: _wait_lines(coordinator.output(), what)[1], 20, "the end of the coordinator's wait")
+        wait_for(lambda: _wait_lines(coordinator.output(), what)[0], 30, "the coordinator's wait line",
+                 on_timeout=coordinator.output)
+        wait_for(lambda: _wait_lines(coordinator.output(), what)[1], 40, "the end of the coordinator's wait",
+                 on_timeout=coordinator.output)
         wait_for(lambda: sorted((i.index, i.count) for i in fleet.history().live("shard")) == [(0, 2), (1, 2)]
                  and {i.member for i in fleet.history().live("shard")} == {"vm-a", "vm-c"}, 20,
                  "vm-a and vm-c run 0/2 and 1/2")

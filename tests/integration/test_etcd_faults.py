@@ -167,3 +167,22 @@ def test_wrong_credentials_are_one_clear_line(private_etcd, tmp_path):
     assert "authentication failed" in str(info.value) and "wrong" not in str(info.value)
     with pytest.raises(InvalidURL):
         open_backend(private_etcd.url, username="root", password_file=str(tmp_path / "missing"))
+
+
+def test_a_call_racing_close_raises_closed_not_a_grpc_value_error(etcd_url):
+    """Shutdown: another thread closes the backend between a call's closed check and its
+    RPC; gRPC raises ValueError ("closed channel"), which the call reports as Closed (the
+    error every caller handles), not as a traceback in a runner's thread."""
+    from etcdvisor.coord import Closed
+
+    backend = open_backend(etcd_url, timeout=2.0)
+    pick = backend._conn
+
+    def closed_meanwhile():
+        conn = pick()
+        backend.close()
+        return conn
+
+    backend._conn = closed_meanwhile
+    with pytest.raises(Closed, match="backend closed"):
+        backend.get("/any")

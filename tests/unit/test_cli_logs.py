@@ -121,6 +121,22 @@ def test_a_follower_that_waited_for_the_file_prints_the_backups_rotated_before_i
     assert seen == _lines(0, 6)
 
 
+def test_a_follower_that_waited_sees_each_line_once_when_the_file_rotates_as_it_opens_it(tmp_path):
+    """The file appears, the follower opens it, and it rotates before the follower looks
+    for backups written while it waited: the opened file (now the newest backup) is read
+    once, through the handle, then the new file (a slow reader on a loaded machine)."""
+    spec = LogFileSpec(path=str(tmp_path / "a.log"), root=str(tmp_path), max_size=30, backups=5)
+    writer = RotatingFile(spec)
+    writer.write(_lines(0, 4))  # two rotated, one current: a.log.2, a.log.1, a.log
+    follower = Follower(spec.path, waited_since=time.time() - 1)
+    assert follower._open()
+    writer.write(_lines(4, 6))  # the opened file becomes a.log.1, and a new one starts
+    seen = b""
+    while data := follower.read(follow=True):
+        seen += data
+    assert seen == _lines(0, 6)
+
+
 def test_sources_with_a_generated_member_id_match_any_member(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text("cluster: c\netcd: {endpoints: memory://c}\nroles:\n"

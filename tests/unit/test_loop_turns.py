@@ -8,6 +8,7 @@ turn touches the store. Effects are run, failed or left hanging by the test.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -178,6 +179,31 @@ def test_job_writes_its_running_record_before_the_child_starts_and_never_reruns_
     assert h.turn() == {}
 
 
+def test_a_late_watch_event_of_the_running_record_does_not_start_a_finished_job_again():
+    """Loaded machine: the job's child exits before the watch delivers the 'running'
+    record the runner wrote; that stale event must not make the finished job run again."""
+    h = harness(JOB)
+    elect(h, "migrate")
+    h.tell("migrate", JobRecord(None, revision=1))
+    h.turn()
+    h.run_effects()  # the 'running' record is written
+    running = h.backend.get(h.sup.ctx.keys.job("migrate"))
+    assert list(h.turn()) == ["migrate"]
+    h.exit("migrate", "run", 0)
+    h.turn()
+    assert h.effect_names() == ["write job record (succeeded)"]
+    h.tell("migrate", JobRecord(json.loads(running.value), revision=running.mod_revision))  # late
+    assert h.turn() == {}, "the finished job started again"
+    h.run_effects()
+    final = h.backend.get(h.sup.ctx.keys.job("migrate"))
+    h.tell("migrate", JobRecord(json.loads(running.value), revision=running.mod_revision))
+    h.tell("migrate", JobRecord(json.loads(final.value), revision=final.mod_revision))
+    assert h.turn() == {} and h.effect_names() == []
+    h.tell("migrate", JobRecord(None, revision=final.mod_revision + 1))  # `supervisor rerun`
+    h.turn()
+    assert h.effect_names() == ["write job record (running)"]
+
+
 def test_job_record_write_failure_starts_nothing_and_retries():
     h = harness(JOB)
     elect(h, "migrate")
@@ -313,10 +339,11 @@ def test_member_record_is_written_by_an_effect():
     from etcdvisor.runtime.member import TRANSITION_HOLD
 
     h = harness(SHARDED)
-    h.turn()  # the first record names every role at once (status shows a role from the start)
+    h.turn()  # the record registered without roles: the role it does not show is written at once
     assert h.member_effect_names() == ["update the member record"]
     h.run_effects(only="update the member record")
-    h.turn()  # its outcome: the record shows the role now
+    h.turn()
+    assert "update the member record" not in h.member_effect_names()
     h.tell("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(1.5)
     h.session._keepalive_once()

@@ -108,3 +108,23 @@ def test_children_are_named_as_in_the_logs():
     text = text_of(store)
     assert "worker[0]: running pid 5" in text and "STATUS= on m0 worker[0]: serving" in text
     assert "0/2:" not in text
+
+
+def test_a_topic_role_has_its_own_columns_not_the_sharded_ones():
+    store = MemoryBackend()
+    member(store, "m0", {"mail": {"type": "topic", "state": "consuming", "failed": None, "topic": "mail",
+                                  "delivery": "queue", "running": 2, "processed": 41, "given_up": 1,
+                                  "children": {"7": {"state": "running", "pid": 12}}}})
+    text = text_of(store)
+    header = next(line for line in text.splitlines() if line.startswith("  MEMBER"))
+    assert header.split()[:7] == ["MEMBER", "STATE", "TOPIC", "RUNNING", "PROCESSED", "GIVEN", "UP"], header
+    assert "INDEX" not in header and "None" not in text
+    row = next(line for line in text.splitlines() if line.startswith("  m0 "))
+    assert row.split()[:7] == ["m0", "consuming", "mail", "(queue)", "2", "41", "1"], row
+
+
+def test_a_role_state_a_record_does_not_carry_reads_as_a_dash():
+    store = MemoryBackend()
+    member(store, "m0", {"worker": sharded({}, state=None)})
+    row = next(line for line in text_of(store).splitlines() if line.startswith("  m0 "))
+    assert row.split()[1] == "-", row

@@ -1,61 +1,41 @@
-"""The type checker as a ratchet (issue 8, item 9).
+"""``mypy --strict`` on the whole package (issue 18, section 3).
 
-A bare ``mypy`` from the repo root checks ``src/etcdvisor`` with the settings in
-``[tool.mypy]`` (strict on coord/, runtime/ and process/). Until every file
-passes, the files that still fail are listed here: any error in another file
-fails this test, so a clean file stays clean. Take a file off the list when it
-passes (the test says so).
+CI (``.ci/run``) runs ``mypy --strict src/etcdvisor`` before the tests, and a bare ``mypy``
+from the repo root checks the same through ``[tool.mypy]`` in pyproject.toml. These tests
+keep the two true and together: the whole package is in scope, strict, and no override
+takes a module of the project out of it or loosens a flag for it.
 """
 
 import re
-import subprocess
-import sys
+import tomllib
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Files with mypy errors when the checker was added (to be fixed by their owners).
-STILL_FAILING = frozenset({
-    "config/semantic.py", "roles/cron.py", "roles/job.py", "roles/singleton.py",
-})
 
-# Packages and modules checked with every flag of ``mypy --strict`` (pyproject.toml); the
-# rest of the package is on its way (issue 18: config/ and roles/).
-STRICT = {"etcdvisor.coord.*", "etcdvisor.runtime.*", "etcdvisor.process.*", "etcdvisor.cli.*", "etcdvisor.recipes.*",
-          "etcdvisor.status.*", "etcdvisor.testing.*",
-          "etcdvisor.dashboard", "etcdvisor.kv", "etcdvisor.kv_watch", "etcdvisor.logs", "etcdvisor.etcd_server",
-          "etcdvisor.timing", "etcdvisor.events"}
-
-ERROR = re.compile(r"^src/etcdvisor/(?P<file>[^:]+):\d+: error: ")
+def _mypy_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
 
 
-@pytest.mark.slow  # seconds of real time: left out of the fast part (-m "not slow")
-def test_mypy_reports_nothing_outside_the_files_still_failing():
-    run = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", "--no-pretty"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode in (0, 1), run.stdout + run.stderr  # 2: mypy itself failed (bad config)
-    errors = [line for line in run.stdout.splitlines() if ERROR.match(line)]
-    failing = {ERROR.match(line)["file"] for line in errors}
-    regressions = [line for line in errors if ERROR.match(line)["file"] not in STILL_FAILING]
-    assert regressions == [], "\n".join(regressions)
-    fixed = sorted(STILL_FAILING - failing)
-    assert fixed == [], f"these files pass mypy now: take them off STILL_FAILING: {fixed}"
+def test_a_bare_mypy_checks_the_whole_package_strictly():
+    config = _mypy_config()
+    assert config["files"] == ["src/etcdvisor"]
+    assert config["strict"] is True
+    assert "ignore-without-code" in config["enable_error_code"]
+    loosened = {flag: value for flag, value in config.items()
+                if flag.startswith(("disallow_", "warn_", "check_", "strict_", "no_implicit_")) and value is not True}
+    assert loosened == {}, "a global flag is weaker than --strict"
 
 
-def test_strict_is_spelled_out_per_package():
-    """``strict = true`` in an override section makes every module strict (mypy 2.x), so
-    the strict flags are listed one by one; this checks the strict packages get them."""
-    import tomllib
+def test_no_override_excepts_a_module_of_the_project():
+    for override in _mypy_config().get("overrides", []):
+        modules = override["module"] if isinstance(override["module"], list) else [override["module"]]
+        ours = [m for m in modules if m == "etcdvisor" or m.startswith("etcdvisor.")]
+        assert ours == [], f"an override names project modules {ours}: fix their types instead"
+        assert set(override) <= {"module", "ignore_missing_imports"}, override
 
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert "strict" not in config
-    strict = [o for o in config["overrides"] if "disallow_untyped_defs" in o]
-    assert len(strict) == 1 and all("strict" not in o for o in config["overrides"])
-    assert set(strict[0]["module"]) == STRICT
-    for flag in ("disallow_any_generics", "disallow_subclassing_any", "disallow_untyped_calls",
-                 "disallow_incomplete_defs", "check_untyped_defs", "disallow_untyped_decorators",
-                 "warn_unused_ignores", "warn_return_any", "no_implicit_reexport", "strict_equality",
-                 "extra_checks"):
-        assert strict[0][flag] is True, flag
+
+def test_ci_runs_mypy_strict_on_the_whole_package():
+    script = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in script.splitlines() if re.match(r"\s*\.venv/bin/mypy\b", line)]
+    assert commands == [".venv/bin/mypy --strict src/etcdvisor"]

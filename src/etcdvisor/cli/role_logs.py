@@ -208,16 +208,23 @@ class Follower:
         return []
 
     def _backups_since(self, since: float) -> list[str]:
-        """Backups last written at or after ``since``, oldest first."""
+        """Backups last written at or after ``since`` and older than the file opened,
+        oldest first. The opened file may itself have been rotated since it was opened
+        (it is then among the backups): the backups newer than it are read later, as
+        any rotation's are, and it is read through the open handle, not twice."""
         from ..config.output import MAX_BACKUPS
         from ..process.logfile import backup_path
 
         found: list[str] = []
         for number in range(1, MAX_BACKUPS + 1):
             try:
-                if os.stat(backup_path(self.path, number)).st_mtime < since:
-                    break
+                info = os.stat(backup_path(self.path, number))
             except OSError:
+                break
+            if info.st_ino == self._inode:
+                found = []  # newer than the opened file: not early
+                continue
+            if info.st_mtime < since:
                 break
             found.append(backup_path(self.path, number))
         return found[::-1]

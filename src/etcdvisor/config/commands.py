@@ -7,6 +7,8 @@ import os
 import shutil
 from collections.abc import Sequence
 
+from .model import Config
+
 
 def find_command(argv: Sequence[str], cwd: str | None = None, env_path: str | None = None) -> str | None:
     """Absolute path of the executable ``argv[0]`` would run, or None.
@@ -32,7 +34,7 @@ def find_command(argv: Sequence[str], cwd: str | None = None, env_path: str | No
     return os.path.abspath(found)
 
 
-def unresolved_command(config, names: Sequence[str], env_path: str) -> str | None:
+def unresolved_command(config: Config, names: Sequence[str], env_path: str) -> str | None:
     """The first role of ``names`` (in ``config``) whose command cannot be
     found from its working directory and ``env_path``, as one problem line;
     None when every command resolves."""

@@ -59,7 +59,7 @@ DURATION_HINT = "use a number of seconds or a string such as 500ms, 10s, 2m, 1h,
 SIZE_HINT = "use a number of bytes or a string such as 500B, 10kB, 64KiB, 1MiB (no spaces)"
 
 
-def parse_duration_ms(value) -> int:
+def parse_duration_ms(value: object) -> int:
     """Return the duration as a whole number of milliseconds (0..MAX_DURATION_MS)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{value!r} is not a duration ({DURATION_HINT})")
@@ -90,12 +90,12 @@ def parse_duration_ms(value) -> int:
     return int(total)
 
 
-def parse_duration(value) -> float:
+def parse_duration(value: object) -> float:
     """Return the duration in seconds (a float >= 0, a whole number of milliseconds)."""
     return parse_duration_ms(value) / 1000
 
 
-def parse_size(value) -> int:
+def parse_size(value: object) -> int:
     """Return the size in bytes (an int >= 0)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{value!r} is not a size ({SIZE_HINT})")
@@ -127,7 +127,7 @@ def format_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def _quote(value) -> str:
+def _quote(value: object) -> str:
     """The value as the user wrote it, cut short: a 1 MiB string stays a one-line message."""
     if isinstance(value, int) and value.bit_length() > 64:
         return "a huge number"
@@ -135,5 +135,5 @@ def _quote(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(value) -> str:
+def _describe(value: object) -> str:
     return f"a {type(value).__name__}" if isinstance(value, (list, dict)) else _quote(value)

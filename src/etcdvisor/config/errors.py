@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-KeyPath = tuple  # of str (mapping keys) and int (list indices)
+KeyPath = tuple[str | int, ...]  # str: a mapping key, int: a list index
+
+Document = dict[str, Any]
+"""A parsed config file, or a mapping inside one: plain YAML values, checked by the schema
+and the semantic stage before anything trusts their types."""
 
 
-def format_key_path(path: Iterable) -> str:
+def format_key_path(path: Iterable[str | int]) -> str:
     """``("roles", "w", "command", 0)`` -> ``roles.w.command[0]``."""
     text = ""
     for part in path:
@@ -72,7 +77,7 @@ class Problems:
         self.labels = dict(labels or {})
         self._items: list[tuple[KeyPath, str]] = []
 
-    def add(self, path: Iterable, reason: str) -> None:
+    def add(self, path: Iterable[str | int], reason: str) -> None:
         item = (tuple(path), one_line(reason))
         if item not in self._items:  # if/then branches can report one thing twice
             self._items.append(item)
@@ -86,13 +91,13 @@ class Problems:
     def paths(self) -> list[KeyPath]:
         return [path for path, _ in self._items]
 
-    def has_under(self, prefix: Iterable) -> bool:
+    def has_under(self, prefix: Iterable[str | int]) -> bool:
         """True if some problem sits at or below ``prefix``."""
         prefix = tuple(prefix)
         return any(path[: len(prefix)] == prefix for path, _ in self._items)
 
     def render(self) -> list[str]:
-        lines = []
+        lines: list[str] = []
         for path, reason in self._items:
             key = self._label(path)
             lines.append(f"{self.source_path}: {key}: {reason}" if key else f"{self.source_path}: {reason}")

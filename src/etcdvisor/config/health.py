@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from typing import Any, overload
 
 from .durations import format_duration, parse_duration, parse_size
-from .errors import Problems
+from .errors import KeyPath, Problems
 from .model import HealthSpec, ProbeSpec
+from .role_fields import RoleFields
 
 PROBE_KINDS = ("http", "tcp", "exec")
 PROBE_NAMES = ("startup", "readiness", "liveness")
@@ -73,8 +75,13 @@ def template_problem(text: str) -> str | None:
 
 
 class _Reader:
-    def __init__(self, raw: Mapping, path: tuple, problems: Problems):
+    def __init__(self, raw: Mapping[str, Any], path: KeyPath, problems: Problems):
         self.raw, self.path, self.problems = raw, path, problems
+
+    @overload
+    def duration(self, key: str, default: float, *, positive: bool) -> float: ...
+    @overload
+    def duration(self, key: str, default: None, *, positive: bool) -> float | None: ...
 
     def duration(self, key: str, default: float | None, *, positive: bool) -> float | None:
         if key not in self.raw:
@@ -89,7 +96,7 @@ class _Reader:
         return seconds
 
 
-def _probe(raw: Mapping, path: tuple, problems: Problems) -> ProbeSpec | None:
+def _probe(raw: Mapping[str, Any], path: KeyPath, problems: Problems) -> ProbeSpec | None:
     kinds = [k for k in PROBE_KINDS if k in raw]
     if len(kinds) != 1:
         problems.add(path, "give exactly one of http, tcp or exec")
@@ -123,11 +130,11 @@ def _probe(raw: Mapping, path: tuple, problems: Problems) -> ProbeSpec | None:
     return spec if len(problems) == before else None
 
 
-def health_fields(raw: Mapping, path: tuple, role_type: str, problems: Problems) -> dict:
+def health_fields(raw: Mapping[str, Any], path: KeyPath, role_type: str, problems: Problems) -> RoleFields:
     """``health``/``min_ready``/``needs``/``on_failed``/``step_down_after`` of one
     schema-valid role."""
     read = _Reader(raw, path, problems)
-    fields: dict = {
+    fields: RoleFields = {
         "min_ready": read.duration("min_ready", DEFAULT_MIN_READY, positive=False),
         "needs": tuple(raw.get("needs", ())),
         "on_failed": raw.get("on_failed", "stay"),
@@ -163,7 +170,7 @@ def health_fields(raw: Mapping, path: tuple, role_type: str, problems: Problems)
     return fields
 
 
-def _check_step_down(raw: Mapping, path: tuple, fields: dict, problems: Problems) -> None:
+def _check_step_down(raw: Mapping[str, Any], path: KeyPath, fields: RoleFields, problems: Problems) -> None:
     """Without a readiness probe or notify, a singleton's child counts as ready only after
     ``min_ready``: a ``step_down_after`` not longer than that would resign every term."""
     limit, min_ready = fields["step_down_after"], fields["min_ready"]
@@ -180,7 +187,7 @@ def stop_waves(needs: Mapping[str, tuple[str, ...]]) -> list[set[str]]:
     """Roles in shutdown order (``needs``: role -> roles it needs): each wave holds
     the roles no remaining role needs, so dependents stop before what they need."""
     remaining = set(needs)
-    waves = []
+    waves: list[set[str]] = []
     while remaining:
         needed = {n for r in remaining for n in needs[r] if n in remaining and n != r}
         wave = (remaining - needed) or set(remaining)  # a cycle (refused at load) stops at once

@@ -21,8 +21,9 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 from .errors import ConfigError, unexpected_problem
 from .loader import ENV_OVERRIDES
@@ -34,13 +35,17 @@ CHECK_ENVIRONMENT = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TZDIR"
 """Variables (besides ``LC_*`` and ``PYTHON*``) passed to the check child."""
 
 
-def check_environment(environ: Mapping[str, str], secret_names=()) -> dict[str, str]:
+def check_environment(environ: Mapping[str, str], secret_names: Collection[str] = ()) -> dict[str, str]:
     """The part of ``environ`` the check child may see (never ``secret_names``)."""
     return {name: value for name, value in environ.items()
             if (name in CHECK_ENVIRONMENT or name.startswith(("LC_", "PYTHON"))) and name not in secret_names}
 
 
-def read_only(items: dict) -> MappingProxyType:
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def read_only(items: dict[_K, _V]) -> MappingProxyType[_K, _V]:
     return MappingProxyType(items)
 
 
@@ -50,7 +55,7 @@ copyreg.pickle(MappingProxyType, lambda proxy: (read_only, (dict(proxy),)))
 
 def load_isolated(path: str, environ: Mapping[str, str] | None = None, *,
                   default_member_id: str | None = None, timeout: float = 60.0,
-                  secret_names=()) -> Config:
+                  secret_names: Collection[str] = ()) -> Config:
     """Like :func:`etcdvisor.config.load`, in a child process that sees only
     :func:`check_environment` of ``environ``."""
     env = check_environment(os.environ if environ is None else environ, secret_names)
@@ -63,7 +68,8 @@ def load_isolated(path: str, environ: Mapping[str, str] | None = None, *,
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(path, [f"{path}: cannot check the file: {exc}"]) from None
     if done.returncode == 0:
-        return pickle.loads(done.stdout)
+        config: Config = pickle.loads(done.stdout)  # the check child is this program
+        return config
     if done.returncode == EXIT_PROBLEMS:
         raise ConfigError(path, json.loads(done.stdout))
     last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import Problems
+from .errors import Document, KeyPath, Problems
 from .model import Config
 
 ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -38,7 +38,8 @@ ENV_OVERRIDES: tuple[tuple[str, tuple[str, ...]], ...] = (
 CASE_INSENSITIVE = ("ETCDVISOR_LOG_FORMAT", "ETCDVISOR_LOG_LEVEL")  # INFO works like info
 
 
-def load(path, environ: Mapping[str, str] | None = None, *, default_member_id: str | None = None) -> Config:
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *,
+         default_member_id: str | None = None) -> Config:
     """Load and validate the config file at ``path``.
 
     ``environ`` defaults to ``os.environ`` (tests pass a dict). ``default_member_id``
@@ -64,9 +65,9 @@ def load(path, environ: Mapping[str, str] | None = None, *, default_member_id: s
     return config
 
 
-def apply_environment(document: dict, environ: Mapping[str, str]) -> dict[tuple, str]:
+def apply_environment(document: Document, environ: Mapping[str, str]) -> dict[KeyPath, str]:
     """Write the ``ETCDVISOR_*`` overrides into ``document``; return path -> variable."""
-    labels = {}
+    labels: dict[KeyPath, str] = {}
     for variable, path in ENV_OVERRIDES:
         value = environ.get(variable, "").strip()
         if not value:

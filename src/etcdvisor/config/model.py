@@ -16,6 +16,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from ..coord.url import TLSOptions
 from .schedule import Schedule
@@ -63,7 +64,11 @@ class EtcdKind(enum.StrEnum):
     MEMORY = "memory"      # the in-process backend (tests)
 
 
-def _frozen_map(items) -> Mapping:
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _frozen_map(items: Mapping[_K, _V]) -> Mapping[_K, _V]:
     return MappingProxyType(dict(items))
 
 
@@ -203,7 +208,7 @@ class Registration:
     address: str = "{host}:{port}"
     port: int | None = None
     port_base: int | None = None
-    meta: Mapping = field(default_factory=lambda: _frozen_map({}))
+    meta: Mapping[str, Any] = field(default_factory=lambda: _frozen_map({}))
 
     def port_for(self, index: int) -> int:
         if self.port is not None:

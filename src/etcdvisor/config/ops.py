@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import Problems
+from .errors import Document, Problems
 from .model import HttpSettings, LogFormat, LogLevel, LogSettings
 
 
@@ -37,7 +37,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def ops_settings(document: dict, problems: Problems, base_dir: str = "") -> tuple[HttpSettings, LogSettings]:
+def ops_settings(document: Document, problems: Problems, base_dir: str = "") -> tuple[HttpSettings, LogSettings]:
     """``http`` and ``log`` of a schema-checked document (shape problems already recorded).
     ``http.token_file`` is resolved against ``base_dir`` and read once (not kept)."""
     http, log = HttpSettings(), LogSettings()

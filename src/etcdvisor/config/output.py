@@ -10,23 +10,27 @@ size of at least 1 KiB (default 50MiB); ``backups`` 0..1000 (default 5).
 from __future__ import annotations
 
 import string
+from typing import Any
 
 from .durations import parse_size
-from .errors import Problems
+from .errors import Document, KeyPath, Problems
 from .model import OUTPUT_PLACEHOLDERS, OutputFile
+from .role_fields import RoleFields
 from .wiring import peers_file_problem
 
 MIN_MAX_SIZE = 1024
 MAX_BACKUPS = 1000
 
 
-def output_fields(raw: dict, path: tuple, problems: Problems, cwd: str) -> dict:
+def output_fields(raw: Document, path: KeyPath, problems: Problems, cwd: str) -> RoleFields:
     """``stdout``/``stderr`` of one schema-valid role (``cwd``: its absolute working
     directory) as :class:`OutputFile` or None (inherit)."""
-    return {key: _output(raw.get(key, "inherit"), path + (key,), problems, cwd) for key in ("stdout", "stderr")}
+    return {"stdout": _output(raw.get("stdout", "inherit"), path + ("stdout",), problems, cwd),
+            "stderr": _output(raw.get("stderr", "inherit"), path + ("stderr",), problems, cwd)}
 
 
-def _output(raw, path: tuple, problems: Problems, cwd: str) -> OutputFile | None:
+def _output(raw: Any, path: KeyPath, problems: Problems, cwd: str) -> OutputFile | None:
+    """``raw``: 'inherit' or a schema-valid mapping (a YAML value)."""
     if raw == "inherit":
         return None
     before = len(problems)

@@ -10,14 +10,24 @@ from __future__ import annotations
 import os
 import re
 import signal
-from typing import TypedDict, overload
+from collections.abc import Mapping
+from typing import Any, TypedDict, overload
 
 from .. import timing
 from .durations import format_duration, format_size, parse_duration, parse_size
-from .errors import Problems
+from .errors import Document, KeyPath, Problems
 from .health import health_fields
-from .model import BackoffSettings, RestartPolicy, RoleSpec, RoleType, RolloutSettings, _frozen_map, is_reserved_env
+from .model import (
+    BackoffSettings,
+    RestartPolicy,
+    RoleSpec,
+    RoleType,
+    RolloutSettings,
+    _frozen_map,
+    is_reserved_env,
+)
 from .output import output_fields
+from .role_fields import RoleFields
 from .schedule import Schedule, ScheduleError, load_timezone
 from .signals import parse_signal
 from .wiring import wiring_fields
@@ -60,12 +70,12 @@ _NEVER_ALWAYS = {RoleType.CRON, RoleType.JOB, RoleType.TOPIC}
 class _RoleChecker:
     """Reads one role's keys, converting values and recording problems."""
 
-    def __init__(self, name: str, raw: dict, problems: Problems):
+    def __init__(self, name: str, raw: Document, problems: Problems):
         self.name, self.raw, self.problems = name, raw, problems
         self.path: tuple[str, ...] = ("roles", name)
         self.errors_before = len(problems)
 
-    def fail(self, key, reason: str) -> None:
+    def fail(self, key: str | KeyPath, reason: str) -> None:
         keys = key if isinstance(key, tuple) else (key,)
         self.problems.add(self.path + keys, reason)
 
@@ -93,11 +103,12 @@ class _RoleChecker:
         return len(self.problems) == self.errors_before
 
 
-def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Problems) -> RoleSpec | None:
+def build_role(name: Any, raw: Document, *, ttl: int | None, base_dir: str, problems: Problems) -> RoleSpec | None:
     """Return the role with defaults filled in, or None if it has problems.
 
     ``ttl`` is the member lease TTL for the slack check (None: member settings
-    were invalid, skip the check)."""
+    were invalid, skip the check). ``name`` is a key of the file's ``roles`` mapping
+    (a YAML key: checked here to be a valid role name)."""
     check = _RoleChecker(name, raw, problems)
     if not isinstance(name, str) or not ROLE_NAME.fullmatch(name) or len(name) > ROLE_NAME_MAX:
         problems.add(("roles", name), f"{name!r} is not a valid role name (lowercase letters, digits, "
@@ -111,7 +122,7 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
         if "\0" in arg:
             check.fail(("command", index), "contains a NUL byte")
     stop_timeout = check.duration("stop_timeout", DEFAULTS["stop_timeout"])
-    fields = dict(
+    fields: RoleFields = dict(
         name=name, type=role_type, command=command,
         env=_environment(check), cwd=_cwd(raw, base_dir),
         restart=_restart(check, role_type), stop_signal=_stop_signal(check),
@@ -132,8 +143,8 @@ def build_role(name, raw: dict, *, ttl: int | None, base_dir: str, problems: Pro
     return RoleSpec(**fields) if check.ok else None
 
 
-def _environment(check: _RoleChecker):
-    env = {}
+def _environment(check: _RoleChecker) -> Mapping[str, str]:
+    env: dict[str, str] = {}
     for key, value in check.raw.get("env", {}).items():
         if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
             check.fail(("env", key), f"{key!r} is not a valid environment variable name")
@@ -147,7 +158,7 @@ def _environment(check: _RoleChecker):
     return _frozen_map(env)
 
 
-def _cwd(raw: dict, base_dir: str) -> str | None:
+def _cwd(raw: Document, base_dir: str) -> str | None:
     cwd = raw.get("cwd")
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(cwd))) if cwd else None
 
@@ -212,7 +223,7 @@ def _wait_groups(check: _RoleChecker) -> tuple[str, ...]:
     return names
 
 
-def _type_fields(check: _RoleChecker, role_type: RoleType) -> dict:
+def _type_fields(check: _RoleChecker, role_type: RoleType) -> RoleFields:
     raw = check.raw
     if role_type is RoleType.SHARDED:
         return _sharded_fields(check)
@@ -233,7 +244,7 @@ MAX_CHILDREN = 1024
 MAX_PROCESSES = MAX_CHILDREN
 
 
-def _sharded_fields(check: _RoleChecker) -> dict:
+def _sharded_fields(check: _RoleChecker) -> RoleFields:
     """settle, handoff, and either join-order ``processes`` or fixed ``shards``
     (with ``children``); one problem line per conflicting or out-of-range key."""
     raw = check.raw
@@ -273,7 +284,7 @@ def _count(value: int) -> str:
     return str(value) if value.bit_length() <= 64 else "a huge number"
 
 
-def _cron_fields(check: _RoleChecker) -> dict:
+def _cron_fields(check: _RoleChecker) -> RoleFields:
     raw = check.raw
     tz = raw.get("timezone", DEFAULTS["timezone"])
     try:
@@ -296,7 +307,7 @@ def _cron_fields(check: _RoleChecker) -> dict:
     }
 
 
-def _topic_fields(check: _RoleChecker) -> dict:
+def _topic_fields(check: _RoleChecker) -> RoleFields:
     raw = check.raw
     max_payload = DEFAULTS["max_payload"]
     if "max_payload" in raw:

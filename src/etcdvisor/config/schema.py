@@ -14,10 +14,10 @@ import functools
 import json
 from datetime import date
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .durations import DURATION_HINT, SIZE_HINT
-from .errors import Problems
+from .errors import Document, KeyPath, Problems
 
 if TYPE_CHECKING:  # jsonschema is imported when a file is checked, not before
     import jsonschema
@@ -59,7 +59,7 @@ def schema_text() -> str:
     return resources.files("etcdvisor").joinpath("schemas/config.schema.json").read_text(encoding="utf-8")
 
 
-def _strict_integer(_checker, instance) -> bool:
+def _strict_integer(_checker: object, instance: object) -> bool:
     """JSON Schema calls ``2.0`` an integer; here an integer is a YAML integer
     (``2``), so ``processes: 2.0`` is refused by ``validate`` instead of
     reaching the runtime as a float. One rule for every integer key."""
@@ -75,10 +75,10 @@ def _validator() -> jsonschema.Draft202012Validator:
     return strict(json.loads(schema_text()))
 
 
-def check_schema(document: dict, problems: Problems) -> None:
+def check_schema(document: Document, problems: Problems) -> None:
     """Add one problem per schema violation in ``document``, in file order."""
-    found: list[tuple[tuple, str]] = []
-    mistyped = set()
+    found: list[tuple[KeyPath, str]] = []
+    mistyped: set[KeyPath] = set()
     for error in _validator().iter_errors(document):
         found.extend(_translate(error, document))
         if error.validator == "type":
@@ -90,9 +90,9 @@ def check_schema(document: dict, problems: Problems) -> None:
         problems.add(path, reason)
 
 
-def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple, str]]:
+def _translate(error: jsonschema.ValidationError, document: Document) -> list[tuple[KeyPath, str]]:
     """Turn one jsonschema error into ``(path, reason)`` pairs (possibly none)."""
-    path = tuple(error.absolute_path)
+    path: KeyPath = tuple(error.absolute_path)
     kind, value, schema, instance = error.validator, error.validator_value, error.schema, error.instance
     if kind == "additionalProperties":
         known = list(schema.get("properties", {}))
@@ -118,7 +118,8 @@ def _translate(error: jsonschema.ValidationError, document) -> list[tuple[tuple,
     return [(path, _simple_reason(kind, value, schema, instance, path))]
 
 
-def _simple_reason(kind, value, schema, instance, path) -> str:
+def _simple_reason(kind: str, value: Any, schema: dict[str, Any], instance: Any, path: KeyPath) -> str:
+    """``value`` is the schema rule's value, ``instance`` the document's: JSON and YAML values."""
     title = schema.get("title")
     if kind == "type":
         hint = _command_hint(title, instance) + _integer_hint(value, instance)
@@ -128,7 +129,7 @@ def _simple_reason(kind, value, schema, instance, path) -> str:
         return f"{instance!r} is not {noun} (one of: {', '.join(map(str, value))})"
     if kind == "pattern":
         key = path[-1] if path else ""
-        return f"{instance!r} is not valid ({_PATTERN_HINTS.get(key, f'must match {value}')})"
+        return f"{instance!r} is not valid ({_PATTERN_HINTS.get(str(key), f'must match {value}')})"
     if kind in ("minimum", "exclusiveMinimum"):
         op = ">=" if kind == "minimum" else ">"
         return f"must be {op} {value}, got {_describe_value(instance)}"
@@ -142,7 +143,8 @@ def _simple_reason(kind, value, schema, instance, path) -> str:
     if kind == "maxLength":
         return f"is too long (at most {value} characters)"
     if kind == "uniqueItems":
-        seen, dups = [], []
+        seen: list[Any] = []
+        dups: list[Any] = []
         for item in instance:
             if item in seen:
                 dups.append(item)
@@ -151,7 +153,7 @@ def _simple_reason(kind, value, schema, instance, path) -> str:
     return f"{_describe_value(instance)} breaks the schema rule {kind!r}: {value!r}"
 
 
-def _unknown_key(key, known: list[str]) -> str:
+def _unknown_key(key: object, known: list[str]) -> str:
     text = str(key)
     if not isinstance(key, str):
         return f"keys must be strings, got {_describe_value(key)}"
@@ -163,7 +165,7 @@ def _unknown_key(key, known: list[str]) -> str:
     return f"unknown key {text!r}"
 
 
-def _forbidden_key(path: tuple, schema: dict, document) -> list[tuple[tuple, str]]:
+def _forbidden_key(path: KeyPath, schema: dict[str, Any], document: Document) -> list[tuple[KeyPath, str]]:
     if schema.get("title") == "forbidden":
         return [(path, schema.get("description", "this key is not allowed"))]
     key = path[-1]
@@ -171,7 +173,7 @@ def _forbidden_key(path: tuple, schema: dict, document) -> list[tuple[tuple, str
     role_type = role.get("type") if isinstance(role, dict) else None
     if role_type not in ROLE_TYPES:
         return []  # the bad type is reported on its own; don't pile on
-    allowed = " and ".join(TYPE_ONLY_KEYS.get(key, ()))
+    allowed = " and ".join(TYPE_ONLY_KEYS.get(str(key), ()))  # a key of a mapping: a str
     return [(path, f"{key!r} only applies to {allowed} roles, not {role_type} roles")]
 
 
@@ -198,10 +200,12 @@ def _no_alternative(error: jsonschema.ValidationError) -> str:
     from jsonschema.exceptions import best_match
 
     best = best_match(error.context)
-    return best.message if best is not None else error.message
+    message: str = best.message if best is not None else error.message
+    return message
 
 
-def _describe_type(expected, schema: dict) -> str:
+def _describe_type(expected: Any, schema: dict[str, Any]) -> str:
+    """``expected``: the schema's ``type`` (a name or a list of names)."""
     if isinstance(expected, list):
         names = [_describe_type(t, {}) if t != "boolean" else "a boolean" for t in expected]
         return ", ".join(names[:-1]) + " or " + names[-1]
@@ -214,7 +218,7 @@ def _describe_type(expected, schema: dict) -> str:
     }.get(expected, str(expected))
 
 
-def _describe_value(value) -> str:
+def _describe_value(value: object) -> str:
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
@@ -234,7 +238,7 @@ def _describe_value(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def _integer_hint(expected, instance) -> str:
+def _integer_hint(expected: Any, instance: object) -> str:
     """``2.0`` where an integer belongs: say how to write it."""
     wanted = expected if isinstance(expected, list) else [expected]
     if "integer" in wanted and isinstance(instance, float) and instance.is_integer() and abs(instance) < 2**63:
@@ -242,13 +246,13 @@ def _integer_hint(expected, instance) -> str:
     return ""
 
 
-def _command_hint(title, instance) -> str:
+def _command_hint(title: object, instance: object) -> str:
     if title == "command" and isinstance(instance, str):
         return f" (write it as an argv list, e.g. {instance.split()!r}; no shell is used)"
     return ""
 
 
-def _lookup(document, path: tuple):
+def _lookup(document: Any, path: KeyPath) -> Any:
     node = document
     for part in path:
         try:
@@ -258,9 +262,10 @@ def _lookup(document, path: tuple):
     return node
 
 
-def _document_order(document, path: tuple) -> tuple:
+def _document_order(document: Document, path: KeyPath) -> tuple[int, ...]:
     """Sort key that follows the order of keys in the file."""
-    order, node = [], document
+    order: list[int] = []
+    node: Any = document
     for part in path:
         if isinstance(node, dict):
             keys = list(node)

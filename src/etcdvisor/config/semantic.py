@@ -15,11 +15,12 @@ import re
 import secrets
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from ..coord.errors import InvalidURL
 from ..coord.url import TLSOptions, parse_url
 from .durations import parse_duration
-from .errors import Problems, unknown_role
+from .errors import Document, KeyPath, Problems, unknown_role
 from .model import Config, EtcdKind, EtcdSettings, MemberSettings, RestartPolicy, RoleSpec, RoleType, _frozen_map
 from .ops import ops_settings
 from .roles import build_role
@@ -30,7 +31,7 @@ DEFAULT_STATE_DIR = ".etcdvisor"
 DEFAULT_TTL = 10
 
 
-def build_config(document: dict, *, source_path: str, base_dir: str, problems: Problems,
+def build_config(document: Document, *, source_path: str, base_dir: str, problems: Problems,
                  default_member_id: str | None = None) -> Config | None:
     """Return the Config, or None if problems were recorded (by any stage)."""
     member = None
@@ -39,7 +40,7 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
     etcd = None
     if not problems.has_under(("etcd",)):
         etcd = _etcd(document.get("etcd", {}), base_dir, member, problems)
-    roles = {}
+    roles: dict[str, RoleSpec | None] = {}
     raw_roles = document.get("roles", {}) if isinstance(document.get("roles"), dict) else {}
     ttl = member.ttl if member is not None else None
     listed: dict[str, dict[str, list[str]]] = {}  # role -> after/needs names, where the schema passed
@@ -58,16 +59,19 @@ def build_config(document: dict, *, source_path: str, base_dir: str, problems: P
     http, log = ops_settings(document, problems, base_dir)
     if problems:
         return None
+    # each is None only when it had problems
+    assert etcd is not None and member is not None and None not in roles.values()
+    built = {name: spec for name, spec in roles.items() if spec is not None}
     return Config(source_path=source_path, cluster=document["cluster"], etcd=etcd, member=member,
-                  roles=_frozen_map(roles), config_layout=document.get("config_layout", "etcdvisor"),
+                  roles=_frozen_map(built), config_layout=document.get("config_layout", "etcdvisor"),
                   warnings=tuple(warnings), http=http, log=log)
 
 
-def _member(raw: dict, base_dir: str, default_member_id: str | None) -> MemberSettings:
+def _member(raw: Document, base_dir: str, default_member_id: str | None) -> MemberSettings:
     member_id, generated = raw.get("id"), False
     if member_id is None:
         member_id, generated = default_member_id or generate_member_id(), True
-    state_dir = _absolute(raw.get("state_dir", DEFAULT_STATE_DIR), base_dir)
+    state_dir = _absolute_path(raw.get("state_dir", DEFAULT_STATE_DIR), base_dir)  # schema: not empty
     return MemberSettings(id=member_id, ttl=raw.get("ttl", DEFAULT_TTL), state_dir=state_dir,
                           id_generated=generated)
 
@@ -78,7 +82,7 @@ def generate_member_id() -> str:
     return f"{host or 'member'}-{secrets.token_hex(3)}"
 
 
-def _etcd(raw: dict, base_dir: str, member: MemberSettings | None, problems: Problems) -> EtcdSettings | None:
+def _etcd(raw: Document, base_dir: str, member: MemberSettings | None, problems: Problems) -> EtcdSettings | None:
     path = ("etcd",)
     errors_before = len(problems)
     kind, endpoints, memory_name = _endpoints(raw.get("endpoints", list(DEFAULT_ENDPOINTS)), problems)
@@ -121,8 +125,9 @@ def _etcd(raw: dict, base_dir: str, member: MemberSettings | None, problems: Pro
     )
 
 
-def _endpoints(value, problems: Problems):
-    """Return ``(kind, endpoints, memory_name)``; problems are recorded."""
+def _endpoints(value: Any, problems: Problems) -> tuple[EtcdKind, tuple[str, ...], str | None]:
+    """Return ``(kind, endpoints, memory_name)`` of ``endpoints:`` (a YAML value, schema-checked);
+    problems are recorded."""
     path = ("etcd", "endpoints")
     if isinstance(value, list) and len(value) == 1:
         value = value[0]  # [embedded] and [memory://x] mean the same as the bare string
@@ -153,13 +158,17 @@ def _endpoints(value, problems: Problems):
     return EtcdKind.ETCD, tuple(str(e) for e in spec.endpoints), None
 
 
-def _from_environment(problems: Problems, path: tuple) -> bool:
+def _from_environment(problems: Problems, path: KeyPath) -> bool:
     return path in problems.labels
 
 
 def _absolute(value: str | None, base_dir: str) -> str | None:
     if not value:
         return None
+    return _absolute_path(value, base_dir)
+
+
+def _absolute_path(value: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
 
 

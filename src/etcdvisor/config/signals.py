@@ -17,7 +17,7 @@ STOP_SIGNALS: dict[str, signal.Signals] = {
 }
 
 
-def parse_signal(value, what: str = "known signal") -> signal.Signals:
+def parse_signal(value: object, what: str = "known signal") -> signal.Signals:
     """Return the signal named by ``value``; ``ValueError`` with a one-line reason
     otherwise (``'X' is not a <what> (one of: ...)``)."""
     if isinstance(value, str) and value.isascii():  # "ſigterm".upper() == "SIGTERM"

@@ -27,11 +27,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
-from .errors import ConfigError, one_line
+from .errors import ConfigError, Document, one_line
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_ALIAS_NODES = 20_000
@@ -39,30 +39,38 @@ MAX_NODES = 20_000
 MAX_DEPTH = 100
 
 
-class _BoundedComposer:
+if TYPE_CHECKING:
+    class _ComposerBase(yaml.parser.Parser, yaml.composer.Composer):
+        """What the mixin below finds in the loaders it is mixed into: a parser and a composer."""
+
+        def peek_event(self) -> yaml.Event:  # untyped in types-PyYAML; an event once check_event said so
+            ...
+else:
+    _ComposerBase = object  # at run time a plain mixin: the loaders bring both halves
+
+
+class _BoundedComposer(_ComposerBase):
     """Composer half of the loaders below: bounds what aliases, nesting and the
     node count can cost (see the module docstring)."""
 
-    anchors: dict[str, yaml.Node]  # yaml's Composer (every loader below is one) sets it
-
-    def __init__(self):
+    def __init__(self) -> None:
         self._depth = 0
         self._alias_nodes = 0
         self._nodes = 0
         self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to, once composed
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            self._count_alias(self.peek_event())
+            self._count_alias(cast("yaml.AliasEvent", self.peek_event()))  # check_event said so
             return super().compose_node(parent, index)
         self._depth += 1
         self._nodes += 1
         if self._depth > MAX_DEPTH:
             raise yaml.composer.ComposerError(
-                None, None, f"collections nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+                None, None, f"collections nested deeper than {MAX_DEPTH} levels", _mark(self.peek_event()))
         if self._nodes > MAX_NODES:
             raise yaml.composer.ComposerError(
-                None, None, f"more than {MAX_NODES} values in one file", self.peek_event().start_mark)
+                None, None, f"more than {MAX_NODES} values in one file", _mark(self.peek_event()))
         try:
             node = super().compose_node(parent, index)
         finally:
@@ -70,29 +78,29 @@ class _BoundedComposer:
         self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in _children(node))
         return node
 
-    def _count_alias(self, event) -> None:
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
         target = self.anchors.get(event.anchor)
         if target is None:
             return  # PyYAML reports the undefined alias itself
         size = self._sizes.get(id(target))
         if size is None:  # the anchored collection is still open: it would contain itself
             raise yaml.composer.ComposerError(
-                None, None, f"alias *{event.anchor} refers to a collection that contains it", event.start_mark)
+                None, None, f"alias *{event.anchor} refers to a collection that contains it", _mark(event))
         self._alias_nodes += size
         if self._alias_nodes > MAX_ALIAS_NODES:
             raise yaml.composer.ComposerError(
                 None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb?)",
-                event.start_mark)
+                _mark(event))
 
 
 class _PyLoader(_BoundedComposer, yaml.SafeLoader):
     """Pure-Python SafeLoader, bounded (used where PyYAML lacks libyaml)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: str) -> None:
         yaml.SafeLoader.__init__(self, stream)
         _BoundedComposer.__init__(self)
 
-    def fetch_flow_collection_start(self, token_class):
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
         # bound flow nesting in the scanner: it looks ahead for simple keys, so a
         # line of 10^5 '[' costs seconds before the composer would see depth 101
         if self.flow_level >= MAX_DEPTH:
@@ -113,7 +121,7 @@ if yaml.__with_libyaml__:
         get_single_node = yaml.composer.Composer.get_single_node  # not CParser's: it would skip the bounds
         compose_document = yaml.composer.Composer.compose_document
 
-        def __init__(self, stream):
+        def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
             yaml.composer.Composer.__init__(self)
             yaml.constructor.SafeConstructor.__init__(self)
@@ -124,16 +132,23 @@ if yaml.__with_libyaml__:
     _StrictSafeLoader = cast("type[yaml.SafeLoader]", _CLoader)
 
 
-def _children(node):
+def _children(node: yaml.Node | None) -> list[yaml.Node] | tuple[()]:
     if isinstance(node, yaml.SequenceNode):
-        return node.value
+        items: list[yaml.Node] = node.value
+        return items
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     return ()
 
 
-def _construct_mapping(loader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict = {}
+def _mark(event: yaml.Event) -> yaml.error.Mark | None:
+    """Where ``event`` starts, for an error: libyaml's marks have the fields of PyYAML's
+    (line, column, name), which is all an error reads, though the stubs name two classes."""
+    return cast("yaml.error.Mark | None", event.start_mark)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Mark] = {}
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue  # keys merged in with << may be overridden on purpose
@@ -158,7 +173,7 @@ for _loader in _LOADERS:
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def read_document(path: str):
+def read_document(path: str) -> Document:
     """Return the parsed document of ``path`` (never None).
 
     Raises ConfigError for a file that is not a regular file, is unreadable or too

@@ -20,17 +20,20 @@ import math
 import os
 import re
 import string
+from collections.abc import Mapping
 
-from .errors import Problems, format_key_path
+from .errors import Document, KeyPath, Problems, format_key_path
 from .model import (
     ChangeAction,
     ConfigItem,
     OnChange,
     PeersFile,
     Registration,
+    RoleSpec,
     _frozen_map,
     is_reserved_env,
 )
+from .role_fields import RoleFields
 from .signals import parse_signal
 
 PLACEHOLDERS = ("host", "member", "index", "port")
@@ -43,7 +46,7 @@ INDEX_SPAN = 1024  # "BASE + {index}" is taken to cover BASE .. BASE+1023 when c
 NON_FINITE = "holds .nan or .inf, which JSON cannot carry (write a finite number, or quote it as a string)"
 
 
-def _non_finite(value) -> bool:
+def _non_finite(value: object) -> bool:
     """A NaN or an infinity anywhere in ``value`` (YAML's .nan, .inf, 1e400)."""
     if isinstance(value, float):
         return not math.isfinite(value)
@@ -54,7 +57,7 @@ def _non_finite(value) -> bool:
     return False
 
 
-def parse_on_change(text, default: ChangeAction) -> OnChange:
+def parse_on_change(text: object, default: ChangeAction) -> OnChange:
     """``restart`` | ``none`` | ``signal:NAME``; ValueError otherwise."""
     if text is None:
         return OnChange(default)
@@ -82,7 +85,7 @@ def placeholder_problem(text: str) -> str | None:
     return None
 
 
-def wiring_fields(raw: dict, path: tuple, problems: Problems, cwd: str) -> dict:
+def wiring_fields(raw: Document, path: KeyPath, problems: Problems, cwd: str) -> RoleFields:
     """``config``/``register``/``peers`` of one schema-valid role (``cwd``: the
     role's absolute working directory, where its peers files must stay)."""
     return {"config": _config(raw.get("config", {}), path + ("config",), problems),
@@ -109,8 +112,8 @@ def peers_file_problem(file: str, cwd: str, what: str = "peers files") -> str | 
     return None
 
 
-def _config(raw: dict, path: tuple, problems: Problems):
-    items = {}
+def _config(raw: Document, path: KeyPath, problems: Problems) -> Mapping[str, ConfigItem]:
+    items: dict[str, ConfigItem] = {}
     for env, entry in raw.items():
         where = path + (env,)
         if not ENV_NAME.fullmatch(env):
@@ -136,7 +139,7 @@ def _config(raw: dict, path: tuple, problems: Problems):
     return _frozen_map(items)
 
 
-def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration | None:
+def _register(raw: Document | None, path: KeyPath, problems: Problems) -> Registration | None:
     if raw is None:
         return None
     before = len(problems)
@@ -153,7 +156,7 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
         else:
             port, base = None, int(match.group(1))
     address = raw.get("address", "{host}:{port}")
-    templates: list[tuple[tuple, str]] = [(("address",), address)]
+    templates: list[tuple[KeyPath, str]] = [(("address",), address)]
     templates += [(("meta", k), v) for k, v in raw.get("meta", {}).items() if isinstance(v, str)]
     for where, text in templates:
         problem = placeholder_problem(text)
@@ -168,8 +171,8 @@ def _register(raw: dict | None, path: tuple, problems: Problems) -> Registration
                         meta=_frozen_map(raw.get("meta", {})))
 
 
-def _peers(raw: dict, path: tuple, problems: Problems, cwd: str):
-    peers = {}
+def _peers(raw: Document, path: KeyPath, problems: Problems, cwd: str) -> Mapping[str, PeersFile]:
+    peers: dict[str, PeersFile] = {}
     for service, entry in raw.items():
         where = path + (service,)
         if not SERVICE_NAME.fullmatch(service):
@@ -196,7 +199,7 @@ def _port_range(registration: Registration) -> range:
     return range(first, first + (1 if registration.port is not None else INDEX_SPAN))
 
 
-def _several_per_member(spec) -> bool:
+def _several_per_member(spec: RoleSpec) -> bool:
     """A sharded role with ``processes > 1``, or fixed shards with a child per shard."""
     if spec.type.value != "sharded":
         return False
@@ -205,7 +208,7 @@ def _several_per_member(spec) -> bool:
     return (spec.processes or 1) > 1
 
 
-def _highest_known_index(spec) -> int:
+def _highest_known_index(spec: RoleSpec) -> int:
     """The highest INDEX a child of ``spec`` can have whatever the fleet: ``shards - 1``
     with a child per shard (a member may hold any shard), ``processes - 1`` in join order
     (the first member's; later members' go higher, with the fleet's size), else 0."""
@@ -216,7 +219,8 @@ def _highest_known_index(spec) -> int:
     return (spec.processes or 1) - 1
 
 
-def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str = "etcdvisor") -> list[str]:
+def check_wiring(roles: Mapping[str, RoleSpec | None], problems: Problems, source_path: str,
+                 layout: str = "etcdvisor") -> list[str]:
     """Cross-role checks (``roles``: name -> RoleSpec or None); returns warnings."""
     for name, spec in roles.items():
         for env, entry in (spec.config if spec is not None and layout == "ergo" else {}).items():
@@ -235,7 +239,7 @@ def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str 
                          "which would all register this port (use 'BASE + {index}')")
     for name, spec in roles.items():
         registration = spec.register if spec is not None else None
-        if registration is not None and registration.port_base is not None:
+        if spec is not None and registration is not None and registration.port_base is not None:
             top = registration.port_base + _highest_known_index(spec)
             if top > 65535:
                 problems.add(("roles", name, "register", "port"),
@@ -249,7 +253,7 @@ def check_wiring(roles: dict, problems: Problems, source_path: str, layout: str 
                     problems.add(("roles", name, "register", "port"),
                                  f"service {service!r} is also registered by role {other!r} with a "
                                  "port that can be the same on one member (give the roles different ports)")
-    warnings = []
+    warnings: list[str] = []
     for name, spec in roles.items():
         for service in (spec.peers if spec is not None else {}):
             if service not in registered:

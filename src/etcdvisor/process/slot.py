@@ -110,7 +110,7 @@ class Started(SlotEvent):
 
 @dataclass(frozen=True)
 class Exited(SlotEvent):
-    code: int | None              # exit status; negative = killed by that signal
+    code: int                     # exit status; negative = killed by that signal (always known)
     uptime: float
     restart_at: float | None      # when the slot will restart it, None = it will not
     reason: str = "exit"          # exit, or the failed check (liveness, startup, watchdog, memory)

@@ -114,7 +114,7 @@ def balance_shards(prev: Mapping[str, Iterable[int]], members: Sequence[str],
 
 def moved(before: Mapping[str, Iterable[int]], after: Mapping[str, Iterable[int]]) -> set[int]:
     """Shards whose owner differs between two assignments (for tests and the bench)."""
-    def owner(assignment):
+    def owner(assignment: Mapping[str, Iterable[int]]) -> dict[int, str]:
         return {s: m for m, shards in assignment.items() for s in shards}
 
     old, new = owner(before), owner(after)

@@ -33,7 +33,7 @@ from ..coord.base import Backend
 from ..coord.errors import CoordError
 from ..coord.keys import ClusterKeys
 from ..coord.records import dumps
-from ..coord.session import Session
+from ..coord.session import Session, SessionEvent
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.logfile import LogFileSpec
 from ..process.slot import SlotEvent
@@ -162,7 +162,7 @@ class RoleRunner(abc.ABC):
     def handle(self, payload: Any, at: float) -> None:
         """A RoleEvent payload for this role (from its own threads)."""
 
-    def on_session(self, event) -> None:
+    def on_session(self, event: SessionEvent) -> None:
         """A session event (keepalive, expired, lost, new lease)."""
 
     @abc.abstractmethod
@@ -206,7 +206,7 @@ class RoleRunner(abc.ABC):
         body = dumps({"member": self.ctx.member_id, "exit_code": code, "finished": self.ctx.wall()})
         self.effect(f"record completion {count}/{index}", lambda: self.ctx.backend.put(key, body))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"type": self.spec.type.value, "failed": self.failed_reason}
 
 

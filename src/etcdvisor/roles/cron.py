@@ -51,13 +51,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from ..config.schedule import is_missed, parse_tick_id
+from ..config import RoleSpec
+from ..config.schedule import Schedule, is_missed, parse_tick_id
 from ..coord.records import TICK, RecordError, check_time, dumps
 from ..coord.retry import STORE_RETRY
 from ..coord.types import Get, Put, create_revision, missing, mod_revision
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec
+from .base import RuntimeContext
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -85,21 +88,23 @@ def manual_tick_id(when: datetime) -> str:
 
 
 class CronRunner(LeaderRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
-        self.schedule = self.spec.schedule  # parsed once by the config loader: what validated runs
+        if self.spec.schedule is None:  # the config loader parses one for every cron role
+            raise ValueError(f"role {self.name}: a cron role needs a schedule")
+        self.schedule: Schedule = self.spec.schedule  # parsed once by the config loader: what validated runs
         self.policy = self.spec.concurrency or "forbid"
         self.runs: dict[str, _Run] = {}
         self.cursor: datetime | None = None  # None: not leading, or resuming
         self.claiming: str | None = None  # a tick whose claim is in flight
         self.retry_at: float | None = None  # a failed claim is tried again then
-        self.last_outcome: dict | None = None
+        self.last_outcome: dict[str, Any] | None = None
         self.missed = 0
-        self.triggers: dict[str, dict] = {}  # trigger id -> control record, until claimed
+        self.triggers: dict[str, dict[str, Any]] = {}  # trigger id -> control record, until claimed
         self._retries_ended: set[str] = set()  # runs whose retries a newer tick ended: already recorded
 
     # --- leadership ------------------------------------------------------------
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         was_leading = self.leading
         super().handle(payload, at)
         if self.leading and not was_leading:
@@ -136,7 +141,7 @@ class CronRunner(LeaderRunner):
             if record["state"] == "running" and (record["token"] or 0) < token:
                 record["state"] = "interrupted"
                 self.ctx.backend.txn([mod_revision(kv.key, "=", kv.mod_revision)],
-                                     [Put(kv.key, dumps(record))])
+                                     [Put(kv.key, dumps(record).encode())])
         ids = [kv.key.rsplit("/", 1)[-1] for kv in result.kvs]
         ids = [tick_id for tick_id in ids if not tick_id.endswith(MANUAL_SUFFIX)]
         for tick_id in sorted(ids, reverse=True):
@@ -202,6 +207,7 @@ class CronRunner(LeaderRunner):
         starting_deadline when longer). The caller records those past
         their starting_deadline as missed; ticks beyond the limit or the
         horizon are counted as missed with one log line, not a record each."""
+        assert self.cursor is not None  # asked only while leading with a cursor (desired, while_paused)
         horizon = now - timedelta(seconds=max(CATCH_UP_HORIZON, self.spec.starting_deadline or 0))
         start, dropped = self.cursor, 0
         if start < horizon:
@@ -224,7 +230,7 @@ class CronRunner(LeaderRunner):
                      f"{self.schedule.tick_id(self.cursor)} are too old to run late: missed")
         return due
 
-    def _claim(self, tick: datetime, now: datetime, trigger: dict | None = None) -> None:
+    def _claim(self, tick: datetime, now: datetime, trigger: dict[str, Any] | None = None) -> None:
         """Claim ``tick`` (or the manual run of ``trigger``) with a transaction fenced
         by our token (an effect); the run starts when the claim comes back won."""
         tick_id = manual_tick_id(tick) if trigger else self.schedule.tick_id(tick)
@@ -233,13 +239,13 @@ class CronRunner(LeaderRunner):
         extra = {"manual": True, "trigger": trigger["id"], "who": trigger.get("who")} if trigger else {}
         record = {"state": "running", "member": self.ctx.member_id, "token": token,
                   "scheduled": tick.isoformat(), "started": now.timestamp(), **extra}
-        election_key = self.election.key
+        election_key = self.started_election.key
 
         def claim() -> bool | None:
             """True: ours to run. False: already recorded by someone. None: we
             may no longer lead (the fencing compare failed)."""
             res = self.ctx.backend.txn([missing(key), create_revision(election_key, "=", token)],
-                                       [Put(key, dumps(record))], [Get(key)])
+                                       [Put(key, dumps(record).encode())], [Get(key)])
             if res.succeeded:
                 self._trim()
                 return True
@@ -280,7 +286,7 @@ class CronRunner(LeaderRunner):
         late = (claimed_at - tick).total_seconds()
         self.say(f"tick {tick_id}: claimed, starting run" + (f" ({late:.1f}s late)" if late > 1 else ""))
 
-    def _record(self, tick: datetime, fields: dict, *, quiet: bool = True,
+    def _record(self, tick: datetime, fields: dict[str, Any], *, quiet: bool = True,
                 tick_id: str | None = None) -> None:
         tick_id = tick_id or self.schedule.tick_id(tick)
         key = self.ctx.keys.tick(self.name, tick_id)
@@ -292,7 +298,7 @@ class CronRunner(LeaderRunner):
 
         def write() -> None:
             if fields.get("state") in ("missed", "skipped", "paused"):
-                backend.txn([missing(key)], [Put(key, dumps(record))])
+                backend.txn([missing(key)], [Put(key, dumps(record).encode())])
                 return
             old = backend.get(key)
             try:
@@ -354,7 +360,7 @@ class CronRunner(LeaderRunner):
             self._record(tick, {"state": "paused"}, quiet=False)
             self.cursor = tick
 
-    def trigger(self, record: dict) -> None:
+    def trigger(self, record: dict[str, Any]) -> None:
         """A 'supervisor trigger' control record: every member keeps it (a leader
         elected within TRIGGER_MAX_AGE still runs it); the leader claims it."""
         try:
@@ -391,7 +397,7 @@ class CronRunner(LeaderRunner):
         nxt = self.schedule.next_tick(max(self.cursor, now))
         return self.ctx.clock() + max(0.0, (nxt - now).total_seconds()) + 0.001
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         upcoming = None
         if self.cursor is not None:
             upcoming = self.schedule.next_tick(max(self.cursor, self._now())).isoformat()

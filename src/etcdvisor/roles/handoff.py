@@ -35,8 +35,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..coord.records import SHARD_ALIVE, SHARD_GRANT, RecordError
+from ..coord.types import KeyValue
 from ..process.spawn import ChildVars
 from .assignment import Part
 
@@ -79,7 +81,7 @@ class BadRecord(ValueError):
     pass
 
 
-def _parts_of(doc: dict) -> frozenset[Part]:
+def _parts_of(doc: dict[str, Any]) -> frozenset[Part]:
     return frozenset(Part(index, int(count)) for count, indexes in doc["parts"].items() for index in indexes)
 
 
@@ -131,13 +133,13 @@ def decode_grant(raw: bytes) -> Grant | None:
         return None
 
 
-def read_grant(kv) -> Grant:
+def read_grant(kv: KeyValue) -> Grant:
     """The grant in ``kv``; a bad one is no grant, with one warning naming its key."""
     doc = SHARD_GRANT.read(kv)
     return NO_GRANT if doc is None else grant_of(doc)
 
 
-def grant_of(doc: dict) -> Grant:
+def grant_of(doc: dict[str, Any]) -> Grant:
     return Grant(doc["epoch"], doc["record"], _parts_of(doc), doc.get("coordinator") or "")
 
 
@@ -154,7 +156,7 @@ class ClusterAlive:
     revision: int = 0
 
 
-def parse_snapshot(prefix: str, kvs: Iterable, revision: int) -> ClusterAlive:
+def parse_snapshot(prefix: str, kvs: Iterable[KeyValue], revision: int) -> ClusterAlive:
     """Build a :class:`ClusterAlive` from a watched snapshot of ``prefix``
     (ends with ``/``). A garbage record counts as holding everything (until
     its lease goes); a record on no lease is ignored."""

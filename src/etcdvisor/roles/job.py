@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from ..config import RoleSpec
 from ..coord.records import JOB, dumps
@@ -31,6 +33,7 @@ from ..coord.types import Put, create_revision
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed
 from ..process.spawn import ChildSpec
+from .base import RuntimeContext
 from .singleton import LeaderRunner
 
 log = logging.getLogger("etcdvisor")
@@ -44,24 +47,28 @@ def spec_hash(spec: RoleSpec) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def job_done(record: dict | None, expected_hash: str) -> bool:
-    return bool(record) and record.get("spec_hash") == expected_hash and \
+def job_done(record: dict[str, Any] | None, expected_hash: str) -> bool:
+    return record is not None and record.get("spec_hash") == expected_hash and \
         record.get("state") in ("succeeded", "failed")
 
 
 class JobRecord:
-    """Payload: the job record changed (None = deleted)."""
+    """Payload: the job record changed (None = deleted), as of store ``revision``."""
 
-    def __init__(self, record: dict | None):
+    def __init__(self, record: dict[str, Any] | None, revision: int = 0):
         self.record = record
+        self.revision = revision
 
 
 class JobRunner(LeaderRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.hash = spec_hash(self.spec)
-        self.record: dict | None = None
+        self.record: dict[str, Any] | None = None
         self.record_known = False
+        # the revision of the newest record this runner knows; a watch event older than
+        # that is stale (our 'running' write seen after the run ended: never run again)
+        self.record_revision = 0
         self.running = False
         self.writing = False  # the 'running' record is being written
         self.retry_at: float | None = None  # a failed 'running' write is tried again then
@@ -76,11 +83,13 @@ class JobRunner(LeaderRunner):
     def _on_change(self, change: Change) -> None:  # watch thread: only post
         kv = change.snapshot.get(self.ctx.keys.job(self.name))
         # a bad record (skipped, one warning naming its key) counts as none: the job runs
-        self.post(JobRecord(JOB.read(kv) if kv else None))
+        self.post(JobRecord(JOB.read(kv) if kv else None, change.revision))
 
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, JobRecord):
-            self.record, self.record_known = payload.record, True
+            self.record_known = True
+            if payload.revision >= self.record_revision:
+                self.record, self.record_revision = payload.record, payload.revision
             return
         super().handle(payload, at)
         if not self.leading:
@@ -113,24 +122,26 @@ class JobRunner(LeaderRunner):
         times = [t for t in (self.retry_at, self.leader_deadline(self.ctx.clock())) if t is not None]
         return min(times) if times else None
 
-    def _write(self, fields: dict, done=None) -> None:
+    def _write(self, fields: dict[str, Any],
+               done: Callable[[bool, BaseException | None], None] | None = None) -> None:
         """(Effect) Write the job record, fenced by our election key."""
         record = {"spec_hash": self.hash, "member": self.ctx.member_id, "token": self.token,
                   "updated": self.ctx.wall(), **fields}
-        election_key, token, key = self.election.key, self.token, self.ctx.keys.job(self.name)
+        election_key, token, key = self.started_election.key, self.token, self.ctx.keys.job(self.name)
         backend = self.ctx.backend
 
-        def write() -> bool:
-            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record))])
-            return res.succeeded
+        def write() -> int | None:
+            res = backend.txn([create_revision(election_key, "=", token)], [Put(key, dumps(record).encode())])
+            return res.revision if res.succeeded else None
 
-        def written(ok: bool, error: BaseException | None) -> None:
+        def written(revision: int | None, error: BaseException | None) -> None:
+            ok = error is None and revision is not None
             if error is not None:
                 log.warning("role %s: cannot write job record: %s", self.name, error)
-            elif ok:
-                self.record = record
+            elif revision is not None and revision >= self.record_revision:
+                self.record, self.record_revision = record, revision
             if done is not None:
-                done(bool(ok) and error is None, error)
+                done(ok, error)
 
         self.effect(f"write job record ({fields.get('state')})", write, written)
 
@@ -145,13 +156,15 @@ class JobRunner(LeaderRunner):
             self._finish("failed", error=event.message)
             self.give_up(event.message)
 
-    def _finish(self, state: str, **fields) -> None:
+    def _finish(self, state: str, **fields: int | str) -> None:
         if not self.running:
             return
         self.running = False
         final = {"state": state, "finished": self.ctx.wall(), **fields}
-        # known done at once: the job must not start again while the record is written
+        # known done at once: the job must not start again while the record is written,
+        # nor on a late watch event of the 'running' record (older than what we know now)
         self.record = {"spec_hash": self.hash, **final}
+        self.record_revision += 1
 
         def retry(ok: bool, error: BaseException | None, attempt: int = 1) -> None:
             if error is not None and attempt < FINAL_WRITE_ATTEMPTS and self.leading:
@@ -165,5 +178,5 @@ class JobRunner(LeaderRunner):
             self._watcher.stop()
         super().stop()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {**super().status(), "spec_hash": self.hash, "record": self.record}

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import timing
 from ..coord import types as t
@@ -108,8 +108,8 @@ class Coordinator:
         self.granting = False  # a grant write is in flight
         self.grant_retry_at: float | None = None
         self.dirty = True
-        self.plan_seen: tuple | None = None
-        self._plan: tuple[tuple, tuple[int, dict[str, frozenset[Part]]]] | None = None
+        self.plan_seen: tuple[str, int, int] | None = None
+        self._plan: tuple[tuple[str, int, int], tuple[int, dict[str, frozenset[Part]]]] | None = None
         self.waits: list[Wait] = []
         self.waited = False  # the kill bound after the first snapshot has passed
         self.settle_at: float | None = None  # join order: when the membership will have settled
@@ -154,8 +154,8 @@ class Coordinator:
         if now < self.due_at:
             return
         prev = pub.owners if pub is not None and pub.shards == runner.shards else {}
-        owners = balance_shards(prev, info.members, runner.shards)
-        new = Published(info.epoch, info.members, owners, runner.shards)
+        owners = balance_shards(prev, info.members, cast(int, runner.shards))  # tick(): fixed shards only
+        new = Published(info.epoch, info.members, owners, cast(int, runner.shards))
         backend, mod, body = runner.ctx.backend, runner.published_mod, new.encode()
         self.state, self.due_at = CoordinatorState.PUBLISHING, None  # SETTLING -> PUBLISHING
         runner.say(f"coordinator: publishing the assignment for {len(info.members)} members "
@@ -166,7 +166,7 @@ class Coordinator:
 
         runner.effect("publish assignment", call, lambda ok, error: self._published(info.members, ok, error))
 
-    def _published(self, members: tuple[str, ...], ok, error) -> None:
+    def _published(self, members: tuple[str, ...], ok: bool, error: BaseException | None) -> None:
         self.state = CoordinatorState.IDLE  # PUBLISHING -> IDLE
         self.runner._due = True
         if ok and error is None:
@@ -188,7 +188,7 @@ class Coordinator:
             pub = runner.published
             if pub is None or pub.shards != runner.shards or pub.members != latest.members:
                 return None
-            key: tuple = ("shards", pub.mod, pub.epoch)
+            key: tuple[str, int, int] = ("shards", pub.mod, pub.epoch)
             if self._plan is None or self._plan[0] != key:
                 self._plan = (key, (pub.epoch, {m: frozenset(Part(s, pub.shards) for s in pub.owners.get(m, ()))
                                                 for m in pub.members}))
@@ -263,7 +263,7 @@ class Coordinator:
     def _write(self, new: dict[str, Grant], stale: list[str]) -> None:
         runner = self.runner
         backend, lease = runner.ctx.backend, runner.ctx.session.lease_id
-        ops: list = [t.Put(self.grant_key(m), g.encode(), lease=lease) for m, g in sorted(new.items())]
+        ops: list[t.Op] = [t.Put(self.grant_key(m), g.encode(), lease=lease) for m, g in sorted(new.items())]
         ops += [t.Delete(self.grant_key(m)) for m in stale]
         if new:
             runner.say(f"coordinator: granting starts to {len(new)} member(s) "
@@ -279,7 +279,7 @@ class Coordinator:
         gen = self.gen
         runner.effect("grant starts", call, lambda rev, error: self._granted(gen, new, stale, error))
 
-    def _granted(self, gen: int, new: dict[str, Grant], stale: list[str], error) -> None:
+    def _granted(self, gen: int, new: dict[str, Grant], stale: list[str], error: BaseException | None) -> None:
         self.granting = False
         self.runner._due = True
         if gen != self.gen:
@@ -367,7 +367,7 @@ class Coordinator:
             times.append(self.grant_from)
         return min(times) if times else None
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {"state": self.state.value, "due_at": self.due_at,
                 "granting": self.watching, "grants": len(self.written),
                 "waiting": [w.describe() for w in self.waits[:20]]}

@@ -43,16 +43,18 @@ from __future__ import annotations
 
 import enum
 import logging
+from typing import Any
 
+from ..config import RoleSpec
 from ..coord.errors import CoordError
 from ..coord.retry import ALIVE_RECORD_RETRY
-from ..coord.session import SessionEventKind
+from ..coord.session import SessionEvent, SessionEventKind
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..recipes.sequence import INVALID, Info, Sequence
 from .assignment import Part
-from .base import RoleRunner
+from .base import RoleRunner, RuntimeContext
 from .handoff import NO_GRANT, Blockers, Child, ClusterAlive, Grant, Wait, encode_record, read_grant
 from .shard_coordinator import AliveSnapshot, Coordinator, grant_key
 from .shard_plan import Published, decode_published, join_order_children, shard_children
@@ -72,7 +74,7 @@ class Phase(enum.Enum):
 
 
 class ShardedRunner(RoleRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.fenced = (self.spec.handoff or "fenced") == "fenced"
         self.shards = self.spec.shards
@@ -90,7 +92,7 @@ class ShardedRunner(RoleRunner):
         self.stopping: dict[str, Child] = {}  # left the target, child still alive
         self.live: set[str] = set()  # slot keys with a started, not yet reaped child
         self.approved: dict[str, tuple[Child, float]] = {}  # in the record, awaiting keepalive
-        self.record: frozenset | None = None  # what our alive record holds (None: unknown)
+        self.record: frozenset[Part] | None = None  # what our alive record holds (None: unknown)
         self.record_rev = 0  # store revision of our last record write
         self.since: dict[Part, int] = {}  # part -> revision of the write that put it in our record
         self.grant: Grant = NO_GRANT  # our start grant, as last seen on its watch
@@ -138,7 +140,7 @@ class ShardedRunner(RoleRunner):
             self.post(decode_published(kv.value, kv.mod_revision) or Published(0, (), mod=kv.mod_revision))
 
     # --- loop thread: pure decisions ----------------------------------------------
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, AliveSnapshot):
             if self.coordinator is not None:
                 self.coordinator.on_snapshot(payload, at)
@@ -164,7 +166,7 @@ class ShardedRunner(RoleRunner):
         self.phase = Phase.SETTLING
         self.ctx.session.request_keepalive()
 
-    def on_session(self, event) -> None:
+    def on_session(self, event: SessionEvent) -> None:
         if event.kind is SessionEventKind.NEW_LEASE:
             self.record, self.since = None, {}  # the old record went with the old lease
 
@@ -274,7 +276,7 @@ class ShardedRunner(RoleRunner):
             log.debug("role %s: grant (record %d) covers %s; waits: %s", self.name, self.grant.record,
                       _short(decision[1]), "; ".join(decision[0][:8]) or "none")
 
-    def _record_parts(self) -> frozenset:
+    def _record_parts(self) -> frozenset[Part]:
         children = [*self.running.values(), *self.stopping.values(), *(c for c, _ in self.approved.values()),
                     *self.target.values()]
         return frozenset(p for c in children for p in c.parts)
@@ -299,7 +301,8 @@ class ShardedRunner(RoleRunner):
         self.writing = True
         self.effect("alive record", call, lambda rev, err: self._written(want, lease, rev, err))
 
-    def _written(self, want: frozenset, lease: int, revision, error) -> None:
+    def _written(self, want: frozenset[Part], lease: int, revision: int, error: BaseException | None) -> None:
+        # (the effect's outcome: ``revision`` is the put's, read only when there is no ``error``)
         now = self.ctx.clock()
         self.writing, self._due = False, True
         if lease != self.ctx.session.lease_id:
@@ -423,7 +426,7 @@ class ShardedRunner(RoleRunner):
             found.append(f"membership {latest.index} of {latest.count} waits for a keepalive confirming the lease")
         return found
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         info = self.applied
         parts = sorted(p for c in self.running.values() for p in c.parts)
         status = {**super().status(), "state": self.phase.value, "handoff": "fenced" if self.fenced else "overlap",

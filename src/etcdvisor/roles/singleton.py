@@ -35,14 +35,17 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
+from ..config import RoleSpec
 from ..coord.errors import CoordError
 from ..coord.records import member_name
+from ..coord.watcher import PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec, ChildVars
 from ..process.states import Transitions
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
-from .base import RoleRunner
+from .base import RoleRunner, RuntimeContext
 
 log = logging.getLogger("etcdvisor")
 STANDBY_HOLD = 2.0  # seconds a standby child waits for the election outcome when no other leader is seen
@@ -85,7 +88,7 @@ class LeaderSeen:
 class LeaderRunner(RoleRunner):
     """Campaigns for the role's election and tracks leadership."""
 
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.state = LeaderState.CAMPAIGNING
         self.token = 0
@@ -102,6 +105,13 @@ class LeaderRunner(RoleRunner):
         self.election = Election(self.ctx.backend, self.ctx.keys.election(self.name), self.ctx.session,
                                  self.ctx.member_id, name=f"{self.name}:election")
         self._campaign()
+
+    @property
+    def started_election(self) -> Election:
+        """The role's election, made by :meth:`start` (which every user of it follows)."""
+        if self.election is None:
+            raise RuntimeError(f"role {self.name}: the election is used before start()")
+        return self.election
 
     def _set_state(self, new: LeaderState) -> None:
         self.state = LEADER_STATES.change(f"role {self.name}", self.state, new)
@@ -183,7 +193,7 @@ class LeaderRunner(RoleRunner):
     def _campaign_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                token = self.election.campaign(cancel=self._stop)
+                token = self.started_election.campaign(cancel=self._stop)
             except CampaignCancelled:
                 return
             except CoordError as exc:
@@ -196,17 +206,17 @@ class LeaderRunner(RoleRunner):
     def _on_deposed(self, term: int, reason: str) -> None:  # watch/keepalive thread: only post
         self.post(Deposed(reason, term))
 
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, Elected):
             if self._stop.is_set() or self.failed_reason:
-                self.effect("resign", self.election.resign)
+                self.effect("resign", self.started_election.resign)
                 return
             self._set_state(LeaderState.LEADER)
             self.token = payload.token
             self.term += 1
             self.leader_member = self.ctx.member_id
             self.say(f"elected leader (LEADER_TOKEN={payload.token})")
-            self._watch = LeadershipWatch(self.election, functools.partial(self._on_deposed, self.term))
+            self._watch = LeadershipWatch(self.started_election, functools.partial(self._on_deposed, self.term))
             self.effect("watch leadership", self._watch.start)
         elif (isinstance(payload, Deposed) and self.state is LeaderState.LEADER
               and payload.term in (None, self.term)):
@@ -270,7 +280,7 @@ class LeaderRunner(RoleRunner):
         """LEADER=1 and LEADER_TOKEN for the leader's children."""
         return ChildVars(leader=True, leader_token=self.token)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {**super().status(), "state": self.state.value, "leader": self.leading,
                 "token": self.token or None, "stepping_down": self.stepping_down}
 
@@ -284,13 +294,13 @@ class SingletonRunner(LeaderRunner):
             self.record_done(1, 0, event.code)
         super().on_slot_event(key, event, now)
 
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
-        self._observer = None
+        self._observer: PrefixWatcher | None = None
         self._hold_from: float | None = None  # campaigning with no other leader seen since
         self._standby_on = False  # the last desired() asked for the standby child
 
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         was_standby = self._standby_on and not self.leading
         super().handle(payload, at)
         if isinstance(payload, Elected) and self.leading and was_standby:
@@ -323,7 +333,7 @@ class SingletonRunner(LeaderRunner):
     def start(self) -> None:
         super().start()
         if self.spec.standby:
-            self._observer = self.election.observe(self._on_topology)
+            self._observer = self.started_election.observe(self._on_topology)
 
     def _on_topology(self, topo: Topology) -> None:
         leader = topo.leader

@@ -43,16 +43,21 @@ import collections
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
+from ..config import RoleSpec
 from ..coord.errors import CoordError
 from ..coord.records import decimal
-from ..coord.session import SessionEventKind
+from ..coord.session import SessionEvent, SessionEventKind
 from ..process.backoff import RestartBackoff
 from ..process.slot import Exited, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec, ChildVars
 from ..recipes.topic import Message, Topic
 from ..recipes.topic_queue import QueueConsumer
-from .base import RoleRunner, describe
+from .base import RoleRunner, RuntimeContext, describe
+
+if TYPE_CHECKING:  # broadcast roles load it when they subscribe (recipes/topic.py)
+    from ..recipes.topic_subscribe import Subscription
 
 log = logging.getLogger("etcdvisor")
 
@@ -77,7 +82,7 @@ class _Run:
 
 
 class TopicRunner(RoleRunner):
-    def __init__(self, spec, ctx):
+    def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.topic_name = self.spec.topic or self.name
         self.topic = Topic(self.ctx.backend, self.ctx.keys.topic(self.topic_name),
@@ -96,7 +101,7 @@ class TopicRunner(RoleRunner):
         self._stop = threading.Event()
         self.queue = self.spec.delivery != "broadcast"
         self.cursor_key = self.ctx.keys.topic_cursor(self.topic_name, self.name, self.ctx.member_id)
-        self.source = None
+        self.source: QueueConsumer | Subscription | None = None  # made by start(): queue or broadcast
         self._acks: list[Message] = []  # finished runs not yet in an ack write (loop thread)
         self._acking = False  # an ack effect is queued or running (loop thread)
 
@@ -107,6 +112,17 @@ class TopicRunner(RoleRunner):
         else:
             self.source = self.topic.subscribe(self._broadcast_cursor())
         threading.Thread(target=self._fetch_loop, daemon=True, name=f"topic:{self.name}").start()
+
+    def _started_source(self) -> QueueConsumer | Subscription:
+        """The message source, made by :meth:`start` (which every user of it follows)."""
+        if self.source is None:
+            raise RuntimeError(f"role {self.name}: the topic is read before start()")
+        return self.source
+
+    def _consumer(self) -> QueueConsumer:
+        """The source as the queue consumer :meth:`start` made: called only in queue mode
+        (``self.queue``), where claims are released and acknowledged."""
+        return cast("QueueConsumer", self._started_source())
 
     def _broadcast_cursor(self) -> int | None:
         try:
@@ -136,7 +152,9 @@ class TopicRunner(RoleRunner):
     def _reserve(self) -> int:
         """Wait (at most 1 s) for room to claim; reserve it all and return how much."""
         with self._room:
-            limit = lambda: self.concurrency * (2 if self._ahead else 1)  # noqa: E731
+            def limit() -> int:
+                return self.concurrency * (2 if self._ahead else 1)
+
             self._room.wait_for(lambda: self._held < limit() or self._stop.is_set(), timeout=1.0)
             room = max(0, limit() - self._held)
             self._held += room
@@ -151,12 +169,12 @@ class TopicRunner(RoleRunner):
 
     def _fetch(self, limit: int) -> list[Message]:
         if self.queue:
-            return self.source.get_many(limit, timeout=1.0)
-        message = self.source.get(timeout=1.0)
+            return self._consumer().get_many(limit, timeout=1.0)
+        message = self._started_source().get(timeout=1.0)
         return [] if message is None else [message]
 
     # --- the loop side ----------------------------------------------------------
-    def handle(self, payload, at: float) -> None:
+    def handle(self, payload: object, at: float) -> None:
         if isinstance(payload, Delivered):
             message = payload.message
             key = f"msg-{message.id}"
@@ -194,7 +212,7 @@ class TopicRunner(RoleRunner):
     def _give_back(self, run: _Run) -> None:
         """Release a message claimed ahead that found no slot; if the release
         fails we still hold its claim, so it waits for a slot here again."""
-        def released(result, error: BaseException | None) -> None:
+        def released(result: object, error: BaseException | None) -> None:
             if error is None:
                 self._free()
                 return
@@ -204,9 +222,9 @@ class TopicRunner(RoleRunner):
             run.may_give_back = False
             self.runs[key] = run
             self._waiting.append(key)
-        self.effect(f"release message {run.message.id}", lambda: self.source.release(run.message), released)
+        self.effect(f"release message {run.message.id}", lambda: self._consumer().release(run.message), released)
 
-    def on_session(self, event) -> None:
+    def on_session(self, event: SessionEvent) -> None:
         """The lease our claims hung on is gone: messages not running now
         (claimed ahead, or waiting to retry) are no longer ours; another
         member (or we, claiming again) will run them."""
@@ -223,7 +241,7 @@ class TopicRunner(RoleRunner):
 
     def desired(self, now: float) -> dict[str, ChildSpec]:
         self._assign_slots(now)
-        wanted = {}
+        wanted: dict[str, ChildSpec] = {}
         for key, run in self.runs.items():
             if not run.slot:
                 continue
@@ -304,10 +322,11 @@ class TopicRunner(RoleRunner):
         batch, self._acks = self._acks, []
         self._acking = True
         shown = ", ".join(str(m.id) for m in batch[:5]) + (f" and {len(batch) - 5} more" if len(batch) > 5 else "")
-        call = (lambda: self.source.ack(batch[0])) if len(batch) == 1 else (lambda: self.source.ack_many(batch))
+        call = ((lambda: self._consumer().ack(batch[0])) if len(batch) == 1
+                else (lambda: self._consumer().ack_many(batch)))
         self.effect(f"acknowledge message{'s' if len(batch) > 1 else ''} {shown}", call, self._acks_sent)
 
-    def _acks_sent(self, result, error: BaseException | None) -> None:
+    def _acks_sent(self, result: object, error: BaseException | None) -> None:
         self._acking = False
         if error is not None:  # their claims end with the lease: redelivered, maybe run again
             log.warning("role %s: acknowledging failed: %s", self.name, describe(error))
@@ -315,7 +334,7 @@ class TopicRunner(RoleRunner):
 
     def _release(self, message: Message) -> None:
         if self.queue:
-            self.effect(f"release message {message.id}", lambda: self.source.release(message))
+            self.effect(f"release message {message.id}", lambda: self._consumer().release(message))
 
     def next_deadline(self) -> float | None:
         waits = [run.retry_at for run in self.runs.values() if run.retry_at is not None]
@@ -326,14 +345,14 @@ class TopicRunner(RoleRunner):
         self._stop.set()
         if self.queue and self.source is not None and self._acks:
             try:  # finished runs first: close() would release (redeliver) their claims
-                self.source.ack_many(self._acks)
+                self._consumer().ack_many(self._acks)
                 self._acks = []
             except Exception as exc:
                 log.warning("role %s: acknowledging at stop failed: %s", self.name, exc)
         if self.source is not None:
             self.source.close()  # queue: releases claims of un-acked messages
 
-    def status(self) -> dict:
-        return {**super().status(), "topic": self.topic_name, "delivery": self.spec.delivery,
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "state": "consuming", "topic": self.topic_name, "delivery": self.spec.delivery,
                 "running": len([r for r in self.runs.values() if r.slot and r.retry_at is None]),
                 "processed": self.processed, "given_up": self.given_up}

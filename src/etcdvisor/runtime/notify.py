@@ -172,7 +172,7 @@ class NotifyHub:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                self._receive(key.fileobj, key.data)  # type: ignore[arg-type]
+                self._receive(key.fileobj, key.data)  # type: ignore[arg-type]  # registered: a socket and its path
 
     def _receive(self, sock: socket.socket, path: str) -> None:
         for _ in range(64):  # a burst, then let other sockets be served

@@ -34,6 +34,8 @@ when unknown or not applicable)::
              #  "waiting": ["web-2:3/4 waits for web-1's child (1/3)"]}  (why grants are held back)
              "leader": null, "token": null,                # singleton/cron/job (else null)
              "next": null, "waiting_for": null,      # cron leader: next tick; barriers still closed
+             "topic": null, "delivery": null,              # topic: its topic, queue|broadcast,
+             "running": null, "processed": null, "given_up": null,  # runs in flight, messages finished
              "registered": [{"service": "api", "id": "web-1.worker.0",   # register: instances
                              "address": "web-1:8000", "port": 8000}],    # (else null)
              "children": {"worker": {"state": "running", "pid": 43, "restarts": 0,
@@ -109,6 +111,7 @@ SHARDED_FIELDS = ("index", "count", "epoch", "indexes", "shards", "handoff", "wa
 EXTRA_FIELDS = ("next", "waiting_for", "registered")  # a cron leader's next tick; barriers not yet
 # open; the service instances its running children registered (role register:)
 LEADER_FIELDS = ("leader", "token")
+TOPIC_FIELDS = ("topic", "delivery", "running", "processed", "given_up")
 TICK_FIELDS = ("state", "member", "token", "scheduled", "started", "finished", "exit_code")
 JOB_FIELDS = ("spec_hash", "state", "member", "token", "exit_code", "finished")
 RAN_STATES = ("running", "succeeded", "failed")
@@ -249,7 +252,7 @@ def _role_type(spec: RoleSpec | None, assignments: list[dict[str, Any]], kvs: Se
 def _assignment(member: str, role_status: dict[str, Any]) -> dict[str, Any]:
     entry = {"member": member, "type": role_status.get("type"), "state": role_status.get("state"),
              "failed": role_status.get("failed")}
-    for field in SHARDED_FIELDS + LEADER_FIELDS + EXTRA_FIELDS:
+    for field in SHARDED_FIELDS + LEADER_FIELDS + EXTRA_FIELDS + TOPIC_FIELDS:
         entry[field] = role_status.get(field)
     children = role_status.get("children")
     entry["children"] = children if isinstance(children, dict) else {}

@@ -86,11 +86,10 @@ def _render_role(name: str, role: dict[str, Any], now: float) -> list[str]:
     if role["shard"]:
         lines.append(f"  shard members (join order): {', '.join(role['shard'])}")
     if role["assignments"]:
-        leader_like = role["type"] in ("singleton", "cron", "job")
-        headers = ["MEMBER", "STATE"] + (["LEADER", "TOKEN"] if leader_like else ["INDEX", "COUNT", "EPOCH"])
+        headers = ["MEMBER", "STATE"] + _columns(role["type"])
         rows, below = [], {}
         for a in role["assignments"]:
-            fields = [a["leader"], a["token"]] if leader_like else [_indexes(a), a["count"], a["epoch"]]
+            fields = _fields(role["type"], a)
             state = _state(role, a, pause)
             if a.get("waiting_for"):
                 state += f" (waiting for {', '.join(a['waiting_for'])})"
@@ -142,6 +141,26 @@ def _render_role(name: str, role: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
+def _columns(kind: str | None) -> list[str]:
+    """The columns of a role type's table, after MEMBER and STATE."""
+    if kind in ("singleton", "cron", "job"):
+        return ["LEADER", "TOKEN"]
+    if kind == "topic":
+        return ["TOPIC", "RUNNING", "PROCESSED", "GIVEN UP"]
+    return ["INDEX", "COUNT", "EPOCH"]
+
+
+def _fields(kind: str | None, a: dict[str, Any]) -> list[Any]:
+    if kind in ("singleton", "cron", "job"):
+        return [a["leader"], a["token"]]
+    if kind == "topic":
+        topic = a.get("topic")
+        if topic is not None and a.get("delivery"):
+            topic = f"{topic} ({a['delivery']})"
+        return [topic, a.get("running"), a.get("processed"), a.get("given_up")]
+    return [_indexes(a), a["count"], a["epoch"]]
+
+
 def _state(role: dict[str, Any], a: dict[str, Any], pause: dict[str, Any] | None) -> str:
     """What a member's runner of the role is doing, as an operator names it."""
     if a["failed"]:
@@ -151,7 +170,7 @@ def _state(role: dict[str, Any], a: dict[str, Any], pause: dict[str, Any] | None
     running = any(isinstance(c, dict) and c.get("state") == "running" for c in (a.get("children") or {}).values())
     if role["type"] == "singleton" and not a.get("leader") and running:
         return "standby"  # a follower's standby child (LEADER=0) while another member leads
-    return str(a["state"])
+    return "-" if a["state"] is None else str(a["state"])
 
 
 def _render_rollout(name: str, rollout: dict[str, Any] | None, now: float) -> list[str]:

@@ -23,16 +23,18 @@ T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 5.0, message: str = "condition",
-             interval: float = 0.02) -> T:
+             interval: float = 0.02, *, on_timeout: Callable[[], str] | None = None) -> T:
     """Poll ``predicate`` until it returns a true value and return that value;
-    raise ``AssertionError`` (a test failure) after ``timeout`` seconds."""
+    raise ``AssertionError`` (a test failure) after ``timeout`` seconds, with what
+    ``on_timeout`` returns then (a member's output, say) appended."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            detail = f"\n{on_timeout()}" if on_timeout is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(interval)
 
 

@@ -144,6 +144,10 @@ class EtcdBackend(Backend):
                 if isinstance(err, Unavailable):
                     self._rotate(conn)
                 raise err from None
+            except ValueError:  # grpc: "Cannot invoke RPC on closed channel!"
+                if self._closed:  # closed by another thread meanwhile (shutdown)
+                    raise Closed(f"{what}: backend closed") from None
+                raise
         raise AssertionError("unreachable")
 
     def denied(self, err: PermissionDenied) -> PermissionDenied:
