@@ -1,8 +1,12 @@
 """Drive the supervisor's decision loop turn by turn, without processes or threads.
 
-The real :class:`~etcdvisor.runtime.supervisor.Supervisor` loop code runs
-(``_dispatch``, ``_reconcile``, the roster, the reconciler), over the memory
-backend with a :class:`FakeClock`, with two stand-ins:
+The member is made by the real builder (:class:`~etcdvisor.runtime.build.Builder`:
+runners, lease, member record, reconciler, roster, seed wiring, rollouts, barrier
+gate, all wired as ``supervisor run`` wires them) and turned by the real
+:class:`~etcdvisor.runtime.loop.Loop` (``dispatch``, ``_reconcile``), over the
+memory backend with a :class:`FakeClock`; only the edges are left out (no watch,
+campaign or keepalive thread: the test posts the facts and moves time), with two
+stand-ins:
 
 * a fake process manager whose slots "start" a child at the next tick and
   let the test make children exit (``exit(key, code)``);
@@ -23,18 +27,17 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from etcdvisor.config.loader import load
-from etcdvisor.coord.keys import ClusterKeys
 from etcdvisor.coord.memory import FakeClock, MemoryBackend
 from etcdvisor.coord.session import Session
 from etcdvisor.events import Effect, EffectDone, RoleEvent
 from etcdvisor.process.child import ChildState
 from etcdvisor.process.slot import Exited, SlotState, Started, Stopped
-from etcdvisor.roles.base import RuntimeContext
-from etcdvisor.runtime.barriers import BarrierGate
-from etcdvisor.runtime.member import MemberRecord
-from etcdvisor.runtime.reconcile import Reconciler
-from etcdvisor.runtime.roster import Roster
-from etcdvisor.runtime.supervisor import SUPERVISOR_LANE, Supervisor, build_runners
+from etcdvisor.runtime.build import Builder
+from etcdvisor.runtime.loop import SUPERVISOR_LANE, Loop
+from etcdvisor.runtime.rollouts import ROLLOUT_LANE
+from etcdvisor.runtime.wiring import WIRING_LANE
+
+MEMBER_LANES = (SUPERVISOR_LANE, WIRING_LANE, ROLLOUT_LANE)
 
 _PIDS = itertools.count(40000)
 
@@ -117,10 +120,18 @@ class FakeSlot:
 
 
 class FakeManager:
+    watchdog = None  # no helper process
+
     def __init__(self):
         self.slots: dict[str, FakeSlot] = {}
         self.exits: list[tuple[str, int]] = []
         self.deadline_rule = None
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def new_slot(self, spec, restart="always", backoff=None, start_retries=None, name=""):
         slot = FakeSlot(name, spec)
@@ -162,6 +173,32 @@ class FakeManager:
         return events
 
 
+class HarnessBuilder(Builder):
+    """The real builder with the harness's fakes: its backend (no connect), a lease
+    granted on the fake clock without a keepalive thread, the fake process layer, the
+    harness's inbox and effect queue. Commands are not checked: nothing is spawned."""
+
+    def __init__(self, config, harness: LoopHarness):
+        super().__init__(config, environ={"PATH": "/usr/bin:/bin"}, clock=harness.clock,
+                         process_layer=lambda: harness.manager, inbox=SimpleNamespace(put=harness.post),
+                         effects=SimpleNamespace(submit=harness.effects.append, drain=lambda timeout: True,
+                                                 close=lambda: None, pending=lambda: 0))
+        self.harness = harness
+
+    def check_commands(self) -> None:
+        pass
+
+    def connect(self) -> str:
+        self.backend = self.harness.backend
+        return "memory://"
+
+    def open_session(self, session: Session) -> Session:
+        lease = Session(self.harness.store, self.config.member.ttl, clock=self.harness.clock,
+                        name=self.config.member.id)
+        lease._grant()  # alive, no keepalive thread: the test moves time
+        return lease
+
+
 class LoopHarness:
     """One member's loop. ``config_text``: a YAML config (commands need not
     exist: nothing is spawned)."""
@@ -177,25 +214,14 @@ class LoopHarness:
             self.config = load(path, {}, default_member_id=member)
         finally:
             os.unlink(path)
-        self.sup = Supervisor(self.config, environ={"PATH": "/usr/bin:/bin"}, clock=self.clock)
         self.effects: list[Effect] = []
-        self.sup.effects = SimpleNamespace(submit=self.effects.append, drain=lambda timeout: True,
-                                           close=lambda: None)
-        self.session = Session(self.store, 10, clock=self.clock, name=member)
-        self.session._grant()  # alive, no keepalive thread: the test moves time
-        self.sup.backend, self.sup.session = self.backend, self.session
-        self.sup.record = MemberRecord(self.store, self.sup.keys.member(member), member, clock=self.clock)
-        self.sup.record.register(self.session.lease_id, {})
-        self.manager = FakeManager()
-        self.sup.reconciler = Reconciler(self.manager)
-        self.sup.roster = Roster(self.sup.reconciler, self.effects.append)
-        self.sup.ctx = RuntimeContext(config=self.config, backend=self.backend, session=self.session,
-                                      keys=ClusterKeys(self.config.cluster), member_id=member,
-                                      endpoints="memory://", post=self.post, clock=self.clock,
-                                      base_env={})
-        self.sup.gate = BarrierGate(self.config, self.sup.keys, self.backend, self.post)
         self.inbox: list = []
-        for runner in build_runners(self.config, self.sup.ctx, list(self.config.roles)):
+        self.manager = FakeManager()
+        self.builder = HarnessBuilder(self.config, self)
+        parts = self.builder.join()
+        self.session = parts.session
+        self.sup = Loop(parts)
+        for runner in parts.built:
             self.sup.roster.add_started(runner)  # no coordination threads: facts come from the test
 
     # --- facts in ---------------------------------------------------------------
@@ -217,7 +243,7 @@ class LoopHarness:
         self.backend.in_turn = True
         try:
             for event in events:
-                self.sup._dispatch(event)
+                self.sup.dispatch(event)
             self.sup._reconcile(self.clock())
             self.sup.roster.flush_effects()
         finally:
@@ -232,8 +258,9 @@ class LoopHarness:
         return out
 
     def effect_names(self) -> list[str]:
-        """Effects roles queued (the member's own, e.g. its record, left out)."""
-        return [e.what for e in self.effects if e.role != SUPERVISOR_LANE]
+        """Effects roles queued (the member's own, e.g. its record, its wiring's and
+        rollouts' writes, left out)."""
+        return [e.what for e in self.effects if e.role not in MEMBER_LANES]
 
     def member_effect_names(self) -> list[str]:
         return [e.what for e in self.effects if e.role == SUPERVISOR_LANE]

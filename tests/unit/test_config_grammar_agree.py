@@ -57,6 +57,7 @@ from etcdvisor.process import slot as slot_module
 from etcdvisor.process.child import ChildProcess, ChildState
 from etcdvisor.process.manager import ProcessManager
 from etcdvisor.recipes.topic import Topic
+from etcdvisor.runtime import build as build_module
 from etcdvisor.runtime import supervisor as supervisor_module
 
 PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -543,7 +544,7 @@ def simulated_fork():
         return ProcessManager(use_watchdog=False, capture_output=False, cgroups=False, reap_orphans=False)
 
     with mock.patch.object(slot_module, "ChildProcess", SimulatedChild), \
-            mock.patch.object(supervisor_module, "ProcessManager", manager):
+            mock.patch.object(build_module, "ProcessManager", manager):
         yield
 
 
@@ -552,14 +553,15 @@ def run_until_running(config, expected: dict[str, int | None], budget: float = 6
     turn the loop until every role has its ``expected`` children RUNNING; no role may fail."""
     sup = supervisor_module.Supervisor(config, environ={"PATH": os.environ.get("PATH", os.defpath)})
     sup.start()
+    loop = sup.joined
     try:
         for spec in config.roles.values():
             if spec.type is RoleType.TOPIC:
                 Topic(sup.backend, sup.keys.topic(spec.topic)).publish(b"x")
         give_up = time.monotonic() + budget
         while True:
-            sup._turn()
-            status = sup._last_status
+            loop._turn()
+            status = loop.last_status
             failed = {name: entry.get("failed") for name, entry in status.items() if entry.get("failed")
                       and config.roles[name].health.watchdog is None}  # (a silent child fails its watchdog)
             assert not failed, f"validate accepted the config, run failed: {failed}"
@@ -569,7 +571,7 @@ def run_until_running(config, expected: dict[str, int | None], budget: float = 6
                 return
             assert time.monotonic() < give_up, f"not RUNNING after {budget}s: {running}, expected {expected}"
     finally:
-        sup.stopping = True
+        loop.stopping = True
         sup.shutdown()
 
 

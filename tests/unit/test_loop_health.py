@@ -45,7 +45,6 @@ def test_needs_holds_a_role_until_the_needed_children_are_ready():
 
 def test_an_unready_singleton_leader_steps_down_after_its_child_stopped():
     h = harness(STEP_DOWN)
-    h.sup.ctx.children_health = h.sup._children_health
     elect(h, "lead")
     assert set(h.turn()) == {"lead"}
     runner = h.sup.runners["lead"]
@@ -69,14 +68,13 @@ def test_an_unready_singleton_leader_steps_down_after_its_child_stopped():
 
 def test_a_ready_leader_keeps_the_role():
     h = harness(STEP_DOWN)
-    h.sup.ctx.children_health = h.sup._children_health
     elect(h, "lead")
     h.turn()
     h.post(NotifyMessage("lead/lead", (("READY", "1"), ("STATUS", "leading"))))
     h.turn()
     h.clock.advance(6)
     assert set(h.turn()) == {"lead"}
-    assert h.sup._last_status["lead"]["children"]["lead"]["notify_status"] == "leading"
+    assert h.sup.last_status["lead"]["children"]["lead"]["notify_status"] == "leading"
 
 
 def test_on_failed_exit_stops_the_member_with_status_3():
@@ -90,8 +88,8 @@ def test_on_failed_exit_stops_the_member_with_status_3():
     h.turn()
     h.sup.runners["a"].on_slot_event("a", Failed("a/a", "crash loop"), h.clock())
     h.turn()
-    h.sup._last_status = h.sup._roles_status()
-    assert h.sup.child_health.failed_exit(h.config, h.sup._last_status) == "a"
+    h.sup.last_status = h.sup._roles_status()
+    assert h.sup.child_health.failed_exit(h.config, h.sup.last_status) == "a"
 
 
 def _record_writes(h) -> list[dict]:

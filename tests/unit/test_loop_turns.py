@@ -359,10 +359,10 @@ def test_member_record_is_written_by_an_effect():
 
 def test_reload_check_runs_off_the_loop_and_a_second_sighup_waits_for_it():
     h = harness(SHARDED)
-    h.sup._request_reload()
-    h.sup._request_reload()
+    h.sup.reloads.request()
+    h.sup.reloads.request()
     assert h.member_effect_names() == ["check the config file for reload"]
-    assert h.sup._reload_again
+    assert h.sup.reloads.again
 
 
 def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_move():
@@ -372,7 +372,7 @@ def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_m
     h = harness(SHARDED)
     running = start_sharded(h, Info(index=0, count=1, epoch=3))
     pid = h.manager.slots["worker/0/1"].child.pid
-    h.sup._request_reload()  # its effect is never run: the check "hangs"
+    h.sup.reloads.request()  # its effect is never run: the check "hangs"
     for _ in range(5):
         h.clock.advance(1.0)
         h.session._keepalive_once()
@@ -388,13 +388,13 @@ def test_while_a_reload_check_hangs_the_loop_keeps_turning_and_lease_deadlines_m
 def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypatch):
     from dataclasses import replace
 
-    from etcdvisor.runtime import supervisor as supervisor_module
+    from etcdvisor.runtime import runners as runners_module
     from etcdvisor.runtime.reload import ReloadPlan
 
     h = harness(SHARDED + JOB)
     before = h.sup.config
     runners_before = dict(h.sup.runners)
-    real = supervisor_module.runner_types
+    real = runners_module.runner_types
 
     def refusing():
         types = dict(real())
@@ -407,11 +407,11 @@ def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypa
         types[h.sup.config.roles["migrate"].type] = Refuses
         return types
 
-    monkeypatch.setattr(supervisor_module, "runner_types", refusing)
+    monkeypatch.setattr(runners_module, "runner_types", refusing)
     changed = replace(before.roles["migrate"], env={"NEW": "1"})
     plan = ReloadPlan(config=replace(before, roles={**before.roles, "migrate": changed}),
                       retire=("migrate",), start=("migrate",))
-    h.sup._reload_checked(plan, None)
+    h.sup.reloads.checked(plan, None)
     assert h.sup.config is before and h.sup.runners == runners_before
     assert not h.sup.roster.retiring and not h.sup.roster.pending
 
@@ -419,10 +419,10 @@ def test_a_reload_whose_runner_cannot_be_built_keeps_the_running_config(monkeypa
 def test_a_reload_check_that_raises_keeps_the_running_config():
     h = harness(SHARDED)
     before = h.sup.config
-    h.sup._request_reload()
+    h.sup.reloads.request()
     h.run_effects(fail=OSError("config file vanished"))
     h.turn()
-    assert h.sup.config is before and not h.sup._reload_running
+    assert h.sup.config is before and not h.sup.reloads.running
 
 
 def test_cron_retries_of_a_failed_run_end_when_the_next_tick_is_due():

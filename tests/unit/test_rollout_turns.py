@@ -40,9 +40,7 @@ class Cluster:
                         for i in range(members)]
         self.keys = self.members[0].sup.keys
         self.dead: set[str] = set()
-        for index, h in enumerate(self.members):
-            h.sup.attach_rollouts()
-            h.sup.reconciler.observer = h.sup._on_slot_event
+        for index, h in enumerate(self.members):  # rollouts and the slot observer: wired by the builder
             self._start(h, Info(index=index, count=members, epoch=5))
         self.worst = 0
         self.starts: dict[str, int] = {}

@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..config.isolated import load_isolated
     from ..runtime.supervisor import StartupError, Supervisor
-    from ..runtime.upgrade import handed_config
+    from ..runtime.upgraded import handed_config
 
     try:
         # re-executed by an upgrade: the config its check just loaded; else load it

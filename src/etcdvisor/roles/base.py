@@ -60,7 +60,7 @@ class RuntimeContext:
     config_env: Callable[[RoleSpec, str, ChildVars], dict[str, str]] | None = None  # role config:
     notify_socket: Callable[[str], str] | None = None  # child name -> its sd_notify socket path
     # role name -> {slot key: (child alive, ready)}; ready None: nothing to judge (no child
-    # running, starting or in backoff). Set by the supervisor (runtime/child_health.py).
+    # running, starting or in backoff). Wired by the builder (runtime/build.py, runtime/member_status.py).
     children_health: Callable[[str], dict[str, tuple[bool, bool | None]]] | None = None
 
     @property

@@ -20,7 +20,7 @@ thread only posts :class:`ControlChanged` on the inbox. On the loop,
 commands: records already present when the member started (its first snapshot) are
 history, not commands, except ``trigger`` records younger than ``TRIGGER_MAX_AGE``
 (a cron leader elected right after a trigger still runs it; the run is claimed with
-the tick fencing, so it never runs twice). The loop applies them (``supervisor.py``):
+the tick fencing, so it never runs twice). The loop applies them (``ops.py``, on ``loop.py``):
 
 * paused role: its runner's ``desired`` is not asked (``while_paused`` is, so a cron
   leader records due ticks as ``paused``), its children are stopped, nothing starts;

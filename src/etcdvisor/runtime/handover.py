@@ -14,7 +14,7 @@ Format: one JSON object, UTF-8, at most :data:`MAX_BYTES`::
 (:data:`READABLE`) and raises :class:`HandoverError` (one line) for anything else: a
 missing or unreadable descriptor, garbage, another format, a newer layout, another
 process's state. The new code then stops the children it cannot adopt and exits
-non-zero (:func:`etcdvisor.runtime.upgrade.abandon`); it never runs on a guess.
+non-zero (:func:`etcdvisor.runtime.upgraded.abandon`); it never runs on a guess.
 
 What ``state`` holds (see :mod:`.upgrade` for who writes and reads each part): the
 member (id, lease id and TTL, the last confirmed keepalive, start and upgrade times,

@@ -15,20 +15,26 @@ the cron runner; pause is read by the supervisor when it asks runners what to ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..config import Config
+from ..coord.base import Backend
+from ..coord.keys import ClusterKeys
 from ..coord.records import decimal
-from ..coord.session import SessionEvent, SessionEventKind
+from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..process.slot import Exited, Slot, SlotEvent, Started, Stopped
+from ..roles.base import RoleRunner, RuntimeContext
 from . import control, rollout_store
 from .health import Health
 from .metrics import Metrics, NullMetrics, Snapshot, exit_code_label
-from .rollouts import ROLLOUT_TYPES
+from .reconcile import Reconciler
+from .rollouts import ROLLOUT_TYPES, Rollouts
+from .roster import Roster
+from .runners import build_runners
 
 if TYPE_CHECKING:
     from .http import OpsServer
-    from .supervisor import Supervisor
 
 log = logging.getLogger("etcdvisor")
 
@@ -36,13 +42,47 @@ SESSION_ERRORS = {SessionEventKind.ERROR: "keepalive", SessionEventKind.EXPIRED:
                   SessionEventKind.LOST: "lease_lost"}
 
 
+class OpsHost(Protocol):
+    """What the control verbs act on: the member's running parts (the loop)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def keys(self) -> ClusterKeys: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def session(self) -> Session: ...
+    @property
+    def ctx(self) -> RuntimeContext: ...
+    @property
+    def runners(self) -> Mapping[str, RoleRunner]: ...
+    @property
+    def roster(self) -> Roster: ...
+    @property
+    def reconciler(self) -> Reconciler: ...
+    @property
+    def rollouts(self) -> Rollouts | None: ...
+
+    def effect(self, what: str, call: Callable[[], Any],
+               done: Callable[[Any, BaseException | None], None] | None = None) -> None:
+        """The member's own I/O, off the loop."""
+
+    def request_upgrade(self, why: str) -> None: ...
+
+
 class Operations:
-    def __init__(self, sup: Supervisor):
-        self.sup = sup
+    def __init__(self, config: Config, clock: Callable[[], float]):
+        """``config``: the one the member starts with (the listener); once joined, the
+        host (:meth:`attach`) gives the running one."""
+        self._config = config
+        self.host: OpsHost | None = None  # the loop, once the member joined
         # without http nobody reads metrics: keep prometheus_client out of PID 1
         self.metrics: Metrics | NullMetrics = (
-            Metrics(backlog=self._topic_backlog) if sup.config.http.listen is not None else NullMetrics())
-        self.health = Health(clock=sup.clock)
+            Metrics(backlog=self._topic_backlog) if config.http.listen is not None else NullMetrics())
+        self.health = Health(clock=clock)
         self.control = control.ControlState()
         self.server: OpsServer | None = None  # runtime.http, imported only with http.listen
         # more routes (the dashboard, added by the CLI): each is called with the server before it starts
@@ -50,29 +90,35 @@ class Operations:
         self.watch: control.ControlWatch | None = None
         self._declared: frozenset[str] = frozenset()  # roles whose counter series exist
 
+    @property
+    def sup(self) -> OpsHost:
+        if self.host is None:
+            raise RuntimeError("the member has not joined yet")
+        return self.host
+
     # --- lifecycle ---------------------------------------------------------------------
+    def attach(self, host: OpsHost) -> None:
+        self.host = host
+
     def listen(self) -> None:
         """Open the HTTP listener (before anything starts: a taken port fails start-up)."""
-        address = self.sup.config.http.listen
+        address = self._config.http.listen
         if address is not None:
             from .http import OpsServer
 
             assert isinstance(self.metrics, Metrics)
-            server = OpsServer(address, self.metrics, self.health, token_file=self.sup.config.http.token_file)
+            server = OpsServer(address, self.metrics, self.health, token_file=self._config.http.token_file)
             for add_routes in self.http_routes:
                 add_routes(server)
             self.server = server.start()
 
-    def start(self) -> None:
+    def start(self, session: Session, backend: Backend, keys: ClusterKeys, post: Callable[[object], None]) -> None:
         """After the member joined: probes may say ready; control records are read
         (blocking briefly, so a paused role never starts before its pause is known)."""
-        sup = self.sup
-        session = sup.session
-        assert session is not None and sup.backend is not None  # called once joined
         self.health.lease_alive_sent = lambda: session.last_alive_sent if session.alive else None
         self.health.lease_fresh = max(3.0, session.ttl / 3)
         self.health.joined = True
-        self.watch = control.ControlWatch(sup.backend, sup.keys, sup.inbox.put,
+        self.watch = control.ControlWatch(backend, keys, post,
                                           on_error=lambda exc: self.etcd_error("control_watch"))
         self.watch.start(wait=5.0)
 
@@ -107,7 +153,6 @@ class Operations:
         return self.control.is_paused(role)
 
     def end_turn(self, now: float, slept_at_most: float, roles_status: dict[str, Any]) -> None:
-        sup = self.sup
         failed = next((f"role {n} failed: {s['failed']}" for n, s in roles_status.items()
                        if s.get("failed")), None)
         self.health.failed = failed
@@ -117,12 +162,12 @@ class Operations:
         if self._declared != frozenset(roles_status):  # start-up and reloads only
             self._declared = frozenset(roles_status)
             self.metrics.declare({n: s.get("type") for n, s in roles_status.items()})
+        sup = self.sup
         session = sup.session
         bound = [r.stop_timeout for r in sup.config.roles.values() if r.lease_bound]
         self.metrics.publish(Snapshot(
             roles=roles_status, paused=frozenset(self.control.paused),
-            lease_alive_sent=session.last_alive_sent if session is not None else None,
-            lease_ttl=session.ttl if session is not None else 0,
+            lease_alive_sent=session.last_alive_sent, lease_ttl=session.ttl,
             max_stop_timeout=max(bound, default=0.0)))
 
     # --- control commands ------------------------------------------------------------------
@@ -141,7 +186,7 @@ class Operations:
         for command in commands:
             if command.verb == control.UPGRADE:  # member-wide (runtime/upgrade.py)
                 if self._mine(command):
-                    self.sup.upgrader.request(f"supervisor upgrade by {command.record.get('who')}")
+                    self.sup.request_upgrade(f"supervisor upgrade by {command.record.get('who')}")
                 continue
             log.debug("control record: %s %s (%s)%s", command.verb, command.role, command.describe(),
                       "" if command.role in self.sup.runners else ": no such role here, ignored")
@@ -188,7 +233,7 @@ class Operations:
         record = rollout_store.new_record(role, "restart", str(command.record.get("who") or "control record"),
                                           f"control:{command.record.get('id')}")
         log.info("role %s: %s: as a rolling restart", role, command.describe(), extra={"role": role})
-        sup._effect(f"start a rollout of {role}",
+        sup.effect(f"start a rollout of {role}",
                     lambda: rollout_store.start(sup.backend, sup.keys, record, unless_target=True))
 
     def _reset(self, command: control.Command) -> None:
@@ -198,8 +243,6 @@ class Operations:
         if not runner.failed_reason:
             log.info("role %s: %s: not failed here, nothing to reset", command.role, command.describe())
             return
-        from .supervisor import build_runners
-
         fresh = build_runners(self.sup.config, self.sup.ctx, [command.role])
         log.info("role %s: %s: clearing FAILED (%s); the role starts again", command.role,
                  command.describe(), runner.failed_reason, extra={"role": command.role})

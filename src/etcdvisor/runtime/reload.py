@@ -11,6 +11,9 @@ logs one line per problem. Otherwise roles are compared by value:
 * added roles: a runner starts at once;
 * untouched roles keep running, their children untouched.
 
+:class:`Reloads` is the loop's side: one check at a time, off the loop (an
+effect); a SIGHUP during a check asks for one more after it.
+
 Settings outside ``roles`` (``cluster``, ``etcd.*``, ``member.*``) concern the
 member itself: a change is logged and ignored until the supervisor restarts.
 
@@ -26,10 +29,12 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..config import Config, ConfigError, diff, unresolved_command
 from ..config.isolated import load_isolated
 from ..events import Signalled
+from ..roles.base import describe
 
 log = logging.getLogger("etcdvisor")
 
@@ -67,6 +72,48 @@ def plan_reload(current: Config, environ: Mapping[str, str]) -> ReloadPlan | Non
     kept = replace(current, roles=new.roles)  # member-level settings stay as running
     return ReloadPlan(config=kept, retire=changes.changed + changes.removed,
                       start=changes.added + changes.changed)
+
+
+Effect = Callable[[str, Callable[[], Any], Callable[[Any, BaseException | None], None]], None]
+
+
+class Reloads:
+    def __init__(self, current: Callable[[], tuple[Config, Mapping[str, str]]], effect: Effect,
+                 apply: Callable[[ReloadPlan], None], stopping: Callable[[], bool]):
+        """``current()``: the running config and environment; ``effect(what, call, done)``:
+        I/O off the loop; ``apply(plan)`` (on the loop) unless ``stopping()``."""
+        self.current = current
+        self.effect = effect
+        self.apply = apply
+        self.stopping = stopping
+        self.running = False  # a reload is being checked off the loop
+        self.again = False  # another SIGHUP came meanwhile
+
+    def request(self) -> None:
+        """Check the file off the loop (it may take seconds); children keep
+        running meanwhile and lease deadlines keep moving."""
+        if self.running:
+            self.again = True
+            return
+        self.running = True
+        config, environ = self.current()
+        log.debug("reload: checking %s off the loop", config.source_path)
+        environ = dict(environ)
+        self.effect("check the config file for reload", lambda: plan_reload(config, environ), self.checked)
+
+    def checked(self, plan: ReloadPlan | None, error: BaseException | None) -> None:
+        self.running = False
+        if plan is not None:
+            log.debug("reload check done: retire %s, start %s", list(plan.retire), list(plan.start))
+        elif error is None:
+            log.debug("reload check done: nothing to apply")
+        if error is not None:
+            log.error("reload refused, keeping the running config: %s", describe(error))
+        elif plan is not None and not self.stopping():
+            self.apply(plan)
+        if self.again and not self.stopping():
+            self.again = False
+            self.request()
 
 
 class ConfigFileWatcher:

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+from ..coord.errors import PermissionDenied
 from ..coord.session import SessionEvent
 from ..events import Effect, EffectDone, RoleEvent
 from ..process.slot import SlotEvent
@@ -94,6 +95,16 @@ class Roster:
         runner.failed_reason = runner.failed_reason or reason
         if self.phase.get(runner.serial) in (Phase.ACTIVE, Phase.STARTING):
             self.phase[runner.serial] = Phase.BROKEN
+
+    def fail_role(self, name: str, what: str, error: BaseException) -> None:
+        """Role ``name``'s wiring cannot work (the store refused a key, a path escapes,
+        a barrier is denied): it goes FAILED once, naming ``what``."""
+        runner = self.runners.get(name)
+        if runner is None or runner.failed_reason is not None:
+            return
+        hint = " (the grants each feature needs: docs/etcd-auth.md)" if isinstance(error, PermissionDenied) else ""
+        text = " ".join(str(error).split()) or describe(error)  # our own errors: the message says it all
+        self.refuse(runner, f"{what}: {text}{hint}")
 
     @overload
     def call(self, runner: RoleRunner, what: str, fn: Callable[[], T]) -> T | None: ...

@@ -16,7 +16,7 @@ Triggers: ``kill -USR2 <pid>`` or ``supervisor upgrade [--member M]`` (a control
    into a memfd, the descriptors the children and the watchdog need are made inheritable
    and ``os.execv(sys.executable, sys.orig_argv)`` runs the new code: same argv, same PID.
 
-On the new image (:func:`take` from ``Supervisor.start``): the state is read and
+On the new image (:mod:`.upgraded`, from the builder): the state is read and
 checked; the lease is kept alive from where it was (``Session.resume``, one keepalive at
 once); the watchdog helper is re-attached (never replaced: it never saw its pipe close,
 so there is no window in which a dying supervisor leaves children unguarded); runners are
@@ -37,43 +37,77 @@ server is a child the new image cannot take over): refused with one line.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
-import json
 import logging
 import os
 import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..config import EtcdKind
 from ..process import adopt
-from ..process.cgroup import CgroupPool
-from ..process.slot import Slot
-from ..process.spawn import ChildSpec
 from ..roles.base import describe
-from ..roles.resume import ResumeError, export_state, restore_state
+from ..roles.resume import export_state
 from . import handover
-from .notify import NotifyHub
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from ..config import Config
+    from ..coord.session import Session
+    from ..process.manager import ProcessManager
+    from ..roles.base import RoleRunner
+    from .child_health import ChildHealth
+    from .effects import EffectRunner
+    from .member import MemberRecord
+    from .ops import Operations
+    from .readiness import Readiness
+    from .reconcile import Reconciler
+    from .reload import Reloads
+    from .roster import Roster
+    from .wiring import SeedWiring
 
 log = logging.getLogger("etcdvisor")
+
+
+class Member(Protocol):
+    """What an upgrade reads and drives of the running member (the loop)."""
+
+    config: Config
+    environ: dict[str, str]
+    clock: Callable[[], float]
+    inbox: queue.SimpleQueue[object]
+    stopping: bool
+    reloads: Reloads
+    effects: EffectRunner
+    session: Session
+    password: str | None
+    record: MemberRecord
+    upgrades: int
+    manager: ProcessManager
+    reconciler: Reconciler
+    roster: Roster
+    ops: Operations
+    child_health: ChildHealth
+    readiness: Readiness
+    wiring: SeedWiring
+    last_status: dict[str, Any]
+
+    @property
+    def runners(self) -> dict[str, RoleRunner]: ...
+
+    def dispatch(self, event: object) -> None: ...
+
+    def effect(self, what: str, call: Callable[[], Any],
+               done: Callable[[Any, BaseException | None], None] | None = None) -> None: ...
 
 QUIESCE_BOUND = 1.0  # seconds the loop may wait for effects in flight before the exec
 GIVE_UP_AFTER = 30.0  # seconds an upgrade waits for stopping children / a quiet moment
 CHECK_TIMEOUT = 120.0  # seconds the pre-exec check may take (an import on an overloaded machine)
-ADOPT_GRACE = 10.0  # seconds a handed-over child waits for its runner to ask for it
-ABANDON_BOUND = 10.0  # seconds children get to stop when the state cannot be read
 # blocked across the exec (the mask survives execve; pending signals wait): a SIGTERM while
 # the new image starts is acted on once its handlers are in place, never kills it unhandled
 HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD})
@@ -144,7 +178,7 @@ class UpgradeRefused(Exception):
 class Upgrader:
     """The old image's side: request, check, quiesce, exec (loop thread only)."""
 
-    def __init__(self, sup: Supervisor):
+    def __init__(self, sup: Member):
         self.sup = sup
         self.checking = False
         self.ready_since: float | None = None  # checked: hand over at the next quiet turn
@@ -166,7 +200,7 @@ class Upgrader:
         log.info("upgrade requested (%s): checking the new code and %s", why, sup.config.source_path)
         self.checking = True
         path, environ = sup.config.source_path, dict(sup.environ)
-        sup._effect("check the new code for the upgrade", lambda: check_new_code(path, environ), self._checked)
+        sup.effect("check the new code for the upgrade", lambda: check_new_code(path, environ), self._checked)
 
     def _checked(self, checked: Checked | None, error: BaseException | None) -> None:
         self.checking = False
@@ -203,7 +237,7 @@ class Upgrader:
 
     def _blocker(self) -> str | None:
         sup = self.sup
-        if sup._reload_running:
+        if sup.reloads.running:
             return "a reload is being checked"
         for _runner, _key, slot in sup.reconciler.children():
             why = adopt.handover_blocker(slot)
@@ -230,7 +264,7 @@ class Upgrader:
                 except queue.Empty:
                     break
                 busy = True
-                sup._dispatch(event)
+                sup.dispatch(event)
             if sup.stopping:
                 return "the member is stopping"
             sup.roster.flush_effects()
@@ -297,14 +331,14 @@ class Upgrader:
             log.error("upgrade abandoned, keeping the running code: exec failed: %s", exc.strerror or exc)
 
 
-def collect_state(sup: Supervisor, began: float) -> dict[str, Any]:
+def collect_state(sup: Member, began: float) -> dict[str, Any]:
     session = sup.session
     manager = sup.manager
     watchdog = adopt.export_watchdog(manager.watchdog) if manager.watchdog is not None else None
     cgroups = manager.tracker.cgroups
     slots = {name: adopt.export_slot(slot) for name, slot in
              ((slot.name, slot) for _r, _k, slot in sup.reconciler.children())}
-    password = sup._password if sup.config.etcd.password_env else None
+    password = sup.password if sup.config.etcd.password_env else None
     control = sup.ops.control
     notify = sup.child_health.notify
     return {
@@ -320,8 +354,8 @@ def collect_state(sup: Supervisor, began: float) -> dict[str, Any]:
         "slots": slots,
         "probes": {name: _export_probe(run) for name, run in sup.readiness.runs.items()},
         "directories": {"notify": notify.directory if notify is not None else None,
-                        "config": sup.wiring.config.directory if sup.wiring is not None else None},
-        "status": sup._last_status,  # the member record keeps showing it until the new image rewrites it
+                        "config": sup.wiring.config.directory},
+        "status": sup.last_status,  # the member record keeps showing it until the new image rewrites it
     }
 
 
@@ -331,252 +365,3 @@ def _export_probe(run: Any) -> dict[str, Any]:
             "checks": {kind: {"successes": c.successes, "failures": c.failures, "passed": c.passed,
                               "ever_passed": c.ever_passed, "next_at": c.next_at}
                        for kind, c in run.checks.items()}}
-
-
-# --- the new image ----------------------------------------------------------------------------
-_taken: list[dict[str, Any] | None] = []  # the hand-over, once read (the descriptor is read once)
-
-
-def _handed() -> dict[str, Any] | None:
-    if not _taken:
-        try:
-            _taken.append(handover.take_from_environ(os.environ))
-        except handover.HandoverError as exc:
-            abandon(str(exc))
-    return _taken[0]
-
-
-def handed_config(path: str) -> Any:
-    """``supervisor run`` of a re-executed member: the config the pre-exec check loaded
-    (the new code read ``path`` moments ago), or None (a normal start: load it)."""
-    doc = _handed()
-    config = (doc or {}).get("state", {}).get("config") or {}
-    if not config.get("pickle") or config.get("path") != path:
-        return None
-    import pickle
-
-    from ..config import isolated  # noqa: F401 - registers the read-only mapping reducer
-
-    try:
-        return pickle.loads(base64.b64decode(config["pickle"]))
-    except Exception as exc:  # noqa: BLE001 - any failure: load the file as usual
-        log.warning("upgrade: the checked config cannot be used (%s); loading %s again", describe(exc), path)
-        return None
-
-
-def take(sup: Supervisor) -> dict[str, Any] | None:
-    """The hand-over state of a re-executed member (None: a normal start). The
-    variable is removed from every environment a child could inherit."""
-    sup.environ.pop(handover.ENV, None)
-    return _handed()
-
-
-def abandon(reason: str) -> NoReturn:
-    """The new image cannot continue: stop every child cleanly, then exit 1. Children
-    are found as this process's children (they stayed ours through the exec); the
-    watchdog helper is left alone: it kills whatever is left when we are gone."""
-    log.error("upgrade failed: %s; stopping the children and exiting", reason)
-    me = os.getpid()
-    helper_marks = ("etcdvisor.process.watchdog_main", "watchdog_main.py")
-    groups = []
-    for pid in _children_of(me):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmdline = fh.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        if any(mark in cmdline for mark in helper_marks):
-            continue
-        groups.append(pid)
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            os.killpg(pid, signal.SIGCONT)
-        except OSError:
-            pass
-    deadline = time.monotonic() + ABANDON_BOUND
-    waiting = set(groups)
-    while waiting and time.monotonic() < deadline:
-        for pid in list(waiting):
-            try:
-                done, _status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                waiting.discard(pid)
-        if waiting:
-            threading.Event().wait(0.05)  # no loop, no events: the process is on its way out
-    for pid in waiting:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    logging.shutdown()
-    os._exit(1)  # the helper sees its pipe close and kills anything that escaped
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            found = [int(p) for p in fh.read().split()]
-    except OSError:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as fh:
-                        if int(fh.read().rsplit(b")", 1)[1].split()[1]) == pid:
-                            found.append(int(entry))
-                except (OSError, IndexError, ValueError):
-                    pass
-    return found
-
-
-class Resume:
-    """The new image's side, driven by ``Supervisor.start`` and the first turns."""
-
-    def __init__(self, sup: Supervisor, doc: dict[str, Any]):
-        self.sup = sup
-        self.doc = doc
-        self.state: dict[str, Any] = doc["state"]
-        self.from_version = str(doc.get("from_version"))
-        self.pending: dict[str, dict[str, Any]] = {}
-        self.grace_until: float | None = None
-        self.probes: dict[str, dict[str, Any]] = dict(self.state.get("probes") or {})
-        self.reported = False
-        self.read_at = time.monotonic()  # the new image has read its state (interpreter started, imports done)
-        try:
-            member = self.state["member"]
-            self.lease, self.ttl = int(member["lease"]), int(member["ttl"])
-            self.last_alive_sent = float(member["last_alive_sent"])
-            self.started = float(member["started"])
-            self.upgrades = int(member["upgrades"])
-            self.password = member.get("password")
-            if member["id"] != sup.config.member.id:
-                raise ValueError(f"member id {member['id']!r}, the config now says {sup.config.member.id!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            abandon(f"unreadable hand-over state: {type(exc).__name__}: {exc}")
-
-    # --- start ----------------------------------------------------------------------
-    def resume_session(self, session: Any) -> Any:
-        """Keep the old image's lease alive (one keepalive at once)."""
-        return session.resume(self.lease, self.ttl, self.last_alive_sent)
-
-    def attach_manager(self) -> None:
-        """Before ``manager.start()``: the helper and the cgroup base of the old image."""
-        manager = self.sup.manager
-        cgroups = self.state.get("cgroups")
-        if cgroups is not None and manager._use_cgroups:
-            pool = CgroupPool(cgroups["base"])
-            pool._count = int(cgroups["count"])
-            manager.tracker.cgroups = pool
-        watchdog = self.state.get("watchdog")
-        if watchdog is not None and manager.watchdog is not None:
-            adopt.attach_watchdog(manager.watchdog, watchdog)
-        for doc in self.state["slots"].values():
-            child = doc.get("child")
-            if child:
-                manager.protect_pid(int(child["pid"]))
-
-    def reuse_directories(self) -> None:
-        """The children's NOTIFY_SOCKET and config file paths stay what they were."""
-        directories = self.state.get("directories") or {}
-        notify, config = directories.get("notify"), directories.get("config")
-        sup = self.sup
-        if notify and os.path.isdir(notify) and sup.child_health.notify is None:
-            sup.child_health.notify = NotifyHub(sup.child_health.post, directory=notify)
-        if config and os.path.isdir(config) and sup.wiring is not None:
-            sup.wiring.config.reuse_directory = config
-
-    def restore_runners(self, runners: list[Any]) -> None:
-        roles = self.state["roles"]
-        for runner in runners:
-            doc = roles.get(runner.name)
-            if doc is None:
-                continue
-            try:
-                restore_state(runner, doc)
-            except ResumeError as exc:
-                abandon(str(exc))
-
-    def restore_control(self) -> None:
-        control = self.sup.ops.control
-        doc = self.state["control"]
-        control.synced = bool(doc["synced"])
-        control.seen = {(str(r), str(v)): int(rev) for r, v, rev in doc["seen"]}
-        control.paused = dict(doc["paused"])
-
-    def queue_adoptions(self) -> None:
-        reconciler = self.sup.reconciler
-        for name, doc in self.state["slots"].items():
-            self.pending[name] = doc
-            reconciler.adoptions[name] = functools.partial(self._adopt, name, doc)
-
-    def _adopt(self, name: str, doc: dict[str, Any], slot: Slot, spec: ChildSpec | None) -> None:
-        self.pending.pop(name, None)
-        manager = self.sup.manager
-        adopt.adopt_slot(manager, slot, doc, spec)
-        child = slot.child
-        if child is not None:
-            child.set_lease_deadlines(*slot._lease, sync_watchdog=True)
-            manager.unprotect_pid(int(child.pid or 0))
-            if child.spec is not spec:
-                differs = adopt.spec_difference(spec, doc["child"]["digest"])
-                log.info("%s: pid %s differs from what the new code wants here (%s): replacing it",
-                         child.spec.name, child.pid, ", ".join(differs[:8]))
-
-    # --- each turn ----------------------------------------------------------------------
-    def after_turn(self, now: float) -> None:
-        """Adopt leftovers (never asked for within the grace, or of a role gone from the
-        config) as slots that stop their child; restore probe state; log the gap once."""
-        if not self.reported:
-            self.reported = True
-            self._report(now)
-        if self.grace_until is None:
-            self.grace_until = now + ADOPT_GRACE
-        for name, doc in list(self.pending.items()):
-            role = name.split("/", 1)[0]
-            if role in self.sup.runners and now < self.grace_until:
-                continue
-            self.sup.reconciler.adoptions.pop(name, None)
-            self.pending.pop(name, None)
-            slot = self.sup.manager.new_slot(None, name=name)
-            self._adopt(name, doc, slot, None)
-            log.info("%s: no role asks for this child after the upgrade: stopping it", name)
-        self._restore_probes()
-
-    def _restore_probes(self) -> None:
-        runs = self.sup.readiness.runs
-        for name, doc in list(self.probes.items()):
-            run = runs.get(name)
-            if run is None:
-                if name not in self.pending:
-                    del self.probes[name]
-                continue
-            del self.probes[name]
-            if run.tag != doc["tag"]:
-                continue
-            run.startup_done, run.notify_ready = doc["startup_done"], doc["notify_ready"]
-            run.ready_since, run.healthy = doc["ready_since"], doc["healthy"]
-            for kind, check in doc["checks"].items():
-                mine = run.checks.get(kind)
-                if mine is not None:
-                    mine.successes, mine.failures = check["successes"], check["failures"]
-                    mine.passed, mine.ever_passed = check["passed"], check["ever_passed"]
-                    mine.next_at = check["next_at"]
-
-    def next_deadline(self) -> float | None:
-        if not self.pending and not self.probes:
-            return None
-        return self.grace_until if self.grace_until is not None else 0.0
-
-    def _report(self, now: float) -> None:
-        stopped = float(self.state.get("loop_stopped_at") or now)
-        session = self.sup.session
-        exec_at = float(self.state.get("exec_at") or stopped)
-        figures = {"from": self.from_version, "to": __version__,
-                   "loop_gap": round(now - stopped, 3), "quiesce": round(exec_at - stopped, 3),
-                   "interpreter": round(self.read_at - exec_at, 3), "rejoin": round(now - self.read_at, 3),
-                   "keepalive_gap": round(session.last_alive_sent - self.last_alive_sent, 3),
-                   "children": sum(1 for d in self.state["slots"].values() if d.get("child"))}
-        self.sup.last_upgrade = figures
-        log.info("upgrade done: %s", json.dumps(figures, sort_keys=True))
