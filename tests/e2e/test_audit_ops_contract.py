@@ -103,7 +103,9 @@ def test_json_lines_about_a_childs_config_name_its_role_and_slot(fleet, recorder
         config={"LOG_LEVEL": {"item": "log.level", "default": "info", "on_change": "signal:HUP"}})},
         log={"format": "json"})
     member = fleet.start("m0", config)
-    member.wait_output("up", 30)
+    # the child's own line (the member's lines say "up" too: "tolerates round trips up to")
+    wait_for(lambda: any(d["msg"] == "up" and d.get("stream") == "stdout" for d in json_lines(member.output())),
+             30, "the child's 'up' line", on_timeout=member.output)
     assert cli("config", "set", "log.level", "debug", "-c", str(config)).returncode == 0
     member.wait_output("config file rewritten; sent SIGHUP", 15)
     lines = json_lines(member.output())
