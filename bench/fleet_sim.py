@@ -10,7 +10,8 @@ Each simulated member is the real ``Supervisor`` (config, session and lease,
 runners, decision loop, effects, member record, control, status) with only the
 process layer replaced: its children are records (``etcdvisor.testing.fake_process``),
 started at once and gone a few ms after a stop. Members are spread over ``P``
-processes (``multiprocessing``; default: one per CPU), one thread per member loop
+processes (``multiprocessing``; default: one per CPU, and at least one per 50 members:
+one interpreter's lock holds about 50 through a cold start), one thread per member loop
 plus its own edge threads; each member has its own etcd connection, lease and
 watches. Every start and stop is appended, with its ``time.monotonic()`` (one
 clock for every process of the machine), to one record file per process.
@@ -76,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _etcd_metrics  # noqa: E402
 
 SHARDED, SINGLETON, CRON = "worker", "leader", "report"
+MEMBERS_PER_PROC = 50  # the default --procs: see main()
 ROLE_TYPES = {"sharded": SHARDED, "singleton": SINGLETON, "cron": CRON}
 QUIET_AFTER = 1.5  # seconds (beyond settle) a converged state must hold
 
@@ -603,7 +605,8 @@ def parse_args(argv=None):
     parser.add_argument("--roles", default="sharded,singleton",
                         help="comma-separated role types: sharded, singleton, cron (default sharded,singleton)")
     parser.add_argument("--shards", type=int, default=0, help="fixed shards (default: join order)")
-    parser.add_argument("--procs", type=int, default=0, help="member processes (default: one per CPU)")
+    parser.add_argument("--procs", type=int, default=0,
+                        help=f"member processes (default: one per CPU, at least one per {MEMBERS_PER_PROC} members)")
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--ttl", type=int, default=10)
     parser.add_argument("--leaves", type=int, default=5, help="leave repetitions")
@@ -624,7 +627,9 @@ def parse_args(argv=None):
     args.role_names_kinds = kinds
     args.cluster = f"sim-{os.urandom(3).hex()}"
     args.role_names = {ROLE_TYPES[k] for k in kinds}
-    args.procs = args.procs or min(os.cpu_count() or 1, args.members)
+    # one interpreter (one GIL) holds about 50 members through a cold start: 150 per process
+    # starved their keepalives on 2 cores (leases expired), 50 did not (2026-12-07, N=200)
+    args.procs = args.procs or min(max(os.cpu_count() or 1, -(-args.members // MEMBERS_PER_PROC)), args.members)
     return args
 
 
