@@ -151,7 +151,7 @@ def _restore_sharded(r: Any, d: dict[str, Any]) -> None:
         r.since = {Part(int(i), int(n)): int(rev) for i, n, rev in d["since"]}
     else:  # handed over by an image that did not carry it: announce the record again
         r.record, r.since = None, {}
-    r.phase = Phase(d["phase"])
+    r.phase = Phase(d["phase"])  # restored by the new image: its first state, not a transition
 
 
 # --- leaders (singleton, cron) ----------------------------------------------------------------

@@ -61,6 +61,7 @@ from .. import timing
 from ..coord import types as t
 from ..coord.retry import STORE_RETRY
 from ..coord.watcher import Change, PrefixWatcher
+from ..process.states import Transitions
 from .assignment import Part, balance_shards, join_order_parts, moved
 from .handoff import ClusterAlive, Grant, Wait, decide_grants, parse_snapshot
 from .shard_plan import Published
@@ -80,6 +81,13 @@ class CoordinatorState(enum.Enum):
     PUBLISHING = "publishing"
 
 
+COORDINATOR_STATES = Transitions("coordinator", {
+    CoordinatorState.IDLE: (CoordinatorState.SETTLING,),
+    CoordinatorState.SETTLING: (CoordinatorState.IDLE, CoordinatorState.PUBLISHING),
+    CoordinatorState.PUBLISHING: (CoordinatorState.IDLE,),
+})
+
+
 class AliveSnapshot:
     """What the coordinator's alive watcher posts (``gen``: which watcher)."""
 
@@ -91,7 +99,7 @@ class AliveSnapshot:
 class Coordinator:
     def __init__(self, runner: ShardedRunner):
         self.runner = runner
-        self.state = CoordinatorState.IDLE
+        self.state = CoordinatorState.IDLE  # the first state: not a transition
         self.due_at: float | None = None
         self.retry_at: float | None = None
         self.key = runner.ctx.keys.assignment(runner.name)
@@ -129,6 +137,9 @@ class Coordinator:
         info = runner.latest
         return not info.invalid() and info.index == 0 and not runner.failed_reason
 
+    def _set_state(self, new: CoordinatorState) -> None:
+        self.state = COORDINATOR_STATES.change(f"role {self.runner.name}", self.state, new)
+
     def tick(self, now: float) -> None:
         active = self.active()
         if self.runner.shards:
@@ -144,12 +155,13 @@ class Coordinator:
             self.due_at = None
             return
         if pub is not None and pub.members == info.members and pub.shards == runner.shards:
-            self.state, self.due_at, self.sent = CoordinatorState.IDLE, None, None
+            self._set_state(CoordinatorState.IDLE)
+            self.due_at, self.sent = None, None
             return
         if self.sent is not None and self.sent[0] == info.members and now < self.sent[1]:
             self.due_at = self.sent[1]  # written; its watch event is on the way
             return
-        self.state = CoordinatorState.SETTLING  # IDLE -> SETTLING
+        self._set_state(CoordinatorState.SETTLING)
         self.due_at = max(runner.latest_at + (runner.spec.settle or 0.0), self.retry_at or 0.0)
         if now < self.due_at:
             return
@@ -157,7 +169,8 @@ class Coordinator:
         owners = balance_shards(prev, info.members, cast(int, runner.shards))  # tick(): fixed shards only
         new = Published(info.epoch, info.members, owners, cast(int, runner.shards))
         backend, mod, body = runner.ctx.backend, runner.published_mod, new.encode()
-        self.state, self.due_at = CoordinatorState.PUBLISHING, None  # SETTLING -> PUBLISHING
+        self._set_state(CoordinatorState.PUBLISHING)
+        self.due_at = None
         runner.say(f"coordinator: publishing the assignment for {len(info.members)} members "
                    f"(EPOCH={info.epoch}, {len(moved(prev, owners)) if prev else runner.shards} shards move)")
 
@@ -167,7 +180,7 @@ class Coordinator:
         runner.effect("publish assignment", call, lambda ok, error: self._published(info.members, ok, error))
 
     def _published(self, members: tuple[str, ...], ok: bool, error: BaseException | None) -> None:
-        self.state = CoordinatorState.IDLE  # PUBLISHING -> IDLE
+        self._set_state(CoordinatorState.IDLE)
         self.runner._due = True
         if ok and error is None:
             self.sent = (members, self.runner.ctx.clock() + WATCH_GRACE)

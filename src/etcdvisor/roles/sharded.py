@@ -52,6 +52,7 @@ from ..coord.session import SessionEvent, SessionEventKind
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
+from ..process.states import Transitions
 from ..recipes.sequence import INVALID, Info, Sequence
 from .assignment import Part
 from .base import RoleRunner, RuntimeContext
@@ -73,13 +74,27 @@ class Phase(enum.Enum):
     STOPPED = "stopped"
 
 
+_MOVING = (Phase.SETTLING, Phase.HANDOFF, Phase.RUNNING, Phase.INVALID, Phase.FAILED, Phase.STOPPED)
+PHASES = Transitions("shard phase", {
+    # the phase follows the facts (_update_phase): between the live ones any change is a
+    # real one (a new membership while handing off: SETTLING again); JOINING is only left
+    Phase.JOINING: _MOVING,
+    Phase.SETTLING: _MOVING,
+    Phase.HANDOFF: _MOVING,
+    Phase.RUNNING: _MOVING,
+    Phase.INVALID: _MOVING,
+    Phase.FAILED: (Phase.STOPPED,),  # left the group; only the role's stop follows
+    Phase.STOPPED: (),
+})
+
+
 class ShardedRunner(RoleRunner):
     def __init__(self, spec: RoleSpec, ctx: RuntimeContext):
         super().__init__(spec, ctx)
         self.fenced = (self.spec.handoff or "fenced") == "fenced"
         self.shards = self.spec.shards
         self.processes = self.spec.processes or 1
-        self.phase = Phase.JOINING
+        self.phase = Phase.JOINING  # the first state: not a transition
         self.latest: Info = INVALID
         self.latest_at = 0.0
         self.applied: Info | None = None  # join order: the settled membership in use
@@ -152,18 +167,23 @@ class ShardedRunner(RoleRunner):
         elif isinstance(payload, Info) and not self.failed_reason:
             self._on_info(payload, at)
 
+    def _set_phase(self, new: Phase) -> None:
+        self.phase = PHASES.change(f"role {self.name}", self.phase, new)
+
     def _on_info(self, info: Info, at: float) -> None:
         self.latest, self.latest_at = info, at
+        if self.phase is Phase.STOPPED:
+            return  # a membership event that was on its way when the role stopped
         if info.invalid():
             if self.applied is not None:
                 self.say(f"stop: no longer a member (count={info.count})")
             self.applied = None
-            self.phase = Phase.INVALID
+            self._set_phase(Phase.INVALID)
             return
         if self.applied is not None and info.equal(self.applied):
             return  # same INDEX/COUNT: the child keeps running untouched
         self.settle_until = at + (self.spec.settle or 0.0)
-        self.phase = Phase.SETTLING
+        self._set_phase(Phase.SETTLING)
         self.ctx.session.request_keepalive()
 
     def on_session(self, event: SessionEvent) -> None:
@@ -331,15 +351,15 @@ class ShardedRunner(RoleRunner):
             return
         pub = self.published
         if self.latest.invalid():
-            self.phase = Phase.INVALID if self.phase is not Phase.JOINING else Phase.JOINING
+            self._set_phase(Phase.INVALID if self.phase is not Phase.JOINING else Phase.JOINING)
         elif self.shards and not (pub and pub.members == self.latest.members):
-            self.phase = Phase.SETTLING  # waiting for the coordinator's publication
+            self._set_phase(Phase.SETTLING)  # waiting for the coordinator's publication
         elif not self.shards and not self.latest.equal(self.applied):
-            self.phase = Phase.SETTLING
+            self._set_phase(Phase.SETTLING)
         elif set(self.target) - set(self.running) or self.stopping:
-            self.phase = Phase.HANDOFF
+            self._set_phase(Phase.HANDOFF)
         else:
-            self.phase = Phase.RUNNING
+            self._set_phase(Phase.RUNNING)
 
     def _log_target(self, target: dict[str, Child]) -> None:
         added = sorted(set(target) - set(self.target))
@@ -375,7 +395,7 @@ class ShardedRunner(RoleRunner):
         if isinstance(event, (Failed, SpawnFailed)) and not self.failed_reason:
             reason = event.reason if isinstance(event, Failed) else event.message
             self.failed_reason = reason
-            self.phase = Phase.FAILED
+            self._set_phase(Phase.FAILED)
             self.say(f"failed ({reason}); leaving the group so the others reshard")
             sequence = self.sequence
             if sequence is not None:
@@ -394,7 +414,7 @@ class ShardedRunner(RoleRunner):
     def stop(self) -> None:
         if self.phase is Phase.STOPPED:
             return
-        self.phase = Phase.STOPPED
+        self._set_phase(Phase.STOPPED)
         if self.fenced and self.record:
             try:  # our children are gone (the loop stops a role's children first): say so
                 # before leaving, so the others need not wait out a kill bound for them
