@@ -214,3 +214,20 @@ def test_election_observe_callbacks(backend_url, prefix):
     watcher.stop()
     for n in (a, b):
         n.close()
+
+
+def test_resigning_after_the_store_handle_closed_is_quiet(backend_url, prefix, caplog):
+    """A leaving member closes its store handle while its campaign thread still resigns:
+    the candidate key goes with the lease, so that is said at debug level, not warned
+    about at every leave."""
+    import logging
+
+    node = Node(backend_url, prefix + "e/", "a")
+    node.election.campaign(timeout=5)
+    node.session.close()
+    node.backend.close()
+    caplog.set_level(logging.DEBUG, logger="etcdvisor")
+    node.election.resign()
+    assert "could not withdraw candidacy" not in caplog.text
+    assert "candidacy left to the lease revoke" in caplog.text
+    node.election.close()

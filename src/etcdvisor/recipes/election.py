@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.errors import Closed, CoordError
 from ..coord.follow import Follower
 from ..coord.session import Session, SessionEvent, SessionEventKind
 from ..coord.types import (
@@ -143,6 +143,8 @@ class Election:
         try:
             if self._entry is not None:
                 self._queue.withdraw(self._entry)
+        except Closed:  # the member is leaving: its lease revoke removes the candidate key
+            log.debug("%s: candidacy left to the lease revoke (store handle closed)", self.name)
         except CoordError as exc:
             log.warning("%s: could not withdraw candidacy: %s", self.name, exc)
         self.token = 0
