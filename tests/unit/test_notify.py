@@ -49,12 +49,19 @@ def test_a_child_and_its_descendants_are_heard(hub, tmp_path):
     path = notify.path_for("api[0]")
     assert path == notify.path_for("api[0]") and os.path.dirname(path) == notify.directory
     assert os.stat(notify.directory).st_mode & 0o777 == 0o700
-    # the "child": a shell that runs the sender as its descendant
-    child = subprocess.Popen(["sh", "-c", f'read _; "{sys.executable}" -c "$0" "READY=1\nSTATUS=up 3/3"', SEND],
+    # the "child": a shell that runs the sender as its descendant; the sender stays alive
+    # until heard (one that exits first cannot be checked: the next-but-one test's case)
+    child = subprocess.Popen(["sh", "-c", f'read _; "{sys.executable}" -c "$0" "READY=1\nSTATUS=up 3/3"',
+                              SEND + "sys.stdin.read()\n"],
                              env={**os.environ, "NOTIFY_SOCKET": path}, stdin=subprocess.PIPE)
-    notify.set_owners({path: ("api/0", child.pid, "tag-of-child")})
-    child.communicate(b"go\n", timeout=10)
-    message = next_message(inbox)
+    try:
+        notify.set_owners({path: ("api/0", child.pid, "tag-of-child")})
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        message = next_message(inbox)
+    finally:
+        child.communicate(timeout=10)
     assert message == NotifyMessage("api/0", (("READY", "1"), ("STATUS", "up 3/3")))
 
 
@@ -75,10 +82,12 @@ def test_a_process_with_the_childs_marker_is_heard(hub):
     notify, inbox = hub
     path = notify.path_for("api[0]")
     notify.set_owners({path: ("api/0", 999_999, "marker-123")})
-    proc = subprocess.Popen([sys.executable, "-c", SEND, "WATCHDOG=1"],
+    proc = subprocess.Popen([sys.executable, "-c", SEND + "sys.stdin.read()\n", "WATCHDOG=1"], stdin=subprocess.PIPE,
                             env={**os.environ, "NOTIFY_SOCKET": path, "ETCDVISOR_CHILD_TAG": "marker-123"})
-    proc.wait(10)
-    assert next_message(inbox).fields == (("WATCHDOG", "1"),)
+    try:  # alive until heard: its marker is read from /proc
+        assert next_message(inbox).fields == (("WATCHDOG", "1"),)
+    finally:
+        proc.communicate(timeout=10)
 
 
 def test_oversized_and_malformed_datagrams_are_dropped_with_one_debug_line(hub, caplog):
