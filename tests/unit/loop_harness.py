@@ -232,6 +232,18 @@ class LoopHarness:
         runner = self.sup.runners[role]
         self.inbox.append(RoleEvent(role, payload, self.clock(), source=runner.serial))
 
+    def tell_plan(self, role: str, info) -> None:
+        """A sharded role's published plan putting this member at ``info``'s place
+        (``Info(index, count, epoch[, members])``; members not named are ``peer<i>``),
+        and the sequence's word that this member joined before it (first if index 0)."""
+        from etcdvisor.recipes.sequence import Place
+        from etcdvisor.roles.shard_plan import Published
+
+        me = self.config.member.id
+        members = info.members or tuple(me if i == info.index else f"peer{i}" for i in range(info.count))
+        self.tell(role, Place(head=info.index == 0, joined=info.epoch))
+        self.tell(role, Published(info.epoch, tuple(members)))
+
     def exit(self, role: str, key: str, code: int) -> None:
         self.manager.exits.append((f"{role}/{key}", code))
 

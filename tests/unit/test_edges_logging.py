@@ -74,7 +74,7 @@ def test_a_fenced_handoff_wait_is_logged_once_when_it_lasts_a_second_and_when_it
 
     caplog.set_level(logging.INFO, logger="etcdvisor")
     h = _harness(SHARDED)
-    h.tell("worker", Info(index=1, count=2, epoch=5, members=("vm-3", "m1")))
+    h.tell_plan("worker", Info(index=1, count=2, epoch=5, members=("vm-3", "m1")))
     h.clock.advance(0.5)
     h.session._keepalive_once()
     assert h.turn() == {}
@@ -257,7 +257,7 @@ def test_debug_shows_assignment_fence_effects_and_control_records(caplog):
 
     caplog.set_level(logging.DEBUG, logger="etcdvisor")
     h = _harness(SHARDED)
-    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.tell_plan("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(0.5)
     h.session._keepalive_once()
     h.turn()

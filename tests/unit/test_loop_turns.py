@@ -256,7 +256,7 @@ def grant(h: LoopHarness, role: str = "worker") -> None:
 def start_sharded(h: LoopHarness, info: Info) -> dict:
     """Settle ``info``, then the fenced hand-off: alive record written (an
     effect), the coordinator's grant, a keepalive sent after it; return what runs."""
-    h.tell("worker", info)
+    h.tell_plan("worker", info)
     h.clock.advance(0.5)
     h.session._keepalive_once()
     h.turn()
@@ -271,7 +271,7 @@ def start_sharded(h: LoopHarness, info: Info) -> dict:
 
 def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
     h = harness(SHARDED)
-    h.tell("worker", Info(index=0, count=2, epoch=5))
+    h.tell_plan("worker", Info(index=0, count=2, epoch=5))
     assert h.turn() == {}, "not confirmed by a keepalive sent after the change"
     h.clock.advance(0.5)
     h.session._keepalive_once()
@@ -295,7 +295,7 @@ class Boom(RuntimeError):
 
 def test_a_runner_that_raises_fails_its_role_only():
     h = harness(SHARDED + JOB)
-    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.tell_plan("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(0.5)
     h.session._keepalive_once()
     elect(h, "migrate")
@@ -344,7 +344,7 @@ def test_member_record_is_written_by_an_effect():
     h.run_effects(only="update the member record")
     h.turn()
     assert "update the member record" not in h.member_effect_names()
-    h.tell("worker", Info(index=0, count=1, epoch=3))
+    h.tell_plan("worker", Info(index=0, count=1, epoch=3))
     h.clock.advance(1.5)
     h.session._keepalive_once()
     h.turn()

@@ -41,7 +41,7 @@ class Cluster:
         self.keys = self.members[0].sup.keys
         self.dead: set[str] = set()
         for index, h in enumerate(self.members):  # rollouts and the slot observer: wired by the builder
-            self._start(h, Info(index=index, count=members, epoch=5))
+            self._start(h, Info(index=index, count=members, epoch=5, members=tuple(f"m{i}" for i in range(members))))
         self.worst = 0
         self.starts: dict[str, int] = {}
         self.run_until(lambda: self.unready() == 0, 20)
@@ -50,7 +50,7 @@ class Cluster:
 
     @staticmethod
     def _start(h: LoopHarness, info: Info) -> None:
-        h.tell("worker", info)
+        h.tell_plan("worker", info)
         for _ in range(10):
             h.clock.advance(0.1)
             h.session._keepalive_once()

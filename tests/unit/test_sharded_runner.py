@@ -203,9 +203,12 @@ def test_join_order_leave_costs_one_record_write_per_member_and_one_grant_batch(
     members = [make(f"m{i}") for i in range(5)]
     drive(members, lambda: keys_alive(members) == [f"{i}/5" for i in range(5)], what="five children")
     assert members[0].runner.coordinator.active() and members[0].runner.coordinator.watcher is not None
-    for member in members[1:]:  # only the coordinator follows the alive records
-        assert member.runner.coordinator.watcher is None
-        assert {w.prefix for w in member.runner.watchers} == {f"{ROLE}grants/{member.runner.ctx.member_id}/"}
+    assert members[0].runner.coordinator.members_watcher is not None
+    for member in members[1:]:  # only the coordinator follows the alive records and the membership
+        assert member.runner.coordinator.watcher is None and member.runner.coordinator.members_watcher is None
+        assert {w.prefix for w in member.runner.watchers} == {f"{ROLE}grants/{member.runner.ctx.member_id}/",
+                                                              f"{ROLE}assignment"}
+        assert member.runner.sequence._watcher is None  # its predecessor in the sequence only
     leaver = members.pop(2)
     leaver.alive.clear()
     leaver.close()
@@ -217,7 +220,7 @@ def test_join_order_leave_costs_one_record_write_per_member_and_one_grant_batch(
           what="four children of x/4 after the leave")
     # one alive-record write per remaining member, one transaction for the four grants (and the
     # leaver's grant deleted), nothing else
-    assert sorted(writes) == ["alive/m0", "alive/m1", "alive/m3", "alive/m4",
+    assert sorted(writes) == ["alive/m0", "alive/m1", "alive/m3", "alive/m4", "assignment",
                               "grants/m0,grants/m1,grants/m2,grants/m3,grants/m4"], writes
     assert grant_of(make.backend, "m2") is None
     for member in members:
@@ -344,15 +347,16 @@ def test_fixed_shards_leave_moves_only_the_leavers_shards_with_few_writes(make):
                                      ",".join(sorted([*(f"grants/{r}" for r in receivers), "grants/m1"]))]), writes
 
 
-def test_overlap_handoff_needs_no_coordinator_record_or_grant(make):
+def test_overlap_handoff_needs_no_alive_record_or_grant(make):
     a = make("a", handoff="overlap")
     b = make("b", handoff="overlap")
-    for member in (a, b):
-        assert member.runner.coordinator is None
     wait_for(lambda: [m.turn() for m in (a, b)] and set(a.alive) == {"p0"} and set(b.alive) == {"p0"}
              and {a.runner.running["p0"].vars.count, b.runner.running["p0"].vars.count} == {2},
              5, "each runs its p0 child with COUNT=2")
     assert not make.backend.get_prefix(ROLE + "alive/").kvs and not make.backend.get_prefix(ROLE + "grants/").kvs
+    for member in (a, b):  # the first one publishes the plan, as in every mode; nobody grants
+        assert member.runner.coordinator.watcher is None and not member.runner.coordinator.written
+    assert make.backend.get(ROLE + "assignment") is not None
 
 
 @pytest.mark.parametrize("keys", [{}, {"shards": 6}], ids=["join-order", "fixed-shards"])

@@ -19,6 +19,17 @@ The system of etcdseq (``000_*.txt``), rebuilt on etcd v3:
 
 States: NEW -> JOINED -> (INVALID -> JOINED)* -> STOPPED.
 
+``follow="head"``: a member that needs only to know whether it is *first*
+(the sharded role's members: the first one publishes the plan the others
+follow) does not mirror the group. It reads the group once after joining
+(keys only), watches only its predecessor (the key with the greatest create
+revision below its own) until that one is deleted, and reads again: the
+queue-wait protocol of :mod:`.queue_wait`. The handler then receives
+:class:`Place` ``(head, joined)`` instead of :class:`Info`. A join or leave
+elsewhere costs such a member nothing, unless it is the leaver's successor
+(one event and one read), so a burst of N joins costs the group O(N) events,
+not N^2/2.
+
 Limits: membership changes are seen after one watch round-trip; two members
 that join in the same transaction cannot exist (one key per put).
 """
@@ -29,13 +40,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Literal, cast
 
-from ..coord.base import Backend
-from ..coord.errors import CoordError
+from ..coord.base import Backend, WatchStream
+from ..coord.errors import Compacted, CoordError, Unavailable
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import KeyValue, direct_children_by_create
+from ..coord.types import EventType, KeyValue, Put, direct_children_by_create
+from ..coord.types import Get as GetOp
 from ..coord.watcher import Change, PrefixWatcher
 from ._mailbox import LatestMailbox
+from .queue_wait import EntryLost, QueueEntry, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,22 @@ class Info:
 INVALID = Info(-1, 0, 0)
 
 
+@dataclass(frozen=True)
+class Place:
+    """``follow="head"``: whether this member is first in join order; ``joined`` is
+    the create revision of its key (0: not a member now: not joined yet, or its
+    lease is lost or in doubt)."""
+
+    head: bool
+    joined: int
+
+    def invalid(self) -> bool:
+        return self.joined == 0
+
+
+NOT_JOINED = Place(False, 0)
+
+
 members_in_order = direct_children_by_create  # member keys of a group, in join order
 
 
@@ -75,12 +105,15 @@ class Sequence:
     """One member of the group under ``prefix`` (see module docstring)."""
 
     def __init__(self, backend: Backend, prefix: str, member_id: str, session: Session,
-                 handler: Callable[[Info], None] | None = None, *, value: bytes = b"",
-                 name: str | None = None):
+                 handler: Callable[[Info], None] | Callable[[Place], None] | None = None, *,
+                 value: bytes = b"", name: str | None = None,
+                 follow: Literal["members", "head"] = "members", retry_interval: float = 0.5):
         if not prefix.endswith("/"):
             prefix += "/"
         if not member_id or "/" in member_id:
             raise ValueError(f"invalid member id {member_id!r}")
+        if follow not in ("members", "head"):
+            raise ValueError(f"follow must be 'members' or 'head', not {follow!r}")
         self.backend = backend
         self.prefix = prefix
         self.member_id = member_id
@@ -94,53 +127,152 @@ class Sequence:
         self._lease_ok = True
         self._stopping = False
         self._last_change: Change | None = None
-        self._mailbox = LatestMailbox(handler, name=self.name) if handler else None
+        # (Info in members mode, Place in head mode)
+        self._mailbox: LatestMailbox[Any] | None = \
+            LatestMailbox(cast(Callable[[Any], None], handler), name=self.name) if handler else None
         self._changed = threading.Condition(self._lock)
-        self._watcher = PrefixWatcher(backend, prefix, self._on_change, name=self.name)
+        self.follow = follow
+        self.retry_interval = retry_interval
+        self._place = NOT_JOINED
+        self._wake = threading.Event()  # head mode: look again (rejoined, lease back, kicked, stop)
+        self._stream: WatchStream | None = None  # head mode: the predecessor watch, to cancel
+        self._head_thread: threading.Thread | None = None
+        self._watcher = PrefixWatcher(backend, prefix, self._on_change, name=self.name) \
+            if follow == "members" else None
 
     # --- public --------------------------------------------------------------
     @property
     def info(self) -> Info:
         return self._info
 
+    @property
+    def place(self) -> Place:
+        """``follow="head"``: whether this member is first (see module docstring)."""
+        return self._place
+
     def start(self, wait: float = 5.0) -> Sequence:
         """Join the group and start following it; with ``wait`` block until
         this member sees itself in the group."""
         self.session.add_listener(self._on_session)
         self._join()
-        self._watcher.start()
+        if self._watcher is not None:
+            self._watcher.start()
+        else:
+            self._head_thread = threading.Thread(target=self._follow_head, name=self.name, daemon=True)
+            self._head_thread.start()
         if wait:
             self.wait_valid(wait)
         return self
 
     def wait_valid(self, timeout: float) -> Info:
         with self._changed:
-            self._changed.wait_for(lambda: not self._info.invalid(), timeout)
+            if self._watcher is None:
+                self._changed.wait_for(lambda: not self._place.invalid(), timeout)
+            else:
+                self._changed.wait_for(lambda: not self._info.invalid(), timeout)
             return self._info
+
+    def kick(self) -> None:
+        """Head mode: read the group again now (the caller has reason to think our key
+        is gone: a plan computed after our join does not list us)."""
+        self._wake.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
 
     def stop(self, leave: bool = True) -> None:
         """Stop following; with ``leave`` delete the member key so the others
         reshard at once."""
         self._stopping = True
         self.session.remove_listener(self._on_session)
-        self._watcher.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
+        else:
+            self.kick()
+            thread = self._head_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5.0)
         if leave:
             try:
                 self.backend.delete(self.key)
             except CoordError as exc:
                 log.warning("%s: could not leave cleanly: %s", self.name, exc)
-        self._publish(INVALID)
+        if self._watcher is None:
+            self._publish_place(NOT_JOINED)
+        else:
+            self._publish(INVALID)
         if self._mailbox:
             self._mailbox.close()
 
     # --- internals -----------------------------------------------------------
     def _join(self) -> None:
         try:
-            self._joined_revision = self.backend.put(self.key, self.value, lease=self.session.lease_id)
+            if self._watcher is None:  # head mode: our place in line is the key's create revision
+                result = self.backend.txn([], [Put(self.key, self.value, self.session.lease_id), GetOp(self.key)])
+                found = result.responses[1]
+                self._joined_revision = found[0].create_revision if found else 0
+            else:
+                self._joined_revision = self.backend.put(self.key, self.value, lease=self.session.lease_id)
             log.info("%s: joined at revision %d", self.name, self._joined_revision)
         except CoordError as exc:
             log.warning("%s: cannot join yet: %s", self.name, exc)
             self._joined_revision = 0
+        self._wake.set()
+
+    def _follow_head(self) -> None:
+        """Head mode (own thread): find our predecessor, wait for its deletion, again."""
+        queue = WaitQueue(self.backend, self.prefix, name=self.name)
+        while not self._stopping:
+            self._wake.clear()
+            token = self._joined_revision
+            if not token or not self._lease_ok:
+                self._publish_place(NOT_JOINED)
+                self._wake.wait()
+                continue
+            try:
+                predecessor, revision = queue.predecessor(QueueEntry(self.key, token, self.session.lease_id))
+            except EntryLost:
+                if not self._stopping and self._lease_ok and token == self._joined_revision:
+                    log.warning("%s: member key deleted, rejoining", self.name)
+                    self._publish_place(NOT_JOINED)
+                    self._join()
+                continue
+            except CoordError as exc:
+                log.debug("%s: cannot read the group (retrying): %s", self.name, exc)
+                self._wake.wait(self.retry_interval)
+                continue
+            if self._stopping or token != self._joined_revision:
+                continue
+            self._publish_place(Place(predecessor is None, token))
+            if predecessor is None:
+                self._wake.wait()  # first until our key goes: nobody can join before us
+            else:
+                self._wait_deleted(predecessor.key, revision)
+
+    def _wait_deleted(self, key: str, revision: int) -> None:
+        try:
+            stream = self.backend.watch(key, start_revision=revision + 1)
+        except Compacted:
+            return
+        except CoordError as exc:
+            log.debug("%s: cannot watch %s (retrying): %s", self.name, key, exc)
+            self._wake.wait(self.retry_interval)
+            return
+        self._stream = stream
+        try:
+            if self._wake.is_set():
+                return  # kicked (or stopped) before the stream could be cancelled
+            for batch in stream:
+                if any(ev.type is EventType.DELETE for ev in batch.events):
+                    return
+        except (Compacted, Unavailable):
+            pass
+        except CoordError as exc:
+            log.debug("%s: watch on %s ended: %s", self.name, key, exc)
+            self._wake.wait(self.retry_interval)
+        finally:
+            self._stream = None
+            stream.cancel()
 
     def _on_change(self, change: Change) -> None:
         self._last_change = change
@@ -157,6 +289,9 @@ class Sequence:
     def _on_session(self, event: SessionEvent) -> None:
         if self._stopping:
             return
+        if self._watcher is None:
+            self._on_session_head(event)
+            return
         if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
             self._lease_ok = False
             self._publish(Info(-1, self._info.count, self._info.epoch, self._info.members))
@@ -170,6 +305,29 @@ class Sequence:
             self._lease_ok = True
             if self._last_change is not None:
                 self._on_change(self._last_change)
+
+    def _on_session_head(self, event: SessionEvent) -> None:
+        if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
+            self._lease_ok = False
+            self._publish_place(NOT_JOINED)
+            self.kick()
+        elif event.kind is SessionEventKind.NEW_LEASE:
+            self._lease_ok = True
+            self._join()
+        elif event.kind is SessionEventKind.KEEPALIVE and (not self._joined_revision or not self._lease_ok):
+            self._lease_ok = True  # (the old lease survived: e.g. etcd restarted and renewed it)
+            if not self._joined_revision:
+                self._join()
+            self._wake.set()
+
+    def _publish_place(self, place: Place) -> None:
+        with self._changed:
+            if place == self._place:
+                return
+            self._place = place
+            self._changed.notify_all()
+        if self._mailbox:
+            self._mailbox.put(place)
 
     def _publish(self, info: Info) -> None:
         with self._changed:

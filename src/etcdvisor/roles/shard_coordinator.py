@@ -2,24 +2,28 @@
 
 One member per role coordinates: the one at position 0 of the role's
 sequence (``roles/<role>/shard/``, join order). Why position 0 rather than an
-election: every member already follows the sequence, so no extra keys, watches
-or campaign writes; position 0 is the oldest member, so it changes only when
-that member goes; and nothing here needs a single coordinator for safety (two
-that briefly both believe they are first are only slower, see below).
+election: every member is in the sequence anyway and learns whether it is
+first by watching only its predecessor there (``Sequence(follow="head")``), so
+no extra keys or campaign writes; position 0 is the oldest member, so it
+changes only when that member goes; and nothing here needs a single
+coordinator for safety (two that briefly both believe they are first are only
+slower, see below).
 
-It has two jobs:
+It alone follows the whole membership (a watch on the sequence prefix, started
+when it becomes first), and it has two jobs:
 
-* **publish the plan** (fixed shards, ``shards: N``): whenever the settled
-  membership (``settle`` without change) differs from the members of the
-  published assignment, compute
-  :func:`~etcdvisor.roles.assignment.balance_shards` from the published
-  assignment and the membership snapshot and write it to
-  ``roles/<role>/assignment`` with a compare-and-swap on the key's mod revision
-  (a stale coordinator's write fails; it retries from the newer value). The
-  key is not on a lease: it is the previous assignment the next coordinator
-  starts from, so stickiness survives a coordinator's death. With join order
-  the plan is the settled membership itself (every member computes its
-  ``INDEX``/``COUNT`` from it), so nothing is published.
+* **publish the plan**: whenever the settled membership (``settle`` without
+  change: a burst of joins and leaves is one plan) differs from the members of
+  the published plan, write the new plan to ``roles/<role>/assignment``
+  (:class:`~.shard_plan.Published`) with a compare-and-swap on the key's mod
+  revision (a stale coordinator's write fails; it retries from the newer
+  value). Join order: the members in join order (each member's INDEX is its
+  position there). Fixed shards (``shards: N``): also the owners, computed with
+  :func:`~etcdvisor.roles.assignment.balance_shards` from the published plan
+  and the membership snapshot. The key is not on a lease: it is the previous
+  plan the next coordinator starts from, so stickiness survives a
+  coordinator's death. The other members watch only this key (and their
+  grant), never each other, so a change costs each of them one event.
 
 * **grant starts** (``handoff: fenced``): it alone watches the alive records
   (``roles/<role>/alive/``); after the plan settled, it writes each member's
@@ -55,13 +59,15 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .. import timing
 from ..coord import types as t
 from ..coord.retry import STORE_RETRY
 from ..coord.watcher import Change, PrefixWatcher
 from ..process.states import Transitions
+from ..recipes._mailbox import LatestMailbox
+from ..recipes.sequence import INVALID, Info, compute_info
 from .assignment import Part, balance_shards, join_order_parts, moved
 from .handoff import ClusterAlive, Grant, Wait, decide_grants, parse_snapshot
 from .shard_plan import Published
@@ -86,6 +92,14 @@ COORDINATOR_STATES = Transitions("coordinator", {
     CoordinatorState.SETTLING: (CoordinatorState.IDLE, CoordinatorState.PUBLISHING),
     CoordinatorState.PUBLISHING: (CoordinatorState.IDLE,),
 })
+
+
+class MembershipSnapshot:
+    """What the coordinator's membership watcher posts (``gen``: which watcher)."""
+
+    def __init__(self, gen: int, info: Info):
+        self.gen = gen
+        self.info = info
 
 
 class AliveSnapshot:
@@ -120,9 +134,14 @@ class Coordinator:
         self._plan: tuple[tuple[str, int, int], tuple[int, dict[str, frozenset[Part]]]] | None = None
         self.waits: list[Wait] = []
         self.waited = False  # the kill bound after the first snapshot has passed
-        self.settle_at: float | None = None  # join order: when the membership will have settled
         self.decided_at = float("-inf")
         self.decide_at: float | None = None  # the next decision, held back by DECIDE_EVERY
+        # the whole membership (only while first): what the published plan must match
+        self.membership: Info = INVALID
+        self.membership_at = 0.0
+        self.following = False
+        self.members_watcher: tuple[PrefixWatcher, LatestMailbox[Change]] | None = None
+        self.members_gen = 0
 
     def grant_key(self, member: str) -> str:
         return grant_key(self.runner, member)
@@ -132,47 +151,60 @@ class Coordinator:
         # (not gated on a recent keepalive: a late keepalive under load would restart the
         # coordination, with its kill-bound wait; grants are decided on snapshots, so a
         # coordinator whose lease is in doubt is never unsafe, and its grant writes, on
-        # that lease, fail once it expired. Info turns invalid when the lease is lost.)
+        # that lease, fail once it expired. The place turns invalid when the lease is lost.)
         runner = self.runner
-        info = runner.latest
-        return not info.invalid() and info.index == 0 and not runner.failed_reason
+        place = runner.place
+        return place is not None and place.head and not place.invalid() and not runner.failed_reason
 
     def _set_state(self, new: CoordinatorState) -> None:
         self.state = COORDINATOR_STATES.change(f"role {self.runner.name}", self.state, new)
 
     def tick(self, now: float) -> None:
         active = self.active()
-        if self.runner.shards:
-            self._publish_tick(now, active)
+        if active and not self.following:
+            self._start_following()
+        elif not active and self.following:
+            self._stop_following()
+        self._publish_tick(now, active)
         if self.runner.fenced:
             self._grant_tick(now, active)
+
+    def _settled_membership(self) -> Info | None:
+        """The membership we follow, if it is valid and puts us first (None: not yet)."""
+        info = self.membership
+        return None if info.invalid() or info.index != 0 else info
 
     def _publish_tick(self, now: float, active: bool) -> None:
         """Publish if this member leads and the settled membership changed."""
         runner = self.runner
-        info, pub = runner.latest, runner.published
-        if not active or self.state is CoordinatorState.PUBLISHING:
+        info, pub, shards = self._settled_membership(), runner.published, runner.shards or 0
+        if not active or info is None or self.state is CoordinatorState.PUBLISHING:
             self.due_at = None
             return
-        if pub is not None and pub.members == info.members and pub.shards == runner.shards:
-            self._set_state(CoordinatorState.IDLE)
+        if pub is not None and pub.members == info.members and pub.shards == shards:
+            if self.state is not CoordinatorState.IDLE:
+                self._set_state(CoordinatorState.IDLE)
             self.due_at, self.sent = None, None
             return
         if self.sent is not None and self.sent[0] == info.members and now < self.sent[1]:
             self.due_at = self.sent[1]  # written; its watch event is on the way
             return
-        self._set_state(CoordinatorState.SETTLING)
-        self.due_at = max(runner.latest_at + (runner.spec.settle or 0.0), self.retry_at or 0.0)
+        if self.state is not CoordinatorState.SETTLING:
+            self._set_state(CoordinatorState.SETTLING)
+        self.due_at = max(self.membership_at + (runner.spec.settle or 0.0), self.retry_at or 0.0)
         if now < self.due_at:
             return
-        prev = pub.owners if pub is not None and pub.shards == runner.shards else {}
-        owners = balance_shards(prev, info.members, cast(int, runner.shards))  # tick(): fixed shards only
-        new = Published(info.epoch, info.members, owners, cast(int, runner.shards))
+        if shards:
+            prev = pub.owners if pub is not None and pub.shards == shards else {}
+            owners = balance_shards(prev, info.members, shards)
+            what = f"{len(moved(prev, owners)) if prev else shards} shards move"
+        else:
+            owners, what = {}, f"COUNT={len(info.members) * runner.processes}"
+        new = Published(info.epoch, info.members, owners, shards)
         backend, mod, body = runner.ctx.backend, runner.published_mod, new.encode()
         self._set_state(CoordinatorState.PUBLISHING)
         self.due_at = None
-        runner.say(f"coordinator: publishing the assignment for {len(info.members)} members "
-                   f"(EPOCH={info.epoch}, {len(moved(prev, owners)) if prev else runner.shards} shards move)")
+        runner.say(f"coordinator: publishing the plan for {len(info.members)} members (EPOCH={info.epoch}, {what})")
 
         def call() -> bool:
             return backend.txn([t.mod_revision(self.key, "=", mod)], [t.Put(self.key, body)]).succeeded
@@ -193,28 +225,21 @@ class Coordinator:
 
     # --- granting -----------------------------------------------------------------
     def plan(self, now: float) -> tuple[int, dict[str, frozenset[Part]]] | None:
-        """The settled plan (epoch, member -> partitions), or None while settling
-        (computed once per plan: a thousand members' partitions are not rebuilt every turn)."""
+        """The published plan (epoch, member -> partitions), or None while a newer one is
+        due (the membership changed since: its grants would be undone at once). Computed
+        once per plan: a thousand members' partitions are not rebuilt every turn."""
         runner = self.runner
-        latest = runner.latest
-        if runner.shards:
-            pub = runner.published
-            if pub is None or pub.shards != runner.shards or pub.members != latest.members:
-                return None
-            key: tuple[str, int, int] = ("shards", pub.mod, pub.epoch)
-            if self._plan is None or self._plan[0] != key:
-                self._plan = (key, (pub.epoch, {m: frozenset(Part(s, pub.shards) for s in pub.owners.get(m, ()))
-                                                for m in pub.members}))
-            return self._plan[1]
-        # join order: the membership itself, once it stayed unchanged for ``settle`` (our own
-        # INDEX/COUNT may be unchanged while others moved: the runner's applied Info is not it)
-        if latest.invalid() or now < runner.latest_at + (runner.spec.settle or 0.0):
+        pub, info, shards = runner.published, self._settled_membership(), runner.shards or 0
+        if pub is None or info is None or pub.shards != shards or pub.members != info.members:
             return None
-        key = ("join", latest.epoch, runner.processes)
+        key = ("shards" if shards else "join", pub.mod, pub.epoch)
         if self._plan is None or self._plan[0] != key:
-            members, k = latest.members, runner.processes
-            self._plan = (key, (latest.epoch, {m: frozenset(join_order_parts(i, len(members), k))
-                                               for i, m in enumerate(members)}))
+            members, k = pub.members, runner.processes
+            if shards:
+                parts = {m: frozenset(Part(s, shards) for s in pub.owners.get(m, ())) for m in members}
+            else:
+                parts = {m: frozenset(join_order_parts(i, len(members), k)) for i, m in enumerate(members)}
+            self._plan = (key, (pub.epoch, parts))
         return self._plan[1]
 
     def _grant_tick(self, now: float, active: bool) -> None:
@@ -243,9 +268,7 @@ class Coordinator:
         plan = self.plan(now)
         if plan is None:
             self.waits = []
-            self.settle_at = self.runner.latest_at + (self.runner.spec.settle or 0.0)
             return
-        self.settle_at = None
         seen = self._plan[0] if self._plan else None
         if seen != self.plan_seen:
             self.plan_seen, self.dirty = seen, True
@@ -258,7 +281,7 @@ class Coordinator:
         epoch, parts = plan
         cluster = self.cluster
         granted, self.waits = decide_grants(parts, cluster, {m: g[0] for m, g in self.graveyard.items()},
-                                            members=self.runner.latest.members)
+                                            members=tuple(parts))
         me = self.runner.ctx.member_id
         new: dict[str, Grant] = {}
         for member, ok in granted.items():
@@ -364,17 +387,55 @@ class Coordinator:
             self.graveyard.pop(member, None)
         self.cluster, self.dirty = cluster, True
 
+    # --- the whole membership (only while first) ----------------------------------------
+    def _start_following(self) -> None:
+        runner = self.runner
+        self.members_gen += 1
+        gen = self.members_gen
+        self.following, self.membership = True, INVALID
+        if not runner.started:
+            return  # driven by a test that posts the snapshots itself
+        prefix, me = runner.ctx.keys.shard(runner.name), runner.ctx.member_id
+        if not prefix.endswith("/"):
+            prefix += "/"
+
+        def compute(change: Change) -> None:  # (coalesced: a burst of joins is sorted once per turn)
+            runner.post(MembershipSnapshot(gen, compute_info(prefix, me, change.snapshot.values(),
+                                                             change.revision)))
+
+        mailbox: LatestMailbox[Change] = LatestMailbox(compute, name=f"{runner.name}:members")
+        self.members_watcher = (PrefixWatcher(runner.ctx.backend, prefix, mailbox.put,
+                                              name=f"{runner.name}:members"), mailbox)
+        self.members_watcher[0].start()  # a thread start: no store call on the loop thread
+
+    def _stop_following(self) -> None:
+        watcher, self.members_watcher, self.following = self.members_watcher, None, False
+        self.members_gen += 1
+        self.membership = INVALID
+        if watcher is not None:
+            self.runner.effect("stop following the membership", lambda: _stop_watcher(*watcher))
+
+    def on_membership(self, snap: MembershipSnapshot, at: float) -> None:
+        if snap.gen != self.members_gen:
+            return  # from a watcher we stopped
+        old = self.membership
+        if snap.info.members != old.members or snap.info.invalid() != old.invalid():
+            self.membership_at = at  # the settle window restarts at every change
+        self.membership = snap.info
+
     def close(self) -> None:
-        """Stop the alive watcher (runner stop, off the loop)."""
+        """Stop the watchers (runner stop, off the loop)."""
         watcher, self.watcher, self.watching = self.watcher, None, False
         self.gen += 1
         if watcher is not None:
             watcher.stop()
+        members, self.members_watcher, self.following = self.members_watcher, None, False
+        self.members_gen += 1
+        if members is not None:
+            _stop_watcher(*members)
 
     def next_deadline(self) -> float | None:
         times = [x for x in (self.due_at, self.grant_retry_at, self.decide_at) if x is not None]
-        if self.watching and self.settle_at is not None and not self.runner.shards:
-            times.append(self.settle_at)
         times += [until for _, until in self.graveyard.values()]
         if self.grant_from is not None and self.watching and not self.waited:
             times.append(self.grant_from)
@@ -384,6 +445,11 @@ class Coordinator:
         return {"state": self.state.value, "due_at": self.due_at,
                 "granting": self.watching, "grants": len(self.written),
                 "waiting": [w.describe() for w in self.waits[:20]]}
+
+
+def _stop_watcher(watcher: PrefixWatcher, mailbox: LatestMailbox[Change]) -> None:
+    watcher.stop()
+    mailbox.close()
 
 
 def grant_key(runner: ShardedRunner, member: str) -> str:

@@ -1,11 +1,20 @@
 """``type: sharded``: members split work by INDEX/COUNT, without overlap.
 
 Membership is the role's sequence (``roles/<role>/shard/``, on the lease,
-join order). What this member should run (its *target*) comes from
-:mod:`.shard_plan`: join order (``processes`` children per member) after
-membership stayed unchanged for ``settle`` and a keepalive sent after the
-change came back alive; or, with ``shards: N``, the assignment the first
-member publishes (sticky, balanced, see :mod:`.assignment`).
+join order). A member does not follow the whole sequence: it watches only its
+predecessor there, to learn whether it is first (:class:`~..recipes.sequence.Place`,
+``follow="head"``), and the *plan* the first member (the coordinator,
+:mod:`.shard_coordinator`) publishes at ``roles/<role>/assignment`` once the
+membership stayed unchanged for ``settle``: the members in join order (join
+order: this member's INDEX is its position there, COUNT their number, times
+``processes``) or, with ``shards: N``, the sticky, balanced shard owners (see
+:mod:`.assignment`). A burst of joins or leaves within ``settle`` is one plan,
+one event per member: a change costs the fleet O(N), a cold start too. What
+this member should run (its *target*) comes from :mod:`.shard_plan`, once a
+keepalive sent after the plan arrived came back alive. A plan counts for this
+member only if it was computed after the member's key was created (its
+``epoch`` is not older than the key): an older plan may list an earlier key of
+the same member id.
 
 Hand-off (``handoff``):
 
@@ -53,11 +62,11 @@ from ..coord.watcher import Change, PrefixWatcher
 from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Started, Stopped
 from ..process.spawn import ChildSpec
 from ..process.states import Transitions
-from ..recipes.sequence import INVALID, Info, Sequence
+from ..recipes.sequence import INVALID, Info, Place, Sequence
 from .assignment import Part
 from .base import RoleRunner, RuntimeContext
 from .handoff import NO_GRANT, Blockers, Child, ClusterAlive, Grant, Wait, encode_record, read_grant
-from .shard_coordinator import AliveSnapshot, Coordinator, grant_key
+from .shard_coordinator import AliveSnapshot, Coordinator, MembershipSnapshot, grant_key
 from .shard_plan import Published, decode_published, join_order_children, shard_children
 
 log = logging.getLogger("etcdvisor")
@@ -95,8 +104,10 @@ class ShardedRunner(RoleRunner):
         self.shards = self.spec.shards
         self.processes = self.spec.processes or 1
         self.phase = Phase.JOINING  # the first state: not a transition
-        self.latest: Info = INVALID
+        self.latest: Info = INVALID  # our place in the published plan (invalid: none, or not ours)
         self.latest_at = 0.0
+        self.place: Place | None = None  # whether we are first, from the sequence (None: not heard yet)
+        self.plan_heard = False  # the assignment watch delivered its first value
         self.applied: Info | None = None  # join order: the settled membership in use
         self.settle_until = 0.0
         self.published: Published | None = None
@@ -121,8 +132,8 @@ class ShardedRunner(RoleRunner):
         self.alive_prefix = keys.alive(self.name)
         self.record_key = self.alive_prefix + self.ctx.member_id
         self.grant_key = grant_key(self, self.ctx.member_id)
-        # the first member in join order publishes fixed-shard plans and grants fenced starts
-        self.coordinator = Coordinator(self) if self.shards or self.fenced else None
+        # the first member in join order publishes the plan and grants fenced starts
+        self.coordinator: Coordinator | None = Coordinator(self)
         self.watchers: list[PrefixWatcher] = []
         self.sequence: Sequence | None = None
         self.started = False  # start() ran: coordination threads may be started
@@ -133,13 +144,12 @@ class ShardedRunner(RoleRunner):
         if self.fenced:  # our own start grant, nothing else (the coordinator alone watches alive/)
             self.watchers.append(PrefixWatcher(self.ctx.backend, self.grant_key.rsplit("/", 1)[0] + "/",
                                                self._on_grant, name=f"{self.name}:grant"))
-        if self.shards:
-            self.watchers.append(PrefixWatcher(self.ctx.backend, keys.assignment(self.name),
-                                               self._on_assignment, name=f"{self.name}:assignment"))
+        self.watchers.append(PrefixWatcher(self.ctx.backend, keys.assignment(self.name),
+                                           self._on_assignment, name=f"{self.name}:assignment"))
         for watcher in self.watchers:
             watcher.start()
         self.sequence = Sequence(self.ctx.backend, keys.shard(self.name), self.ctx.member_id,
-                                 self.ctx.session, self.post, name=f"{self.name}:shard")
+                                 self.ctx.session, self.post, name=f"{self.name}:shard", follow="head")
         self.sequence.start(wait=0)
 
     # --- edge threads: only post ------------------------------------------------
@@ -159,13 +169,37 @@ class ShardedRunner(RoleRunner):
         if isinstance(payload, AliveSnapshot):
             if self.coordinator is not None:
                 self.coordinator.on_snapshot(payload, at)
+        elif isinstance(payload, MembershipSnapshot):
+            if self.coordinator is not None:
+                self.coordinator.on_membership(payload, at)
         elif isinstance(payload, Grant):
             self.grant = payload
         elif isinstance(payload, Published):
             self.published = payload if payload.members else None
             self.published_mod = payload.mod
-        elif isinstance(payload, Info) and not self.failed_reason:
-            self._on_info(payload, at)
+            self.plan_heard = True
+            self._refresh_latest(at)
+        elif isinstance(payload, Place):
+            self.place = payload
+            self._refresh_latest(at)
+
+    def _refresh_latest(self, at: float) -> None:
+        """Our place in the published plan, once we heard both the plan and our sequence."""
+        place, pub = self.place, self.published
+        if place is None or not self.plan_heard or self.failed_reason:
+            return  # (after an upgrade the handed-over place stands until both are heard)
+        if place.invalid():
+            info = Info(-1, self.latest.count, self.latest.epoch, self.latest.members)
+        elif pub is None or pub.shards != (self.shards or 0) or pub.epoch < place.joined:
+            info = INVALID  # no plan for our key yet: the coordinator publishes one after settle
+        elif self.ctx.member_id in pub.members:
+            info = Info(pub.members.index(self.ctx.member_id), len(pub.members), pub.epoch, pub.members)
+        else:  # a plan computed after our key was created does not list it: the key is gone
+            info = Info(-1, len(pub.members), pub.epoch, pub.members)
+            if self.sequence is not None:
+                self.sequence.kick()
+        if info != self.latest:
+            self._on_info(info, at)
 
     def _set_phase(self, new: Phase) -> None:
         self.phase = PHASES.change(f"role {self.name}", self.phase, new)
@@ -182,7 +216,7 @@ class ShardedRunner(RoleRunner):
             return
         if self.applied is not None and info.equal(self.applied):
             return  # same INDEX/COUNT: the child keeps running untouched
-        self.settle_until = at + (self.spec.settle or 0.0)
+        self.settle_until = at  # (the coordinator waited out ``settle`` before publishing)
         self._set_phase(Phase.SETTLING)
         self.ctx.session.request_keepalive()
 
