@@ -101,10 +101,10 @@ def _wait_lines(output: str, what: str) -> tuple[list[str], list[str]]:
 
 def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out(private_etcd, tmp_path):
     """Issue 19, 1.2: after a member is lost (here frozen: a SIGKILLed one on this host would be
-    known dead and its lease revoked at once), a new member is assigned 1/2 and waits until the
+    known dead and its lease revoked at once), a new member waits for its place until the
     lost member's lease expires. The lost member is the first in join order, the coordinator
-    that grants starts (roles/shard_coordinator.py), so the new member waits for the
-    coordinator's start grant: it says so (one line when the wait has lasted a second, one when
+    that publishes the plan and grants starts (roles/shard_coordinator.py), so the new member
+    waits for the coordinator's plan: it says so (one line when the wait has lasted a second, one when
     it ends), instead of several silent seconds."""
     fleet = Fleet(tmp_path, private_etcd.url, "waits-" + os.urandom(4).hex())
     try:
@@ -115,7 +115,8 @@ def test_a_new_member_says_what_it_waits_for_while_a_lost_members_lease_runs_out
         wait_for(lambda: len(fleet.history().live("shard")) == 1, 30, "the first worker")
         first.pause()  # its watchdog kills the child at the lease deadline; the lease runs out
         new = fleet.start("vm-b", config)
-        what = r"1/2 waits for the coordinator's start grant \(1/2\)"
+        # the coordinator publishes the plan: until the lost one's lease expires, nobody does
+        what = r"membership waits for the coordinator's plan \(joined at revision \d+\)"
         wait_for(lambda: _wait_lines(new.output(), what)[0], 30, "the wait line", on_timeout=new.output)
         wait_for(lambda: _wait_lines(new.output(), what)[1], 40, "the end of the wait", on_timeout=new.output)
         wait_for(lambda: [(i.index, i.count) for i in fleet.history().live("shard")] == [(0, 1)], 20,

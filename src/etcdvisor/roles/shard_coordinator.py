@@ -95,11 +95,13 @@ COORDINATOR_STATES = Transitions("coordinator", {
 
 
 class MembershipSnapshot:
-    """What the coordinator's membership watcher posts (``gen``: which watcher)."""
+    """What the coordinator's membership watcher posts (``gen``: which watcher;
+    ``newest``: the greatest create revision of a member key)."""
 
-    def __init__(self, gen: int, info: Info):
+    def __init__(self, gen: int, info: Info, newest: int = 0):
         self.gen = gen
         self.info = info
+        self.newest = newest
 
 
 class AliveSnapshot:
@@ -139,6 +141,7 @@ class Coordinator:
         # the whole membership (only while first): what the published plan must match
         self.membership: Info = INVALID
         self.membership_at = 0.0
+        self.newest = 0  # a plan older than this member key cannot list it (a restart under the same id)
         self.following = False
         self.members_watcher: tuple[PrefixWatcher, LatestMailbox[Change]] | None = None
         self.members_gen = 0
@@ -181,7 +184,7 @@ class Coordinator:
         if not active or info is None or self.state is CoordinatorState.PUBLISHING:
             self.due_at = None
             return
-        if pub is not None and pub.members == info.members and pub.shards == shards:
+        if self.current(pub, info):
             if self.state is not CoordinatorState.IDLE:
                 self._set_state(CoordinatorState.IDLE)
             self.due_at, self.sent = None, None
@@ -230,7 +233,7 @@ class Coordinator:
         once per plan: a thousand members' partitions are not rebuilt every turn."""
         runner = self.runner
         pub, info, shards = runner.published, self._settled_membership(), runner.shards or 0
-        if pub is None or info is None or pub.shards != shards or pub.members != info.members:
+        if pub is None or info is None or not self.current(pub, info):
             return None
         key = ("shards" if shards else "join", pub.mod, pub.epoch)
         if self._plan is None or self._plan[0] != key:
@@ -400,8 +403,9 @@ class Coordinator:
             prefix += "/"
 
         def compute(change: Change) -> None:  # (coalesced: a burst of joins is sorted once per turn)
-            runner.post(MembershipSnapshot(gen, compute_info(prefix, me, change.snapshot.values(),
-                                                             change.revision)))
+            kvs = change.snapshot.values()
+            runner.post(MembershipSnapshot(gen, compute_info(prefix, me, kvs, change.revision),
+                                           max((kv.create_revision for kv in kvs), default=0)))
 
         mailbox: LatestMailbox[Change] = LatestMailbox(compute, name=f"{runner.name}:members")
         self.members_watcher = (PrefixWatcher(runner.ctx.backend, prefix, mailbox.put,
@@ -419,9 +423,14 @@ class Coordinator:
         if snap.gen != self.members_gen:
             return  # from a watcher we stopped
         old = self.membership
-        if snap.info.members != old.members or snap.info.invalid() != old.invalid():
+        if snap.info.members != old.members or snap.info.invalid() != old.invalid() or snap.newest != self.newest:
             self.membership_at = at  # the settle window restarts at every change
-        self.membership = snap.info
+        self.membership, self.newest = snap.info, snap.newest
+
+    def current(self, pub: Published | None, info: Info) -> bool:
+        """Whether ``pub`` is the plan for the membership ``info``."""
+        return (pub is not None and pub.members == info.members and pub.shards == (self.runner.shards or 0)
+                and pub.epoch >= self.newest)
 
     def close(self) -> None:
         """Stop the watchers (runner stop, off the loop)."""

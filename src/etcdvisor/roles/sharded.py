@@ -474,6 +474,11 @@ class ShardedRunner(RoleRunner):
             # stopping member's child, lease or kill bound ("vm-c:2/3 waits for vm-b's child (1/2)")
             found += [w.describe() for w in self.coordinator.waits[:20]]
         found += [f"{key} waits for a keepalive confirming its alive record" for key in sorted(self.approved)]
+        place = self.place
+        if place is not None and not place.invalid() and self.latest.invalid() and not self.failed_reason:
+            # joined, but no plan lists our key yet: the coordinator publishes one after
+            # ``settle`` (held back while it is lost: until its lease expires)
+            found.append(f"membership waits for the coordinator's plan (joined at revision {place.joined})")
         latest = self.latest
         if (not self.shards and not latest.invalid() and now >= self.settle_until
                 and (self.applied is None or not latest.equal(self.applied))):
