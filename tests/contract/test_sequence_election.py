@@ -10,7 +10,7 @@ from etcdvisor.coord import open_backend
 from etcdvisor.coord.session import Session
 from etcdvisor.coord.types import KeyValue
 from etcdvisor.recipes.election import CampaignCancelled, Election, LeadershipWatch
-from etcdvisor.recipes.sequence import Info, Sequence, compute_info, members_in_order
+from etcdvisor.recipes.sequence import Info, Place, Sequence, compute_info, members_in_order
 
 from ..conftest import wait_until
 
@@ -101,6 +101,87 @@ def test_sequence_lease_loss_reports_invalid_then_rejoins_at_end(backend_url, pr
     for m in (a, b):
         m.close()
     admin.close()
+
+
+# --- head mode: only whether this member is first ----------------------------------
+
+class Follower:
+    """A member of the group in head mode, counting the watch events it receives."""
+
+    def __init__(self, url, prefix, member_id, ttl=5):
+        self.backend = open_backend(url, timeout=2)
+        self.session = Session(self.backend, ttl=ttl, interval=0.3, name=member_id).start()
+        self.places: list[Place] = []
+        self.seq = Sequence(self.backend, prefix, member_id, self.session, self.places.append, follow="head")
+
+    def start(self):
+        self.seq.start(wait=5)
+        return self
+
+    def close(self, leave=True):
+        self.seq.stop(leave=leave)
+        self.session.close()
+        self.backend.close()
+
+
+def heads(members):
+    return [m.seq.place.head for m in members]
+
+
+def test_head_mode_knows_only_who_is_first_and_the_next_one_takes_over(backend_url, prefix):
+    members = [Follower(backend_url, prefix + "h/", f"m{i}").start() for i in range(4)]
+    wait_until(lambda: heads(members) == [True, False, False, False], message="m0 first, nobody else")
+    joined = [m.seq.place.joined for m in members]
+    assert joined == sorted(joined) and len(set(joined)) == 4  # create revisions: join order
+    members[2].close()  # a leave in the middle: m3 now waits on m1, nobody else changes
+    members[0].close()  # the head leaves: m1 is first
+    rest = [members[1], members[3]]
+    wait_until(lambda: heads(rest) == [True, False], timeout=5, message="m1 first after m0 left")
+    assert rest[0].seq.place.joined == joined[1]  # the same key: its place did not change
+    rest[0].close()
+    wait_until(lambda: heads([members[3]]) == [True], timeout=5, message="m3 first at last")
+    # each member heard of its own place only: never a Place per join or leave of another
+    assert [p.head for p in members[3].places] == [False, True]
+    members[3].close()
+
+
+def test_head_mode_lease_loss_is_invalid_at_once_then_rejoins_at_the_end(backend_url, prefix):
+    a = Follower(backend_url, prefix + "h/", "a").start()
+    b = Follower(backend_url, prefix + "h/", "b").start()
+    wait_until(lambda: heads([a, b]) == [True, False], message="a first")
+    first = a.seq.place.joined
+    admin = open_backend(backend_url)
+    admin.lease_revoke(a.session.lease_id)  # a's lease (and key) gone on the server
+    wait_until(lambda: heads([a, b]) == [False, True] and not a.seq.place.invalid(), timeout=8,
+               message="b first, a rejoined behind it")
+    assert a.seq.place.joined > b.seq.place.joined > first
+    assert any(p.invalid() for p in a.places), "a said it was no member while its lease was gone"
+    for m in (a, b):
+        m.close()
+    admin.close()
+
+
+def test_head_mode_a_deleted_key_is_noticed_when_kicked_and_rejoined(backend_url, prefix):
+    a = Follower(backend_url, prefix + "h/", "a").start()
+    b = Follower(backend_url, prefix + "h/", "b").start()
+    wait_until(lambda: heads([a, b]) == [True, False], message="a first")
+    admin = open_backend(backend_url)
+    admin.delete(b.seq.key)  # by hand, b's lease lives: b watches a, not itself
+    old = b.seq.place.joined
+    b.seq.kick()  # what the sharded role does when a plan newer than b's key leaves b out
+    wait_until(lambda: b.seq.place.joined > old and not b.seq.place.head, timeout=5, message="b rejoined")
+    assert admin.get(b.seq.key).create_revision == b.seq.place.joined
+    for m in (a, b):
+        m.close()
+    admin.close()
+
+
+def test_head_mode_rejects_an_unknown_follow_value(backend_url, prefix):
+    b = open_backend(backend_url)
+    session = Session(b, ttl=5)
+    with pytest.raises(ValueError, match="follow"):
+        Sequence(b, prefix + "h/", "x", session, follow="everyone")  # type: ignore[arg-type]
+    b.close()
 
 
 # --- election -------------------------------------------------------------------

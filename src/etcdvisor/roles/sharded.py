@@ -404,7 +404,9 @@ class ShardedRunner(RoleRunner):
         times: list[float | None] = []
         if self._due:
             times.append(0.0)
-        if self.phase is Phase.SETTLING and not self.shards:
+        if self.phase is Phase.SETTLING and not self.shards and self.settle_until > self.ctx.clock():
+            # (once it passed, what is left is a keepalive confirming the lease: its session
+            # event wakes the loop; a deadline in the past would turn the loop without pause)
             times.append(self.settle_until)
         if self.retry_at is not None:
             times.append(self.retry_at)

@@ -139,6 +139,12 @@ def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "",
         return []
     revoked, stale = [], []
     checks = MAX_TTL_CHECKS
+    starts: dict[int, int | None] = {}  # pid -> start time: read once per pid (a fleet shares few hosts' pids)
+
+    def running(pid: int) -> int | None:
+        if pid not in starts:
+            starts[pid] = process_start(pid)
+        return starts[pid]
     for kv in kvs:
         member = kv.key[len(members_prefix):]
         try:
@@ -148,11 +154,12 @@ def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "",
         if not kv.lease:
             continue
         try:
-            left = children_left(cluster, member) if cluster and known_dead(doc, here) else []
+            dead = known_dead(doc, here, running)
+            left = children_left(cluster, member) if cluster and dead else []
             if left:
                 log.info("member %s of a previous run is gone but %d of its children still run (pids %s): "
                          "its lease is left to expire", member, len(left), ", ".join(map(str, left[:8])))
-            elif known_dead(doc, here):
+            elif dead:
                 backend.lease_revoke(kv.lease)
                 revoked.append(member)
                 log.info("member %s of a previous run (host %s, pid %s) is gone: revoked its lease %x, "
