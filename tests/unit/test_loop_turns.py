@@ -289,6 +289,23 @@ def test_sharded_assignment_needs_a_keepalive_sent_after_it_and_no_store_call():
     assert (spec.environ()["INDEX"], spec.environ()["COUNT"], spec.environ()["EPOCH"]) == ("0", "2", "5")
 
 
+def test_a_plan_waiting_for_its_keepalive_leaves_the_loop_asleep_until_the_keepalive_comes():
+    """The plan came, its keepalive has not (a loaded machine: seconds). The loop must sleep
+    until the session's event wakes it: a deadline in the past turned it without pause (10
+    to 40 turns a second per member in a reshard, which starved a 300-member fleet's
+    keepalives on 2 cores until their leases expired)."""
+    h = harness(SHARDED)
+    h.tell_plan("worker", Info(index=1, count=2, epoch=5))
+    for _ in range(3):
+        h.clock.advance(0.3)  # past the runner's hold: nothing left to wait for but the keepalive
+        assert h.turn() == {}
+        deadline = h.sup._next_deadline()
+        assert deadline is None or deadline > h.clock(), "the loop would turn again at once"
+    h.session._keepalive_once()  # its event wakes the loop; then the alive record is due
+    h.turn()
+    assert h.effect_names() == ["alive record"]
+
+
 class Boom(RuntimeError):
     pass
 
