@@ -255,6 +255,36 @@ def test_election_campaign_timeout_withdraws(backend_url, prefix):
     b.close()
 
 
+def test_a_campaign_cancelled_by_a_signal_ends_at_once_and_nothing_polls_meanwhile(backend_url, prefix):
+    """A waiting candidate given a Signal as ``cancel`` has no guard thread polling it (a
+    follower of every singleton role used to wake ten times a second for it), and the
+    signal still ends its campaign at once."""
+    from etcdvisor.recipes.queue_wait import Signal
+
+    a = Node(backend_url, prefix + "e/", "a")
+    b = Node(backend_url, prefix + "e/", "b")
+    a.election.campaign(timeout=5)
+    stop, outcome = Signal(), []
+
+    def campaign():
+        try:
+            b.election.campaign(cancel=stop)
+        except CampaignCancelled as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=campaign, daemon=True)
+    thread.start()
+    wait_until(lambda: len(a.election.topology().candidates) == 2, message="b waits in line")
+    time.sleep(0.3)  # (b is watching its predecessor now)
+    assert not [t.name for t in threading.enumerate() if t.name.endswith(":guard")]
+    started = time.monotonic()
+    stop.set()
+    thread.join(3)
+    assert outcome and time.monotonic() - started < 1.0
+    a.close()
+    b.close()
+
+
 def test_election_leader_lease_revoked_next_leader_has_larger_token(backend_url, prefix):
     a = Node(backend_url, prefix + "e/", "a")
     b = Node(backend_url, prefix + "e/", "b")

@@ -40,7 +40,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..coord.base import Backend, WatchStream
@@ -57,6 +57,37 @@ from ..coord.types import (
 from ..coord.types import Get as GetOp
 
 log = logging.getLogger(__name__)
+
+
+class Signal(threading.Event):
+    """An event that also calls back when set: a waiter given one as ``cancel`` has
+    its watch cancelled at once, with no thread polling the event (an idle candidate
+    of an election costs nothing then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._callbacks_lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when set (at once if set already); returns the unsubscribe."""
+        with self._callbacks_lock:
+            self._callbacks.append(callback)
+        if self.is_set():
+            callback()
+
+        def unsubscribe() -> None:
+            with self._callbacks_lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+        return unsubscribe
 
 
 class EntryLost(CoordError):
@@ -174,9 +205,20 @@ class WaitQueue:
         except Unavailable as exc:
             return None if self._pause(deadline, cancel, exc) else WaitOutcome.TIMED_OUT
         done = threading.Event()
-        if deadline is not None or cancel is not None:
+        undo: list[Callable[[], None]] = []
+        if cancel is not None and not isinstance(cancel, Signal):
+            # a plain event can only be polled: a guard thread looks at it (and the deadline)
             threading.Thread(target=_guard, args=(stream, done, deadline, cancel), daemon=True,
                              name=f"{self.name}:guard").start()
+        else:  # nothing polls: the signal cancels the stream, a timer ends it at the deadline
+            if cancel is not None:
+                undo.append(cancel.subscribe(stream.cancel))
+            if deadline is not None:
+                timer = threading.Timer(max(0.0, deadline - time.monotonic()), stream.cancel)
+                timer.daemon = True
+                timer.name = f"{self.name}:deadline"
+                timer.start()
+                undo.append(timer.cancel)
         try:
             for batch in stream:
                 if any(ev.type is EventType.DELETE for ev in batch.events):
@@ -187,6 +229,8 @@ class WaitQueue:
             return None if self._pause(deadline, cancel, exc) else WaitOutcome.TIMED_OUT
         finally:
             done.set()
+            for step in undo:
+                step()
             stream.cancel()
         # the stream ended: our guard (deadline or cancel), or the backend
         # was closed (the next read raises Closed)

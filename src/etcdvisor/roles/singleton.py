@@ -45,6 +45,7 @@ from ..process.slot import Exited, Failed, SlotEvent, SpawnFailed, Stopped
 from ..process.spawn import ChildSpec, ChildVars
 from ..process.states import Transitions
 from ..recipes.election import CampaignCancelled, Election, LeadershipWatch, Topology
+from ..recipes.queue_wait import Signal
 from .base import RoleRunner, RuntimeContext
 
 log = logging.getLogger("etcdvisor")
@@ -94,7 +95,7 @@ class LeaderRunner(RoleRunner):
         self.token = 0
         self.term = 0  # counts terms begun and ended: an outcome issued in another term is stale
         self.leader_member: str | None = None
-        self._stop = threading.Event()
+        self._stop = Signal()  # cancels a campaign's watch at once (recipes/queue_wait.py)
         self._watch: LeadershipWatch | None = None
         self.election: Election | None = None
         self.stepping_down: str | None = None  # why, while the children stop before resigning
