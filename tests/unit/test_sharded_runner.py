@@ -421,3 +421,18 @@ def test_fixed_shards_a_member_whose_shards_stay_keeps_its_status_epoch(make):
     for member in members[:4]:  # kept or gave away shards: their newest child is as old as before
         assert member.runner.status()["epoch"] == before[member.runner.ctx.member_id][1]
     assert joiner.runner.status()["epoch"] == new_pub != old_pub  # its children start under the new plan
+
+
+def test_a_burst_of_joins_within_settle_is_one_plan_and_the_others_follow_no_membership(make):
+    """Issue 17: a cold start is one reshard after the burst. The coordinator alone follows
+    the membership; it publishes once, after ``settle`` without a change; the others hear
+    nothing of each other's joins (their sequence watches only their predecessor)."""
+    members = [make(f"b{i}", settle="0.5s") for i in range(6)]
+    drive(members, lambda: keys_alive(members) == sorted(f"{i}/6" for i in range(6)), timeout=10,
+          what="six children of x/6")
+    plan = make.backend.get(ROLE + "assignment")
+    assert plan.version == 1, "one plan for the whole burst"
+    assert [m.runner.coordinator.active() for m in members] == [True] + [False] * 5
+    for member in members:
+        assert member.starts == 1  # no child started for an intermediate COUNT
+        assert member.runner.sequence._watcher is None

@@ -196,8 +196,9 @@ class ShardedRunner(RoleRunner):
             info = Info(pub.members.index(self.ctx.member_id), len(pub.members), pub.epoch, pub.members)
         else:  # a plan computed after our key was created does not list it: the key is gone
             info = Info(-1, len(pub.members), pub.epoch, pub.members)
-            if self.sequence is not None:
-                self.sequence.kick()
+            sequence = self.sequence
+            if sequence is not None and info != self.latest:
+                self.effect("look for our sequence key again", sequence.kick)
         if info != self.latest:
             self._on_info(info, at)
 
