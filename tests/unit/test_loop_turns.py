@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
 from etcdvisor.coord.errors import Unavailable
+from etcdvisor.events import Wake
 from etcdvisor.recipes.sequence import Info
 from etcdvisor.recipes.topic import Message
 from etcdvisor.roles.handoff import Grant, decode_record
@@ -465,3 +467,29 @@ def test_cron_retries_of_a_failed_run_end_when_the_next_tick_is_due():
     # the stop of the ended run is not recorded a second time
     runner.on_slot_event(first, Exited(f"report/{first}", -15, 0.1, None), h.clock())
     assert h.turn() is not None and not any("record tick" in n and first in n for n in h.effect_names())
+
+
+def test_a_deadline_stuck_in_the_past_cannot_turn_the_loop_without_pause(caplog):
+    """The class of the N = 300 meltdown: whatever deadline stays in the past, the loop
+    turns at most SPIN_TURNS times in a row without a pause, then waits SPIN_PAUSE before
+    each such turn, and says so once (a bug report, not a silent burnt core)."""
+    import logging
+    import queue as queue_mod
+
+    from etcdvisor.runtime import loop as loop_mod
+
+    caplog.set_level(logging.WARNING, logger="etcdvisor")
+    h = harness(SHARDED)
+    h.sup.inbox = queue_mod.SimpleQueue()
+    h.sup.roster.next_deadline = lambda: 0.0  # a runner whose deadline never moves
+    for _ in range(loop_mod.SPIN_TURNS):
+        h.sup._turn()
+    started = time.monotonic()
+    for _ in range(10):
+        h.sup._turn()
+    assert time.monotonic() - started >= 10 * loop_mod.SPIN_PAUSE * 0.9
+    warned = [r for r in caplog.records if "woken" in r.getMessage()]
+    assert len(warned) == 1
+    h.sup.inbox.put(Wake("news"))  # an event resets the count: no pause for a turn with news
+    h.sup._turn()
+    assert h.sup._empty_turns == 0

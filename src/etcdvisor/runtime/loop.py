@@ -42,6 +42,11 @@ from .wiring import WIRING_LANE
 log = logging.getLogger("etcdvisor")
 
 IDLE_WAKEUP = 30.0  # the loop sleeps at most this long with nothing to do
+# a deadline that stays in the past turns the loop without pause (a bug, but one that
+# starves a loaded machine's keepalives): after this many turns in a row with no news and
+# a deadline already passed, each turn waits SPIN_PAUSE first, and one warning says so
+SPIN_TURNS = 200
+SPIN_PAUSE = 0.01
 SUPERVISOR_LANE = "(supervisor)"  # effect lane of the member's own I/O (record, reload)
 
 
@@ -79,6 +84,8 @@ class Loop:
         self.stopping = False
         self.escalated = False
         self.crashed = False  # crash(): leave as a killed supervisor would
+        self._empty_turns = 0  # turns in a row woken by a passed deadline, with no event
+        self._spin_warned = False
         self.exit_status = 0  # 3: a role with on_failed: exit went FAILED
         self.wait_log = WaitLog()  # waits over a second: one line when they begin, one when they end
         self.upgrader = Upgrader(self)  # in-place upgrade, the old image's side (runtime/upgrade.py)
@@ -137,11 +144,20 @@ class Loop:
         now = self.clock()
         deadline = self._next_deadline()
         timeout = IDLE_WAKEUP if deadline is None else min(IDLE_WAKEUP, max(0.0, deadline - now))
+        passed = timeout <= 0
+        if passed and self._empty_turns >= SPIN_TURNS:
+            timeout = SPIN_PAUSE
+            if not self._spin_warned:
+                self._spin_warned = True
+                log.warning("the supervisor loop was woken %d times in a row by deadlines already passed, "
+                            "with nothing new (a bug: please report it); pausing %gs between such turns",
+                            SPIN_TURNS, SPIN_PAUSE)
         events = []
         try:
             events.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
         except queue.Empty:
             pass
+        self._empty_turns = self._empty_turns + 1 if passed and not events else 0
         while True:
             try:
                 events.append(self.inbox.get_nowait())
