@@ -451,8 +451,11 @@ class Coordinator:
         return min(times) if times else None
 
     def status(self) -> dict[str, Any]:
+        pub = self.runner.published
         return {"state": self.state.value, "due_at": self.due_at,
                 "granting": self.watching, "grants": len(self.written),
+                "members": None if self.membership.invalid() else len(self.membership.members),
+                "plan_epoch": pub.epoch if pub is not None else None,
                 "waiting": [w.describe() for w in self.waits[:20]]}
 
 
