@@ -28,11 +28,11 @@ def test_members_ordered_by_create_revision_not_key():
 
 
 class Member:
-    def __init__(self, url, prefix, member_id, ttl=5):
+    def __init__(self, url, prefix, member_id, ttl=5, follow="members"):
         self.backend = open_backend(url, timeout=2)
         self.session = Session(self.backend, ttl=ttl, interval=0.3, name=member_id).start()
         self.infos = queue.Queue()
-        self.seq = Sequence(self.backend, prefix, member_id, self.session, self.infos.put)
+        self.seq = Sequence(self.backend, prefix, member_id, self.session, self.infos.put, follow=follow)
 
     def start(self):
         self.seq.start(wait=5)
@@ -105,23 +105,15 @@ def test_sequence_lease_loss_reports_invalid_then_rejoins_at_end(backend_url, pr
 
 # --- head mode: only whether this member is first ----------------------------------
 
-class Follower:
-    """A member of the group in head mode, counting the watch events it receives."""
+class Follower(Member):
+    """A member of the group in head mode, with every Place its handler received."""
 
     def __init__(self, url, prefix, member_id, ttl=5):
-        self.backend = open_backend(url, timeout=2)
-        self.session = Session(self.backend, ttl=ttl, interval=0.3, name=member_id).start()
-        self.places: list[Place] = []
-        self.seq = Sequence(self.backend, prefix, member_id, self.session, self.places.append, follow="head")
+        super().__init__(url, prefix, member_id, ttl, follow="head")
 
-    def start(self):
-        self.seq.start(wait=5)
-        return self
-
-    def close(self, leave=True):
-        self.seq.stop(leave=leave)
-        self.session.close()
-        self.backend.close()
+    @property
+    def places(self) -> list[Place]:
+        return list(self.infos.queue)
 
 
 def heads(members):

@@ -321,19 +321,18 @@ class Sequence:
             self._wake.set()
 
     def _publish_place(self, place: Place) -> None:
-        with self._changed:
-            if place == self._place:
-                return
-            self._place = place
-            self._changed.notify_all()
-        if self._mailbox:
-            self._mailbox.put(place)
+        self._publish(place)
 
-    def _publish(self, info: Info) -> None:
+    def _publish(self, value: Info | Place) -> None:
+        """Keep ``value`` (an Info in members mode, a Place in head mode) and hand it to
+        the handler, unless it is what we have."""
         with self._changed:
-            if info == self._info:
+            if value == (self._place if isinstance(value, Place) else self._info):
                 return
-            self._info = info
+            if isinstance(value, Place):
+                self._place = value
+            else:
+                self._info = value
             self._changed.notify_all()
         if self._mailbox:
-            self._mailbox.put(info)
+            self._mailbox.put(value)
