@@ -493,3 +493,21 @@ def test_a_deadline_stuck_in_the_past_cannot_turn_the_loop_without_pause(caplog)
     h.sup.inbox.put(Wake("news"))  # an event resets the count: no pause for a turn with news
     h.sup._turn()
     assert h.sup._empty_turns == 0
+
+
+def test_a_join_order_member_keeps_its_children_while_no_plan_is_published():
+    """The plan key deleted by hand, or a coordinator of an earlier version that published
+    no join-order plan (an in-place upgrade of a fleet, member by member): a member that
+    has its place keeps it and its child (same pid) until a plan says otherwise."""
+    from etcdvisor.recipes.sequence import Place
+    from etcdvisor.roles.shard_plan import Published
+
+    h = harness(SHARDED)
+    running = start_sharded(h, Info(index=0, count=1, epoch=3))
+    children = {key: slot.child for _r, key, slot in h.sup.reconciler.children()}
+    assert running["worker"] and all(children.values())
+    h.tell("worker", Published(0, ()))  # the assignment key is absent
+    h.tell("worker", Place(head=False, joined=3))
+    assert h.turn() == running
+    assert {key: slot.child for _r, key, slot in h.sup.reconciler.children()} == children  # not replaced
+    assert h.sup.runners["worker"].latest.count == 1

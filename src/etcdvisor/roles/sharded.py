@@ -190,6 +190,11 @@ class ShardedRunner(RoleRunner):
             return  # (after an upgrade the handed-over place stands until both are heard)
         if place.invalid():
             info = Info(-1, self.latest.count, self.latest.epoch, self.latest.members)
+        elif pub is None and not self.shards and not self.latest.invalid():
+            # no join-order plan at all: deleted by hand (the coordinator publishes it again), or
+            # a coordinator of an earlier version, which did not publish one (an in-place upgrade
+            # of the fleet): keep our place and children until a plan says otherwise
+            return
         elif pub is None or pub.shards != (self.shards or 0) or pub.epoch < place.joined:
             info = INVALID  # no plan for our key yet: the coordinator publishes one after settle
         elif self.ctx.member_id in pub.members:
