@@ -391,3 +391,34 @@ def test_a_dead_member_whose_child_still_runs_keeps_its_lease(caplog, monkeypatc
         child.kill()
         child.wait()
     assert stale.clear_dead_members(store, "/m/", "c1") == ["ghost"]
+
+
+def test_a_big_fleet_start_reads_a_bounded_number_of_member_records_and_always_its_own(monkeypatch):
+    """Issue 17: a thousand members starting at once, each reading every member record,
+    would move N^2 records out of etcd. A start reads MAX_RECORDS_READ of them, plus the
+    record of its own id (a restart after a crash must not wait out the old lease)."""
+    from etcdvisor.coord.memory import MemoryBackend
+    from etcdvisor.coord.records import dumps
+    from etcdvisor.runtime import stale
+
+    store = MemoryBackend()
+    here = stale.identity()
+    monkeypatch.setattr(stale.socket, "gethostname", lambda: "vm")
+    monkeypatch.setattr(stale, "MAX_RECORDS_READ", 5)
+    live = store.lease_grant(10).id
+    for i in range(20):
+        store.put(f"/m/a{i:02d}", dumps({"host": "other", "pid": 5, "ttl": 10}).encode(), lease=live)
+    me = store.lease_grant(10).id  # our own id's record from before a crash, its supervisor gone
+    store.put("/m/zz-me", dumps({"host": "vm", "boot": here["boot"], "pidns": here["pidns"], "ttl": 10,
+                                 "pid": 2 ** 22 + 11, "pid_start": 1}).encode(), lease=me)
+    returned = []
+    real_range = store.range
+
+    def counting_range(*args, **kwargs):
+        result = real_range(*args, **kwargs)
+        returned.append(len(result.kvs))
+        return result
+
+    monkeypatch.setattr(store, "range", counting_range)
+    assert stale.clear_dead_members(store, "/m/", "c1", member_id="zz-me") == ["zz-me"]
+    assert sum(returned) == 6, returned  # the first 5 records and our own

@@ -223,7 +223,7 @@ class Builder:
         if resume is None:
             # members of a previous run known dead (same host, boot and pid namespace, pids gone):
             # revoke their leases before joining, so nothing waits for them or counts them
-            clear_dead_members(backend, keys.members, config.cluster)
+            clear_dead_members(backend, keys.members, config.cluster, member_id=member.id)
         else:
             resume.restore_runners(runners)
         try:

@@ -41,6 +41,7 @@ from typing import Any
 from ..coord.base import Backend
 from ..coord.errors import CoordError, PermissionDenied
 from ..coord.records import MEMBER, RecordError
+from ..coord.types import prefix_end
 
 log = logging.getLogger("etcdvisor")
 
@@ -124,19 +125,34 @@ def children_left(cluster: str, member: str, proc: str = "/proc") -> list[int]:
     return found
 
 
+MAX_RECORDS_READ = 64  # member records read at start (a big fleet: these and our own id's)
+
+
 def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "", *,
-                       stale_after: float = 3.0) -> list[str]:
+                       stale_after: float = 3.0, member_id: str | None = None) -> list[str]:
     """(Start-up, before joining) Revoke the leases of member records known dead;
     say once which other members look stale. Returns the ids whose lease was revoked.
-    Store errors are warnings: the start goes on (those leases then expire as usual)."""
+    Store errors are warnings: the start goes on (those leases then expire as usual).
+
+    Reads at most :data:`MAX_RECORDS_READ` records, plus the one of ``member_id`` (a
+    restart of this member after a crash): every member of a fleet of a thousand starting
+    at once and reading every record would move N^2 records out of etcd (about a
+    gigabyte). Beyond them nothing is revoked: those leases expire as usual."""
     here = {**identity(), "host": socket.gethostname(), "pid": os.getpid()}
     try:
-        kvs = backend.get_prefix(members_prefix).kvs
+        result = backend.range(members_prefix, prefix_end(members_prefix), limit=MAX_RECORDS_READ)
+        kvs = list(result.kvs)
+        own = members_prefix + member_id if member_id else None
+        if own is not None and result.count > len(kvs) and all(kv.key != own for kv in kvs):
+            found = backend.get(own)
+            kvs += [found] if found is not None else []
     except PermissionDenied:  # joining fails next, with the one error line that names the key
         return []
     except CoordError as exc:
         log.warning("cannot read the member records to find members of a previous run: %s", exc)
         return []
+    if result.count > len(kvs):
+        log.debug("%d member records; checked %d of them for members of a previous run", result.count, len(kvs))
     revoked, stale = [], []
     checks = MAX_TTL_CHECKS
     starts: dict[int, int | None] = {}  # pid -> start time: read once per pid (a fleet shares few hosts' pids)
