@@ -422,3 +422,26 @@ def test_a_big_fleet_start_reads_a_bounded_number_of_member_records_and_always_i
     monkeypatch.setattr(store, "range", counting_range)
     assert stale.clear_dead_members(store, "/m/", "c1", member_id="zz-me") == ["zz-me"]
     assert sum(returned) == 6, returned  # the first 5 records and our own
+
+
+def test_a_member_record_younger_than_its_ttl_costs_no_lease_look_up_at_start(monkeypatch):
+    """A fleet starting together: every record is seconds old, none can have stopped
+    renewing for long; looking their leases up cost 32 calls per start."""
+    import time as time_mod
+
+    from etcdvisor.coord.memory import MemoryBackend
+    from etcdvisor.coord.records import dumps
+    from etcdvisor.runtime import stale
+
+    store = MemoryBackend()
+    lease = store.lease_grant(10).id
+    for i in range(10):
+        store.put(f"/m/n{i}", dumps({"host": "other", "pid": 5, "ttl": 10, "started": time_mod.time()}).encode(),
+                  lease=lease)
+    store.put("/m/old", dumps({"host": "other", "pid": 5, "ttl": 10, "started": time_mod.time() - 60}).encode(),
+              lease=lease)
+    looked = []
+    real_ttl = store.lease_ttl
+    monkeypatch.setattr(store, "lease_ttl", lambda lease_id: looked.append(lease_id) or real_ttl(lease_id))
+    assert stale.clear_dead_members(store, "/m/", "c1") == []
+    assert looked == [lease]  # the old record's only

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -182,9 +183,11 @@ def clear_dead_members(backend: Backend, members_prefix: str, cluster: str = "",
                          "so its shards and leaderships are free now", member, doc.get("host"), doc.get("pid"),
                          kv.lease)
                 continue
-            ttl = doc.get("ttl")
+            ttl, started = doc.get("ttl"), doc.get("started")
             if not isinstance(ttl, int) or checks <= 0:
                 continue
+            if isinstance(started, (int, float)) and time.time() - started < ttl:
+                continue  # started within its ttl (a fleet starting together): no lease look-up
             checks -= 1
             remaining = backend.lease_ttl(kv.lease)
             if 0 < remaining < ttl - stale_after:
