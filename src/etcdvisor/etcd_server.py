@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,10 +56,32 @@ def find_etcd_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on now, chosen at random *below* the kernel's ephemeral
+    range: a port the kernel hands out (``bind(0)``) is also what it gives the next
+    outgoing connection of any process, so a listener started a moment later could find
+    it taken ("Address already in use": seen in the suite). Falls back to ``bind(0)``."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randint(10000, low - 1) if low > 11000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            return found
     with socket.socket() as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass

@@ -8,17 +8,12 @@ Prometheus would see.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from etcdvisor.etcd_server import free_port  # noqa: F401  (the harness's port picker)
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
