@@ -175,7 +175,7 @@ class WaitQueue:
                 return WaitOutcome.HEAD
             if not blocking:
                 return WaitOutcome.TIMED_OUT
-            outcome = self._wait_deleted(predecessor.key, revision, deadline, cancel)
+            outcome = self.wait_deleted(predecessor.key, revision, deadline, cancel)
             if outcome is not None:
                 cancelled = cancel is not None and cancel.is_set()
                 return WaitOutcome.CANCELLED if cancelled else outcome
@@ -191,11 +191,12 @@ class WaitQueue:
         return kv is not None and kv.create_revision == entry.token
 
     # --- waiting -------------------------------------------------------------------
-    def _wait_deleted(self, key: str, revision: int, deadline: float | None,
-                      cancel: threading.Event | None) -> WaitOutcome | None:
-        """Watch ``key`` from ``revision + 1`` until it is deleted. Returns
-        None to look again (deleted, or the stream was interrupted), or the
-        outcome that ends the wait."""
+    def wait_deleted(self, key: str, revision: int, deadline: float | None = None,
+                     cancel: threading.Event | None = None) -> WaitOutcome | None:
+        """Watch ``key`` (our predecessor, read at ``revision``) from ``revision + 1``
+        until it is deleted. Returns None to look again (deleted, or the stream was
+        interrupted), or the outcome that ends the wait. Store errors other than
+        ``Unavailable`` and ``Compacted`` propagate."""
         if _expired(deadline):
             return WaitOutcome.TIMED_OUT
         try:

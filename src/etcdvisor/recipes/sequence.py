@@ -42,14 +42,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from ..coord.base import Backend, WatchStream
-from ..coord.errors import Compacted, CoordError, Unavailable
+from ..coord.base import Backend
+from ..coord.errors import CoordError
 from ..coord.session import Session, SessionEvent, SessionEventKind
-from ..coord.types import EventType, KeyValue, Put, direct_children_by_create
 from ..coord.types import Get as GetOp
+from ..coord.types import KeyValue, Put, direct_children_by_create
 from ..coord.watcher import Change, PrefixWatcher
 from ._mailbox import LatestMailbox
-from .queue_wait import EntryLost, QueueEntry, WaitQueue
+from .queue_wait import EntryLost, QueueEntry, Signal, WaitQueue
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,9 @@ class Sequence:
         self.follow = follow
         self.retry_interval = retry_interval
         self._place = NOT_JOINED
-        self._wake = threading.Event()  # head mode: look again (rejoined, lease back, kicked, stop)
-        self._stream: WatchStream | None = None  # head mode: the predecessor watch, to cancel
+        # head mode: look again (rejoined, lease back, kicked, stop); setting it also
+        # cancels the watch on the predecessor (a Signal: nothing polls it)
+        self._wake = Signal()
         self._head_thread: threading.Thread | None = None
         self._watcher = PrefixWatcher(backend, prefix, self._on_change, name=self.name) \
             if follow == "members" else None
@@ -176,9 +177,6 @@ class Sequence:
         """Head mode: read the group again now (the caller has reason to think our key
         is gone: a plan computed after our join does not list us)."""
         self._wake.set()
-        stream = self._stream
-        if stream is not None:
-            stream.cancel()
 
     def stop(self, leave: bool = True) -> None:
         """Stop following; with ``leave`` delete the member key so the others
@@ -197,10 +195,7 @@ class Sequence:
                 self.backend.delete(self.key)
             except CoordError as exc:
                 log.warning("%s: could not leave cleanly: %s", self.name, exc)
-        if self._watcher is None:
-            self._publish_place(NOT_JOINED)
-        else:
-            self._publish(INVALID)
+        self._publish(NOT_JOINED if self._watcher is None else INVALID)
         if self._mailbox:
             self._mailbox.close()
 
@@ -221,12 +216,12 @@ class Sequence:
 
     def _follow_head(self) -> None:
         """Head mode (own thread): find our predecessor, wait for its deletion, again."""
-        queue = WaitQueue(self.backend, self.prefix, name=self.name)
+        queue = WaitQueue(self.backend, self.prefix, name=self.name, retry_interval=self.retry_interval)
         while not self._stopping:
             self._wake.clear()
             token = self._joined_revision
             if not token or not self._lease_ok:
-                self._publish_place(NOT_JOINED)
+                self._publish(NOT_JOINED)
                 self._wake.wait()
                 continue
             try:
@@ -234,7 +229,7 @@ class Sequence:
             except EntryLost:
                 if not self._stopping and self._lease_ok and token == self._joined_revision:
                     log.warning("%s: member key deleted, rejoining", self.name)
-                    self._publish_place(NOT_JOINED)
+                    self._publish(NOT_JOINED)
                     self._join()
                 continue
             except CoordError as exc:
@@ -243,36 +238,15 @@ class Sequence:
                 continue
             if self._stopping or token != self._joined_revision:
                 continue
-            self._publish_place(Place(predecessor is None, token))
+            self._publish(Place(predecessor is None, token))
             if predecessor is None:
                 self._wake.wait()  # first until our key goes: nobody can join before us
-            else:
-                self._wait_deleted(predecessor.key, revision)
-
-    def _wait_deleted(self, key: str, revision: int) -> None:
-        try:
-            stream = self.backend.watch(key, start_revision=revision + 1)
-        except Compacted:
-            return
-        except CoordError as exc:
-            log.debug("%s: cannot watch %s (retrying): %s", self.name, key, exc)
-            self._wake.wait(self.retry_interval)
-            return
-        self._stream = stream
-        try:
-            if self._wake.is_set():
-                return  # kicked (or stopped) before the stream could be cancelled
-            for batch in stream:
-                if any(ev.type is EventType.DELETE for ev in batch.events):
-                    return
-        except (Compacted, Unavailable):
-            pass
-        except CoordError as exc:
-            log.debug("%s: watch on %s ended: %s", self.name, key, exc)
-            self._wake.wait(self.retry_interval)
-        finally:
-            self._stream = None
-            stream.cancel()
+                continue
+            try:  # (a kick cancels this watch at once)
+                queue.wait_deleted(predecessor.key, revision, cancel=self._wake)
+            except CoordError as exc:
+                log.debug("%s: cannot watch %s (retrying): %s", self.name, predecessor.key, exc)
+                self._wake.wait(self.retry_interval)
 
     def _on_change(self, change: Change) -> None:
         self._last_change = change
@@ -309,7 +283,7 @@ class Sequence:
     def _on_session_head(self, event: SessionEvent) -> None:
         if event.kind in (SessionEventKind.EXPIRED, SessionEventKind.LOST):
             self._lease_ok = False
-            self._publish_place(NOT_JOINED)
+            self._publish(NOT_JOINED)
             self.kick()
         elif event.kind is SessionEventKind.NEW_LEASE:
             self._lease_ok = True
@@ -319,9 +293,6 @@ class Sequence:
             if not self._joined_revision:
                 self._join()
             self._wake.set()
-
-    def _publish_place(self, place: Place) -> None:
-        self._publish(place)
 
     def _publish(self, value: Info | Place) -> None:
         """Keep ``value`` (an Info in members mode, a Place in head mode) and hand it to
