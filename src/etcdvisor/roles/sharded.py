@@ -109,7 +109,6 @@ class ShardedRunner(RoleRunner):
         self.place: Place | None = None  # whether we are first, from the sequence (None: not heard yet)
         self.plan_heard = False  # the assignment watch delivered its first value
         self.applied: Info | None = None  # join order: the settled membership in use
-        self.settle_until = 0.0
         self.published: Published | None = None
         self.published_mod = 0  # mod revision of the assignment key (0: absent)
         self.target: dict[str, Child] = {}
@@ -222,7 +221,6 @@ class ShardedRunner(RoleRunner):
             return
         if self.applied is not None and info.equal(self.applied):
             return  # same INDEX/COUNT: the child keeps running untouched
-        self.settle_until = at  # (the coordinator waited out ``settle`` before publishing)
         self._set_phase(Phase.SETTLING)
         self.ctx.session.request_keepalive()
 
@@ -230,13 +228,15 @@ class ShardedRunner(RoleRunner):
         if event.kind is SessionEventKind.NEW_LEASE:
             self.record, self.since = None, {}  # the old record went with the old lease
 
-    def _settled(self, now: float) -> bool:
-        """Join order: adopt the latest membership once settled and confirmed."""
+    def _settled(self) -> bool:
+        """Join order: adopt our place in the latest plan (settled: the coordinator waited
+        out ``settle`` before publishing it) once a keepalive sent after it came back alive
+        (its session event wakes the loop: no deadline of our own)."""
         if self.latest.invalid():
             return False
         if self.applied is None or not self.latest.equal(self.applied):
             session = self.ctx.session
-            if now < self.settle_until or not (session.alive and session.last_alive_sent > self.latest_at):
+            if not (session.alive and session.last_alive_sent > self.latest_at):
                 return self.applied is not None
             old, self.applied = self.applied, self.latest
             self.say(f"membership settled: position {self.applied.index} of {self.applied.count} "
@@ -252,7 +252,7 @@ class ShardedRunner(RoleRunner):
             mine = pub.owners.get(self.ctx.member_id, ()) if pub and pub.shards == self.shards else ()
             return shard_children(mine, self.shards, self.spec.children == "per-member",
                                   pub.epoch if pub else 0, keep)
-        if not self._settled(now) or self.applied is None:
+        if not self._settled() or self.applied is None:
             return {}
         return join_order_children(self.applied.index, self.applied.count, self.processes,
                                    self.applied.epoch, keep, by_position=not self.fenced)
@@ -410,10 +410,6 @@ class ShardedRunner(RoleRunner):
         times: list[float | None] = []
         if self._due:
             times.append(0.0)
-        if self.phase is Phase.SETTLING and not self.shards and self.settle_until > self.ctx.clock():
-            # (once it passed, what is left is a keepalive confirming the lease: its session
-            # event wakes the loop; a deadline in the past would turn the loop without pause)
-            times.append(self.settle_until)
         if self.retry_at is not None:
             times.append(self.retry_at)
         if self.coordinator is not None:
@@ -488,8 +484,7 @@ class ShardedRunner(RoleRunner):
             # ``settle`` (held back while it is lost: until its lease expires)
             found.append(f"membership waits for the coordinator's plan (joined at revision {place.joined})")
         latest = self.latest
-        if (not self.shards and not latest.invalid() and now >= self.settle_until
-                and (self.applied is None or not latest.equal(self.applied))):
+        if not self.shards and not latest.invalid() and (self.applied is None or not latest.equal(self.applied)):
             found.append(f"membership {latest.index} of {latest.count} waits for a keepalive confirming the lease")
         return found
 
