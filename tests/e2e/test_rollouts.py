@@ -81,8 +81,16 @@ def test_restart_role_rolls_two_at_a_time_and_wait_exits_0(fleet):
     for member, port in ports.items():
         fleet.start(member, config, env={"ETCDVISOR_HTTP": f"127.0.0.1:{port}"})
     assert wait_for(lambda: all_ready(fleet, "api", 6), timeout=30), fleet.logs()
+
+    def last_starts() -> dict[str, dict] | None:
+        """Each member's newest child start, once all six children have recorded theirs with
+        COUNT=6 (ready by ``min_ready``, a child may not have written its record yet on a
+        loaded machine)."""
+        found = {r["member_id"]: r for r in fleet.records() if r["event"] == "start"}
+        return found if len(found) == 6 and all(r["count"] == "6" for r in found.values()) else None
+
+    indexes = {m: r["index"] for m, r in wait_for(last_starts, 30, "each child's start record").items()}
     before = starts_per_member(fleet)
-    indexes = {r["member_id"]: r["index"] for r in fleet.records() if r["event"] == "start"}  # the last ones
     sampler = Sampler(fleet, "api", 6)
     sampler.start()
     result = cli("restart", "api", "--wait", "-c", str(config), timeout=90)
